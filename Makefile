@@ -1,0 +1,29 @@
+# Developer entry points. `make demo` and `make test` are the README's two commands.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv lint test test-fast test-integration test-vm demo bench
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+venv: $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+
+lint: venv
+	$(BIN)/ruff check .
+
+# All three tiers: unit/property, host integration, real kernel in VMs.
+test: venv
+	$(BIN)/python -m pytest tests/unit tests/integration tests/vm
+
+test-fast: venv
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: venv
+	$(BIN)/python -m pytest tests/integration
+
+test-vm: venv
+	$(BIN)/python -m pytest tests/vm

@@ -1,0 +1,1 @@
+"""targetcli shell extension: /replication nodes (configuration and status)."""
