@@ -27,3 +27,8 @@ test-integration: venv
 
 test-vm: venv
 	$(BIN)/python -m pytest tests/vm
+
+# Main job: the appliance pair with a replicated disk (installs, builds the image, boots VMs).
+demo: venv
+	bash .ci/install-system-packages
+	$(BIN)/python -m vmlab.demo
