@@ -1,0 +1,1 @@
+"""Replication link: wire protocol, transmitter (primary side), receiver (DR side)."""

@@ -1,0 +1,159 @@
+"""The handshake: HELLO (primary) and WELCOME / REFUSE (receiver), and the admission rules.
+
+``admit`` is a pure function: given what the primary claims, what its certificate proves and
+what the receiver knows about the volume, it either returns the WELCOME to send or raises
+``Refused`` with a code and a message that says what is wrong. The receiver logs the message
+and sends it back in a REFUSE frame, so both ends explain the refusal in the same words.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+
+PROTOCOL_VERSION = 1
+COMPRESSIONS = ("zstd",)
+
+
+class HandshakeError(ValueError):
+    """A HELLO or WELCOME that is not well formed."""
+
+
+class Refused(Exception):
+    """The receiver refuses this primary/volume. ``code`` is stable, ``reason`` is for humans."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+def _get(d: dict, key: str, typ: type | tuple[type, ...]):
+    if key not in d:
+        raise HandshakeError(f"handshake field {key!r} missing")
+    value = d[key]
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise HandshakeError(f"handshake field {key!r} has the wrong type: {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    identity: str              # the primary appliance's identity (its certificate name)
+    volume_uuid: uuid.UUID     # volume or consistency group
+    size_bytes: int
+    block_size: int
+    generation: int            # epoch; raised on every role change / full resync
+    first_seq: int             # lowest seq the primary can still send (its acked seq + 1)
+    compression: tuple[str, ...] = ()
+    protocol: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["volume_uuid"] = str(self.volume_uuid)
+        d["compression"] = list(self.compression)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Hello:
+        try:
+            vol = uuid.UUID(_get(d, "volume_uuid", str))
+        except ValueError as err:
+            raise HandshakeError(f"volume_uuid is not a uuid: {d.get('volume_uuid')!r}") from err
+        comp = _get(d, "compression", list)
+        if not all(isinstance(c, str) for c in comp):
+            raise HandshakeError("compression must be a list of names")
+        hello = cls(identity=_get(d, "identity", str), volume_uuid=vol,
+                    size_bytes=_get(d, "size_bytes", int), block_size=_get(d, "block_size", int),
+                    generation=_get(d, "generation", int), first_seq=_get(d, "first_seq", int),
+                    compression=tuple(comp), protocol=_get(d, "protocol", int))
+        if hello.first_seq < 1 or hello.size_bytes <= 0 or hello.block_size <= 0:
+            raise HandshakeError(f"impossible handshake values: {hello}")
+        return hello
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    identity: str              # the receiver's identity
+    last_seq: int              # highest seq durable on the receiver for this volume
+    applied_seq: int           # highest seq applied to its mirror
+    compression: str | None    # chosen from the primary's offer, or None
+    heartbeat_s: float
+    protocol: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Welcome:
+        comp = d.get("compression")
+        if comp is not None and comp not in COMPRESSIONS:
+            raise HandshakeError(f"receiver chose unknown compression {comp!r}")
+        hb = _get(d, "heartbeat_s", (int, float))
+        return cls(identity=_get(d, "identity", str), last_seq=_get(d, "last_seq", int),
+                   applied_seq=_get(d, "applied_seq", int), compression=comp,
+                   heartbeat_s=float(hb), protocol=_get(d, "protocol", int))
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeSpec:
+    """What the receiver is configured to accept for one volume."""
+
+    uuid: uuid.UUID
+    size_bytes: int
+    block_size: int
+    allowed_primaries: frozenset[str] = field(default_factory=frozenset)  # empty: any, bind first
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeBinding:
+    """What the receiver has persisted about a volume (``None`` fields before first contact)."""
+
+    primary: str | None
+    generation: int
+    last_seq: int | None       # None: no replica journal yet
+    applied_seq: int
+
+
+def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
+          binding: VolumeBinding, receiver_identity: str, heartbeat_s: float,
+          allow_compression: bool = True) -> Welcome:
+    """Decide whether to accept ``hello``. ``cert_names`` is None only on a link without TLS."""
+    if hello.protocol != PROTOCOL_VERSION:
+        raise Refused("version", f"protocol {hello.protocol} not supported "
+                                 f"(receiver speaks {PROTOCOL_VERSION})")
+    if cert_names is not None and hello.identity not in cert_names:
+        raise Refused("identity", f"primary claims identity {hello.identity!r} but its "
+                                  f"certificate names {sorted(cert_names)}")
+    if spec is None or spec.uuid != hello.volume_uuid:
+        raise Refused("unknown-volume", f"volume {hello.volume_uuid} is not configured on "
+                                        f"receiver {receiver_identity!r}")
+    if spec.allowed_primaries and hello.identity not in spec.allowed_primaries:
+        raise Refused("identity", f"primary {hello.identity!r} is not allowed for volume "
+                                  f"{spec.uuid} (allowed: {sorted(spec.allowed_primaries)})")
+    if binding.primary is not None and binding.primary != hello.identity:
+        raise Refused("bound-to-other", f"volume {spec.uuid} is bound to primary "
+                                        f"{binding.primary!r}; {hello.identity!r} refused")
+    if (hello.size_bytes, hello.block_size) != (spec.size_bytes, spec.block_size):
+        raise Refused("geometry", f"volume {spec.uuid}: primary has {hello.size_bytes} bytes in "
+                                  f"{hello.block_size}-byte blocks, receiver expects "
+                                  f"{spec.size_bytes} bytes in {spec.block_size}-byte blocks")
+    if hello.generation < binding.generation:
+        raise Refused("stale-generation", f"volume {spec.uuid}: primary generation "
+                                          f"{hello.generation} is older than the receiver's "
+                                          f"{binding.generation}")
+    if binding.last_seq is None:
+        if hello.first_seq != 1:
+            raise Refused("resync-needed", f"volume {spec.uuid}: first contact but the primary "
+                                           f"starts at seq {hello.first_seq}; an initial sync "
+                                           f"is required")
+        last_seq, applied = 0, 0
+    else:
+        if hello.first_seq > binding.last_seq + 1:
+            raise Refused("resync-needed", f"volume {spec.uuid}: receiver holds up to seq "
+                                           f"{binding.last_seq} but the primary starts at "
+                                           f"{hello.first_seq}; records in between are gone")
+        last_seq, applied = binding.last_seq, binding.applied_seq
+    comp = next((c for c in hello.compression if c in COMPRESSIONS), None)
+    return Welcome(identity=receiver_identity, last_seq=last_seq, applied_seq=applied,
+                   compression=comp if allow_compression else None, heartbeat_s=heartbeat_s)

@@ -1,0 +1,84 @@
+"""Admission rules: each refusal has its code and a message naming what is wrong."""
+
+import uuid
+
+import pytest
+
+from appliance.replication.handshake import (
+    HandshakeError,
+    Hello,
+    Refused,
+    VolumeBinding,
+    VolumeSpec,
+    Welcome,
+    admit,
+)
+
+VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-000000000001")
+SPEC = VolumeSpec(VOL, size_bytes=1 << 20, block_size=512)
+NEW = VolumeBinding(primary=None, generation=0, last_seq=None, applied_seq=0)
+
+
+def hello(**kw) -> Hello:
+    base = dict(identity="site-a", volume_uuid=VOL, size_bytes=1 << 20, block_size=512,
+                generation=1, first_seq=1, compression=("zstd",))
+    base.update(kw)
+    return Hello(**base)
+
+
+def run(h: Hello, *, cert=frozenset({"site-a"}), spec=SPEC, binding=NEW) -> Welcome:
+    return admit(h, cert_names=set(cert) if cert is not None else None, spec=spec,
+                 binding=binding, receiver_identity="site-b", heartbeat_s=1.0)
+
+
+def test_first_contact_is_welcomed_from_zero():
+    w = run(hello())
+    assert (w.last_seq, w.applied_seq, w.compression, w.identity) == (0, 0, "zstd", "site-b")
+
+
+def test_resume_reports_what_the_receiver_holds():
+    b = VolumeBinding(primary="site-a", generation=1, last_seq=90, applied_seq=80)
+    w = run(hello(first_seq=50, compression=()), binding=b)
+    assert (w.last_seq, w.applied_seq, w.compression) == (90, 80, None)
+
+
+@pytest.mark.parametrize("h, kw, code, words", [
+    (hello(protocol=2), {}, "version", "protocol 2"),
+    (hello(identity="mallory"), {}, "identity", "certificate names"),
+    (hello(volume_uuid=uuid.uuid4()), {}, "unknown-volume", "not configured"),
+    (hello(size_bytes=2 << 20), {}, "geometry", "2097152 bytes"),
+    (hello(block_size=4096), {}, "geometry", "4096-byte"),
+    (hello(), {"binding": VolumeBinding("site-c", 1, 5, 5)}, "bound-to-other", "site-c"),
+    (hello(generation=1), {"binding": VolumeBinding("site-a", 2, 5, 5)}, "stale-generation",
+     "older"),
+    (hello(first_seq=7), {"binding": VolumeBinding("site-a", 1, 5, 5)}, "resync-needed",
+     "gone"),
+    (hello(first_seq=3), {}, "resync-needed", "initial sync"),
+    (hello(identity="site-c"), {"cert": {"site-c"},
+                                "spec": VolumeSpec(VOL, 1 << 20, 512, frozenset({"site-a"}))},
+     "identity", "not allowed"),
+])
+def test_refusals(h, kw, code, words):
+    with pytest.raises(Refused) as exc:
+        run(h, **kw)
+    assert exc.value.code == code
+    assert words in exc.value.reason
+
+
+def test_hello_dict_round_trip_and_validation():
+    h = hello()
+    assert Hello.from_dict(h.to_dict()) == h
+    d = h.to_dict()
+    del d["generation"]
+    with pytest.raises(HandshakeError, match="generation"):
+        Hello.from_dict(d)
+    with pytest.raises(HandshakeError, match="wrong type"):
+        Hello.from_dict({**h.to_dict(), "size_bytes": "big"})
+    with pytest.raises(HandshakeError, match="uuid"):
+        Hello.from_dict({**h.to_dict(), "volume_uuid": "nope"})
+    with pytest.raises(HandshakeError, match="impossible"):
+        Hello.from_dict({**h.to_dict(), "first_seq": 0})
+    w = run(h)
+    assert Welcome.from_dict(w.to_dict()) == w
+    with pytest.raises(HandshakeError, match="compression"):
+        Welcome.from_dict({**w.to_dict(), "compression": "lz4"})
