@@ -1,0 +1,234 @@
+"""The persistent dirty-region bitmap, writer side (the process that serves host writes).
+
+Used when the journal overflows (state ``logging-to-bitmap``) and for initial sync: a bit
+per chunk says "this region of the mirror may differ from the peer". Crash-safety rule:
+a chunk's bit is durable (``sync``) before any write to it reaches the mirror, so after a
+crash every region the mirror changed in is still marked. Clearing is lazy (a stale set
+bit costs a re-ship, never data).
+
+Bits are cleared only here, on a request the resync process leaves in its own slot
+(see ``appliance.volume.resync`` and docs/volume.md). The request names the newest batch
+generation that had reached the mirror before it read the data; a chunk touched by a
+later batch stays dirty, so a concurrent re-dirtying is never lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from appliance.volume import bitmap_format as fmt
+from appliance.volume.errors import BitmapError
+
+if TYPE_CHECKING:
+    from appliance.storage import BlockIO
+
+SECTOR = 512
+# Beyond this many remembered chunk touches, forget them all and raise the floor instead:
+# memory stays bounded and the only cost is refusing clears older than the floor.
+MAX_TRACKED_TOUCHES = 1 << 20
+
+
+class DirtyBitmap:
+    """Owner of one bitmap file. Not thread-safe: the Volume calls it under its lock."""
+
+    def __init__(self, io: BlockIO, header: fmt.BitmapHeader, bits: bytearray,
+                 next_header_slot: int) -> None:
+        self._io = io
+        self._h = header
+        self._bits = bits
+        self._bits_view = memoryview(bits)
+        self._next_slot = next_header_slot
+        self._dirty = sum(b.bit_count() for b in bits)
+        self._touched: dict[int, int] = {}
+        self._touch_floor = 0
+        self._batch_gen = header.completed_gen
+
+    @classmethod
+    def open(cls, io: BlockIO, *, volume_uuid: uuid.UUID, chunk_size: int,
+             num_chunks: int) -> DirtyBitmap:
+        """Open (or initialise an all-zero) bitmap file and start a new writer incarnation.
+
+        Raises BitmapError if the file belongs to another volume or geometry."""
+        need = fmt.file_size(num_chunks)
+        if io.size() < need:
+            raise BitmapError(f"bitmap file is {io.size()} bytes, needs {need} for "
+                              f"{num_chunks} chunks of {chunk_size} bytes")
+        slots = bytearray(2 * fmt.SLOT_SIZE)
+        io.pread_into(0, memoryview(slots))
+        try:
+            copies = [fmt.decode_header(memoryview(slots)[o:o + fmt.SLOT_SIZE])
+                      for o in fmt.HEADER_OFFSETS]
+        except fmt.BitmapFormatError as err:
+            raise BitmapError(str(err)) from err
+        next_slot, found = fmt.newest(copies)
+        bits = bytearray(fmt.bits_length(num_chunks))
+        if found is None:
+            found = fmt.BitmapHeader(0, volume_uuid, chunk_size, num_chunks, 0, 0,
+                                     fmt.MODE_JOURNALING, 0, 0)
+            io.pwritev(fmt.BITS_OFFSET, [bits])      # a reused file starts clean
+        else:
+            _check_identity(found, volume_uuid, chunk_size, num_chunks)
+            io.pread_into(fmt.BITS_OFFSET, memoryview(bits))
+        bm = cls(io, found, bits, next_slot)
+        bm._publish(incarnation=found.incarnation + 1, completed_gen=0)
+        bm._batch_gen = 0
+        io.sync()
+        return bm
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def chunk_size(self) -> int:
+        return self._h.chunk_size
+
+    @property
+    def num_chunks(self) -> int:
+        return self._h.num_chunks
+
+    @property
+    def logging(self) -> bool:
+        return self._h.mode == fmt.MODE_LOGGING
+
+    @property
+    def overflow_seq(self) -> int:
+        return self._h.overflow_seq
+
+    @property
+    def dirty_chunks(self) -> int:
+        return self._dirty
+
+    @property
+    def incarnation(self) -> int:
+        return self._h.incarnation
+
+    def is_dirty(self, chunk: int) -> bool:
+        return bool(self._bits[chunk >> 3] & (1 << (chunk & 7)))
+
+    def dirty_runs(self) -> Iterator[tuple[int, int]]:
+        """(first chunk, count) for every run of dirty chunks."""
+        return fmt.iter_runs(self._bits, self.num_chunks)
+
+    def set_mode(self, logging: bool, overflow_seq: int) -> None:
+        """Persist the mode durably (before the first write that depends on it)."""
+        mode = fmt.MODE_LOGGING if logging else fmt.MODE_JOURNALING
+        self._publish(mode=mode, overflow_seq=overflow_seq)
+        self._io.sync()
+
+    # -- marking (writer) -------------------------------------------------------------
+    def chunk_range(self, byte_offset: int, length: int) -> tuple[int, int]:
+        first = byte_offset // self.chunk_size
+        last = (byte_offset + length - 1) // self.chunk_size
+        return first, last - first + 1
+
+    def begin_batch(self) -> int:
+        """Generation number of the batch about to be written to the mirror."""
+        self._batch_gen += 1
+        return self._batch_gen
+
+    def mark(self, ranges: Iterable[tuple[int, int]], batch_gen: int) -> bool:
+        """Set the bits of the chunk ranges and record that batch `batch_gen` touches them.
+
+        Writes the changed sectors (no sync). Returns True if a bit was newly set, i.e. the
+        caller must ``sync`` before the batch's mirror writes."""
+        changed: set[int] = set()
+        for first, count in ranges:
+            bytes_changed, newly = fmt.set_bits(self._bits, first, count)
+            self._dirty += newly
+            changed.update(byte // SECTOR for byte in bytes_changed)
+            if count + len(self._touched) > MAX_TRACKED_TOUCHES:
+                self._touch_floor = batch_gen
+                self._touched.clear()
+            else:
+                self._touched.update(dict.fromkeys(range(first, first + count), batch_gen))
+        if changed:
+            self._write_sectors(changed)
+        return bool(changed)
+
+    def mark_all(self) -> None:
+        """Every chunk dirty, durably (initial sync, or a full resync after a failover)."""
+        fmt.set_bits(self._bits, 0, self.num_chunks)
+        self._dirty = self.num_chunks
+        self._io.pwritev(fmt.BITS_OFFSET, [self._bits_view])
+        self._io.sync()
+
+    def finish_batch(self, batch_gen: int) -> None:
+        """The batch's mirror writes are done: tell the resync process (no sync needed:
+        after a crash the incarnation changes and older requests are ignored)."""
+        self._publish(completed_gen=batch_gen)
+
+    def sync(self) -> None:
+        self._io.sync()
+
+    # -- clearing (on the resync process's request) ----------------------------------
+    def poll_requests(self) -> int:
+        """Handle a new clear request, if any. Returns how many chunks were cleared."""
+        slots = bytearray(2 * fmt.SLOT_SIZE)
+        self._io.pread_into(fmt.REQUEST_OFFSETS[0], memoryview(slots))
+        copies = [fmt.decode_request(memoryview(slots)[i * fmt.SLOT_SIZE:(i + 1) * fmt.SLOT_SIZE])
+                  for i in range(2)]
+        _, req = fmt.newest(copies)
+        if req is None or req.request_id <= self._h.processed_request:
+            return 0
+        cleared = 0
+        if req.incarnation == self._h.incarnation and req.seen_gen >= self._touch_floor:
+            cleared = self._clear(req)
+            self._touched = {c: g for c, g in self._touched.items() if g > req.seen_gen}
+            self._touch_floor = max(self._touch_floor, req.seen_gen)
+        self._publish(processed_request=req.request_id)
+        return cleared
+
+    def _clear(self, req: fmt.ClearRequest) -> int:
+        changed: set[int] = set()
+        cleared = 0
+        for first, count in req.ranges:
+            for chunk in range(first, min(first + count, self.num_chunks)):
+                byte, mask = chunk >> 3, 1 << (chunk & 7)
+                if self._bits[byte] & mask and self._touched.get(chunk, 0) <= req.seen_gen:
+                    self._bits[byte] &= ~mask
+                    changed.add(byte // SECTOR)
+                    cleared += 1
+        self._dirty -= cleared
+        if changed:
+            self._write_sectors(changed)
+        return cleared
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _write_sectors(self, sectors: set[int]) -> None:
+        ordered = sorted(sectors)
+        start = prev = ordered[0]
+        for s in [*ordered[1:], None]:
+            if s is not None and s == prev + 1:
+                prev = s
+                continue
+            lo, hi = start * SECTOR, (prev + 1) * SECTOR
+            self._io.pwritev(fmt.BITS_OFFSET + lo, [self._bits_view[lo:hi]])
+            if s is not None:
+                start = prev = s
+
+    def _publish(self, **changes: int) -> None:
+        h = self._h
+        fields = {"generation": h.generation + 1, "volume_uuid": h.volume_uuid,
+                  "chunk_size": h.chunk_size, "num_chunks": h.num_chunks,
+                  "incarnation": h.incarnation, "completed_gen": h.completed_gen,
+                  "mode": h.mode, "overflow_seq": h.overflow_seq,
+                  "processed_request": h.processed_request}
+        fields.update(changes)
+        new = fmt.BitmapHeader(**fields)
+        self._io.pwritev(fmt.HEADER_OFFSETS[self._next_slot], [fmt.encode_header(new)])
+        self._next_slot = 1 - self._next_slot
+        self._h = new
+
+    def close(self) -> None:
+        self._bits_view.release()
+        self._io.close()
+
+
+def _check_identity(h: fmt.BitmapHeader, volume_uuid: uuid.UUID, chunk_size: int,
+                    num_chunks: int) -> None:
+    if h.volume_uuid != volume_uuid:
+        raise BitmapError(f"bitmap file belongs to volume {h.volume_uuid}, not {volume_uuid}")
+    if (h.chunk_size, h.num_chunks) != (chunk_size, num_chunks):
+        raise BitmapError(f"bitmap file has {h.num_chunks} chunks of {h.chunk_size} bytes, "
+                          f"configuration asks for {num_chunks} of {chunk_size}; "
+                          "delete it to start a full resync with the new geometry")

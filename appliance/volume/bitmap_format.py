@@ -1,0 +1,214 @@
+"""On-disk layout of the dirty-region bitmap file (pure functions over bytes).
+
+The file is shared by two processes with one rule: each area has exactly one writer.
+
+    offset      size   owner        content
+    0           4096   writer       header slot A  } newest valid copy wins
+    4096        4096   writer       header slot B  }
+    8192        4096   resyncer     clear-request slot A  } newest valid copy wins
+    12288       4096   resyncer     clear-request slot B  }
+    16384       ...    writer       the bits, one per chunk, LSB first, padded to 4096
+
+Every slot carries a generation number and a CRC32C, and is written to the copy that
+does not hold the newest generation, so a torn write leaves the previous copy intact.
+See docs/volume.md for the protocol.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import crc32c
+
+SLOT_SIZE = 4096
+HEADER_OFFSETS = (0, SLOT_SIZE)
+REQUEST_OFFSETS = (2 * SLOT_SIZE, 3 * SLOT_SIZE)
+BITS_OFFSET = 4 * SLOT_SIZE
+
+HEADER_MAGIC = b"DRBITMAP"
+REQUEST_MAGIC = b"DRBMCLR1"
+FORMAT_VERSION = 1
+
+MODE_JOURNALING = 0
+MODE_LOGGING = 1
+
+# magic, version, generation, volume uuid, chunk size, chunks, incarnation,
+# completed batch generation, mode, overflow seq, processed request id
+_HEADER = struct.Struct("<8sIQ16sIQQQIQQ")
+# magic, version, generation, incarnation, request id, batch generation seen, range count
+_REQUEST = struct.Struct("<8sIQQQQI")
+_RANGE = struct.Struct("<QI")
+_CRC = struct.Struct("<I")
+MAX_REQUEST_RANGES = (SLOT_SIZE - _REQUEST.size - _CRC.size) // _RANGE.size
+
+
+class BitmapFormatError(ValueError):
+    """A slot or file that is not a bitmap of ours (bad magic, version or geometry)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BitmapHeader:
+    """The writer's slot: geometry plus the state the resync needs to read."""
+
+    generation: int
+    volume_uuid: uuid.UUID
+    chunk_size: int
+    num_chunks: int
+    incarnation: int          # bumped at every writer open; stale requests are ignored
+    completed_gen: int        # every write batch <= this has reached the mirror
+    mode: int                 # MODE_JOURNALING or MODE_LOGGING
+    overflow_seq: int         # last journal seq written before the overflow
+    processed_request: int    # newest clear request the writer has handled
+
+
+@dataclass(frozen=True, slots=True)
+class ClearRequest:
+    """The resyncer's slot: "these chunks were shipped as read after batch `seen_gen`"."""
+
+    generation: int
+    incarnation: int
+    request_id: int
+    seen_gen: int
+    ranges: tuple[tuple[int, int], ...]   # (first chunk, count)
+
+
+_Slot = TypeVar("_Slot", BitmapHeader, ClearRequest)
+
+
+def bits_length(num_chunks: int) -> int:
+    """Bytes of the bit area, padded to a whole slot."""
+    raw = (num_chunks + 7) // 8
+    return -(-raw // SLOT_SIZE) * SLOT_SIZE
+
+
+def file_size(num_chunks: int) -> int:
+    return BITS_OFFSET + bits_length(num_chunks)
+
+
+def _seal(body: bytes) -> bytes:
+    sealed = body + _CRC.pack(crc32c.crc32c(body))
+    return sealed + bytes(SLOT_SIZE - len(sealed))
+
+
+def _unseal(slot: bytes | memoryview, length: int) -> bytes | None:
+    body = bytes(slot[:length])
+    (crc,) = _CRC.unpack_from(slot, length)
+    return body if crc32c.crc32c(body) == crc else None
+
+
+def encode_header(h: BitmapHeader) -> bytes:
+    return _seal(_HEADER.pack(
+        HEADER_MAGIC, FORMAT_VERSION, h.generation, h.volume_uuid.bytes, h.chunk_size,
+        h.num_chunks, h.incarnation, h.completed_gen, h.mode, h.overflow_seq,
+        h.processed_request))
+
+
+def decode_header(slot: bytes | memoryview) -> BitmapHeader | None:
+    """The header in one slot, or None if the slot is empty or torn.
+
+    Raises BitmapFormatError for an intact slot of another format version."""
+    body = _unseal(slot, _HEADER.size)
+    if body is None:
+        return None
+    (magic, version, gen, vol, chunk, chunks, inc, done, mode, ovf, proc) = _HEADER.unpack(body)
+    if magic != HEADER_MAGIC:
+        return None
+    if version != FORMAT_VERSION:
+        raise BitmapFormatError(f"bitmap format version {version} is not supported "
+                                f"(this software reads version {FORMAT_VERSION})")
+    return BitmapHeader(gen, uuid.UUID(bytes=vol), chunk, chunks, inc, done, mode, ovf, proc)
+
+
+def encode_request(r: ClearRequest) -> bytes:
+    if len(r.ranges) > MAX_REQUEST_RANGES:
+        raise ValueError(f"a clear request holds at most {MAX_REQUEST_RANGES} ranges")
+    body = _REQUEST.pack(REQUEST_MAGIC, FORMAT_VERSION, r.generation, r.incarnation,
+                         r.request_id, r.seen_gen, len(r.ranges))
+    body += b"".join(_RANGE.pack(first, count) for first, count in r.ranges)
+    return _seal(body)
+
+
+def decode_request(slot: bytes | memoryview) -> ClearRequest | None:
+    """The clear request in one slot, or None if empty, torn or not ours."""
+    (n_ranges,) = struct.unpack_from("<I", slot, _REQUEST.size - 4)
+    if n_ranges > MAX_REQUEST_RANGES:
+        return None
+    length = _REQUEST.size + n_ranges * _RANGE.size
+    body = _unseal(slot, length)
+    if body is None:
+        return None
+    magic, version, gen, inc, rid, seen, _ = _REQUEST.unpack_from(body)
+    if magic != REQUEST_MAGIC or version != FORMAT_VERSION:
+        return None
+    ranges = tuple(_RANGE.unpack_from(body, _REQUEST.size + i * _RANGE.size)
+                   for i in range(n_ranges))
+    return ClearRequest(gen, inc, rid, seen, ranges)
+
+
+def newest(copies: Sequence[_Slot | None]) -> tuple[int, _Slot | None]:
+    """Index of the copy to overwrite next and the newest valid copy (or None)."""
+    valid = [(c.generation, i, c) for i, c in enumerate(copies) if c is not None]
+    if not valid:
+        return 0, None
+    _, idx, best = max(valid, key=lambda v: v[0])
+    return 1 - idx, best
+
+
+def set_bits(bits: bytearray, first: int, count: int) -> tuple[list[int], int]:
+    """Set bits [first, first+count). Returns (indexes of changed bytes, bits newly set)."""
+    changed: list[int] = []
+    newly = 0
+    chunk, end = first, first + count
+    while chunk < end:
+        byte, lo = chunk >> 3, chunk & 7
+        hi = min(8, lo + end - chunk)
+        old = bits[byte]
+        new = old | (((1 << hi) - 1) & ~((1 << lo) - 1))
+        if new != old:
+            bits[byte] = new
+            changed.append(byte)
+            newly += (new ^ old).bit_count()
+        chunk += hi - lo
+    return changed, newly
+
+
+def iter_runs(bits: bytes | bytearray | memoryview, num_chunks: int, start: int = 0):
+    """Yield (first chunk, count) for each run of set bits from `start`, skipping clear bytes fast."""
+    mv = memoryview(bits)
+    nbytes = (num_chunks + 7) // 8
+    chunk = start
+    run_start = -1
+    while chunk < num_chunks:
+        byte = chunk >> 3
+        if run_start < 0 and chunk & 7 == 0:
+            # skip zero bytes quickly
+            nxt = _next_nonzero(mv, byte, nbytes)
+            if nxt >= nbytes:
+                break
+            chunk = nxt << 3
+            byte = nxt
+        is_set = bool(mv[byte] & (1 << (chunk & 7)))
+        if is_set and run_start < 0:
+            run_start = chunk
+        elif not is_set and run_start >= 0:
+            yield run_start, chunk - run_start
+            run_start = -1
+        chunk += 1
+    if run_start >= 0:
+        yield run_start, min(chunk, num_chunks) - run_start
+
+
+def _next_nonzero(mv: memoryview, byte: int, nbytes: int) -> int:
+    step = 4096
+    while byte < nbytes:
+        end = min(nbytes, (byte // step + 1) * step)
+        block = bytes(mv[byte:end])
+        stripped = block.lstrip(b"\0")
+        if stripped:
+            return byte + len(block) - len(stripped)
+        byte = end
+    return nbytes
