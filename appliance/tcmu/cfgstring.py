@@ -1,0 +1,165 @@
+"""The `mirror` handler's config string: `mirror/<key>=<value>;<key>=<value>;...`.
+
+This is what targetcli's `create ... cfgstring=...` passes (prefixed with `mirror/`), what the
+kernel stores in `dev_config` and what ends up in the UIO device name. Example:
+
+    mirror/mirror=/var/lib/appliance/vol1.img;journal=/var/lib/appliance/vol1.jnl;journal_size=1G
+
+Keys:
+  mirror        absolute path of the local mirror file or block device (required)
+  journal       absolute path of the write-ahead journal file or device (required)
+  journal_size  journal size, bytes or with K/M/G/T (binary); needed when the journal is created
+  block_size    volume block size the host sees: 512 (default) or 4096
+  bitmap        absolute path of the dirty-region bitmap (default: `<journal>.bitmap`)
+  group         consistency group name (default: the device's own group)
+  wce           write cache enabled at start: 1 (default) or 0
+
+Kernel and rtslib limits (TCMU brief §8, §14.10): at most 255 bytes including `mirror/`, no `,`
+(the control tokenizer splits on it), no `:` (rtslib refuses it), no newline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+SUBTYPE = "mirror"
+MAX_CONFIG_BYTES = 255
+MIN_JOURNAL_SIZE = 1 << 20
+_FORBIDDEN = {",": "a comma", ":": "a colon", "\n": "a newline", "\r": "a carriage return",
+              "\0": "a NUL byte"}
+_SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+KNOWN_KEYS = ("mirror", "journal", "journal_size", "block_size", "bitmap", "group", "wce")
+
+CONFIG_DESC = (
+    "mirror=<abs path>;journal=<abs path>;journal_size=<size, e.g. 1G>"
+    "[;block_size=512|4096][;bitmap=<abs path>][;group=<name>][;wce=1|0]  "
+    "(no ',' ':' or newline; at most 255 bytes with 'mirror/')"
+)
+
+
+class ConfigStringError(ValueError):
+    """The config string is wrong; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    mirror: str
+    journal: str
+    journal_size: int | None = None
+    block_size: int = 512
+    bitmap: str | None = None
+    group: str | None = None
+    wce: bool = True
+
+    @property
+    def bitmap_path(self) -> str:
+        return self.bitmap or self.journal + ".bitmap"
+
+    def to_cfgstring(self) -> str:
+        """The handler part (after `mirror/`), in the canonical key order."""
+        parts = [f"mirror={self.mirror}", f"journal={self.journal}"]
+        if self.journal_size is not None:
+            parts.append(f"journal_size={self.journal_size}")
+        if self.block_size != 512:
+            parts.append(f"block_size={self.block_size}")
+        if self.bitmap:
+            parts.append(f"bitmap={self.bitmap}")
+        if self.group:
+            parts.append(f"group={self.group}")
+        if not self.wce:
+            parts.append("wce=0")
+        return ";".join(parts)
+
+
+def strip_subtype(config: str) -> str:
+    """`mirror/<cfg>` → `<cfg>`; other subtypes are refused."""
+    subtype, sep, rest = config.partition("/")
+    if not sep:
+        raise ConfigStringError(f"config string must start with '{SUBTYPE}/', got {config!r}")
+    if subtype != SUBTYPE:
+        raise ConfigStringError(f"handler subtype is '{subtype}', this daemon serves '{SUBTYPE}'")
+    return rest
+
+
+def parse_config(config: str) -> MirrorConfig:
+    """Parse a full dev_config (`mirror/...`). Raises ConfigStringError saying what is wrong."""
+    raw = config.encode("utf-8", errors="surrogateescape")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigStringError(f"config string is {len(raw)} bytes; the kernel keeps at most "
+                                f"{MAX_CONFIG_BYTES} (including '{SUBTYPE}/'): use shorter paths")
+    for char, name in _FORBIDDEN.items():
+        if char in config:
+            raise ConfigStringError(f"config string contains {name} at position "
+                                    f"{config.index(char)}; LIO cannot store it")
+    body = strip_subtype(config)
+    if not body:
+        raise ConfigStringError(f"empty config string; expected {CONFIG_DESC}")
+    values: dict[str, str] = {}
+    for item in body.split(";"):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigStringError(f"'{item}' is not key=value; expected {CONFIG_DESC}")
+        if key not in KNOWN_KEYS:
+            raise ConfigStringError(f"unknown key '{key}'; known keys: {', '.join(KNOWN_KEYS)}")
+        if key in values:
+            raise ConfigStringError(f"key '{key}' given twice")
+        values[key] = value
+    for required in ("mirror", "journal"):
+        if required not in values:
+            raise ConfigStringError(f"missing '{required}=<absolute path>'")
+    mirror = _abs_path("mirror", values["mirror"])
+    journal = _abs_path("journal", values["journal"])
+    bitmap = _abs_path("bitmap", values["bitmap"]) if "bitmap" in values else None
+    paths = [p for p in (mirror, journal, bitmap) if p]
+    if len(set(paths)) != len(paths):
+        raise ConfigStringError("mirror, journal and bitmap must be different files")
+    journal_size = _size("journal_size", values["journal_size"]) if "journal_size" in values else None
+    if journal_size is not None and (journal_size < MIN_JOURNAL_SIZE or journal_size % 4096):
+        raise ConfigStringError(f"journal_size={values['journal_size']} must be at least 1M and a "
+                                "multiple of 4K")
+    block_size = 512
+    if "block_size" in values:
+        if values["block_size"] not in ("512", "4096"):
+            raise ConfigStringError(f"block_size={values['block_size']}: use 512 or 4096")
+        block_size = int(values["block_size"])
+    group = values.get("group")
+    if group is not None and not _GROUP.match(group):
+        raise ConfigStringError(f"group={group!r}: 1-64 characters of A-Z a-z 0-9 _ . -")
+    wce = values.get("wce", "1")
+    if wce not in ("0", "1"):
+        raise ConfigStringError(f"wce={wce}: use 1 (write cache on) or 0")
+    return MirrorConfig(mirror, journal, journal_size, block_size, bitmap, group, wce == "1")
+
+
+def check_config(config: str) -> tuple[bool, str]:
+    """The D-Bus CheckConfig answer: (True, "success") or (False, what to fix)."""
+    try:
+        parse_config(config)
+    except ConfigStringError as err:
+        return False, str(err)
+    return True, "success"
+
+
+def _abs_path(key: str, value: str) -> str:
+    if not value:
+        raise ConfigStringError(f"'{key}=' needs a path")
+    path = PurePosixPath(value)
+    if not path.is_absolute():
+        raise ConfigStringError(f"{key}={value} must be an absolute path")
+    if ".." in path.parts:
+        raise ConfigStringError(f"{key}={value} must not contain '..'")
+    return str(path)
+
+
+def _size(key: str, value: str) -> int:
+    match = _SIZE.match(value.strip())
+    if not match:
+        raise ConfigStringError(f"{key}={value}: expected a number with an optional K/M/G/T suffix")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]

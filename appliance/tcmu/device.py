@@ -1,0 +1,140 @@
+"""The per-device loop: wait, drain every ring entry, execute the batch, complete with one poke.
+
+Data never gets copied here: each iovec becomes a memoryview slice of the mapping and goes
+straight to the SCSI layer (and from there to os.preadv/pwritev). The slices are released right
+after completion, so a late access raises ValueError instead of touching a data page the kernel
+may already have reclaimed (SIGBUS on a real device).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from appliance.tcmu import layout
+from appliance.tcmu.ring import CommandRing, Completion
+from appliance.tcmu.transport import RingTransport
+
+log = logging.getLogger(__name__)
+
+SAM_STAT_CHECK_CONDITION = 0x02
+# HARDWARE ERROR / INTERNAL TARGET FAILURE: what a command gets if the executor itself fails.
+_INTERNAL_FAILURE_SENSE = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 0x0A, 0, 0, 0, 0, 0x44, 0x00, 0, 0, 0, 0])
+
+
+class CommandExecutor(Protocol):
+    """appliance.scsi.ScsiDisk satisfies this."""
+
+    def execute(self, cmds: Sequence[Any]) -> list[Any]: ...
+
+
+def _scsi_command_class() -> Callable[..., Any]:
+    from appliance.scsi import ScsiCommand
+    return ScsiCommand
+
+
+@dataclass(slots=True)
+class DeviceStats:
+    wakeups: int = 0
+    batches: int = 0
+    commands: int = 0
+    pokes: int = 0
+    max_batch: int = 0
+
+
+class TcmuDevice:
+    """Serves one TCMU device: `run()` loops until `stop()` (or until the ring is broken)."""
+
+    def __init__(self, transport: RingTransport, executor: CommandExecutor, *, name: str = "",
+                 command_class: Callable[..., Any] | None = None,
+                 poll_interval: float = 0.5) -> None:
+        self.transport = transport
+        self.executor = executor
+        self.name = name
+        self.ring = CommandRing(transport.region)
+        self._make_command = command_class or _scsi_command_class()
+        self._poll_interval = poll_interval
+        self._stop = threading.Event()
+        self.stats = DeviceStats()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        # A fresh open starts at the current event count: commands may already be queued.
+        self.process()
+        while not self._stop.is_set():
+            if self.transport.wait(self._poll_interval):
+                self.stats.wakeups += 1
+                self.process()
+
+    def process(self) -> int:
+        """Drain the ring until it is empty; one executor batch and one poke per round."""
+        total = 0
+        while True:
+            requests = self.ring.fetch()
+            if not requests:
+                return total
+            self._serve(requests)
+            total += len(requests)
+
+    def close(self) -> None:
+        self.ring.close()
+
+    def _serve(self, requests: list[layout.CmdRequest]) -> None:
+        region = self.transport.region
+        views: list[memoryview] = []
+        cmds = []
+        for req in requests:
+            bufs = [region[base: base + length] for base, length in req.iovecs]
+            views.extend(bufs)
+            split = len(bufs) - req.bidi_count
+            cmds.append(self._make_command(cdb=req.cdb, data=bufs[:split], bidi_in=bufs[split:]))
+        try:
+            results = self.executor.execute(cmds)
+            if len(results) != len(cmds):
+                raise RuntimeError(f"executor returned {len(results)} results for {len(cmds)} commands")
+        except Exception:
+            log.exception("device %s: executor failed; failing %d commands with HARDWARE ERROR",
+                          self.name, len(cmds))
+            results = [None] * len(cmds)
+        completions = [self._completion(req, cmd, res) for req, cmd, res in zip(requests, cmds, results, strict=True)]
+        self.ring.complete(completions)
+        for view in views:
+            view.release()
+        self.transport.poke()
+        stats = self.stats
+        stats.batches += 1
+        stats.pokes += 1
+        stats.commands += len(requests)
+        stats.max_batch = max(stats.max_batch, len(requests))
+
+    def _completion(self, req: layout.CmdRequest, cmd: Any, result: Any) -> Completion:
+        if result is None:
+            return Completion(req.cmd_id, SAM_STAT_CHECK_CONDITION, _INTERNAL_FAILURE_SENSE)
+        sense = bytes(result.sense[: layout.SENSE_BUFFERSIZE]) if result.status == SAM_STAT_CHECK_CONDITION else b""
+        read_len = result.read_len
+        if read_len is not None:
+            data_in = cmd.bidi_in if req.bidi_count else cmd.data
+            total = sum(len(b) for b in data_in)
+            if read_len >= total:
+                read_len = None
+            elif read_len == 0 or not self.ring.read_len_ok:
+                # The kernel treats read_len 0 as "everything", and without CAP_READ_LEN it always
+                # copies the whole buffer: zero what is not valid so no stale bytes leak out.
+                _zero_from(data_in, read_len)
+                read_len = None
+        return Completion(req.cmd_id, result.status, sense, read_len)
+
+
+def _zero_from(bufs: Sequence[memoryview], start: int) -> None:
+    pos = 0
+    for buf in bufs:
+        end = pos + len(buf)
+        if end > start:
+            cut = max(0, start - pos)
+            buf[cut:] = bytes(len(buf) - cut)
+        pos = end

@@ -1,0 +1,140 @@
+"""User side of the TCMU command ring: fetch with a private cursor, complete out of order.
+
+This follows the algorithm of tcmu-design.rst as libtcmu refines it (see the TCMU brief §5.2):
+
+* Fetching walks a private cursor from the mailbox's cmd_tail towards cmd_head. PAD entries
+  are skipped, TMR and unknown entries are flagged UNKNOWN_OP and skipped, and for every CMD
+  entry the CDB and iovec list are copied out at once, because the response written later
+  overwrites the request fields of whichever slot it lands in.
+* Completing starts at cmd_tail, passes any non-CMD entries, and writes the response into the
+  first CMD slot there, overwriting the slot's cmd_id with the finished command's id ("slot
+  stealing", allowed by TCMU_MAILBOX_FLAG_CAP_OOOC). The kernel finds the command by the id in
+  the slot and advances by the slot's length, so completion order need not match ring order.
+* A batch of completions is written first and cmd_tail is stored once at the end, with a single
+  aligned 4-byte store (there are no explicit barriers in Python; on x86-64 store order is
+  program order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from appliance.tcmu import layout
+
+
+class RingError(RuntimeError):
+    """The ring holds something the protocol does not allow; the device must be reset."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    cmd_id: int
+    status: int
+    sense: bytes = b""
+    read_len: int | None = None
+
+
+class CommandRing:
+    """The user-side view of one device's mailbox and ring inside the mapped region."""
+
+    def __init__(self, region: memoryview) -> None:
+        if region.format != "B" or region.ndim != 1:
+            raise RingError("the region must be a flat byte memoryview")
+        self.region = region
+        self.region_size = len(region)
+        self.mailbox = layout.read_mailbox(region)
+        layout.check_mailbox(self.mailbox, self.region_size)
+        self.cmdr_off = self.mailbox.cmdr_off
+        self.cmdr_size = self.mailbox.cmdr_size
+        self.data_off = layout.data_area_offset(self.mailbox)
+        # Aligned 32-bit words for head/tail: single loads and stores, never torn.
+        self._words = region[: layout.MAILBOX_SIZE].cast("I")
+        self._cursor = self.cmd_tail
+        self.pending = 0  # fetched CMD entries not yet completed
+
+    def close(self) -> None:
+        """Drop the views into the region so the mapping can be closed."""
+        self._words.release()
+
+    @property
+    def out_of_order_ok(self) -> bool:
+        return bool(self.mailbox.flags & layout.FLAG_CAP_OOOC)
+
+    @property
+    def read_len_ok(self) -> bool:
+        return bool(self.mailbox.flags & layout.FLAG_CAP_READ_LEN)
+
+    @property
+    def cmd_head(self) -> int:
+        return self._words[layout.MB_CMD_HEAD // 4]
+
+    @property
+    def cmd_tail(self) -> int:
+        return self._words[layout.MB_CMD_TAIL // 4]
+
+    def _store_tail(self, tail: int) -> None:
+        self._words[layout.MB_CMD_TAIL // 4] = tail
+
+    def fetch(self) -> list[layout.CmdRequest]:
+        """Every CMD entry between the cursor and cmd_head, copied out of the ring."""
+        head = self.cmd_head
+        if head >= self.cmdr_size or head % layout.OP_ALIGN_SIZE:
+            raise RingError(f"cmd_head {head} is outside a {self.cmdr_size}-byte ring")
+        requests: list[layout.CmdRequest] = []
+        while self._cursor != head:
+            off = self.cmdr_off + self._cursor
+            hdr = self._checked_header(off, self._cursor)
+            if hdr.op == layout.OP_CMD:
+                try:
+                    requests.append(layout.read_cmd_request(self.region, off, self.region_size))
+                except layout.LayoutError as err:
+                    raise RingError(f"malformed CMD entry at ring offset {self._cursor}") from err
+                self.pending += 1
+            elif hdr.op != layout.OP_PAD:
+                # TMR notifications and future opcodes: the kernel documents UNKNOWN_OP as the
+                # answer; the entry itself is passed by cmd_tail in complete().
+                layout.or_uflags(self.region, off, layout.UFLAG_UNKNOWN_OP)
+            self._cursor = (self._cursor + hdr.length) % self.cmdr_size
+        return requests
+
+    def complete(self, completions: Iterable[Completion]) -> int:
+        """Write responses by slot stealing, then store cmd_tail once. Returns how many."""
+        tail = self.cmd_tail
+        done = 0
+        for completion in completions:
+            if self.pending == 0:
+                raise RingError(f"completion for cmd {completion.cmd_id} with none outstanding")
+            tail = self._skip_non_cmd(tail)
+            off = self.cmdr_off + tail
+            hdr = layout.read_header(self.region, off)
+            if hdr.cmd_id != completion.cmd_id:
+                if not self.out_of_order_ok:
+                    raise RingError(f"cmd {completion.cmd_id} completed out of order and the "
+                                    "kernel lacks CAP_OOOC")
+                layout.set_cmd_id(self.region, off, completion.cmd_id)
+            layout.write_response(self.region, off, status=completion.status,
+                                  sense=completion.sense, read_len=completion.read_len)
+            tail = (tail + hdr.length) % self.cmdr_size
+            self.pending -= 1
+            done += 1
+        # Trailing PAD/TMR entries the cursor already passed would otherwise hold the tail back
+        # until the next command completes; the kernel skips them too.
+        tail = self._skip_non_cmd(tail)
+        if tail != self.cmd_tail:
+            self._store_tail(tail)
+        return done
+
+    def _skip_non_cmd(self, tail: int) -> int:
+        while tail != self._cursor:
+            hdr = self._checked_header(self.cmdr_off + tail, tail)
+            if hdr.op == layout.OP_CMD:
+                break
+            tail = (tail + hdr.length) % self.cmdr_size
+        return tail
+
+    def _checked_header(self, off: int, ring_pos: int) -> layout.EntryHeader:
+        hdr = layout.read_header(self.region, off)
+        if hdr.length < layout.HDR_SIZE or ring_pos + hdr.length > self.cmdr_size:
+            raise RingError(f"entry at ring offset {ring_pos} has impossible length {hdr.length}")
+        return hdr
