@@ -116,9 +116,11 @@ class VolumeBinding:
 
 
 def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
-          binding: VolumeBinding, receiver_identity: str, heartbeat_s: float,
+          binding: VolumeBinding | None, receiver_identity: str, heartbeat_s: float,
           allow_compression: bool = True) -> Welcome:
-    """Decide whether to accept ``hello``. ``cert_names`` is None only on a link without TLS."""
+    """Decide whether to accept ``hello``. ``cert_names`` is None only on a link without TLS;
+    ``spec`` and ``binding`` are None for a volume the receiver does not know."""
+    binding = binding or VolumeBinding(primary=None, generation=0, last_seq=None, applied_seq=0)
     if hello.protocol != PROTOCOL_VERSION:
         raise Refused("version", f"protocol {hello.protocol} not supported "
                                  f"(receiver speaks {PROTOCOL_VERSION})")

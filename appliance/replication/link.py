@@ -16,6 +16,19 @@ import zstandard
 from appliance.replication import wire
 
 
+async def run_blocking(fn, *args):
+    """Run blocking disk work in a thread. If the caller is cancelled meanwhile, the work is
+    allowed to finish before the cancellation propagates, so that locks held around it (one
+    session per volume) really cover it and two threads never work on one journal at once."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await fut
+        raise
+
+
 class LinkClosed(ConnectionError):
     """The peer closed the connection (cleanly or not) or went silent past the deadline."""
 

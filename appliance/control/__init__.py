@@ -1,0 +1,1 @@
+"""Local control socket: JSON lines over a unix socket (status and commands of each daemon)."""

@@ -1,0 +1,300 @@
+"""The receiver (DR side): a TCP server taking replication links from any number of primaries.
+
+Per connection: TLS (mutual certificates), HELLO, admission (``handshake.admit``), then a
+session that verifies each BATCH, orders records (``apply.SeqOrderer``), commits contiguous runs
+durably to the replica journal, acknowledges, and applies them to the mirror. Volumes are
+isolated: each has its own replica, its own lock, and at most one live session; a reconnect by
+the bound primary replaces its old (probably dead) session, any other primary is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from appliance.control.server import ControlServer
+from appliance.replication import wire
+from appliance.replication.apply import SeqOrderer
+from appliance.replication.config import ConfigError, ReceiverConfig, load_toml, receiver_config
+from appliance.replication.handshake import HandshakeError, Hello, Refused, admit
+from appliance.replication.link import FrameLink, LinkClosed, run_blocking
+from appliance.replication.replica import Replica, ReplicaError
+from appliance.replication.status import LinkStatus
+from appliance.replication.tls import peer_identities, server_context
+
+log = logging.getLogger("appliance.receiver")
+FT = wire.FrameType
+
+
+class SessionError(Exception):
+    """The session must end; the message is logged and sent to the primary in an ERROR frame."""
+
+
+class VolumeSlot:
+    """A configured volume: its replica (opened lazily), its lock and its live session."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.lock = asyncio.Lock()
+        self.session: asyncio.Task | None = None
+        self.link = LinkStatus(state="idle")
+
+
+class Receiver:
+    def __init__(self, cfg: ReceiverConfig) -> None:
+        self.cfg = cfg
+        self.slots: dict[uuid.UUID, VolumeSlot] = {}
+        self._ssl = server_context(cfg.tls) if cfg.tls is not None else None
+        self._server: asyncio.base_events.Server | None = None
+        self.refusals = 0
+        self.control = ControlServer(cfg.control_socket, {"status": self.status})
+
+    async def start(self) -> None:
+        for vcfg in self.cfg.volumes:
+            replica = await asyncio.to_thread(Replica, vcfg)
+            self.slots[vcfg.spec.uuid] = VolumeSlot(replica)
+        host, port = self.cfg.listen
+        self._server = await asyncio.start_server(self._accept, host, port, limit=1 << 20)
+        await self.control.start()
+        log.info("receiver %s listening on %s:%d (%s), %d volume(s)", self.cfg.identity, host,
+                 self.port, "TLS" if self._ssl else "NO TLS", len(self.slots))
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for slot in self.slots.values():
+            if slot.session is not None:
+                slot.session.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await slot.session
+        await self.control.close()
+        for slot in self.slots.values():
+            await asyncio.to_thread(slot.replica.close)
+
+    def status(self, args: dict) -> dict:
+        return {"role": "receiver", "identity": self.cfg.identity, "refusals": self.refusals,
+                "volumes": {str(u): {**s.replica.status(), "link": s.link.as_dict(),
+                                     "lag_records": 0 if s.replica.durable_seq is None else
+                                     s.replica.durable_seq - s.replica.applied_seq}
+                            for u, s in self.slots.items()}}
+
+    # --- connection ---------------------------------------------------------------------
+
+    def _refuse_log(self, peer: str, why: str) -> None:
+        self.refusals += 1
+        log.warning("refused connection from %s: %s", peer, why)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = writer.get_extra_info("peername")[:2]
+        peer = f"{host}:{port}"
+        cert_names = None
+        if self._ssl is not None:
+            try:
+                await writer.start_tls(self._ssl, ssl_handshake_timeout=self.cfg.dead_after_s)
+            except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as err:
+                self._refuse_log(peer, f"TLS handshake failed: {err}")
+                writer.close()
+                return
+            cert_names = peer_identities(writer.get_extra_info("peercert"))
+        link = FrameLink(reader, writer)
+        try:
+            await self._handshake_and_run(link, peer, cert_names)
+        except (wire.WireError, HandshakeError) as err:
+            self._refuse_log(peer, f"{type(err).__name__}: {err}")
+        except LinkClosed as err:
+            log.info("link from %s closed: %s", peer, err)
+        finally:
+            await link.close()
+
+    async def _handshake_and_run(self, link: FrameLink, peer: str,
+                                 cert_names: set[str] | None) -> None:
+        frame = await link.recv(self.cfg.dead_after_s)
+        if frame.type is not FT.HELLO:
+            raise wire.BadFrame(f"expected HELLO, got {frame.type.name}")
+        hello = Hello.from_dict(wire.decode_json(frame.payload))
+        slot = self.slots.get(hello.volume_uuid)
+        try:
+            welcome = admit(hello, cert_names=cert_names,
+                            spec=slot.replica.spec if slot else None,
+                            binding=slot.replica.binding() if slot else None,
+                            receiver_identity=self.cfg.identity,
+                            heartbeat_s=self.cfg.heartbeat_s,
+                            allow_compression=self.cfg.compression)
+        except Refused as err:
+            self._refuse_log(peer, f"primary {hello.identity!r}, volume {hello.volume_uuid}: "
+                                   f"{err.code}: {err.reason}")
+            if slot is not None:
+                slot.link.error(f"refused {hello.identity!r} from {peer}: {err}")
+            await link.send_json(FT.REFUSE, {"code": err.code, "reason": err.reason})
+            return
+        assert slot is not None
+        # Take over from an older session of the same primary before touching the replica.
+        old = slot.session
+        if old is not None and not old.done():
+            log.info("volume %s: new link from %s replaces the previous one", hello.volume_uuid,
+                     peer)
+            old.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await old
+        slot.session = asyncio.current_task()
+        async with slot.lock:
+            await run_blocking(slot.replica.bind, hello, welcome.last_seq)
+            if welcome.compression:
+                link.enable_compression()
+            await link.send_json(FT.WELCOME, welcome.to_dict())
+            slot.link.peer = peer
+            slot.link.connects += 1
+            slot.link.set_state("connected")
+            log.info("volume %s: primary %s (%s) connected at seq %d, generation %d%s",
+                     hello.volume_uuid, hello.identity, peer, welcome.last_seq, hello.generation,
+                     ", zstd" if welcome.compression else "")
+            try:
+                await Session(self, slot, link, hello).run()
+            except SessionError as err:
+                slot.link.error(str(err))
+                log.error("volume %s: dropping link from %s: %s", hello.volume_uuid, peer, err)
+                with contextlib.suppress(LinkClosed):
+                    await link.send_json(FT.ERROR, {"reason": str(err)})
+            except (wire.WireError, LinkClosed) as err:
+                slot.link.error(f"{type(err).__name__}: {err}")
+                log.error("volume %s: link from %s failed: %s", hello.volume_uuid, peer, err)
+            finally:
+                slot.link.disconnects += 1
+                slot.link.set_state("disconnected")
+                await run_blocking(slot.replica.sync_mirror)
+
+
+class Session:
+    """One admitted link for one volume: reader task feeds the committer through a queue."""
+
+    def __init__(self, rx: Receiver, slot: VolumeSlot, link: FrameLink, hello: Hello) -> None:
+        self.rx = rx
+        self.slot = slot
+        self.replica = slot.replica
+        self.link = link
+        self.hello = hello
+        self.orderer = SeqOrderer(next_seq=self.replica.durable_seq + 1)
+        self.queue: asyncio.Queue[list[wire.WireRecord]] = asyncio.Queue(maxsize=64)
+        self._last_sent = time.monotonic()
+        self._resend_asked: int | None = None
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._commit()),
+                 asyncio.create_task(self._heartbeat())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _send(self, ftype: wire.FrameType, payload: bytes = b"") -> None:
+        await self.link.send(ftype, payload)
+        self._last_sent = time.monotonic()
+
+    async def _heartbeat(self) -> None:
+        hb = self.rx.cfg.heartbeat_s
+        while True:
+            await asyncio.sleep(hb / 2)
+            if time.monotonic() - self._last_sent >= hb:
+                await self._send(FT.HEARTBEAT, wire.encode_seq(time.time_ns()))
+
+    async def _read(self) -> None:
+        while True:
+            frame = await self.link.recv(self.rx.cfg.dead_after_s)
+            if frame.type is FT.HEARTBEAT:
+                continue
+            if frame.type is FT.ERROR:
+                raise LinkClosed(f"primary reported: {wire.decode_json(frame.payload)}")
+            if frame.type is not FT.BATCH:
+                raise SessionError(f"unexpected {frame.type.name} frame during replication")
+            try:
+                batch = wire.decode_batch(frame.payload)
+            except wire.WireError:
+                self.replica.counters.rejected_batches += 1
+                raise
+            if batch.volume_uuid != self.hello.volume_uuid:
+                self.replica.counters.rejected_batches += 1
+                raise SessionError(f"batch for volume {batch.volume_uuid} on the link of "
+                                   f"{self.hello.volume_uuid}")
+            if batch.generation != self.hello.generation:
+                self.replica.counters.rejected_batches += 1
+                raise SessionError(f"batch of generation {batch.generation} on a link of "
+                                   f"generation {self.hello.generation}")
+            if batch.records:
+                await self.queue.put(batch.records)
+
+    async def _commit(self) -> None:
+        while True:
+            records = await self.queue.get()
+            while not self.queue.empty() and len(records) < 8192:
+                records += self.queue.get_nowait()
+            offered = self.orderer.offer(records)
+            self.replica.counters.duplicates += offered.duplicates
+            if offered.run:
+                try:
+                    durable = await run_blocking(self.replica.commit, offered.run)
+                except (ValueError, ReplicaError) as err:
+                    raise SessionError(f"records refused: {err}") from err
+                await self._send(FT.ACK, wire.encode_ack(durable, self.replica.applied_seq))
+                await run_blocking(self.replica.apply, offered.run)
+                self._resend_asked = None
+            if offered.resend_from is not None and offered.resend_from != self._resend_asked:
+                self.replica.counters.gaps += 1
+                self._resend_asked = offered.resend_from
+                log.warning("volume %s: gap before seq %d, asking for a resend",
+                            self.hello.volume_uuid, offered.resend_from)
+                await self._send(FT.RESEND, wire.encode_seq(offered.resend_from))
+            if self.queue.empty() and offered.run:
+                # Tell the primary how far the mirror got, now that we are idle.
+                await self._send(FT.ACK, wire.encode_ack(self.replica.durable_seq,
+                                                         self.replica.applied_seq))
+
+
+async def serve(cfg: ReceiverConfig) -> None:
+    rx = Receiver(cfg)
+    await rx.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("receiver stopping")
+        await rx.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="appliance-receiver", description=__doc__)
+    p.add_argument("--config", required=True, type=Path, help="receiver TOML configuration")
+    p.add_argument("--log-level", default="INFO")
+    ns = p.parse_args(argv)
+    logging.basicConfig(level=ns.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = receiver_config(load_toml(ns.config), str(ns.config))
+    except ConfigError as err:
+        log.error("%s", err)
+        return 2
+    asyncio.run(serve(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

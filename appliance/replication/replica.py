@@ -1,0 +1,223 @@
+"""One replicated volume on the DR side: its binding, its journal and its mirror.
+
+The order of every write is the primary's: a contiguous run of records is appended to the
+replica journal (which was created with the primary's first seq, so the seqs it assigns are the
+primary's), made durable with one fdatasync, acknowledged, and only then written to the mirror.
+The mirror is synced from time to time; the seq it durably holds is persisted in a small JSON
+state file (atomic rename) and given to the journal as its mirror-durable checkpoint, which lets
+the journal reclaim space. After a crash ``open`` redoes the journal above that seq, so the
+mirror always ends up at a prefix of the primary's write sequence.
+
+The replica journal is also acknowledged here (nothing ships it further), so reclaimable =
+mirror-durable on this side.
+
+All methods block (disk I/O); the receiver calls them from a worker thread, one at a time per
+volume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from appliance import storage
+from appliance.journal import Journal, JournalFull, JournalReader, OpKind, Record, WriteOp
+from appliance.replication.apply import apply_record, check_record
+from appliance.replication.config import ReplicaConfig
+from appliance.replication.handshake import Hello, VolumeBinding
+from appliance.replication.status import ReceiverVolumeCounters
+from appliance.replication.wire import WireRecord
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaError(RuntimeError):
+    """The replica cannot take these records (sequence mismatch, journal trouble)."""
+
+
+def to_write_op(rec: WireRecord) -> WriteOp:
+    return WriteOp(OpKind(rec.kind), rec.lba, rec.nblocks, rec.data)
+
+
+def from_journal(rec: Record) -> WireRecord:
+    return WireRecord(rec.seq, rec.timestamp_ns, int(rec.op.kind), rec.op.lba, rec.op.nblocks,
+                      bytes(rec.op.data))
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Replica:
+    """The DR copy of one volume."""
+
+    def __init__(self, cfg: ReplicaConfig) -> None:
+        self.cfg = cfg
+        self.spec = cfg.spec
+        self.counters = ReceiverVolumeCounters()
+        self.primary: str | None = None
+        self.generation = 0
+        self.mirror_durable_seq = 0
+        self.journal: Journal | None = None
+        self._acker: JournalReader | None = None
+        self._mirror = storage.open_file(cfg.paths.mirror, create_size=self.spec.size_bytes)
+        self._unsynced_bytes = 0
+        self._last_mirror_sync = time.monotonic()
+        self._load_state()
+        if cfg.paths.journal.exists():
+            self.journal = Journal.open(cfg.paths.journal, volume_uuid=self.spec.uuid)
+            self._acker = JournalReader(cfg.paths.journal, volume_uuid=self.spec.uuid)
+            self._redo()
+
+    # --- state --------------------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        path = self.cfg.paths.state
+        if not path.exists():
+            return
+        try:
+            st = json.loads(path.read_text())
+            self.primary = st["primary"]
+            self.generation = int(st["generation"])
+            self.mirror_durable_seq = int(st["mirror_durable_seq"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ReplicaError(f"replica state {path} is unreadable: {err}; restore it or "
+                               f"remove the replica files to start a new pairing") from err
+
+    def _save_state(self) -> None:
+        _write_json_atomic(self.cfg.paths.state, {
+            "volume_uuid": str(self.spec.uuid), "primary": self.primary,
+            "generation": self.generation, "mirror_durable_seq": self.mirror_durable_seq})
+
+    def binding(self) -> VolumeBinding:
+        last = None if self.journal is None else self.journal.next_seq - 1
+        return VolumeBinding(self.primary, self.generation, last, self.mirror_durable_seq
+                             if self.journal is None else self.applied_seq)
+
+    @property
+    def durable_seq(self) -> int:
+        return 0 if self.journal is None else self.journal.next_seq - 1
+
+    @property
+    def applied_seq(self) -> int:
+        return self.counters.applied_seq
+
+    def bind(self, hello: Hello, last_seq: int) -> None:
+        """Persist who owns this volume; create the journal at first contact."""
+        if self.journal is None:
+            self.cfg.paths.journal.parent.mkdir(parents=True, exist_ok=True)
+            self.journal = Journal.create(
+                self.cfg.paths.journal, size=self.cfg.journal_size, volume_uuid=self.spec.uuid,
+                volume_block_size=self.spec.block_size,
+                volume_blocks=self.spec.size_bytes // self.spec.block_size,
+                first_seq=last_seq + 1)
+            self._acker = JournalReader(self.cfg.paths.journal, volume_uuid=self.spec.uuid)
+            self.mirror_durable_seq = last_seq
+            self.counters.applied_seq = last_seq
+        if (self.primary, self.generation) != (hello.identity, hello.generation):
+            self.primary, self.generation = hello.identity, hello.generation
+            self._save_state()
+        self.counters.durable_seq = self.durable_seq
+
+    # --- the data path ------------------------------------------------------------------
+
+    def check(self, run: list[WireRecord]) -> None:
+        nblocks = self.spec.size_bytes // self.spec.block_size
+        for rec in run:
+            check_record(rec, self.spec.block_size, nblocks)
+
+    def commit(self, run: list[WireRecord]) -> int:
+        """Append a contiguous run (starting at durable_seq + 1) and make it durable."""
+        assert self.journal is not None, "commit before bind"
+        if run[0].seq != self.journal.next_seq:
+            raise ReplicaError(f"run starts at seq {run[0].seq}, journal expects "
+                               f"{self.journal.next_seq}")
+        self.check(run)
+        ops = [to_write_op(r) for r in run]
+        try:
+            seqs = self.journal.append(ops)
+        except JournalFull:
+            self.sync_mirror()        # reclaim everything already applied, then retry once
+            seqs = self.journal.append(ops)
+        if seqs.start != run[0].seq or len(seqs) != len(run):
+            raise ReplicaError(f"journal assigned seqs {seqs} to records "
+                               f"{run[0].seq}..{run[-1].seq}")
+        self.journal.sync()
+        self.counters.durable_seq = run[-1].seq
+        self.counters.records_received += len(run)
+        self.counters.bytes_received += sum(len(r.data) for r in run)
+        return run[-1].seq
+
+    def apply(self, run: list[WireRecord]) -> None:
+        """Write durable records to the mirror, in order."""
+        for rec in run:
+            apply_record(self._mirror, rec, self.spec.block_size)
+            self._unsynced_bytes += len(rec.data)
+        self.counters.applied_seq = run[-1].seq
+        self.counters.last_applied_ns = run[-1].timestamp_ns
+        if (self._unsynced_bytes >= self.cfg.mirror_sync_bytes or
+                time.monotonic() - self._last_mirror_sync >= self.cfg.mirror_sync_interval_s):
+            self.sync_mirror()
+
+    def sync_mirror(self) -> None:
+        """Make the mirror durable up to applied_seq and let the journal reclaim below it."""
+        self._mirror.sync()
+        self._unsynced_bytes = 0
+        self._last_mirror_sync = time.monotonic()
+        seq = self.counters.applied_seq
+        if seq > self.mirror_durable_seq and self.journal is not None:
+            self.mirror_durable_seq = seq
+            self._save_state()
+            self.journal.set_mirror_durable(seq)
+            assert self._acker is not None
+            self._acker.acknowledge(seq)
+        self.counters.mirror_durable_seq = self.mirror_durable_seq
+
+    def _redo(self) -> None:
+        """After a restart: reapply journal records above the mirror-durable seq."""
+        assert self.journal is not None
+        self.counters.applied_seq = self.mirror_durable_seq
+        redone = 0
+        for rec in self.journal.records(self.mirror_durable_seq + 1):
+            wr = from_journal(rec)
+            apply_record(self._mirror, wr, self.spec.block_size)
+            self.counters.applied_seq = wr.seq
+            redone += 1
+        if redone:
+            log.info("volume %s: redid %d journal records up to seq %d", self.spec.uuid,
+                     redone, self.counters.applied_seq)
+        self.sync_mirror()
+        self.counters.durable_seq = self.durable_seq
+
+    def read_mirror(self, offset: int, length: int) -> bytes:
+        buf = bytearray(length)
+        self._mirror.pread_into(offset, memoryview(buf))
+        return bytes(buf)
+
+    def status(self) -> dict:
+        return {"volume_uuid": str(self.spec.uuid), "primary": self.primary,
+                "generation": self.generation, **self.counters.__dict__}
+
+    def close(self) -> None:
+        try:
+            if self.journal is not None:
+                self.sync_mirror()
+        finally:
+            if self._acker is not None:
+                self._acker.close()
+            if self.journal is not None:
+                self.journal.close()
+            self._mirror.close()

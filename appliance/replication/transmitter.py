@@ -1,0 +1,336 @@
+"""The transmitter (primary side): ships one volume's journal to the peer, forever.
+
+It reads the journal with a ``JournalReader`` (its own process; it never touches host I/O),
+starting at the acknowledged seq persisted in the journal, sends batches with a bounded window
+of unacknowledged bytes, and calls ``reader.acknowledge`` only for seqs the receiver reported
+durable. Any failure (refusal, dead link, bad frame, peer restart) drops the link and
+reconnects with jittered exponential backoff; the next session starts again from the persisted
+acknowledged seq, and the receiver ignores what it already holds, so resends are harmless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import signal
+import ssl
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from appliance.control.server import ControlServer
+from appliance.journal import JournalError, JournalReader, RecordsGone
+from appliance.replication import wire
+from appliance.replication.config import (
+    ConfigError,
+    TransmitterConfig,
+    in_window,
+    load_toml,
+    transmitter_config,
+)
+from appliance.replication.handshake import (
+    COMPRESSIONS,
+    HandshakeError,
+    Hello,
+    Welcome,
+)
+from appliance.replication.link import FrameLink, LinkClosed, TokenBucket, run_blocking
+from appliance.replication.replica import from_journal
+from appliance.replication.status import LinkStatus, RateMeter, TransmitterCounters
+from appliance.replication.tls import client_context
+
+log = logging.getLogger("appliance.transmitter")
+FT = wire.FrameType
+
+
+class PeerRefused(Exception):
+    """The receiver sent REFUSE or ERROR; the message is its reason."""
+
+
+class Transmitter:
+    def __init__(self, cfg: TransmitterConfig) -> None:
+        self.cfg = cfg
+        self.link = LinkStatus()
+        self.counters = TransmitterCounters()
+        self.rate = RateMeter()
+        self._ssl = client_context(cfg.tls) if cfg.tls is not None else None
+        self._limiter = TokenBucket(cfg.bandwidth_limit) if cfg.bandwidth_limit else None
+        self.reader: JournalReader | None = None
+        self.control = ControlServer(cfg.control_socket, {"status": self.status})
+        self._stop = asyncio.Event()
+        self._inflight: deque[tuple[int, int, int]] = deque()   # (last seq, bytes, first ts)
+
+    # --- status -------------------------------------------------------------------------
+
+    def status(self, args: dict) -> dict:
+        c = self.counters
+        inflight_bytes = sum(b for _, b, _ in self._inflight)
+        lag_s = 0.0
+        if self._inflight:
+            lag_s = max(0.0, (time.time_ns() - self._inflight[0][2]) / 1e9)
+        return {
+            "role": "transmitter", "identity": self.cfg.identity,
+            "volume_uuid": str(self.cfg.volume_uuid), "peer": "{}:{}".format(*self.cfg.peer),
+            "link": self.link.as_dict(), **c.__dict__,
+            "lag_records": max(0, c.head_seq - c.acked_seq),
+            "lag_bytes_in_flight": inflight_bytes, "lag_seconds": round(lag_s, 3),
+            "throughput_bytes_per_s": round(self.rate.rate()),
+            "bandwidth_limit": self.cfg.bandwidth_limit,
+        }
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.control.start()
+        backoff = 0.2
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    await self._session()
+                except PeerRefused as err:
+                    self._failed(f"peer refused: {err}", logging.ERROR)
+                except (LinkClosed, wire.WireError, HandshakeError, ssl.SSLError, OSError,
+                        JournalError) as err:
+                    self._failed(f"{type(err).__name__}: {err}", logging.WARNING)
+                if time.monotonic() - started > 10:
+                    backoff = 0.2      # the link was up for a while: start over gently
+                delay = backoff * random.uniform(0.5, 1.5)
+                backoff = min(self.cfg.backoff_max_s, backoff * 2)
+                self.link.set_state("reconnecting")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        finally:
+            if self.reader is not None:
+                self.reader.close()
+            await self.control.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _failed(self, message: str, level: int) -> None:
+        self.link.error(message)
+        log.log(level, "volume %s: %s", self.cfg.volume_uuid, message)
+
+    def _open_reader(self) -> JournalReader:
+        if self.reader is None:
+            self.reader = JournalReader(self.cfg.journal, volume_uuid=self.cfg.volume_uuid)
+        return self.reader
+
+    async def _session(self) -> None:
+        reader = await asyncio.to_thread(self._open_reader)
+        self.counters.acked_seq = reader.acked_seq
+        self.link.set_state("connecting")
+        host, port = self.cfg.peer
+        r, w = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=self._ssl, limit=1 << 20,
+                                    server_hostname=self.cfg.peer_identity if self._ssl else None),
+            self.cfg.dead_after_s)
+        link = FrameLink(r, w, limiter=self._limiter)
+        try:
+            welcome = await self._handshake(link, reader)
+            self.link.connects += 1
+            self.link.peer = link.peer
+            self.link.set_state("replicating")
+            log.info("volume %s: connected to %s (%s) at seq %d%s", self.cfg.volume_uuid,
+                     welcome.identity, link.peer, welcome.last_seq,
+                     ", zstd" if welcome.compression else "")
+            await _Session(self, link, reader, welcome).run()
+        finally:
+            self._inflight.clear()
+            if self.link.state == "replicating":
+                self.link.disconnects += 1
+            await link.close()
+
+    async def _handshake(self, link: FrameLink, reader: JournalReader) -> Welcome:
+        hello = Hello(identity=self.cfg.identity, volume_uuid=self.cfg.volume_uuid,
+                      size_bytes=self.cfg.size_bytes, block_size=self.cfg.block_size,
+                      generation=self.cfg.generation, first_seq=reader.acked_seq + 1,
+                      compression=COMPRESSIONS if self.cfg.compression else ())
+        await link.send_json(FT.HELLO, hello.to_dict())
+        frame = await link.recv(self.cfg.dead_after_s)
+        if frame.type is FT.REFUSE:
+            body = wire.decode_json(frame.payload)
+            self.link.set_state(f"refused:{body.get('code')}")
+            raise PeerRefused(f"{body.get('code')}: {body.get('reason')}")
+        if frame.type is not FT.WELCOME:
+            raise wire.BadFrame(f"expected WELCOME, got {frame.type.name}")
+        welcome = Welcome.from_dict(wire.decode_json(frame.payload))
+        if welcome.identity != self.cfg.peer_identity:
+            raise PeerRefused(f"peer calls itself {welcome.identity!r}, expected "
+                              f"{self.cfg.peer_identity!r}")
+        if welcome.compression:
+            link.enable_compression()
+        if welcome.last_seq > reader.acked_seq:
+            # The receiver already holds these durably (acks lost in a crash): skip them.
+            await run_blocking(reader.acknowledge, welcome.last_seq)
+        self.counters.acked_seq = reader.acked_seq
+        self.counters.applied_seq = welcome.applied_seq
+        return welcome
+
+
+class _Session:
+    """Sender and ack-reader tasks of one connected link."""
+
+    def __init__(self, tx: Transmitter, link: FrameLink, reader: JournalReader,
+                 welcome: Welcome) -> None:
+        self.tx = tx
+        self.cfg = tx.cfg
+        self.link = link
+        self.reader = reader
+        self.next_seq = reader.acked_seq + 1
+        self.heartbeat_s = min(self.cfg.heartbeat_s, welcome.heartbeat_s)
+        self._acked = asyncio.Event()
+        self._last_sent = time.monotonic()
+        self._last_ack = time.monotonic()
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _inflight_bytes(self) -> int:
+        return sum(b for _, b, _ in self.tx._inflight)
+
+    async def _send_loop(self) -> None:
+        tx, c = self.tx, self.tx.counters
+        idle = 0.002
+        while True:
+            if self.cfg.blackout and in_window(dt.datetime.now().time(), self.cfg.blackout):
+                tx.link.set_state("paused:blackout-window")
+                await self._idle(1.0)
+                continue
+            tx.link.set_state("replicating")
+            self._resend_if_ack_overdue()
+            if self._inflight_bytes() >= self.cfg.window_bytes:
+                self._acked.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._acked.wait(), self.heartbeat_s)
+                await self._heartbeat_if_due()
+                continue
+            try:
+                records = await run_blocking(self.reader.read, self.next_seq,
+                                             self.cfg.batch_bytes)
+            except RecordsGone as err:
+                raise PeerRefused(f"journal no longer holds seq {self.next_seq}: a resync is "
+                                  f"needed ({err})") from err
+            if not records:
+                idle = min(0.05, idle * 2)
+                await self._idle(idle)
+                continue
+            idle = 0.002
+            wrecs = [from_journal(r) for r in records]
+            payload = wire.encode_batch(self.cfg.volume_uuid, self.cfg.generation, wrecs)
+            before = self.link.bytes_sent
+            await self.link.send(FT.BATCH, payload)
+            self._last_sent = time.monotonic()
+            nbytes = sum(len(r.data) for r in wrecs)
+            tx._inflight.append((wrecs[-1].seq, nbytes, wrecs[0].timestamp_ns))
+            self.next_seq = wrecs[-1].seq + 1
+            c.sent_seq = max(c.sent_seq, wrecs[-1].seq)
+            c.head_seq = max(c.head_seq, c.sent_seq)
+            c.records_sent += len(wrecs)
+            c.bytes_sent += nbytes
+            c.batches_sent += 1
+            c.wire_bytes_sent += self.link.bytes_sent - before
+            tx.rate.add(nbytes)
+
+    def _resend_if_ack_overdue(self) -> None:
+        """TCP does not lose frames, but a broken middlebox can: if nothing has been
+        acknowledged for dead_after_s while records are in flight, send them again."""
+        if self.tx._inflight and time.monotonic() - self._last_ack > self.cfg.dead_after_s:
+            log.warning("volume %s: no ACK for %.1f s, resending from seq %d",
+                        self.cfg.volume_uuid, self.cfg.dead_after_s, self.reader.acked_seq + 1)
+            self.tx.counters.resends += 1
+            self.tx._inflight.clear()
+            self.next_seq = self.reader.acked_seq + 1
+            self._last_ack = time.monotonic()
+
+    async def _idle(self, seconds: float) -> None:
+        await self._heartbeat_if_due()
+        await asyncio.sleep(seconds)
+
+    async def _heartbeat_if_due(self) -> None:
+        if time.monotonic() - self._last_sent >= self.heartbeat_s:
+            await self.link.send(FT.HEARTBEAT, wire.encode_seq(time.time_ns()))
+            self._last_sent = time.monotonic()
+
+    async def _recv_loop(self) -> None:
+        tx, c = self.tx, self.tx.counters
+        while True:
+            frame = await self.link.recv(self.cfg.dead_after_s)
+            if frame.type is FT.HEARTBEAT:
+                continue
+            if frame.type is FT.ACK:
+                durable, applied = wire.decode_ack(frame.payload)
+                if durable > c.sent_seq and durable > self.reader.acked_seq:
+                    raise wire.BadFrame(f"peer acknowledged seq {durable} beyond what we sent "
+                                        f"({c.sent_seq})")
+                c.applied_seq = max(c.applied_seq, applied)
+                if durable > self.reader.acked_seq:
+                    await run_blocking(self.reader.acknowledge, durable)
+                    c.acked_seq = durable
+                while tx._inflight and tx._inflight[0][0] <= durable:
+                    tx._inflight.popleft()
+                self._last_ack = time.monotonic()
+                self._acked.set()
+            elif frame.type is FT.RESEND:
+                seq = wire.decode_seq(frame.payload)
+                if seq <= self.reader.acked_seq or seq > self.next_seq:
+                    raise wire.BadFrame(f"peer asked to resend from {seq}, outside "
+                                        f"{self.reader.acked_seq + 1}..{self.next_seq}")
+                c.resends += 1
+                log.warning("volume %s: peer asked to resend from seq %d", self.cfg.volume_uuid,
+                            seq)
+                self.next_seq = seq
+                while tx._inflight and tx._inflight[-1][0] >= seq:
+                    tx._inflight.pop()
+            elif frame.type in (FT.ERROR, FT.REFUSE):
+                raise PeerRefused(str(wire.decode_json(frame.payload).get("reason")))
+            else:
+                raise wire.BadFrame(f"unexpected {frame.type.name} frame from the receiver")
+
+
+async def run_transmitter(cfg: TransmitterConfig) -> None:
+    tx = Transmitter(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, tx.stop)
+    main_task = asyncio.create_task(tx.run())
+    stop_wait = asyncio.create_task(tx._stop.wait())
+    await asyncio.wait([main_task, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+    main_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await main_task
+    stop_wait.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="appliance-transmitter", description=__doc__)
+    p.add_argument("--config", required=True, type=Path, help="transmitter TOML configuration")
+    p.add_argument("--log-level", default="INFO")
+    ns = p.parse_args(argv)
+    logging.basicConfig(level=ns.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = transmitter_config(load_toml(ns.config), str(ns.config))
+    except ConfigError as err:
+        log.error("%s", err)
+        return 2
+    asyncio.run(run_transmitter(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

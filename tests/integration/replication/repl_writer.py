@@ -1,0 +1,80 @@
+"""The primary's writer for the integration tests: a random workload through the real Volume.
+
+Each op is appended to the write log (and flushed to the OS, which survives kill -9) *before*
+it is submitted, so the log is always the submitted sequence or one op longer. After a restart
+the last logged op is submitted again (same data, same place: idempotent) and numbering
+continues.
+
+    python repl_writer.py --volume-dir D --uuid U --blocks N --log L --ops 500 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from repl_harness import LoggedOp, random_op, read_log
+
+from appliance.journal import OpKind, WriteOp
+from appliance.volume import Volume, VolumeConfig
+
+KIND = {"W": OpKind.WRITE, "S": OpKind.WRITE_SAME, "U": OpKind.UNMAP}
+
+
+def volume_config(volume_dir: Path, vol_uuid: uuid.UUID, blocks: int,
+                  journal_size: int) -> VolumeConfig:
+    return VolumeConfig(uuid=vol_uuid, num_blocks=blocks, block_size=512,
+                        journal_size=journal_size,
+                        mirror_path=volume_dir / "mirror", journal_path=volume_dir / "journal",
+                        bitmap_path=volume_dir / "bitmap")
+
+
+def to_write_op(op: LoggedOp) -> WriteOp:
+    return WriteOp(KIND[op.kind], op.lba, op.nblocks, op.data())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--volume-dir", type=Path, required=True)
+    p.add_argument("--uuid", type=uuid.UUID, required=True)
+    p.add_argument("--blocks", type=int, required=True)
+    p.add_argument("--journal-size", type=int, default=8 << 20)
+    p.add_argument("--log", type=Path, required=True)
+    p.add_argument("--ops", type=int, required=True, help="stop after the log has this many")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--pause", type=float, default=0.0, help="seconds between ops")
+    ns = p.parse_args()
+
+    done = read_log(ns.log) if ns.log.exists() else []
+    # Drop a torn last line (kill -9 in the middle of writing it).
+    ns.log.write_text("".join(f"{o.index} {o.kind} {o.lba} {o.nblocks}\n" for o in done))
+    rng = random.Random(ns.seed * 7919 + len(done))
+    vol = Volume.open(volume_config(ns.volume_dir, ns.uuid, ns.blocks, ns.journal_size))
+    try:
+        if done:
+            vol.submit([to_write_op(done[-1])], fua=True)   # may not have been submitted
+        with open(ns.log, "a", buffering=1) as log:
+            for index in range(len(done) + 1, ns.ops + 1):
+                op = random_op(rng, index, ns.blocks)
+                log.write(f"{op.index} {op.kind} {op.lba} {op.nblocks}\n")
+                log.flush()
+                vol.submit([to_write_op(op)], fua=rng.random() < 0.1)
+                if rng.random() < 0.05:
+                    vol.flush()
+                if ns.pause:
+                    time.sleep(ns.pause)
+        vol.flush()
+    finally:
+        vol.close()
+    print(f"writer: log holds {ns.ops} ops", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
