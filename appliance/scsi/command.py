@@ -1,0 +1,49 @@
+"""The two records that cross the TCMU ↔ SCSI boundary (contract: docs/internals.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    """SAM-5 5.3 status codes we return."""
+
+    GOOD = 0x00
+    CHECK_CONDITION = 0x02
+    BUSY = 0x08
+    TASK_SET_FULL = 0x28
+
+
+@dataclass
+class ScsiCommand:
+    """One command taken off the ring.
+
+    `data` are the Data-Out buffers of a write-type command or the Data-In buffers of a
+    read-type command, in order, as memoryviews straight into the ring's data area.
+    """
+
+    cdb: bytes
+    data: Sequence[memoryview] = ()
+    bidi_in: Sequence[memoryview] = ()
+
+
+@dataclass(frozen=True)
+class ScsiResult:
+    """What to put in the ring's response: status, sense (for CHECK CONDITION), read_len.
+
+    `read_len` is the number of valid Data-In bytes when fewer than the buffers hold
+    (the TCMU layer then sets the READ_LEN flag, brief §5.4); None means "all of it".
+    """
+
+    status: int
+    sense: bytes = b""
+    read_len: int | None = None
+
+    @property
+    def good(self) -> bool:
+        return self.status == Status.GOOD
+
+
+GOOD = ScsiResult(Status.GOOD)

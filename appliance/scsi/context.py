@@ -1,0 +1,137 @@
+"""What a command handler sees: the volume, the disk's identity and limits, and the batch
+its writes are queued into. Handlers are plain functions `(Context, ScsiCommand) ->
+ScsiResult | QUEUED`; a handler that queues writes gets its result from the group commit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from appliance.scsi import buffers, sense
+from appliance.scsi.command import GOOD, ScsiCommand, ScsiResult, Status
+from appliance.scsi.identity import DiskIdentity, DiskLimits
+
+if TYPE_CHECKING:
+    from appliance.journal.model import WriteOp
+    from appliance.volume import Volume
+
+
+class Queued:
+    def __repr__(self) -> str:
+        return "QUEUED"
+
+
+QUEUED: Final = Queued()
+"""Returned by a handler whose writes wait in the batch for the group commit."""
+
+Handler = Callable[["Context", ScsiCommand], "ScsiResult | Queued"]
+
+
+@dataclass
+class PendingWrite:
+    index: int                       # position of the command in the execute() batch
+    ops: list[WriteOp]
+    fua: bool
+    extents: list[tuple[int, int]]   # (lba, nblocks) touched, for read-after-write ordering
+
+
+@dataclass
+class WriteBatch:
+    """Writes of consecutive commands, committed by one Volume.submit (one group commit)."""
+
+    volume: Volume
+    results: list[ScsiResult | None]
+    pending: list[PendingWrite] = field(default_factory=list)
+    commits: int = 0                 # group commits issued (tests and metrics read it)
+
+    def add(self, write: PendingWrite) -> None:
+        self.pending.append(write)
+
+    def overlaps(self, lba: int, nblocks: int) -> bool:
+        end = lba + nblocks
+        return any(w_lba < end and lba < w_lba + w_n
+                   for w in self.pending for w_lba, w_n in w.extents)
+
+    def commit(self) -> None:
+        """Submit everything pending as one group; each queued command gets GOOD or the
+        failure's sense. Never raises."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        ops = [op for w in pending for op in w.ops]
+        self.commits += 1
+        try:
+            if ops:
+                self.volume.submit(ops, fua=any(w.fua for w in pending))
+        except Exception as exc:   # every failure becomes sense for the queued commands
+            failed = sense.result_for_exception(exc)
+            for w in pending:
+                self.results[w.index] = failed
+            return
+        for w in pending:
+            self.results[w.index] = GOOD
+
+
+@dataclass
+class Context:
+    volume: Volume
+    identity: DiskIdentity
+    limits: DiskLimits
+    wce_default: bool
+    batch: WriteBatch
+    index: int = 0
+    pop_unit_attention: Callable[[], sense.ScsiError | None] = lambda: None
+
+    @property
+    def block_size(self) -> int:
+        return self.volume.block_size
+
+    @property
+    def num_blocks(self) -> int:
+        return self.volume.num_blocks
+
+    def queue_write(self, ops: list[WriteOp], *, fua: bool,
+                    extents: list[tuple[int, int]]) -> Queued:
+        """Queue ops for the group commit. With the write cache off (WCE=0) every write must
+        be durable before GOOD (SBC-4 6.5.5), so it is committed as FUA."""
+        durable = fua or not self.volume.write_cache_enabled
+        self.batch.add(PendingWrite(self.index, ops, durable, extents))
+        return QUEUED
+
+    def read_into(self, lba: int, nblocks: int, bufs: Sequence[memoryview]) -> None:
+        """Read through to the volume, committing queued writes first if they overlap, so a
+        read after a write in the same batch sees it (ordering of non-overlapping commands
+        is free for SIMPLE tasks, SAM-5 8.6)."""
+        if self.batch.overlaps(lba, nblocks):
+            self.batch.commit()
+        self.volume.read_into(lba, nblocks, bufs)
+
+    def barrier(self) -> None:
+        """Commit queued writes now (before anything that depends on all earlier writes)."""
+        self.batch.commit()
+
+
+def respond(data: bytes, alloc_len: int, bufs: Sequence[memoryview]) -> ScsiResult:
+    """GOOD with `data` truncated to the allocation length (SPC-4 4.2.5.6: length fields are
+    not changed by truncation) and to the Data-In buffers; the rest of the buffers zeroed and
+    READ_LEN set, so no stale ring bytes reach the host (brief §4, §5.4)."""
+    n = buffers.copy_in(memoryview(data)[:alloc_len], bufs)
+    if n == buffers.total_len(bufs):
+        return GOOD
+    return ScsiResult(Status.GOOD, read_len=n)
+
+
+def check_data_out(cmd: ScsiCommand, expected: int) -> None:
+    """Data-Out must carry exactly the transfer length (see sense.invalid_field_in_command_iu)."""
+    got = buffers.total_len(cmd.data)
+    if got != expected:
+        raise sense.invalid_field_in_command_iu(expected, got)
+
+
+def check_data_in(cmd: ScsiCommand, expected: int) -> None:
+    """Data-In must hold at least the transfer: TCMU cannot report a residual overflow, so a
+    shorter buffer would silently truncate the read. A longer one is fine (READ_LEN)."""
+    got = buffers.total_len(cmd.data)
+    if got < expected:
+        raise sense.invalid_field_in_command_iu(expected, got)

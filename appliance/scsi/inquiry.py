@@ -1,0 +1,120 @@
+"""INQUIRY: standard data and the VPD pages 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2 (SPC-4 6.6,
+7.8; SBC-4 6.6). Pure builders: each returns the full page; the caller truncates to the
+allocation length without touching the length fields (SPC-4 4.2.5.6)."""
+
+from __future__ import annotations
+
+from appliance.scsi import sense
+from appliance.scsi.cdb import be, require_length
+from appliance.scsi.identity import DiskIdentity, DiskLimits
+
+SUPPORTED_VPD_PAGES = (0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2)
+
+
+def standard_inquiry(identity: DiskIdentity) -> bytes:
+    """36 bytes of standard INQUIRY data (SPC-4 6.6.2)."""
+    buf = bytearray(36)
+    buf[0] = 0x00          # PERIPHERAL QUALIFIER 0, DEVICE TYPE 0: direct access block device
+    buf[2] = 0x06          # VERSION: SPC-4 (as LIO's own backstores report)
+    buf[3] = 0x12          # HISUP (the kernel answers REPORT LUNS hierarchically) + format 2
+    buf[4] = len(buf) - 5  # ADDITIONAL LENGTH
+    # byte 5: TPGS=0 (we do not answer REPORT TARGET PORT GROUPS) and 3PC=0 (no EXTENDED
+    # COPY): brief §13 says advertise neither unless implemented.
+    buf[7] = 0x02          # CMDQUE: the ring queues commands
+    buf[8:16] = identity.vendor_field()
+    buf[16:32] = identity.product_field()
+    buf[32:36] = identity.revision_field()
+    return bytes(buf)
+
+
+def _vpd(page: int, body: bytes) -> bytes:
+    return bytes([0x00, page]) + len(body).to_bytes(2, "big") + body
+
+
+def supported_pages() -> bytes:
+    """VPD 0x00: the pages we implement, ascending (SPC-4 7.8.16)."""
+    return _vpd(0x00, bytes(SUPPORTED_VPD_PAGES))
+
+
+def unit_serial(identity: DiskIdentity) -> bytes:
+    """VPD 0x80: the configfs WWN, NUL-terminated exactly as LIO and tcmu-runner send it
+    (so udev's ID_SCSI_SERIAL of a migrated LUN does not change)."""
+    return _vpd(0x80, identity.serial.encode("ascii") + b"\0")
+
+
+def _designator(code_set: int, assoc_type: int, body: bytes) -> bytes:
+    return bytes([code_set, assoc_type, 0, len(body)]) + body
+
+
+def device_identification(identity: DiskIdentity) -> bytes:
+    """VPD 0x83 (SPC-4 7.8.6): T10 vendor ID and NAA IEEE Registered Extended designators,
+    both associated with the logical unit.
+
+    tcmu-runner also sends its cfgstring as a vendor-specific designator; we do not, since
+    ours names appliance-internal file paths that initiators have no business seeing. The
+    port designators (relative port, target port group) need ALUA knowledge we lack.
+    """
+    t10 = _designator(0x02, 0x01, identity.t10_vendor_designator())   # ASCII, T10 vendor ID
+    naa = _designator(0x01, 0x03, identity.naa_designator())          # binary, NAA
+    return _vpd(0x83, t10 + naa)
+
+
+def block_limits(limits: DiskLimits, block_size: int) -> bytes:
+    """VPD 0xB0 (SBC-4 6.6.4), page length 0x3C."""
+    body = bytearray(0x3C)
+    # Offsets below are page offsets minus the 4-byte header.
+    body[0] = 0x01                                   # WSNZ: WRITE SAME of 0 blocks refused
+    body[1] = limits.max_compare_and_write_blocks    # MAXIMUM COMPARE AND WRITE LENGTH
+    per_physical = limits.blocks_per_physical(block_size)
+    body[2:4] = per_physical.to_bytes(2, "big")      # OPTIMAL TRANSFER LENGTH GRANULARITY
+    body[4:8] = limits.max_transfer_blocks(block_size).to_bytes(4, "big")
+    # OPTIMAL TRANSFER LENGTH (page bytes 12-15) stays 0: not reported, so hosts do not
+    # derive a RAID-like stripe width from it.
+    body[16:20] = limits.max_unmap_lba_count.to_bytes(4, "big")
+    body[20:24] = limits.max_unmap_descriptors.to_bytes(4, "big")
+    body[24:28] = per_physical.to_bytes(4, "big")    # OPTIMAL UNMAP GRANULARITY
+    body[28:32] = (0x80000000).to_bytes(4, "big")    # UGAVALID=1, alignment 0
+    body[32:40] = limits.max_write_same_blocks.to_bytes(8, "big")
+    return _vpd(0xB0, bytes(body))
+
+
+def block_device_characteristics(limits: DiskLimits) -> bytes:
+    """VPD 0xB1 (SBC-4 6.6.2): MEDIUM ROTATION RATE 1 = non-rotating, 0 = not reported."""
+    body = bytearray(0x3C)
+    if limits.non_rotating:
+        body[0:2] = (1).to_bytes(2, "big")
+    return _vpd(0xB1, bytes(body))
+
+
+def logical_block_provisioning() -> bytes:
+    """VPD 0xB2 (SBC-4 6.6.5): LBPU, LBPWS, LBPWS10 (UNMAP and both WRITE SAMEs may
+    deallocate), LBPRZ=001b (deallocated blocks read as zeros: the Volume's UNMAP contract),
+    PROVISIONING TYPE 010b thin (READ CAPACITY(16) LBPME=1 requires 001b or 010b)."""
+    return _vpd(0xB2, bytes([0x00, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0x00]))
+
+
+def inquiry(cdb: bytes, identity: DiskIdentity, limits: DiskLimits,
+            block_size: int) -> tuple[bytes, int]:
+    """Decode INQUIRY (SPC-4 6.6.1) → (full response, allocation length)."""
+    require_length(cdb, 6)
+    alloc_len = be(cdb, 3, 2)
+    evpd = cdb[1] & 0x01
+    if cdb[1] & 0x02:
+        # CMDDT is obsolete (SPC-3): a device that does not support it answers 24/00.
+        raise sense.invalid_field_in_cdb(1, 1, "CMDDT not supported")
+    page = cdb[2]
+    if not evpd:
+        if page:
+            raise sense.invalid_field_in_cdb(2, None, "PAGE CODE set without EVPD")
+        return standard_inquiry(identity), alloc_len
+    builders = {
+        0x00: supported_pages,
+        0x80: lambda: unit_serial(identity),
+        0x83: lambda: device_identification(identity),
+        0xB0: lambda: block_limits(limits, block_size),
+        0xB1: lambda: block_device_characteristics(limits),
+        0xB2: logical_block_provisioning,
+    }
+    if page not in builders:
+        raise sense.invalid_field_in_cdb(2, None, f"VPD page {page:#04x} not supported")
+    return builders[page](), alloc_len
