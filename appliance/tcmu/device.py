@@ -81,6 +81,11 @@ class TcmuDevice:
             self._serve(requests)
             total += len(requests)
 
+    def restart_ring(self) -> None:
+        """After action/reset_ring: forget the old cursor, start at the new cmd_tail."""
+        self.ring.close()
+        self.ring = CommandRing(self.transport.region)
+
     def close(self) -> None:
         self.ring.close()
 

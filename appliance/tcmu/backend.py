@@ -1,0 +1,93 @@
+"""One device's backend: the SCSI disk emulation over a Volume (journal + mirror).
+
+The volume uuid is derived from the mirror path, so it is the same on every start without any
+state of our own; the unit serial is the backstore's configfs WWN when it is already set (rtslib
+writes it after `enable`, TCMU brief §11), else the volume uuid.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.tcmu.cfgstring import MirrorConfig
+from appliance.tcmu.configfs import BackstoreControl
+from appliance.tcmu.discovery import TcmuName
+
+log = logging.getLogger(__name__)
+
+VOLUME_NAMESPACE = uuid.UUID("6c1b8f0e-3a52-4d1e-9a7e-5f0d6b2c9e41")
+DEFAULT_JOURNAL_SIZE = 256 << 20
+
+
+def volume_uuid(config: MirrorConfig) -> uuid.UUID:
+    return uuid.uuid5(VOLUME_NAMESPACE, config.mirror)
+
+
+@dataclass
+class VolumeBackend:
+    """ScsiDisk over Volume; satisfies appliance.tcmu.manager.Backend."""
+
+    volume: Any
+    executor: Any
+    size_bytes: int
+
+    @classmethod
+    def open(cls, config: MirrorConfig, size_bytes: int,
+             serial: str | None = None) -> VolumeBackend:
+        from appliance.scsi import DiskIdentity, ScsiDisk
+        from appliance.volume import Volume, VolumeConfig
+
+        vol_uuid = volume_uuid(config)
+        volume = Volume.open(VolumeConfig(
+            uuid=vol_uuid, num_blocks=size_bytes // config.block_size,
+            block_size=config.block_size,
+            journal_size=config.journal_size or DEFAULT_JOURNAL_SIZE,
+            mirror_path=config.mirror, journal_path=config.journal,
+            bitmap_path=config.bitmap_path))
+        try:
+            volume.write_cache_enabled = config.wce
+            disk = ScsiDisk(volume, DiskIdentity(serial or vol_uuid.hex))
+        except BaseException:
+            volume.close()
+            raise
+        return cls(volume, disk, size_bytes)
+
+    def resize(self, size_bytes: int) -> None:
+        """Grow/shrink the volume, then the disk reports CAPACITY DATA HAS CHANGED."""
+        resize = getattr(self.volume, "resize", None)
+        notify = getattr(self.executor, "capacity_changed", None)
+        if resize is None or notify is None:
+            raise NotImplementedError("Volume.resize / ScsiDisk.capacity_changed not available")
+        resize(size_bytes // self.volume.block_size)
+        notify()
+        self.size_bytes = size_bytes
+
+    def set_write_cache(self, enabled: bool) -> None:
+        self.volume.write_cache_enabled = enabled
+
+    def close(self) -> None:
+        self.volume.close()
+
+
+def open_backend(name: TcmuName, config: MirrorConfig,
+                 control: BackstoreControl | None) -> VolumeBackend:
+    """BackendFactory for the daemon: size and WWN from configfs."""
+    if control is None:
+        raise ValueError(f"device {name.name}: no configfs directory to read its size from")
+    size = control.dev_size()
+    try:
+        hw_block = control.hw_block_size()
+        if hw_block != config.block_size:
+            log.warning("device %s: LIO hw_block_size %d differs from block_size=%d in the "
+                        "config string; the host sees %d", name.name, hw_block,
+                        config.block_size, config.block_size)
+    except (OSError, ValueError):
+        pass
+    try:
+        serial = control.unit_serial()
+    except OSError:
+        serial = None
+    return VolumeBackend.open(config, size, serial)

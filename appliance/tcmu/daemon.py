@@ -1,0 +1,224 @@
+"""`appliance-handler`: the machine's TCMU daemon for `user:mirror` backstores.
+
+Start-up follows tcmu-runner's order (TCMU brief §7, §11): block netlink events and fail any
+reply wait a previous daemon left behind; join TCM-USER and announce reply support; adopt the
+devices that already exist (reopen: block_dev, reset_ring, open, unblock); own the D-Bus name;
+unblock netlink. Then three event sources run: netlink (its own thread, answering every event),
+udev (devices appearing/disappearing) and the D-Bus service (asyncio, main thread). SIGTERM or
+SIGINT stops everything in reverse order, finishing in-flight commands first.
+
+Needs root (CAP_NET_ADMIN for netlink, /dev/uioN is 0600, configfs writes), the kernel module
+target_core_user, configfs mounted at /sys/kernel/config, and the system D-Bus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from dbus_fast import BusType
+
+from appliance.tcmu import cfgstring
+from appliance.tcmu.backend import open_backend
+from appliance.tcmu.configfs import BackstoreControl
+from appliance.tcmu.dbus_service import HandlerObject, TcmuDBusService
+from appliance.tcmu.discovery import TcmuName, UdevWatcher, scan_uio
+from appliance.tcmu.manager import BackendFactory, DeviceManager
+from appliance.tcmu.netlink import DeviceEvent, NetlinkError, TcmuGenlCmd, TcmuNetlink
+from appliance.tcmu.uio import UioDevice, read_uio_info
+
+log = logging.getLogger("appliance.handler")
+
+
+class HandlerConfigError(ValueError):
+    """The handler's configuration file is wrong; the message says which setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerConfig:
+    """Every path and switch of the daemon; `[handler]` table of a TOML file."""
+
+    sysfs_class_uio: Path = Path("/sys/class/uio")
+    dev_dir: Path = Path("/dev")
+    configfs_core: Path = Path("/sys/kernel/config/target/core")
+    module_parameters: Path = Path("/sys/module/target_core_user/parameters")
+    dbus: str = "system"          # "system", "session", "none" or a bus address
+    netlink: bool = True
+    udev: bool = True
+    poll_interval: float = 0.5
+    log_level: str = "INFO"
+
+    @classmethod
+    def load(cls, path: Path | None) -> HandlerConfig:
+        if path is None:
+            return cls()
+        try:
+            table = tomllib.loads(path.read_text()).get("handler", {})
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise HandlerConfigError(f"cannot read {path}: {err}") from err
+        known = {f.name: f for f in fields(cls)}
+        values = {}
+        for key, value in table.items():
+            if key not in known:
+                raise HandlerConfigError(f"{path}: unknown setting [handler] {key}; known: "
+                                         f"{', '.join(known)}")
+            default = getattr(cls(), key)
+            if isinstance(default, Path):
+                value = Path(value)
+            elif not isinstance(value, type(default)) and not (
+                    isinstance(default, float) and isinstance(value, int)):
+                raise HandlerConfigError(f"{path}: [handler] {key} must be "
+                                         f"{type(default).__name__}, not {value!r}")
+            values[key] = value
+        return cls(**values)
+
+
+class HandlerDaemon:
+    """Explicit lifecycle: start() → run until stop() → shutdown()."""
+
+    def __init__(self, config: HandlerConfig, backend_factory: BackendFactory = open_backend
+                 ) -> None:
+        self.config = config
+        self.manager = DeviceManager(backend_factory=backend_factory,
+                                     open_transport=self._open_uio,
+                                     control_for=self._control_for,
+                                     poll_interval=config.poll_interval)
+        self.netlink: TcmuNetlink | None = None
+        self.udev: UdevWatcher | None = None
+        self.dbus: TcmuDBusService | None = None
+        self._threads: list[threading.Thread] = []
+
+    def _open_uio(self, minor: int, uio_name: str) -> UioDevice:
+        info = read_uio_info(self.config.sysfs_class_uio / f"uio{minor}", self.config.dev_dir)
+        if info.name != uio_name:
+            raise OSError(f"uio{minor} is now {info.name!r}, expected {uio_name!r}")
+        return UioDevice(info)
+
+    def _control_for(self, name: TcmuName) -> BackstoreControl | None:
+        path = name.configfs_dir(self.config.configfs_core)
+        return BackstoreControl(path) if path.is_dir() else None
+
+    def _module_param(self, param: str, value: str) -> None:
+        path = self.config.module_parameters / param
+        try:
+            path.write_text(value)
+        except OSError as err:
+            log.warning("cannot write %s=%s (%s)", path, value, err)
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.netlink:
+            # A previous daemon may have left the kernel waiting for a reply forever.
+            self._module_param("block_netlink", "1")
+            self._module_param("reset_netlink", "1")
+            try:
+                self.netlink = TcmuNetlink()
+            except (NetlinkError, OSError) as err:
+                log.warning("netlink unavailable, relying on udev only: %s", err)
+        for minor, uio_name in scan_uio(cfg.sysfs_class_uio).items():
+            status = self.manager.add(minor, uio_name, reopen=True)
+            if status:
+                log.warning("could not adopt uio%d %s (status %d)", minor, uio_name, status)
+        if cfg.dbus != "none":
+            self.dbus = TcmuDBusService([HandlerObject(cfgstring.SUBTYPE, cfgstring.CONFIG_DESC,
+                                                       cfgstring.check_config)])
+            if cfg.dbus in ("system", "session"):
+                await self.dbus.start(bus_type=BusType.SYSTEM if cfg.dbus == "system"
+                                      else BusType.SESSION)
+            else:
+                await self.dbus.start(bus_address=cfg.dbus)
+        if cfg.netlink:
+            self._module_param("block_netlink", "0")
+        if self.netlink is not None:
+            self._spawn("tcmu-netlink", lambda: self.netlink.serve(self.on_netlink))
+        if cfg.udev:
+            try:
+                self.udev = UdevWatcher(self.on_udev)
+            except Exception as err:  # pyudev raises plain OSError/ImportError variants
+                log.warning("udev monitor unavailable: %s", err)
+            else:
+                self._spawn("tcmu-udev", self.udev.run)
+        log.info("appliance-handler serving %d device(s)", len(self.manager.devices))
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def on_netlink(self, event: DeviceEvent) -> int:
+        """Runs on the netlink thread; the return value is the *_DONE status."""
+        if event.cmd is TcmuGenlCmd.ADDED_DEVICE:
+            return self.manager.add(event.minor, event.device)
+        if event.cmd is TcmuGenlCmd.REMOVED_DEVICE:
+            return self.manager.remove(event.minor)
+        return self.manager.reconfig(event)
+
+    def on_udev(self, action: str, minor: int, uio_name: str) -> None:
+        if action == "add":
+            self.manager.add(minor, uio_name)
+        else:
+            self.manager.remove(minor)
+
+    def shutdown(self) -> None:
+        if self.netlink is not None:
+            self.netlink.stop()
+        if self.udev is not None:
+            self.udev.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+            if thread.is_alive():
+                log.error("thread %s did not stop within 10s", thread.name)
+        if self.dbus is not None:
+            self.dbus.stop()
+        self.manager.close_all()
+        if self.netlink is not None:
+            self.netlink.close()
+        log.info("appliance-handler stopped")
+
+
+async def _serve(daemon: HandlerDaemon) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.start()  # owning the bus name is the readiness signal (Type=dbus)
+        await stop.wait()
+    finally:
+        if daemon.dbus is not None:  # disconnect while the event loop still runs
+            daemon.dbus.stop()
+            daemon.dbus = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="appliance-handler", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, help="TOML file with a [handler] table")
+    args = parser.parse_args(argv)
+    try:
+        config = HandlerConfig.load(args.config)
+    except HandlerConfigError as err:
+        print(f"appliance-handler: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    daemon = HandlerDaemon(config)
+    try:
+        asyncio.run(_serve(daemon))
+    except Exception:
+        log.exception("appliance-handler failed")
+        return 1
+    finally:
+        daemon.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
