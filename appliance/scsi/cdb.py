@@ -68,8 +68,9 @@ def check_range(lba: int, nblocks: int, num_blocks: int) -> None:
 
 def check_no_protection(cdb: bytes) -> None:
     """RDPROTECT/WRPROTECT/VRPROTECT (byte 1 bits 7-5) need protection information, which
-    we do not format (READ CAPACITY(16) PROT_EN=0): SBC-4 5.16 → INVALID FIELD IN CDB."""
-    if cdb[1] & 0xE0:
+    we do not format (READ CAPACITY(16) PROT_EN=0): SBC-4 5.16 → INVALID FIELD IN CDB.
+    The 6-byte CDBs have no such field (byte 1 bits 7-5 are the obsolete LUN field)."""
+    if cdb_length(cdb[0]) != 6 and cdb[1] & 0xE0:
         raise sense.invalid_field_in_cdb(1, 7, "protection information not supported")
 
 

@@ -31,7 +31,7 @@ class DiskIdentity:
     revision: str = "0002"
 
     def __post_init__(self) -> None:
-        raw = self.serial.encode("ascii", errors="replace")
+        raw = self.serial.encode("utf-8")
         # The kernel limits vpd_unit_serial to 254 bytes (INQUIRY_VPD_SERIAL_LEN - 1).
         if not raw or len(raw) > 254 or not all(0x20 < c < 0x7F for c in raw):
             raise ValueError(f"unit serial {self.serial!r} must be 1..254 printable ASCII "
