@@ -35,9 +35,11 @@ class VolumeBackend:
     size_bytes: int
 
     @classmethod
-    def open(cls, config: MirrorConfig, size_bytes: int,
-             serial: str | None = None) -> VolumeBackend:
-        from appliance.scsi import DiskIdentity, ScsiDisk
+    def open(cls, config: MirrorConfig, size_bytes: int, serial: str | None = None,
+             *, max_transfer_bytes: int | None = None) -> VolumeBackend:
+        """`max_transfer_bytes` (VPD 0xB0) must fit hw_max_sectors and the ring's data area,
+        or the kernel fails larger commands itself (brief §14.13)."""
+        from appliance.scsi import DiskIdentity, DiskLimits, ScsiDisk
         from appliance.volume import Volume, VolumeConfig
 
         vol_uuid = volume_uuid(config)
@@ -49,7 +51,9 @@ class VolumeBackend:
             bitmap_path=config.bitmap_path))
         try:
             volume.write_cache_enabled = config.wce
-            disk = ScsiDisk(volume, DiskIdentity(serial or vol_uuid.hex))
+            limits = DiskLimits(max_transfer_bytes=max_transfer_bytes) if max_transfer_bytes \
+                else None
+            disk = ScsiDisk(volume, DiskIdentity(serial or vol_uuid.hex), limits)
         except BaseException:
             volume.close()
             raise
@@ -58,11 +62,10 @@ class VolumeBackend:
     def resize(self, size_bytes: int) -> None:
         """Grow/shrink the volume, then the disk reports CAPACITY DATA HAS CHANGED."""
         resize = getattr(self.volume, "resize", None)
-        notify = getattr(self.executor, "capacity_changed", None)
-        if resize is None or notify is None:
-            raise NotImplementedError("Volume.resize / ScsiDisk.capacity_changed not available")
+        if resize is None:
+            raise NotImplementedError("Volume.resize is not available")
         resize(size_bytes // self.volume.block_size)
-        notify()
+        self.executor.resized()
         self.size_bytes = size_bytes
 
     def set_write_cache(self, enabled: bool) -> None:
@@ -90,4 +93,8 @@ def open_backend(name: TcmuName, config: MirrorConfig,
         serial = control.unit_serial()
     except OSError:
         serial = None
-    return VolumeBackend.open(config, size, serial)
+    try:
+        max_transfer = control.hw_max_sectors() * config.block_size
+    except (OSError, ValueError):
+        max_transfer = None
+    return VolumeBackend.open(config, size, serial, max_transfer_bytes=max_transfer)

@@ -78,7 +78,7 @@ class MirrorConfig:
 def strip_subtype(config: str) -> str:
     """`mirror/<cfg>` → `<cfg>`; other subtypes are refused."""
     subtype, sep, rest = config.partition("/")
-    if not sep:
+    if not sep or "=" in subtype:
         raise ConfigStringError(f"config string must start with '{SUBTYPE}/', got {config!r}")
     if subtype != SUBTYPE:
         raise ConfigStringError(f"handler subtype is '{subtype}', this daemon serves '{SUBTYPE}'")

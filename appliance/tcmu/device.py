@@ -110,12 +110,12 @@ class TcmuDevice:
         self.ring.complete(completions)
         for view in views:
             view.release()
-        self.transport.poke()
         stats = self.stats
         stats.batches += 1
         stats.pokes += 1
         stats.commands += len(requests)
         stats.max_batch = max(stats.max_batch, len(requests))
+        self.transport.poke()
 
     def _completion(self, req: layout.CmdRequest, cmd: Any, result: Any) -> Completion:
         if result is None:

@@ -1,0 +1,120 @@
+"""Device manager: adoption order, netlink answers, reconfig no-ops and resize."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+from tcmu_helpers import MemDisk, ScsiCommand, rw10
+
+from appliance.tcmu import device as device_module
+from appliance.tcmu.manager import DeviceManager
+from appliance.tcmu.netlink import DeviceEvent, TcmuGenlCmd
+from appliance.tcmu.sim import SAM_STAT_BUSY, SimConfig, SimKernel
+from appliance.tcmu.sim_uio import SimUio
+
+CFG = "mirror/mirror=/srv/a.img;journal=/srv/a.jnl;journal_size=64M"
+NAME = f"tcm-user/1/vol1/{CFG}"
+
+
+class RecordingControl:
+    """configfs actions forwarded to the simulated kernel, in a log."""
+
+    def __init__(self, kernel: SimKernel, log: list[str]) -> None:
+        self.kernel, self.log = kernel, log
+
+    def block_dev(self, blocked: bool) -> None:
+        self.log.append(f"block_dev={int(blocked)}")
+        self.kernel.block_dev(blocked)
+
+    def reset_ring(self, mode: int = 1) -> None:
+        self.log.append(f"reset_ring={mode}")
+        self.kernel.reset_ring(mode)
+
+
+class FakeBackend:
+    def __init__(self, log: list[str]) -> None:
+        self.executor = MemDisk()
+        self.size_bytes = 1 << 20
+        self.log = log
+
+    def resize(self, size_bytes: int) -> None:
+        if size_bytes < self.size_bytes:
+            raise ValueError("shrinking is not supported")
+        self.log.append(f"resize={size_bytes}")
+        self.size_bytes = size_bytes
+
+    def set_write_cache(self, enabled: bool) -> None:
+        self.log.append(f"wce={int(enabled)}")
+
+    def close(self) -> None:
+        self.log.append("backend closed")
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(device_module, "_scsi_command_class", lambda: ScsiCommand)
+    kernel = SimKernel(tmp_path / "dev", SimConfig(ring_bytes=8192, data_blocks=32))
+    log: list[str] = []
+    backends: list[FakeBackend] = []
+
+    def factory(name, config, control):
+        log.append(f"backend {name.name} {config.mirror}")
+        backends.append(FakeBackend(log))
+        return backends[-1]
+
+    def open_transport(minor, uio_name):
+        log.append(f"open uio{minor}")
+        return SimUio(tmp_path / "dev")
+
+    manager = DeviceManager(backend_factory=factory, open_transport=open_transport,
+                            control_for=lambda name: RecordingControl(kernel, log),
+                            poll_interval=0.05)
+    yield manager, kernel, log, backends
+    manager.close_all()
+    kernel.close()
+
+
+def test_adopt_uses_the_reopen_sequence(world) -> None:
+    manager, kernel, log, _ = world
+    stale = kernel.submit(rw10(0x28, 0, 1), data_in_len=512)  # queued under a dead handler
+    assert manager.add(3, NAME, reopen=True) == 0
+    assert log == ["block_dev=1", "reset_ring=1", "backend vol1 /srv/a.img", "open uio3",
+                   "block_dev=0"]
+    assert kernel.results[stale].status == SAM_STAT_BUSY  # the initiator retries
+    (res,) = kernel.wait_for([kernel.submit(rw10(0x2A, 0, 1), b"x" * 512)])
+    assert res.status == 0
+    assert manager.add(3, NAME) == 0  # idempotent (udev after netlink)
+    assert log.count("open uio3") == 1
+
+
+def test_added_removed_statuses(world) -> None:
+    manager, _, log, _ = world
+    assert manager.add(4, "tcm-user/1/x/file/foo") == -errno.ENOENT     # not our subtype
+    assert manager.add(4, "tcm-user/1/x/mirror/mirror=rel;journal=/j") == -errno.EINVAL
+    assert manager.add(4, NAME) == 0
+    assert manager.remove(4) == 0
+    assert "backend closed" in log
+    assert manager.remove(4) == 0
+
+
+def test_reconfig(world) -> None:
+    manager, kernel, log, backends = world
+    assert manager.add(3, NAME) == 0
+
+    def reconfig(**kw) -> int:
+        return manager.reconfig(DeviceEvent(TcmuGenlCmd.RECONFIG_DEVICE, NAME, 3, 9, **kw))
+
+    # targetctl restore replays every attribute: unchanged values must answer 0
+    assert reconfig(dev_cfg=CFG) == 0
+    assert reconfig(dev_size=1 << 20) == 0
+    assert reconfig(dev_cfg=CFG.replace("a.img", "b.img")) == -errno.EOPNOTSUPP
+    assert reconfig(dev_cfg="mirror/nonsense") == -errno.EINVAL
+    assert reconfig(dev_size=2 << 20) == 0
+    assert backends[0].size_bytes == 2 << 20
+    assert reconfig(dev_size=1 << 19) == -errno.EINVAL
+    assert reconfig(writecache=0) == 0
+    assert log[-2:] == ["resize=2097152", "wce=0"]
+    assert manager.reconfig(DeviceEvent(TcmuGenlCmd.RECONFIG_DEVICE, NAME, 8, 9,
+                                        writecache=1)) == -errno.ENODEV
