@@ -13,7 +13,7 @@ from appliance.scsi.command import GOOD, ScsiCommand, ScsiResult, Status
 from appliance.scsi.identity import DiskIdentity, DiskLimits
 
 if TYPE_CHECKING:
-    from appliance.journal.model import WriteOp
+    from appliance.journal import WriteOp
     from appliance.volume import Volume
 
 

@@ -7,7 +7,7 @@ as zeros (LBPRZ=1), so WRITE SAME with UNMAP may only deallocate when the block 
 
 from __future__ import annotations
 
-from appliance.journal.model import OpKind, WriteOp
+from appliance.journal import OpKind, WriteOp
 from appliance.scsi import buffers, sense
 from appliance.scsi.cdb import be, check_range, require_length
 from appliance.scsi.command import GOOD, ScsiCommand, ScsiResult

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from appliance.journal.model import OpKind, WriteOp
+from appliance.journal import OpKind, WriteOp
 from appliance.scsi import buffers, sense
 from appliance.scsi.cdb import BlockRange, block_range, check_no_protection, check_range, fua
 from appliance.scsi.command import GOOD, ScsiCommand, ScsiResult, Status

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from enum import IntEnum
 
-from appliance.journal.errors import InvalidRequest
+from appliance.journal import InvalidRequest
 from appliance.scsi.command import ScsiResult, Status
 from appliance.volume.errors import MediumError
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from appliance.journal import OpKind, WriteOp
 from appliance.journal.errors import InvalidRequest
-from appliance.journal.model import OpKind, WriteOp
 from appliance.volume.errors import MediumError
 
 

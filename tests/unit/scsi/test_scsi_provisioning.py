@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from appliance.journal.model import OpKind
+from appliance.journal import OpKind
 from tests.unit.scsi.conftest import NUM_BLOCKS
 from tests.unit.scsi.helpers import assert_check, pattern, read10, run, write10
 
