@@ -1,0 +1,158 @@
+"""The reader: how the transmitter (its own process) reads the journal and acknowledges.
+
+It never writes records. It returns only records below the durable head the writer
+published in its checkpoint slot, so nothing that a power cut could still take is
+shipped, and it persists the peer's acknowledgements in its own checkpoint slot.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from appliance.journal.errors import InvalidRequest, JournalCorrupt, RecordsGone
+from appliance.journal.format import (
+    TRANSMITTER_SLOT_BLOCKS,
+    WRITER_SLOT_BLOCKS,
+    TransmitterCheckpoint,
+    WriterCheckpoint,
+)
+from appliance.journal.header import (
+    Target,
+    load_superblock,
+    open_target,
+    read_header,
+    read_slot_blocks,
+    read_transmitter_slot,
+    read_writer_slot,
+    write_transmitter_slot,
+)
+from appliance.journal.model import Record
+from appliance.journal.scan import (
+    Area,
+    ChainPoint,
+    Walker,
+    newest_segment,
+    records_of,
+    segment_holding,
+)
+from appliance.storage import BlockIO
+
+_LOCATE_ATTEMPTS = 3
+
+
+class JournalReader:
+    """Reads durable records of a journal that another process writes."""
+
+    def __init__(self, path: Target, *, volume_uuid: uuid.UUID | None = None) -> None:
+        self._io: BlockIO | None = open_target(path, lock=False)
+        try:
+            header = read_header(self._io)
+            self.sb = load_superblock(self._io, header, volume_uuid)
+            self._tx_gen, tx = read_transmitter_slot(header, self.sb)
+        except BaseException:
+            self._io.close()
+            raise
+        self.acked_seq = tx.acked_seq
+        self._area = Area(self._io, self.sb)
+        self._cursor: ChainPoint | None = None  # start of the record holding the next seq
+
+    def close(self) -> None:
+        if self._io is not None:
+            io, self._io = self._io, None
+            io.close()
+
+    def __enter__(self) -> JournalReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def writer_checkpoint(self) -> WriterCheckpoint:
+        """The writer's published state: durable head and mirror checkpoint."""
+        io = self._open_io()
+        return read_writer_slot(read_slot_blocks(io, WRITER_SLOT_BLOCKS[0]), self.sb)[1]
+
+    @property
+    def durable_seq(self) -> int:
+        """Every seq below this is durable and readable."""
+        return self.writer_checkpoint().head_seq
+
+    def read(self, from_seq: int, max_bytes: int) -> list[Record]:
+        """Durable records with seq >= from_seq, in order; [] when caught up.
+
+        Returns at least one record when any is available, and stops once the data
+        returned reaches `max_bytes`. Raises JournalCorrupt on a bad record below the
+        durable head, RecordsGone if from_seq was already reclaimed.
+        """
+        anchor = self.writer_checkpoint()
+        if from_seq >= anchor.head_seq:
+            return []
+        tail = min(self.acked_seq, anchor.mirror_durable_seq) + 1
+        if from_seq < max(tail, self.sb.first_seq):
+            raise RecordsGone(f"records from seq {from_seq} were reclaimed; the oldest held is "
+                              f"{max(tail, self.sb.first_seq)}")
+        for attempt in range(_LOCATE_ATTEMPTS):
+            start = self._locate(from_seq, anchor)
+            if start is None:
+                anchor = self.writer_checkpoint()
+                continue
+            out, failure = self._collect(start, from_seq, anchor.head_seq, max_bytes)
+            if failure is None:
+                return out
+            if attempt == _LOCATE_ATTEMPTS - 1:
+                raise failure
+            self._cursor = None
+            anchor = self.writer_checkpoint()
+        raise RecordsGone(f"no segment of the journal holds seq {from_seq} any more")
+
+    def _locate(self, seq: int, anchor: WriterCheckpoint) -> ChainPoint | None:
+        if self._cursor is not None and self._cursor.seq <= seq:
+            return self._cursor
+        newest, _ = newest_segment(self._area, anchor)
+        found = segment_holding(self._area, seq, newest)
+        if found is None:
+            return None
+        segment, meta = found
+        return ChainPoint(segment * self.sb.segment_blocks, meta.first_seq, meta.prev_crc)
+
+    def _collect(self, start: ChainPoint, from_seq: int, end_seq: int, max_bytes: int
+                 ) -> tuple[list[Record], JournalCorrupt | None]:
+        walker = Walker(self._area, start)
+        out: list[Record] = []
+        size = 0
+        while walker.point.seq < end_seq and (not out or size < max_bytes):
+            got = walker.next()
+            if got is None:
+                return out, JournalCorrupt(
+                    f"record seq {walker.point.seq} below the durable head {end_seq} is "
+                    f"damaged: {walker.why}", position=self.sb.block_offset(walker.point.block))
+            meta, data = got
+            for record in records_of(meta, data, self.sb.volume_block_size, from_seq):
+                if record.seq >= end_seq or (out and size >= max_bytes):
+                    self._cursor = ChainPoint(meta.position, meta.first_seq, meta.prev_crc)
+                    return out, None
+                out.append(record)
+                size += len(record.op.data)
+            self._cursor = walker.point
+        return out, None
+
+    def acknowledge(self, seq: int) -> None:
+        """The peer holds every seq <= `seq` durably; persist it (fdatasync)."""
+        io = self._open_io()
+        if seq <= self.acked_seq:
+            return
+        durable = self.durable_seq
+        if seq >= durable:
+            raise InvalidRequest(f"cannot acknowledge seq {seq}: only seqs below {durable} "
+                                 f"are durable in the journal (and could have been shipped)")
+        header = read_slot_blocks(io, TRANSMITTER_SLOT_BLOCKS[0])
+        self._tx_gen, _ = read_transmitter_slot(header, self.sb)
+        self._tx_gen += 1
+        write_transmitter_slot(io, self.sb, self._tx_gen, TransmitterCheckpoint(seq))
+        io.sync()
+        self.acked_seq = seq
+
+    def _open_io(self) -> BlockIO:
+        if self._io is None:
+            raise InvalidRequest("the journal reader is closed")
+        return self._io

@@ -1,0 +1,149 @@
+"""Record metadata blocks and the checks on write operations (pure functions).
+
+A record is one metadata block followed by the data blocks of its writes, starting at a
+journal-block boundary and never crossing a segment boundary. A PAD record is a lone
+metadata block that says "the rest of this segment is unused; continue at the next one".
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from appliance.journal.errors import InvalidRequest
+from appliance.journal.format import FORMAT_VERSION, JBLOCK, MAX_SEQ, Superblock, crc
+from appliance.journal.model import OpKind, WriteOp
+
+RECORD_MAGIC = b"DRJRECRD"
+ENTRIES_OFFSET = 128
+MAX_OPS_PER_RECORD = (JBLOCK - ENTRIES_OFFSET) // 16  # 248
+
+# magic, header crc, version, kind, journal uuid, first seq, op count, record blocks,
+# position, timestamp, tail seq, synced seq, prev crc, data crc, data bytes
+_HDR = struct.Struct("<8sIHH16sQIIQQQQIIQ")
+_ENTRY = struct.Struct("<BxxxIQ")  # kind, nblocks, lba
+_CRC_FROM = 12  # the header CRC covers bytes 12..4095 (everything after itself)
+
+
+class RecordKind(enum.IntEnum):
+    BATCH = 1
+    PAD = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMeta:
+    kind: RecordKind
+    first_seq: int
+    n_ops: int
+    record_blocks: int  # metadata block included; for PAD: up to the segment end
+    position: int  # area block of the metadata block
+    timestamp_ns: int
+    tail_seq: int  # the writer's tail when it wrote this record
+    synced_seq: int  # every seq below this was durable when this record was written
+    prev_crc: int  # header CRC of the record before this one (the chain link)
+    data_crc: int  # CRC32C of the data bytes (without the zero padding)
+    data_bytes: int
+    entries: tuple[tuple[int, int, int], ...]  # (kind, nblocks, lba) per write
+    header_crc: int
+
+    @property
+    def end_seq(self) -> int:
+        return self.first_seq + self.n_ops
+
+    @property
+    def end_block(self) -> int:
+        return self.position + self.record_blocks
+
+
+def op_data_len(kind: int, nblocks: int, volume_block_size: int) -> int:
+    if kind == OpKind.WRITE:
+        return nblocks * volume_block_size
+    if kind == OpKind.WRITE_SAME:
+        return volume_block_size
+    return 0
+
+
+def data_blocks(data_bytes: int) -> int:
+    return -(-data_bytes // JBLOCK)
+
+
+def encode_meta(*, journal_uuid: uuid.UUID, kind: RecordKind, first_seq: int, position: int,
+                record_blocks: int, timestamp_ns: int, tail_seq: int, synced_seq: int,
+                prev_crc: int, data_crc: int, data_bytes: int,
+                entries: Sequence[tuple[int, int, int]]) -> tuple[bytes, int]:
+    """The metadata block and its header CRC (the next record's `prev_crc`)."""
+    block = bytearray(JBLOCK)
+    _HDR.pack_into(block, 0, RECORD_MAGIC, 0, FORMAT_VERSION, kind, journal_uuid.bytes,
+                   first_seq, len(entries), record_blocks, position, timestamp_ns, tail_seq,
+                   synced_seq, prev_crc, data_crc, data_bytes)
+    offset = ENTRIES_OFFSET
+    for op_kind, nblocks, lba in entries:
+        _ENTRY.pack_into(block, offset, op_kind, nblocks, lba)
+        offset += _ENTRY.size
+    header_crc = crc(memoryview(block)[_CRC_FROM:])
+    struct.pack_into("<I", block, 8, header_crc)
+    return bytes(block), header_crc
+
+
+def parse_meta(block: bytes | bytearray | memoryview, journal_uuid: uuid.UUID, position: int,
+               volume_block_size: int) -> RecordMeta | None:
+    """The record metadata in `block` read from area block `position`, or None when the
+    block is not an intact metadata block of this journal written at this position."""
+    if bytes(block[:8]) != RECORD_MAGIC:
+        return None
+    (_, header_crc, version, kind, juuid, first_seq, n_ops, record_blocks, pos, ts, tail,
+     synced, prev_crc, data_crc, data_bytes) = _HDR.unpack_from(block, 0)
+    if header_crc != crc(memoryview(block)[_CRC_FROM:JBLOCK]):
+        return None
+    if (version != FORMAT_VERSION or juuid != journal_uuid.bytes or pos != position
+            or kind not in (RecordKind.BATCH, RecordKind.PAD) or n_ops > MAX_OPS_PER_RECORD
+            or record_blocks < 1 or first_seq > MAX_SEQ):
+        return None
+    entries = tuple(_ENTRY.unpack_from(block, ENTRIES_OFFSET + i * _ENTRY.size)
+                    for i in range(n_ops))
+    if kind == RecordKind.BATCH:
+        total = 0
+        for op_kind, nblocks, _ in entries:
+            if op_kind not in (OpKind.WRITE, OpKind.WRITE_SAME, OpKind.UNMAP):
+                return None
+            total += op_data_len(op_kind, nblocks, volume_block_size)
+        if n_ops == 0 or total != data_bytes or record_blocks != 1 + data_blocks(data_bytes):
+            return None
+    elif n_ops or data_bytes:
+        return None
+    return RecordMeta(RecordKind(kind), first_seq, n_ops, record_blocks, pos, ts, tail, synced,
+                      prev_crc, data_crc, data_bytes, entries, header_crc)
+
+
+def check_op(op: WriteOp, sb: Superblock) -> int:
+    """Validate one write against the volume geometry; return its payload length."""
+    try:
+        kind = OpKind(op.kind)
+    except ValueError as err:
+        raise InvalidRequest(f"unknown write kind {op.kind!r}; use OpKind.WRITE, "
+                             f"WRITE_SAME or UNMAP") from err
+    if not isinstance(op.lba, int) or not isinstance(op.nblocks, int):
+        raise InvalidRequest(f"lba and nblocks must be integers, got {op.lba!r}, {op.nblocks!r}")
+    if op.nblocks < 1:
+        raise InvalidRequest(f"a write must cover at least one block, got nblocks={op.nblocks}")
+    if op.lba < 0 or op.lba + op.nblocks > sb.volume_blocks:
+        raise InvalidRequest(
+            f"blocks {op.lba}..{op.lba + op.nblocks - 1} are outside the volume of "
+            f"{sb.volume_blocks} blocks of {sb.volume_block_size} bytes")
+    want = op_data_len(kind, op.nblocks, sb.volume_block_size)
+    got = len(op.data) if isinstance(op.data, bytes) else memoryview(op.data).nbytes
+    if got != want:
+        what = {OpKind.WRITE: f"{op.nblocks} blocks of {sb.volume_block_size} bytes",
+                OpKind.WRITE_SAME: f"exactly one block of {sb.volume_block_size} bytes",
+                OpKind.UNMAP: "no data"}[kind]
+        raise InvalidRequest(f"{kind.name} at lba {op.lba} carries {got} bytes of data; "
+                             f"it must carry {what} ({want} bytes)")
+    limit = sb.max_op_data_blocks * JBLOCK
+    if want > limit:
+        raise InvalidRequest(
+            f"a single write of {want} bytes exceeds the journal's limit of {limit} bytes "
+            f"(segment size {sb.segment_blocks * JBLOCK} minus one metadata block); split it")
+    return want

@@ -1,0 +1,247 @@
+"""Reading the record area: segment probes, the binary searches, the chain walk.
+
+Shared by the writer (recovery, redo) and the reader (the transmitter's process).
+Positions are area blocks (0 = first block of segment 0). See docs/journal-format.md for
+why a binary search over segment starts is sound: every segment starts with a record,
+and the writer syncs everything before it enters a new segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from appliance.journal.errors import JournalCorrupt
+from appliance.journal.format import JBLOCK, Superblock, WriterCheckpoint, crc
+from appliance.journal.model import OpKind, Record, WriteOp
+from appliance.journal.records import RECORD_MAGIC, RecordKind, RecordMeta, parse_meta
+from appliance.storage import BlockIO
+
+DEFAULT_WINDOW_BLOCKS = 256  # 1 MiB per read while walking
+
+
+@dataclass(frozen=True, slots=True)
+class ChainPoint:
+    """Where the next record of the chain goes, which seq it gets, what it links to."""
+
+    block: int
+    seq: int
+    prev_crc: int
+
+
+class Area:
+    """Reads of one journal's record area."""
+
+    def __init__(self, io: BlockIO, sb: Superblock) -> None:
+        self.io = io
+        self.sb = sb
+        self.S = sb.segment_blocks
+        self.m = sb.segment_count
+
+    def read(self, block: int, count: int) -> bytearray:
+        buf = bytearray(count * JBLOCK)
+        self.io.pread_into(self.sb.block_offset(block), memoryview(buf))
+        return buf
+
+    def parse(self, block_bytes: bytes | bytearray | memoryview, position: int
+              ) -> RecordMeta | None:
+        return parse_meta(block_bytes, self.sb.journal_uuid, position, self.sb.volume_block_size)
+
+    def probe(self, segment: int) -> RecordMeta | None:
+        """The record at the start of `segment` (one block read), if intact."""
+        position = segment * self.S
+        return self.parse(self.read(position, 1), position)
+
+    def segment_of(self, block: int) -> int:
+        return block // self.S
+
+    def segment_end(self, block: int) -> int:
+        return (block // self.S + 1) * self.S
+
+    def byte_offset(self, block: int) -> int:
+        return self.sb.block_offset(block)
+
+
+def last_true(count: int, pred: Callable[[int], bool]) -> int:
+    """Largest k in [0, count) with pred(k), for a pred true on a prefix (pred(0) assumed)."""
+    lo, hi = 0, count - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if pred(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def newest_segment(area: Area, anchor: WriterCheckpoint) -> tuple[int, RecordMeta | None]:
+    """The segment the writer entered last, by binary search from the published anchor.
+
+    Segments entered after the anchor start with a seq >= anchor.head_seq; every other
+    segment starts with an older seq, a torn block, or was never written. Walking the
+    circle from the anchor that predicate is true on a prefix, so O(log m) probes find
+    the last one. Returns (segment, its start record) or (anchor segment, None) when no
+    segment was entered after the anchor.
+    """
+    a = area.segment_of(anchor.head_block) % area.m
+    probes: dict[int, RecordMeta | None] = {}
+
+    def entered_after(j: int) -> bool:
+        seg = (a + j) % area.m
+        meta = probes[j] = area.probe(seg)
+        return meta is not None and meta.kind == RecordKind.BATCH and meta.first_seq >= anchor.head_seq
+
+    j = last_true(area.m, lambda k: k == 0 or entered_after(k))
+    if j == 0:
+        return a, None
+    return (a + j) % area.m, probes[j]
+
+
+def segment_holding(area: Area, seq: int, newest: int) -> tuple[int, RecordMeta] | None:
+    """The segment whose first record has the largest first seq <= `seq`, or None if every
+    intact segment starts above `seq` (the records were overwritten).
+
+    Circular order from the oldest segment (newest + 1) to the newest: first a run of
+    segments with no intact start (never written, or torn while being entered), then
+    ascending first seqs. "No intact start, or starts at or below seq" holds on a prefix.
+    """
+    probes: dict[int, RecordMeta | None] = {}
+
+    def at_or_below(k: int) -> bool:
+        meta = probes[k] = area.probe((newest + 1 + k) % area.m)
+        return meta is None or meta.kind != RecordKind.BATCH or meta.first_seq <= seq
+
+    if not at_or_below(0):
+        return None
+    k = last_true(area.m, lambda i: i == 0 or at_or_below(i))
+    meta = probes[k]
+    if meta is None or meta.kind != RecordKind.BATCH or meta.first_seq > seq:
+        return None
+    return (newest + 1 + k) % area.m, meta
+
+
+class Walker:
+    """Follows the record chain from a point, validating every link and CRC.
+
+    `next()` returns the next intact record (with its data) or None where the chain ends:
+    a block that is not an intact metadata block, a seq or link that does not follow, a
+    record that crosses its segment end, or data whose CRC does not match (`why` says
+    which). PAD records are followed silently. Reads `window_blocks` at a time.
+    """
+
+    def __init__(self, area: Area, start: ChainPoint, *, check_first_link: bool = True,
+                 window_blocks: int = DEFAULT_WINDOW_BLOCKS) -> None:
+        self.area = area
+        self.point = start
+        self.check_link = check_first_link
+        self.window = max(1, window_blocks)
+        self.why = ""
+        self._buf = bytearray()
+        self._buf_start = 0
+
+    def _view(self, block: int, count: int) -> memoryview:
+        start = self._buf_start
+        if not (start <= block and block + count <= start + len(self._buf) // JBLOCK):
+            seg_end = self.area.segment_end(block)
+            want = min(seg_end - block, max(self.window, count))
+            self._buf = self.area.read(block, want)
+            self._buf_start = start = block
+        lo = (block - start) * JBLOCK
+        return memoryview(self._buf)[lo : lo + count * JBLOCK]
+
+    def next(self) -> tuple[RecordMeta, memoryview] | None:
+        while True:
+            p = self.point
+            if p.block >= self.area.m * self.area.S:
+                p = self.point = ChainPoint(0, p.seq, p.prev_crc)
+            meta = self.area.parse(self._view(p.block, 1), p.block)
+            if meta is None:
+                self.why = "no intact metadata block"
+                return None
+            if meta.first_seq != p.seq or (self.check_link and meta.prev_crc != p.prev_crc):
+                self.why = (f"record seq {meta.first_seq} does not follow seq {p.seq - 1} "
+                            f"(stale or foreign record)")
+                return None
+            seg_end = self.area.segment_end(p.block)
+            if meta.end_block > seg_end:
+                self.why = "record crosses its segment end"
+                return None
+            if meta.kind == RecordKind.PAD:
+                if meta.end_block != seg_end:
+                    self.why = "padding record does not end at its segment end"
+                    return None
+                self.check_link = True
+                self.point = ChainPoint(seg_end, p.seq, meta.header_crc)
+                continue
+            data = self._view(p.block + 1, meta.record_blocks - 1)[: meta.data_bytes]
+            if crc(data) != meta.data_crc:
+                self.why = f"data of record seq {meta.first_seq} fails its CRC"
+                return None
+            self.check_link = True
+            self.point = ChainPoint(meta.end_block, meta.end_seq, meta.header_crc)
+            return meta, data
+
+
+def find_head(area: Area, anchor: WriterCheckpoint) -> tuple[ChainPoint, RecordMeta | None]:
+    """Recover the head: binary search for the newest segment, then walk its chain.
+
+    Returns the point after the last intact record, and that record's metadata (None if
+    no record follows the anchor). Raises JournalCorrupt when a damaged record sits below
+    records that were written after it had been synced (so it was durable once).
+    """
+    segment, start_meta = newest_segment(area, anchor)
+    if start_meta is None:
+        walker = Walker(area, ChainPoint(anchor.head_block, anchor.head_seq, anchor.head_prev_crc),
+                        window_blocks=area.S)
+    else:
+        walker = Walker(area, ChainPoint(segment * area.S, start_meta.first_seq, 0),
+                        check_first_link=False, window_blocks=area.S)
+    last = None
+    while (got := walker.next()) is not None:
+        last = got[0]
+    _check_nothing_durable_beyond(area, walker.point, walker.why)
+    return walker.point, last
+
+
+def _check_nothing_durable_beyond(area: Area, head: ChainPoint, why: str) -> None:
+    """Bounded forward scan past the head (rest of its segment and the next segment): a
+    record there that was written after seq `head.seq` had been synced proves that the
+    record at the head was durable, so its damage is corruption, not a torn write."""
+    total = area.m * area.S
+    start = head.block % total
+    end = area.segment_end(start) + area.S
+    spans = [(start, min(end, total))]
+    if end > total:
+        spans.append((0, end - total))
+    for lo, hi in spans:
+        if hi <= lo:
+            continue
+        buf = area.read(lo, hi - lo)
+        view = memoryview(buf)
+        pos = buf.find(RECORD_MAGIC)
+        while pos >= 0:
+            if pos % JBLOCK == 0:
+                block = lo + pos // JBLOCK
+                meta = area.parse(view[pos : pos + JBLOCK], block)
+                if meta is not None and meta.first_seq >= head.seq and meta.synced_seq > head.seq:
+                    raise JournalCorrupt(
+                        f"record seq {head.seq} is damaged ({why}), but record seq "
+                        f"{meta.first_seq} at area block {block} was written after seq "
+                        f"{head.seq} had been synced; the journal lost durable data",
+                        position=area.byte_offset(start))
+            pos = buf.find(RECORD_MAGIC, pos + 1)
+
+
+def records_of(meta: RecordMeta, data: memoryview, volume_block_size: int,
+               from_seq: int = 0) -> Iterator[Record]:
+    """The writes of one record (those with seq >= from_seq), with their data as bytes."""
+    offset = 0
+    for i, (kind, nblocks, lba) in enumerate(meta.entries):
+        op_kind = OpKind(kind)
+        length = (nblocks * volume_block_size if op_kind == OpKind.WRITE
+                  else volume_block_size if op_kind == OpKind.WRITE_SAME else 0)
+        seq = meta.first_seq + i
+        if seq >= from_seq:
+            payload = bytes(data[offset : offset + length])
+            yield Record(seq, meta.timestamp_ns, WriteOp(op_kind, lba, nblocks, payload))
+        offset += length
