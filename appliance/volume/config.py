@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from appliance.journal import MIN_JOURNAL_BYTES
 from appliance.volume.errors import VolumeConfigError
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ class VolumeConfig:
                                     f"not {self.chunk_size}")
         if self.chunk_size % self.block_size:
             raise VolumeConfigError("chunk_size must be a multiple of block_size")
+        if self.journal_size < MIN_JOURNAL_BYTES:
+            raise VolumeConfigError(f"journal_size {self.journal_size} is below the journal's "
+                                    f"minimum of {MIN_JOURNAL_BYTES} bytes")
         if self.journal_size % JOURNAL_BLOCK:
             raise VolumeConfigError(f"journal_size must be a multiple of {JOURNAL_BLOCK}, "
                                     f"not {self.journal_size}")

@@ -1,0 +1,126 @@
+"""Opening the three files of a volume, and the journal facts the write fork relies on."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from appliance.journal import Journal, JournalMismatch, JournalUsage
+from appliance.journal.format import (
+    JBLOCK,
+    SUPERBLOCK_BLOCKS,
+    SUPERBLOCK_MAGIC,
+    choose_segment_blocks,
+)
+from appliance.storage import open_file
+from appliance.volume import bitmap_format
+from appliance.volume.bitmap import DirtyBitmap
+from appliance.volume.errors import VolumeConfigError
+
+if TYPE_CHECKING:
+    from appliance.storage import BlockIO
+    from appliance.volume.config import VolumeConfig
+
+__all__ = ["Journal", "Parts", "acked_seq", "mirror_durable_seq", "open_parts", "usage_dict"]
+
+
+@dataclass
+class Parts:
+    journal: Journal
+    mirror: BlockIO
+    bitmap: DirtyBitmap
+
+
+def open_parts(config: VolumeConfig) -> Parts:
+    """Open (creating what is missing) mirror, journal and bitmap; on any error close what
+    was opened and leave every file as it was."""
+    opened: list = []
+    try:
+        mirror = config.mirror_io or open_file(config.mirror_path,
+                                               create_size=config.volume_bytes)
+        opened.append(mirror)
+        if mirror.size() < config.volume_bytes:
+            raise VolumeConfigError(f"mirror holds {mirror.size()} bytes, the volume needs "
+                                    f"{config.volume_bytes} ({config.num_blocks} blocks of "
+                                    f"{config.block_size}); enlarge the mirror")
+        journal = _open_journal(config)
+        opened.append(journal)
+        bitmap_io = config.bitmap_io or open_file(
+            config.bitmap_path, create_size=bitmap_format.file_size(config.num_chunks))
+        opened.append(bitmap_io)
+        bitmap = DirtyBitmap.open(bitmap_io, volume_uuid=config.uuid,
+                                  chunk_size=config.chunk_size, num_chunks=config.num_chunks)
+        return Parts(journal, mirror, bitmap)
+    except BaseException:
+        for part in reversed(opened):
+            part.close()
+        raise
+
+
+def _open_journal(config: VolumeConfig) -> Journal:
+    target = config.journal_io if config.journal_io is not None else config.journal_path
+    if _holds_journal(target):
+        journal = Journal.open(target, volume_uuid=config.uuid)
+    else:
+        journal = Journal.create(target, size=config.journal_size, volume_uuid=config.uuid,
+                                 volume_block_size=config.block_size,
+                                 volume_blocks=config.num_blocks,
+                                 segment_size=_segment_size(config))
+    try:
+        sb = journal.sb
+        if (sb.volume_block_size, sb.volume_blocks) != (config.block_size, config.num_blocks):
+            raise JournalMismatch(
+                f"journal was made for {sb.volume_blocks} blocks of {sb.volume_block_size} "
+                f"bytes, the volume has {config.num_blocks} of {config.block_size}")
+        if journal.max_op_bytes < config.max_transfer_bytes:
+            raise VolumeConfigError(
+                f"the journal takes writes of at most {journal.max_op_bytes} bytes, less than "
+                f"max_transfer_bytes {config.max_transfer_bytes}; lower it or use a bigger "
+                "journal")
+        return journal
+    except BaseException:
+        journal.close()
+        raise
+
+
+def _segment_size(config: VolumeConfig) -> int | None:
+    """The journal's default segments, unless they are too small for one maximal transfer."""
+    total = config.journal_size // JBLOCK
+    default = choose_segment_blocks(total, None)
+    need = 1 + -(-config.max_transfer_bytes // JBLOCK)     # metadata block + data
+    return None if default >= need else need * JBLOCK
+
+
+def _holds_journal(target: str | os.PathLike[str] | BlockIO) -> bool:
+    """True unless the target is missing or blank (then a journal is created on it)."""
+    if isinstance(target, str | os.PathLike):
+        if not os.path.exists(target) or os.path.getsize(target) == 0:
+            return False
+        with open_file(target) as io:
+            return _io_holds_journal(io)
+    return _io_holds_journal(target)
+
+
+def _io_holds_journal(io: BlockIO) -> bool:
+    """Anything but zeros in the superblock copies counts (a foreign file is then refused
+    by Journal.open instead of being overwritten)."""
+    span = (max(SUPERBLOCK_BLOCKS) + 1) * JBLOCK
+    if io.size() < span:
+        return io.size() > 0
+    head = bytearray(span)
+    io.pread_into(0, memoryview(head))
+    return SUPERBLOCK_MAGIC in head or any(head)
+
+
+def mirror_durable_seq(journal: Journal) -> int:
+    return journal.mirror_durable_seq
+
+
+def acked_seq(journal: Journal) -> int:
+    """The peer's acknowledged seq, re-read from the transmitter's slot."""
+    return journal.usage().acked_seq
+
+
+def usage_dict(usage: JournalUsage) -> dict:
+    return asdict(usage)

@@ -1,0 +1,81 @@
+"""The local mirror: applying write ops to it and reading from it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from appliance.journal import OpKind, WriteOp
+from appliance.volume import scatter
+
+if TYPE_CHECKING:
+    from appliance.storage import BlockIO
+
+_ZEROS = bytes(1 << 20)     # immutable: shared source for UNMAP writes
+_MAX_IOV = 1024
+
+
+class Mirror:
+    """Block-addressed I/O on the mirror file or device."""
+
+    def __init__(self, io: BlockIO, block_size: int, num_blocks: int) -> None:
+        self.io = io
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+
+    def read_into(self, lba: int, nblocks: int, bufs: Sequence[memoryview]) -> None:
+        base = lba * self.block_size
+        for view, start in scatter.mirror_segments(bufs, 0, nblocks * self.block_size):
+            self.io.pread_into(base + start, view)
+
+    def apply(self, ops: Iterable[WriteOp]) -> int:
+        """Write the ops in order; adjacent WRITEs go out as one pwritev. Returns bytes."""
+        bs = self.block_size
+        run_off, run_bufs, run_len = 0, [], 0
+        moved = 0
+        for op in ops:
+            off = op.lba * bs
+            moved += op.nblocks * bs
+            if op.kind == OpKind.WRITE:
+                if run_bufs and off == run_off + run_len and len(run_bufs) < _MAX_IOV:
+                    run_bufs.append(op.data)
+                else:
+                    if run_bufs:
+                        self.io.pwritev(run_off, run_bufs)
+                    run_off, run_bufs, run_len = off, [op.data], 0
+                run_len += op.nblocks * bs
+                continue
+            if run_bufs:
+                self.io.pwritev(run_off, run_bufs)
+                run_bufs, run_len = [], 0
+            if op.kind == OpKind.WRITE_SAME:
+                self._write_same(off, op.nblocks, memoryview(op.data))
+            else:
+                self._zero(off, op.nblocks * bs)
+        if run_bufs:
+            self.io.pwritev(run_off, run_bufs)
+        return moved
+
+    def _write_same(self, off: int, nblocks: int, block: memoryview) -> None:
+        done = 0
+        while done < nblocks:
+            n = min(_MAX_IOV, nblocks - done)
+            self.io.pwritev(off + done * self.block_size, [block] * n)
+            done += n
+
+    def _zero(self, off: int, length: int) -> None:
+        zeros = memoryview(_ZEROS)
+        step = len(_ZEROS) * 16
+        done = 0
+        while done < length:
+            n = min(step, length - done)
+            full, rest = divmod(n, len(_ZEROS))
+            bufs = [zeros] * full + ([zeros[:rest]] if rest else [])
+            self.io.pwritev(off + done, bufs)
+            done += n
+
+    def sync(self) -> None:
+        self.io.sync()
+
+    def close(self) -> None:
+        self.io.close()

@@ -1,0 +1,332 @@
+"""The write fork: every host write goes to the journal (write-ahead) and then the mirror.
+
+The write-ahead rule (docs/volume.md): a write reaches the mirror only after its journal
+record is durable, or, while the journal is full (``logging-to-bitmap``), after its chunk is
+durably marked in the dirty-region bitmap. So after any crash the mirror holds nothing the
+journal and bitmap do not account for, and recovery redoes the records above the journal's
+mirror-durable checkpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from appliance.journal import InvalidRequest, JournalFull, OpKind, WriteOp
+from appliance.volume import journal_link, scatter
+from appliance.volume.bitmap import DirtyBitmap
+from appliance.volume.config import FlushPolicy, VolumeConfig
+from appliance.volume.errors import MediumError, VolumeError
+from appliance.volume.mirror import Mirror
+from appliance.volume.pending import PendingWrites
+from appliance.volume.requests import check_ops, check_range
+
+JOURNALING = "journaling"
+LOGGING_TO_BITMAP = "logging-to-bitmap"
+
+
+class Volume:
+    """One volume: journal + mirror + overflow bitmap. Thread-safe (one lock per volume)."""
+
+    def __init__(self, config: VolumeConfig, journal: journal_link.Journal, mirror: Mirror,
+                 bitmap: DirtyBitmap) -> None:
+        self.config = config
+        self.block_size = config.block_size
+        self.num_blocks = config.num_blocks
+        self.uuid = config.uuid
+        self._journal = journal
+        self._mirror = mirror
+        self._bitmap = bitmap
+        self._lock = threading.RLock()
+        self._pending = PendingWrites(config.block_size)
+        self._wce = config.flush_policy == FlushPolicy.ON_FLUSH
+        self._max_blocks = config.max_transfer_bytes // config.block_size
+        self._applied_seq = journal_link.mirror_durable_seq(journal)   # on the mirror
+        self._durable_seq = self._applied_seq                           # ... and synced
+        self._unsynced_mirror_bytes = 0
+        self._last_mirror_sync = time.monotonic()
+        self._last_poll = 0.0
+        self._overflows = 0
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------
+    @classmethod
+    def open(cls, config: VolumeConfig) -> Volume:
+        """Open or create journal, mirror and bitmap; redo the journal onto the mirror."""
+        config.validate()
+        parts = journal_link.open_parts(config)
+        vol = cls(config, parts.journal, Mirror(parts.mirror, config.block_size,
+                                                config.num_blocks), parts.bitmap)
+        try:
+            vol._redo()
+        except BaseException:
+            vol._close_parts()
+            raise
+        return vol
+
+    def _redo(self) -> None:
+        """Re-apply records above the mirror-durable checkpoint (they may have missed the
+        mirror), then make the mirror durable and move the checkpoint."""
+        last = self._applied_seq
+        batch: list[WriteOp] = []
+        for record in self._journal.records(last + 1):
+            batch.append(record.op)
+            last = record.seq
+            if len(batch) >= 256:
+                self._mirror.apply(batch)
+                batch = []
+        if batch:
+            self._mirror.apply(batch)
+        if last > self._applied_seq:
+            self._applied_seq = last
+            self._checkpoint_mirror()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if not self._bitmap.logging:
+                    self._commit_pending()
+                    self._checkpoint_mirror()
+                else:
+                    self._mirror.sync()
+            finally:
+                self._closed = True
+                self._close_parts()
+
+    def _close_parts(self) -> None:
+        for part in (self._journal, self._mirror, self._bitmap):
+            part.close()
+
+    def __enter__(self) -> Volume:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return LOGGING_TO_BITMAP if self._bitmap.logging else JOURNALING
+
+    @property
+    def write_cache_enabled(self) -> bool:
+        return self._wce
+
+    @write_cache_enabled.setter
+    def write_cache_enabled(self, enabled: bool) -> None:
+        with self._lock:
+            if not enabled:
+                self._commit_pending()     # WCE off: nothing may stay volatile
+            self._wce = bool(enabled)
+
+    def status(self) -> dict:
+        with self._lock:
+            usage = self._journal.usage()
+            dirty = self._bitmap.dirty_chunks
+            alert = None
+            if self._bitmap.logging:
+                alert = (f"journal full: logging writes to the dirty-region bitmap "
+                         f"({dirty} chunks of {self._bitmap.chunk_size} bytes to resync)")
+            return {
+                "state": self.state,
+                "alert": alert,
+                "write_cache_enabled": self._wce,
+                "journal": journal_link.usage_dict(usage),
+                "dirty_chunks": dirty,
+                "chunk_size": self._bitmap.chunk_size,
+                "overflow_seq": self._bitmap.overflow_seq,
+                "overflows": self._overflows,
+                "mirror_applied_seq": self._applied_seq,
+                "mirror_durable_seq": self._durable_seq,
+                "pending_bytes": self._pending.nbytes,
+            }
+
+    # -- reads ------------------------------------------------------------------------
+    def read_into(self, lba: int, nblocks: int, bufs: Sequence[memoryview]) -> None:
+        check_range(lba, nblocks, self.num_blocks, self._max_blocks)
+        if scatter.total_length(bufs) != nblocks * self.block_size:
+            raise InvalidRequest(f"read of {nblocks} blocks into buffers of "
+                                 f"{scatter.total_length(bufs)} bytes")
+        with self._lock:
+            self._check_open()
+            try:
+                self._mirror.read_into(lba, nblocks, bufs)
+            except OSError as err:
+                raise MediumError("read", f"mirror read at block {lba} failed: {err}") from err
+            if self._pending:
+                self._pending.overlay(lba, nblocks, bufs)
+
+    # -- writes -----------------------------------------------------------------------
+    def submit(self, ops: Sequence[WriteOp], *, fua: bool = False) -> None:
+        """One group commit: one journal append, at most one journal fdatasync, then the
+        mirror writes. Returns when the writes are readable (and durable if fua or WCE off)."""
+        check_ops(ops, block_size=self.block_size, num_blocks=self.num_blocks,
+                  max_transfer_blocks=self._max_blocks)
+        with self._lock:
+            self._check_open()
+            self._service_if_due()
+            try:
+                if not self._bitmap.logging and self._journal_write(ops, fua):
+                    return
+                self._bitmap_write(ops, fua)
+            except OSError as err:
+                raise MediumError("write", f"write failed: {err}") from err
+
+    def _journal_write(self, ops: Sequence[WriteOp], fua: bool) -> bool:
+        """Journal the batch and apply it (now, or at the next sync in on-flush mode).
+        Returns False if the journal is full and the batch must go to the bitmap."""
+        try:
+            seqs = self._journal.append(ops)
+        except JournalFull:
+            # At need: a mirror checkpoint may free what the peer already acknowledged.
+            self._commit_pending()
+            self._checkpoint_mirror()
+            try:
+                seqs = self._journal.append(ops)
+            except JournalFull:
+                self._enter_logging()
+                return False
+        if self._wce and not fua:
+            self._pending.add(ops, seqs[-1])
+            if self._pending.nbytes > self.config.pending_limit_bytes:
+                self._commit_pending()
+        else:
+            self._journal.sync()        # covers this batch and any earlier on-flush writes
+            self._drain_pending()
+            self._apply(ops, seqs[-1])
+        if self._unsynced_mirror_bytes > self.config.effective_mirror_sync_bytes:
+            self._checkpoint_mirror()
+        return True
+
+    def _bitmap_write(self, ops: Sequence[WriteOp], fua: bool) -> None:
+        """logging-to-bitmap: mark the chunks durably, then write the mirror."""
+        bm = self._bitmap
+        gen = bm.begin_batch()
+        ranges = [bm.chunk_range(op.lba * self.block_size, op.nblocks * self.block_size)
+                  for op in ops]
+        if bm.mark(ranges, gen):
+            bm.sync()
+        self._mirror.apply(ops)
+        if fua or not self._wce:
+            self._mirror.sync()
+        bm.finish_batch(gen)
+
+    def flush(self) -> None:
+        """SYNCHRONIZE CACHE: everything submitted so far is durable when this returns."""
+        with self._lock:
+            self._check_open()
+            try:
+                if self._bitmap.logging:
+                    self._mirror.sync()
+                else:
+                    self._commit_pending()
+            except OSError as err:
+                raise MediumError("write", f"flush failed: {err}") from err
+
+    def compare_and_write(self, lba: int, verify: memoryview, data: memoryview,
+                          *, fua: bool = False) -> int | None:
+        """COMPARE AND WRITE, atomic against other writes (the volume lock).
+        Returns the byte offset of the first mismatch (nothing written) or None."""
+        verify, data = memoryview(verify).cast("B"), memoryview(data).cast("B")
+        if verify.nbytes != data.nbytes or verify.nbytes % self.block_size:
+            raise InvalidRequest(f"compare and write: verify ({verify.nbytes} bytes) and data "
+                                 f"({data.nbytes} bytes) must be the same whole blocks")
+        nblocks = verify.nbytes // self.block_size
+        check_range(lba, nblocks, self.num_blocks, self._max_blocks)
+        with self._lock:
+            current = bytearray(verify.nbytes)
+            self.read_into(lba, nblocks, [memoryview(current)])
+            mismatch = _first_mismatch(current, verify)
+            if mismatch is not None:
+                return mismatch
+            self.submit([WriteOp(OpKind.WRITE, lba, nblocks, data)], fua=fua)
+            return None
+
+    def start_full_resync(self) -> None:
+        """Initial sync / failback: every chunk dirty, writes logged to the bitmap until the
+        resync has shipped them all (the same path as a journal overflow)."""
+        with self._lock:
+            self._check_open()
+            if not self._bitmap.logging:
+                self._enter_logging()
+            self._bitmap.mark_all()
+
+    # -- background work --------------------------------------------------------------
+    def service(self) -> None:
+        """Periodic work, called by the device loop when idle (and by submit when due):
+        handle resync clear requests, leave logging mode when possible, checkpoint the
+        mirror so the journal can reclaim space."""
+        with self._lock:
+            self._check_open()
+            self._service(time.monotonic())
+
+    def _service_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_poll >= self.config.resync_poll_interval:
+            self._service(now)
+
+    def _service(self, now: float) -> None:
+        self._last_poll = now
+        bm = self._bitmap
+        if bm.dirty_chunks:
+            bm.poll_requests()
+        if bm.logging and bm.dirty_chunks == 0 \
+                and journal_link.acked_seq(self._journal) >= bm.overflow_seq:
+            bm.set_mode(False, bm.overflow_seq)     # back to journaling, durably
+        elif not bm.logging and self._applied_seq > self._durable_seq \
+                and now - self._last_mirror_sync >= self.config.mirror_sync_interval:
+            self._checkpoint_mirror()
+
+    # -- internals --------------------------------------------------------------------
+    def _apply(self, ops: Sequence[WriteOp], last_seq: int) -> None:
+        self._unsynced_mirror_bytes += self._mirror.apply(ops)
+        self._applied_seq = last_seq
+
+    def _commit_pending(self) -> None:
+        """Sync the journal, then move the on-flush overlay to the mirror (write-ahead)."""
+        if self._pending:
+            self._journal.sync()
+            self._drain_pending()
+
+    def _drain_pending(self) -> None:
+        """Pending writes to the mirror; the caller has just synced the journal."""
+        if self._pending:
+            last = self._pending.last_seq
+            self._apply(self._pending.take(), last)
+
+    def _checkpoint_mirror(self) -> None:
+        """fdatasync the mirror and tell the journal it may reclaim what the mirror holds."""
+        if self._applied_seq > self._durable_seq or self._unsynced_mirror_bytes:
+            self._mirror.sync()
+            self._journal.set_mirror_durable(self._applied_seq)
+            self._journal.sync()
+        self._durable_seq = self._applied_seq
+        self._unsynced_mirror_bytes = 0
+        self._last_mirror_sync = time.monotonic()
+
+    def _enter_logging(self) -> None:
+        """Journal full: from now on the bitmap accounts for writes. The mirror must hold
+        every journaled write durably first, or a later redo could roll a chunk back."""
+        self._commit_pending()
+        self._checkpoint_mirror()
+        self._bitmap.set_mode(True, self._journal.next_seq - 1)
+        self._overflows += 1
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise VolumeError("volume is closed")
+
+
+def _first_mismatch(a: bytes | bytearray, b: memoryview) -> int | None:
+    if a == b:
+        return None
+    step = 4096
+    for off in range(0, len(a), step):
+        if a[off:off + step] != b[off:off + step]:
+            for i in range(off, min(off + step, len(a))):
+                if a[i] != b[i]:
+                    return i
+    return None
