@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 from appliance.control.server import ControlServer
+from appliance.journal import JournalError
 from appliance.replication import wire
 from appliance.replication.apply import SeqOrderer
 from appliance.replication.config import ConfigError, ReceiverConfig, load_toml, receiver_config
@@ -292,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         log.error("%s", err)
         return 2
-    asyncio.run(serve(cfg))
+    try:
+        asyncio.run(serve(cfg))
+    except (ReplicaError, JournalError, OSError) as err:
+        log.error("receiver cannot start: %s", err)
+        return 1
     return 0
 
 

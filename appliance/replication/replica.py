@@ -3,10 +3,11 @@
 The order of every write is the primary's: a contiguous run of records is appended to the
 replica journal (which was created with the primary's first seq, so the seqs it assigns are the
 primary's), made durable with one fdatasync, acknowledged, and only then written to the mirror.
-The mirror is synced from time to time; the seq it durably holds is persisted in a small JSON
-state file (atomic rename) and given to the journal as its mirror-durable checkpoint, which lets
-the journal reclaim space. After a crash ``open`` redoes the journal above that seq, so the
-mirror always ends up at a prefix of the primary's write sequence.
+The mirror is synced from time to time and the seq it durably holds becomes the journal's
+mirror-durable checkpoint, which lets the journal reclaim space. After a crash ``open`` redoes
+the journal above that checkpoint, so the mirror always ends up at a prefix of the primary's
+write sequence. The binding (which primary owns the volume, its generation) lives in a small
+JSON state file written by atomic rename.
 
 The replica journal is also acknowledged here (nothing ships it further), so reclaimable =
 mirror-durable on this side.
@@ -70,9 +71,10 @@ class Replica:
         self.counters = ReceiverVolumeCounters()
         self.primary: str | None = None
         self.generation = 0
-        self.mirror_durable_seq = 0
         self.journal: Journal | None = None
         self._acker: JournalReader | None = None
+        for path in (cfg.paths.mirror, cfg.paths.journal, cfg.paths.state):
+            path.parent.mkdir(parents=True, exist_ok=True)
         self._mirror = storage.open_file(cfg.paths.mirror, create_size=self.spec.size_bytes)
         self._unsynced_bytes = 0
         self._last_mirror_sync = time.monotonic()
@@ -92,7 +94,6 @@ class Replica:
             st = json.loads(path.read_text())
             self.primary = st["primary"]
             self.generation = int(st["generation"])
-            self.mirror_durable_seq = int(st["mirror_durable_seq"])
         except (ValueError, KeyError, TypeError) as err:
             raise ReplicaError(f"replica state {path} is unreadable: {err}; restore it or "
                                f"remove the replica files to start a new pairing") from err
@@ -100,12 +101,15 @@ class Replica:
     def _save_state(self) -> None:
         _write_json_atomic(self.cfg.paths.state, {
             "volume_uuid": str(self.spec.uuid), "primary": self.primary,
-            "generation": self.generation, "mirror_durable_seq": self.mirror_durable_seq})
+            "generation": self.generation})
 
     def binding(self) -> VolumeBinding:
         last = None if self.journal is None else self.journal.next_seq - 1
-        return VolumeBinding(self.primary, self.generation, last, self.mirror_durable_seq
-                             if self.journal is None else self.applied_seq)
+        return VolumeBinding(self.primary, self.generation, last, self.applied_seq)
+
+    @property
+    def mirror_durable_seq(self) -> int:
+        return 0 if self.journal is None else self.journal.mirror_durable_seq
 
     @property
     def durable_seq(self) -> int:
@@ -125,7 +129,6 @@ class Replica:
                 volume_blocks=self.spec.size_bytes // self.spec.block_size,
                 first_seq=last_seq + 1)
             self._acker = JournalReader(self.cfg.paths.journal, volume_uuid=self.spec.uuid)
-            self.mirror_durable_seq = last_seq
             self.counters.applied_seq = last_seq
         if (self.primary, self.generation) != (hello.identity, hello.generation):
             self.primary, self.generation = hello.identity, hello.generation
@@ -146,20 +149,36 @@ class Replica:
             raise ReplicaError(f"run starts at seq {run[0].seq}, journal expects "
                                f"{self.journal.next_seq}")
         self.check(run)
-        ops = [to_write_op(r) for r in run]
-        try:
-            seqs = self.journal.append(ops)
-        except JournalFull:
-            self.sync_mirror()        # reclaim everything already applied, then retry once
-            seqs = self.journal.append(ops)
-        if seqs.start != run[0].seq or len(seqs) != len(run):
-            raise ReplicaError(f"journal assigned seqs {seqs} to records "
-                               f"{run[0].seq}..{run[-1].seq}")
+        for chunk in self._chunks(run):
+            ops = [to_write_op(r) for r in chunk]
+            try:
+                seqs = self.journal.append(ops)
+            except JournalFull:
+                self.sync_mirror()        # reclaim everything already applied, then retry once
+                seqs = self.journal.append(ops)
+            if seqs.start != chunk[0].seq or len(seqs) != len(chunk):
+                raise ReplicaError(f"journal assigned seqs {seqs} to records "
+                                   f"{chunk[0].seq}..{chunk[-1].seq}")
         self.journal.sync()
         self.counters.durable_seq = run[-1].seq
         self.counters.records_received += len(run)
         self.counters.bytes_received += sum(len(r.data) for r in run)
         return run[-1].seq
+
+    def _chunks(self, run: list[WireRecord]) -> list[list[WireRecord]]:
+        """Split a run into appends the journal accepts (a quarter of its batch limit, so a
+        full journal can still reclaim enough for one)."""
+        assert self.journal is not None
+        limit = max(self.journal.max_op_bytes, self.journal.max_batch_bytes // 4)
+        chunks: list[list[WireRecord]] = [[]]
+        size = 0
+        for rec in run:
+            if chunks[-1] and size + len(rec.data) > limit:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(rec)
+            size += len(rec.data)
+        return chunks
 
     def apply(self, run: list[WireRecord]) -> None:
         """Write durable records to the mirror, in order."""
@@ -178,12 +197,11 @@ class Replica:
         self._unsynced_bytes = 0
         self._last_mirror_sync = time.monotonic()
         seq = self.counters.applied_seq
-        if seq > self.mirror_durable_seq and self.journal is not None:
-            self.mirror_durable_seq = seq
-            self._save_state()
+        if self.journal is not None and seq > self.journal.mirror_durable_seq:
             self.journal.set_mirror_durable(seq)
+            self.journal.sync()
             assert self._acker is not None
-            self._acker.acknowledge(seq)
+            self._acker.acknowledge(seq)     # nothing ships this journal further
         self.counters.mirror_durable_seq = self.mirror_durable_seq
 
     def _redo(self) -> None:

@@ -220,6 +220,7 @@ class _Session:
                 await self._heartbeat_if_due()
                 continue
             try:
+                c.head_seq = await run_blocking(lambda: self.reader.durable_seq - 1)
                 records = await run_blocking(self.reader.read, self.next_seq,
                                              self.cfg.batch_bytes)
             except RecordsGone as err:
@@ -239,7 +240,6 @@ class _Session:
             tx._inflight.append((wrecs[-1].seq, nbytes, wrecs[0].timestamp_ns))
             self.next_seq = wrecs[-1].seq + 1
             c.sent_seq = max(c.sent_seq, wrecs[-1].seq)
-            c.head_seq = max(c.head_seq, c.sent_seq)
             c.records_sent += len(wrecs)
             c.bytes_sent += nbytes
             c.batches_sent += 1

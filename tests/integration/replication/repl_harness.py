@@ -12,7 +12,6 @@ import struct
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,7 +167,8 @@ _TAG = struct.Struct("<QI")
 
 def block_data(index: int, block: int) -> bytes:
     rng = random.Random(index * 1_000_003 + block)
-    return _TAG.pack(index, block) + rng.randbytes(BLOCK - _TAG.size)
+    # Half random, half zero: recognisable, and compressible enough to show zstd at work.
+    return _TAG.pack(index, block) + rng.randbytes(BLOCK // 2 - _TAG.size) + bytes(BLOCK // 2)
 
 
 @dataclass(frozen=True)
@@ -250,5 +250,16 @@ def match_prefix(remote: bytes, ops: list[LoggedOp]) -> PrefixResult:
                          f"{candidates}); first differing block {bad // BLOCK}")
 
 
-def new_uuid() -> uuid.UUID:
-    return uuid.uuid4()
+def invalid_blocks(remote: bytes) -> list[int]:
+    """Blocks that are neither zero nor exactly what some logged op writes there: a damaged
+    write that reached the mirror would show up here."""
+    bad = []
+    zero = bytes(BLOCK)
+    for off in range(0, len(remote), BLOCK):
+        blk = remote[off:off + BLOCK]
+        if blk == zero:
+            continue
+        index, block = _TAG.unpack_from(blk)
+        if index == 0 or block >= 16 or blk != block_data(index, block):
+            bad.append(off // BLOCK)
+    return bad

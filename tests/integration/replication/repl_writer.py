@@ -30,7 +30,7 @@ KIND = {"W": OpKind.WRITE, "S": OpKind.WRITE_SAME, "U": OpKind.UNMAP}
 def volume_config(volume_dir: Path, vol_uuid: uuid.UUID, blocks: int,
                   journal_size: int) -> VolumeConfig:
     return VolumeConfig(uuid=vol_uuid, num_blocks=blocks, block_size=512,
-                        journal_size=journal_size,
+                        journal_size=journal_size, max_transfer_bytes=64 * 1024,
                         mirror_path=volume_dir / "mirror", journal_path=volume_dir / "journal",
                         bitmap_path=volume_dir / "bitmap")
 
