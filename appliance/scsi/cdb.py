@@ -14,10 +14,13 @@ from dataclasses import dataclass
 
 from appliance.scsi import sense
 
+# CDB size by group code (opcode >> 5), SPC-4 4.2.5.1; None: variable length / vendor.
+_GROUP_LENGTH = (6, 10, 10, None, 16, 12, None, None)
+
 
 def cdb_length(opcode: int) -> int | None:
-    """CDB size implied by the opcode's group code (SPC-4 4.2.5.1); None for variable/vendor."""
-    return {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}.get(opcode >> 5)
+    """CDB size implied by the opcode's group code; None for variable-length/vendor groups."""
+    return _GROUP_LENGTH[(opcode >> 5) & 7]
 
 
 def require_length(cdb: bytes, length: int) -> None:

@@ -76,6 +76,8 @@ class ScsiDisk:
             self._capacity_changed = True
 
     def _pop_unit_attention(self) -> sense.ScsiError | None:
+        if not self._capacity_changed:      # fast path: a plain read, no lock per command
+            return None
         with self._ua_lock:
             if not self._capacity_changed:
                 return None

@@ -63,6 +63,13 @@ def write(ctx: Context, cmd: ScsiCommand) -> ScsiResult | Queued:
     return ctx.queue_write(ops, fua=fua(cmd.cdb), extents=[(rng.lba, rng.nblocks)])
 
 
+def _chunk_blocks(ctx: Context) -> int:
+    """Blocks per medium read of VERIFY: bounded memory, and never above the transfer limit
+    (the Volume refuses larger reads)."""
+    limit = min(VERIFY_CHUNK_BYTES, ctx.limits.max_transfer_bytes)
+    return max(limit // ctx.block_size, 1)
+
+
 def _first_difference(expected: memoryview, actual: memoryview) -> int | None:
     if expected == actual:
         return None
@@ -82,7 +89,7 @@ def _compare_with_medium(ctx: Context, lba: int, nblocks: int,
     """Read [lba, lba+nblocks) in chunks and compare with the Data-Out; MISCOMPARE with the
     offset from the start of the Data-Out buffer (SBC-4 5.30.2)."""
     bs = ctx.block_size
-    chunk_blocks = max(VERIFY_CHUNK_BYTES // bs, 1)
+    chunk_blocks = _chunk_blocks(ctx)
     scratch = bytearray(min(nblocks, chunk_blocks) * bs)
     pattern = buffers.region(expected, 0, bs) if repeat_one_block else None
     done = 0
@@ -136,7 +143,7 @@ def verify(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
 
 def _read_through(ctx: Context, lba: int, nblocks: int) -> None:
     bs = ctx.block_size
-    chunk_blocks = max(VERIFY_CHUNK_BYTES // bs, 1)
+    chunk_blocks = _chunk_blocks(ctx)
     scratch = memoryview(bytearray(min(nblocks, chunk_blocks) * bs))
     for start in range(0, nblocks, chunk_blocks):
         n = min(chunk_blocks, nblocks - start)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 from enum import IntEnum
 
-from appliance.journal import InvalidRequest
 from appliance.scsi.command import ScsiResult, Status
-from appliance.volume.errors import MediumError
+from appliance.volume import InvalidRequest, MediumError
 
 log = logging.getLogger(__name__)
 

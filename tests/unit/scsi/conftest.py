@@ -1,11 +1,20 @@
-"""Fixtures: a ScsiDisk over a volume of 2048 blocks of 512 bytes (1 MiB)."""
+"""Fixtures: a ScsiDisk over a real Volume (journal + mirror + bitmap on tmp files) of 2048
+blocks of 512 bytes, write cache on; a fault switch that makes the volume's files fail with
+EIO (a dying disk); a recorder of the Volume calls the disk makes."""
 
 from __future__ import annotations
 
+import errno
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 import pytest
 
+from appliance.journal import WriteOp
 from appliance.scsi import DiskIdentity, DiskLimits, ScsiDisk
-from tests.unit.scsi.memvolume import MemVolume
+from appliance.storage import BlockIO, open_file
+from appliance.volume import FlushPolicy, Volume, VolumeConfig
 
 SERIAL = "a1b2c3d4-e5f6-4789-abcd-ef0123456789"
 NUM_BLOCKS = 2048
@@ -15,11 +24,114 @@ LIMITS = DiskLimits(max_transfer_bytes=64 * 1024, max_unmap_lba_count=1024,
                     max_compare_and_write_blocks=8)
 
 
-@pytest.fixture
-def volume():
-    return MemVolume(NUM_BLOCKS, BLOCK)
+@dataclass
+class Faults:
+    reads: bool = False
+    writes: bool = False
+
+
+class FaultyIO:
+    """A BlockIO that fails with EIO while its switch is on."""
+
+    def __init__(self, inner: BlockIO, faults: Faults):
+        self.inner, self.faults = inner, faults
+
+    def pread_into(self, offset: int, buf: memoryview) -> None:
+        if self.faults.reads:
+            raise OSError(errno.EIO, "injected read error")
+        self.inner.pread_into(offset, buf)
+
+    def pwritev(self, offset: int, bufs: Sequence[bytes | memoryview]) -> None:
+        if self.faults.writes:
+            raise OSError(errno.EIO, "injected write error")
+        self.inner.pwritev(offset, bufs)
+
+    def sync(self) -> None:
+        if self.faults.writes:
+            raise OSError(errno.EIO, "injected sync error")
+        self.inner.sync()
+
+    def size(self) -> int:
+        return self.inner.size()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def open_volume(tmp_path, faults: Faults, *, num_blocks: int = NUM_BLOCKS,
+                wce: bool = True) -> Volume:
+    mirror = open_file(tmp_path / "mirror", create_size=num_blocks * BLOCK)
+    journal = open_file(tmp_path / "journal", create_size=4 << 20)
+    return Volume.open(VolumeConfig(
+        uuid=uuid.UUID(int=3), num_blocks=num_blocks, block_size=BLOCK,
+        journal_size=4 << 20, max_transfer_bytes=256 * 1024, pending_limit_bytes=1 << 20,
+        flush_policy=FlushPolicy.ON_FLUSH if wce else FlushPolicy.PER_BATCH,
+        mirror_io=FaultyIO(mirror, faults), journal_io=FaultyIO(journal, faults),
+        bitmap_path=tmp_path / "bitmap"))
 
 
 @pytest.fixture
-def disk(volume) -> ScsiDisk:
+def faults() -> Faults:
+    return Faults()
+
+
+@pytest.fixture
+def volume(tmp_path, faults):
+    vol = open_volume(tmp_path, faults)
+    yield vol
+    faults.reads = faults.writes = False
+    vol.close()
+
+
+@dataclass
+class Calls:
+    submits: list[tuple[list[WriteOp], bool]] = field(default_factory=list)
+    flushes: int = 0
+
+
+@pytest.fixture
+def calls(volume, monkeypatch) -> Calls:
+    """Records Volume.submit / flush calls; the real methods still run."""
+    rec = Calls()
+    real_submit, real_flush = volume.submit, volume.flush
+
+    def submit(ops, *, fua=False):
+        rec.submits.append((list(ops), fua))
+        return real_submit(ops, fua=fua)
+
+    def flush():
+        rec.flushes += 1
+        return real_flush()
+
+    monkeypatch.setattr(volume, "submit", submit)
+    monkeypatch.setattr(volume, "flush", flush)
+    return rec
+
+
+@pytest.fixture
+def disk(volume, calls) -> ScsiDisk:
     return ScsiDisk(volume, DiskIdentity(SERIAL), LIMITS)
+
+
+def medium(volume: Volume, lba: int, nblocks: int) -> bytes:
+    """What the volume holds (through its own read path)."""
+    buf = bytearray(nblocks * BLOCK)
+    volume.read_into(lba, nblocks, [memoryview(buf)])
+    return bytes(buf)
+
+
+@pytest.fixture(scope="module")
+def shared_volume(tmp_path_factory):
+    """One volume for a whole module whose tests do not depend on block contents (opening a
+    volume costs a few fdatasyncs); modules opt in by overriding `volume` with it."""
+    faults = Faults()
+    vol = open_volume(tmp_path_factory.mktemp("shared"), faults)
+    yield vol
+    vol.close()
+
+
+@pytest.fixture
+def reused_volume(shared_volume):
+    """shared_volume, with the write cache put back on after each test."""
+    yield shared_volume
+    shared_volume.write_cache_enabled = True

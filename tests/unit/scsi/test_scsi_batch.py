@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from appliance.scsi import ScsiCommand
-from tests.unit.scsi.conftest import NUM_BLOCKS
+from tests.unit.scsi.conftest import NUM_BLOCKS, medium
 from tests.unit.scsi.helpers import assert_check, pattern, read10, run, views, write10
 
 BS = 512
@@ -34,57 +34,57 @@ def write_same(lba: int, n: int) -> ScsiCommand:
 TUR = ScsiCommand(bytes(6))
 
 
-def test_consecutive_writes_are_one_group_commit(disk, volume):
+def test_consecutive_writes_are_one_group_commit(disk, volume, calls):
     cmds = [w(i * 4) for i in range(10)] + [unmap(100, 8), write_same(200, 4)]
     results = disk.execute(cmds)
     assert all(res.good for res in results)
-    assert len(volume.submits) == 1 and disk.group_commits == 1
-    ops, fua = volume.submits[0]
+    assert len(calls.submits) == 1 and disk.group_commits == 1
+    ops, fua = calls.submits[0]
     assert len(ops) == 12 and fua is False
 
 
-def test_fua_of_any_write_makes_the_group_durable(disk, volume):
+def test_fua_of_any_write_makes_the_group_durable(disk, volume, calls):
     disk.execute([w(0), w(1, flags=0x08), w(2)])
-    assert volume.submits == [(volume.submits[0][0], True)]
+    assert calls.submits == [(calls.submits[0][0], True)]
 
 
-def test_read_after_write_in_the_same_batch_sees_it(disk, volume):
+def test_read_after_write_in_the_same_batch_sees_it(disk, volume, calls):
     read_back = r(5, 2)
     results = disk.execute([w(5, 2, seed=3), read_back, w(5, 2, seed=4), w(9)])
     assert all(res.good for res in results)
     assert bytes(read_back.data[0]) == pattern(2 * BS, seed=3)
-    assert len(volume.submits) == 2          # the overlapping read split the group
-    assert bytes(volume.data[5 * BS:7 * BS]) == pattern(2 * BS, seed=4)
+    assert len(calls.submits) == 2          # the overlapping read split the group
+    assert medium(volume, 5, 2) == pattern(2 * BS, seed=4)
 
 
-def test_non_overlapping_reads_and_control_commands_do_not_split_groups(disk, volume):
+def test_non_overlapping_reads_and_control_commands_do_not_split_groups(disk, volume, calls):
     inquiry = ScsiCommand(bytes([0x12, 0, 0, 0, 36, 0]), views(bytes(36)))
     results = disk.execute([w(0), r(100), TUR, inquiry, w(1), r(50), w(2)])
     assert all(res.good for res in results)
-    assert len(volume.submits) == 1
+    assert len(calls.submits) == 1
 
 
-def test_sync_cache_commits_queued_writes_then_flushes(disk, volume):
+def test_sync_cache_commits_queued_writes_then_flushes(disk, volume, calls):
     results = disk.execute([w(0), ScsiCommand(bytes([0x35] + [0] * 9)), w(1)])
     assert all(res.good for res in results)
-    assert len(volume.submits) == 2 and volume.flushes == 1
+    assert len(calls.submits) == 2 and calls.flushes == 1
 
 
-def test_failed_group_fails_each_of_its_writes_only(disk, volume):
+def test_failed_group_fails_each_of_its_writes_only(disk, volume, faults):
     cmds = [w(0), w(1), r(100)]
-    volume.fail = "write"
+    faults.writes = True
     results = disk.execute(cmds)
     for res in results[:2]:
         assert_check(res, 3, 0x0C, 0)
     assert results[2].good
 
 
-def test_invalid_command_in_a_batch_does_not_disturb_others(disk, volume):
+def test_invalid_command_in_a_batch_does_not_disturb_others(disk, volume, calls):
     results = disk.execute([w(0), w(NUM_BLOCKS), ScsiCommand(b"\xff" * 10), w(2)])
     assert results[0].good and results[3].good
     assert_check(results[1], 5, 0x21, 0)
     assert_check(results[2], 5, 0x20, 0)
-    assert len(volume.submits) == 1 and len(volume.submits[0][0]) == 2
+    assert len(calls.submits) == 1 and len(calls.submits[0][0]) == 2
 
 
 def test_resize_unit_attention_reported_once(disk):
@@ -122,14 +122,15 @@ def test_start_stop_unit(disk, byte4, ok, field):
 @pytest.mark.parametrize("cdb", [bytes([0x35] + [0] * 9),
                                  bytes([0x91]) + bytes(15),
                                  struct.pack(">BBIBHB", 0x35, 2, 10, 0, 20, 0)])
-def test_synchronize_cache(disk, volume, cdb):
-    assert run(disk, cdb)[0].good and volume.flushes == 1
+def test_synchronize_cache(disk, volume, cdb, calls):
+    assert run(disk, cdb)[0].good and calls.flushes == 1
 
 
-def test_synchronize_cache_errors(disk, volume):
+def test_synchronize_cache_errors(disk, volume, faults):
     cdb = struct.pack(">BBIBHB", 0x35, 0, NUM_BLOCKS - 1, 0, 2, 0)
     assert_check(run(disk, cdb)[0], 5, 0x21, 0)
-    volume.fail = "write"
+    assert run(disk, write10(0, 1), out=bytes(BS))[0].good      # cached: WCE=1, no FUA
+    faults.writes = True
     assert_check(run(disk, bytes([0x35] + [0] * 9))[0], 3, 0x0C, 0)
 
 

@@ -11,6 +11,12 @@ from tests.unit.scsi.helpers import assert_check, run
 RC10 = bytes([0x25] + [0] * 9)
 
 
+@pytest.fixture
+def volume(reused_volume):
+    """Nothing here depends on block contents: one volume serves the whole module."""
+    return reused_volume
+
+
 def rc16(alloc: int = 32, sa: int = 0x10) -> bytes:
     return bytes([0x9E, sa]) + bytes(8) + alloc.to_bytes(4, "big") + bytes(2)
 

@@ -38,19 +38,19 @@ def test_miscompare_reports_offset_and_writes_nothing(disk, offset):
     assert run(disk, read10(30, 2), in_len=2 * BS)[1] == old
 
 
-def test_fua_and_wce(disk, volume):
+def test_fua_and_wce(disk, volume, calls):
     run(disk, caw(0, 1, flags=0x08), out=bytes(2 * BS))
     run(disk, caw(0, 1), out=bytes(2 * BS))
-    assert [fua for _, fua in volume.submits] == [True, False]
+    assert [fua for _, fua in calls.submits] == [True, False]
 
 
-def test_caw_errors(disk, volume):
+def test_caw_errors(disk, volume, calls, faults):
     assert run(disk, caw(0, 0), out=b"")[0].good
     assert_check(run(disk, caw(0, 9), out=bytes(18 * BS))[0], 5, 0x24, 0, cdb_field=(13, None))
     assert_check(run(disk, caw(NUM_BLOCKS - 1, 2), out=bytes(4 * BS))[0], 5, 0x21, 0)
     assert_check(run(disk, caw(0, 2), out=bytes(3 * BS))[0], 5, 0x0E, 0x03)
     assert_check(run(disk, caw(0, 1, flags=0x20), out=bytes(2 * BS))[0], 5, 0x24, 0,
                  cdb_field=(1, 7))
-    volume.fail = "read"
+    faults.reads = True
     assert_check(run(disk, caw(0, 1), out=bytes(2 * BS))[0], 3, 0x11, 0)
-    assert volume.submits == []
+    assert calls.submits == []

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.scsi import DiskIdentity, ScsiCommand, ScsiDisk
 from appliance.scsi.disk import HANDLERS
-from tests.unit.scsi.conftest import LIMITS, NUM_BLOCKS, SERIAL
-from tests.unit.scsi.memvolume import MemVolume
+from tests.unit.scsi.conftest import LIMITS, SERIAL, Faults, open_volume
 
 KNOWN = sorted(HANDLERS)
 SENSE_KEYS = {0x5, 0xE}   # no I/O faults injected: HARDWARE ERROR would be a bug
@@ -34,21 +34,29 @@ def check(result, buf_total: int) -> None:
         assert result.read_len is None or 0 <= result.read_len <= buf_total
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cdb=cdbs, sizes=buffers, wce=st.booleans())
-def test_random_cdbs_never_raise(cdb, sizes, wce):
-    volume = MemVolume(NUM_BLOCKS, 512, wce=wce)
-    disk = ScsiDisk(volume, DiskIdentity(SERIAL), LIMITS)
+@pytest.fixture(scope="module")
+def shared_disk(tmp_path_factory):
+    """One real volume for all examples (opening one per example would dominate the run)."""
+    volume = open_volume(tmp_path_factory.mktemp("fuzz"), Faults())
+    yield ScsiDisk(volume, DiskIdentity(SERIAL), LIMITS)
+    volume.close()
+
+
+@settings(max_examples=250, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(cdb=cdbs, sizes=buffers)
+def test_random_cdbs_never_raise(shared_disk, cdb, sizes):
+    disk = shared_disk
     bufs = [memoryview(bytearray(n)) for n in sizes]
     (result,) = disk.execute([ScsiCommand(cdb, bufs)])
     check(result, sum(sizes))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(st.tuples(cdbs, buffers), min_size=1, max_size=12))
-def test_random_batches_give_one_result_per_command(batch):
-    volume = MemVolume(NUM_BLOCKS, 512)
-    disk = ScsiDisk(volume, DiskIdentity(SERIAL), LIMITS)
+def test_random_batches_give_one_result_per_command(shared_disk, batch):
+    disk = shared_disk
     cmds = [ScsiCommand(cdb, [memoryview(bytearray(n)) for n in sizes]) for cdb, sizes in batch]
     results = disk.execute(cmds)
     assert len(results) == len(cmds)

@@ -11,6 +11,12 @@ from tests.unit.scsi.helpers import assert_check, run
 SERIAL_B = SERIAL.encode()
 
 
+@pytest.fixture
+def volume(reused_volume):
+    """Nothing here depends on block contents: one volume serves the whole module."""
+    return reused_volume
+
+
 def inquiry(evpd: int = 0, page: int = 0, alloc: int = 255) -> bytes:
     return bytes([0x12, evpd, page, alloc >> 8, alloc & 0xFF, 0])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.scsi import DiskIdentity, DiskLimits, ScsiDisk
-from tests.unit.scsi.conftest import NUM_BLOCKS, SERIAL
+from tests.unit.scsi.conftest import NUM_BLOCKS, SERIAL, medium
 from tests.unit.scsi.helpers import (
     assert_check,
     information,
@@ -41,7 +41,7 @@ def test_six_byte_length_zero_means_256_blocks(volume):
     disk = ScsiDisk(volume, DiskIdentity(SERIAL), DiskLimits(max_transfer_bytes=256 * BS))
     data = pattern(256 * BS)
     assert run(disk, rw6(0x0A, 1000, 0), out=data)[0].good
-    assert bytes(volume.data[1000 * BS:1256 * BS]) == data
+    assert medium(volume, 1000, 256) == data
     result, back = run(disk, rw6(0x08, 1000, 0), in_len=256 * BS)
     assert result.good and back == data
 
@@ -49,33 +49,33 @@ def test_six_byte_length_zero_means_256_blocks(volume):
 def test_six_byte_lba_is_21_bits(disk, volume):
     cdb = bytes([0x0A, 0xE0 | 0x00, 0x07, 0xD0, 1, 0])   # top 3 bits of byte 1 ignored
     assert run(disk, cdb, out=pattern(BS))[0].good
-    assert bytes(volume.data[2000 * BS:2001 * BS]) == pattern(BS)
+    assert medium(volume, 2000, 1) == pattern(BS)
 
 
-def test_zero_length_transfers_are_good(disk, volume):
+def test_zero_length_transfers_are_good(disk, volume, calls):
     assert run(disk, write10(5, 0), out=b"")[0].good
     assert run(disk, read10(NUM_BLOCKS, 0), in_len=0)[0].good   # at the capacity: allowed
-    assert volume.submits == []
+    assert calls.submits == []
 
 
 @pytest.mark.parametrize("lba,n", [(NUM_BLOCKS, 1), (NUM_BLOCKS - 1, 2), (NUM_BLOCKS + 1, 0),
                                    (2**32 - 1, 1)])
-def test_lba_out_of_range(disk, volume, lba, n):
+def test_lba_out_of_range(disk, volume, lba, n, calls):
     assert_check(run(disk, read10(lba, n), in_len=n * BS)[0], 5, 0x21, 0)
     assert_check(run(disk, write10(lba, n), out=bytes(n * BS))[0], 5, 0x21, 0)
-    assert volume.submits == []
+    assert calls.submits == []
 
 
 def test_lba_out_of_range_16_byte_overflow(disk):
     assert_check(run(disk, rw16(0x88, 2**64 - 1, 2), in_len=2 * BS)[0], 5, 0x21, 0)
 
 
-def test_fua_and_write_cache(disk, volume):
+def test_fua_and_write_cache(disk, volume, calls):
     run(disk, write10(0, 1), out=bytes(BS))
     run(disk, write10(0, 1, flags=0x08), out=bytes(BS))
     volume.write_cache_enabled = False
     run(disk, write10(0, 1), out=bytes(BS))
-    assert [fua for _, fua in volume.submits] == [False, True, True]
+    assert [fua for _, fua in calls.submits] == [False, True, True]
 
 
 def test_protection_bits_refused(disk):
@@ -92,14 +92,14 @@ def test_transfer_above_maximum_transfer_length(disk):
     assert_check(result, 5, 0x24, 0, cdb_field=(10, None))
 
 
-def test_short_and_long_buffers(disk, volume):
+def test_short_and_long_buffers(disk, volume, calls):
     # Data-Out must match exactly (LIO's own rule for write data CDBs).
     assert_check(run(disk, write10(0, 2), out=bytes(BS))[0], 5, 0x0E, 0x03)
     assert_check(run(disk, write10(0, 1), out=bytes(2 * BS))[0], 5, 0x0E, 0x03)
     # Data-In shorter than the transfer: refused, not truncated silently.
     assert_check(run(disk, read10(0, 2), in_len=BS)[0], 5, 0x0E, 0x03)
     assert_check(run(disk, read10(0, 1), in_len=0)[0], 5, 0x0E, 0x03)
-    assert volume.submits == []
+    assert calls.submits == []
 
 
 def test_long_read_buffer_gets_read_len_and_no_stale_bytes(disk):
@@ -112,25 +112,25 @@ def test_long_read_buffer_gets_read_len_and_no_stale_bytes(disk):
 def test_scattered_buffers(disk, volume, split):
     data = pattern(16 * BS, seed=split)
     assert run(disk, write10(40, 16), out=data, split=split)[0].good
-    assert bytes(volume.data[40 * BS:56 * BS]) == data
+    assert medium(volume, 40, 16) == data
     result, back = run(disk, read10(40, 16), in_len=16 * BS, split=split)
     assert result.good and back == data
 
 
-def test_block_aligned_buffers_are_passed_without_copies(disk, volume):
+def test_block_aligned_buffers_are_passed_without_copies(disk, volume, calls):
     # Four 2 KiB iovecs → four WriteOps whose data are views of the ring buffers.
     from appliance.scsi import ScsiCommand
     bufs = [memoryview(bytearray(pattern(2048, seed=i))) for i in range(4)]
     assert disk.execute([ScsiCommand(write10(8, 16), bufs)])[0].good
-    (ops, _), = volume.submits
+    (ops, _), = calls.submits
     assert [(op.lba, op.nblocks) for op in ops] == [(8, 4), (12, 4), (16, 4), (20, 4)]
     assert all(op.data.obj is buf.obj for op, buf in zip(ops, bufs, strict=True))
 
 
-def test_medium_errors(disk, volume):
-    volume.fail = "read"
+def test_medium_errors(disk, volume, faults):
+    faults.reads = True
     assert_check(run(disk, read10(0, 1), in_len=BS)[0], 3, 0x11, 0)
-    volume.fail = "write"
+    faults.writes = True
     assert_check(run(disk, write10(0, 1), out=bytes(BS))[0], 3, 0x0C, 0)
 
 
@@ -160,12 +160,12 @@ def test_verify_bytchk_modes(disk, size):
     assert information(result) == 0
 
 
-def test_verify_errors(disk, volume):
+def test_verify_errors(disk, volume, faults):
     assert_check(run(disk, verify(10, 0, 1, 2), out=b"")[0], 5, 0x24, 0, cdb_field=(1, 2))
     assert_check(run(disk, verify(10, NUM_BLOCKS, 1, 0), out=b"")[0], 5, 0x21, 0)
     assert_check(run(disk, verify(10, 0, 2, 1), out=bytes(BS))[0], 5, 0x0E, 0x03)
     assert run(disk, verify(10, 0, 0, 1), out=b"")[0].good
-    volume.fail = "read"
+    faults.reads = True
     assert_check(run(disk, verify(16, 0, 4, 0), out=b"")[0], 3, 0x11, 0)
 
 
@@ -177,16 +177,16 @@ def test_verify_without_bytchk_may_exceed_max_transfer(disk):
 
 @pytest.mark.parametrize("cdb", [rw10(0x2E, 50, 2, 0x02), rw12(0xAE, 50, 2, 0x02),
                                  rw16(0x8E, 50, 2, 0x02), rw10(0x2E, 50, 2, 0)])
-def test_write_and_verify(disk, volume, cdb):
+def test_write_and_verify(disk, volume, cdb, calls):
     data = pattern(2 * BS, seed=cdb[0])
     assert run(disk, cdb, out=data)[0].good
-    assert bytes(volume.data[50 * BS:52 * BS]) == data
-    assert volume.submits[-1][1] is True        # written to the medium, not cached
+    assert medium(volume, 50, 2) == data
+    assert calls.submits[-1][1] is True        # written to the medium, not cached
 
 
-def test_write_and_verify_errors(disk, volume):
+def test_write_and_verify_errors(disk, volume, faults):
     assert_check(run(disk, rw10(0x2E, 0, 1, 0x04), out=bytes(BS))[0], 5, 0x24, 0,
                  cdb_field=(1, 2))
     assert_check(run(disk, rw10(0x2E, NUM_BLOCKS, 1, 0x02), out=bytes(BS))[0], 5, 0x21, 0)
-    volume.fail = "write"
+    faults.writes = True
     assert_check(run(disk, rw10(0x2E, 0, 1, 0x02), out=bytes(BS))[0], 3, 0x0C, 0)
