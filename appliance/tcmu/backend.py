@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 VOLUME_NAMESPACE = uuid.UUID("6c1b8f0e-3a52-4d1e-9a7e-5f0d6b2c9e41")
 DEFAULT_JOURNAL_SIZE = 256 << 20
+# Used when configfs gives no hw_max_sectors: far below the default 1 GiB data area.
+DEFAULT_MAX_TRANSFER = 1 << 20
 
 
 def volume_uuid(config: MirrorConfig) -> uuid.UUID:
@@ -43,17 +45,17 @@ class VolumeBackend:
         from appliance.volume import Volume, VolumeConfig
 
         vol_uuid = volume_uuid(config)
+        max_transfer = max_transfer_bytes or DEFAULT_MAX_TRANSFER
         volume = Volume.open(VolumeConfig(
             uuid=vol_uuid, num_blocks=size_bytes // config.block_size,
             block_size=config.block_size,
             journal_size=config.journal_size or DEFAULT_JOURNAL_SIZE,
             mirror_path=config.mirror, journal_path=config.journal,
-            bitmap_path=config.bitmap_path))
+            bitmap_path=config.bitmap_path, max_transfer_bytes=max_transfer))
         try:
             volume.write_cache_enabled = config.wce
-            limits = DiskLimits(max_transfer_bytes=max_transfer_bytes) if max_transfer_bytes \
-                else None
-            disk = ScsiDisk(volume, DiskIdentity(serial or vol_uuid.hex), limits)
+            disk = ScsiDisk(volume, DiskIdentity(serial or vol_uuid.hex),
+                            DiskLimits(max_transfer_bytes=max_transfer))
         except BaseException:
             volume.close()
             raise
