@@ -3,7 +3,7 @@
 Handlers raise `ScsiError` (built with the helpers below); `result_for_exception` also maps
 the Volume's errors and anything unexpected, so nothing ever escapes `ScsiDisk.execute`.
 Only fixed-format sense is produced (SPC-4 4.5.3); descriptor format is never requested by
-us (REQUEST SENSE with DESC=1 is refused, see misc.py).
+us (REQUEST SENSE with DESC=1 is refused, see admin.py).
 """
 
 from __future__ import annotations
@@ -152,19 +152,21 @@ def no_sense() -> bytes:
 # --- the single translation point ----------------------------------------------------------
 
 def result_for_exception(exc: BaseException, cdb: bytes = b"") -> ScsiResult:
-    """Status + sense for any failure of a command (tcmu-runner's tcmu_sts_to_scsi role)."""
+    """Status + sense for any failure of a command (tcmu-runner's tcmu_sts_to_scsi role).
+    `cdb` only labels the log line; empty for a failed group commit."""
+    what = f"CDB {cdb.hex()}" if cdb else "group commit"
     if isinstance(exc, ScsiError):
         err = exc
     elif isinstance(exc, MediumError):
         # SBC-4 4.18 / SPC-4 annex D: 11/00 for a failed read, 0C/00 for a failed write.
         err = unrecovered_read_error() if exc.kind == "read" else write_error()
-        log.warning("medium error on %s: %s", cdb[:1].hex(), exc)
+        log.warning("medium error in %s: %s", what, exc)
     elif isinstance(exc, InvalidRequest):
         # We range-check before calling the Volume, so this means the volume shrank under
         # us (a resize racing the command): the LBA is out of range now.
         err = ScsiError(SenseKey.ILLEGAL_REQUEST, 0x21, 0x00, str(exc))
-        log.warning("volume refused command %s: %s", cdb[:1].hex(), exc)
+        log.warning("volume refused %s: %s", what, exc)
     else:
-        log.exception("internal error executing CDB %s", cdb.hex(), exc_info=exc)
+        log.error("internal error in %s", what, exc_info=exc)
         err = internal_target_failure(type(exc).__name__)
     return err.result()
