@@ -18,6 +18,7 @@ the slot's cmd_id, an unknown id breaks the ring), READ_LEN, UNKNOWN_OP, block_d
 from __future__ import annotations
 
 import contextlib
+import heapq
 import mmap
 import os
 import select
@@ -111,9 +112,11 @@ class SimKernel:
         self._plugged = 0
         self._notify_due = False
         self._last_cleaned = 0
-        self._free_blocks = [True] * config.data_blocks
+        self._free_blocks = list(range(config.data_blocks))  # heap: lowest index first
         self._touched = [False] * config.data_blocks
         self._pending: dict[int, _Pending] = {}
+        self._free_ids: list[int] = []  # heap of released cmd_ids below _next_id
+        self._next_id = 1
         self._next_ticket = 1
         self.results: dict[int, SimResult] = {}
         self.blocked = False
@@ -171,9 +174,8 @@ class SimKernel:
         if out_blocks + in_blocks > self.config.data_blocks:
             self.results[ticket] = _invalid_field_in_cdb()
             return ticket
-        if out_blocks + in_blocks > sum(self._free_blocks):
+        if out_blocks + in_blocks > len(self._free_blocks):
             raise RingFull("data area full")
-        cmd_id = self._alloc_cmd_id()
         blocks = self._alloc_blocks(out_blocks + in_blocks)
         out_iovecs = self._iovecs(blocks[:out_blocks], len(data_out))
         in_iovecs = self._iovecs(blocks[out_blocks:], data_in_len)
@@ -188,6 +190,11 @@ class SimKernel:
         if self._space_free(head) < needed:
             self._free(blocks)
             raise RingFull("command ring full")
+        try:
+            cmd_id = self._alloc_cmd_id()
+        except RingFull:
+            self._free(blocks)
+            raise
         self._scatter(out_iovecs, data_out)
         if to_end < entry_len:
             layout.write_header(self.region, self.cmdr_off + head, length=to_end, op=layout.OP_PAD)
@@ -251,6 +258,7 @@ class SimKernel:
                                  f"{self._last_cleaned}, ring is broken")
             self.results[pending.ticket] = self._result_of(off, hdr, pending)
             self._free(pending.blocks)
+            self._release_cmd_id(hdr.cmd_id)
             self._last_cleaned = (self._last_cleaned + hdr.length) % self.cmdr_size
             done += 1
         return done
@@ -278,9 +286,10 @@ class SimKernel:
     def reset_ring(self, mode: int = 1) -> None:
         """action/reset_ring: fail every ring command (1 = BUSY, 2 = CHECK CONDITION)."""
         status = SAM_STAT_BUSY if mode == 1 else SAM_STAT_CHECK_CONDITION
-        for pending in self._pending.values():
+        for cmd_id, pending in self._pending.items():
             self.results[pending.ticket] = SimResult(status)
             self._free(pending.blocks)
+            self._release_cmd_id(cmd_id)
         self._pending.clear()
         self._words[layout.MB_CMD_TAIL // 4] = 0
         self._words[layout.MB_CMD_HEAD // 4] = 0
@@ -307,16 +316,22 @@ class SimKernel:
             os.write(self._event_fd, struct.pack("<i", self._event_count))
 
     def _alloc_cmd_id(self) -> int:
-        for cmd_id in range(1, 0x10000):
-            if cmd_id not in self._pending:
-                return cmd_id
-        raise RingFull("all 65535 command ids in use")
+        """Lowest free id in 1..0xFFFF, as xa_alloc(XA_LIMIT(1, 0xffff)) gives."""
+        if self._free_ids:
+            return heapq.heappop(self._free_ids)
+        if self._next_id > 0xFFFF:
+            raise RingFull("all 65535 command ids in use")
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _release_cmd_id(self, cmd_id: int) -> None:
+        heapq.heappush(self._free_ids, cmd_id)
 
     def _alloc_blocks(self, count: int) -> list[int]:
-        blocks = [i for i, free in enumerate(self._free_blocks) if free][:count]
+        """First fit, lowest block first (find_first_zero_bit on the data bitmap)."""
+        blocks = [heapq.heappop(self._free_blocks) for _ in range(count)]
         bs = self.config.block_size
         for dbi in blocks:
-            self._free_blocks[dbi] = False
             if not self._touched[dbi]:  # alloc_page(__GFP_ZERO) happens only on first use
                 off = self.data_off + dbi * bs
                 self.region[off: off + bs] = bytes(bs)
@@ -332,7 +347,7 @@ class SimKernel:
             if self.guard:
                 self.guard(off, bs, False)
             self.region[off: off + bs] = bytes([POISON]) * bs
-            self._free_blocks[dbi] = True
+            heapq.heappush(self._free_blocks, dbi)
 
     def _iovecs(self, blocks: list[int], length: int) -> list[tuple[int, int]]:
         """new_block_to_iov: one iovec per run of contiguous blocks."""
