@@ -120,13 +120,11 @@ class HandlerDaemon:
             self._module_param("block_netlink", "1")
             self._module_param("reset_netlink", "1")
             try:
-                self.netlink = TcmuNetlink()
+                # pyroute2's synchronous socket runs its own event loop: not on this one
+                self.netlink = await asyncio.to_thread(TcmuNetlink)
             except (NetlinkError, OSError) as err:
                 log.warning("netlink unavailable, relying on udev only: %s", err)
-        for minor, uio_name in scan_uio(cfg.sysfs_class_uio).items():
-            status = self.manager.add(minor, uio_name, reopen=True)
-            if status:
-                log.warning("could not adopt uio%d %s (status %d)", minor, uio_name, status)
+        await asyncio.to_thread(self._adopt_existing)
         if cfg.dbus != "none":
             self.dbus = TcmuDBusService([HandlerObject(cfgstring.SUBTYPE, cfgstring.CONFIG_DESC,
                                                        cfgstring.check_config)])
@@ -147,6 +145,12 @@ class HandlerDaemon:
             else:
                 self._spawn("tcmu-udev", self.udev.run)
         log.info("appliance-handler serving %d device(s)", len(self.manager.devices))
+
+    def _adopt_existing(self) -> None:
+        for minor, uio_name in scan_uio(self.config.sysfs_class_uio).items():
+            status = self.manager.add(minor, uio_name, reopen=True)
+            if status:
+                log.warning("could not adopt uio%d %s (status %d)", minor, uio_name, status)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
