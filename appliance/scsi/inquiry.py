@@ -16,7 +16,7 @@ def standard_inquiry(identity: DiskIdentity) -> bytes:
     buf = bytearray(36)
     buf[0] = 0x00          # PERIPHERAL QUALIFIER 0, DEVICE TYPE 0: direct access block device
     buf[2] = 0x06          # VERSION: SPC-4 (as LIO's own backstores report)
-    buf[3] = 0x12          # HISUP (the kernel answers REPORT LUNS hierarchically) + format 2
+    buf[3] = 0x02          # RESPONSE DATA FORMAT 2; NORMACA=0, HISUP=0 (as LIO and tcmu-runner)
     buf[4] = len(buf) - 5  # ADDITIONAL LENGTH
     # byte 5: TPGS=0 (we do not answer REPORT TARGET PORT GROUPS) and 3PC=0 (no EXTENDED
     # COPY): brief §13 says advertise neither unless implemented.
