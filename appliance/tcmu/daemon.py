@@ -121,7 +121,7 @@ class HandlerDaemon:
             self._module_param("reset_netlink", "1")
             try:
                 # pyroute2's synchronous socket runs its own event loop: not on this one
-                self.netlink = await asyncio.to_thread(TcmuNetlink)
+                self.netlink = await asyncio.to_thread(TcmuNetlink.open)
             except (NetlinkError, OSError) as err:
                 log.warning("netlink unavailable, relying on udev only: %s", err)
         await asyncio.to_thread(self._adopt_existing)

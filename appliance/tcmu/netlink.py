@@ -182,34 +182,50 @@ EventHandler = Callable[[DeviceEvent], int]
 
 
 class TcmuNetlink:
-    """The daemon's TCM-USER socket: join "config", SET_FEATURES, answer every event."""
+    """The daemon's TCM-USER socket: join "config", SET_FEATURES, answer every event.
 
-    def __init__(self, *, family: str = FAMILY_NAME, reply_supported: bool = True) -> None:
-        self.family_id, groups = resolve_family(family)
+    `open()` builds it on a real AF_NETLINK socket; the constructor takes any connected
+    datagram socket (tests use a socketpair standing in for the kernel).
+    """
+
+    def __init__(self, sock: socket.socket, family_id: int, pid: int) -> None:
+        self._sock = sock
+        self.family_id = family_id
+        self.pid = pid
+        self._seq = 0
+        self._backlog: list[tuple[int, int, bytes]] = []
+        self._stop_r, self._stop_w = os.pipe()
+
+    @classmethod
+    def open(cls, *, family: str = FAMILY_NAME, reply_supported: bool = True) -> TcmuNetlink:
+        family_id, groups = resolve_family(family)
         if MCAST_GROUP not in groups:
             raise NetlinkError(f"family {family!r} has no {MCAST_GROUP!r} multicast group")
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                   socket.NETLINK_GENERIC)
-        self._stop_r, self._stop_w = os.pipe()
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             socket.NETLINK_GENERIC)
         try:
-            self._sock.bind((0, 0))
-            self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, groups[MCAST_GROUP])
-            self.pid = self._sock.getsockname()[0]
-            self._seq = 0
-            self._backlog: list[tuple[int, int, bytes]] = []
-            self._set_features(reply_supported)
+            sock.bind((0, 0))  # unconnected netlink: send() goes to the kernel (port 0)
+            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, groups[MCAST_GROUP])
+            link = cls(sock, family_id, sock.getsockname()[0])
         except BaseException:
-            self.close()
+            sock.close()
             raise
+        try:
+            link.set_features(reply_supported)
+        except BaseException:
+            link.close()
+            raise
+        return link
 
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
 
-    def _set_features(self, reply_supported: bool, timeout: float = 5.0) -> None:
+    def set_features(self, reply_supported: bool, timeout: float = 5.0) -> None:
+        """SET_FEATURES(SUPP_KERN_CMD_REPLY) and wait for its ACK; module-wide (hazard §14.5)."""
         seq = self._next_seq()
-        self._sock.sendto(encode_set_features(self.family_id, reply_supported=reply_supported,
-                                              seq=seq, pid=self.pid), (0, 0))
+        self._sock.send(encode_set_features(self.family_id, reply_supported=reply_supported,
+                                            seq=seq, pid=self.pid))
         deadline = time.monotonic() + timeout
         while True:
             ready, _, _ = select.select([self._sock], [], [], max(0.0, deadline - time.monotonic()))
@@ -255,7 +271,7 @@ class TcmuNetlink:
         reply = encode_reply(self.family_id, REPLY_FOR[event.cmd], status=status,
                              device_id=event.device_id, seq=seq, pid=self.pid)
         try:
-            self._sock.sendto(reply, (0, 0))
+            self._sock.send(reply)
         except OSError:
             log.exception("sending %s for %s failed", REPLY_FOR[event.cmd].name, event.device)
 

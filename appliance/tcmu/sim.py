@@ -82,6 +82,7 @@ class _Pending:
     data_in_iovecs: list[tuple[int, int]]
     data_in_len: int
     queued_at: float = field(default_factory=time.monotonic)
+    expired: bool = False
 
 
 class SimKernel:
@@ -121,6 +122,7 @@ class SimKernel:
         self.results: dict[int, SimResult] = {}
         self.blocked = False
         self.broken = False
+        self.late_completions = 0  # completions of commands the kernel had already timed out
         self.guard: Callable[[int, int, bool], None] | None = None
 
     # ---- helpers for the handler side and tests ----
@@ -221,6 +223,16 @@ class SimKernel:
         layout.write_tmr(self.region, self.cmdr_off + head, tmr_type=tmr_type, cmd_ids=cmd_ids)
         self._publish_head((head + length) % self.cmdr_size)
 
+    def time_out(self, ticket: int) -> None:
+        """attrib/cmd_time_out expiry (tcmu_check_expired_ring_cmd): the initiator gets CHECK
+        CONDITION / LOGICAL UNIT COMMUNICATION FAILURE now; the entry and its data blocks stay
+        until the handler completes it, which then only frees them."""
+        pending = self._pending[self.cmd_id_of(ticket)]
+        pending.expired = True
+        sense = bytearray(18)
+        sense[0], sense[2], sense[7], sense[12] = 0x70, 0x02, 0x0A, 0x08
+        self.results[ticket] = SimResult(SAM_STAT_CHECK_CONDITION, bytes(sense))
+
     def cmd_id_of(self, ticket: int) -> int:
         for cmd_id, pending in self._pending.items():
             if pending.ticket == ticket:
@@ -256,7 +268,10 @@ class SimKernel:
                 self.broken = True
                 raise RingBroken(f"cmd_id {hdr.cmd_id} not found at ring offset "
                                  f"{self._last_cleaned}, ring is broken")
-            self.results[pending.ticket] = self._result_of(off, hdr, pending)
+            if pending.expired:
+                self.late_completions += 1
+            else:
+                self.results[pending.ticket] = self._result_of(off, hdr, pending)
             self._free(pending.blocks)
             self._release_cmd_id(hdr.cmd_id)
             self._last_cleaned = (self._last_cleaned + hdr.length) % self.cmdr_size
@@ -287,7 +302,8 @@ class SimKernel:
         """action/reset_ring: fail every ring command (1 = BUSY, 2 = CHECK CONDITION)."""
         status = SAM_STAT_BUSY if mode == 1 else SAM_STAT_CHECK_CONDITION
         for cmd_id, pending in self._pending.items():
-            self.results[pending.ticket] = SimResult(status)
+            if not pending.expired:
+                self.results[pending.ticket] = SimResult(status)
             self._free(pending.blocks)
             self._release_cmd_id(cmd_id)
         self._pending.clear()

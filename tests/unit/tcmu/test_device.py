@@ -146,3 +146,28 @@ def test_many_outstanding_commands(tmp_path: Path) -> None:
         assert s.device.stats.max_batch == 300
     finally:
         s.close()
+
+
+def test_timed_out_and_aborted_commands(served: Served) -> None:
+    """cmd_time_out fails a command to the initiator while it stays in the ring; an ABORT TASK
+    notification (TMR entry) arrives; the handler completes both late and the ring stays sane."""
+    kernel = served.kernel
+    served.device.stop()
+    served.thread.join(timeout=5)
+    slow = kernel.submit(rw10(0x2A, 3, 1), b"\x42" * 512)
+    aborted = kernel.submit(rw10(0x2A, 4, 1), b"\x43" * 512)
+    kernel.time_out(slow)
+    assert kernel.results[slow].status == 0x02 and kernel.results[slow].sense[12] == 0x08
+    kernel.queue_tmr(1, [kernel.cmd_id_of(aborted)])  # ABORT_TASK
+    assert served.device.process() == 2
+    kernel.handle_completions()
+    assert not kernel.broken and kernel.outstanding == 0
+    assert kernel.late_completions == 1
+    assert kernel.results[slow].sense[12] == 0x08           # the initiator's answer stands
+    assert kernel.results[aborted].status == 0              # completed normally after all
+    assert kernel.cmd_tail == kernel.cmd_head
+    r = kernel.submit(rw10(0x28, 3, 2), data_in_len=1024)
+    served.device.process()
+    kernel.handle_completions()
+    # the late write still landed: a write can reach the disk after the initiator saw it fail
+    assert kernel.results[r].data_in == b"\x42" * 512 + b"\x43" * 512

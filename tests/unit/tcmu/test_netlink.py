@@ -96,3 +96,86 @@ def test_family_resolution_through_the_controller() -> None:
         pytest.skip(f"no generic netlink here: {err}")
     assert family_id == 0x10
     assert "notify" in groups
+
+
+class _FakeKernel:
+    """The kernel end of a socketpair: multicasts events, reads replies, ACKs features."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+
+    def ack(self, seq: int, code: int = 0) -> None:
+        hdr = struct.pack("=IHHII", 36, 2, 0, seq, 0)  # NLMSG_ERROR
+        self.sock.send(hdr + struct.pack("=i", code) + struct.pack("=IHHII", 16, FAMILY, 0, seq, 0))
+
+    def event(self, event: DeviceEvent, seq: int) -> None:
+        self.sock.send(encode_event(FAMILY, event, seq=seq))
+
+    def reply(self) -> tuple:
+        ((mtype, _, message),) = split_messages(self.sock.recv(65536))
+        assert mtype == FAMILY
+        return decode_reply(message)
+
+
+def test_serve_answers_every_event_on_its_own_thread() -> None:
+    import socket
+    import threading
+
+    from appliance.tcmu.netlink import TcmuNetlink
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    kernel = _FakeKernel(theirs)
+    link = TcmuNetlink(ours, FAMILY, pid=4242)
+    seen: list[DeviceEvent] = []
+
+    def handler(event: DeviceEvent) -> int:
+        seen.append(event)
+        if event.cmd is TcmuGenlCmd.ADDED_DEVICE:
+            return 0
+        if event.cmd is TcmuGenlCmd.RECONFIG_DEVICE:
+            raise RuntimeError("handler bug")
+        return -19
+
+    # an event that races the SET_FEATURES ACK is kept, not dropped
+    kernel.event(DeviceEvent(TcmuGenlCmd.ADDED_DEVICE, NAME, 3, 21), seq=0)
+    ack = threading.Timer(0.05, kernel.ack, args=(1,))
+    ack.start()
+    link.set_features(True, timeout=5)
+    ack.join()
+    sent = theirs.recv(65536)  # the SET_FEATURES request itself
+    assert sent[16] == TcmuGenlCmd.SET_FEATURES
+    thread = threading.Thread(target=link.serve, args=(handler,), daemon=True)
+    thread.start()
+    try:
+        theirs.settimeout(5)
+        assert kernel.reply() == (TcmuGenlCmd.ADDED_DEVICE_DONE, 0, 21)
+        kernel.event(DeviceEvent(TcmuGenlCmd.RECONFIG_DEVICE, NAME, 3, 21, writecache=1), seq=5)
+        assert kernel.reply() == (TcmuGenlCmd.RECONFIG_DEVICE_DONE, -5, 21)  # -EIO, not a crash
+        kernel.event(DeviceEvent(TcmuGenlCmd.REMOVED_DEVICE, NAME, 3, 21), seq=6)
+        assert kernel.reply() == (TcmuGenlCmd.REMOVED_DEVICE_DONE, -19, 21)
+        kernel.ack(99, code=-22)  # an error for a reply nobody waited for: ignored
+        kernel.event(DeviceEvent(TcmuGenlCmd.ADDED_DEVICE, NAME, 4, 22), seq=7)
+        assert kernel.reply() == (TcmuGenlCmd.ADDED_DEVICE_DONE, 0, 22)
+    finally:
+        link.stop()
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "serve() did not stop"
+        link.close()
+        theirs.close()
+    assert [e.cmd for e in seen] == [TcmuGenlCmd.ADDED_DEVICE, TcmuGenlCmd.RECONFIG_DEVICE,
+                                     TcmuGenlCmd.REMOVED_DEVICE, TcmuGenlCmd.ADDED_DEVICE]
+
+
+def test_set_features_without_ack_times_out() -> None:
+    import socket
+
+    from appliance.tcmu.netlink import NetlinkError, TcmuNetlink
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    link = TcmuNetlink(ours, FAMILY, pid=1)
+    try:
+        with pytest.raises(NetlinkError, match="no ACK"):
+            link.set_features(True, timeout=0.2)
+    finally:
+        link.close()
+        theirs.close()
