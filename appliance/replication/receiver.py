@@ -253,7 +253,7 @@ class Session:
                 except (ValueError, ReplicaError) as err:
                     raise SessionError(f"records refused: {err}") from err
                 await self._send(FT.ACK, wire.encode_ack(durable, self.replica.applied_seq))
-                await run_blocking(self.replica.apply, offered.run)
+                await run_blocking(self.replica.apply_pending)
                 self._resend_asked = None
             if offered.resend_from is not None and offered.resend_from != self._resend_asked:
                 self.replica.counters.gaps += 1

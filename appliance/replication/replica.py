@@ -77,6 +77,7 @@ class Replica:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._mirror = storage.open_file(cfg.paths.mirror, create_size=self.spec.size_bytes)
         self._unsynced_bytes = 0
+        self._unapplied: list[list[WireRecord]] = []   # durable, not yet on the mirror
         self._last_mirror_sync = time.monotonic()
         self._load_state()
         if cfg.paths.journal.exists():
@@ -160,6 +161,7 @@ class Replica:
                 raise ReplicaError(f"journal assigned seqs {seqs} to records "
                                    f"{chunk[0].seq}..{chunk[-1].seq}")
         self.journal.sync()
+        self._unapplied.append(run)
         self.counters.durable_seq = run[-1].seq
         self.counters.records_received += len(run)
         self.counters.bytes_received += sum(len(r.data) for r in run)
@@ -180,19 +182,34 @@ class Replica:
             size += len(rec.data)
         return chunks
 
-    def apply(self, run: list[WireRecord]) -> None:
-        """Write durable records to the mirror, in order."""
-        for rec in run:
-            apply_record(self._mirror, rec, self.spec.block_size)
-            self._unsynced_bytes += len(rec.data)
-        self.counters.applied_seq = run[-1].seq
-        self.counters.last_applied_ns = run[-1].timestamp_ns
+    def apply_pending(self) -> None:
+        """Write every committed (durable) record not yet on the mirror, strictly in order;
+        sync the mirror when enough has accumulated.
+
+        Commit queues what it made durable; this drains the queue. A session that dies
+        between the two leaves the queue for the next caller, so no durable record is ever
+        skipped on the mirror."""
+        self._drain()
         if (self._unsynced_bytes >= self.cfg.mirror_sync_bytes or
                 time.monotonic() - self._last_mirror_sync >= self.cfg.mirror_sync_interval_s):
             self.sync_mirror()
 
+    def _drain(self) -> None:
+        while self._unapplied:
+            run = self._unapplied[0]
+            if run[0].seq != self.counters.applied_seq + 1:
+                raise ReplicaError(f"apply out of order: run starts at seq {run[0].seq}, the "
+                                   f"mirror holds up to {self.counters.applied_seq}")
+            for rec in run:
+                apply_record(self._mirror, rec, self.spec.block_size)
+                self._unsynced_bytes += len(rec.data)
+            self._unapplied.pop(0)
+            self.counters.applied_seq = run[-1].seq
+            self.counters.last_applied_ns = run[-1].timestamp_ns
+
     def sync_mirror(self) -> None:
         """Make the mirror durable up to applied_seq and let the journal reclaim below it."""
+        self._drain()
         self._mirror.sync()
         self._unsynced_bytes = 0
         self._last_mirror_sync = time.monotonic()

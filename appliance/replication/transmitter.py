@@ -102,7 +102,8 @@ class Transmitter:
                     backoff = 0.2      # the link was up for a while: start over gently
                 delay = backoff * random.uniform(0.5, 1.5)
                 backoff = min(self.cfg.backoff_max_s, backoff * 2)
-                self.link.set_state("reconnecting")
+                if not self.link.state.startswith("refused"):
+                    self.link.set_state("reconnecting")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         finally:
@@ -125,7 +126,8 @@ class Transmitter:
     async def _session(self) -> None:
         reader = await asyncio.to_thread(self._open_reader)
         self.counters.acked_seq = reader.acked_seq
-        self.link.set_state("connecting")
+        if not self.link.state.startswith("refused"):   # keep saying why until admitted
+            self.link.set_state("connecting")
         host, port = self.cfg.peer
         r, w = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=self._ssl, limit=1 << 20,

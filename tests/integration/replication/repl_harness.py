@@ -263,3 +263,22 @@ def invalid_blocks(remote: bytes) -> list[int]:
         if index == 0 or block >= 16 or blk != block_data(index, block):
             bad.append(off // BLOCK)
     return bad
+
+
+def read(path) -> bytes:
+    return path.read_bytes()
+
+
+def converge(pair, site, timeout: float = 60) -> None:
+    """Wait until the DR mirror equals the primary's (writer finished) and counters agree."""
+    remote = pair.replica_dir(site.uuid) / "mirror"
+
+    def same():
+        st = pair.rx_status()["volumes"][str(site.uuid)]
+        return (remote.exists() and st["applied_seq"] == st["durable_seq"] and
+                read(remote) == read(site.mirror))
+    try:
+        wait_for(same, timeout, f"the DR mirror of {site.name} to equal the primary's")
+    except AssertionError:
+        print(pair.logs())
+        raise

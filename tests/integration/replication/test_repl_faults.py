@@ -8,8 +8,15 @@ import socket
 import time
 
 import pytest
-from repl_harness import free_port, image_after, invalid_blocks, read_log, status, wait_for
-from test_repl_link import converge
+from repl_harness import (
+    converge,
+    free_port,
+    image_after,
+    invalid_blocks,
+    read_log,
+    status,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -98,8 +105,9 @@ def refused(pair, rx, site, words: str, tx_state: str | None = None) -> None:
         if tx_state is not None:
             wait_for(lambda: status(site.control)["link"]["state"] == tx_state, 10,
                      f"transmitter state {tx_state}")
-        st = status(site.control)
-        assert st["acked_seq"] == 0 and st["link"]["last_error"], st
+        st = wait_for(lambda: (s := status(site.control))["link"]["last_error"] and s, 10,
+                      "the transmitter to report the refusal as its last error")
+        assert st["records_sent"] == 0, st
     finally:
         tx.stop()
 

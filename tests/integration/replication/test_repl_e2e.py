@@ -7,28 +7,9 @@ import random
 import time
 
 import pytest
-from repl_harness import image_after, match_prefix, read_log, wait_for
+from repl_harness import converge, image_after, match_prefix, read, read_log, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def read(path) -> bytes:
-    return path.read_bytes()
-
-
-def converge(pair, site, timeout: float = 60) -> None:
-    """Wait until the DR mirror equals the primary's (writer finished) and counters agree."""
-    remote = pair.replica_dir(site.uuid) / "mirror"
-
-    def same():
-        st = pair.rx_status()["volumes"][str(site.uuid)]
-        return (remote.exists() and st["applied_seq"] == st["durable_seq"] and
-                read(remote) == read(site.mirror))
-    try:
-        wait_for(same, timeout, f"the DR mirror of {site.name} to equal the primary's")
-    except AssertionError:
-        print(pair.logs())
-        raise
 
 
 def test_replicates_with_tls_and_compression_and_reports_status(pair):
