@@ -42,7 +42,7 @@ def do_mode_sense(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
 
 
 def do_mode_select(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
-    """MODE SELECT (6)/(10), SPC-4 6.9/6.10: PF=1 required (we only speak page format),
+    """MODE SELECT (6)/(10) (SPC-4, MODE SELECT commands): PF=1 required (we only speak page format),
     SP=1 refused (nothing is saved across restarts: WCE comes from the volume config)."""
     cdb = cmd.cdb
     ten = cdb[0] == 0x55
@@ -53,7 +53,7 @@ def do_mode_select(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
         raise sense.invalid_field_in_cdb(1, 0, "SP=1: saving pages not supported")
     param_len = be(cdb, 7, 2) if ten else cdb[4]
     if param_len == 0:
-        return GOOD      # SPC-4 6.9: no data transferred, not an error
+        return GOOD      # SPC-4 MODE SELECT: a zero PARAMETER LIST LENGTH is not an error
     check_data_out(cmd, param_len)
     params = bytes(buffers.region(buffers.byte_views(cmd.data), 0, param_len))
     new_wce = mode.mode_select(cdb, params, _mode_context(ctx))
@@ -72,7 +72,7 @@ def do_test_unit_ready(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
 
 
 def do_request_sense(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
-    """REQUEST SENSE (SPC-4 6.39): the pending unit attention (clearing it), else NO SENSE.
+    """REQUEST SENSE (SPC-4, REQUEST SENSE command): the pending unit attention (clearing it), else NO SENSE.
     Only fixed format: DESC=1 is refused, as the kernel's own emulation does."""
     require_length(cmd.cdb, 6)
     if cmd.cdb[1] & 0x01:
@@ -83,7 +83,7 @@ def do_request_sense(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
 
 
 def do_start_stop_unit(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
-    """START STOP UNIT (SBC-4 5.25). The disk is always started: START=1 is GOOD; stopping,
+    """START STOP UNIT (SBC-3 r36 5.25). The disk is always started: START=1 is GOOD; stopping,
     power conditions and load/eject (no removable medium) are refused, like tcmu-runner."""
     require_length(cmd.cdb, 6)
     byte4 = cmd.cdb[4]
@@ -97,7 +97,7 @@ def do_start_stop_unit(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
 
 
 def do_synchronize_cache(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
-    """SYNCHRONIZE CACHE (10)/(16), SBC-4 5.26/5.27: everything acknowledged so far becomes
+    """SYNCHRONIZE CACHE (10)/(16) (SBC-3 r36 5.26/5.27): everything acknowledged so far becomes
     durable. The range is checked but the whole volume is flushed (one fdatasync covers all).
     IMMED is honoured by simply finishing the flush first, which SBC allows."""
     cdb = cmd.cdb

@@ -1,4 +1,4 @@
-"""READ CAPACITY (10) and (16) (SBC-4 5.20, 5.21)."""
+"""READ CAPACITY (10) and (16) (SBC-3, READ CAPACITY commands)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ from appliance.scsi.cdb import be, require_length
 def read_capacity_10(cdb: bytes, num_blocks: int, block_size: int) -> bytes:
     """8 bytes: RETURNED LOGICAL BLOCK ADDRESS (last LBA) and block length."""
     require_length(cdb, 10)
-    # SBC-3 5.16: with PMI=0 the LOGICAL BLOCK ADDRESS field shall be zero. (PMI=1 asks for
+    # SBC-3 READ CAPACITY (10): with PMI=0 the LOGICAL BLOCK ADDRESS field shall be zero. (PMI=1 asks for
     # the last LBA before a delay; we have none, so the answer is the same.)
     if not cdb[8] & 0x01 and be(cdb, 2, 4):
         raise sense.invalid_field_in_cdb(2, None, "LBA set while PMI is zero")
-    # SBC-4 5.20.2: capacities beyond 32 bits answer FFFFFFFFh, telling the host to use (16).
+    # SBC-3 READ CAPACITY (10) parameter data: capacities beyond 32 bits answer FFFFFFFFh, telling the host to use (16).
     last = min(max(num_blocks - 1, 0), 0xFFFFFFFF)
     return last.to_bytes(4, "big") + block_size.to_bytes(4, "big")
 
 
 def read_capacity_16(cdb: bytes, num_blocks: int, block_size: int,
                      blocks_per_physical: int) -> tuple[bytes, int]:
-    """32 bytes of READ CAPACITY(16) parameter data (SBC-4 5.21.2) and the allocation length.
+    """32 bytes of READ CAPACITY(16) parameter data (SBC-3) and the allocation length.
 
     LBPME=1 because UNMAP / WRITE SAME with UNMAP are implemented, LBPRZ=1 because the
     Volume reads deallocated blocks back as zeros (consistent with VPD 0xB2's LBPRZ).

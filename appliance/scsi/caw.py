@@ -1,4 +1,4 @@
-"""COMPARE AND WRITE (SBC-4 5.3): the atomic test-and-set VMware ATS and cluster file
+"""COMPARE AND WRITE (SBC-3, COMPARE AND WRITE command): the atomic test-and-set VMware ATS and cluster file
 systems rely on. Atomicity against other writes is the Volume's (compare_and_write holds its
 write lock across read, compare and write); we only decode, check and map the result."""
 
@@ -16,7 +16,7 @@ def compare_and_write(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
     check_no_protection(cdb)
     lba, nblocks = be(cdb, 2, 8), cdb[13]
     if nblocks == 0:
-        return GOOD   # SBC-4 5.3: no compare, no transfer, no write; not an error
+        return GOOD   # SBC-3 COMPARE AND WRITE: 0 blocks = no compare, no transfer, no write; not an error
     if nblocks > ctx.limits.max_compare_and_write_blocks:
         raise sense.invalid_field_in_cdb(13, None, "above MAXIMUM COMPARE AND WRITE LENGTH")
     check_range(lba, nblocks, ctx.num_blocks)

@@ -1,4 +1,4 @@
-"""CDB decoding: pure functions over the CDB bytes (SBC-4 4.2, SPC-4 4.2).
+"""CDB decoding: pure functions over the CDB bytes (SPC-4 r37 4.3 "The command descriptor block").
 
 LBA / transfer-length layout by CDB size (brief §13; kernel transport_get_sectors_*):
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from appliance.scsi import sense
 
-# CDB size by group code (opcode >> 5), SPC-4 4.2.5.1; None: variable length / vendor.
+# CDB size by group code (opcode >> 5), SPC-4 r37 4.3.5.1 (group code); None: variable length / vendor.
 _GROUP_LENGTH = (6, 10, 10, None, 16, 12, None, None)
 
 
@@ -48,7 +48,7 @@ def block_range(cdb: bytes) -> BlockRange:
     if size == 6:
         require_length(cdb, 6)
         lba = ((cdb[1] & 0x1F) << 16) | (cdb[2] << 8) | cdb[3]
-        # SBC-4 5.16/5.42: READ(6)/WRITE(6) TRANSFER LENGTH 0 means 256 blocks.
+        # SBC-3 READ (6) / WRITE (6): TRANSFER LENGTH 0 means 256 blocks.
         return BlockRange(lba, cdb[4] or 256, 4)
     if size == 10:
         require_length(cdb, 10)
@@ -63,7 +63,7 @@ def block_range(cdb: bytes) -> BlockRange:
 
 
 def check_range(lba: int, nblocks: int, num_blocks: int) -> None:
-    """SBC-4 4.5: LBA + length beyond the capacity is LBA OUT OF RANGE (a zero-length
+    """SBC-3 (each data command): LBA + length beyond the capacity is LBA OUT OF RANGE (a zero-length
     transfer may start at the capacity, as the kernel's sbc_check_valid_sectors allows)."""
     if lba + nblocks > num_blocks:
         raise sense.lba_out_of_range(lba, nblocks, num_blocks)
@@ -71,7 +71,7 @@ def check_range(lba: int, nblocks: int, num_blocks: int) -> None:
 
 def check_no_protection(cdb: bytes) -> None:
     """RDPROTECT/WRPROTECT/VRPROTECT (byte 1 bits 7-5) need protection information, which
-    we do not format (READ CAPACITY(16) PROT_EN=0): SBC-4 5.16 → INVALID FIELD IN CDB.
+    we do not format (READ CAPACITY(16) PROT_EN=0): SBC-3 READ (10) RDPROTECT field → INVALID FIELD IN CDB.
     The 6-byte CDBs have no such field (byte 1 bits 7-5 are the obsolete LUN field)."""
     if cdb_length(cdb[0]) != 6 and cdb[1] & 0xE0:
         raise sense.invalid_field_in_cdb(1, 7, "protection information not supported")

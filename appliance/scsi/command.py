@@ -8,7 +8,7 @@ from enum import IntEnum
 
 
 class Status(IntEnum):
-    """SAM-5 5.3 status codes we return."""
+    """SAM-5 status codes we return."""
 
     GOOD = 0x00
     CHECK_CONDITION = 0x02

@@ -94,7 +94,7 @@ class Context:
     def queue_write(self, ops: list[WriteOp], *, fua: bool,
                     extents: list[tuple[int, int]]) -> Queued:
         """Queue ops for the group commit. With the write cache off (WCE=0) every write must
-        be durable before GOOD (SBC-4 6.5.5), so it is committed as FUA."""
+        be durable before GOOD (SBC-3 caching mode page, WCE), so it is committed as FUA."""
         durable = fua or not self.volume.write_cache_enabled
         self.batch.add(PendingWrite(self.index, ops, durable, extents))
         return QUEUED
@@ -102,7 +102,7 @@ class Context:
     def read_into(self, lba: int, nblocks: int, bufs: Sequence[memoryview]) -> None:
         """Read through to the volume, committing queued writes first if they overlap, so a
         read after a write in the same batch sees it (ordering of non-overlapping commands
-        is free for SIMPLE tasks, SAM-5 8.6)."""
+        is free for SIMPLE tasks, SAM-5 task attributes)."""
         if self.batch.overlaps(lba, nblocks):
             self.batch.commit()
         self.volume.read_into(lba, nblocks, bufs)
@@ -113,7 +113,7 @@ class Context:
 
 
 def respond(data: bytes, alloc_len: int, bufs: Sequence[memoryview]) -> ScsiResult:
-    """GOOD with `data` truncated to the allocation length (SPC-4 4.2.5.6: length fields are
+    """GOOD with `data` truncated to the allocation length (SPC-4 r37 4.3.5.6: length fields are
     not changed by truncation) and to the Data-In buffers; the rest of the buffers zeroed and
     READ_LEN set, so no stale ring bytes reach the host (brief §4, §5.4)."""
     n = buffers.copy_in(memoryview(data)[:alloc_len], bufs)

@@ -45,7 +45,7 @@ def _handlers() -> dict[int, Handler]:
 
 HANDLERS: dict[int, Handler] = _handlers()
 
-# SPC-4 5.14 (unit attention condition): these neither report nor clear a pending unit
+# SAM-5 / SPC-4 unit attention condition rules: these neither report nor clear a pending unit
 # attention; REQUEST SENSE returns it as its sense data and clears it. REPORT LUNS (0xA0)
 # never reaches us: the kernel answers it (brief §9).
 UA_EXEMPT = frozenset({0x12, 0x03, 0xA0})
@@ -67,7 +67,7 @@ class ScsiDisk:
 
     def resized(self) -> None:
         """Called by the TCMU layer after the volume's size changed: the next command sees
-        UNIT ATTENTION, CAPACITY DATA HAS CHANGED (SBC-4 4.6; SPC-4 annex D 2A/09).
+        UNIT ATTENTION, CAPACITY DATA HAS CHANGED (SBC-3 / SPC-4 annex D 2A/09).
 
         TCMU does not tell us the I_T nexus, so the condition is reported once, to the first
         initiator that sends a command, rather than once per nexus as SAM-5 intends.

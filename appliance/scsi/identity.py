@@ -50,7 +50,7 @@ class DiskIdentity:
         return _ascii_field(self.revision, 4, "revision")
 
     def naa_designator(self) -> bytes:
-        """16-byte NAA IEEE Registered Extended designator (SPC-4 7.8.6.6.5).
+        """16-byte NAA IEEE Registered Extended designator (spc4r17 7.7.3.6.5, as the kernel cites it).
 
         NAA 6, OUI 00-14-05, then the serial's hex digits packed as nibbles (non-hex
         characters such as '-' skipped) into the 36-bit vendor specific identifier and the

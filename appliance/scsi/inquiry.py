@@ -1,6 +1,6 @@
-"""INQUIRY: standard data and the VPD pages 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2 (SPC-4 6.6,
-7.8; SBC-4 6.6). Pure builders: each returns the full page; the caller truncates to the
-allocation length without touching the length fields (SPC-4 4.2.5.6)."""
+"""INQUIRY: standard data and the VPD pages 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2 (SPC-4 INQUIRY
+command and VPD pages; SBC-3 VPD pages). Pure builders: each returns the full page; the caller truncates to the
+allocation length without touching the length fields (SPC-4 r37 4.3.5.6)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ SUPPORTED_VPD_PAGES = (0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2)
 
 
 def standard_inquiry(identity: DiskIdentity) -> bytes:
-    """36 bytes of standard INQUIRY data (SPC-4 6.6.2)."""
+    """36 bytes of standard INQUIRY data (SPC-4 standard INQUIRY data)."""
     buf = bytearray(36)
     buf[0] = 0x00          # PERIPHERAL QUALIFIER 0, DEVICE TYPE 0: direct access block device
     buf[2] = 0x06          # VERSION: SPC-4 (as LIO's own backstores report)
@@ -32,7 +32,7 @@ def _vpd(page: int, body: bytes) -> bytes:
 
 
 def supported_pages() -> bytes:
-    """VPD 0x00: the pages we implement, ascending (SPC-4 7.8.16)."""
+    """VPD 0x00: the pages we implement, ascending (spc4r22 7.7.13)."""
     return _vpd(0x00, bytes(SUPPORTED_VPD_PAGES))
 
 
@@ -47,7 +47,7 @@ def _designator(code_set: int, assoc_type: int, body: bytes) -> bytes:
 
 
 def device_identification(identity: DiskIdentity) -> bytes:
-    """VPD 0x83 (SPC-4 7.8.6): T10 vendor ID and NAA IEEE Registered Extended designators,
+    """VPD 0x83 (SPC-4 Device Identification VPD page): T10 vendor ID and NAA IEEE Registered Extended designators,
     both associated with the logical unit.
 
     tcmu-runner also sends its cfgstring as a vendor-specific designator; we do not, since
@@ -60,7 +60,7 @@ def device_identification(identity: DiskIdentity) -> bytes:
 
 
 def block_limits(limits: DiskLimits, block_size: int) -> bytes:
-    """VPD 0xB0 (SBC-4 6.6.4), page length 0x3C."""
+    """VPD 0xB0 (SBC-3 Block Limits VPD page), page length 0x3C."""
     body = bytearray(0x3C)
     # Offsets below are page offsets minus the 4-byte header.
     body[0] = 0x01                                   # WSNZ: WRITE SAME of 0 blocks refused
@@ -79,7 +79,7 @@ def block_limits(limits: DiskLimits, block_size: int) -> bytes:
 
 
 def block_device_characteristics(limits: DiskLimits) -> bytes:
-    """VPD 0xB1 (SBC-4 6.6.2): MEDIUM ROTATION RATE 1 = non-rotating, 0 = not reported."""
+    """VPD 0xB1 (SBC-3 Block Device Characteristics VPD page): MEDIUM ROTATION RATE 1 = non-rotating, 0 = not reported."""
     body = bytearray(0x3C)
     if limits.non_rotating:
         body[0:2] = (1).to_bytes(2, "big")
@@ -87,7 +87,7 @@ def block_device_characteristics(limits: DiskLimits) -> bytes:
 
 
 def logical_block_provisioning() -> bytes:
-    """VPD 0xB2 (SBC-4 6.6.5): LBPU, LBPWS, LBPWS10 (UNMAP and both WRITE SAMEs may
+    """VPD 0xB2 (SBC-3 Logical Block Provisioning VPD page): LBPU, LBPWS, LBPWS10 (UNMAP and both WRITE SAMEs may
     deallocate), LBPRZ=001b (deallocated blocks read as zeros: the Volume's UNMAP contract),
     PROVISIONING TYPE 010b thin (READ CAPACITY(16) LBPME=1 requires 001b or 010b)."""
     return _vpd(0xB2, bytes([0x00, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0x00]))
@@ -95,7 +95,7 @@ def logical_block_provisioning() -> bytes:
 
 def inquiry(cdb: bytes, identity: DiskIdentity, limits: DiskLimits,
             block_size: int) -> tuple[bytes, int]:
-    """Decode INQUIRY (SPC-4 6.6.1) → (full response, allocation length)."""
+    """Decode INQUIRY (SPC-4 INQUIRY command) → (full response, allocation length)."""
     require_length(cdb, 6)
     alloc_len = be(cdb, 3, 2)
     evpd = cdb[1] & 0x01

@@ -1,4 +1,5 @@
-"""MODE SENSE (6)/(10) and MODE SELECT (6)/(10) (SPC-4 6.11-6.14, 7.5; SBC-4 6.5).
+"""MODE SENSE (6)/(10) and MODE SELECT (6)/(10) (SPC-4 MODE SENSE/SELECT
+commands and mode parameters; SBC-3 mode pages).
 
 Pages: 0x01 read-write error recovery, 0x08 caching, 0x0A control; 0x3F = all of them.
 The only changeable bit is WCE in the caching page: it is the Volume's write_cache_enabled.
@@ -17,11 +18,11 @@ CONTROL = 0x0A
 ALL_PAGES = 0x3F
 PAGE_ORDER = (RW_ERROR_RECOVERY, CACHING, CONTROL)
 
-# Page control (SPC-4 6.11.3).
+# Page control (SPC-4 MODE SENSE(6) PC field).
 PC_CURRENT, PC_CHANGEABLE, PC_DEFAULT, PC_SAVED = 0, 1, 2, 3
 
 WCE_BIT = 0x04          # caching page byte 2 bit 2
-DPOFUA = 0x10           # device-specific parameter: DPO and FUA supported (SBC-4 6.5.1)
+DPOFUA = 0x10           # device-specific parameter: DPO and FUA supported (SBC-3 mode parameter header)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +38,10 @@ class ModeContext:
 def page(code: int, pc: int, ctx: ModeContext) -> bytes:
     """One mode page for page control `pc` (current, changeable mask, default)."""
     if code == RW_ERROR_RECOVERY:
-        # SBC-4 6.5.9: all recovery knobs zero (no retries to tune; nothing changeable).
+        # SBC-3 read-write error recovery page: all knobs zero (no retries to tune; nothing changeable).
         return bytes([0x01, 0x0A]) + bytes(10)
     if code == CACHING:
-        # SBC-4 6.5.5, 20 bytes. WCE reflects whether GOOD may precede durability.
+        # SBC-3 caching mode page, 20 bytes. WCE reflects whether GOOD may precede durability.
         body = bytearray(20)
         body[0:2] = b"\x08\x12"
         if pc == PC_CHANGEABLE or (ctx.wce if pc == PC_CURRENT else ctx.wce_default):
@@ -50,7 +51,7 @@ def page(code: int, pc: int, ctx: ModeContext) -> bytes:
         body = bytearray(12)
         body[0:2] = b"\x0a\x0a"
         if pc != PC_CHANGEABLE:
-            # SPC-4 7.5.8: GLTSD=1 (no log parameters saved implicitly); QUEUE ALGORITHM
+            # spc4r31 7.5.7 control mode page: GLTSD=1 (no log parameters saved implicitly); QUEUE ALGORITHM
             # MODIFIER 1 = unrestricted reordering (we do reorder non-overlapping reads around
             # queued writes); TAS=1 as LIO's default; BUSY TIMEOUT PERIOD FFFFh = unlimited.
             body[2] = 0x02
@@ -62,7 +63,7 @@ def page(code: int, pc: int, ctx: ModeContext) -> bytes:
 
 
 def _block_descriptor(long_lba: bool, pc: int, ctx: ModeContext) -> bytes:
-    """SBC-4 6.5.2: short (8 bytes) or long LBA (16 bytes) block descriptor."""
+    """SBC-3 mode parameter block descriptors: short (8 bytes) or long LBA (16 bytes) block descriptor."""
     if pc == PC_CHANGEABLE:
         return bytes(16 if long_lba else 8)
     if long_lba:
@@ -82,7 +83,7 @@ def mode_sense(cdb: bytes, ctx: ModeContext) -> tuple[bytes, int]:
     subpage = cdb[3]
     alloc_len = be(cdb, 7, 2) if ten else cdb[4]
     if pc == PC_SAVED:
-        raise sense.saving_parameters_not_supported()   # SPC-4 6.11.3
+        raise sense.saving_parameters_not_supported()   # SPC-4: PC=11b needs saved pages
     if code == ALL_PAGES:
         if subpage not in (0x00, 0xFF):
             raise sense.invalid_field_in_cdb(3, None, "no subpages")
@@ -111,7 +112,7 @@ def mode_sense(cdb: bytes, ctx: ModeContext) -> tuple[bytes, int]:
 
 def mode_select(cdb: bytes, params: bytes, ctx: ModeContext) -> bool:
     """Validate a MODE SELECT parameter list; return the new WCE. Nothing is applied unless
-    the whole list is valid (SPC-4 6.9: the command either takes effect or fails).
+    the whole list is valid (SPC-4: a MODE SELECT that fails changes nothing).
 
     `params` is exactly PARAMETER LIST LENGTH bytes; the caller checked the CDB.
     """
@@ -162,7 +163,7 @@ def mode_select(cdb: bytes, params: bytes, ctx: ModeContext) -> bool:
 def _check_block_descriptor(params: bytes, start: int, long_lba: bool,
                             ctx: ModeContext) -> None:
     """The capacity and block length cannot be changed: accept only what we report (or a
-    NUMBER OF LOGICAL BLOCKS of zero, which SBC-4 6.5.2 defines as "no change")."""
+    NUMBER OF LOGICAL BLOCKS of zero, which SBC-3 defines as "no change")."""
     if long_lba:
         blocks, length = be(params, start, 8), be(params, start + 12, 4)
         length_byte, current_blocks = start + 12, ctx.num_blocks

@@ -1,4 +1,5 @@
-"""UNMAP and WRITE SAME (10)/(16) (SBC-4 5.28, 5.47, 5.48; logical block provisioning 4.7).
+"""UNMAP and WRITE SAME (10)/(16) (SBC-3 UNMAP, WRITE SAME
+commands; logical block provisioning).
 
 Both become journal ops without data copies: UNMAP → OpKind.UNMAP (no data), WRITE SAME →
 OpKind.WRITE_SAME carrying the one Data-Out block as a view. Deallocated blocks read back
@@ -18,16 +19,16 @@ UNMAP_DESCRIPTOR = 16
 
 
 def unmap(ctx: Context, cmd: ScsiCommand) -> ScsiResult | Queued:
-    """UNMAP (SBC-4 5.28). All descriptors are checked before any is queued, so a bad list
+    """UNMAP (SBC-3 UNMAP command). All descriptors are checked before any is queued, so a bad list
     deallocates nothing. Zero-count descriptors are skipped; a truncated last descriptor is
-    ignored (SBC-4 5.28.2, as the kernel's sbc_execute_unmap)."""
+    ignored (as the kernel's sbc_execute_unmap)."""
     cdb = cmd.cdb
     require_length(cdb, 10)
     if cdb[1] & 0x01:
         raise sense.invalid_field_in_cdb(1, 0, "ANCHOR not supported")   # VPD B2 ANC_SUP=0
     param_len = be(cdb, 7, 2)
     if param_len == 0:
-        return GOOD      # SBC-4 5.28.1: not an error, nothing to do
+        return GOOD      # SBC-3 UNMAP: not an error, nothing to do
     if param_len < UNMAP_HEADER:
         raise sense.parameter_list_length_error("UNMAP parameter list below 8 bytes")
     check_data_out(cmd, param_len)
@@ -45,7 +46,7 @@ def unmap(ctx: Context, cmd: ScsiCommand) -> ScsiResult | Queued:
         lba, nblocks = be(params, at, 8), be(params, at + 8, 4)
         total += nblocks
         if total > ctx.limits.max_unmap_lba_count:
-            # SBC-4 5.28.1: the sum over all descriptors is bounded by MAXIMUM UNMAP LBA COUNT.
+            # SBC-3 UNMAP: the sum over all descriptors is bounded by MAXIMUM UNMAP LBA COUNT.
             raise sense.invalid_field_in_parameter_list(
                 at + 8, None, "blocks above MAXIMUM UNMAP LBA COUNT")
         check_range(lba, nblocks, ctx.num_blocks)
@@ -58,7 +59,7 @@ def unmap(ctx: Context, cmd: ScsiCommand) -> ScsiResult | Queued:
 
 
 def write_same(ctx: Context, cmd: ScsiCommand) -> ScsiResult | Queued:
-    """WRITE SAME (10)/(16) (SBC-4 5.47, 5.48)."""
+    """WRITE SAME (10)/(16) (SBC-3 WRITE SAME commands)."""
     cdb = cmd.cdb
     sixteen = cdb[0] == 0x93
     require_length(cdb, 16 if sixteen else 10)

@@ -1,4 +1,5 @@
-"""READ, WRITE, WRITE AND VERIFY and VERIFY (SBC-4 5.16-5.19, 5.40-5.46, 5.30-5.33).
+"""READ, WRITE, WRITE AND VERIFY and VERIFY (SBC-3 commands of
+those names).
 
 Data is never copied here: reads land straight in the Data-In views, writes hand views of
 the Data-Out buffers to the Volume as WriteOp data, one op per buffer (buffers are whole
@@ -20,7 +21,7 @@ VERIFY_CHUNK_BYTES = 1 << 20      # VERIFY reads the medium in pieces of this si
 
 def _decode(ctx: Context, cmd: ScsiCommand) -> BlockRange:
     """Common checks of every data command (brief §13): protection bits, maximum transfer
-    length (SBC-4 6.6.4: beyond it → INVALID FIELD IN CDB), capacity."""
+    length (SBC-3 Block Limits VPD page: beyond it → INVALID FIELD IN CDB), capacity."""
     rng = block_range(cmd.cdb)
     check_no_protection(cmd.cdb)
     if rng.nblocks > ctx.limits.max_transfer_blocks(ctx.block_size):
@@ -58,7 +59,7 @@ def write(ctx: Context, cmd: ScsiCommand) -> ScsiResult | Queued:
     nbytes = rng.nblocks * ctx.block_size
     check_data_out(cmd, nbytes)
     if not nbytes:
-        return GOOD      # SBC-4 5.40: a zero transfer length is not an error
+        return GOOD      # SBC-3 WRITE (10): a zero transfer length is not an error
     ops = write_ops(rng.lba, buffers.byte_views(cmd.data), nbytes, ctx.block_size)
     return ctx.queue_write(ops, fua=fua(cmd.cdb), extents=[(rng.lba, rng.nblocks)])
 
@@ -87,7 +88,7 @@ def _first_difference(expected: memoryview, actual: memoryview) -> int | None:
 def _compare_with_medium(ctx: Context, lba: int, nblocks: int,
                          expected: Sequence[memoryview], repeat_one_block: bool) -> None:
     """Read [lba, lba+nblocks) in chunks and compare with the Data-Out; MISCOMPARE with the
-    offset from the start of the Data-Out buffer (SBC-4 5.30.2)."""
+    offset from the start of the Data-Out buffer (SBC-3 VERIFY)."""
     bs = ctx.block_size
     chunk_blocks = _chunk_blocks(ctx)
     scratch = bytearray(min(nblocks, chunk_blocks) * bs)
@@ -112,7 +113,7 @@ def _compare_with_medium(ctx: Context, lba: int, nblocks: int,
 
 
 def verify(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
-    """VERIFY (10)/(12)/(16), SBC-4 5.30-5.33. BYTCHK (byte 1 bits 2-1):
+    """VERIFY (10)/(12)/(16) (SBC-3/SBC-4 VERIFY commands). BYTCHK (byte 1 bits 2-1):
     00b check the medium (read it: a failing mirror answers MEDIUM ERROR);
     01b compare the Data-Out (n blocks) with the medium;
     11b compare one Data-Out block with every block; 10b is reserved → INVALID FIELD IN CDB.
@@ -127,7 +128,7 @@ def verify(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
                                          "verification length above MAXIMUM TRANSFER LENGTH")
     check_range(rng.lba, rng.nblocks, ctx.num_blocks)
     if rng.nblocks == 0:
-        return GOOD       # SBC-4 5.30: zero VERIFICATION LENGTH is not an error
+        return GOOD       # SBC-3 VERIFY: zero VERIFICATION LENGTH is not an error
     if bytchk == 0b01:
         check_data_out(cmd, rng.nblocks * ctx.block_size)
     elif bytchk == 0b11:
@@ -151,7 +152,7 @@ def _read_through(ctx: Context, lba: int, nblocks: int) -> None:
 
 
 def write_and_verify(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
-    """WRITE AND VERIFY (10)/(12)/(16), SBC-4 5.43-5.45: write, then verify the medium.
+    """WRITE AND VERIFY (10)/(12)/(16) (SBC-3 WRITE AND VERIFY commands): write, then verify the medium.
 
     The write goes to the medium (committed durably now, not batched) before the verify
     reads it back; BYTCHK=1 compares the read-back with the Data-Out, BYTCHK=0 only checks

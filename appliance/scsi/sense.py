@@ -2,7 +2,7 @@
 
 Handlers raise `ScsiError` (built with the helpers below); `result_for_exception` also maps
 the Volume's errors and anything unexpected, so nothing ever escapes `ScsiDisk.execute`.
-Only fixed-format sense is produced (SPC-4 4.5.3); descriptor format is never requested by
+Only fixed-format sense is produced (SPC-4 r37 4.5.3); descriptor format is never requested by
 us (REQUEST SENSE with DESC=1 is refused, see admin.py).
 """
 
@@ -20,7 +20,7 @@ FIXED_SENSE_LEN = 18
 
 
 class SenseKey(IntEnum):
-    """SPC-4 4.5.6, table 49."""
+    """Sense keys (SPC-4 sense key descriptions)."""
 
     NO_SENSE = 0x0
     NOT_READY = 0x2
@@ -35,7 +35,7 @@ class SenseKey(IntEnum):
 
 def fixed_sense(key: int, asc: int, ascq: int, *, information: int | None = None,
                 sense_key_specific: bytes | None = None) -> bytes:
-    """Fixed-format sense data, current error (SPC-4 4.5.3, table 48): 18 bytes."""
+    """Fixed-format sense data, current error (SPC-4 r37 4.5.3): 18 bytes."""
     buf = bytearray(FIXED_SENSE_LEN)
     buf[0] = 0x70
     buf[2] = key & 0x0F
@@ -52,7 +52,7 @@ def fixed_sense(key: int, asc: int, ascq: int, *, information: int | None = None
 
 
 def field_pointer(byte: int, bit: int | None = None, *, in_cdb: bool = True) -> bytes:
-    """Sense-key specific FIELD POINTER (SPC-4 4.5.2.4.2): SKSV, C/D, BPV + bit, byte."""
+    """Sense-key specific FIELD POINTER (SPC-4 r37 4.5.2.4.2): SKSV, C/D, BPV + bit, byte."""
     first = 0x80 | (0x40 if in_cdb else 0)
     if bit is not None:
         first |= 0x08 | (bit & 0x07)
@@ -124,7 +124,7 @@ def saving_parameters_not_supported() -> ScsiError:
 
 def miscompare(offset: int) -> ScsiError:
     """MISCOMPARE DURING VERIFY OPERATION, INFORMATION = offset of the first differing byte
-    from the start of the Data-Out buffer (SBC-4 5.3 COMPARE AND WRITE, 5.30 VERIFY)."""
+    from the start of the Data-Out buffer (SBC-3 COMPARE AND WRITE, VERIFY)."""
     return ScsiError(SenseKey.MISCOMPARE, 0x1D, 0x00, f"miscompare at byte {offset}",
                      information=offset)
 
@@ -158,7 +158,7 @@ def result_for_exception(exc: BaseException, cdb: bytes = b"") -> ScsiResult:
     if isinstance(exc, ScsiError):
         err = exc
     elif isinstance(exc, MediumError):
-        # SBC-4 4.18 / SPC-4 annex D: 11/00 for a failed read, 0C/00 for a failed write.
+        # SPC-4 annex D: 11/00 for a failed read, 0C/00 for a failed write.
         err = unrecovered_read_error() if exc.kind == "read" else write_error()
         log.warning("medium error in %s: %s", what, exc)
     elif isinstance(exc, InvalidRequest):
