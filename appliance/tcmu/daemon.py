@@ -2,8 +2,9 @@
 
 Start-up follows tcmu-runner's order (TCMU brief §7, §11): block netlink events and fail any
 reply wait a previous daemon left behind; join TCM-USER and announce reply support; adopt the
-devices that already exist (reopen: block_dev, reset_ring, open, unblock); own the D-Bus name;
-unblock netlink. Then three event sources run: netlink (its own thread, answering every event),
+devices that already exist (reopen: block_dev, reset_ring, open, unblock); serve and unblock
+netlink; own the D-Bus name last (tcmu-runner owns it before unblocking; we make the name the
+readiness signal, so nothing ordered after us can hit a blocked netlink). Then three event sources run: netlink (its own thread, answering every event),
 udev (devices appearing/disappearing) and the D-Bus service (asyncio, main thread). SIGTERM or
 SIGINT stops everything in reverse order, finishing in-flight commands first.
 
@@ -125,6 +126,19 @@ class HandlerDaemon:
             except (NetlinkError, OSError) as err:
                 log.warning("netlink unavailable, relying on udev only: %s", err)
         await asyncio.to_thread(self._adopt_existing)
+        if self.netlink is not None:
+            self._spawn("tcmu-netlink", lambda: self.netlink.serve(self.on_netlink))
+        if cfg.netlink:
+            self._module_param("block_netlink", "0")
+        if cfg.udev:
+            try:
+                self.udev = UdevWatcher(self.on_udev)
+            except Exception as err:  # pyudev raises plain OSError/ImportError variants
+                log.warning("udev monitor unavailable: %s", err)
+            else:
+                self._spawn("tcmu-udev", self.udev.run)
+        # Owning the bus name is the readiness signal (systemd Type=dbus, Before=target.service):
+        # it comes last so a restore that starts then finds netlink served and unblocked.
         if cfg.dbus != "none":
             self.dbus = TcmuDBusService([HandlerObject(cfgstring.SUBTYPE, cfgstring.CONFIG_DESC,
                                                        cfgstring.check_config)])
@@ -133,17 +147,6 @@ class HandlerDaemon:
                                       else BusType.SESSION)
             else:
                 await self.dbus.start(bus_address=cfg.dbus)
-        if cfg.netlink:
-            self._module_param("block_netlink", "0")
-        if self.netlink is not None:
-            self._spawn("tcmu-netlink", lambda: self.netlink.serve(self.on_netlink))
-        if cfg.udev:
-            try:
-                self.udev = UdevWatcher(self.on_udev)
-            except Exception as err:  # pyudev raises plain OSError/ImportError variants
-                log.warning("udev monitor unavailable: %s", err)
-            else:
-                self._spawn("tcmu-udev", self.udev.run)
         log.info("appliance-handler serving %d device(s)", len(self.manager.devices))
 
     def _adopt_existing(self) -> None:
@@ -194,7 +197,7 @@ async def _serve(daemon: HandlerDaemon) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await daemon.start()  # owning the bus name is the readiness signal (Type=dbus)
+        await daemon.start()
         await stop.wait()
     finally:
         if daemon.dbus is not None:  # disconnect while the event loop still runs

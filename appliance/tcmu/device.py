@@ -43,6 +43,7 @@ class DeviceStats:
     commands: int = 0
     pokes: int = 0
     max_batch: int = 0
+    unreleased_views: int = 0  # data views still referenced after completion (a SCSI-layer leak)
 
 
 class TcmuDevice:
@@ -108,8 +109,13 @@ class TcmuDevice:
             results = [None] * len(cmds)
         completions = [self._completion(req, cmd, res) for req, cmd, res in zip(requests, cmds, results, strict=True)]
         self.ring.complete(completions)
+        # The kernel frees the data blocks only when it handles the poke below; release first so
+        # a late access fails loudly (ValueError) instead of hitting a reclaimed page (SIGBUS).
         for view in views:
-            view.release()
+            try:
+                view.release()
+            except BufferError:  # someone made a memoryview *of* this view and still holds it
+                self.stats.unreleased_views += 1
         stats = self.stats
         stats.batches += 1
         stats.pokes += 1
