@@ -85,3 +85,36 @@ def test_backstore_control_reads_like_rtslib(tmp_path: Path) -> None:
     assert (tmp_path / "action/block_dev").read_text() == "1"
     (tmp_path / "wwn/vpd_unit_serial").write_text("T10 VPD Unit Serial Number: \n")
     assert control.unit_serial() is None
+
+
+class _FakeAttributes:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def asstring(self, key: str) -> str:
+        assert key == "name"
+        return self.name
+
+
+class _FakeUdevDevice:
+    def __init__(self, action: str, minor: int, name: str) -> None:
+        self.action, self.sys_name = action, f"uio{minor}"
+        self.sys_path = f"/sys/devices/virtual/uio/uio{minor}"
+        self.attributes = _FakeAttributes(name)
+
+
+def test_udev_events_map_to_add_and_remove() -> None:
+    from appliance.tcmu.discovery import UdevWatcher
+    try:
+        watcher = UdevWatcher(lambda *event: calls.append(event))
+    except Exception as err:  # no uevent netlink in this sandbox
+        pytest.skip(f"pyudev monitor unavailable: {err}")
+    calls: list[tuple[str, int, str]] = []
+    name = "tcm-user/1/v/mirror/mirror=/a;journal=/b"
+    watcher._dispatch(_FakeUdevDevice("add", 7, "uio_pci_generic"))     # not TCMU
+    watcher._dispatch(_FakeUdevDevice("add", 3, name + "\n"))
+    # on removal sysfs attributes are gone: the name comes from what was seen at add
+    watcher._dispatch(_FakeUdevDevice("remove", 3, ""))
+    watcher._dispatch(_FakeUdevDevice("remove", 7, ""))
+    assert calls == [("add", 3, name), ("remove", 3, name)]
+    watcher.stop()
