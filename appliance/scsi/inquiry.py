@@ -11,9 +11,18 @@ from appliance.scsi.identity import DiskIdentity, DiskLimits
 SUPPORTED_VPD_PAGES = (0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2)
 
 
+# VERSION DESCRIPTORs (SPC-4 table "Version descriptor values"): what we claim to implement.
+VERSION_DESCRIPTORS = (
+    0x00A0,    # SAM-5
+    0x0460,    # SPC-4
+    0x04C0,    # SBC-3
+)
+
+
 def standard_inquiry(identity: DiskIdentity) -> bytes:
-    """36 bytes of standard INQUIRY data (SPC-4 standard INQUIRY data)."""
-    buf = bytearray(36)
+    """Standard INQUIRY data (SPC-4), 96 bytes as LIO's own emulation sends: the version
+    descriptors at bytes 58.. tell initiators (and libiscsi's SBC-3 tests) what we speak."""
+    buf = bytearray(96)
     buf[0] = 0x00          # PERIPHERAL QUALIFIER 0, DEVICE TYPE 0: direct access block device
     buf[2] = 0x06          # VERSION: SPC-4 (as LIO's own backstores report)
     buf[3] = 0x02          # RESPONSE DATA FORMAT 2; NORMACA=0, HISUP=0 (as LIO and tcmu-runner)
@@ -24,6 +33,8 @@ def standard_inquiry(identity: DiskIdentity) -> bytes:
     buf[8:16] = identity.vendor_field()
     buf[16:32] = identity.product_field()
     buf[32:36] = identity.revision_field()
+    for i, descriptor in enumerate(VERSION_DESCRIPTORS):
+        buf[58 + 2 * i:60 + 2 * i] = descriptor.to_bytes(2, "big")
     return bytes(buf)
 
 

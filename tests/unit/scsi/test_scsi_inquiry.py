@@ -23,20 +23,21 @@ def inquiry(evpd: int = 0, page: int = 0, alloc: int = 255) -> bytes:
 
 def test_standard_inquiry_bytes(disk):
     result, data = run(disk, inquiry(), in_len=255)
-    assert result.good and result.read_len == 36
-    assert data == (bytes([0x00, 0x00, 0x06, 0x02, 31, 0x00, 0x00, 0x02])
-                    + b"LIO-ORG " + b"TCMU device     " + b"0002")
+    assert result.good and result.read_len == 96
+    assert data == (bytes([0x00, 0x00, 0x06, 0x02, 91, 0x00, 0x00, 0x02])
+                    + b"LIO-ORG " + b"TCMU device     " + b"0002" + bytes(22)
+                    + bytes.fromhex("00a0 0460 04c0") + bytes(32))
 
 
 def test_standard_inquiry_truncated_to_allocation_length(disk):
     result, data = run(disk, inquiry(alloc=5), in_len=64)
-    # ADDITIONAL LENGTH still says 31: truncation does not change length fields.
-    assert result.read_len == 5 and data == bytes([0, 0, 6, 0x02, 31])
+    # ADDITIONAL LENGTH still says 91: truncation does not change length fields.
+    assert result.read_len == 5 and data == bytes([0, 0, 6, 0x02, 91])
 
 
 def test_buffer_smaller_than_allocation_length_fills_what_fits(disk):
     result, data = run(disk, inquiry(alloc=255), in_len=8)
-    assert result.good and result.read_len is None and data == bytes([0, 0, 6, 0x02, 31, 0, 0, 2])
+    assert result.good and result.read_len is None and data == bytes([0, 0, 6, 0x02, 91, 0, 0, 2])
 
 
 def test_allocation_length_zero_transfers_nothing(disk):
