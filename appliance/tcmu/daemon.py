@@ -32,7 +32,7 @@ from appliance.tcmu.backend import open_backend
 from appliance.tcmu.configfs import BackstoreControl
 from appliance.tcmu.dbus_service import HandlerObject, TcmuDBusService
 from appliance.tcmu.discovery import TcmuName, UdevWatcher, scan_uio
-from appliance.tcmu.manager import BackendFactory, DeviceManager
+from appliance.tcmu.manager import BackendFactory, DeviceManager, TransportOpener
 from appliance.tcmu.netlink import DeviceEvent, NetlinkError, TcmuGenlCmd, TcmuNetlink
 from appliance.tcmu.uio import UioDevice, read_uio_info
 
@@ -85,11 +85,12 @@ class HandlerConfig:
 class HandlerDaemon:
     """Explicit lifecycle: start() → run until stop() → shutdown()."""
 
-    def __init__(self, config: HandlerConfig, backend_factory: BackendFactory = open_backend
-                 ) -> None:
+    def __init__(self, config: HandlerConfig, backend_factory: BackendFactory = open_backend,
+                 open_transport: TransportOpener | None = None) -> None:
+        """`open_transport` replaces /dev/uioN (the tests serve the ring simulation)."""
         self.config = config
         self.manager = DeviceManager(backend_factory=backend_factory,
-                                     open_transport=self._open_uio,
+                                     open_transport=open_transport or self._open_uio,
                                      control_for=self._control_for,
                                      poll_interval=config.poll_interval)
         self.netlink: TcmuNetlink | None = None

@@ -1,0 +1,100 @@
+"""The daemon's own assembly on a simulated device: sysfs scan, configfs reads, adoption with the
+reopen sequence, the real backend (ScsiDisk over Volume), netlink event handling, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from appliance.tcmu.daemon import HandlerConfig, HandlerDaemon
+from appliance.tcmu.netlink import DeviceEvent, TcmuGenlCmd
+from appliance.tcmu.sim import SimConfig, SimKernel
+from appliance.tcmu.sim_uio import SimUio
+
+pytestmark = pytest.mark.integration
+
+SIZE = 64 << 20
+SERIAL = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+
+
+def _fake_system(tmp: Path, cfg: str) -> HandlerConfig:
+    uio = tmp / "class_uio" / "uio3"
+    (uio / "maps" / "map0").mkdir(parents=True)
+    (uio / "name").write_text(f"tcm-user/1/vol1/{cfg}\n")
+    backstore = tmp / "core" / "user_1" / "vol1"
+    for sub in ("action", "attrib", "wwn"):
+        (backstore / sub).mkdir(parents=True)
+    (backstore / "info").write_text(
+        "Status: ACTIVATED  Max Queue Depth: 128  SectorSize: 512  HwMaxSectors: 128\n"
+        f"        Config: {cfg} Size: {SIZE} MaxDataAreaMB: 8 DataPagesPerBlk: 1 "
+        "CmdRingSizeMB: 8\n")
+    (backstore / "wwn" / "vpd_unit_serial").write_text(f"T10 VPD Unit Serial Number: {SERIAL}\n")
+    (backstore / "attrib" / "hw_block_size").write_text("512\n")
+    (backstore / "attrib" / "hw_max_sectors").write_text("2048\n")
+    (tmp / "params").mkdir()
+    return HandlerConfig(sysfs_class_uio=tmp / "class_uio", dev_dir=tmp / "dev",
+                         configfs_core=tmp / "core", module_parameters=tmp / "params",
+                         dbus="none", netlink=False, udev=False, poll_interval=0.05)
+
+
+def test_daemon_adopts_serves_reconfigures_and_stops(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    cfg = f"mirror/mirror={data_dir}/m.img;journal={data_dir}/j.jnl;journal_size=64M"
+    config = _fake_system(tmp_path, cfg)
+    kernel = SimKernel(tmp_path / "ring", SimConfig(ring_bytes=1 << 20, data_blocks=1024))
+    daemon = HandlerDaemon(config, open_transport=lambda minor, name: SimUio(tmp_path / "ring"))
+    action = tmp_path / "core/user_1/vol1/action"
+
+    def run(cdb: bytes, out: bytes = b"", data_in: int = 0):
+        return kernel.wait_for([kernel.submit(cdb, out, data_in)], timeout=20)[0]
+
+    try:
+        asyncio.run(daemon.start())
+        assert list(daemon.manager.devices) == [3]
+        # reopen sequence left the device unblocked after resetting the ring
+        assert (action / "reset_ring").read_text() == "1"
+        assert (action / "block_dev").read_text() == "0"
+
+        res = run(b"\x25" + bytes(9), data_in=8)
+        assert struct.unpack(">II", res.data_in) == (SIZE // 512 - 1, 512)
+        res = run(b"\x12\x01\x80\x00\xff\x00", data_in=255)
+        assert SERIAL.encode() in res.data_in                         # WWN read from configfs
+        data = os.urandom(1 << 20)                                    # hw_max_sectors 2048
+        assert run(struct.pack(">BBIBHB", 0x2A, 0, 0, 0, 2048, 0), data).status == 0
+        assert run(struct.pack(">BBIBHB", 0x28, 0, 0, 0, 2048, 0), data_in=1 << 20).data_in == data
+        assert (data_dir / "m.img").exists() and (data_dir / "j.jnl").exists()
+
+        def event(**kw) -> int:
+            return daemon.on_netlink(DeviceEvent(TcmuGenlCmd.RECONFIG_DEVICE,
+                                                 f"tcm-user/1/vol1/{cfg}", 3, 5, **kw))
+
+        assert event(dev_cfg=cfg) == 0            # restore replays: no-ops answer 0
+        assert event(dev_size=SIZE) == 0
+        assert event(writecache=1) == 0
+        res = run(b"\x1a\x00\x08\x00\xff\x00", data_in=255)
+        page = res.data_in[4 + res.data_in[3]:]
+        assert page[0] & 0x3F == 0x08 and page[2] & 0x04
+        assert event(writecache=0) == 0
+        res = run(b"\x1a\x00\x08\x00\xff\x00", data_in=255)
+        page = res.data_in[4 + res.data_in[3]:]
+        assert not page[2] & 0x04                                     # WCE now off
+        grown = event(dev_size=2 * SIZE)
+        backend = daemon.manager.devices[3].backend
+        if hasattr(backend.volume, "resize"):
+            assert grown == 0
+            res = run(b"\x25" + bytes(9), data_in=8)
+            assert res.status == 0x02 and (res.sense[12], res.sense[13]) == (0x2A, 0x09)
+        else:
+            assert grown == -errno.EOPNOTSUPP                         # refused, size unchanged
+        assert daemon.on_netlink(DeviceEvent(TcmuGenlCmd.REMOVED_DEVICE,
+                                             f"tcm-user/1/vol1/{cfg}", 3, 5)) == 0
+        assert daemon.manager.devices == {}
+    finally:
+        daemon.shutdown()
+        kernel.close()
