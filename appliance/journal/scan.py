@@ -75,26 +75,27 @@ def last_true(count: int, pred: Callable[[int], bool]) -> int:
 
 
 def newest_segment(area: Area, anchor: WriterCheckpoint) -> tuple[int, RecordMeta | None]:
-    """The segment the writer entered last, by binary search from the published anchor.
+    """The segment holding the newest record, by binary search from the published anchor.
 
     Segments entered after the anchor start with a seq >= anchor.head_seq; every other
     segment starts with an older seq, a torn block, or was never written. Walking the
-    circle from the anchor that predicate is true on a prefix, so O(log m) probes find
-    the last one. Returns (segment, its start record) or (anchor segment, None) when no
-    segment was entered after the anchor.
+    circle from the segment of the last record before the anchor, that predicate is true
+    on a prefix, so O(log m) probes find the last one. Returns (segment, its start
+    record), or (the anchor's segment, None) when no segment was entered after the anchor.
     """
-    a = area.segment_of(anchor.head_block) % area.m
+    total = area.m * area.S
+    base = area.segment_of((anchor.head_block - 1) % total)
     probes: dict[int, RecordMeta | None] = {}
 
     def entered_after(j: int) -> bool:
-        seg = (a + j) % area.m
-        meta = probes[j] = area.probe(seg)
-        return meta is not None and meta.kind == RecordKind.BATCH and meta.first_seq >= anchor.head_seq
+        meta = probes[j] = area.probe((base + j) % area.m)
+        return (meta is not None and meta.kind == RecordKind.BATCH
+                and meta.first_seq >= anchor.head_seq)
 
     j = last_true(area.m, lambda k: k == 0 or entered_after(k))
     if j == 0:
-        return a, None
-    return (a + j) % area.m, probes[j]
+        return base, None
+    return (base + j) % area.m, probes[j]
 
 
 def segment_holding(area: Area, seq: int, newest: int) -> tuple[int, RecordMeta] | None:
@@ -106,16 +107,21 @@ def segment_holding(area: Area, seq: int, newest: int) -> tuple[int, RecordMeta]
     ascending first seqs. "No intact start, or starts at or below seq" holds on a prefix.
     """
     probes: dict[int, RecordMeta | None] = {}
+    newest_meta = area.probe(newest)
+    # A segment start above the newest one is a leftover of a torn entry into a segment
+    # (its metadata survived a power cut, its data did not): treat it as never written.
+    limit = newest_meta.first_seq if newest_meta is not None else 2**64
 
     def at_or_below(k: int) -> bool:
         meta = probes[k] = area.probe((newest + 1 + k) % area.m)
-        return meta is None or meta.kind != RecordKind.BATCH or meta.first_seq <= seq
+        return (meta is None or meta.kind != RecordKind.BATCH or meta.first_seq > limit
+                or meta.first_seq <= seq)
 
     if not at_or_below(0):
         return None
     k = last_true(area.m, lambda i: i == 0 or at_or_below(i))
     meta = probes[k]
-    if meta is None or meta.kind != RecordKind.BATCH or meta.first_seq > seq:
+    if meta is None or meta.kind != RecordKind.BATCH or meta.first_seq > min(seq, limit):
         return None
     return (newest + 1 + k) % area.m, meta
 
@@ -190,15 +196,20 @@ def find_head(area: Area, anchor: WriterCheckpoint) -> tuple[ChainPoint, RecordM
     records that were written after it had been synced (so it was durable once).
     """
     segment, start_meta = newest_segment(area, anchor)
-    if start_meta is None:
+    last = None
+    if start_meta is not None:
+        walker = Walker(area, ChainPoint(segment * area.S, start_meta.first_seq,
+                                         start_meta.prev_crc), window_blocks=area.S)
+        while (got := walker.next()) is not None:
+            last = got[0]
+    if last is None:
+        # No segment entered since the anchor, or the newest one's first record is torn
+        # (its metadata made it, its data did not): the chain ends where the walk from
+        # the published anchor ends (everything before that segment was synced).
         walker = Walker(area, ChainPoint(anchor.head_block, anchor.head_seq, anchor.head_prev_crc),
                         window_blocks=area.S)
-    else:
-        walker = Walker(area, ChainPoint(segment * area.S, start_meta.first_seq, 0),
-                        check_first_link=False, window_blocks=area.S)
-    last = None
-    while (got := walker.next()) is not None:
-        last = got[0]
+        while (got := walker.next()) is not None:
+            last = got[0]
     _check_nothing_durable_beyond(area, walker.point, walker.why)
     return walker.point, last
 

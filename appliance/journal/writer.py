@@ -211,8 +211,9 @@ class Journal:
 
     @property
     def max_batch_bytes(self) -> int:
-        """Payload one `append` accepts at most (it may span all but two segments)."""
-        return (self.sb.segment_count - 2) * self.max_op_bytes
+        """Payload one `append` always accepts: it may span all but two segments, and each
+        segment holds at least half a segment of payload (records never straddle one)."""
+        return (self.sb.segment_count - 2) * (self.sb.segment_blocks // 2 - 1) * JBLOCK
 
     # --- appending --------------------------------------------------------------------
 
@@ -227,10 +228,11 @@ class Journal:
         first = self._head.seq
         if not ops:
             return range(first, first)
-        if sum(lengths) > self.max_batch_bytes:
-            raise InvalidRequest(f"a batch of {sum(lengths)} bytes exceeds the journal's limit "
-                                 f"of {self.max_batch_bytes} bytes per append; split it")
         plan = self._plan(ops, lengths)
+        if sum(p.enters_segment for p in plan) > self.sb.segment_count - 2:
+            raise InvalidRequest(f"a batch of {sum(lengths)} bytes needs more than "
+                                 f"{self.sb.segment_count - 2} of the journal's segments; split "
+                                 f"it (at most {self.max_batch_bytes} bytes always fit)")
         for planned in plan:
             if planned.enters_segment and not self._segment_free(planned.block // self.sb.segment_blocks):
                 raise JournalFull(
