@@ -48,7 +48,8 @@ from appliance.replication.tls import TlsConfig, TlsConfigError, check_psk_suppo
 class ReplicaPaths:
     journal: Path
     mirror: Path
-    state: Path                 # JSON: binding (primary, generation) and mirror-durable seq
+    state: Path                 # JSON: binding (primary, generation), resync state
+    undo: Path                  # old contents saved while a resync runs (see undo.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,8 @@ class ReplicaConfig:
 
 def replica_paths(state_dir: Path, volume_uuid: uuid.UUID) -> ReplicaPaths:
     base = Path(state_dir) / str(volume_uuid)
-    return ReplicaPaths(base / "journal", base / "mirror", base / "state.json")
+    return ReplicaPaths(base / "journal", base / "mirror", base / "state.json",
+                        base / "undo.log")
 
 
 class ConfigError(ValueError):
@@ -207,7 +209,7 @@ def receiver_config(d: dict, where: str = "receiver config") -> ReceiverConfig:
         paths = replica_paths(state_dir, vid)
         if "mirror" in v:
             paths = ReplicaPaths(paths.journal, Path(_typed(v["mirror"], "mirror", str, w)),
-                                 paths.state)
+                                 paths.state, paths.undo)
         jsize = _opt(v, "journal_size", int, 256 << 20, w)
         if jsize < 1 << 20:
             raise ConfigError(f"{w}: journal_size {jsize} is too small (at least 1 MiB)")

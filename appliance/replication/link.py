@@ -88,7 +88,7 @@ class FrameLink:
     async def send(self, ftype: wire.FrameType, payload: bytes = b"") -> None:
         flags = 0
         raw_len = len(payload)
-        if self._compressor is not None and ftype is wire.FrameType.BATCH:
+        if self._compressor is not None and ftype in (wire.FrameType.BATCH, wire.FrameType.REGION):
             packed = self._compressor.compress(payload)
             if len(packed) < raw_len:
                 payload, flags = packed, wire.FLAG_ZSTD

@@ -16,27 +16,22 @@ import logging
 import signal
 import ssl
 import sys
-import time
 import uuid
 from pathlib import Path
 
 from appliance.control.server import ControlServer
 from appliance.journal import JournalError
 from appliance.replication import wire
-from appliance.replication.apply import SeqOrderer
 from appliance.replication.config import ConfigError, ReceiverConfig, load_toml, receiver_config
 from appliance.replication.handshake import HandshakeError, Hello, Refused, admit
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
 from appliance.replication.replica import Replica, ReplicaError
+from appliance.replication.rx_session import Session, SessionError
 from appliance.replication.status import LinkStatus
 from appliance.replication.tls import peer_identities, server_context
 
 log = logging.getLogger("appliance.receiver")
 FT = wire.FrameType
-
-
-class SessionError(Exception):
-    """The session must end; the message is logged and sent to the primary in an ERROR frame."""
 
 
 class VolumeSlot:
@@ -176,95 +171,6 @@ class Receiver:
                 slot.link.disconnects += 1
                 slot.link.set_state("disconnected")
                 await run_blocking(slot.replica.sync_mirror)
-
-
-class Session:
-    """One admitted link for one volume: reader task feeds the committer through a queue."""
-
-    def __init__(self, rx: Receiver, slot: VolumeSlot, link: FrameLink, hello: Hello) -> None:
-        self.rx = rx
-        self.slot = slot
-        self.replica = slot.replica
-        self.link = link
-        self.hello = hello
-        self.orderer = SeqOrderer(next_seq=self.replica.durable_seq + 1)
-        self.queue: asyncio.Queue[list[wire.WireRecord]] = asyncio.Queue(maxsize=64)
-        self._last_sent = time.monotonic()
-        self._resend_asked: int | None = None
-
-    async def run(self) -> None:
-        tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._commit()),
-                 asyncio.create_task(self._heartbeat())]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                t.result()
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _send(self, ftype: wire.FrameType, payload: bytes = b"") -> None:
-        await self.link.send(ftype, payload)
-        self._last_sent = time.monotonic()
-
-    async def _heartbeat(self) -> None:
-        hb = self.rx.cfg.heartbeat_s
-        while True:
-            await asyncio.sleep(hb / 2)
-            if time.monotonic() - self._last_sent >= hb:
-                await self._send(FT.HEARTBEAT, wire.encode_seq(time.time_ns()))
-
-    async def _read(self) -> None:
-        while True:
-            frame = await self.link.recv(self.rx.cfg.dead_after_s)
-            if frame.type is FT.HEARTBEAT:
-                continue
-            if frame.type is FT.ERROR:
-                raise LinkClosed(f"primary reported: {wire.decode_json(frame.payload)}")
-            if frame.type is not FT.BATCH:
-                raise SessionError(f"unexpected {frame.type.name} frame during replication")
-            try:
-                batch = wire.decode_batch(frame.payload)
-            except wire.WireError:
-                self.replica.counters.rejected_batches += 1
-                raise
-            if batch.volume_uuid != self.hello.volume_uuid:
-                self.replica.counters.rejected_batches += 1
-                raise SessionError(f"batch for volume {batch.volume_uuid} on the link of "
-                                   f"{self.hello.volume_uuid}")
-            if batch.generation != self.hello.generation:
-                self.replica.counters.rejected_batches += 1
-                raise SessionError(f"batch of generation {batch.generation} on a link of "
-                                   f"generation {self.hello.generation}")
-            if batch.records:
-                await self.queue.put(batch.records)
-
-    async def _commit(self) -> None:
-        while True:
-            records = await self.queue.get()
-            while not self.queue.empty() and len(records) < 8192:
-                records += self.queue.get_nowait()
-            offered = self.orderer.offer(records)
-            self.replica.counters.duplicates += offered.duplicates
-            if offered.run:
-                try:
-                    durable = await run_blocking(self.replica.commit, offered.run)
-                except (ValueError, ReplicaError) as err:
-                    raise SessionError(f"records refused: {err}") from err
-                await self._send(FT.ACK, wire.encode_ack(durable, self.replica.applied_seq))
-                await run_blocking(self.replica.apply_pending)
-                self._resend_asked = None
-            if offered.resend_from is not None and offered.resend_from != self._resend_asked:
-                self.replica.counters.gaps += 1
-                self._resend_asked = offered.resend_from
-                log.warning("volume %s: gap before seq %d, asking for a resend",
-                            self.hello.volume_uuid, offered.resend_from)
-                await self._send(FT.RESEND, wire.encode_seq(offered.resend_from))
-            if self.queue.empty() and offered.run:
-                # Tell the primary how far the mirror got, now that we are idle.
-                await self._send(FT.ACK, wire.encode_ack(self.replica.durable_seq,
-                                                         self.replica.applied_seq))
 
 
 async def serve(cfg: ReceiverConfig) -> None:

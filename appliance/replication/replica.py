@@ -30,6 +30,7 @@ from appliance.replication.apply import apply_record, check_record
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.handshake import Hello, VolumeBinding
 from appliance.replication.status import ReceiverVolumeCounters
+from appliance.replication.undo import UndoLog, roll_back
 from appliance.replication.wire import WireRecord
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,15 @@ class Replica:
         self._unsynced_bytes = 0
         self._unapplied: list[list[WireRecord]] = []   # durable, not yet on the mirror
         self._last_mirror_sync = time.monotonic()
+        # Resync window: the DR image is not write-order consistent (invariant 4 says so).
+        self.inconsistent_since: float | None = None
+        self.consistent_seq: int | None = None      # seq of the last consistent image
+        self.consistent_at: int | None = None       # consistent again once this is applied
+        self.resync_bytes = 0
+        self._undo: UndoLog | None = None
         self._load_state()
+        if self.inconsistent_since is not None:
+            self._undo = UndoLog(cfg.paths.undo)
         if cfg.paths.journal.exists():
             self.journal = Journal.open(cfg.paths.journal, volume_uuid=self.spec.uuid)
             self._acker = JournalReader(cfg.paths.journal, volume_uuid=self.spec.uuid)
@@ -95,6 +104,9 @@ class Replica:
             st = json.loads(path.read_text())
             self.primary = st["primary"]
             self.generation = int(st["generation"])
+            self.inconsistent_since = st.get("inconsistent_since")
+            self.consistent_seq = st.get("consistent_seq")
+            self.consistent_at = st.get("consistent_at")
         except (ValueError, KeyError, TypeError) as err:
             raise ReplicaError(f"replica state {path} is unreadable: {err}; restore it or "
                                f"remove the replica files to start a new pairing") from err
@@ -102,7 +114,8 @@ class Replica:
     def _save_state(self) -> None:
         _write_json_atomic(self.cfg.paths.state, {
             "volume_uuid": str(self.spec.uuid), "primary": self.primary,
-            "generation": self.generation})
+            "generation": self.generation, "inconsistent_since": self.inconsistent_since,
+            "consistent_seq": self.consistent_seq, "consistent_at": self.consistent_at})
 
     def binding(self) -> VolumeBinding:
         last = None if self.journal is None else self.journal.next_seq - 1
@@ -195,11 +208,16 @@ class Replica:
             self.sync_mirror()
 
     def _drain(self) -> None:
+        bs = self.spec.block_size
         while self._unapplied:
             run = self._unapplied[0]
             if run[0].seq != self.counters.applied_seq + 1:
                 raise ReplicaError(f"apply out of order: run starts at seq {run[0].seq}, the "
                                    f"mirror holds up to {self.counters.applied_seq}")
+            if self._undo is not None:
+                for rec in run:
+                    self._undo.save(self._mirror, rec.lba * bs, rec.nblocks * bs)
+                self._undo.sync()
             for rec in run:
                 apply_record(self._mirror, rec, self.spec.block_size)
                 self._unsynced_bytes += len(rec.data)
@@ -211,6 +229,7 @@ class Replica:
         """Make the mirror durable up to applied_seq and let the journal reclaim below it."""
         self._drain()
         self._mirror.sync()
+        self._check_consistent()
         self._unsynced_bytes = 0
         self._last_mirror_sync = time.monotonic()
         seq = self.counters.applied_seq
@@ -227,10 +246,11 @@ class Replica:
         self.counters.applied_seq = self.mirror_durable_seq
         redone = 0
         for rec in self.journal.records(self.mirror_durable_seq + 1):
-            wr = from_journal(rec)
-            apply_record(self._mirror, wr, self.spec.block_size)
-            self.counters.applied_seq = wr.seq
+            self._unapplied.append([from_journal(rec)])   # through _drain: undo if resyncing
             redone += 1
+            if len(self._unapplied) >= 1024:
+                self._drain()
+        self._drain()
         if redone:
             log.info("volume %s: redid %d journal records up to seq %d", self.spec.uuid,
                      redone, self.counters.applied_seq)
@@ -244,7 +264,61 @@ class Replica:
 
     def status(self) -> dict:
         return {"volume_uuid": str(self.spec.uuid), "primary": self.primary,
-                "generation": self.generation, **self.counters.__dict__}
+                "generation": self.generation,
+                "state": "inconsistent" if self.inconsistent_since is not None else "consistent",
+                "inconsistent_since": self.inconsistent_since,
+                "last_consistent_seq": self.consistent_seq, "consistent_at_seq": self.consistent_at,
+                "resync_bytes_received": self.resync_bytes,
+                "undo_bytes": 0 if self._undo is None else self._undo.saved_bytes,
+                **self.counters.__dict__}
+
+    # --- resync -------------------------------------------------------------------------
+
+    def begin_resync(self) -> None:
+        """From here on the image is not write-order consistent: say so durably, and save old
+        contents before every overwrite. A resync resumed after a reconnect keeps the undo
+        log it had: its first entries hold the last consistent image."""
+        self.sync_mirror()
+        if self.inconsistent_since is None:
+            self.cfg.paths.undo.unlink(missing_ok=True)
+            self._undo = UndoLog(self.cfg.paths.undo)
+            self.inconsistent_since = time.time()
+            self.consistent_seq = self.applied_seq
+        self.consistent_at = None
+        self._save_state()
+
+    def write_region(self, offset: int, data: bytes) -> None:
+        """One resync region, durable on the mirror when this returns."""
+        if self._undo is None:
+            raise ReplicaError("REGION outside a resync (no RESYNC_BEGIN)")
+        if offset < 0 or offset % self.spec.block_size or len(data) % self.spec.block_size \
+                or offset + len(data) > self.spec.size_bytes:
+            raise ReplicaError(f"region {offset}+{len(data)} is misaligned or outside the "
+                               f"volume of {self.spec.size_bytes} bytes")
+        self._drain()
+        self._undo.save(self._mirror, offset, len(data))
+        self._undo.sync()
+        self._mirror.pwritev(offset, [data])
+        self._mirror.sync()
+        self.resync_bytes += len(data)
+
+    def end_resync(self, consistent_at: int) -> None:
+        """The primary has shipped every dirty region; once records up to ``consistent_at``
+        are applied (and the mirror synced), the image is a consistent prefix again."""
+        self.consistent_at = consistent_at
+        self._save_state()
+        self.sync_mirror()
+
+    def _check_consistent(self) -> None:
+        if (self.inconsistent_since is not None and self.consistent_at is not None
+                and self.counters.applied_seq >= self.consistent_at):
+            log.info("volume %s: consistent again at seq %d after a resync of %d bytes",
+                     self.spec.uuid, self.counters.applied_seq, self.resync_bytes)
+            self.inconsistent_since = self.consistent_seq = self.consistent_at = None
+            self._save_state()
+            if self._undo is not None:
+                self._undo.remove()
+                self._undo = None
 
     def close(self) -> None:
         try:
@@ -253,6 +327,33 @@ class Replica:
         finally:
             if self._acker is not None:
                 self._acker.close()
+            if self._undo is not None:
+                self._undo.close()
             if self.journal is not None:
                 self.journal.close()
             self._mirror.close()
+
+
+def roll_back_to_consistent(cfg: ReplicaConfig) -> int:
+    """Failover during a resync: restore the last consistent image from the undo log.
+
+    Offline (the receiver must not run). The replica journal is set aside (renamed), since
+    the image no longer matches it; the volume then needs a new pairing (full resync).
+    Returns the seq of the restored image."""
+    st = json.loads(cfg.paths.state.read_text())
+    if st.get("inconsistent_since") is None:
+        raise ReplicaError(f"volume {cfg.spec.uuid} is consistent; nothing to roll back")
+    mirror = storage.open_file(cfg.paths.mirror)
+    try:
+        restored = roll_back(cfg.paths.undo, mirror)
+    finally:
+        mirror.close()
+    seq = int(st["consistent_seq"])
+    log.warning("volume %s: rolled back %d bytes to the consistent image at seq %d",
+                cfg.spec.uuid, restored, seq)
+    if cfg.paths.journal.exists():
+        cfg.paths.journal.rename(cfg.paths.journal.with_name(f"journal.rolled-back-{seq}"))
+    st.update(inconsistent_since=None, consistent_at=None, rolled_back_to_seq=seq)
+    _write_json_atomic(cfg.paths.state, st)
+    cfg.paths.undo.unlink(missing_ok=True)
+    return seq

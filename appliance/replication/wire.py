@@ -50,6 +50,12 @@ class FrameType(enum.IntEnum):
     RESEND = 6      # receiver -> transmitter: send again from this seq (gap seen)
     HEARTBEAT = 7   # either way, when idle
     ERROR = 8       # either way, JSON; the sender closes afterwards
+    RESYNC_BEGIN = 9    # transmitter -> receiver, JSON: the DR image becomes inconsistent
+    REGION = 10         # transmitter -> receiver: one region of the primary mirror
+    REGION_ACK = 11     # receiver -> transmitter: that region is durable on the DR mirror
+    RESYNC_END = 12     # transmitter -> receiver, JSON: consistent again at this seq
+    HASHES = 13         # transmitter -> receiver: region hashes (verify / checksum skip)
+    HASH_REPLY = 14     # receiver -> transmitter: which of those regions differ
 
 
 class WireError(Exception):
@@ -262,3 +268,55 @@ def decode_batch(payload: bytes | memoryview) -> Batch:
     if pos != len(view):
         raise BadFrame(f"{len(view) - pos} trailing bytes after {count} records")
     return Batch(uuid.UUID(bytes=bytes(ubytes)), generation, records)
+
+
+# --- REGION, HASHES, HASH_REPLY ----------------------------------------------------------
+
+_REGION = struct.Struct("<QII")    # byte offset, length, CRC32C of the data
+_HASHES_HEAD = struct.Struct("<QI")   # request id, count
+_HASH = struct.Struct("<QI16s")    # byte offset, length, blake2b-128 of the data
+
+
+def encode_region(offset: int, data: bytes | memoryview) -> bytes:
+    return _REGION.pack(offset, len(data), crc32c.crc32c(data)) + bytes(data)
+
+
+def decode_region(payload: bytes) -> tuple[int, bytes]:
+    if len(payload) < _REGION.size:
+        raise BadFrame(f"REGION payload of {len(payload)} bytes is shorter than its header")
+    offset, length, crc = _REGION.unpack_from(payload)
+    data = payload[_REGION.size:]
+    if len(data) != length:
+        raise BadFrame(f"REGION at {offset} says {length} bytes but carries {len(data)}")
+    if crc32c.crc32c(data) != crc:
+        raise BadChecksum(f"REGION at byte {offset}: data CRC32C mismatch")
+    return offset, data
+
+
+def encode_hashes(request_id: int, regions: list[tuple[int, int, bytes]]) -> bytes:
+    return _HASHES_HEAD.pack(request_id, len(regions)) + b"".join(
+        _HASH.pack(off, length, digest) for off, length, digest in regions)
+
+
+def decode_hashes(payload: bytes) -> tuple[int, list[tuple[int, int, bytes]]]:
+    if len(payload) < _HASHES_HEAD.size:
+        raise BadFrame("HASHES payload shorter than its header")
+    rid, count = _HASHES_HEAD.unpack_from(payload)
+    if len(payload) != _HASHES_HEAD.size + count * _HASH.size:
+        raise BadFrame(f"HASHES payload of {len(payload)} bytes does not hold {count} hashes")
+    return rid, [_HASH.unpack_from(payload, _HASHES_HEAD.size + i * _HASH.size)
+                 for i in range(count)]
+
+
+def encode_hash_reply(request_id: int, differing: list[int]) -> bytes:
+    return _HASHES_HEAD.pack(request_id, len(differing)) + b"".join(
+        _U32.pack(i) for i in differing)
+
+
+def decode_hash_reply(payload: bytes) -> tuple[int, list[int]]:
+    if len(payload) < _HASHES_HEAD.size:
+        raise BadFrame("HASH_REPLY payload shorter than its header")
+    rid, count = _HASHES_HEAD.unpack_from(payload)
+    if len(payload) != _HASHES_HEAD.size + 4 * count:
+        raise BadFrame(f"HASH_REPLY payload does not hold {count} indices")
+    return rid, [_U32.unpack_from(payload, _HASHES_HEAD.size + 4 * i)[0] for i in range(count)]
