@@ -70,7 +70,8 @@ class TcmuDevice:
         while not self._stop.is_set():
             if self.transport.wait(self._poll_interval):
                 self.stats.wakeups += 1
-                self.process()
+            # Also on timeout: a look at cmd_head is cheap and covers a lost wake-up.
+            self.process()
 
     def process(self) -> int:
         """Drain the ring until it is empty; one executor batch and one poke per round."""

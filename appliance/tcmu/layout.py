@@ -178,11 +178,13 @@ def tmr_entry_size(cmd_cnt: int) -> int:
     return _round_up(TMR_CMD_IDS + 2 * cmd_cnt, OP_ALIGN_SIZE)
 
 
-def read_cmd_request(region: memoryview, off: int, region_size: int) -> CmdRequest:
+def read_cmd_request(region: memoryview, off: int, region_size: int,
+                     data_off: int = 0) -> CmdRequest:
     """Copy the CDB and iovec list of the CMD entry at `off` out of the ring.
 
-    Offsets are checked against the mapping, so a corrupt entry raises LayoutError instead of
-    letting the handler touch memory outside the region.
+    Offsets are checked against the mapping (and iovecs against the data area starting at
+    `data_off`), so a corrupt entry raises LayoutError instead of letting the SCSI layer write
+    over the ring or outside the region.
     """
     hdr = read_header(region, off)
     iov_cnt, bidi_cnt, _dif_cnt = struct.unpack_from("<III", region, off + REQ_IOV_CNT)
@@ -192,8 +194,8 @@ def read_cmd_request(region: memoryview, off: int, region_size: int) -> CmdReque
         raise LayoutError(f"cmd {hdr.cmd_id}: {total} iovecs do not fit a {hdr.length}-byte entry")
     iovecs = tuple(struct.iter_unpack("<QQ", region[off + REQ_IOV: off + REQ_IOV + IOVEC_SIZE * total]))
     for base, length in iovecs:
-        if base + length > region_size:
-            raise LayoutError(f"cmd {hdr.cmd_id}: iovec {base:#x}+{length} outside the region")
+        if base < data_off or base + length > region_size:
+            raise LayoutError(f"cmd {hdr.cmd_id}: iovec {base:#x}+{length} outside the data area")
     if cdb_off >= region_size:
         raise LayoutError(f"cmd {hdr.cmd_id}: cdb_off {cdb_off:#x} outside the region")
     cdb_len = scsi_command_size(region[cdb_off: min(cdb_off + 8, region_size)])

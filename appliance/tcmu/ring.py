@@ -87,7 +87,8 @@ class CommandRing:
             hdr = self._checked_header(off, self._cursor)
             if hdr.op == layout.OP_CMD:
                 try:
-                    requests.append(layout.read_cmd_request(self.region, off, self.region_size))
+                    requests.append(layout.read_cmd_request(self.region, off, self.region_size,
+                                                            self.data_off))
                 except layout.LayoutError as err:
                     raise RingError(f"malformed CMD entry at ring offset {self._cursor}") from err
                 self.pending += 1

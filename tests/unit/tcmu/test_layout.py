@@ -90,8 +90,11 @@ def test_response_overwrites_the_request() -> None:
 def test_corrupt_entries_are_refused() -> None:
     region = memoryview(bytearray(4096))
     layout.write_cmd_request(region, 0, cmd_id=1, cdb=b"\x28" + bytes(9), iovecs=[(4000, 512)])
-    with pytest.raises(layout.LayoutError, match="outside the region"):
+    with pytest.raises(layout.LayoutError, match="outside the data area"):
         layout.read_cmd_request(region, 0, len(region))
+    layout.write_cmd_request(region, 0, cmd_id=1, cdb=b"\x28" + bytes(9), iovecs=[(64, 512)])
+    with pytest.raises(layout.LayoutError, match="outside the data area"):  # over the ring
+        layout.read_cmd_request(region, 0, len(region), data_off=2048)
     layout.write_cmd_request(region, 0, cmd_id=1, cdb=b"\x28" + bytes(9), iovecs=[(1000, 8)])
     struct.pack_into("<I", region, layout.REQ_IOV_CNT, 50)
     with pytest.raises(layout.LayoutError, match="do not fit"):

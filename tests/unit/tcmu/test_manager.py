@@ -118,3 +118,24 @@ def test_reconfig(world) -> None:
     assert log[-2:] == ["resize=2097152", "wce=0"]
     assert manager.reconfig(DeviceEvent(TcmuGenlCmd.RECONFIG_DEVICE, NAME, 8, 9,
                                         writecache=1)) == -errno.ENODEV
+
+
+def test_corrupt_entry_resets_the_ring_and_serving_continues(world) -> None:
+    import struct
+    import time
+
+    from appliance.tcmu import layout
+
+    manager, kernel, log, _ = world
+    bad = kernel.submit(rw10(0x28, 0, 1), data_in_len=512)
+    # point its iovec at the ring itself: the SCSI layer must never get that buffer
+    struct.pack_into("<Q", kernel.region, kernel.cmdr_off + layout.REQ_IOV, kernel.cmdr_off)
+    assert manager.add(3, NAME) == 0
+    deadline = time.monotonic() + 10
+    while bad not in kernel.results:
+        assert time.monotonic() < deadline, "the corrupt entry was never reset"
+        time.sleep(0.02)
+    assert kernel.results[bad].status == SAM_STAT_BUSY
+    assert log[-2:] == ["reset_ring=1", "block_dev=0"]
+    (res,) = kernel.wait_for([kernel.submit(rw10(0x2A, 1, 1), b"y" * 512)])
+    assert res.status == 0
