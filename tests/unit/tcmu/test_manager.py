@@ -139,3 +139,36 @@ def test_corrupt_entry_resets_the_ring_and_serving_continues(world) -> None:
     assert log[-2:] == ["reset_ring=1", "block_dev=0"]
     (res,) = kernel.wait_for([kernel.submit(rw10(0x2A, 1, 1), b"y" * 512)])
     assert res.status == 0
+
+
+def test_several_devices_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device_module, "_scsi_command_class", lambda: ScsiCommand)
+    kernels = {m: SimKernel(tmp_path / f"dev{m}", SimConfig(ring_bytes=8192, data_blocks=32))
+               for m in (1, 2, 3)}
+    disks: dict[str, MemDisk] = {}
+
+    class Backend(FakeBackend):
+        def __init__(self, name: str) -> None:
+            super().__init__([])
+            disks[name] = self.executor
+
+    manager = DeviceManager(
+        backend_factory=lambda name, config, control: Backend(name.name),
+        open_transport=lambda minor, uio_name: SimUio(tmp_path / f"dev{minor}"),
+        control_for=lambda name: None, poll_interval=0.05)
+    try:
+        for m in kernels:
+            assert manager.add(m, f"tcm-user/{m}/vol{m}/{CFG}") == 0
+        tickets = {m: [k.submit(rw10(0x2A, i, 1), bytes([m]) * 512) for i in range(20)]
+                   for m, k in kernels.items()}
+        for m, k in kernels.items():
+            assert all(r.status == 0 for r in k.wait_for(tickets[m]))
+        for m in kernels:
+            assert disks[f"vol{m}"].disk[: 20 * 512] == bytes([m]) * (20 * 512)
+        assert manager.remove(2) == 0
+        (res,) = kernels[1].wait_for([kernels[1].submit(bytes(6))])  # the others keep going
+        assert res.status == 0
+    finally:
+        manager.close_all()
+        for k in kernels.values():
+            k.close()
