@@ -20,13 +20,18 @@ def do_read_capacity_10(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
 
 
 def do_service_action_in_16(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
-    """SERVICE ACTION IN (16): only READ CAPACITY (16) is implemented. Other service actions
+    """SERVICE ACTION IN (16): READ CAPACITY (16) and GET LBA STATUS. Other service actions
     are answered as the kernel does: INVALID FIELD IN CDB on the SERVICE ACTION field."""
     require_length(cmd.cdb, 16)
-    if cmd.cdb[1] & 0x1F != 0x10:
-        raise sense.invalid_field_in_cdb(1, 4, f"service action {cmd.cdb[1] & 0x1F:#04x}")
-    data, alloc_len = capacity.read_capacity_16(
-        cmd.cdb, ctx.num_blocks, ctx.block_size, ctx.limits.blocks_per_physical(ctx.block_size))
+    action = cmd.cdb[1] & 0x1F
+    if action == 0x10:
+        data, alloc_len = capacity.read_capacity_16(
+            cmd.cdb, ctx.num_blocks, ctx.block_size,
+            ctx.limits.blocks_per_physical(ctx.block_size))
+    elif action == 0x12:
+        data, alloc_len = capacity.get_lba_status(cmd.cdb, ctx.num_blocks)
+    else:
+        raise sense.invalid_field_in_cdb(1, 4, f"service action {action:#04x}")
     return respond(data, alloc_len, buffers.byte_views(cmd.data))
 
 

@@ -1,4 +1,4 @@
-"""READ CAPACITY (10) and (16) (SBC-3, READ CAPACITY commands)."""
+"""READ CAPACITY (10) and (16), GET LBA STATUS (SBC-3 commands of those names)."""
 
 from __future__ import annotations
 
@@ -36,3 +36,20 @@ def read_capacity_16(cdb: bytes, num_blocks: int, block_size: int,
     buf[13] = blocks_per_physical.bit_length() - 1   # P_I_EXPONENT 0, LBPPBE
     buf[14] = 0x80 | 0x40                             # LBPME | LBPRZ, lowest aligned LBA 0
     return bytes(buf), alloc_len
+
+
+def get_lba_status(cdb: bytes, num_blocks: int) -> tuple[bytes, int]:
+    """GET LBA STATUS parameter data and allocation length: one LBA status descriptor from
+    the starting LBA to the end of the volume, PROVISIONING STATUS 0h.
+
+    SBC-4 reads 0h as "mapped or has an unknown state", which is all we can say: the Volume
+    does not report which blocks are deallocated (UNMAP'd blocks read back as zeros either
+    way, LBPRZ=1). Logical block provisioning management (LBPME=1) requires the command.
+    """
+    start, alloc_len = be(cdb, 2, 8), be(cdb, 10, 4)
+    if start >= num_blocks:
+        raise sense.lba_out_of_range(start, 0, num_blocks)
+    count = min(num_blocks - start, 0xFFFFFFFF)
+    descriptor = start.to_bytes(8, "big") + count.to_bytes(4, "big") + bytes(4)
+    # PARAMETER DATA LENGTH counts the bytes after itself: 4 reserved + the descriptors.
+    return (4 + len(descriptor)).to_bytes(4, "big") + bytes(4) + descriptor, alloc_len

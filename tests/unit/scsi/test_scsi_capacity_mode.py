@@ -52,7 +52,7 @@ def test_read_capacity_16_truncated(disk):
 
 
 def test_service_action_in_other_than_read_capacity(disk):
-    result, _ = run(disk, rc16(sa=0x12), in_len=32)
+    result, _ = run(disk, rc16(sa=0x13), in_len=32)
     assert_check(result, 5, 0x24, 0, cdb_field=(1, 4))
 
 
@@ -214,3 +214,22 @@ def test_mode_select_zero_length_and_short_buffer(disk, volume):
     result, _ = run(disk, msel6(24), out=bytes(4) + CACHING_WT[:10])
     assert_check(result, 5, 0x0E, 0x03)
     assert volume.write_cache_enabled is True
+
+
+# --- GET LBA STATUS -----------------------------------------------------------------------
+
+def get_lba_status(lba: int, alloc: int = 24) -> bytes:
+    return bytes([0x9E, 0x12]) + lba.to_bytes(8, "big") + alloc.to_bytes(4, "big") + bytes(2)
+
+
+def test_get_lba_status_one_descriptor_to_the_end(disk):
+    result, data = run(disk, get_lba_status(100), in_len=24)
+    assert result.good
+    assert data == ((20).to_bytes(4, "big") + bytes(4) + (100).to_bytes(8, "big")
+                    + (NUM_BLOCKS - 100).to_bytes(4, "big") + bytes(4))
+
+
+def test_get_lba_status_truncated_and_out_of_range(disk):
+    result, data = run(disk, get_lba_status(0, alloc=8), in_len=24)
+    assert result.read_len == 8 and data == (20).to_bytes(4, "big") + bytes(4)
+    assert_check(run(disk, get_lba_status(NUM_BLOCKS), in_len=24)[0], 5, 0x21, 0)
