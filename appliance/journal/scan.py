@@ -210,6 +210,11 @@ def find_head(area: Area, anchor: WriterCheckpoint) -> tuple[ChainPoint, RecordM
                         window_blocks=area.S)
         while (got := walker.next()) is not None:
             last = got[0]
+    if walker.point.seq < anchor.head_seq:
+        raise JournalCorrupt(
+            f"record seq {walker.point.seq} is damaged ({walker.why}), but the writer had "
+            f"published every seq below {anchor.head_seq} as durable",
+            position=area.byte_offset(walker.point.block))
     _check_nothing_durable_beyond(area, walker.point, walker.why)
     return walker.point, last
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 SECTOR = 512
 PAGE = 4096
+_ZEROS = memoryview(bytes(PAGE))
 
 
 class MachineCrashed(OSError):
@@ -56,9 +57,13 @@ def _write_pages(pages: dict[int, bytearray], offset: int, data: memoryview) -> 
         index, skip = divmod(pos, PAGE)
         take = min(PAGE - skip, len(data) - done)
         page = pages.get(index)
+        chunk = data[done : done + take]
         if page is None:
+            if chunk == _ZEROS[:take]:
+                done += take
+                continue  # stays sparse: big journals cost only what is not zero
             page = pages[index] = bytearray(PAGE)
-        page[skip : skip + take] = data[done : done + take]
+        page[skip : skip + take] = chunk
         done += take
 
 
