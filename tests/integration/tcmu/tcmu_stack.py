@@ -109,9 +109,14 @@ class Stack:
         self.kernel.close()
 
 
-def open_stack(tmp: Path, *, num_blocks: int = 8192, sim: SimConfig | None = None) -> Stack:
+def open_stack(tmp: Path, *, num_blocks: int = 8192, sim: SimConfig | None = None,
+               guard: bool = False) -> Stack:
+    """`guard`: data blocks not owned by a live command are PROT_NONE in the handler's mapping
+    (a stray access kills the process, as SIGBUS would on a real device)."""
     kernel = SimKernel(tmp / "ring", sim or SimConfig())
     uio = SimUio(tmp / "ring")
+    if guard:
+        uio.guard_with(kernel)
     volume = open_volume(tmp / "vol", num_blocks)
     disk = ScsiDisk(volume, DiskIdentity(SERIAL))
     device = TcmuDevice(uio, disk, name="it", command_class=ScsiCommand, poll_interval=0.05)
