@@ -103,12 +103,14 @@ class TcmuDevice:
         try:
             results = self.executor.execute(cmds)
             if len(results) != len(cmds):
-                raise RuntimeError(f"executor returned {len(results)} results for {len(cmds)} commands")
+                raise RuntimeError(f"executor returned {len(results)} results for "
+                                   f"{len(cmds)} commands")
         except Exception:
             log.exception("device %s: executor failed; failing %d commands with HARDWARE ERROR",
                           self.name, len(cmds))
             results = [None] * len(cmds)
-        completions = [self._completion(req, cmd, res) for req, cmd, res in zip(requests, cmds, results, strict=True)]
+        completions = [self._safe_completion(req, cmd, res)
+                       for req, cmd, res in zip(requests, cmds, results, strict=True)]
         self.ring.complete(completions)
         # The kernel frees the data blocks only when it handles the poke below; release first so
         # a late access fails loudly (ValueError) instead of hitting a reclaimed page (SIGBUS).
@@ -124,10 +126,22 @@ class TcmuDevice:
         stats.max_batch = max(stats.max_batch, len(requests))
         self.transport.poke()
 
+    def _safe_completion(self, req: layout.CmdRequest, cmd: Any, result: Any) -> Completion:
+        """Every fetched command gets completed, whatever the executor handed back."""
+        if result is not None:
+            try:
+                return self._completion(req, cmd, result)
+            except Exception:
+                log.exception("device %s: unusable result %r for cmd %d", self.name, result,
+                              req.cmd_id)
+        return Completion(req.cmd_id, SAM_STAT_CHECK_CONDITION, _INTERNAL_FAILURE_SENSE)
+
     def _completion(self, req: layout.CmdRequest, cmd: Any, result: Any) -> Completion:
-        if result is None:
-            return Completion(req.cmd_id, SAM_STAT_CHECK_CONDITION, _INTERNAL_FAILURE_SENSE)
-        sense = bytes(result.sense[: layout.SENSE_BUFFERSIZE]) if result.status == SAM_STAT_CHECK_CONDITION else b""
+        status = int(result.status)
+        if not 0 <= status <= 0xFF:
+            raise ValueError(f"SAM status {status} does not fit a byte")
+        sense = bytes(result.sense[: layout.SENSE_BUFFERSIZE]) \
+            if status == SAM_STAT_CHECK_CONDITION else b""
         read_len = result.read_len
         if read_len is not None:
             data_in = cmd.bidi_in if req.bidi_count else cmd.data
@@ -139,7 +153,7 @@ class TcmuDevice:
                 # copies the whole buffer: zero what is not valid so no stale bytes leak out.
                 _zero_from(data_in, read_len)
                 read_len = None
-        return Completion(req.cmd_id, result.status, sense, read_len)
+        return Completion(req.cmd_id, status, sense, read_len)
 
 
 def _zero_from(bufs: Sequence[memoryview], start: int) -> None:

@@ -171,3 +171,20 @@ def test_timed_out_and_aborted_commands(served: Served) -> None:
     kernel.handle_completions()
     # the late write still landed: a write can reach the disk after the initiator saw it fail
     assert kernel.results[r].data_in == b"\x42" * 512 + b"\x43" * 512
+
+
+class Garbage:
+    def execute(self, cmds):
+        return [object() if i % 2 else ScsiResult(0x1FF) for i, _ in enumerate(cmds)]
+
+
+def test_unusable_results_still_complete_every_command(tmp_path: Path) -> None:
+    s = Served(tmp_path / "d", Garbage(), SimConfig(ring_bytes=4096, data_blocks=2))
+    with s.kernel.plugged():
+        tickets = [s.kernel.submit(bytes(6)) for _ in range(4)]
+    s.start()
+    try:
+        for res in s.kernel.wait_for(tickets):
+            assert res.status == 0x02 and res.sense[2] == 0x04  # HARDWARE ERROR, not a hang
+    finally:
+        s.close()
