@@ -122,6 +122,11 @@ class DeviceManager:
             try:
                 served.device.run()
                 return
+            except OSError as err:
+                # /dev/uioN answers EIO once the kernel unregistered it (device removed while
+                # no netlink reply was awaited): wait for udev/netlink to remove it here too.
+                log.warning("device %s: %s; loop stopped", served.name.name, err)
+                return
             except RingError:
                 log.exception("device %s: ring error", served.name.name)
                 if served.control is None:
