@@ -166,6 +166,8 @@ class Journal:
         if self._io is not None:
             try:
                 self.sync()
+                if self._slot_dirty:  # the last published head: durable too on a clean close
+                    self._io.sync()
             finally:
                 io, self._io = self._io, None
                 io.close()
@@ -274,6 +276,7 @@ class Journal:
         if self._mirror > self._mirror_on_disk:  # make the mirror checkpoint count
             self._publish()
             self._io.sync()
+            self._slot_dirty = False
             self._mirror_on_disk = self._mirror
         return last <= self._reclaimable()
 
@@ -359,6 +362,7 @@ class Journal:
             return
         written_mirror = self._slot_mirror
         self._io.sync()
+        self._slot_dirty = False
         self._mirror_on_disk = written_mirror  # the slot written before this sync is durable
         self._durable = self._head
         self._unsynced = False
@@ -368,6 +372,7 @@ class Journal:
         """Write the writer slot (durable head, mirror checkpoint); durable at the next sync."""
         self._writer_gen += 1
         self._slot_mirror = self._mirror
+        self._slot_dirty = True
         write_writer_slot(self._io, self.sb, self._writer_gen,
                           WriterCheckpoint(self._mirror, self._durable.seq, self._durable.block,
                                            self._durable.prev_crc))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 SECTOR = 512
 PAGE = 4096
-_ZEROS = memoryview(bytes(PAGE))
+_ZEROS = bytes(PAGE)
 
 
 class MachineCrashed(OSError):
@@ -59,7 +59,7 @@ def _write_pages(pages: dict[int, bytearray], offset: int, data: memoryview) -> 
         page = pages.get(index)
         chunk = data[done : done + take]
         if page is None:
-            if chunk == _ZEROS[:take]:
+            if chunk.tobytes() == (_ZEROS if take == PAGE else bytes(take)):
                 done += take
                 continue  # stays sparse: big journals cost only what is not zero
             page = pages[index] = bytearray(PAGE)
@@ -173,7 +173,7 @@ class SimFile:
         _read_pages(self._disk.visible, offset, view)
 
     def pwritev(self, offset: int, bufs: Sequence[bytes | memoryview]) -> None:
-        data = b"".join(bytes(b) for b in bufs)
+        data = b"".join(bufs)
         self._check(offset, len(data))
         self._machine._take_fault(self.name, "write")
         self._machine.writes[self.name] += 1
