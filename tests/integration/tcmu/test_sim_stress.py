@@ -139,6 +139,10 @@ def test_kill_9_mid_stream_then_reopen(tmp_path: Path) -> None:
                 if kernel.results[t].status == 0:
                     acked[lba] = data
             if i == 1000:
+                with kernel.plugged():  # a burst the handler cannot finish before the kill
+                    for _ in range(64):
+                        lba, data = rng.randrange(blocks), rng.randbytes(BS)
+                        in_flight[_submit(kernel, rw10(0x2A, lba, 1), data)] = (lba, data)
                 os.kill(proc.pid, signal.SIGKILL)   # mid-stream
                 proc.wait(timeout=10)
                 break
