@@ -28,6 +28,9 @@ Transmitter (``appliance-transmitter --config tx-<uuid>.toml``)::
     control_socket = "/run/appliance/transmitter-<uuid>.sock"
     compression = true; bandwidth_limit = 12500000   # bytes/s, optional
     blackout = ["08:00-18:00"]                       # optional, local time
+    mirror = "/var/lib/appliance/volumes/<uuid>/mirror"   # optional, with bitmap: resync
+    bitmap = "/var/lib/appliance/volumes/<uuid>/bitmap"
+    resync_skip_matching = false                     # initial sync of pre-seeded disks
     [tls]
     cert = "..."; key = "..."; ca = "..."
 """
@@ -183,6 +186,11 @@ class TransmitterConfig:
     batch_bytes: int = 1 << 20
     window_bytes: int = 16 << 20
     backoff_max_s: float = 10.0
+    mirror: Path | None = None          # primary mirror and bitmap: enable resync
+    bitmap: Path | None = None
+    resync_skip_matching: bool = False  # ship a region only if its hash differs at the peer
+    resync_region_bytes: int = 1 << 20
+    resync_clear_timeout_s: float = 30.0
 
 
 def _timing(d: dict, where: str) -> tuple[float, float]:
@@ -226,6 +234,12 @@ def receiver_config(d: dict, where: str = "receiver config") -> ReceiverConfig:
 def transmitter_config(d: dict, where: str = "transmitter config") -> TransmitterConfig:
     size, bs = _geometry(d, where)
     hb, dead = _timing(d, where)
+    if ("mirror" in d) != ("bitmap" in d):
+        raise ConfigError(f"{where}: resync needs both 'mirror' and 'bitmap' (or neither)")
+    region = _opt(d, "resync_region_bytes", int, 1 << 20, where)
+    if region <= 0 or region % bs or region > 16 << 20:
+        raise ConfigError(f"{where}: resync_region_bytes must be a multiple of {bs} up to "
+                          f"16 MiB, got {region}")
     limit = _opt(d, "bandwidth_limit", float, None, where) if "bandwidth_limit" in d else None
     if limit is not None and limit <= 0:
         raise ConfigError(f"{where}: bandwidth_limit must be positive bytes/s, got {limit}")
@@ -247,7 +261,15 @@ def transmitter_config(d: dict, where: str = "transmitter config") -> Transmitte
         heartbeat_s=hb, dead_after_s=dead,
         batch_bytes=_opt(d, "batch_bytes", int, 1 << 20, where),
         window_bytes=_opt(d, "window_bytes", int, 16 << 20, where),
-        backoff_max_s=_opt(d, "backoff_max_s", float, 10.0, where))
+        backoff_max_s=_opt(d, "backoff_max_s", float, 10.0, where),
+        mirror=_path_opt(d, "mirror", where), bitmap=_path_opt(d, "bitmap", where),
+        resync_skip_matching=_opt(d, "resync_skip_matching", bool, False, where),
+        resync_region_bytes=_opt(d, "resync_region_bytes", int, 1 << 20, where),
+        resync_clear_timeout_s=_opt(d, "resync_clear_timeout_s", float, 30.0, where))
+
+
+def _path_opt(d: dict, key: str, where: str) -> Path | None:
+    return Path(_typed(d[key], key, str, where)) if key in d else None
 
 
 def load_toml(path: Path) -> dict:

@@ -79,6 +79,7 @@ class Welcome:
     applied_seq: int           # highest seq applied to its mirror
     compression: str | None    # chosen from the primary's offer, or None
     heartbeat_s: float
+    inconsistent: bool = False  # an interrupted resync must be finished first
     protocol: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict:
@@ -92,7 +93,8 @@ class Welcome:
         hb = _get(d, "heartbeat_s", (int, float))
         return cls(identity=_get(d, "identity", str), last_seq=_get(d, "last_seq", int),
                    applied_seq=_get(d, "applied_seq", int), compression=comp,
-                   heartbeat_s=float(hb), protocol=_get(d, "protocol", int))
+                   heartbeat_s=float(hb), inconsistent=bool(d.get("inconsistent", False)),
+                   protocol=_get(d, "protocol", int))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,7 @@ class VolumeBinding:
     generation: int
     last_seq: int | None       # None: no replica journal yet
     applied_seq: int
+    inconsistent: bool = False
 
 
 def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
@@ -158,4 +161,5 @@ def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
         last_seq, applied = binding.last_seq, binding.applied_seq
     comp = next((c for c in hello.compression if c in COMPRESSIONS), None)
     return Welcome(identity=receiver_identity, last_seq=last_seq, applied_seq=applied,
-                   compression=comp if allow_compression else None, heartbeat_s=heartbeat_s)
+                   compression=comp if allow_compression else None, heartbeat_s=heartbeat_s,
+                   inconsistent=binding.inconsistent)

@@ -119,7 +119,8 @@ class Replica:
 
     def binding(self) -> VolumeBinding:
         last = None if self.journal is None else self.journal.next_seq - 1
-        return VolumeBinding(self.primary, self.generation, last, self.applied_seq)
+        return VolumeBinding(self.primary, self.generation, last, self.applied_seq,
+                             inconsistent=self.inconsistent_since is not None)
 
     @property
     def mirror_durable_seq(self) -> int:

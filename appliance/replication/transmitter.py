@@ -41,6 +41,7 @@ from appliance.replication.handshake import (
 )
 from appliance.replication.link import FrameLink, LinkClosed, TokenBucket, run_blocking
 from appliance.replication.replica import from_journal
+from appliance.replication.resync import ResyncDriver, ResyncProgress
 from appliance.replication.status import LinkStatus, RateMeter, TransmitterCounters
 from appliance.replication.tls import client_context
 
@@ -57,6 +58,7 @@ class Transmitter:
         self.cfg = cfg
         self.link = LinkStatus()
         self.counters = TransmitterCounters()
+        self.resync_progress = ResyncProgress()
         self.rate = RateMeter()
         self._ssl = client_context(cfg.tls) if cfg.tls is not None else None
         self._limiter = TokenBucket(cfg.bandwidth_limit) if cfg.bandwidth_limit else None
@@ -81,6 +83,7 @@ class Transmitter:
             "lag_bytes_in_flight": inflight_bytes, "lag_seconds": round(lag_s, 3),
             "throughput_bytes_per_s": round(self.rate.rate()),
             "bandwidth_limit": self.cfg.bandwidth_limit,
+            "resync": self.resync_progress.as_dict(),
         }
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -190,9 +193,20 @@ class _Session:
         self._acked = asyncio.Event()
         self._last_sent = time.monotonic()
         self._last_ack = time.monotonic()
+        self.welcome = welcome
+        # The resync driver pauses record shipping while regions go out.
+        self.records_paused = welcome.inconsistent
+        self.resync: ResyncDriver | None = None
+        if self.cfg.bitmap is not None:
+            self.resync = ResyncDriver(self, tx.resync_progress)
 
     async def run(self) -> None:
+        if self.resync is None and self.welcome.inconsistent:
+            raise PeerRefused("the peer is inconsistent from an interrupted resync, and this "
+                              "transmitter has no 'mirror'/'bitmap' configured to finish it")
         tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop())]
+        if self.resync is not None:
+            tasks.append(asyncio.create_task(self.resync.run(self.welcome.inconsistent)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
@@ -201,6 +215,8 @@ class _Session:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.resync is not None:
+                self.resync.close()
 
     def _inflight_bytes(self) -> int:
         return sum(b for _, b, _ in self.tx._inflight)
@@ -212,6 +228,9 @@ class _Session:
             if self.cfg.blackout and in_window(dt.datetime.now().time(), self.cfg.blackout):
                 tx.link.set_state("paused:blackout-window")
                 await self._idle(1.0)
+                continue
+            if self.records_paused:
+                await self._idle(0.02)
                 continue
             tx.link.set_state("replicating")
             self._resend_if_ack_overdue()
@@ -298,6 +317,10 @@ class _Session:
                 self.next_seq = seq
                 while tx._inflight and tx._inflight[-1][0] >= seq:
                     tx._inflight.pop()
+            elif frame.type is FT.REGION_ACK and self.resync is not None:
+                self.resync.on_region_ack()
+            elif frame.type is FT.HASH_REPLY and self.resync is not None:
+                self.resync.on_hash_reply(*wire.decode_hash_reply(frame.payload))
             elif frame.type in (FT.ERROR, FT.REFUSE):
                 raise PeerRefused(str(wire.decode_json(frame.payload).get("reason")))
             else:

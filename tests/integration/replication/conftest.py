@@ -109,7 +109,7 @@ class Pair:
              identity: str | None = None, cert: str | None = None, ca: str = "ca",
              port: int | None = None, tls: bool = True, compression: bool = True,
              size_blocks: int | None = None, extra: str = "",
-             volume_of: Site | None = None) -> Site:
+             volume_of: Site | None = None, resync: bool = False) -> Site:
         """A transmitter config; ``volume_of`` reuses another site's volume (its journal)."""
         vid = volume_of.uuid if volume_of else (vol or uuid.uuid4())
         d = volume_of.dir if volume_of else self.root / name
@@ -124,6 +124,8 @@ class Pair:
                  "heartbeat_s = 0.5", "dead_after_s = 3.0", "backoff_max_s = 1.0"]
         if not tls:
             lines.append("insecure = true")
+        if resync:
+            lines += [f'mirror = "{d / "mirror"}"', f'bitmap = "{d / "bitmap"}"']
         text = "\n".join(lines) + "\n" + extra
         if tls:
             text += self.pki.tls_toml(cert or name, ca)
@@ -137,12 +139,13 @@ class Pair:
         self.procs.append(p)
         return p
 
-    def writer(self, site: Site, ops: int, *, pause: float = 0.0, seed: int = 1) -> Proc:
+    def writer(self, site: Site, ops: int, *, pause: float = 0.0, seed: int = 1,
+               journal_size: int = 8 << 20, linger: bool = False) -> Proc:
         p = Proc(f"writer-{site.name}",
                  [PY, str(HERE / "repl_writer.py"), "--volume-dir", str(site.dir),
                   "--uuid", str(site.uuid), "--blocks", str(site.blocks), "--log",
                   str(site.log), "--ops", str(ops), "--pause", str(pause), "--seed", str(seed),
-                  "--journal-size", str(8 << 20)],
+                  "--journal-size", str(journal_size)] + (["--linger"] if linger else []),
                  self.root / f"writer-{site.name}.log")
         self.procs.append(p)
         return p

@@ -11,7 +11,9 @@ continues.
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import signal
 import sys
 import time
 import uuid
@@ -49,7 +51,12 @@ def main() -> int:
     p.add_argument("--ops", type=int, required=True, help="stop after the log has this many")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--pause", type=float, default=0.0, help="seconds between ops")
+    p.add_argument("--linger", action="store_true",
+                   help="after the ops, keep servicing the volume (resync clear requests, "
+                        "return to journaling) until SIGTERM, like an idle handler")
     ns = p.parse_args()
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 
     done = read_log(ns.log) if ns.log.exists() else []
     # Drop a torn last line (kill -9 in the middle of writing it).
@@ -70,6 +77,10 @@ def main() -> int:
                 if ns.pause:
                     time.sleep(ns.pause)
         vol.flush()
+        while ns.linger and not stop:
+            vol.service()
+            time.sleep(0.02)
+        print("writer: status " + json.dumps(vol.status(), default=str), flush=True)
     finally:
         vol.close()
     print(f"writer: log holds {ns.ops} ops", flush=True)

@@ -1,0 +1,194 @@
+"""Bitmap-driven resync and initial synchronisation, transmitter side.
+
+When the primary's journal overflowed, the write fork logs writes in a dirty-region bitmap
+(``appliance.volume``); a full resync (initial sync, failback) marks every chunk dirty. This
+driver, running inside a connected transmitter session:
+
+1. lets the journal drain up to the bitmap's ``overflow_seq`` (older records must reach the
+   peer before any newer region does),
+2. pauses record shipping and sends RESYNC_BEGIN: the receiver says ``inconsistent`` from now
+   on and saves old contents (undo) before every overwrite,
+3. ships the dirty regions read from the primary mirror (optionally only those whose hash
+   differs, for pre-seeded disks), waits until each is durable at the peer, and asks the
+   writer to clear the shipped chunks; repeats while writes keep dirtying chunks,
+4. once the bitmap is clean and the writer is journaling again, sends RESYNC_END naming the
+   journal head: the peer is consistent again once it has applied up to that seq. Record
+   shipping resumes (records already contained in shipped regions are simply applied again).
+
+A link lost midway is harmless: chunks are cleared only after the peer acknowledged them, and
+the receiver keeps its undo log and inconsistent state until a RESYNC_END completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from appliance import storage
+from appliance.replication import wire
+from appliance.replication.link import run_blocking
+from appliance.replication.status import RateMeter
+from appliance.volume.resync import ResyncSnapshot, ResyncSource, region_extent
+
+if TYPE_CHECKING:
+    from appliance.replication.transmitter import _Session
+
+log = logging.getLogger("appliance.transmitter")
+FT = wire.FrameType
+WINDOW = 16    # regions in flight (and per hash request)
+
+
+@dataclass
+class ResyncProgress:
+    state: str = "idle"                 # idle | draining | resyncing | waiting-for-writer
+    since: float | None = None
+    passes: int = 0
+    total_bytes: int = 0
+    done_bytes: int = 0                 # shipped and durable at the peer
+    skipped_bytes: int = 0              # hash matched, not shipped
+    completed: int = 0
+    rate: RateMeter = field(default_factory=RateMeter, repr=False)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "rate"}
+        rate = self.rate.rate()
+        left = max(0, self.total_bytes - self.done_bytes - self.skipped_bytes)
+        d["bytes_per_s"] = round(rate)
+        d["eta_s"] = round(left / rate, 1) if rate > 0 else None
+        return d
+
+
+def split_regions(snap: ResyncSnapshot, volume_bytes: int, region_bytes: int
+                  ) -> list[tuple[int, int]]:
+    """(offset, length) pieces of at most ``region_bytes`` covering the dirty runs."""
+    out = []
+    for first, count in snap.runs:
+        start, length = region_extent(snap.chunk_size, first, count, volume_bytes)
+        for off in range(start, start + length, region_bytes):
+            out.append((off, min(region_bytes, start + length - off)))
+    return out
+
+
+def digest(data: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+class ResyncDriver:
+    def __init__(self, session: _Session, progress: ResyncProgress) -> None:
+        self.s = session
+        self.cfg = session.cfg
+        self.progress = progress
+        self._acked_regions = 0
+        self._region_event = asyncio.Event()
+        self._replies: dict[int, list[int]] = {}
+        self._reply_event = asyncio.Event()
+        self._next_rid = 0
+        assert self.cfg.bitmap is not None and self.cfg.mirror is not None
+        self._bitmap_io = storage.open_file(self.cfg.bitmap)
+        self._mirror = storage.open_file(self.cfg.mirror)
+        self.source = ResyncSource(self._bitmap_io)
+
+    def close(self) -> None:
+        self._bitmap_io.close()
+        self._mirror.close()
+
+    # --- frames from the receiver (called by the session's receive loop) ---------------
+
+    def on_region_ack(self) -> None:
+        self._acked_regions += 1
+        self._region_event.set()
+
+    def on_hash_reply(self, rid: int, differing: list[int]) -> None:
+        self._replies[rid] = differing
+        self._reply_event.set()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self, peer_inconsistent: bool) -> None:
+        """Watch the bitmap for the whole session; resync whenever chunks are dirty."""
+        if peer_inconsistent:
+            log.warning("volume %s: the peer is inconsistent from an interrupted resync; "
+                        "finishing it", self.cfg.volume_uuid)
+            await self.resync(await run_blocking(self.source.snapshot))
+        while True:
+            snap = await run_blocking(self.source.snapshot)
+            if snap.runs:
+                await self.resync(snap)
+            await asyncio.sleep(0.2)
+
+    async def resync(self, snap: ResyncSnapshot) -> None:
+        p, s = self.progress, self.s
+        p.state, p.since = "draining", time.time()
+        p.total_bytes = p.done_bytes = p.skipped_bytes = 0
+        while s.reader.acked_seq < snap.overflow_seq:      # older records first
+            await asyncio.sleep(0.02)
+        s.records_paused = True
+        try:
+            while s.tx._inflight:
+                await asyncio.sleep(0.01)
+            await s.link.send_json(FT.RESYNC_BEGIN, {"since": p.since,
+                                                     "overflow_seq": snap.overflow_seq})
+            p.state = "resyncing"
+            log.warning("volume %s: resync of %d dirty chunks begins (peer inconsistent)",
+                        self.cfg.volume_uuid, snap.dirty_chunks)
+            while True:
+                snap = await run_blocking(self.source.snapshot)
+                if not snap.runs:
+                    if not snap.logging:
+                        break
+                    p.state = "waiting-for-writer"      # it switches back to journaling
+                    await asyncio.sleep(0.02)
+                    continue
+                p.state = "resyncing"
+                p.passes += 1
+                await self._ship(split_regions(snap, self.cfg.size_bytes,
+                                               self.cfg.resync_region_bytes))
+                await run_blocking(lambda snap=snap: self.source.clear_shipped(
+                    snap, list(snap.runs), timeout=self.cfg.resync_clear_timeout_s))
+            head = await run_blocking(lambda: s.reader.durable_seq - 1)
+            await s.link.send_json(FT.RESYNC_END, {"consistent_at_seq": head})
+            p.state, p.completed = "idle", p.completed + 1
+            log.warning("volume %s: resync shipped %d bytes (%d skipped as identical); "
+                        "peer consistent once seq %d is applied", self.cfg.volume_uuid,
+                        p.done_bytes, p.skipped_bytes, head)
+        finally:
+            s.records_paused = False
+
+    def _read(self, offset: int, length: int) -> bytes:
+        buf = bytearray(length)
+        self._mirror.pread_into(offset, memoryview(buf))
+        return bytes(buf)
+
+    async def _ship(self, regions: list[tuple[int, int]]) -> None:
+        p = self.progress
+        p.total_bytes += sum(length for _, length in regions)
+        for i in range(0, len(regions), WINDOW):
+            window = regions[i : i + WINDOW]
+            datas = await run_blocking(lambda w=window: [self._read(o, n) for o, n in w])
+            send = list(range(len(window)))
+            if self.cfg.resync_skip_matching:
+                send = await self._differing(window, datas)
+                p.skipped_bytes += sum(window[j][1] for j in range(len(window)) if j not in send)
+            target = self._acked_regions + len(send)
+            for j in send:
+                await self.s.link.send(FT.REGION, wire.encode_region(window[j][0], datas[j]))
+            while self._acked_regions < target:
+                self._region_event.clear()
+                await asyncio.wait_for(self._region_event.wait(), self.cfg.dead_after_s * 4)
+            shipped = sum(window[j][1] for j in send)
+            p.done_bytes += shipped
+            p.rate.add(shipped)
+
+    async def _differing(self, window: list[tuple[int, int]], datas: list[bytes]) -> list[int]:
+        self._next_rid += 1
+        rid = self._next_rid
+        hashes = [(o, n, digest(d)) for (o, n), d in zip(window, datas, strict=True)]
+        await self.s.link.send(FT.HASHES, wire.encode_hashes(rid, hashes))
+        while rid not in self._replies:
+            self._reply_event.clear()
+            await asyncio.wait_for(self._reply_event.wait(), self.cfg.dead_after_s * 4)
+        return self._replies.pop(rid)
