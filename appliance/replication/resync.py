@@ -44,7 +44,7 @@ WINDOW = 16    # regions in flight (and per hash request)
 
 @dataclass
 class ResyncProgress:
-    state: str = "idle"                 # idle | draining | resyncing | waiting-for-writer
+    state: str = "idle"          # idle | draining | resyncing | waiting-for-writer | repairing
     since: float | None = None
     passes: int = 0
     total_bytes: int = 0
@@ -87,6 +87,7 @@ class ResyncDriver:
         self._replies: dict[int, list[int]] = {}
         self._reply_event = asyncio.Event()
         self._next_rid = 0
+        self.busy = asyncio.Lock()      # one resync or repair at a time
         assert self.cfg.bitmap is not None and self.cfg.mirror is not None
         self._bitmap_io = storage.open_file(self.cfg.bitmap)
         self._mirror = storage.open_file(self.cfg.mirror)
@@ -120,7 +121,39 @@ class ResyncDriver:
                 await self.resync(snap)
             await asyncio.sleep(0.2)
 
+    async def repair(self, regions: list[tuple[int, int]]) -> None:
+        """Ship given regions (verify found them different) through the resync path."""
+        async with self.busy:
+            await self._repair(regions)
+
+    async def _repair(self, regions: list[tuple[int, int]]) -> None:
+        p, s = self.progress, self.s
+        p.state, p.since = "repairing", time.time()
+        p.total_bytes = p.done_bytes = p.skipped_bytes = 0
+        s.records_paused = True
+        try:
+            await self._begin({"since": p.since, "reason": "verify repair"})
+            await self._ship(regions)
+            await self._end()
+        finally:
+            s.records_paused = False
+
+    async def _begin(self, info: dict) -> None:
+        while self.s.tx._inflight:
+            await asyncio.sleep(0.01)
+        await self.s.link.send_json(FT.RESYNC_BEGIN, info)
+
+    async def _end(self) -> int:
+        head = await run_blocking(lambda: self.s.reader.durable_seq - 1)
+        await self.s.link.send_json(FT.RESYNC_END, {"consistent_at_seq": head})
+        self.progress.state, self.progress.completed = "idle", self.progress.completed + 1
+        return head
+
     async def resync(self, snap: ResyncSnapshot) -> None:
+        async with self.busy:
+            await self._resync(snap)
+
+    async def _resync(self, snap: ResyncSnapshot) -> None:
         p, s = self.progress, self.s
         p.state, p.since = "draining", time.time()
         p.total_bytes = p.done_bytes = p.skipped_bytes = 0
@@ -128,10 +161,7 @@ class ResyncDriver:
             await asyncio.sleep(0.02)
         s.records_paused = True
         try:
-            while s.tx._inflight:
-                await asyncio.sleep(0.01)
-            await s.link.send_json(FT.RESYNC_BEGIN, {"since": p.since,
-                                                     "overflow_seq": snap.overflow_seq})
+            await self._begin({"since": p.since, "overflow_seq": snap.overflow_seq})
             p.state = "resyncing"
             log.warning("volume %s: resync of %d dirty chunks begins (peer inconsistent)",
                         self.cfg.volume_uuid, snap.dirty_chunks)
@@ -149,16 +179,14 @@ class ResyncDriver:
                                                self.cfg.resync_region_bytes))
                 await run_blocking(lambda snap=snap: self.source.clear_shipped(
                     snap, list(snap.runs), timeout=self.cfg.resync_clear_timeout_s))
-            head = await run_blocking(lambda: s.reader.durable_seq - 1)
-            await s.link.send_json(FT.RESYNC_END, {"consistent_at_seq": head})
-            p.state, p.completed = "idle", p.completed + 1
+            head = await self._end()
             log.warning("volume %s: resync shipped %d bytes (%d skipped as identical); "
                         "peer consistent once seq %d is applied", self.cfg.volume_uuid,
                         p.done_bytes, p.skipped_bytes, head)
         finally:
             s.records_paused = False
 
-    def _read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes:
         buf = bytearray(length)
         self._mirror.pread_into(offset, memoryview(buf))
         return bytes(buf)
@@ -168,10 +196,11 @@ class ResyncDriver:
         p.total_bytes += sum(length for _, length in regions)
         for i in range(0, len(regions), WINDOW):
             window = regions[i : i + WINDOW]
-            datas = await run_blocking(lambda w=window: [self._read(o, n) for o, n in w])
+            datas = await run_blocking(lambda w=window: [self.read(o, n) for o, n in w])
             send = list(range(len(window)))
             if self.cfg.resync_skip_matching:
-                send = await self._differing(window, datas)
+                send = await self.compare([(o, n, digest(d))
+                                           for (o, n), d in zip(window, datas, strict=True)])
                 p.skipped_bytes += sum(window[j][1] for j in range(len(window)) if j not in send)
             target = self._acked_regions + len(send)
             for j in send:
@@ -183,10 +212,10 @@ class ResyncDriver:
             p.done_bytes += shipped
             p.rate.add(shipped)
 
-    async def _differing(self, window: list[tuple[int, int]], datas: list[bytes]) -> list[int]:
+    async def compare(self, hashes: list[tuple[int, int, bytes]]) -> list[int]:
+        """Indices of the regions whose hash differs on the peer's mirror."""
         self._next_rid += 1
         rid = self._next_rid
-        hashes = [(o, n, digest(d)) for (o, n), d in zip(window, datas, strict=True)]
         await self.s.link.send(FT.HASHES, wire.encode_hashes(rid, hashes))
         while rid not in self._replies:
             self._reply_event.clear()

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from appliance.control.server import ControlServer
+from appliance.control.server import CommandError, ControlServer
 from appliance.journal import JournalError, JournalReader, RecordsGone
 from appliance.replication import wire
 from appliance.replication.config import (
@@ -44,6 +44,7 @@ from appliance.replication.replica import from_journal
 from appliance.replication.resync import ResyncDriver, ResyncProgress
 from appliance.replication.status import LinkStatus, RateMeter, TransmitterCounters
 from appliance.replication.tls import client_context
+from appliance.replication.verify import VerifyReport, verify
 
 log = logging.getLogger("appliance.transmitter")
 FT = wire.FrameType
@@ -59,11 +60,14 @@ class Transmitter:
         self.link = LinkStatus()
         self.counters = TransmitterCounters()
         self.resync_progress = ResyncProgress()
+        self.verify_report = VerifyReport()
+        self.session: _Session | None = None
         self.rate = RateMeter()
         self._ssl = client_context(cfg.tls) if cfg.tls is not None else None
         self._limiter = TokenBucket(cfg.bandwidth_limit) if cfg.bandwidth_limit else None
         self.reader: JournalReader | None = None
-        self.control = ControlServer(cfg.control_socket, {"status": self.status})
+        self.control = ControlServer(cfg.control_socket, {"status": self.status,
+                                                          "verify": self.start_verify})
         self._stop = asyncio.Event()
         self._inflight: deque[tuple[int, int, int]] = deque()   # (last seq, bytes, first ts)
 
@@ -84,7 +88,28 @@ class Transmitter:
             "throughput_bytes_per_s": round(self.rate.rate()),
             "bandwidth_limit": self.cfg.bandwidth_limit,
             "resync": self.resync_progress.as_dict(),
+            "verify": self.verify_report.as_dict(),
         }
+
+    def start_verify(self, args: dict) -> dict:
+        """Control command: {"repair": false, "region_bytes": 1048576}."""
+        repair = args.get("repair", False)
+        region = args.get("region_bytes", 1 << 20)
+        if not isinstance(repair, bool):
+            raise CommandError("repair must be true or false")
+        if not isinstance(region, int) or region <= 0 or region % self.cfg.block_size \
+                or region > 16 << 20:
+            raise CommandError(f"region_bytes must be a multiple of {self.cfg.block_size} "
+                               f"up to 16 MiB")
+        if self.cfg.mirror is None:
+            raise CommandError("verify needs 'mirror' and 'bitmap' in the transmitter config")
+        if self.session is None or self.link.state != "replicating":
+            raise CommandError(f"not connected to the peer (state {self.link.state}); "
+                               f"verify runs over a live link")
+        if self.verify_report.state == "running":
+            raise CommandError("a verify is already running")
+        self.session.start_verify(region, repair)
+        return {"started": True, "regions": -(-self.cfg.size_bytes // region)}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -145,8 +170,10 @@ class Transmitter:
             log.info("volume %s: connected to %s (%s) at seq %d%s", self.cfg.volume_uuid,
                      welcome.identity, link.peer, welcome.last_seq,
                      ", zstd" if welcome.compression else "")
-            await _Session(self, link, reader, welcome).run()
+            self.session = _Session(self, link, reader, welcome)
+            await self.session.run()
         finally:
+            self.session = None
             self._inflight.clear()
             if self.link.state == "replicating":
                 self.link.disconnects += 1
@@ -197,6 +224,7 @@ class _Session:
         # The resync driver pauses record shipping while regions go out.
         self.records_paused = welcome.inconsistent
         self.resync: ResyncDriver | None = None
+        self._extra: list[asyncio.Task] = []    # verify runs
         if self.cfg.bitmap is not None:
             self.resync = ResyncDriver(self, tx.resync_progress)
 
@@ -212,11 +240,21 @@ class _Session:
             for t in done:
                 t.result()
         finally:
-            for t in tasks:
+            for t in [*tasks, *self._extra]:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._extra, return_exceptions=True)
             if self.resync is not None:
                 self.resync.close()
+
+    def start_verify(self, region_bytes: int, repair: bool) -> None:
+        async def run() -> None:
+            report = self.tx.verify_report
+            try:
+                await verify(self, report, region_bytes=region_bytes, repair=repair)
+            except Exception as err:   # reported in status; the link itself carries on
+                report.state, report.error = "failed", f"{type(err).__name__}: {err}"
+                log.error("volume %s: verify failed: %s", self.cfg.volume_uuid, err)
+        self._extra.append(asyncio.create_task(run()))
 
     def _inflight_bytes(self) -> int:
         return sum(b for _, b, _ in self.tx._inflight)
