@@ -33,6 +33,8 @@ FAMILY_NAME = "TCM-USER"
 MCAST_GROUP = "config"
 GENL_VERSION = 2
 SOL_NETLINK = 270
+# linux/netlink.h; Python's socket module exports NETLINK_ROUTE and a few others, not this one
+NETLINK_GENERIC = 16
 NETLINK_ADD_MEMBERSHIP = 1
 
 
@@ -202,7 +204,7 @@ class TcmuNetlink:
         if MCAST_GROUP not in groups:
             raise NetlinkError(f"family {family!r} has no {MCAST_GROUP!r} multicast group")
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                             socket.NETLINK_GENERIC)
+                             NETLINK_GENERIC)
         try:
             sock.bind((0, 0))  # unconnected netlink: send() goes to the kernel (port 0)
             sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, groups[MCAST_GROUP])
