@@ -34,7 +34,7 @@ HEADER_BLOCKS = 8  # the record area starts here
 
 MIN_SEGMENT_BLOCKS = 16  # 64 KiB
 MIN_SEGMENTS = 4
-DEFAULT_SEGMENT_BLOCKS = 2048  # 8 MiB: the largest single write the journal takes
+DEFAULT_SEGMENT_BLOCKS = 8192  # 32 MiB: bounds the largest write and the recovery scan
 MIN_JOURNAL_BYTES = (HEADER_BLOCKS + MIN_SEGMENTS * MIN_SEGMENT_BLOCKS) * JBLOCK
 MAX_SEQ = 2**63 - 1
 

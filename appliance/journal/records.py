@@ -118,32 +118,37 @@ def parse_meta(block: bytes | bytearray | memoryview, journal_uuid: uuid.UUID, p
                       prev_crc, data_crc, data_bytes, entries, header_crc)
 
 
+_KINDS = {int(k): k for k in OpKind}
+_WHAT = {OpKind.WRITE: "{n} blocks of {bs} bytes", OpKind.WRITE_SAME: "exactly one block of {bs} bytes",
+         OpKind.UNMAP: "no data"}
+
+
 def check_op(op: WriteOp, sb: Superblock) -> int:
     """Validate one write against the volume geometry; return its payload length."""
-    try:
-        kind = OpKind(op.kind)
-    except ValueError as err:
+    kind = _KINDS.get(op.kind) if isinstance(op.kind, int) else None
+    if kind is None:
         raise InvalidRequest(f"unknown write kind {op.kind!r}; use OpKind.WRITE, "
-                             f"WRITE_SAME or UNMAP") from err
-    if not isinstance(op.lba, int) or not isinstance(op.nblocks, int):
-        raise InvalidRequest(f"lba and nblocks must be integers, got {op.lba!r}, {op.nblocks!r}")
-    if op.nblocks < 1:
-        raise InvalidRequest(f"a write must cover at least one block, got nblocks={op.nblocks}")
-    if op.lba < 0 or op.lba + op.nblocks > sb.volume_blocks:
+                             f"WRITE_SAME or UNMAP")
+    lba, nblocks = op.lba, op.nblocks
+    if type(lba) is not int or type(nblocks) is not int:
+        raise InvalidRequest(f"lba and nblocks must be integers, got {lba!r}, {nblocks!r}")
+    if nblocks < 1:
+        raise InvalidRequest(f"a write must cover at least one block, got nblocks={nblocks}")
+    if lba < 0 or lba + nblocks > sb.volume_blocks:
         raise InvalidRequest(
-            f"blocks {op.lba}..{op.lba + op.nblocks - 1} are outside the volume of "
+            f"blocks {lba}..{lba + nblocks - 1} are outside the volume of "
             f"{sb.volume_blocks} blocks of {sb.volume_block_size} bytes")
-    want = op_data_len(kind, op.nblocks, sb.volume_block_size)
-    got = len(op.data) if isinstance(op.data, bytes) else memoryview(op.data).nbytes
+    bs = sb.volume_block_size
+    want = nblocks * bs if kind == OpKind.WRITE else bs if kind == OpKind.WRITE_SAME else 0
+    data = op.data
+    got = data.nbytes if isinstance(data, memoryview) else len(data)
     if got != want:
-        what = {OpKind.WRITE: f"{op.nblocks} blocks of {sb.volume_block_size} bytes",
-                OpKind.WRITE_SAME: f"exactly one block of {sb.volume_block_size} bytes",
-                OpKind.UNMAP: "no data"}[kind]
-        raise InvalidRequest(f"{kind.name} at lba {op.lba} carries {got} bytes of data; "
+        what = _WHAT[kind].format(n=nblocks, bs=bs)
+        raise InvalidRequest(f"{kind.name} at lba {lba} carries {got} bytes of data; "
                              f"it must carry {what} ({want} bytes)")
-    limit = sb.max_op_data_blocks * JBLOCK
-    if want > limit:
+    if want > sb.max_op_data_blocks * JBLOCK:
         raise InvalidRequest(
-            f"a single write of {want} bytes exceeds the journal's limit of {limit} bytes "
-            f"(segment size {sb.segment_blocks * JBLOCK} minus one metadata block); split it")
+            f"a single write of {want} bytes exceeds the journal's limit of "
+            f"{sb.max_op_data_blocks * JBLOCK} bytes (segment size "
+            f"{sb.segment_blocks * JBLOCK} minus one metadata block); split it")
     return want

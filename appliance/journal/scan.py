@@ -140,14 +140,18 @@ class Walker:
         self.area = area
         self.point = start
         self.check_link = check_first_link
-        self.window = max(1, window_blocks)
+        self.max_window = max(1, window_blocks)
+        self.window = min(16, self.max_window)  # grows while reads stay sequential
         self.why = ""
         self._buf = bytearray()
         self._buf_start = 0
 
     def _view(self, block: int, count: int) -> memoryview:
         start = self._buf_start
-        if not (start <= block and block + count <= start + len(self._buf) // JBLOCK):
+        end = start + len(self._buf) // JBLOCK
+        if not (start <= block and block + count <= end):
+            if block == end:  # sequential: read ahead further, like the kernel does
+                self.window = min(self.window * 4, self.max_window)
             seg_end = self.area.segment_end(block)
             want = min(seg_end - block, max(self.window, count))
             self._buf = self.area.read(block, want)
@@ -220,15 +224,13 @@ def find_head(area: Area, anchor: WriterCheckpoint) -> tuple[ChainPoint, RecordM
 
 
 def _check_nothing_durable_beyond(area: Area, head: ChainPoint, why: str) -> None:
-    """Bounded forward scan past the head (rest of its segment and the next segment): a
+    """Bounded forward scan past the head (rest of its segment, start of the next one): a
     record there that was written after seq `head.seq` had been synced proves that the
     record at the head was durable, so its damage is corruption, not a torn write."""
     total = area.m * area.S
     start = head.block % total
-    end = area.segment_end(start) + area.S
-    spans = [(start, min(end, total))]
-    if end > total:
-        spans.append((0, end - total))
+    seg_end = area.segment_end(start) if start % area.S else start
+    spans = [(start, seg_end), (seg_end % total, seg_end % total + 1)]
     for lo, hi in spans:
         if hi <= lo:
             continue

@@ -245,26 +245,45 @@ class Journal:
         return range(first, self._head.seq)
 
     def _plan(self, ops: Sequence[WriteOp], lengths: Sequence[int]) -> list[_Planned]:
-        S = self.sb.segment_blocks
-        groups: list[tuple[int, int, int]] = []  # (start, stop, data bytes)
-        start, size = 0, 0
-        for i, length in enumerate(lengths):
-            if i > start and (i - start >= MAX_OPS_PER_RECORD
-                              or 1 + data_blocks(size + length) > S):
-                groups.append((start, i, size))
-                start, size = i, 0
-            size += length
-        groups.append((start, len(ops), size))
-        plan: list[_Planned] = []
+        """Place the batch. A batch that fits in one segment never straddles two: it
+        starts a fresh segment instead (after a PAD), because entering a segment with
+        unsynced records costs an fdatasync. Group commit then needs one sync per batch."""
         pos = self._head.block
-        for lo, hi, size in groups:
-            need = 1 + data_blocks(size)
+        plan = self._pack(ops, lengths, pos)
+        S = self.sb.segment_blocks
+        if pos % S and any(p.enters_segment for p in plan):
             room = S - pos % S
-            if pos % S and need > room:
-                plan.append(_Planned(pos, (), (), room, False))
-                pos = (pos + room) % self._total
+            fresh = self._pack(ops, lengths, (pos + room) % self._total)
+            if sum(p.enters_segment for p in fresh) == 1:
+                plan = [_Planned(pos, (), (), room, False), *fresh]
+        return plan
+
+    def _pack(self, ops: Sequence[WriteOp], lengths: Sequence[int], pos: int
+              ) -> list[_Planned]:
+        """Records grow while they fit the rest of their segment; a write that fits no
+        more closes the record, and a new record that does not fit the rest of the
+        segment goes to the next one, after a PAD record."""
+        S = self.sb.segment_blocks
+        plan: list[_Planned] = []
+        lo, size = 0, 0  # the open record: ops[lo:i], `size` data bytes, starting at pos
+
+        def close(hi: int) -> None:
+            nonlocal pos
+            need = 1 + data_blocks(size)
             plan.append(_Planned(pos, ops[lo:hi], lengths[lo:hi], need, pos % S == 0))
             pos = (pos + need) % self._total
+
+        for i, length in enumerate(lengths):
+            if i > lo and (i - lo >= MAX_OPS_PER_RECORD
+                           or 1 + data_blocks(size + length) > S - pos % S):
+                close(i)
+                lo, size = i, 0
+            if i == lo and pos % S and 1 + data_blocks(length) > S - pos % S:
+                room = S - pos % S
+                plan.append(_Planned(pos, (), (), room, False))
+                pos = (pos + room) % self._total
+            size += length
+        close(len(ops))
         return plan
 
     def _segment_free(self, segment: int) -> bool:
