@@ -98,3 +98,62 @@ def test_daemon_adopts_serves_reconfigures_and_stops(tmp_path: Path) -> None:
     finally:
         daemon.shutdown()
         kernel.close()
+
+
+def test_netlink_events_drive_the_daemon(tmp_path: Path) -> None:
+    """A fake kernel on the netlink socket: ADDED → served (reply 0), commands flow, restore's
+    no-op RECONFIG → 0, REMOVED → 0; every reply carries the event's DEVICE_ID."""
+    import socket
+    import threading
+
+    from appliance.tcmu.netlink import TcmuNetlink, decode_reply, encode_event, split_messages
+
+    family = 0x1C
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    cfg = f"mirror/mirror={data_dir}/m.img;journal={data_dir}/j.jnl;journal_size=64M"
+    config = _fake_system(tmp_path, cfg)
+    (tmp_path / "class_uio" / "uio3" / "name").unlink()  # not there at start: nothing adopted
+    kernel = SimKernel(tmp_path / "ring", SimConfig(ring_bytes=1 << 20, data_blocks=256))
+    daemon = HandlerDaemon(config, open_transport=lambda minor, name: SimUio(tmp_path / "ring"))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.settimeout(30)
+    link = TcmuNetlink(ours, family, pid=99)
+    server = threading.Thread(target=link.serve, args=(daemon.on_netlink,), daemon=True)
+    name = f"tcm-user/1/vol1/{cfg}"
+
+    def send(cmd: TcmuGenlCmd, seq: int, **kw) -> tuple:
+        theirs.send(encode_event(family, DeviceEvent(cmd, name, 3, 40 + seq, **kw), seq=seq))
+        ((mtype, _, message),) = split_messages(theirs.recv(65536))
+        assert mtype == family
+        return decode_reply(message)
+
+    try:
+        asyncio.run(daemon.start())
+        assert daemon.manager.devices == {}
+        server.start()
+        assert send(TcmuGenlCmd.ADDED_DEVICE, 1) == (TcmuGenlCmd.ADDED_DEVICE_DONE, 0, 41)
+        data = os.urandom(4096)
+        t = kernel.submit(struct.pack(">BBIBHB", 0x2A, 0, 8, 0, 8, 0), data)
+        assert kernel.wait_for([t])[0].status == 0
+        t = kernel.submit(struct.pack(">BBIBHB", 0x28, 0, 8, 0, 8, 0), data_in_len=4096)
+        assert kernel.wait_for([t])[0].data_in == data
+        assert send(TcmuGenlCmd.RECONFIG_DEVICE, 2, dev_cfg=cfg) == \
+            (TcmuGenlCmd.RECONFIG_DEVICE_DONE, 0, 42)
+        assert send(TcmuGenlCmd.RECONFIG_DEVICE, 3, dev_cfg=cfg.replace("m.img", "n.img")) == \
+            (TcmuGenlCmd.RECONFIG_DEVICE_DONE, -errno.EOPNOTSUPP, 43)
+        assert send(TcmuGenlCmd.REMOVED_DEVICE, 4) == (TcmuGenlCmd.REMOVED_DEVICE_DONE, 0, 44)
+        assert daemon.manager.devices == {}
+        bad = cfg.replace("journal=", "journal=rel/")
+        theirs.send(encode_event(family, DeviceEvent(TcmuGenlCmd.ADDED_DEVICE,
+                                                     f"tcm-user/1/vol2/{bad}", 4, 50), seq=5))
+        ((_, _, message),) = split_messages(theirs.recv(65536))
+        assert decode_reply(message) == (TcmuGenlCmd.ADDED_DEVICE_DONE, -errno.EINVAL, 50)
+    finally:
+        link.stop()
+        server.join(timeout=10)
+        assert not server.is_alive(), "netlink thread did not stop"
+        daemon.shutdown()
+        link.close()
+        theirs.close()
+        kernel.close()
