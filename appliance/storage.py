@@ -69,17 +69,20 @@ class FileBlockIO:
             done += got
 
     def pwritev(self, offset: int, bufs: Sequence[bytes | memoryview]) -> None:
-        views = [memoryview(b).cast("B") for b in bufs if len(b)]
+        if len(bufs) <= _IOV_MAX:  # the common case: one call, no copies, no views
+            want = sum(b.nbytes if isinstance(b, memoryview) else len(b) for b in bufs)
+            wrote = os.pwritev(self._fd, bufs, offset)
+            if wrote == want:
+                return
+            bufs = _skip(bufs, wrote)
+            offset += wrote
+        views = [memoryview(b).cast("B") for b in bufs]
         while views:
             wrote = os.pwritev(self._fd, views[:_IOV_MAX], offset)
             if wrote == 0:
                 raise StorageError(errno.EIO, f"write to {self.path} at {offset} made no progress")
             offset += wrote
-            # Drop what went out; a partial write leaves the tail of one buffer.
-            while wrote and wrote >= len(views[0]):
-                wrote -= len(views.pop(0))
-            if wrote:
-                views[0] = views[0][wrote:]
+            views = _skip(views, wrote)
 
     def sync(self) -> None:
         os.fdatasync(self._fd)
@@ -107,6 +110,16 @@ class FileBlockIO:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _skip(bufs: Sequence[bytes | memoryview], done: int) -> list[memoryview]:
+    """The bytes of `bufs` after the first `done` (what a partial write left over)."""
+    views = [memoryview(b).cast("B") for b in bufs]
+    while views and done >= len(views[0]):
+        done -= len(views.pop(0))
+    if done:
+        views[0] = views[0][done:]
+    return [v for v in views if len(v)]
 
 
 def open_file(path: str | os.PathLike[str], *, create_size: int | None = None) -> FileBlockIO:

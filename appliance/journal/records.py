@@ -8,6 +8,7 @@ metadata block that says "the rest of this segment is unused; continue at the ne
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 import uuid
 from collections.abc import Sequence
@@ -70,6 +71,11 @@ def data_blocks(data_bytes: int) -> int:
     return -(-data_bytes // JBLOCK)
 
 
+@functools.lru_cache(maxsize=MAX_OPS_PER_RECORD + 1)
+def _entries_struct(count: int) -> struct.Struct:
+    return struct.Struct("<" + "BxxxIQ" * count)
+
+
 def encode_meta(*, journal_uuid: uuid.UUID, kind: RecordKind, first_seq: int, position: int,
                 record_blocks: int, timestamp_ns: int, tail_seq: int, synced_seq: int,
                 prev_crc: int, data_crc: int, data_bytes: int,
@@ -79,10 +85,9 @@ def encode_meta(*, journal_uuid: uuid.UUID, kind: RecordKind, first_seq: int, po
     _HDR.pack_into(block, 0, RECORD_MAGIC, 0, FORMAT_VERSION, kind, journal_uuid.bytes,
                    first_seq, len(entries), record_blocks, position, timestamp_ns, tail_seq,
                    synced_seq, prev_crc, data_crc, data_bytes)
-    offset = ENTRIES_OFFSET
-    for op_kind, nblocks, lba in entries:
-        _ENTRY.pack_into(block, offset, op_kind, nblocks, lba)
-        offset += _ENTRY.size
+    if entries:
+        _entries_struct(len(entries)).pack_into(block, ENTRIES_OFFSET,
+                                                *[x for entry in entries for x in entry])
     header_crc = crc(memoryview(block)[_CRC_FROM:])
     struct.pack_into("<I", block, 8, header_crc)
     return bytes(block), header_crc
@@ -123,8 +128,29 @@ _WHAT = {OpKind.WRITE: "{n} blocks of {bs} bytes", OpKind.WRITE_SAME: "exactly o
          OpKind.UNMAP: "no data"}
 
 
-def check_op(op: WriteOp, sb: Superblock) -> int:
-    """Validate one write against the volume geometry; return its payload length."""
+def check_ops(ops: Sequence[WriteOp], sb: Superblock) -> list[int]:
+    """Validate writes against the volume geometry; return their payload lengths.
+    (One loop with local names: this runs for every host write.)"""
+    bs, volume_blocks = sb.volume_block_size, sb.volume_blocks
+    limit = sb.max_op_data_blocks * JBLOCK
+    kinds = _KINDS
+    lengths = []
+    for op in ops:
+        kind = kinds.get(op.kind) if isinstance(op.kind, int) else None
+        lba, nblocks, data = op.lba, op.nblocks, op.data
+        if (kind is None or type(lba) is not int or type(nblocks) is not int or nblocks < 1
+                or lba < 0 or lba + nblocks > volume_blocks):
+            _refuse(op, sb)
+        want = nblocks * bs if kind == 1 else bs if kind == 2 else 0
+        got = data.nbytes if isinstance(data, memoryview) else len(data)
+        if got != want or want > limit:
+            _refuse(op, sb)
+        lengths.append(want)
+    return lengths
+
+
+def _refuse(op: WriteOp, sb: Superblock) -> None:
+    """Raise the InvalidRequest that says what is wrong with `op`."""
     kind = _KINDS.get(op.kind) if isinstance(op.kind, int) else None
     if kind is None:
         raise InvalidRequest(f"unknown write kind {op.kind!r}; use OpKind.WRITE, "
@@ -139,16 +165,13 @@ def check_op(op: WriteOp, sb: Superblock) -> int:
             f"blocks {lba}..{lba + nblocks - 1} are outside the volume of "
             f"{sb.volume_blocks} blocks of {sb.volume_block_size} bytes")
     bs = sb.volume_block_size
-    want = nblocks * bs if kind == OpKind.WRITE else bs if kind == OpKind.WRITE_SAME else 0
-    data = op.data
-    got = data.nbytes if isinstance(data, memoryview) else len(data)
+    want = op_data_len(kind, nblocks, bs)
+    got = op.data.nbytes if isinstance(op.data, memoryview) else len(op.data)
     if got != want:
         what = _WHAT[kind].format(n=nblocks, bs=bs)
         raise InvalidRequest(f"{kind.name} at lba {lba} carries {got} bytes of data; "
                              f"it must carry {what} ({want} bytes)")
-    if want > sb.max_op_data_blocks * JBLOCK:
-        raise InvalidRequest(
-            f"a single write of {want} bytes exceeds the journal's limit of "
-            f"{sb.max_op_data_blocks * JBLOCK} bytes (segment size "
-            f"{sb.segment_blocks * JBLOCK} minus one metadata block); split it")
-    return want
+    raise InvalidRequest(
+        f"a single write of {want} bytes exceeds the journal's limit of "
+        f"{sb.max_op_data_blocks * JBLOCK} bytes (segment size "
+        f"{sb.segment_blocks * JBLOCK} minus one metadata block); split it")

@@ -150,7 +150,9 @@ class Walker:
         start = self._buf_start
         end = start + len(self._buf) // JBLOCK
         if not (start <= block and block + count <= end):
-            if block == end:  # sequential: read ahead further, like the kernel does
+            if block % self.area.S == 0:  # a new segment: probe it before reading ahead
+                self.window = min(16, self.max_window)
+            elif block == end:  # sequential: read ahead further, like the kernel does
                 self.window = min(self.window * 4, self.max_window)
             seg_end = self.area.segment_end(block)
             want = min(seg_end - block, max(self.window, count))

@@ -50,7 +50,7 @@ from appliance.journal.model import JournalUsage, Record, WriteOp
 from appliance.journal.records import (
     MAX_OPS_PER_RECORD,
     RecordKind,
-    check_op,
+    check_ops,
     data_blocks,
     encode_meta,
 )
@@ -226,7 +226,7 @@ class Journal:
         Raises InvalidRequest or JournalFull, writing nothing.
         """
         self._check_open()
-        lengths = [check_op(op, self.sb) for op in ops]
+        lengths = check_ops(ops, self.sb)
         first = self._head.seq
         if not ops:
             return range(first, first)
@@ -352,19 +352,19 @@ class Journal:
             return ChainPoint((planned.block + planned.record_blocks) % self._total, head.seq,
                               header_crc)
         data_crc = 0
-        payload: list[memoryview] = []
+        payload: list[bytes | memoryview] = []
+        entries = []
         for op, length in zip(planned.ops, planned.lengths, strict=True):
+            entries.append((op.kind, op.nblocks, op.lba))
             if length:
-                view = memoryview(op.data).cast("B")
-                data_crc = crc(view, data_crc)
-                payload.append(view)
+                data_crc = crc(op.data, data_crc)
+                payload.append(op.data)
         size = sum(planned.lengths)
         meta, header_crc = encode_meta(
             journal_uuid=self.sb.journal_uuid, kind=RecordKind.BATCH, first_seq=head.seq,
             position=planned.block, record_blocks=planned.record_blocks,
             timestamp_ns=timestamp_ns, tail_seq=self.tail_seq, synced_seq=self._durable.seq,
-            prev_crc=head.prev_crc, data_crc=data_crc, data_bytes=size,
-            entries=[(op.kind, op.nblocks, op.lba) for op in planned.ops])
+            prev_crc=head.prev_crc, data_crc=data_crc, data_bytes=size, entries=entries)
         bufs.append(meta)
         bufs.extend(payload)
         if size % JBLOCK:
