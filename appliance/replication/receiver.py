@@ -82,9 +82,7 @@ class Receiver:
 
     def status(self, args: dict) -> dict:
         return {"role": "receiver", "identity": self.cfg.identity, "refusals": self.refusals,
-                "volumes": {str(u): {**s.replica.status(), "link": s.link.as_dict(),
-                                     "lag_records": 0 if s.replica.durable_seq is None else
-                                     s.replica.durable_seq - s.replica.applied_seq}
+                "volumes": {str(u): {**s.replica.status(), "link": s.link.as_dict()}
                             for u, s in self.slots.items()}}
 
     # --- connection ---------------------------------------------------------------------

@@ -29,7 +29,7 @@ from appliance.journal import Journal, JournalFull, JournalReader, OpKind, Recor
 from appliance.replication.apply import apply_record, check_record
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.handshake import Hello, VolumeBinding
-from appliance.replication.status import ReceiverVolumeCounters
+from appliance.replication.status import RateMeter, ReceiverVolumeCounters
 from appliance.replication.undo import UndoLog, roll_back
 from appliance.replication.wire import WireRecord
 
@@ -70,6 +70,7 @@ class Replica:
         self.cfg = cfg
         self.spec = cfg.spec
         self.counters = ReceiverVolumeCounters()
+        self.rate = RateMeter()
         self.primary: str | None = None
         self.generation = 0
         self.journal: Journal | None = None
@@ -178,7 +179,9 @@ class Replica:
         self._unapplied.append(run)
         self.counters.durable_seq = run[-1].seq
         self.counters.records_received += len(run)
-        self.counters.bytes_received += sum(len(r.data) for r in run)
+        nbytes = sum(len(r.data) for r in run)
+        self.counters.bytes_received += nbytes
+        self.rate.add(nbytes)
         return run[-1].seq
 
     def _chunks(self, run: list[WireRecord]) -> list[list[WireRecord]]:
@@ -271,7 +274,17 @@ class Replica:
                 "last_consistent_seq": self.consistent_seq, "consistent_at_seq": self.consistent_at,
                 "resync_bytes_received": self.resync_bytes,
                 "undo_bytes": 0 if self._undo is None else self._undo.saved_bytes,
+                "lag_records": self.durable_seq - self.applied_seq,
+                "lag_seconds": self._lag_seconds(),
+                "throughput_bytes_per_s": round(self.rate.rate()),
                 **self.counters.__dict__}
+
+    def _lag_seconds(self) -> float:
+        """Age (primary clock) of the newest applied write, while records wait to be applied."""
+        last = self.counters.last_applied_ns
+        if last is None or self.durable_seq == self.applied_seq:
+            return 0.0
+        return round(max(0.0, (time.time_ns() - last) / 1e9), 3)
 
     # --- resync -------------------------------------------------------------------------
 

@@ -221,6 +221,10 @@ class _Session:
         self._last_sent = time.monotonic()
         self._last_ack = time.monotonic()
         self.welcome = welcome
+        # On a thin link smaller batches keep the flow (and the token bucket) smooth.
+        limit = self.cfg.bandwidth_limit
+        self.batch_bytes = self.cfg.batch_bytes if limit is None else \
+            min(self.cfg.batch_bytes, max(64 * 1024, int(limit / 8)))
         # The resync driver pauses record shipping while regions go out.
         self.records_paused = welcome.inconsistent
         self.resync: ResyncDriver | None = None
@@ -281,7 +285,7 @@ class _Session:
             try:
                 c.head_seq = await run_blocking(lambda: self.reader.durable_seq - 1)
                 records = await run_blocking(self.reader.read, self.next_seq,
-                                             self.cfg.batch_bytes)
+                                             self.batch_bytes)
             except RecordsGone as err:
                 raise PeerRefused(f"journal no longer holds seq {self.next_seq}: a resync is "
                                   f"needed ({err})") from err

@@ -95,3 +95,42 @@ def test_kill9_transmitter_receiver_and_writer_keeps_prefix_and_converges(pair):
     assert read(site.mirror) == bytes(image_after(ops, site.blocks * 512))
     assert prefixes == sorted(prefixes), f"the DR image went back in time: {prefixes}"
     print(f"kills: {kills}; prefixes seen at receiver recoveries: {prefixes}")
+
+
+def test_two_primaries_two_volumes_isolated_and_bandwidth_limited(pair):
+    """Many-to-one: two primaries replicate two volumes to one receiver at once; one of them
+    under a bandwidth limit. Killing one transmitter does not disturb the other volume."""
+    a = pair.site("site-a")
+    limit = 500_000
+    c = pair.site("site-c", compression=False, extra=f"bandwidth_limit = {limit}\n")
+    pair.volumes = [(a.uuid, a.blocks), (c.uuid, c.blocks)]
+    pair.write_rx_config()
+    rx = pair.receiver().start()
+    pair.wait_rx_up(rx)
+    wa = pair.writer(a, 800, pause=0.002, seed=11).start()
+    wc = pair.writer(c, 1200, seed=12).start()
+    txa = pair.transmitter(a).start()
+    start = time.monotonic()
+    txc = pair.transmitter(c).start()
+    # While site-c's limited link is busy, site-a's transmitter dies and comes back.
+    wait_for(lambda: pair_tx_status(c)["records_sent"] > 100, 20, "site-c to be shipping")
+    txa.kill9()
+    st_c = pair_tx_status(c)
+    assert st_c["lag_records"] > 0, f"site-c should still be shipping: {st_c}"
+    wire_c = pair_tx_status(c)["wire_bytes_sent"]
+    time.sleep(1.5)
+    assert pair_tx_status(c)["wire_bytes_sent"] > wire_c, "volume C stalled when A's link died"
+    txa.start()
+    wait_for(lambda: wa.popen.poll() is not None, 60, "writer of site-a")
+    wait_for(lambda: wc.popen.poll() is not None, 60, "writer of site-c")
+    converge(pair, a)
+    converge(pair, c, timeout=90)
+    elapsed = time.monotonic() - start
+    shipped = pair_tx_status(c)["wire_bytes_sent"]
+    assert shipped / elapsed <= limit * 1.3, f"{shipped / elapsed:.0f} B/s over limit {limit}"
+    vols = pair.rx_status()["volumes"]
+    assert vols[str(a.uuid)]["primary"] == "site-a" and vols[str(c.uuid)]["primary"] == "site-c"
+    for s in (a, c):
+        ops = read_log(s.log)
+        assert read(s.mirror) == bytes(image_after(ops, s.blocks * 512))
+    txc.stop()
