@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 from vmlab.agentclient import CommandResult
-from vmlab.machine import Machine, MachineError
+from vmlab.machine import Machine, MachineError, MachineSpec
 
 IQN_PREFIX = "iqn.2026-11.org.drappliance"
 ISCSI_PORT = 3260
@@ -44,21 +44,53 @@ def targetcli(machine: Machine, *words: str, timeout: float = 90.0, check: bool 
     return result
 
 
+# targetcli's own shell (Debian's /usr/bin/targetcli: its TargetCLI shell and UIRoot) running
+# several command lines in one process, exactly as `targetcli <line>` runs one: starting
+# Python and targetcli costs seconds under software emulation, once per line otherwise.
+TARGETCLI_BATCH = """
+import os, runpy, sys
+cli = runpy.run_path("/usr/bin/targetcli", run_name="targetcli_batch")
+shell = cli["TargetCLI"](os.getenv("TARGETCLI_HOME", "~/.targetcli"))
+root = cli["UIRoot"](shell, as_root=True)
+root.refresh()
+for line in sys.argv[1:]:
+    print("/> " + line, flush=True)
+    try:
+        shell.run_cmdline(line)
+    except Exception as err:
+        print("targetcli: %s: %s" % (line, err), file=sys.stderr)
+        sys.exit(1)
+"""
+
+
+def targetcli_batch(machine: Machine, lines: list[str], *, timeout: float = 180.0) -> CommandResult:
+    """Run targetcli command lines in order in one targetcli process; stops at the first
+    refused line (exit 1, its message on stderr)."""
+    result = machine.run(["python3", "-c", TARGETCLI_BATCH, *lines], timeout=timeout, check=False)
+    if result.rc != 0 or result.timed_out:
+        raise MachineError(f"{machine.name}: targetcli refused: {result.describe()}")
+    return result
+
+
 def create_lun(machine: Machine, spec: LunSpec, *, save: bool = True) -> str:
     """Create backstore, target, LUN and open ACLs through targetcli; returns the IQN."""
     iqn = target_iqn(machine.name, spec.name)
     if spec.backstore == "fileio":
-        targetcli(machine, "/backstores/fileio", "create", f"name={spec.name}",
-                  f"file_or_dev={STATE_DIR}/volumes/{spec.name}.img", f"size={spec.size}")
+        create = (f"/backstores/fileio create name={spec.name} "
+                  f"file_or_dev={STATE_DIR}/volumes/{spec.name}.img size={spec.size}")
     else:
-        targetcli(machine, f"/backstores/{spec.backstore}", "create", f"name={spec.name}",
-                  f"size={spec.size}", f"cfgstring={spec.cfgstring()}")
-    targetcli(machine, "/iscsi", "create", iqn)
-    targetcli(machine, f"/iscsi/{iqn}/tpg1/luns", "create", f"/backstores/{spec.backstore}/{spec.name}")
-    targetcli(machine, f"/iscsi/{iqn}/tpg1", "set", "attribute", "authentication=0",
-              "demo_mode_write_protect=0", "generate_node_acls=1", "cache_dynamic_acls=1")
+        create = (f"/backstores/{spec.backstore} create name={spec.name} size={spec.size} "
+                  f"cfgstring={spec.cfgstring()}")
+    lines = [
+        create,
+        f"/iscsi create {iqn}",
+        f"/iscsi/{iqn}/tpg1/luns create /backstores/{spec.backstore}/{spec.name}",
+        f"/iscsi/{iqn}/tpg1 set attribute authentication=0 demo_mode_write_protect=0 "
+        "generate_node_acls=1 cache_dynamic_acls=1",
+    ]
     if save:
-        targetcli(machine, "saveconfig")
+        lines.append("saveconfig")
+    targetcli_batch(machine, lines)
     return iqn
 
 
@@ -111,3 +143,16 @@ def wait_portal(port: int, iqn: str, timeout: float = 60.0) -> str:
             last = str(err)
             time.sleep(1)
     raise MachineError(f"target {iqn} not reachable on 127.0.0.1:{port} within {timeout:.0f} s: {last}")
+
+
+HOST_ROLE_CMDLINE = " ".join(
+    f"systemd.mask={unit}" for unit in (
+        "appliance-handler.service", "rtslib-fb-targetctl.service", "appliance-restore.service",
+        "appliance-receiver.service"))
+
+
+def host_spec(name: str, private_address: str, **kw) -> MachineSpec:
+    """A host (iSCSI initiator) VM: the same image, writable root (an overlay), without the
+    appliance's services."""
+    return MachineSpec(name, private_address=private_address, writable_root=True,
+                       extra_cmdline=HOST_ROLE_CMDLINE, **kw)

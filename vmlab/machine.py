@@ -149,10 +149,9 @@ class Machine:
     def wait_booted(self, timeout: float = BOOT_TIMEOUT) -> float:
         """Wait for the agent, then for systemd to finish starting units. Returns seconds
         since start (or since the reboot began)."""
-        assert self.agent is not None
         deadline = time.monotonic() + timeout
         try:
-            info = self.agent.wait_ready(timeout, on_wait=self._check_alive)
+            info = self.connect_agent().wait_ready(timeout, on_wait=self._check_alive)
             self.boot_id = info["boot_id"]
             remaining = max(5.0, deadline - time.monotonic())
             self.run(["systemctl", "is-system-running", "--wait"], timeout=remaining, check=False)
@@ -182,7 +181,7 @@ class Machine:
                 raise MachineError(f"{self.name}: did not come back from reboot within {timeout:.0f} s\n"
                                    f"{self.console_tail()}")
             try:
-                if self.agent.ping(timeout=2)["boot_id"] != old:
+                if self.connect_agent().ping(timeout=2)["boot_id"] != old:
                     break
             except AgentTimeout:
                 self._check_alive()
@@ -235,9 +234,21 @@ class Machine:
 
     def run(self, argv: list[str] | str, *, timeout: float = 60.0, check: bool = True,
             stdin: bytes = b"") -> CommandResult:
+        return self.connect_agent().run(argv, timeout=timeout, check=check, stdin=stdin)
+
+    def connect_agent(self) -> AgentClient:
+        """The agent connection (qemu serves one client at a time: see release_agent)."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise MachineError(f"{self.name}: not running")
         if self.agent is None:
-            raise MachineError(f"{self.name}: not started")
-        return self.agent.run(argv, timeout=timeout, check=check, stdin=stdin)
+            self.agent = AgentClient(self.agent_sock, self.name)
+        return self.agent
+
+    def release_agent(self) -> None:
+        """Let another client (``python -m vmlab.console DIR -- CMD``) use the agent."""
+        if self.agent is not None:
+            self.agent.close()
+            self.agent = None
 
     def write_file(self, path: str, data: bytes, mode: str = "0644") -> None:
         self.run(["sh", "-c", f'cat > "$1" && chmod {mode} "$1"', "sh", path], stdin=data)

@@ -82,18 +82,40 @@ def reference_lun(primary):
     return ap.create_lun(primary, ap.LunSpec("ref1", size="32M", backstore="fileio"))
 
 
-def test_invalid_lun_refused(primary, reference_lun):
+def require_handler(primary) -> None:
+    """Refusals of user:mirror settings only mean something when the handler is there
+    (otherwise targetcli refuses every user:mirror command for lack of the backstore)."""
+    listing = ap.targetcli(primary, "ls", "/backstores").text
+    assert "user:mirror" in listing, f"appliance-handler is not registered:\n{listing}"
+
+
+def test_lun_of_missing_disk_refused(primary, reference_lun):
     result = ap.targetcli(primary, f"/iscsi/{reference_lun}/tpg1/luns", "create",
-                          "/backstores/user:mirror/no-such-disk", check=False)
+                          "/backstores/fileio/no-such-disk", check=False)
     message = (result.stdout + result.stderr).decode()
     assert result.rc != 0 or result.stderr.strip(), message
-    assert "no-such-disk" in message or "storage object" in message.lower(), message
+    assert "no-such-disk" in message, message
+    assert_still_serving(primary, reference_lun)
+
+
+def test_invalid_disk_configuration_refused(primary, reference_lun):
+    """A user:mirror disk whose journal is missing from its configuration: the handler's
+    check (D-Bus CheckConfig, then the kernel's ADDED_DEVICE) refuses it and says why."""
+    require_handler(primary)
+    result = ap.targetcli(primary, "/backstores/user:mirror", "create", "name=nojournal",
+                          "size=64M", "cfgstring=mirror=/var/lib/appliance/volumes/nojournal.img",
+                          check=False)
+    message = (result.stdout + result.stderr).decode()
+    assert result.rc != 0 or result.stderr.strip(), f"accepted a disk without a journal: {message}"
+    assert "journal" in message, message
+    assert "nojournal" not in ap.targetcli(primary, "ls", "/backstores").text
     assert_still_serving(primary, reference_lun)
 
 
 def test_size_that_does_not_fit_refused(primary, reference_lun):
     """A 1 TiB disk on an 8 GiB state disk is refused when it is created, not when the
     host's writes start failing."""
+    require_handler(primary)
     spec = ap.LunSpec("huge", size="1T")
     result = ap.targetcli(primary, "/backstores/user:mirror", "create", f"name={spec.name}",
                           f"size={spec.size}", f"cfgstring={spec.cfgstring()}", check=False)

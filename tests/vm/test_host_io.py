@@ -3,6 +3,7 @@ filesystem, checksums, the mirror's bytes, and a reboot of the primary under hos
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -11,7 +12,9 @@ from vmlab import appliance as ap
 from vmlab.machine import MachineSpec
 
 PRIMARY = "192.168.77.11"
-LUN = ap.LunSpec("data0", size="256M", journal_size="64M")
+# APPLIANCE_VM_BACKSTORE=fileio runs the same tests on LIO's kernel backstore (the reference).
+LUN = ap.LunSpec("data0", size="256M", journal_size="64M",
+                 backstore=os.environ.get("APPLIANCE_VM_BACKSTORE", "user:mirror"))
 LUN_BYTES = 256 * 2**20
 MNT = "/mnt/data"
 
@@ -20,7 +23,7 @@ MNT = "/mnt/data"
 def machines(lab):
     primary, host = lab.boot(
         MachineSpec("primary", private_address=f"{PRIMARY}/24", forwards={ap.ISCSI_PORT: 0}),
-        MachineSpec("host", private_address="192.168.77.50/24", writable_root=True, memory_mib=768),
+        ap.host_spec("host", "192.168.77.50/24", memory_mib=768),
     )
     return primary, host
 
