@@ -162,7 +162,7 @@ class Receiver:
                 log.error("volume %s: dropping link from %s: %s", hello.volume_uuid, peer, err)
                 with contextlib.suppress(LinkClosed):
                     await link.send_json(FT.ERROR, {"reason": str(err)})
-            except (wire.WireError, LinkClosed) as err:
+            except (wire.WireError, LinkClosed, JournalError, ReplicaError, OSError) as err:
                 slot.link.error(f"{type(err).__name__}: {err}")
                 log.error("volume %s: link from %s failed: %s", hello.volume_uuid, peer, err)
             finally:

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from appliance.journal import JournalError
 from appliance.replication import wire
 from appliance.replication.apply import SeqOrderer
 from appliance.replication.handshake import Hello
@@ -167,6 +168,9 @@ class Session:
                 durable = await run_blocking(self.replica.commit, offered.run)
             except (ValueError, ReplicaError) as err:
                 raise SessionError(f"records refused: {err}") from err
+            except (JournalError, OSError) as err:
+                raise SessionError(f"replica journal/mirror I/O failed, nothing acknowledged: "
+                                   f"{err}") from err
             await self._send(FT.ACK, wire.encode_ack(durable, self.replica.applied_seq))
             await run_blocking(self.replica.apply_pending)
             self._resend_asked = None

@@ -45,6 +45,7 @@ from appliance.replication.resync import ResyncDriver, ResyncProgress
 from appliance.replication.status import LinkStatus, RateMeter, TransmitterCounters
 from appliance.replication.tls import client_context
 from appliance.replication.verify import VerifyReport, verify
+from appliance.volume.errors import VolumeError
 
 log = logging.getLogger("appliance.transmitter")
 FT = wire.FrameType
@@ -123,8 +124,13 @@ class Transmitter:
                     await self._session()
                 except PeerRefused as err:
                     self._failed(f"peer refused: {err}", logging.ERROR)
+                except JournalError as err:
+                    self._failed(f"journal: {type(err).__name__}: {err}", logging.ERROR)
+                    if self.reader is not None:     # reopen it: the file may have changed
+                        self.reader.close()
+                        self.reader = None
                 except (LinkClosed, wire.WireError, HandshakeError, ssl.SSLError, OSError,
-                        JournalError) as err:
+                        TimeoutError, VolumeError) as err:
                     self._failed(f"{type(err).__name__}: {err}", logging.WARNING)
                 if time.monotonic() - started > 10:
                     backoff = 0.2      # the link was up for a while: start over gently
