@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from vmlab.agentclient import AgentClient, AgentError, AgentTimeout, CommandResu
 from vmlab.image import ImageInfo
 
 AGENT_PORT_NAME = "org.drappliance.lab"
-BOOT_TIMEOUT = 180.0
+BOOT_TIMEOUT = 300.0  # generous: TCG on a loaded 2-core machine
 STOP_TIMEOUT = 20.0
 
 
@@ -174,7 +175,10 @@ class Machine:
         if hard:
             self.qmp("system_reset")
         else:
-            self.run("systemctl reboot", timeout=10, check=False)
+            # the agent may be stopped before it answers; the new boot id tells
+            with contextlib.suppress(AgentError):
+                self.run("systemctl reboot", timeout=10, check=False)
+
         deadline = time.monotonic() + timeout
         while True:
             if time.monotonic() > deadline:
