@@ -16,6 +16,11 @@ def compare_and_write(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
     check_no_protection(cdb)
     lba, nblocks = be(cdb, 2, 8), cdb[13]
     if nblocks == 0:
+        if buffers.total_len(cmd.data):
+            # Data-Out with a zero count: the count is not what the initiator meant (libiscsi's
+            # 256 blocks wrap to 0 in this one-byte field). LIO refuses its own backstores'
+            # write with a mismatched transfer; refuse here too instead of reporting success.
+            raise sense.invalid_field_in_cdb(13, None, "NUMBER OF LOGICAL BLOCKS 0 with Data-Out")
         return GOOD   # SBC-3 COMPARE AND WRITE: 0 blocks = no compare, no transfer, no write; not an error
     if nblocks > ctx.limits.max_compare_and_write_blocks:
         raise sense.invalid_field_in_cdb(13, None, "above MAXIMUM COMPARE AND WRITE LENGTH")

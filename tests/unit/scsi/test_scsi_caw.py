@@ -46,6 +46,8 @@ def test_fua_and_wce(disk, volume, calls):
 
 def test_caw_errors(disk, volume, calls, faults):
     assert run(disk, caw(0, 0), out=b"")[0].good
+    # 256 blocks wrapped to 0 in the one-byte count, with 2 x 256 blocks of Data-Out
+    assert_check(run(disk, caw(0, 0), out=bytes(512 * BS))[0], 5, 0x24, 0, cdb_field=(13, None))
     assert_check(run(disk, caw(0, 9), out=bytes(18 * BS))[0], 5, 0x24, 0, cdb_field=(13, None))
     assert_check(run(disk, caw(NUM_BLOCKS - 1, 2), out=bytes(4 * BS))[0], 5, 0x21, 0)
     assert_check(run(disk, caw(0, 2), out=bytes(3 * BS))[0], 5, 0x0E, 0x03)
