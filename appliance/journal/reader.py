@@ -55,6 +55,7 @@ class JournalReader:
         self.acked_seq = tx.acked_seq
         self._area = Area(self._io, self.sb)
         self._cursor: ChainPoint | None = None  # start of the record holding the next seq
+        self._synced_to = 0  # every seq below this was returned after our own fdatasync
 
     def close(self) -> None:
         if self._io is not None:
@@ -74,36 +75,46 @@ class JournalReader:
 
     @property
     def durable_seq(self) -> int:
-        """Every seq below this is durable and readable."""
-        return self.writer_checkpoint().head_seq
+        """Every seq below this is durable: published by the writer, or synced by us."""
+        return max(self.writer_checkpoint().head_seq, self._synced_to)
 
     def read(self, from_seq: int, max_bytes: int) -> list[Record]:
         """Durable records with seq >= from_seq, in order; [] when caught up.
 
         Returns at least one record when any is available, and stops once the data
-        returned reaches `max_bytes`. Raises JournalCorrupt on a bad record below the
+        returned reaches `max_bytes`. Records the writer has not synced yet are returned
+        too, after this reader fdatasyncs the file itself: nothing that a power cut could
+        still take is ever returned. Raises JournalCorrupt on a bad record below the
         durable head, RecordsGone if from_seq was already reclaimed.
         """
         anchor = self.writer_checkpoint()
-        if from_seq >= anchor.head_seq:
-            return []
-        tail = min(self.acked_seq, anchor.mirror_durable_seq) + 1
-        if from_seq < max(tail, self.sb.first_seq):
+        durable = max(anchor.head_seq, self._synced_to)
+        tail = max(min(self.acked_seq, anchor.mirror_durable_seq) + 1, self.sb.first_seq)
+        if from_seq < tail:
             raise RecordsGone(f"records from seq {from_seq} were reclaimed; the oldest held is "
-                              f"{max(tail, self.sb.first_seq)}")
+                              f"{tail}")
+        out: list[Record] = []
         for attempt in range(_LOCATE_ATTEMPTS):
             start = self._locate(from_seq, anchor)
             if start is None:
+                if from_seq >= durable:
+                    return []  # nothing was written there yet
                 anchor = self.writer_checkpoint()
                 continue
-            out, failure = self._collect(start, from_seq, anchor.head_seq, max_bytes)
+            out, failure = self._collect(start, from_seq, durable, max_bytes)
             if failure is None:
-                return out
+                break
             if attempt == _LOCATE_ATTEMPTS - 1:
                 raise failure
             self._cursor = None
             anchor = self.writer_checkpoint()
-        raise RecordsGone(f"no segment of the journal holds seq {from_seq} any more")
+        else:
+            raise RecordsGone(f"no segment of the journal holds seq {from_seq} any more")
+        if out and out[-1].seq >= durable:
+            # Beyond what is known durable: make it so before anyone ships it.
+            self._open_io().sync()
+            self._synced_to = out[-1].seq + 1
+        return out
 
     def _locate(self, seq: int, anchor: WriterCheckpoint) -> ChainPoint | None:
         if self._cursor is not None and self._cursor.seq <= seq:
@@ -115,20 +126,27 @@ class JournalReader:
         segment, meta = found
         return ChainPoint(segment * self.sb.segment_blocks, meta.first_seq, meta.prev_crc)
 
-    def _collect(self, start: ChainPoint, from_seq: int, end_seq: int, max_bytes: int
+    def _collect(self, start: ChainPoint, from_seq: int, durable: int, max_bytes: int
                  ) -> tuple[list[Record], JournalCorrupt | None]:
+        """Walk from `start`. Below `durable` a broken chain is corruption; at or above
+        it, it is where the writer has got to (or a write in progress): stop there."""
         walker = Walker(self._area, start)
         out: list[Record] = []
         size = 0
-        while walker.point.seq < end_seq and (not out or size < max_bytes):
+        while not out or size < max_bytes:
             got = walker.next()
             if got is None:
-                return out, JournalCorrupt(
-                    f"record seq {walker.point.seq} below the durable head {end_seq} is "
-                    f"damaged: {walker.why}", position=self.sb.block_offset(walker.point.block))
+                if walker.point.seq < durable:
+                    return out, JournalCorrupt(
+                        f"record seq {walker.point.seq} below the durable head {durable} is "
+                        f"damaged: {walker.why}",
+                        position=self.sb.block_offset(walker.point.block))
+                if walker.point.seq == from_seq or out:
+                    self._cursor = walker.point  # caught up: resume here next time
+                return out, None
             meta, data = got
             for record in records_of(meta, data, self.sb.volume_block_size, from_seq):
-                if record.seq >= end_seq or (out and size >= max_bytes):
+                if out and size >= max_bytes:
                     self._cursor = ChainPoint(meta.position, meta.first_seq, meta.prev_crc)
                     return out, None
                 out.append(record)

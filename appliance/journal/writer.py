@@ -166,7 +166,8 @@ class Journal:
         if self._io is not None:
             try:
                 self.sync()
-                if self._slot_dirty:  # the last published head: durable too on a clean close
+                if self._published != self._durable or self._slot_dirty:
+                    self._publish()  # a clean close leaves the exact head in the slot
                     self._io.sync()
             finally:
                 io, self._io = self._io, None
@@ -322,13 +323,15 @@ class Journal:
         run_start = plan[0].block
         head = self._head
         for planned in plan:
-            if planned.enters_segment and (bufs or self._unsynced):
-                if bufs:
-                    self._io.pwritev(self.sb.block_offset(run_start), bufs)
-                    bufs = []
-                self._head = head
-                self._unsynced = True
-                self.sync()
+            if planned.enters_segment:
+                if bufs or self._unsynced:  # the segment rule: all before it is durable
+                    if bufs:
+                        self._io.pwritev(self.sb.block_offset(run_start), bufs)
+                        bufs = []
+                    self._head = head
+                    self._unsynced = True
+                    self.sync()
+                self._publish()  # keeps the recovery anchor within a segment of the head
             if not bufs:
                 run_start = planned.block
             head = self._emit(planned, head, timestamp_ns, bufs)
@@ -375,7 +378,12 @@ class Journal:
     # --- durability and checkpoints ---------------------------------------------------
 
     def sync(self) -> None:
-        """fdatasync; afterwards readers may see the records (the durable head is published)."""
+        """fdatasync: every record appended so far is durable.
+
+        The head is not republished here (that would cost a second, scattered write per
+        sync); readers find durable records themselves (see JournalReader.read). The writer
+        slot is refreshed when a segment is entered, on `set_mirror_durable` and on close.
+        """
         self._check_open()
         if not self._unsynced and self._mirror == self._mirror_on_disk:
             return
@@ -385,13 +393,13 @@ class Journal:
         self._mirror_on_disk = written_mirror  # the slot written before this sync is durable
         self._durable = self._head
         self._unsynced = False
-        self._publish()
 
     def _publish(self) -> None:
         """Write the writer slot (durable head, mirror checkpoint); durable at the next sync."""
         self._writer_gen += 1
         self._slot_mirror = self._mirror
         self._slot_dirty = True
+        self._published = self._durable
         write_writer_slot(self._io, self.sb, self._writer_gen,
                           WriterCheckpoint(self._mirror, self._durable.seq, self._durable.block,
                                            self._durable.prev_crc))

@@ -1,5 +1,6 @@
 """The journal API: round trips, checkpoints, usage, and bad input that must change nothing."""
 
+import random
 import struct
 import uuid
 
@@ -62,20 +63,26 @@ def test_many_writes_in_one_append_span_records_and_segments():
     assert [r.op.data for r in j.records(seqs[0])] == [o.data for o in ops]
 
 
-def test_reader_sees_only_synced_records_and_respects_max_bytes():
+def test_reader_makes_what_it_returns_durable_and_respects_max_bytes():
     m = SimMachine()
     j = sim_journal(m, blocks=200)
     reader = JournalReader(m.open("journal"), volume_uuid=VOLUME)
-    j.append([make_op(OpKind.WRITE, i, 2, 512, i) for i in range(6)])
     assert reader.read(1, 1 << 20) == []
-    j.sync()
+    j.append([make_op(OpKind.WRITE, i, 2, 512, i) for i in range(6)])  # not synced
+    assert m.unsynced_bytes("journal") > 0
     first = reader.read(1, 2048)  # two writes of 1 KiB fill it
     assert [r.seq for r in first] == [1, 2]
+    assert m.unsynced_bytes("journal") == 0  # the reader synced before returning them
+    assert reader.durable_seq >= 3
     rest = reader.read(3, 1 << 20)
     assert [r.seq for r in rest] == [3, 4, 5, 6]
     assert rest[0].op.data == payload(2, 1024)
     assert reader.read(7, 1 << 20) == []
     assert reader.read(4, 1)[0].seq == 4  # at least one record, even over max_bytes
+    reader.acknowledge(6)
+    m.crash(random.Random(0), tear=True)
+    again = Journal.open(m.open("journal"))
+    assert again.next_seq == 7  # everything a reader returned survived the power cut
 
 
 def test_acknowledge_persists_frees_space_and_is_checked():
@@ -93,6 +100,9 @@ def test_acknowledge_persists_frees_space_and_is_checked():
     with pytest.raises(InvalidRequest, match="not durable"):
         j.set_mirror_durable(j.next_seq)
     last = j.next_seq - 1
+    with pytest.raises(InvalidRequest, match="only seqs below"):
+        reader.acknowledge(last)  # not read yet, and the writer has not published it
+    assert reader.read(1, 1 << 30)[-1].seq == last
     with pytest.raises(InvalidRequest, match="only seqs below"):
         reader.acknowledge(last + 1)
     reader.acknowledge(last)
