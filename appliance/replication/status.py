@@ -68,7 +68,6 @@ class TransmitterCounters:
     acked_seq: int = 0              # highest seq the peer made durable (persisted)
     applied_seq: int = 0            # highest seq the peer applied to its mirror
     head_seq: int = 0               # highest durable seq in the local journal we know of
-    oldest_unacked_ns: int | None = None   # primary timestamp of the oldest unacked record
 
 
 @dataclass

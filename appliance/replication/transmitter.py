@@ -77,15 +77,18 @@ class Transmitter:
     def status(self, args: dict) -> dict:
         c = self.counters
         inflight_bytes = sum(b for _, b, _ in self._inflight)
-        lag_s = 0.0
+        lag_records = max(0, c.head_seq - c.acked_seq)
+        # Age of the oldest unacknowledged write we shipped; unknown (None) while records
+        # wait unshipped (link down, paused).
+        lag_s: float | None = 0.0 if lag_records == 0 else None
         if self._inflight:
-            lag_s = max(0.0, (time.time_ns() - self._inflight[0][2]) / 1e9)
+            lag_s = round(max(0.0, (time.time_ns() - self._inflight[0][2]) / 1e9), 3)
         return {
             "role": "transmitter", "identity": self.cfg.identity,
             "volume_uuid": str(self.cfg.volume_uuid), "peer": "{}:{}".format(*self.cfg.peer),
             "link": self.link.as_dict(), **c.__dict__,
-            "lag_records": max(0, c.head_seq - c.acked_seq),
-            "lag_bytes_in_flight": inflight_bytes, "lag_seconds": round(lag_s, 3),
+            "lag_records": lag_records,
+            "lag_bytes_in_flight": inflight_bytes, "lag_seconds": lag_s,
             "throughput_bytes_per_s": round(self.rate.rate()),
             "bandwidth_limit": self.cfg.bandwidth_limit,
             "resync": self.resync_progress.as_dict(),
