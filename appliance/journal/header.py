@@ -11,6 +11,8 @@ from appliance.journal.errors import JournalCorrupt, JournalMismatch
 from appliance.journal.format import (
     HEADER_BLOCKS,
     JBLOCK,
+    MIN_SEGMENT_BLOCKS,
+    MIN_SEGMENTS,
     SUPERBLOCK_BLOCKS,
     SUPERBLOCK_MAGIC,
     TRANSMITTER_SLOT_BLOCKS,
@@ -75,6 +77,12 @@ def load_superblock(io: BlockIO, header: memoryview, volume_uuid: uuid.UUID | No
         raise JournalMismatch(
             f"journal {sb.journal_uuid} belongs to volume {sb.volume_uuid}, not to volume "
             f"{volume_uuid}; point the volume at its own journal")
+    if (sb.segment_blocks < MIN_SEGMENT_BLOCKS or sb.segment_count < MIN_SEGMENTS
+            or sb.volume_block_size not in (512, 1024, 2048, 4096) or sb.volume_blocks < 1):
+        raise JournalMismatch(
+            f"journal geometry is not usable: {sb.segment_count} segments of "
+            f"{sb.segment_blocks} blocks (minimum {MIN_SEGMENTS} of {MIN_SEGMENT_BLOCKS}), "
+            f"volume block size {sb.volume_block_size}; recreate the journal")
     need = sb.total_blocks * JBLOCK
     if io.size() < need or sb.area_start < HEADER_BLOCKS or (
             sb.area_start + sb.area_blocks > sb.total_blocks):

@@ -1,5 +1,6 @@
 """The journal API: round trips, checkpoints, usage, and bad input that must change nothing."""
 
+import dataclasses
 import random
 import struct
 import uuid
@@ -16,7 +17,7 @@ from appliance.journal import (
     RecordsGone,
     WriteOp,
 )
-from appliance.journal.format import JBLOCK, MIN_JOURNAL_BYTES, crc
+from appliance.journal.format import JBLOCK, MIN_JOURNAL_BYTES, crc, encode_superblock
 from appliance.storage import StorageLocked
 from tests.support.journaling import VOLUME, disk_image, make_op, payload, sim_journal
 from tests.support.simdisk import SimMachine
@@ -232,3 +233,14 @@ def test_truncated_file_and_too_small_journal_and_create_over_existing(tmp_path)
     with pytest.raises(InvalidRequest, match="block size 520"):
         Journal.create(tmp_path / "k", size=MIN_JOURNAL_BYTES, volume_uuid=VOLUME,
                        volume_block_size=520, volume_blocks=100)
+
+
+def test_superblock_describing_a_journal_below_the_minimum_is_refused():
+    m = SimMachine()
+    j = sim_journal(m, blocks=200)
+    sb = j.sb
+    j.close()
+    tiny = dataclasses.replace(sb, segment_count=2)
+    m.open("journal").pwritev(0, [encode_superblock(tiny)] * 2)
+    with pytest.raises(JournalMismatch, match="2 segments of 16 blocks .minimum 4"):
+        Journal.open(m.open("journal"))
