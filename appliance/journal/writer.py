@@ -6,34 +6,24 @@ transmitter reads the same file from its own process with `JournalReader`.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
+from appliance.journal.creation import new_superblock, open_new_target, write_fresh_header
 from appliance.journal.errors import (
     InvalidRequest,
     JournalCorrupt,
     JournalFull,
-    JournalMismatch,
     RecordsGone,
 )
 from appliance.journal.format import (
     FORMAT_VERSION,
-    HEADER_BLOCKS,
     JBLOCK,
-    MAX_SEQ,
-    MIN_JOURNAL_BYTES,
-    SUPERBLOCK_BLOCKS,
     TRANSMITTER_SLOT_BLOCKS,
     Superblock,
-    TransmitterCheckpoint,
     WriterCheckpoint,
-    choose_segment_blocks,
     crc,
-    decode_superblock,
-    encode_superblock,
 )
 from appliance.journal.header import (
     Target,
@@ -43,15 +33,13 @@ from appliance.journal.header import (
     read_slot_blocks,
     read_transmitter_slot,
     read_writer_slot,
-    write_transmitter_slot,
     write_writer_slot,
 )
 from appliance.journal.model import JournalUsage, Record, WriteOp
+from appliance.journal.placement import Placement, place_batch
 from appliance.journal.records import (
-    MAX_OPS_PER_RECORD,
     RecordKind,
     check_ops,
-    data_blocks,
     encode_meta,
 )
 from appliance.journal.scan import (
@@ -62,20 +50,9 @@ from appliance.journal.scan import (
     records_of,
     segment_holding,
 )
-from appliance.storage import BlockIO, open_file
+from appliance.storage import BlockIO
 
 _ZERO_BLOCK = bytes(JBLOCK)
-
-
-@dataclass(slots=True)
-class _Planned:
-    """One record of an append, placed: a PAD (ops empty) or a batch of writes."""
-
-    block: int
-    ops: Sequence[WriteOp]
-    lengths: Sequence[int]
-    record_blocks: int
-    enters_segment: bool  # first record of a segment: everything before must be synced
 
 
 class Journal:
@@ -113,39 +90,14 @@ class Journal:
         """Lay out a new, empty journal of `size` bytes. Refuses to overwrite a journal.
 
         `segment_size` (bytes, a multiple of 4096) bounds the largest single write; by
-        default 8 MiB, shrunk for small journals so that there are at least 8 segments.
+        default 32 MiB, shrunk for small journals so that there are at least 8 segments.
         """
-        total_blocks = size // JBLOCK if isinstance(size, int) else 0
-        if total_blocks * JBLOCK < MIN_JOURNAL_BYTES:
-            raise InvalidRequest(f"journal size {size} is below the minimum of "
-                                 f"{MIN_JOURNAL_BYTES} bytes; give it more space")
-        if volume_block_size not in (512, 1024, 2048, 4096):
-            raise InvalidRequest(f"volume block size {volume_block_size} is not supported; "
-                                 f"use 512 or 4096")
-        if not isinstance(volume_blocks, int) or volume_blocks < 1:
-            raise InvalidRequest(f"volume_blocks must be a positive integer, not {volume_blocks!r}")
-        if not 1 <= first_seq <= MAX_SEQ // 2:
-            raise InvalidRequest(f"first_seq must be in 1..{MAX_SEQ // 2}, not {first_seq}")
-        if segment_size is not None and segment_size % JBLOCK:
-            raise InvalidRequest(f"segment size {segment_size} is not a multiple of {JBLOCK}")
+        sb = new_superblock(size=size, volume_uuid=volume_uuid,
+                            volume_block_size=volume_block_size, volume_blocks=volume_blocks,
+                            first_seq=first_seq, segment_size=segment_size)
+        io = open_new_target(path, sb.total_blocks * JBLOCK)
         try:
-            seg_blocks = choose_segment_blocks(
-                total_blocks, None if segment_size is None else segment_size // JBLOCK)
-        except ValueError as err:
-            raise InvalidRequest(str(err)) from err
-        seg_count = (total_blocks - HEADER_BLOCKS) // seg_blocks
-        io = _create_target(path, total_blocks * JBLOCK)
-        try:
-            sb = Superblock(uuid.uuid4(), volume_uuid, volume_block_size, volume_blocks,
-                            HEADER_BLOCKS + seg_count * seg_blocks, seg_blocks, seg_count,
-                            first_seq, time.time_ns())
-            io.pwritev(0, [encode_superblock(sb)] * len(SUPERBLOCK_BLOCKS))
-            start = WriterCheckpoint(first_seq - 1, first_seq, 0, 0)
-            for gen in (1, 2):  # both copies valid from the start
-                write_writer_slot(io, sb, gen, start)
-                write_transmitter_slot(io, sb, gen, TransmitterCheckpoint(first_seq - 1))
-            io.pwritev(6 * JBLOCK, [_ZERO_BLOCK, _ZERO_BLOCK])
-            io.sync()
+            write_fresh_header(io, sb)
             return cls(io, sb)
         except BaseException:
             io.close()
@@ -231,7 +183,7 @@ class Journal:
         first = self._head.seq
         if not ops:
             return range(first, first)
-        plan = self._plan(ops, lengths)
+        plan = place_batch(ops, lengths, self._head.block, self.sb.segment_blocks, self._total)
         if sum(p.enters_segment for p in plan) > self.sb.segment_count - 2:
             raise InvalidRequest(f"a batch of {sum(lengths)} bytes needs more than "
                                  f"{self.sb.segment_count - 2} of the journal's segments; split "
@@ -244,48 +196,6 @@ class Journal:
                     f"acked {self._acked}, mirror durable {self._mirror_on_disk})")
         self._write(plan, time.time_ns())
         return range(first, self._head.seq)
-
-    def _plan(self, ops: Sequence[WriteOp], lengths: Sequence[int]) -> list[_Planned]:
-        """Place the batch. A batch that fits in one segment never straddles two: it
-        starts a fresh segment instead (after a PAD), because entering a segment with
-        unsynced records costs an fdatasync. Group commit then needs one sync per batch."""
-        pos = self._head.block
-        plan = self._pack(ops, lengths, pos)
-        S = self.sb.segment_blocks
-        if pos % S and any(p.enters_segment for p in plan):
-            room = S - pos % S
-            fresh = self._pack(ops, lengths, (pos + room) % self._total)
-            if sum(p.enters_segment for p in fresh) == 1:
-                plan = [_Planned(pos, (), (), room, False), *fresh]
-        return plan
-
-    def _pack(self, ops: Sequence[WriteOp], lengths: Sequence[int], pos: int
-              ) -> list[_Planned]:
-        """Records grow while they fit the rest of their segment; a write that fits no
-        more closes the record, and a new record that does not fit the rest of the
-        segment goes to the next one, after a PAD record."""
-        S = self.sb.segment_blocks
-        plan: list[_Planned] = []
-        lo, size = 0, 0  # the open record: ops[lo:i], `size` data bytes, starting at pos
-
-        def close(hi: int) -> None:
-            nonlocal pos
-            need = 1 + data_blocks(size)
-            plan.append(_Planned(pos, ops[lo:hi], lengths[lo:hi], need, pos % S == 0))
-            pos = (pos + need) % self._total
-
-        for i, length in enumerate(lengths):
-            if i > lo and (i - lo >= MAX_OPS_PER_RECORD
-                           or 1 + data_blocks(size + length) > S - pos % S):
-                close(i)
-                lo, size = i, 0
-            if i == lo and pos % S and 1 + data_blocks(length) > S - pos % S:
-                room = S - pos % S
-                plan.append(_Planned(pos, (), (), room, False))
-                pos = (pos + room) % self._total
-            size += length
-        close(len(ops))
-        return plan
 
     def _segment_free(self, segment: int) -> bool:
         """May the writer enter `segment`? Only if every record in it is reclaimable."""
@@ -318,7 +228,7 @@ class Journal:
     def _reclaimable(self) -> int:
         return min(self._acked, self._mirror_on_disk)
 
-    def _write(self, plan: list[_Planned], timestamp_ns: int) -> None:
+    def _write(self, plan: list[Placement], timestamp_ns: int) -> None:
         bufs: list[bytes | memoryview] = []
         run_start = plan[0].block
         head = self._head
@@ -340,7 +250,7 @@ class Journal:
         self._head = head
         self._unsynced = True
 
-    def _emit(self, planned: _Planned, head: ChainPoint, timestamp_ns: int,
+    def _emit(self, planned: Placement, head: ChainPoint, timestamp_ns: int,
               bufs: list[bytes | memoryview]) -> ChainPoint:
         """Append the buffers of one record to `bufs`; return the chain point after it."""
         if not planned.ops:
@@ -474,37 +384,6 @@ class Journal:
     def _check_open(self) -> None:
         if self._io is None:
             raise InvalidRequest("the journal is closed")
-
-
-def _create_target(path: Target, size: int) -> BlockIO:
-    """Open (creating if need be) the journal's file, refusing one that holds a journal."""
-    if isinstance(path, str | os.PathLike):
-        fresh = not os.path.exists(path) or os.path.getsize(path) == 0
-        io: BlockIO = open_file(path, create_size=size if fresh else None)
-        try:
-            io.lock_exclusive()
-        except BaseException:
-            io.close()
-            raise
-    else:
-        io = path
-    try:
-        if io.size() < size:
-            raise InvalidRequest(f"the target holds {io.size()} bytes, less than the "
-                                 f"requested journal size {size}; enlarge or remove it")
-        first = bytearray(JBLOCK)
-        io.pread_into(0, memoryview(first))
-        try:
-            existing = decode_superblock(first) is not None
-        except JournalMismatch:  # an unknown format version is still somebody's journal
-            existing = True
-        if existing:
-            raise InvalidRequest("the target already holds a journal; open it, or delete it "
-                                 "before creating a new one")
-        return io
-    except BaseException:
-        io.close()
-        raise
 
 
 __all__ = ["FORMAT_VERSION", "Journal"]

@@ -1,0 +1,65 @@
+"""Where the records of one batch go (a pure function of the head and the geometry)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from appliance.journal.model import WriteOp
+from appliance.journal.records import MAX_OPS_PER_RECORD, data_blocks
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """One record of an append, placed: a PAD (ops empty) or a batch of writes."""
+
+    block: int  # area block of its metadata block
+    ops: Sequence[WriteOp]
+    lengths: Sequence[int]
+    record_blocks: int
+    enters_segment: bool  # first record of a segment: everything before must be durable
+
+
+def place_batch(ops: Sequence[WriteOp], lengths: Sequence[int], head_block: int,
+                segment_blocks: int, total_blocks: int) -> list[Placement]:
+    """Place a batch starting at `head_block`.
+
+    A batch that fits in one segment never straddles two: it starts a fresh segment
+    instead (after a PAD), because entering a segment while records before it are unsynced
+    costs an fdatasync. Group commit (append, then sync) then needs one sync per batch.
+    """
+    plan = _pack(ops, lengths, head_block, segment_blocks, total_blocks)
+    S = segment_blocks
+    if head_block % S and any(p.enters_segment for p in plan):
+        room = S - head_block % S
+        fresh = _pack(ops, lengths, (head_block + room) % total_blocks, S, total_blocks)
+        if sum(p.enters_segment for p in fresh) == 1:
+            plan = [Placement(head_block, (), (), room, False), *fresh]
+    return plan
+
+
+def _pack(ops: Sequence[WriteOp], lengths: Sequence[int], pos: int, S: int, total: int
+          ) -> list[Placement]:
+    """Records grow while they fit the rest of their segment; a write that fits no more
+    closes the record, and a new record that does not fit the rest of the segment goes to
+    the next one, after a PAD record."""
+    plan: list[Placement] = []
+    lo, size = 0, 0  # the open record: ops[lo:i], `size` data bytes, starting at pos
+
+    def close(hi: int) -> None:
+        nonlocal pos
+        need = 1 + data_blocks(size)
+        plan.append(Placement(pos, ops[lo:hi], lengths[lo:hi], need, pos % S == 0))
+        pos = (pos + need) % total
+
+    for i, length in enumerate(lengths):
+        if i > lo and (i - lo >= MAX_OPS_PER_RECORD or 1 + data_blocks(size + length) > S - pos % S):
+            close(i)
+            lo, size = i, 0
+        if i == lo and pos % S and 1 + data_blocks(length) > S - pos % S:
+            room = S - pos % S
+            plan.append(Placement(pos, (), (), room, False))
+            pos = (pos + room) % total
+        size += length
+    close(len(ops))
+    return plan
