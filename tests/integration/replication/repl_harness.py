@@ -201,7 +201,9 @@ def random_op(rng: random.Random, index: int, num_blocks: int) -> LoggedOp:
 
 
 def read_log(path: Path) -> list[LoggedOp]:
-    ops = []
+    ops: list[LoggedOp] = []
+    if not path.exists():
+        return ops          # the writer has not logged anything yet
     for line in path.read_text().splitlines():
         parts = line.split()
         if len(parts) != 4:

@@ -51,6 +51,8 @@ def main() -> int:
     p.add_argument("--ops", type=int, required=True, help="stop after the log has this many")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--pause", type=float, default=0.0, help="seconds between ops")
+    p.add_argument("--full-resync", action="store_true",
+                   help="mark the whole volume dirty first (initial sync / failback)")
     p.add_argument("--linger", action="store_true",
                    help="after the ops, keep servicing the volume (resync clear requests, "
                         "return to journaling) until SIGTERM, like an idle handler")
@@ -64,6 +66,8 @@ def main() -> int:
     rng = random.Random(ns.seed * 7919 + len(done))
     vol = Volume.open(volume_config(ns.volume_dir, ns.uuid, ns.blocks, ns.journal_size))
     try:
+        if ns.full_resync:
+            vol.start_full_resync()
         if done:
             vol.submit([to_write_op(done[-1])], fua=True)   # may not have been submitted
         with open(ns.log, "a", buffering=1) as log:

@@ -58,6 +58,7 @@ def test_kill9_transmitter_receiver_and_writer_keeps_prefix_and_converges(pair):
     total_ops = 4000
     w = pair.writer(site, total_ops, pause=0.003).start()
     tx = pair.transmitter(site).start()
+    wait_for(lambda: len(read_log(site.log)) > 50, 30, "the writer to get going")
     rng = random.Random(20261122)
     deadline = time.monotonic() + 45
     kills = {"transmitter": 0, "receiver": 0, "writer": 0}
