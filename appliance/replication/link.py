@@ -137,6 +137,9 @@ class FrameLink:
 
     async def close(self) -> None:
         self._writer.close()
-        # The peer may be gone already; there is nothing left to flush then.
-        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-            await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), 0.5)
+        except TimeoutError:
+            self._writer.transport.abort()   # a dead peer never completes the close
+        except (ConnectionError, OSError):
+            pass   # the peer is gone already; there is nothing left to flush

@@ -65,13 +65,16 @@ class Pair:
     rx_state: Path
     volumes: list[tuple[uuid.UUID, int]] = field(default_factory=list)
     procs: list[Proc] = field(default_factory=list)
+    rx_host: str = "127.0.0.1"                  # where the receiver listens / is reached
+    rx_prefix: list[str] = field(default_factory=list)   # e.g. ip netns exec NS
+    tx_prefix: list[str] = field(default_factory=list)
 
     # --- receiver ---------------------------------------------------------------------
 
     def write_rx_config(self, *, tls: bool = True, compression: bool = True,
                         allowed: dict[uuid.UUID, list[str]] | None = None,
                         dead_after_s: float = 3.0) -> None:
-        top = ['identity = "dr-site"', f'listen = "127.0.0.1:{self.port}"',
+        top = ['identity = "dr-site"', f'listen = "{self.rx_host}:{self.port}"',
                f'state_dir = "{self.rx_state}"', f'control_socket = "{self.rx_control}"',
                "heartbeat_s = 0.5", f"dead_after_s = {dead_after_s}",
                f"compression = {'true' if compression else 'false'}"]
@@ -90,7 +93,8 @@ class Pair:
         self.rx_config.write_text(text)
 
     def receiver(self) -> Proc:
-        p = module_proc("receiver", "appliance.replication.receiver", self.rx_config, self.root)
+        p = module_proc("receiver", "appliance.replication.receiver", self.rx_config, self.root,
+                        self.rx_prefix)
         self.procs.append(p)
         return p
 
@@ -116,7 +120,8 @@ class Pair:
         d.mkdir(parents=True, exist_ok=True)
         control = self.root / f"tx-{name}.sock"
         identity = identity or name
-        lines = [f'identity = "{identity}"', f'peer = "127.0.0.1:{port or self.port}"',
+        host = "127.0.0.1" if port else self.rx_host
+        lines = [f'identity = "{identity}"', f'peer = "{host}:{port or self.port}"',
                  'peer_identity = "dr-site"', f'journal = "{d / "journal"}"',
                  f'volume_uuid = "{vid}"', f"size_bytes = {(size_blocks or blocks) * BLOCK}",
                  f"block_size = {BLOCK}", "generation = 1", f'control_socket = "{control}"',
@@ -135,7 +140,7 @@ class Pair:
 
     def transmitter(self, site: Site) -> Proc:
         p = module_proc(f"transmitter-{site.name}", "appliance.replication.transmitter",
-                        site.tx_config, self.root)
+                        site.tx_config, self.root, self.tx_prefix)
         self.procs.append(p)
         return p
 

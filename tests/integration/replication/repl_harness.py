@@ -148,9 +148,12 @@ def processes(*procs: Proc) -> Iterator[None]:
             p.stop()
 
 
-def module_proc(name: str, module: str, config: Path, logdir: Path) -> Proc:
-    return Proc(name, [PY, "-m", module, "--config", str(config), "--log-level", "INFO"],
-                logdir / f"{name}.log")
+def module_proc(name: str, module: str, config: Path, logdir: Path,
+                prefix: list[str] | None = None) -> Proc:
+    """A daemon process; ``prefix`` e.g. ``["ip", "netns", "exec", NS]`` (it execs, so the
+    pid is the daemon's own and kill -9 hits it)."""
+    return Proc(name, [*(prefix or []), PY, "-m", module, "--config", str(config),
+                       "--log-level", "INFO"], logdir / f"{name}.log")
 
 
 def status(sock: Path) -> dict:
