@@ -5,6 +5,8 @@ Primary-to-DR direction only, so that the damage lands on what the receiver must
   --corrupt P      flip one random bit in a forwarded chunk with probability P
   --stall-every S  every S seconds stop forwarding (both ways) for --stall-for seconds
   --cut-every S    every S seconds close all connections (a link flap)
+  --delay-ms D     emulated WAN: each chunk leaves D ms after it arrived (both ways)
+  --rate-mbit R    emulated WAN: paced at R Mbit/s (each way)
   --frames         frame-aware mode (plain-TCP links): BATCH frames are duplicated with
                    probability --dup and swapped with the next BATCH with probability --reorder
 
@@ -46,6 +48,9 @@ class Proxy:
 
     async def pump_plain(self, r: asyncio.StreamReader, w: asyncio.StreamWriter,
                          damage: bool) -> None:
+        if self.ns.delay_ms or self.ns.rate_mbit:
+            await self.pump_wan(r, w)
+            return
         while chunk := await r.read(65536):
             await self.flowing.wait()
             if damage and self.ns.corrupt and self.rng.random() < self.ns.corrupt:
@@ -55,6 +60,35 @@ class Proxy:
                 self.stats.corrupted += 1
             w.write(chunk)
             await w.drain()
+
+    async def pump_wan(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        """Emulated WAN (for hosts without tc netem): every chunk leaves ``--delay-ms``
+        after it arrived, paced at ``--rate-mbit``. Bounded queue = bounded bufferbloat."""
+        loop = asyncio.get_running_loop()
+        delay = self.ns.delay_ms / 1000
+        rate = self.ns.rate_mbit * 1e6 / 8 if self.ns.rate_mbit else None
+        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(maxsize=256)
+
+        async def sender() -> None:
+            free_at = loop.time()
+            while (item := await queue.get()) is not None:
+                due, chunk = item
+                if rate:
+                    free_at = max(free_at, due) + len(chunk) / rate
+                    due = free_at
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                w.write(chunk)
+                await w.drain()
+
+        task = asyncio.create_task(sender())
+        try:
+            while chunk := await r.read(16384):
+                await queue.put((loop.time() + delay, chunk))
+            await queue.put(None)
+            await task
+        finally:
+            task.cancel()
 
     async def pump_frames(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         held: bytes | None = None
@@ -142,6 +176,8 @@ def main() -> int:
     p.add_argument("--dup", type=float, default=0.0)
     p.add_argument("--reorder", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay, both ways")
+    p.add_argument("--rate-mbit", type=float, default=0.0, help="rate limit, each way")
     asyncio.run(amain(p.parse_args()))
     return 0
 
