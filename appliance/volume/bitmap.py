@@ -51,6 +51,26 @@ class DirtyBitmap:
         """Open (or initialise an all-zero) bitmap file and start a new writer incarnation.
 
         Raises BitmapError if the file belongs to another volume or geometry."""
+        next_slot, found = cls.check(io, volume_uuid=volume_uuid, chunk_size=chunk_size,
+                                     num_chunks=num_chunks)
+        bits = bytearray(fmt.bits_length(num_chunks))
+        if found is None:
+            found = fmt.BitmapHeader(0, volume_uuid, chunk_size, num_chunks, 0, 0,
+                                     fmt.MODE_JOURNALING, 0, 0)
+            io.pwritev(fmt.BITS_OFFSET, [bits])      # a reused file starts clean
+        else:
+            io.pread_into(fmt.BITS_OFFSET, memoryview(bits))
+        bm = cls(io, found, bits, next_slot)
+        bm._publish(incarnation=found.incarnation + 1, completed_gen=0)
+        bm._batch_gen = 0
+        io.sync()
+        return bm
+
+    @staticmethod
+    def check(io: BlockIO, *, volume_uuid: uuid.UUID, chunk_size: int,
+              num_chunks: int) -> tuple[int, fmt.BitmapHeader | None]:
+        """Read-only: is this file usable as the bitmap of that volume? Returns the slot to
+        write next and the header (None for a blank file); raises BitmapError otherwise."""
         need = fmt.file_size(num_chunks)
         if io.size() < need:
             raise BitmapError(f"bitmap file is {io.size()} bytes, needs {need} for "
@@ -63,19 +83,9 @@ class DirtyBitmap:
         except fmt.BitmapFormatError as err:
             raise BitmapError(str(err)) from err
         next_slot, found = fmt.newest(copies)
-        bits = bytearray(fmt.bits_length(num_chunks))
-        if found is None:
-            found = fmt.BitmapHeader(0, volume_uuid, chunk_size, num_chunks, 0, 0,
-                                     fmt.MODE_JOURNALING, 0, 0)
-            io.pwritev(fmt.BITS_OFFSET, [bits])      # a reused file starts clean
-        else:
+        if found is not None:
             _check_identity(found, volume_uuid, chunk_size, num_chunks)
-            io.pread_into(fmt.BITS_OFFSET, memoryview(bits))
-        bm = cls(io, found, bits, next_slot)
-        bm._publish(incarnation=found.incarnation + 1, completed_gen=0)
-        bm._batch_gen = 0
-        io.sync()
-        return bm
+        return next_slot, found
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -161,15 +171,21 @@ class DirtyBitmap:
         self._io.sync()
 
     # -- clearing (on the resync process's request) ----------------------------------
-    def poll_requests(self) -> int:
-        """Handle a new clear request, if any. Returns how many chunks were cleared."""
+    def pending_request(self) -> fmt.ClearRequest | None:
+        """A clear request the writer has not handled yet (one 8 KiB read), or None."""
         slots = bytearray(2 * fmt.SLOT_SIZE)
         self._io.pread_into(fmt.REQUEST_OFFSETS[0], memoryview(slots))
         copies = [fmt.decode_request(memoryview(slots)[i * fmt.SLOT_SIZE:(i + 1) * fmt.SLOT_SIZE])
                   for i in range(2)]
         _, req = fmt.newest(copies)
         if req is None or req.request_id <= self._h.processed_request:
-            return 0
+            return None
+        return req
+
+    def handle_request(self, req: fmt.ClearRequest) -> int:
+        """Clear what `req` may clear. The caller must have made the mirror durable first:
+        the resync shipped what it read from the page cache, and a clear must never outlive
+        mirror data a power cut could still take. Returns how many chunks were cleared."""
         cleared = 0
         if req.incarnation == self._h.incarnation and req.seen_gen >= self._touch_floor:
             cleared = self._clear(req)
@@ -177,6 +193,11 @@ class DirtyBitmap:
             self._touch_floor = max(self._touch_floor, req.seen_gen)
         self._publish(processed_request=req.request_id)
         return cleared
+
+    def poll_requests(self) -> int:
+        """pending_request + handle_request, for callers whose mirror is already durable."""
+        req = self.pending_request()
+        return 0 if req is None else self.handle_request(req)
 
     def _clear(self, req: fmt.ClearRequest) -> int:
         changed: set[int] = set()

@@ -13,6 +13,7 @@ from appliance.journal.format import (
     SUPERBLOCK_MAGIC,
     choose_segment_blocks,
 )
+from appliance.journal.header import load_superblock, read_header
 from appliance.storage import open_file
 from appliance.volume import bitmap_format
 from appliance.volume.bitmap import DirtyBitmap
@@ -44,11 +45,18 @@ def open_parts(config: VolumeConfig) -> Parts:
             raise VolumeConfigError(f"mirror holds {mirror.size()} bytes, the volume needs "
                                     f"{config.volume_bytes} ({config.num_blocks} blocks of "
                                     f"{config.block_size}); enlarge the mirror")
-        journal = _open_journal(config)
-        opened.append(journal)
         bitmap_io = config.bitmap_io or open_file(
             config.bitmap_path, create_size=bitmap_format.file_size(config.num_chunks))
         opened.append(bitmap_io)
+        # Read-only checks of everything first, so a refusal leaves every file untouched.
+        target = config.journal_io if config.journal_io is not None else config.journal_path
+        existing = _holds_journal(target)
+        if existing:
+            _check_journal(target, config)
+        DirtyBitmap.check(bitmap_io, volume_uuid=config.uuid, chunk_size=config.chunk_size,
+                          num_chunks=config.num_chunks)
+        journal = _open_journal(target, existing, config)
+        opened.append(journal)
         bitmap = DirtyBitmap.open(bitmap_io, volume_uuid=config.uuid,
                                   chunk_size=config.chunk_size, num_chunks=config.num_chunks)
         return Parts(journal, mirror, bitmap)
@@ -58,30 +66,35 @@ def open_parts(config: VolumeConfig) -> Parts:
         raise
 
 
-def _open_journal(config: VolumeConfig) -> Journal:
-    target = config.journal_io if config.journal_io is not None else config.journal_path
-    if _holds_journal(target):
-        journal = Journal.open(target, volume_uuid=config.uuid)
-    else:
-        journal = Journal.create(target, size=config.journal_size, volume_uuid=config.uuid,
-                                 volume_block_size=config.block_size,
-                                 volume_blocks=config.num_blocks,
-                                 segment_size=_segment_size(config))
-    try:
-        sb = journal.sb
-        if (sb.volume_block_size, sb.volume_blocks) != (config.block_size, config.num_blocks):
-            raise JournalMismatch(
-                f"journal was made for {sb.volume_blocks} blocks of {sb.volume_block_size} "
-                f"bytes, the volume has {config.num_blocks} of {config.block_size}")
-        if journal.max_op_bytes < config.max_transfer_bytes:
-            raise VolumeConfigError(
-                f"the journal takes writes of at most {journal.max_op_bytes} bytes, less than "
-                f"max_transfer_bytes {config.max_transfer_bytes}; lower it or use a bigger "
-                "journal")
-        return journal
-    except BaseException:
+def _open_journal(target: str | os.PathLike[str] | BlockIO, existing: bool,
+                  config: VolumeConfig) -> Journal:
+    if not existing:
+        return Journal.create(target, size=config.journal_size, volume_uuid=config.uuid,
+                              volume_block_size=config.block_size,
+                              volume_blocks=config.num_blocks,
+                              segment_size=_segment_size(config))
+    journal = Journal.open(target, volume_uuid=config.uuid)
+    if journal.max_op_bytes < config.max_transfer_bytes:
         journal.close()
-        raise
+        raise VolumeConfigError(
+            f"the journal takes writes of at most {journal.max_op_bytes} bytes, less than "
+            f"max_transfer_bytes {config.max_transfer_bytes}; lower it or use a bigger journal")
+    return journal
+
+
+def _check_journal(target: str | os.PathLike[str] | BlockIO, config: VolumeConfig) -> None:
+    """Read-only: the superblock names this volume and its geometry (Journal.open would
+    write its checkpoint slot before we could look)."""
+    if isinstance(target, str | os.PathLike):
+        with open_file(target) as io:
+            return _check_journal(io, config)
+    sb = load_superblock(target, read_header(target), config.uuid)
+    if (sb.volume_block_size, sb.volume_blocks) != (config.block_size, config.num_blocks):
+        raise JournalMismatch(
+            f"journal was made for {sb.volume_blocks} blocks of {sb.volume_block_size} "
+            f"bytes, the volume has {config.num_blocks} of {config.block_size}; point the "
+            "volume at its own journal")
+    return None
 
 
 def _segment_size(config: VolumeConfig) -> int | None:

@@ -169,37 +169,55 @@ class Volume:
             self._check_open()
             self._service_if_due()
             try:
-                if not self._bitmap.logging and self._journal_write(ops, fua):
-                    return
-                self._bitmap_write(ops, fua)
+                rest = ops if self._bitmap.logging else self._journal_write(ops, fua)
+                if rest:
+                    self._bitmap_write(rest, fua)
             except OSError as err:
                 raise MediumError("write", f"write failed: {err}") from err
 
-    def _journal_write(self, ops: Sequence[WriteOp], fua: bool) -> bool:
+    def _journal_write(self, ops: Sequence[WriteOp], fua: bool) -> Sequence[WriteOp]:
         """Journal the batch and apply it (now, or at the next sync in on-flush mode).
-        Returns False if the journal is full and the batch must go to the bitmap."""
-        try:
-            seqs = self._journal.append(ops)
-        except JournalFull:
-            # At need: a mirror checkpoint may free what the peer already acknowledged.
-            self._commit_pending()
-            self._checkpoint_mirror()
-            try:
-                seqs = self._journal.append(ops)
-            except JournalFull:
-                self._enter_logging()
-                return False
-        if self._wce and not fua:
-            self._pending.add(ops, seqs[-1])
+
+        Normally one append; a batch bigger than the journal takes in one append is split,
+        still with one sync. Returns the ops that found the journal full (they go to the
+        bitmap; the mode has been switched)."""
+        appended: list[tuple[Sequence[WriteOp], int]] = []
+        rest: Sequence[WriteOp] = ()
+        for start, group in _split(ops, self._journal.max_batch_bytes):
+            seqs = self._append(group)
+            if seqs is None:
+                rest = ops[start:]
+                break
+            appended.append((group, seqs[-1]))
+        if self._wce and not fua and not rest:
+            for group, last in appended:
+                self._pending.add(group, last)
             if self._pending.nbytes > self.config.pending_limit_bytes:
                 self._commit_pending()
-        else:
+        elif appended:
             self._journal.sync()        # covers this batch and any earlier on-flush writes
             self._drain_pending()
-            self._apply(ops, seqs[-1])
-        if self._unsynced_mirror_bytes > self.config.effective_mirror_sync_bytes:
+            for group, last in appended:
+                self._apply(group, last)
+        if rest:
+            self._enter_logging()
+        elif self._unsynced_mirror_bytes > self.config.effective_mirror_sync_bytes:
             self._checkpoint_mirror()
-        return True
+        return rest
+
+    def _append(self, ops: Sequence[WriteOp]) -> range | None:
+        """journal.append, with a mirror checkpoint at need; None if the journal stays full."""
+        try:
+            return self._journal.append(ops)
+        except JournalFull:
+            pass
+        # At need: a mirror checkpoint may free what the peer already acknowledged.
+        self._commit_pending()
+        self._checkpoint_mirror()
+        try:
+            return self._journal.append(ops)
+        except JournalFull:
+            return None
 
     def _bitmap_write(self, ops: Sequence[WriteOp], fua: bool) -> None:
         """logging-to-bitmap: mark the chunks durably, then write the mirror."""
@@ -271,8 +289,11 @@ class Volume:
     def _service(self, now: float) -> None:
         self._last_poll = now
         bm = self._bitmap
-        if bm.dirty_chunks:
-            bm.poll_requests()
+        if bm.dirty_chunks and (request := bm.pending_request()) is not None:
+            # The resync shipped what it read from the mirror's page cache: make that
+            # durable before the bits that account for it can go.
+            self._mirror.sync()
+            bm.handle_request(request)
         if bm.logging and bm.dirty_chunks == 0 \
                 and journal_link.acked_seq(self._journal) >= bm.overflow_seq:
             bm.set_mode(False, bm.overflow_seq)     # back to journaling, durably
@@ -318,6 +339,18 @@ class Volume:
     def _check_open(self) -> None:
         if self._closed:
             raise VolumeError("volume is closed")
+
+
+def _split(ops: Sequence[WriteOp], max_bytes: int):
+    """(index, ops) groups whose journal payload stays within one append's limit."""
+    start, size = 0, 0
+    for i, op in enumerate(ops):
+        n = memoryview(op.data).nbytes
+        if i > start and size + n > max_bytes:
+            yield start, ops[start:i]
+            start, size = i, 0
+        size += n
+    yield start, ops[start:]
 
 
 def _first_mismatch(a: bytes | bytearray, b: memoryview) -> int | None:

@@ -1,0 +1,191 @@
+"""The ordinary path on real files, group-commit I/O counts, and the targeted cases the
+random programs reach only by luck."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+
+import pytest
+from volume_harness import BS, Model, Peer, Rig, block_data, read_all
+
+from appliance.journal import OpKind, WriteOp
+from appliance.volume import LOGGING_TO_BITMAP, FlushPolicy, ResyncSource, Volume, VolumeConfig
+
+
+def write(lba: int, n: int, wid: int) -> WriteOp:
+    return WriteOp(OpKind.WRITE, lba, n, b"".join(block_data(wid, i) for i in range(n)))
+
+
+def real_config(tmp_path, **kw) -> VolumeConfig:
+    args = dict(uuid=uuid.UUID(int=5), num_blocks=4096, journal_size=1 << 20,
+                max_transfer_bytes=64 * 1024, chunk_size=16384, mirror_path=tmp_path / "mirror",
+                journal_path=tmp_path / "journal", bitmap_path=tmp_path / "bitmap") | kw
+    return VolumeConfig(**args)
+
+
+@pytest.mark.parametrize("policy", list(FlushPolicy))
+def test_real_files_write_read_reopen(tmp_path, policy):
+    cfg = real_config(tmp_path, flush_policy=policy)
+    with Volume.open(cfg) as vol:
+        vol.submit([write(0, 8, 1), WriteOp(OpKind.WRITE_SAME, 100, 50, block_data(2, 0)),
+                    WriteOp(OpKind.UNMAP, 4, 2)])
+        vol.flush()
+        buf = bytearray(200 * BS)
+        vol.read_into(0, 100, [memoryview(buf)[:1000], memoryview(buf)[1000:100 * BS]])
+        vol.read_into(100, 100, [memoryview(buf)[100 * BS:]])
+        assert vol.status()["state"] == "journaling"
+    expect = bytearray(200 * BS)
+    expect[0:8 * BS] = write(0, 8, 1).data
+    expect[4 * BS:6 * BS] = bytes(2 * BS)
+    expect[100 * BS:150 * BS] = block_data(2, 0) * 50
+    assert buf == expect
+    assert (tmp_path / "mirror").read_bytes()[:200 * BS] == expect
+    with Volume.open(cfg) as vol:             # reopen: same content, journal continues
+        got = bytearray(200 * BS)
+        vol.read_into(0, 100, [memoryview(got)[:100 * BS]])
+        vol.read_into(100, 100, [memoryview(got)[100 * BS:]])
+        assert got == expect
+        assert vol.status()["journal"]["next_seq"] == 4
+
+
+def test_one_journal_sync_per_batch_and_none_for_cached_writes():
+    rig = Rig(policy=FlushPolicy.PER_BATCH)
+    vol = rig.open()
+    m = rig.m
+    before = dict(m.syncs)
+    vol.submit([write(i * 4, 4, i) for i in range(10)])
+    assert m.syncs["journal"] - before.get("journal", 0) == 1
+    assert m.syncs["mirror"] == before.get("mirror", 0)        # mirror sync only at checkpoints
+    assert m.unsynced_bytes("mirror") == 10 * 4 * BS            # ...but written
+
+    vol.write_cache_enabled = True
+    before = dict(m.syncs)
+    vol.submit([write(100, 4, 50)])
+    assert dict(m.syncs) == before and m.unsynced_bytes("mirror") == 10 * 4 * BS  # deferred
+    vol.submit([write(110, 1, 51)], fua=True)                  # FUA: one sync covers both
+    assert m.syncs["journal"] - before.get("journal", 0) == 1
+    assert m.unsynced_bytes("mirror") == (40 + 5) * BS
+
+
+def test_on_flush_reads_come_from_the_overlay_until_the_sync():
+    rig = Rig(policy=FlushPolicy.ON_FLUSH)
+    vol = rig.open()
+    vol.submit([write(10, 3, 1), WriteOp(OpKind.WRITE_SAME, 11, 4, block_data(2, 0)),
+                WriteOp(OpKind.UNMAP, 14, 1)])
+    assert rig.raw("mirror")[10 * BS:15 * BS] == bytes(5 * BS)   # write-ahead: not yet
+    buf = bytearray(6 * BS)
+    vol.read_into(9, 6, [memoryview(buf)[:700], memoryview(buf)[700:]])
+    assert buf == bytes(BS) + block_data(1, 0) + block_data(2, 0) * 3 + bytes(BS)
+    vol.flush()
+    assert rig.raw("mirror")[9 * BS:15 * BS] == buf
+
+
+def test_redo_puts_a_durable_record_the_mirror_missed_back():
+    rig = Rig()
+    vol = rig.open()
+    rig.m.inject_fault("mirror", "write")
+    with pytest.raises(Exception, match="injected"):
+        vol.submit([write(7, 2, 9)])                 # journal durable, mirror write failed
+    assert rig.raw("mirror")[7 * BS:9 * BS] == bytes(2 * BS)
+    rig.crash(random.Random(1), tear=True)
+    vol = rig.open()
+    assert rig.raw("mirror")[7 * BS:9 * BS] == write(7, 2, 9).data
+    assert vol.status()["mirror_durable_seq"] == 1
+
+
+def test_compare_and_write_is_atomic_against_concurrent_writers():
+    rig = Rig(policy=FlushPolicy.ON_FLUSH)
+    vol = rig.open()
+    counter = bytearray(BS)
+    wins = []
+
+    def increment(worker: int) -> None:
+        for _ in range(25):
+            while True:
+                cur = bytearray(BS)
+                vol.read_into(0, 1, [memoryview(cur)])
+                new = (int.from_bytes(cur[:8], "little") + 1).to_bytes(8, "little") + cur[8:]
+                if vol.compare_and_write(0, memoryview(cur), memoryview(new)) is None:
+                    wins.append(worker)
+                    break
+
+    threads = [threading.Thread(target=increment, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+        assert not t.is_alive(), "compare_and_write worker hung"
+    vol.read_into(0, 1, [memoryview(counter)])
+    assert int.from_bytes(counter[:8], "little") == len(wins) == 100
+
+
+def test_compare_and_write_reports_the_first_mismatching_byte_and_writes_nothing():
+    rig = Rig()
+    vol = rig.open()
+    vol.submit([write(20, 2, 1)])
+    verify = bytearray(write(20, 2, 1).data)
+    verify[BS + 17] ^= 1
+    writes = dict(rig.m.writes)
+    assert vol.compare_and_write(20, memoryview(verify), memoryview(bytes(2 * BS))) == BS + 17
+    assert dict(rig.m.writes) == writes
+
+
+def test_a_clear_never_outlives_mirror_data_a_crash_could_take():
+    """logging-to-bitmap with the write cache on: the resync reads a write from the page
+    cache and ships it; the clear must not become durable before that data is."""
+    rig = Rig(num_blocks=512, policy=FlushPolicy.ON_FLUSH, max_transfer=32 * 1024)
+    vol = rig.open()
+    peer = Peer(rig)
+    i = 0
+    while vol.state != LOGGING_TO_BITMAP:
+        vol.submit([write((i * 64) % 448, 64, 100 + i)])
+        i += 1
+    vol.submit([write(300, 4, 999)])                       # not flushed, mirror not synced
+    assert peer.resync(vol) > 0
+    vol.service()
+    assert vol.state == "journaling"
+    vol.flush()
+    rig.crash(random.Random(2), tear=False)
+    vol = rig.open()
+    assert rig.raw("mirror") == peer.expected_mirror(vol), "peer holds what the mirror lost"
+
+
+def test_full_resync_marks_everything_and_returns_to_journaling():
+    rig = Rig()
+    vol = rig.open()
+    peer = Peer(rig)
+    vol.submit([write(0, 8, 1)])
+    vol.start_full_resync()
+    assert vol.state == LOGGING_TO_BITMAP
+    assert vol.status()["dirty_chunks"] == rig.num_chunks
+    vol.submit([write(50, 8, 2)])
+    rig.crash(random.Random(4), tear=True)
+    vol = rig.open()
+    assert vol.state == LOGGING_TO_BITMAP and vol.status()["dirty_chunks"] == rig.num_chunks
+    assert peer.resync(vol) == rig.num_chunks
+    vol.service()
+    assert vol.state == "journaling"
+    assert bytes(peer.image) == b"".join(read_all(vol))
+
+
+def test_resync_from_a_writer_that_restarted_reships_instead_of_clearing():
+    rig = Rig()
+    vol = rig.open()
+    vol.start_full_resync()
+    src = ResyncSource(rig.m.open("bitmap"))
+    snap = src.snapshot()
+    vol.close()
+    vol = rig.open()
+    src.clear_shipped(snap, snap.runs, timeout=5, poll=vol.service)
+    assert vol.status()["dirty_chunks"] == rig.num_chunks
+
+
+def test_model_sanity_a_lost_flushed_write_is_detected():
+    """The checker itself can fail: a block that lost its flushed value is reported."""
+    model = Model(4)
+    model.apply([write(0, 1, 1)], durable=False)
+    model.flush()
+    with pytest.raises(AssertionError, match="block 0"):
+        model.check_after_crash([bytes(BS)] * 4)
