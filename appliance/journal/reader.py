@@ -99,6 +99,10 @@ class JournalReader:
             if start is None:
                 if from_seq >= durable:
                     return []  # nothing was written there yet
+                if attempt == _LOCATE_ATTEMPTS - 1:
+                    raise JournalCorrupt(
+                        f"seq {from_seq} is below the durable head {durable} but no intact "
+                        f"segment start leads to it", position=self.sb.block_offset(0))
                 anchor = self.writer_checkpoint()
                 continue
             out, failure = self._collect(start, from_seq, durable, max_bytes)
@@ -121,7 +125,7 @@ class JournalReader:
             return self._cursor
         newest, _ = newest_segment(self._area, anchor)
         found = segment_holding(self._area, seq, newest)
-        if found is None:
+        if found is None or found[1] is None:
             return None
         segment, meta = found
         return ChainPoint(segment * self.sb.segment_blocks, meta.first_seq, meta.prev_crc)

@@ -98,9 +98,12 @@ def newest_segment(area: Area, anchor: WriterCheckpoint) -> tuple[int, RecordMet
     return (base + j) % area.m, probes[j]
 
 
-def segment_holding(area: Area, seq: int, newest: int) -> tuple[int, RecordMeta] | None:
+def segment_holding(area: Area, seq: int, newest: int
+                    ) -> tuple[int, RecordMeta | None] | None:
     """The segment whose first record has the largest first seq <= `seq`, or None if every
-    intact segment starts above `seq` (the records were overwritten).
+    intact segment starts above `seq` (the records were overwritten). (segment, None) means
+    the segment that should hold `seq` has no intact first record: damaged, if `seq` is
+    still meant to be held.
 
     Circular order from the oldest segment (newest + 1) to the newest: first a run of
     segments with no intact start (never written, or torn while being entered), then
@@ -121,9 +124,10 @@ def segment_holding(area: Area, seq: int, newest: int) -> tuple[int, RecordMeta]
         return None
     k = last_true(area.m, lambda i: i == 0 or at_or_below(i))
     meta = probes[k]
-    if meta is None or meta.kind != RecordKind.BATCH or meta.first_seq > min(seq, limit):
-        return None
-    return (newest + 1 + k) % area.m, meta
+    segment = (newest + 1 + k) % area.m
+    if meta is None or meta.kind != RecordKind.BATCH or meta.first_seq > limit:
+        return segment, None
+    return segment, meta
 
 
 class Walker:
@@ -161,20 +165,37 @@ class Walker:
         lo = (block - start) * JBLOCK
         return memoryview(self._buf)[lo : lo + count * JBLOCK]
 
+    def _continues_at(self, seg_end: int) -> bool:
+        """Does the chain go on at the next segment's first block? (The PAD before it may be
+        torn: the writer does not sync a PAD before entering the next segment.) Only a
+        record linking to our last record qualifies, so no damaged BATCH is ever skipped:
+        the next segment's first record would link to that BATCH instead."""
+        p = self.point
+        if not self.check_link or p.block % self.area.S == 0:
+            return False
+        start = seg_end % (self.area.m * self.area.S)
+        meta = self.area.parse(self._view(start, 1), start)
+        if (meta is None or meta.kind != RecordKind.BATCH or meta.first_seq != p.seq
+                or meta.prev_crc != p.prev_crc):
+            return False
+        self.point = ChainPoint(start, p.seq, p.prev_crc)
+        return True
+
     def next(self) -> tuple[RecordMeta, memoryview] | None:
         while True:
             p = self.point
             if p.block >= self.area.m * self.area.S:
                 p = self.point = ChainPoint(0, p.seq, p.prev_crc)
             meta = self.area.parse(self._view(p.block, 1), p.block)
-            if meta is None:
-                self.why = "no intact metadata block"
-                return None
-            if meta.first_seq != p.seq or (self.check_link and meta.prev_crc != p.prev_crc):
-                self.why = (f"record seq {meta.first_seq} does not follow seq {p.seq - 1} "
+            seg_end = self.area.segment_end(p.block)
+            if meta is None or meta.first_seq != p.seq or (
+                    self.check_link and meta.prev_crc != p.prev_crc):
+                if self._continues_at(seg_end):
+                    continue
+                self.why = ("no intact metadata block" if meta is None else
+                            f"record seq {meta.first_seq} does not follow seq {p.seq - 1} "
                             f"(stale or foreign record)")
                 return None
-            seg_end = self.area.segment_end(p.block)
             if meta.end_block > seg_end:
                 self.why = "record crosses its segment end"
                 return None
@@ -182,8 +203,10 @@ class Walker:
                 if meta.end_block != seg_end:
                     self.why = "padding record does not end at its segment end"
                     return None
+                # PADs are not links: the next record links to the last BATCH record.
+                self.point = ChainPoint(seg_end, p.seq, p.prev_crc if self.check_link
+                                        else meta.prev_crc)
                 self.check_link = True
-                self.point = ChainPoint(seg_end, p.seq, meta.header_crc)
                 continue
             data = self._view(p.block + 1, meta.record_blocks - 1)[: meta.data_bytes]
             if crc(data) != meta.data_crc:

@@ -232,19 +232,22 @@ class Journal:
         bufs: list[bytes | memoryview] = []
         run_start = plan[0].block
         head = self._head
+        batch_written = False  # a PAD need not be durable before the next segment (see scan)
         for planned in plan:
             if planned.enters_segment:
-                if bufs or self._unsynced:  # the segment rule: all before it is durable
-                    if bufs:
-                        self._io.pwritev(self.sb.block_offset(run_start), bufs)
-                        bufs = []
+                if bufs:
+                    self._io.pwritev(self.sb.block_offset(run_start), bufs)
+                    bufs = []
+                if batch_written or self._unsynced:  # the segment rule: all before is durable
                     self._head = head
                     self._unsynced = True
                     self.sync()
                 self._publish()  # keeps the recovery anchor within a segment of the head
+                batch_written = False
             if not bufs:
                 run_start = planned.block
             head = self._emit(planned, head, timestamp_ns, bufs)
+            batch_written = batch_written or bool(planned.ops)
         if bufs:
             self._io.pwritev(self.sb.block_offset(run_start), bufs)
         self._head = head
@@ -261,9 +264,10 @@ class Journal:
                 synced_seq=self._durable.seq, prev_crc=head.prev_crc, data_crc=0,
                 data_bytes=0, entries=())
             bufs.append(meta)
-            # The pad is not followed by its blank blocks: the next record starts a segment.
+            # The pad is not followed by its blank blocks: the next record starts a segment,
+            # and links to the last BATCH record, as the pad does.
             return ChainPoint((planned.block + planned.record_blocks) % self._total, head.seq,
-                              header_crc)
+                              head.prev_crc)
         data_crc = 0
         payload: list[bytes | memoryview] = []
         entries = []
@@ -344,9 +348,16 @@ class Journal:
         if from_seq >= end:
             return
         found = segment_holding(self._area, from_seq, self._newest_segment())
-        if found is None:
-            raise RecordsGone(f"records from seq {from_seq} were reclaimed and overwritten "
-                              f"(the tail is at seq {self.tail_seq})")
+        if found is None or found[1] is None:
+            self._refresh_acked()
+            if from_seq < self.tail_seq:
+                raise RecordsGone(f"records from seq {from_seq} were reclaimed and "
+                                  f"overwritten (the tail is at seq {self.tail_seq})")
+            segment = found[0] if found else self._newest_segment()
+            raise JournalCorrupt(
+                f"seq {from_seq} is still held (tail {self.tail_seq}) but the segment that "
+                f"holds it has no intact first record",
+                position=self.sb.block_offset(segment * self.sb.segment_blocks))
         segment, meta = found
         walker = Walker(self._area, ChainPoint(segment * self.sb.segment_blocks, meta.first_seq, 0),
                         check_first_link=False)
@@ -371,7 +382,8 @@ class Journal:
         if tail < head.seq:
             if self._tail_cache is None or self._tail_cache[0] != tail:
                 found = segment_holding(self._area, tail, self._newest_segment())
-                segment = found[0] if found else (self._newest_segment() + 1) % self.sb.segment_count
+                segment = (found[0] if found and found[1] is not None
+                           else (self._newest_segment() + 1) % self.sb.segment_count)
                 self._tail_cache = (tail, segment)
             blocks = (head.block - self._tail_cache[1] * self.sb.segment_blocks) % self._total
             held_bytes = (blocks or self._total) * JBLOCK
