@@ -51,6 +51,8 @@ class VolumeConfig:
     mirror_sync_interval: float = 5.0
     # how often submit() looks for the resync process's clear requests
     resync_poll_interval: float = 0.05
+    # a background thread runs Volume.service() this often (None: the caller does)
+    service_interval: float | None = 0.1
 
     @property
     def volume_bytes(self) -> int:
@@ -97,6 +99,9 @@ class VolumeConfig:
             raise VolumeConfigError("pending_limit_bytes must be >= max_transfer_bytes")
         if self.mirror_sync_interval <= 0 or self.resync_poll_interval <= 0:
             raise VolumeConfigError("mirror_sync_interval and resync_poll_interval must be > 0")
+        if self.service_interval is not None and self.service_interval <= 0:
+            raise VolumeConfigError("service_interval must be > 0, or None to call "
+                                    "Volume.service() yourself")
         for name in ("mirror", "journal", "bitmap"):
             path, io = getattr(self, f"{name}_path"), getattr(self, f"{name}_io")
             if (path is None) == (io is None):

@@ -21,6 +21,7 @@ from appliance.volume.errors import MediumError, VolumeError
 from appliance.volume.mirror import Mirror
 from appliance.volume.pending import PendingWrites
 from appliance.volume.requests import check_ops, check_range
+from appliance.volume.ticker import Ticker
 
 JOURNALING = "journaling"
 LOGGING_TO_BITMAP = "logging-to-bitmap"
@@ -49,6 +50,7 @@ class Volume:
         self._last_poll = 0.0
         self._overflows = 0
         self._closed = False
+        self._ticker: Ticker | None = None
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
@@ -63,7 +65,14 @@ class Volume:
         except BaseException:
             vol._close_parts()
             raise
+        if config.service_interval is not None:
+            vol._ticker = Ticker(vol._tick, config.service_interval, f"volume-{config.uuid}")
         return vol
+
+    def _tick(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._service(time.monotonic())
 
     def _redo(self) -> None:
         """Re-apply records above the mirror-durable checkpoint (they may have missed the
@@ -83,6 +92,8 @@ class Volume:
             self._checkpoint_mirror()
 
     def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.stop()
         with self._lock:
             if self._closed:
                 return
@@ -142,6 +153,7 @@ class Volume:
                 "mirror_applied_seq": self._applied_seq,
                 "mirror_durable_seq": self._durable_seq,
                 "pending_bytes": self._pending.nbytes,
+                "background_error": self._ticker.last_error if self._ticker else None,
             }
 
     # -- reads ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 
 import pytest
@@ -189,3 +190,24 @@ def test_model_sanity_a_lost_flushed_write_is_detected():
     model.flush()
     with pytest.raises(AssertionError, match="block 0"):
         model.check_after_crash([bytes(BS)] * 4)
+
+
+def test_real_files_resync_from_another_handle_needs_no_help_from_the_host(tmp_path):
+    """The writer's background ticker handles clear requests while the host is idle."""
+    from appliance.storage import open_file
+
+    cfg = real_config(tmp_path, service_interval=0.02)
+    with Volume.open(cfg) as vol:
+        vol.start_full_resync()
+        assert vol.state == LOGGING_TO_BITMAP
+        with open_file(tmp_path / "bitmap") as bitmap_io:
+            src = ResyncSource(bitmap_io)
+            snap = src.snapshot()
+            assert snap.logging and snap.dirty_chunks == cfg.num_chunks
+            src.clear_shipped(snap, snap.runs, timeout=10)     # no poll: the ticker does it
+        deadline = time.monotonic() + 10
+        while vol.state == LOGGING_TO_BITMAP:
+            assert time.monotonic() < deadline, "writer never returned to journaling"
+            time.sleep(0.01)
+        assert vol.status()["dirty_chunks"] == 0
+        assert vol.status()["background_error"] is None
