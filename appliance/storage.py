@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -126,8 +127,8 @@ def open_file(path: str | os.PathLike[str], *, create_size: int | None = None) -
     """Open `path` read-write.
 
     With `create_size`, a missing file is created (sparse) with that size, and an existing
-    regular file shorter than that is extended; nothing is ever shrunk. Without it the file
-    must exist.
+    regular file shorter than that is extended (a smaller block device is an error); nothing
+    is ever shrunk. Without it the file must exist.
     """
     name = os.fspath(path)
     flags = os.O_RDWR | os.O_CLOEXEC
@@ -145,6 +146,9 @@ def open_file(path: str | os.PathLike[str], *, create_size: int | None = None) -
     try:
         io = FileBlockIO(fd, name)
         if create_size is not None and io.size() < create_size:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StorageError(errno.ENOSPC, f"{name} holds {io.size()} bytes, fewer than "
+                                                 f"the {create_size} needed")
             os.ftruncate(fd, create_size)
         if created:
             _sync_parent_dir(name)

@@ -56,7 +56,8 @@ _ZERO_BLOCK = bytes(JBLOCK)
 
 
 class Journal:
-    """The writer side of one journal file."""
+    """The writer side of one journal file. Not thread-safe: the caller serialises calls
+    (the Volume does, under its lock)."""
 
     high_water_percent: float = 80.0
 
