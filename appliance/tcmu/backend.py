@@ -1,14 +1,18 @@
 """One device's backend: the SCSI disk emulation over a Volume (journal + mirror).
 
 The volume uuid is derived from the mirror path, so it is the same on every start without any
-state of our own; the unit serial is the backstore's configfs WWN when it is already set (rtslib
-writes it after `enable`, TCMU brief §11), else the volume uuid.
+state of our own. The unit serial is the backstore's configfs WWN. rtslib writes it only after
+`enable`, i.e. after ADDED_DEVICE was answered (TCMU brief §11, hazard 11), so like tcmu-runner
+we read it lazily: until it is known, every INQUIRY re-reads `wwn/vpd_unit_serial` first. The
+first INQUIRY comes after the LUN is mapped, when the WWN is final; a restarted handler finds it
+at once. Without this the serial (and the NAA id) would change across a handler restart.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +42,8 @@ class VolumeBackend:
 
     @classmethod
     def open(cls, config: MirrorConfig, size_bytes: int, serial: str | None = None,
-             *, max_transfer_bytes: int | None = None) -> VolumeBackend:
+             *, max_transfer_bytes: int | None = None,
+             read_serial: Callable[[], str | None] | None = None) -> VolumeBackend:
         """`max_transfer_bytes` (VPD 0xB0) must fit hw_max_sectors and the ring's data area,
         or the kernel fails larger commands itself (brief §14.13)."""
         from appliance.scsi import DiskIdentity, DiskLimits, ScsiDisk
@@ -59,7 +64,8 @@ class VolumeBackend:
         except BaseException:
             volume.close()
             raise
-        return cls(volume, disk, size_bytes)
+        executor = disk if serial or read_serial is None else _LazySerialDisk(disk, read_serial)
+        return cls(volume, executor, size_bytes)
 
     def resize(self, size_bytes: int) -> None:
         """Grow/shrink the volume, then the disk reports CAPACITY DATA HAS CHANGED."""
@@ -75,6 +81,37 @@ class VolumeBackend:
 
     def close(self) -> None:
         self.volume.close()
+
+
+class _LazySerialDisk:
+    """A ScsiDisk whose unit serial is filled in from configfs once rtslib has set it."""
+
+    _INQUIRY = 0x12
+
+    def __init__(self, disk: Any, read_serial: Callable[[], str | None]) -> None:
+        self.disk = disk
+        self._read_serial: Callable[[], str | None] | None = read_serial
+
+    def execute(self, cmds: Sequence[Any]) -> list[Any]:
+        if self._read_serial is not None and any(
+                cmd.cdb[:1] == bytes([self._INQUIRY]) for cmd in cmds):
+            self._refresh()
+        return self.disk.execute(cmds)
+
+    def _refresh(self) -> None:
+        from appliance.scsi import DiskIdentity
+        assert self._read_serial is not None
+        try:
+            serial = self._read_serial()
+            if serial:
+                self.disk.identity = DiskIdentity(serial)
+                self._read_serial = None
+                log.info("unit serial is now %s", serial)
+        except (OSError, ValueError):
+            log.exception("cannot read the unit serial; keeping %s", self.disk.identity.serial)
+
+    def resized(self) -> None:
+        self.disk.resized()
 
 
 def open_backend(name: TcmuName, config: MirrorConfig,
@@ -94,9 +131,10 @@ def open_backend(name: TcmuName, config: MirrorConfig,
     try:
         serial = control.unit_serial()
     except OSError:
-        serial = None
+        serial = None  # not set yet at ADDED_DEVICE: read on the first INQUIRY
     try:
         max_transfer = control.hw_max_sectors() * config.block_size
     except (OSError, ValueError):
         max_transfer = None
-    return VolumeBackend.open(config, size, serial, max_transfer_bytes=max_transfer)
+    return VolumeBackend.open(config, size, serial, max_transfer_bytes=max_transfer,
+                              read_serial=control.unit_serial)

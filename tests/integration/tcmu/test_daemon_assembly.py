@@ -33,7 +33,7 @@ def _fake_system(tmp: Path, cfg: str) -> HandlerConfig:
         "Status: ACTIVATED  Max Queue Depth: 128  SectorSize: 512  HwMaxSectors: 128\n"
         f"        Config: {cfg} Size: {SIZE} MaxDataAreaMB: 8 DataPagesPerBlk: 1 "
         "CmdRingSizeMB: 8\n")
-    (backstore / "wwn" / "vpd_unit_serial").write_text(f"T10 VPD Unit Serial Number: {SERIAL}\n")
+    (backstore / "wwn" / "vpd_unit_serial").write_text("T10 VPD Unit Serial Number: \n")
     (backstore / "attrib" / "hw_block_size").write_text("512\n")
     (backstore / "attrib" / "hw_max_sectors").write_text("2048\n")
     (tmp / "params").mkdir()
@@ -63,8 +63,15 @@ def test_daemon_adopts_serves_reconfigures_and_stops(tmp_path: Path) -> None:
 
         res = run(b"\x25" + bytes(9), data_in=8)
         assert struct.unpack(">II", res.data_in) == (SIZE // 512 - 1, 512)
+        # rtslib sets the WWN only after enable, i.e. after the handler opened the device:
+        # the serial is read from configfs at the first INQUIRY, and then kept.
+        wwn = tmp_path / "core/user_1/vol1/wwn/vpd_unit_serial"
+        wwn.write_text(f"T10 VPD Unit Serial Number: {SERIAL}\n")
         res = run(b"\x12\x01\x80\x00\xff\x00", data_in=255)
-        assert SERIAL.encode() in res.data_in                         # WWN read from configfs
+        assert res.data_in[4:4 + len(SERIAL)] == SERIAL.encode()
+        wwn.write_text("T10 VPD Unit Serial Number: changed-later\n")
+        res = run(b"\x12\x01\x80\x00\xff\x00", data_in=255)
+        assert res.data_in[4:4 + len(SERIAL)] == SERIAL.encode()
         data = os.urandom(1 << 20)                                    # hw_max_sectors 2048
         assert run(struct.pack(">BBIBHB", 0x2A, 0, 0, 0, 2048, 0), data).status == 0
         assert run(struct.pack(">BBIBHB", 0x28, 0, 0, 0, 2048, 0), data_in=1 << 20).data_in == data
