@@ -129,8 +129,14 @@ class Volume:
     @write_cache_enabled.setter
     def write_cache_enabled(self, enabled: bool) -> None:
         with self._lock:
-            if not enabled:
-                self._commit_pending()     # WCE off: nothing may stay volatile
+            if not enabled and self._wce:      # WCE off: nothing may stay volatile
+                try:
+                    if self._bitmap.logging:
+                        self._mirror.sync()
+                    else:
+                        self._commit_pending()
+                except OSError as err:
+                    raise MediumError("write", f"write cache flush failed: {err}") from err
             self._wce = bool(enabled)
 
     def status(self) -> dict:
@@ -309,8 +315,10 @@ class Volume:
         if bm.logging and bm.dirty_chunks == 0 \
                 and journal_link.acked_seq(self._journal) >= bm.overflow_seq:
             bm.set_mode(False, bm.overflow_seq)     # back to journaling, durably
-        elif not bm.logging and self._applied_seq > self._durable_seq \
+        elif not bm.logging and (self._pending or self._applied_seq > self._durable_seq) \
                 and now - self._last_mirror_sync >= self.config.mirror_sync_interval:
+            # Like the page cache's writeback: cached writes do not stay volatile forever.
+            self._commit_pending()
             self._checkpoint_mirror()
 
     # -- internals --------------------------------------------------------------------

@@ -211,3 +211,28 @@ def test_real_files_resync_from_another_handle_needs_no_help_from_the_host(tmp_p
             time.sleep(0.01)
         assert vol.status()["dirty_chunks"] == 0
         assert vol.status()["background_error"] is None
+
+
+def test_cached_writes_are_written_back_by_the_background_work():
+    rig = Rig(policy=FlushPolicy.ON_FLUSH)
+    rig.kw["mirror_sync_interval"] = 1e-6
+    vol = rig.open()
+    vol.submit([write(30, 2, 7)])
+    assert rig.m.unsynced_bytes("journal") > 0 and vol.status()["pending_bytes"] == 2 * BS
+    vol.service()
+    assert vol.status()["pending_bytes"] == 0
+    assert rig.m.unsynced_bytes("journal") == 0 and rig.m.unsynced_bytes("mirror") == 0
+    assert rig.raw("mirror")[30 * BS:32 * BS] == write(30, 2, 7).data
+    assert vol.status()["mirror_durable_seq"] == 1
+
+
+def test_switching_the_write_cache_off_makes_cached_writes_durable():
+    rig = Rig(policy=FlushPolicy.ON_FLUSH)
+    vol = rig.open()
+    vol.submit([write(40, 1, 8)])
+    vol.write_cache_enabled = False
+    rig.crash(random.Random(9), tear=True)
+    vol = rig.open()
+    buf = bytearray(BS)
+    vol.read_into(40, 1, [memoryview(buf)])
+    assert buf == block_data(8, 0)
