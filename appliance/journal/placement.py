@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from appliance.journal.format import JBLOCK
 from appliance.journal.model import WriteOp
 from appliance.journal.records import MAX_OPS_PER_RECORD, data_blocks
 
@@ -52,14 +53,17 @@ def _pack(ops: Sequence[WriteOp], lengths: Sequence[int], pos: int, S: int, tota
         plan.append(Placement(pos, ops[lo:hi], lengths[lo:hi], need, pos % S == 0))
         pos = (pos + need) % total
 
+    room_bytes = (S - pos % S - 1) * JBLOCK  # data that still fits the open record
     for i, length in enumerate(lengths):
-        if i > lo and (i - lo >= MAX_OPS_PER_RECORD or 1 + data_blocks(size + length) > S - pos % S):
+        if i > lo and (i - lo >= MAX_OPS_PER_RECORD or size + length > room_bytes):
             close(i)
             lo, size = i, 0
+            room_bytes = (S - pos % S - 1) * JBLOCK
         if i == lo and pos % S and 1 + data_blocks(length) > S - pos % S:
             room = S - pos % S
             plan.append(Placement(pos, (), (), room, False))
             pos = (pos + room) % total
+            room_bytes = (S - 1) * JBLOCK
         size += length
     close(len(ops))
     return plan
