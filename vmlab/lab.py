@@ -57,7 +57,7 @@ class Lab:
         machine.start()
         return machine
 
-    def boot(self, *specs: MachineSpec, timeout: float = 300.0) -> list[Machine]:
+    def boot(self, *specs: MachineSpec, timeout: float = 600.0) -> list[Machine]:
         """Start all, then wait for all (they boot in parallel)."""
         started = [self.start(spec) for spec in specs]
         for machine in started:

@@ -16,7 +16,7 @@ from vmlab.agentclient import AgentClient, AgentError, AgentTimeout, CommandResu
 from vmlab.image import ImageInfo
 
 AGENT_PORT_NAME = "org.drappliance.lab"
-BOOT_TIMEOUT = 300.0  # generous: TCG on a loaded 2-core machine
+BOOT_TIMEOUT = 600.0  # generous: TCG on a 2-core machine shared with other jobs
 STOP_TIMEOUT = 20.0
 
 

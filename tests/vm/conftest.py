@@ -17,7 +17,7 @@ import pytest
 from vmlab.image import ImageInfo, ensure_image
 from vmlab.lab import Lab
 
-VM_TEST_TIMEOUT = 900
+VM_TEST_TIMEOUT = 1500
 
 
 def pytest_collection_modifyitems(items):

@@ -41,16 +41,20 @@ def test_host_formats_writes_and_reads_back(machines, disk):
     primary, host = machines
     iqn, device = disk
     assert int(host.run(["blockdev", "--getsize64", device]).text) == LUN_BYTES
-    host.run(["mkfs.ext4", "-q", "-F", device], timeout=180)
+    # no lazy initialisation: it would keep writing in the background after mount
+    host.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", device],
+             timeout=300)
     host.run(f"mkdir -p {MNT} && mount {device} {MNT}")
     host.run(f"for i in 1 2 3 4; do head -c 8M /dev/urandom > {MNT}/file$i; done; "
              f"cd {MNT} && sha256sum file* > /root/sums && sync", timeout=180)
     # Read back through the target, not the host's page cache.
     host.run(f"umount {MNT} && echo 3 > /proc/sys/vm/drop_caches && mount {device} {MNT}")
     host.run(f"cd {MNT} && sha256sum -c /root/sums", timeout=180)
-    # The appliance's local mirror holds exactly the bytes the host sees.
-    host.run(["sync"])
-    on_host = host.run(["sha256sum", device], timeout=300).text.split()[0]
+    # The appliance's local mirror holds exactly the bytes the host sees (unmounted, so
+    # nothing changes in between; O_DIRECT, so the host's cache does not answer).
+    host.run(f"umount {MNT}")
+    on_host = host.run(f"dd if={device} iflag=direct bs=1M status=none | sha256sum",
+                       timeout=300).text.split()[0]
     on_mirror = primary.run(["sha256sum", f"{ap.STATE_DIR}/volumes/{LUN.name}.img"], timeout=300).text.split()[0]
     assert on_host == on_mirror
 

@@ -197,7 +197,7 @@ def fio_done(machine: Machine) -> bool:
 
 
 def test_host_io_survives_handler_restart_and_kill(appliance, disk):
-    appliance.run(f"mountpoint -q {MNT} || mount {disk} {MNT}")
+    appliance.run(f"mkdir -p {MNT}; mountpoint -q {MNT} || mount {disk} {MNT}")
     appliance.run(f"head -c 8M /dev/urandom > {MNT}/before && sync && cd {MNT} && "
                   "sha256sum before > /root/before.sums", timeout=120)
     appliance.run(["dmesg", "-C"])
