@@ -209,3 +209,18 @@ def test_stale_records_past_a_cut_head_are_never_resurrected():
     j = Journal.open(m.open("journal"))
     assert j.next_seq == 6
     assert [r.op.data for r in j.records(5)] == [make_op(OpKind.WRITE, 0, 8, 512, 77).data]
+
+
+def test_process_crash_keeps_unsynced_records_and_recovery_makes_them_durable():
+    m = SimMachine()
+    j = sim_journal(m, blocks=8 + 8 * 16)
+    write_synced(j, 3)
+    j.append([make_op(OpKind.WRITE, 0, 8, 512, 40), make_op(OpKind.UNMAP, 9, 3, 512, 0)])
+    # The writer process dies (no close, no sync); the page cache keeps its writes.
+    again = Journal.open(m.open("journal"))
+    assert again.next_seq == 6
+    assert m.unsynced_bytes("journal") <= 4096  # only the republished checkpoint slot
+    m.crash(random.Random(3), tear=True)  # then the power goes too
+    after = Journal.open(m.open("journal"))
+    assert [r.seq for r in after.records(1)] == [1, 2, 3, 4, 5]
+    assert after.append([make_op(OpKind.UNMAP, 0, 1, 512, 0)]) == range(6, 7)
