@@ -215,8 +215,7 @@ class Volume:
         elif appended:
             self._journal.sync()        # covers this batch and any earlier on-flush writes
             self._drain_pending()
-            for group, last in appended:
-                self._apply(group, last)
+            self._apply_in_order(appended)
         if rest:
             self._enter_logging()
         elif self._unsynced_mirror_bytes > self.config.effective_mirror_sync_bytes:
@@ -323,8 +322,20 @@ class Volume:
 
     # -- internals --------------------------------------------------------------------
     def _apply(self, ops: Sequence[WriteOp], last_seq: int) -> None:
-        self._unsynced_mirror_bytes += self._mirror.apply(ops)
-        self._applied_seq = last_seq
+        self._apply_in_order([(ops, last_seq)])
+
+    def _apply_in_order(self, groups: Sequence[tuple[Sequence[WriteOp], int]]) -> None:
+        """Journaled groups to the mirror. If a mirror write fails, that group and the rest
+        stay in the overlay (reads see them; the next commit retries them) and the checkpoint
+        does not pass them, so the journal keeps them until the mirror really holds them."""
+        for i, (ops, last_seq) in enumerate(groups):
+            try:
+                self._unsynced_mirror_bytes += self._mirror.apply(ops)
+            except OSError:
+                for failed, failed_last in groups[i:]:
+                    self._pending.add(failed, failed_last)
+                raise
+            self._applied_seq = last_seq
 
     def _commit_pending(self) -> None:
         """Sync the journal, then move the on-flush overlay to the mirror (write-ahead)."""

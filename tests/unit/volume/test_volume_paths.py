@@ -236,3 +236,26 @@ def test_switching_the_write_cache_off_makes_cached_writes_durable():
     buf = bytearray(BS)
     vol.read_into(40, 1, [memoryview(buf)])
     assert buf == block_data(8, 0)
+
+
+@pytest.mark.parametrize("policy", list(FlushPolicy))
+def test_a_failed_mirror_write_is_retried_and_never_checkpointed_past(policy):
+    """EIO from the mirror: the host gets an error, reads still see the journaled data, the
+    next commit writes it, and the journal never reclaims it before the mirror holds it."""
+    from appliance.volume import MediumError
+
+    rig = Rig(policy=policy)
+    vol = rig.open()
+    peer = Peer(rig)
+    rig.m.inject_fault("mirror", "write")
+    with pytest.raises(MediumError):
+        vol.submit([write(10, 2, 1)], fua=True)
+    buf = bytearray(2 * BS)
+    vol.read_into(10, 2, [memoryview(buf)])
+    assert buf == write(10, 2, 1).data                 # journaled: reads see it
+    for i in range(40):                                # later writes, acks, checkpoints
+        vol.submit([write(100 + i % 50, 1, 100 + i)], fua=True)
+        peer.ship()
+    vol.flush()
+    assert rig.raw("mirror")[10 * BS:12 * BS] == write(10, 2, 1).data
+    assert rig.raw("mirror") == peer.expected_mirror(vol) == bytes(peer.image)
