@@ -9,6 +9,7 @@ mirror-durable checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -108,8 +109,10 @@ class Volume:
                 self._close_parts()
 
     def _close_parts(self) -> None:
-        for part in (self._journal, self._mirror, self._bitmap):
-            part.close()
+        """Close all three even if one fails (the first error is raised)."""
+        with contextlib.ExitStack() as stack:
+            for part in (self._bitmap, self._mirror, self._journal):
+                stack.callback(part.close)
 
     def __enter__(self) -> Volume:
         return self
