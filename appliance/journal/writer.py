@@ -215,16 +215,21 @@ class Journal:
 
     def _last_seq_in(self, segment: int) -> int | None:
         """The newest seq the old content of `segment` holds (None: nothing held)."""
+        S = self.sb.segment_blocks
         start = self._area.probe(segment)
         if start is None or start.kind != RecordKind.BATCH or start.first_seq >= self._head.seq:
+            return None
+        walker = Walker(self._area, ChainPoint(start.position, start.first_seq, start.prev_crc),
+                        check_first_link=False, window_blocks=S)
+        if walker.next() is None:
+            # A torn first record (metadata without its data): left by a power cut while
+            # the writer entered this segment, which it only did once all here was free.
             return None
         following = self._area.probe((segment + 1) % self.sb.segment_count)
         if (following is not None and following.kind == RecordKind.BATCH
                 and start.first_seq < following.first_seq <= self._head.seq):
             return following.first_seq - 1
-        walker = Walker(self._area, ChainPoint(start.position, start.first_seq, 0),
-                        check_first_link=False, window_blocks=self.sb.segment_blocks)
-        while walker.next() is not None and walker.point.block % self.sb.segment_blocks:
+        while walker.next() is not None and walker.point.block % S:
             pass
         return walker.point.seq - 1
 

@@ -224,3 +224,23 @@ def test_process_crash_keeps_unsynced_records_and_recovery_makes_them_durable():
     after = Journal.open(m.open("journal"))
     assert [r.seq for r in after.records(1)] == [1, 2, 3, 4, 5]
     assert after.append([make_op(OpKind.UNMAP, 0, 1, 512, 0)]) == range(6, 7)
+
+
+def test_a_torn_segment_entry_is_cut_and_overwritten():
+    """A power cut while entering segment 1 leaves its first metadata block without data:
+    recovery puts the head right there (after the PAD), and the writer reuses the spot."""
+    m = SimMachine()
+    j = sim_journal(m, blocks=8 + 8 * 16, volume_blocks=4096)
+    j.append([make_op(OpKind.WRITE, 0, 8 * 11, 512, 1)])  # seq 1: blocks 0..11
+    j.sync()
+    j.append([make_op(OpKind.WRITE, 0, 8 * 6, 512, 2)])  # seq 2: PAD at 12, record at 16..22
+    m.open("journal").sync()
+    corrupt(m, 17)  # its data never made it
+    m.crash(random.Random(0), tear=False)
+    j = Journal.open(m.open("journal"))
+    assert (j.next_seq, j._head.block) == (2, 16)
+    assert j.append([make_op(OpKind.WRITE, 0, 8 * 2, 512, 3)]) == range(2, 3)
+    j.sync()
+    assert [r.op.data for r in j.records(2)] == [make_op(OpKind.WRITE, 0, 16, 512, 3).data]
+    m.crash(random.Random(1), tear=False)
+    assert Journal.open(m.open("journal")).next_seq == 3
