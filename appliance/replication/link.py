@@ -70,14 +70,11 @@ class FrameLink:
         self._limiter = limiter
         self._compressor: zstandard.ZstdCompressor | None = None
         self._decompressor = zstandard.ZstdDecompressor()
+        addr = writer.get_extra_info("peername")
+        self.peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
         self.bytes_sent = 0
         self.bytes_received = 0
         self.payload_bytes_sent = 0   # before compression
-
-    @property
-    def peer(self) -> str:
-        addr = self._writer.get_extra_info("peername")
-        return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
 
     def ssl_object(self):
         return self._writer.get_extra_info("ssl_object")

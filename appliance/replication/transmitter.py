@@ -320,10 +320,13 @@ class _Session:
 
     def _resend_if_ack_overdue(self) -> None:
         """TCP does not lose frames, but a broken middlebox can: if nothing has been
-        acknowledged for dead_after_s while records are in flight, send them again."""
-        if self.tx._inflight and time.monotonic() - self._last_ack > self.cfg.dead_after_s:
+        acknowledged for 3 x dead_after_s while records are in flight (heartbeats still
+        arrive, so the link is alive), send them again. Generous, so that a full window
+        queued on a slow link is not resent for nothing."""
+        overdue = 3 * self.cfg.dead_after_s
+        if self.tx._inflight and time.monotonic() - self._last_ack > overdue:
             log.warning("volume %s: no ACK for %.1f s, resending from seq %d",
-                        self.cfg.volume_uuid, self.cfg.dead_after_s, self.reader.acked_seq + 1)
+                        self.cfg.volume_uuid, overdue, self.reader.acked_seq + 1)
             self.tx.counters.resends += 1
             self.tx._inflight.clear()
             self.next_seq = self.reader.acked_seq + 1
