@@ -114,6 +114,14 @@ class JournalUnderPowerCuts(RuleBasedStateMachine):
             del self.appended[seq]  # lost unsynced: these seqs were never durable
         self.synced = after
 
+    @rule()
+    def writer_process_dies(self):
+        """kill -9 of the writer: no power loss, so the page cache keeps every append."""
+        before = self.journal.next_seq
+        self.journal = Journal.open(self.machine.open("journal"))
+        assert self.journal.next_seq == before
+        self.synced = before  # recovery syncs what it found
+
     def assert_same(self, record):
         want = self.appended[record.seq]
         assert (record.op.kind, record.op.lba, record.op.nblocks) == (want.kind, want.lba, want.nblocks)
