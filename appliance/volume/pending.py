@@ -20,12 +20,16 @@ class PendingWrites:
         self._ops: list[WriteOp] = []
         self.nbytes = 0
         self.last_seq = 0
+        self._lo = self._hi = 0         # block range the pending writes cover (quick reject)
 
     def __bool__(self) -> bool:
         return bool(self._ops)
 
     def add(self, ops: Sequence[WriteOp], last_seq: int) -> None:
         for op in ops:
+            if not self._ops:
+                self._lo, self._hi = op.lba, op.lba + op.nblocks
+            self._lo, self._hi = min(self._lo, op.lba), max(self._hi, op.lba + op.nblocks)
             data = bytes(op.data) if op.kind != OpKind.UNMAP else b""
             self._ops.append(WriteOp(op.kind, op.lba, op.nblocks, data))
             self.nbytes += len(data)
@@ -39,6 +43,8 @@ class PendingWrites:
         """Apply the pending writes that overlap [lba, lba+nblocks) to a mirror read."""
         bs = self._bs
         end = lba + nblocks
+        if end <= self._lo or lba >= self._hi:
+            return
         for op in self._ops:
             lo, hi = max(lba, op.lba), min(end, op.lba + op.nblocks)
             if lo >= hi:
