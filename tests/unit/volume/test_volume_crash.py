@@ -165,7 +165,7 @@ class Driver:
 
 
 @pytest.mark.parametrize("policy", list(FlushPolicy))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(program=st.lists(action, min_size=10, max_size=50), seed=st.integers(0, 2**32))
 def test_random_programs_with_crashes_keep_every_invariant(policy, program, seed):
     d = Driver(policy, seed)

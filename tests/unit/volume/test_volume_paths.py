@@ -259,3 +259,64 @@ def test_a_failed_mirror_write_is_retried_and_never_checkpointed_past(policy):
     vol.flush()
     assert rig.raw("mirror")[10 * BS:12 * BS] == write(10, 2, 1).data
     assert rig.raw("mirror") == peer.expected_mirror(vol) == bytes(peer.image)
+
+
+def test_real_files_4096_byte_blocks_overflow_and_return(tmp_path):
+    """4 KiB volume blocks on real files: overflow when the peer is away, writes go on,
+    the peer catches up, the resync cleans the bitmap, journaling resumes, and a peer image
+    built from the shipped records and regions equals the mirror."""
+    from appliance.journal import JournalReader
+    from appliance.storage import open_file
+    from appliance.volume import region_extent
+
+    bs = 4096
+    cfg = real_config(tmp_path, block_size=bs, num_blocks=256, journal_size=512 * 1024,
+                      max_transfer_bytes=32 * 1024, chunk_size=16384, service_interval=None)
+    rng = random.Random(7)
+    expect = bytearray(256 * bs)
+    peer = bytearray(256 * bs)
+    acked = 0
+
+    def ship() -> None:
+        nonlocal acked
+        with JournalReader(tmp_path / "journal", volume_uuid=cfg.uuid) as reader:
+            while records := reader.read(acked + 1, 1 << 20):
+                for rec in records:
+                    op = rec.op
+                    span = slice(op.lba * bs, (op.lba + op.nblocks) * bs)
+                    peer[span] = (op.data if op.kind == OpKind.WRITE else
+                                  op.data * op.nblocks if op.kind == OpKind.WRITE_SAME else
+                                  bytes(op.nblocks * bs))
+                acked = records[-1].seq
+                reader.acknowledge(acked)
+
+    with Volume.open(cfg) as vol:
+        for i in range(30):
+            lba, n = rng.randrange(248), rng.randint(4, 8)
+            data = rng.randbytes(n * bs)
+            if i % 7 == 3:
+                op = WriteOp(OpKind.WRITE_SAME, lba, n, data[:bs])
+                expect[lba * bs:(lba + n) * bs] = data[:bs] * n
+            elif i % 11 == 5:
+                op = WriteOp(OpKind.UNMAP, lba, n)
+                expect[lba * bs:(lba + n) * bs] = bytes(n * bs)
+            else:
+                op = WriteOp(OpKind.WRITE, lba, n, data)
+                expect[lba * bs:(lba + n) * bs] = data
+            vol.submit([op], fua=i % 5 == 0)
+        assert vol.state == LOGGING_TO_BITMAP, "the journal should have filled"
+        ship()
+        with open_file(tmp_path / "bitmap") as bitmap_io, open_file(tmp_path / "mirror") as m:
+            src = ResyncSource(bitmap_io)
+            snap = src.snapshot()
+            assert acked >= snap.overflow_seq
+            for first, count in snap.runs:
+                off, length = region_extent(snap.chunk_size, first, count, len(peer))
+                m.pread_into(off, memoryview(peer)[off:off + length])
+            src.clear_shipped(snap, snap.runs, timeout=5, poll=vol.service)
+        vol.service()
+        assert vol.state == "journaling"
+        vol.submit([WriteOp(OpKind.WRITE, 0, 1, bytes([9]) * bs)], fua=True)
+        expect[:bs] = bytes([9]) * bs
+        ship()
+    assert (tmp_path / "mirror").read_bytes() == expect == peer
