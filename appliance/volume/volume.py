@@ -188,8 +188,8 @@ class Volume:
                   max_transfer_blocks=self._max_blocks)
         with self._lock:
             self._check_open()
-            self._service_if_due()
             try:
+                self._service_if_due()
                 rest = ops if self._bitmap.logging else self._journal_write(ops, fua)
                 if rest:
                     self._bitmap_write(rest, fua)
