@@ -143,3 +143,12 @@ def test_too_small_bitmap_file_is_refused():
     rig.m.open("bitmap", fmt.SLOT_SIZE * 2)
     with pytest.raises(BitmapError, match="needs"):
         rig.open()
+
+
+def test_journal_file_smaller_than_configured_is_refused_and_nothing_written():
+    rig = Rig()
+    rig.m.open("journal", 64 * 1024)
+    with pytest.raises(InvalidRequest, match="less than the requested journal size"):
+        rig.open()
+    assert not any(rig.raw("journal")) and not any(rig.raw("bitmap"))
+    assert not any(rig.raw("mirror"))
