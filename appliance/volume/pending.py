@@ -4,6 +4,11 @@ With the write cache on, the journal is synced only on FUA / SYNCHRONIZE CACHE /
 set grows past a bound. Until then the write-ahead rule keeps the writes off the mirror, so
 reads see them through this overlay. The data is copied here: once a command completes the
 caller may reuse its buffers (the TCMU ring), and the mirror write happens later.
+
+Reads must not scan every pending op (thousands of cached writes would make each read cost
+milliseconds), so the ops are indexed by *stripe* (a fixed run of blocks): a read looks only
+at the stripes it covers, plus the few ops too wide to index (big WRITE SAME / UNMAP).
+Ops are applied in arrival order, so the newest write wins.
 """
 
 from __future__ import annotations
@@ -13,39 +18,70 @@ from collections.abc import Sequence
 from appliance.journal import OpKind, WriteOp
 from appliance.volume import scatter
 
+STRIPE_BYTES = 64 * 1024
+# An op covering more stripes than this is kept in a short list every read checks instead
+# (indexing a volume-wide UNMAP would cost a dict entry per stripe of the volume).
+MAX_INDEXED_STRIPES = 256
+
 
 class PendingWrites:
     def __init__(self, block_size: int) -> None:
         self._bs = block_size
+        self._shift = (STRIPE_BYTES // block_size).bit_length() - 1   # blocks per stripe, log2
         self._ops: list[WriteOp] = []
+        self._by_stripe: dict[int, list[int]] = {}   # stripe -> indexes into _ops, ascending
+        self._wide: list[int] = []                   # indexes of ops too wide to index
         self.nbytes = 0
         self.last_seq = 0
-        self._lo = self._hi = 0         # block range the pending writes cover (quick reject)
+        self.examined = 0       # ops looked at by overlay() (tests: the work stays local)
 
     def __bool__(self) -> bool:
         return bool(self._ops)
 
+    def __len__(self) -> int:
+        return len(self._ops)
+
     def add(self, ops: Sequence[WriteOp], last_seq: int) -> None:
+        shift = self._shift
         for op in ops:
-            if not self._ops:
-                self._lo, self._hi = op.lba, op.lba + op.nblocks
-            self._lo, self._hi = min(self._lo, op.lba), max(self._hi, op.lba + op.nblocks)
+            index = len(self._ops)
             data = bytes(op.data) if op.kind != OpKind.UNMAP else b""
             self._ops.append(WriteOp(op.kind, op.lba, op.nblocks, data))
             self.nbytes += len(data)
+            first, last = op.lba >> shift, (op.lba + op.nblocks - 1) >> shift
+            if last - first >= MAX_INDEXED_STRIPES:
+                self._wide.append(index)
+                continue
+            for stripe in range(first, last + 1):
+                self._by_stripe.setdefault(stripe, []).append(index)
         self.last_seq = last_seq
 
     def take(self) -> list[WriteOp]:
         ops, self._ops, self.nbytes = self._ops, [], 0
+        self._by_stripe, self._wide = {}, []
         return ops
+
+    def _candidates(self, lba: int, end: int) -> list[int]:
+        """Indexes of the ops that may overlap [lba, end), oldest first."""
+        shift = self._shift
+        first, last = lba >> shift, (end - 1) >> shift
+        lists = [found for s in range(first, last + 1)
+                 if (found := self._by_stripe.get(s)) is not None]
+        if self._wide:
+            lists.append(self._wide)
+        if len(lists) == 1:
+            return lists[0]
+        return sorted({i for found in lists for i in found})
 
     def overlay(self, lba: int, nblocks: int, bufs: Sequence[memoryview]) -> None:
         """Apply the pending writes that overlap [lba, lba+nblocks) to a mirror read."""
         bs = self._bs
         end = lba + nblocks
-        if end <= self._lo or lba >= self._hi:
-            return
-        for op in self._ops:
+        ops = self._ops
+        candidates = self._candidates(lba, end)
+        self.examined += len(candidates)
+        for index in candidates:
+            op = ops[index]
             lo, hi = max(lba, op.lba), min(end, op.lba + op.nblocks)
             if lo >= hi:
                 continue
