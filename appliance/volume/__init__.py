@@ -3,6 +3,7 @@
 from appliance.journal import InvalidRequest, JournalMismatch, OpKind, WriteOp
 from appliance.volume.config import FlushPolicy, VolumeConfig
 from appliance.volume.errors import BitmapError, MediumError, VolumeConfigError, VolumeError
+from appliance.volume.resizing import ResizeRefused
 from appliance.volume.resync import ResyncSnapshot, ResyncSource, region_extent
 from appliance.volume.volume import JOURNALING, LOGGING_TO_BITMAP, Volume
 
@@ -15,6 +16,7 @@ __all__ = [
     "JournalMismatch",
     "MediumError",
     "OpKind",
+    "ResizeRefused",
     "ResyncSnapshot",
     "ResyncSource",
     "Volume",

@@ -47,28 +47,34 @@ class DirtyBitmap:
 
     @classmethod
     def open(cls, io: BlockIO, *, volume_uuid: uuid.UUID, chunk_size: int,
-             num_chunks: int) -> DirtyBitmap:
+             num_chunks: int, adopt_size: bool = False) -> DirtyBitmap:
         """Open (or initialise an all-zero) bitmap file and start a new writer incarnation.
 
-        Raises BitmapError if the file belongs to another volume or geometry."""
+        With `adopt_size`, a bitmap of this volume with another chunk count (a resize the
+        power cut interrupted: the journal's superblock decides the size) is resized to
+        `num_chunks`. Raises BitmapError if the file belongs to another volume or geometry."""
         next_slot, found = cls.check(io, volume_uuid=volume_uuid, chunk_size=chunk_size,
-                                     num_chunks=num_chunks)
-        bits = bytearray(fmt.bits_length(num_chunks))
+                                     num_chunks=num_chunks, adopt_size=adopt_size)
         if found is None:
+            bits = bytearray(fmt.bits_length(num_chunks))
             found = fmt.BitmapHeader(0, volume_uuid, chunk_size, num_chunks, 0, 0,
                                      fmt.MODE_JOURNALING, 0, 0)
             io.pwritev(fmt.BITS_OFFSET, [bits])      # a reused file starts clean
         else:
+            bits = bytearray(fmt.bits_length(found.num_chunks))
             io.pread_into(fmt.BITS_OFFSET, memoryview(bits))
         bm = cls(io, found, bits, next_slot)
         bm._publish(incarnation=found.incarnation + 1, completed_gen=0)
         bm._batch_gen = 0
-        io.sync()
+        if found.num_chunks != num_chunks:
+            bm.resize(num_chunks)                    # syncs
+        else:
+            io.sync()
         return bm
 
     @staticmethod
     def check(io: BlockIO, *, volume_uuid: uuid.UUID, chunk_size: int,
-              num_chunks: int) -> tuple[int, fmt.BitmapHeader | None]:
+              num_chunks: int, adopt_size: bool = False) -> tuple[int, fmt.BitmapHeader | None]:
         """Read-only: is this file usable as the bitmap of that volume? Returns the slot to
         write next and the header (None for a blank file); raises BitmapError otherwise."""
         need = fmt.file_size(num_chunks)
@@ -84,8 +90,16 @@ class DirtyBitmap:
             raise BitmapError(str(err)) from err
         next_slot, found = fmt.newest(copies)
         if found is not None:
-            _check_identity(found, volume_uuid, chunk_size, num_chunks)
+            _check_identity(found, volume_uuid, chunk_size,
+                            found.num_chunks if adopt_size else num_chunks)
+            if io.size() < fmt.file_size(found.num_chunks):
+                raise BitmapError(f"bitmap file is {io.size()} bytes, its header describes "
+                                  f"{found.num_chunks} chunks; was it truncated?")
         return next_slot, found
+
+    @property
+    def io(self) -> BlockIO:
+        return self._io
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -124,6 +138,37 @@ class DirtyBitmap:
         mode = fmt.MODE_LOGGING if logging else fmt.MODE_JOURNALING
         self._publish(mode=mode, overflow_seq=overflow_seq)
         self._io.sync()
+
+    def resize(self, num_chunks: int) -> None:
+        """Change the chunk count (the volume was resized), durably. New chunks start clean;
+        bits of chunks beyond a new end are dropped (the journal's superblock already says
+        those blocks are gone). The file must already hold ``fmt.file_size(num_chunks)``."""
+        need = fmt.file_size(num_chunks)
+        if self._io.size() < need:
+            raise BitmapError(f"bitmap file is {self._io.size()} bytes, needs {need} for "
+                              f"{num_chunks} chunks")
+        old = self.num_chunks
+        self._bits_view.release()
+        if num_chunks < old:
+            self._dirty -= sum(1 for c in range(num_chunks, old) if self.is_dirty(c))
+            self._touched = {c: g for c, g in self._touched.items() if c < num_chunks}
+        del self._bits[fmt.bits_length(num_chunks):]
+        self._bits.extend(bytes(fmt.bits_length(num_chunks) - len(self._bits)))
+        self._clear_from(min(old, num_chunks))
+        self._bits_view = memoryview(self._bits)
+        # Clean bits for every chunk past the smaller end, on disk before the header names them.
+        start = min(old, num_chunks) >> 3
+        self._io.pwritev(fmt.BITS_OFFSET + start, [self._bits_view[start:]])
+        self._io.sync()
+        self._publish(num_chunks=num_chunks)
+        self._io.sync()
+
+    def _clear_from(self, chunk: int) -> None:
+        """Clear every bit from `chunk` to the end of the bit area (in memory)."""
+        byte = chunk >> 3
+        if byte < len(self._bits):
+            self._bits[byte] &= (1 << (chunk & 7)) - 1
+            self._bits[byte + 1:] = bytes(len(self._bits) - byte - 1)
 
     # -- marking (writer) -------------------------------------------------------------
     def chunk_range(self, byte_offset: int, length: int) -> tuple[int, int]:

@@ -53,12 +53,15 @@ def open_parts(config: VolumeConfig) -> Parts:
         existing = _holds_journal(target)
         if existing:
             _check_journal(target, config)
+        # The bitmap's chunk count follows the journal's size (adopt_size): they differ only
+        # after a power cut in the middle of Volume.resize.
         DirtyBitmap.check(bitmap_io, volume_uuid=config.uuid, chunk_size=config.chunk_size,
-                          num_chunks=config.num_chunks)
+                          num_chunks=config.num_chunks, adopt_size=True)
         journal = _open_journal(target, existing, config)
         opened.append(journal)
         bitmap = DirtyBitmap.open(bitmap_io, volume_uuid=config.uuid,
-                                  chunk_size=config.chunk_size, num_chunks=config.num_chunks)
+                                  chunk_size=config.chunk_size, num_chunks=config.num_chunks,
+                                  adopt_size=True)
         return Parts(journal, mirror, bitmap)
     except BaseException:
         for part in reversed(opened):

@@ -51,7 +51,7 @@ class Mirror:
             if op.kind == OpKind.WRITE_SAME:
                 self._write_same(off, op.nblocks, memoryview(op.data))
             else:
-                self._zero(off, op.nblocks * bs)
+                self.zero(off, op.nblocks * bs)
         if run_bufs:
             self.io.pwritev(run_off, run_bufs)
         return moved
@@ -63,7 +63,8 @@ class Mirror:
             self.io.pwritev(off + done * self.block_size, [block] * n)
             done += n
 
-    def _zero(self, off: int, length: int) -> None:
+    def zero(self, off: int, length: int) -> None:
+        """Write zeros over [off, off+length) from one shared buffer (no sync)."""
         zeros = memoryview(_ZEROS)
         step = len(_ZEROS) * 16
         done = 0

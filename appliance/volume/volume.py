@@ -10,12 +10,14 @@ mirror-durable checkpoint.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
 
 from appliance.journal import InvalidRequest, JournalFull, OpKind, WriteOp
-from appliance.volume import journal_link, scatter
+from appliance.journal.resize import set_volume_blocks
+from appliance.volume import journal_link, resizing, scatter
 from appliance.volume.bitmap import DirtyBitmap
 from appliance.volume.config import FlushPolicy, VolumeConfig
 from appliance.volume.errors import MediumError, VolumeError
@@ -282,6 +284,44 @@ class Volume:
                 return mismatch
             self.submit([WriteOp(OpKind.WRITE, lba, nblocks, data)], fua=fua)
             return None
+
+    def resize(self, num_blocks: int) -> None:
+        """Grow or shrink the volume to `num_blocks` (a DEV_SIZE reconfiguration).
+
+        Everything cached is made durable on the mirror first. A shrink is refused
+        (`ResizeRefused`, nothing changed) if it would discard data the peer does not hold
+        yet. Crash-safe: after a power cut the volume opens at the old or the new size,
+        whichever the journal's superblock records (docs/volume.md, "Resizing")."""
+        if type(num_blocks) is not int or num_blocks < 1:
+            raise InvalidRequest(f"a volume must have at least one block, not {num_blocks!r}")
+        with self._lock:
+            self._check_open()
+            old = self.num_blocks
+            if num_blocks == old:
+                return
+            chunks = -(-num_blocks * self.block_size // self._bitmap.chunk_size)
+            try:
+                # Refusals first, while nothing has been written.
+                if num_blocks < old:
+                    resizing.check_shrink(self._journal, journal_link.acked_seq(self._journal),
+                                          self._bitmap, self.block_size, num_blocks)
+                else:
+                    resizing.check_grow(self._mirror, self._bitmap.io, num_blocks, chunks)
+                self._commit_pending()
+                self._checkpoint_mirror()
+                self._mirror.sync()                 # bitmap-mode writes too
+                if num_blocks > old:
+                    resizing.grow_mirror(self._mirror, old, num_blocks)
+                    resizing.grow_bitmap_file(self._bitmap.io, chunks)
+                set_volume_blocks(self._journal, num_blocks)          # the commit point
+                self.num_blocks = self._mirror.num_blocks = num_blocks
+                self.config = dataclasses.replace(self.config, num_blocks=num_blocks)
+                self._bitmap.resize(chunks)
+                if num_blocks < old:
+                    resizing.shrink_mirror_file(self._mirror, num_blocks)
+            except OSError as err:
+                raise MediumError("write", f"resize to {num_blocks} blocks failed: {err}") \
+                    from err
 
     def start_full_resync(self) -> None:
         """Initial sync / failback: every chunk dirty, writes logged to the bitmap until the
