@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from appliance.volume.mirror import Mirror
 
 
-class ResizeRefused(VolumeError):
-    """The resize cannot be done as asked; nothing was changed. The message says why."""
+class ResizeRefused(VolumeError, ValueError):
+    """The resize cannot be done as asked; nothing was changed. The message says why.
+    A ValueError, so the TCMU layer answers the reconfig with -EINVAL."""
 
 
 def regular_file_fd(io: BlockIO) -> int | None:
