@@ -5,5 +5,8 @@
   private NIC, serial console log, command agent over virtio-serial, QMP).
 - ``vmlab.lab``: several VMs on one private network, cleaned up on exit.
 - ``vmlab.appliance``: driving an appliance (targetcli) and a host (open-iscsi) inside VMs.
+- ``vmlab.replication``: primary/DR replication configuration for lab appliances.
+- ``vmlab.console``: a terminal on a running VM (serial console, or one command via the agent).
+- ``vmlab.demo``: ``make demo`` (``python -m vmlab.demo [--check]``).
 - ``vmlab.agent``: the guest side of the command agent (runs inside the image).
 """

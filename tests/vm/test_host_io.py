@@ -86,6 +86,8 @@ def test_reboot_primary_during_host_io(machines, disk):
 
     seconds = primary.reboot()
     print(f"\n[vm] primary rebooted in {seconds:.1f} s")
+    fstype = primary.run(["findmnt", "-n", "-o", "FSTYPE", "/var/lib/appliance"], check=False).text.strip()
+    assert fstype == "ext4", f"state disk not mounted after the reboot (found {fstype!r})"
     listing = ap.targetcli(primary, "ls", f"/iscsi/{iqn}/tpg1/luns").text
     assert LUN.name in listing, f"LUN not restored after reboot:\n{listing}"
 
