@@ -189,3 +189,38 @@ def test_a_power_cut_anywhere_in_resize_leaves_a_volume_that_opens(policy, new):
             assert read(vol, size - 1, 1) == block_data(77, 0)
             vol.close()
     assert outcomes == {OLD, new}, "the cuts never reached one side of the commit"
+
+
+def test_grow_while_logging_to_the_bitmap_marks_and_resyncs_the_new_region():
+    rig = Rig()
+    rig.m.open("mirror", 512 * BS)
+    rig.m.open("bitmap", fmt.file_size(512 * BS // 4096))
+    vol = rig.open()
+    vol.start_full_resync()
+    vol.resize(512)
+    assert vol.status()["dirty_chunks"] == 256 * BS // 4096      # the new chunks start clean
+    vol.submit([write(500, 4, 1)])
+    assert vol.status()["dirty_chunks"] == 256 * BS // 4096 + 1
+    rig.num_blocks, rig.num_chunks = 512, 512 * BS // 4096
+    peer = Peer(rig)
+    while peer.resync(vol):
+        pass
+    vol.service()
+    assert vol.state == "journaling"
+    assert bytes(peer.image) == rig.raw("mirror")[:512 * BS]
+    vol.close()
+
+
+def test_shrink_sees_a_cached_write_past_the_new_end():
+    rig = Rig(policy=FlushPolicy.ON_FLUSH)
+    vol = rig.open()
+    vol.write_cache_enabled = True
+    vol.submit([write(200, 2, 1)])                   # cached: journaled, not synced
+    with pytest.raises(ResizeRefused, match="not acknowledged"):
+        vol.resize(128)
+    assert read(vol, 200, 2) == write(200, 2, 1).data
+    vol.flush()
+    Peer(rig).ship()
+    vol.resize(128)
+    assert vol.num_blocks == 128
+    vol.close()
