@@ -6,7 +6,8 @@ Records above a gap wait in a bounded buffer; the caller asks the primary to res
 gap. Nothing is ever handed out twice or out of order, which is what keeps the remote mirror a
 prefix of the primary's write sequence.
 
-``apply_record`` writes one record's effect to a mirror through the BlockIO protocol.
+``apply_records`` writes records' effects to a mirror through the BlockIO protocol, in order,
+coalescing adjacent extents into one pwritev.
 """
 
 from __future__ import annotations
@@ -97,11 +98,44 @@ def check_record(rec: WireRecord, block_size: int, num_blocks: int) -> None:
     record_extents(rec, block_size)
 
 
+_MAX_IOV = 512                 # pwritev takes at most IOV_MAX (1024 on Linux) buffers
+_MAX_WRITE = 8 << 20           # bytes per pwritev when records are coalesced
+
+
 def apply_record(mirror: BlockWriter, rec: WireRecord, block_size: int) -> None:
-    bufs = record_extents(rec, block_size)
-    offset = rec.lba * block_size
-    # pwritev takes at most IOV_MAX buffers; chunk large WRITE SAME / UNMAP ranges.
-    for i in range(0, len(bufs), 512):
-        chunk = bufs[i : i + 512]
-        mirror.pwritev(offset, chunk)
-        offset += sum(len(b) for b in chunk)
+    apply_records(mirror, [rec], block_size)
+
+
+def apply_records(mirror: BlockWriter, records: list[WireRecord], block_size: int) -> int:
+    """Write records to the mirror strictly in their order; return the data bytes applied.
+
+    Records whose extents follow each other on the volume (a sequential stream) go out in
+    one pwritev: the same bytes at the same offsets in the same order, with fewer system
+    calls. A record that does not continue the previous extent starts a new write, so an
+    overlapping later record still lands after the earlier one."""
+    nbytes = 0
+    start = end = -1
+    pending: list[bytes | memoryview] = []
+    pending_len = 0
+    for rec in records:
+        bufs = record_extents(rec, block_size)
+        nbytes += len(rec.data)
+        offset = rec.lba * block_size
+        if pending and (offset != end or len(pending) + len(bufs) > _MAX_IOV
+                        or pending_len >= _MAX_WRITE):
+            mirror.pwritev(start, pending)
+            pending, pending_len = [], 0
+        if not pending:
+            start = end = offset
+        for i in range(0, len(bufs), _MAX_IOV):
+            chunk = bufs[i : i + _MAX_IOV]
+            size = sum(len(b) for b in chunk)
+            if len(pending) + len(chunk) > _MAX_IOV:
+                mirror.pwritev(start, pending)
+                pending, pending_len, start = [], 0, end
+            pending.extend(chunk)
+            pending_len += size
+            end += size
+    if pending:
+        mirror.pwritev(start, pending)
+    return nbytes

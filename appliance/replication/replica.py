@@ -12,8 +12,11 @@ JSON state file written by atomic rename.
 The replica journal is also acknowledged here (nothing ships it further), so reclaimable =
 mirror-durable on this side.
 
-All methods block (disk I/O); the receiver calls them from a worker thread, one at a time per
-volume.
+All methods block (disk I/O) and run in worker threads. Two may run at once per volume, so
+that the mirror writes of one run overlap the journal write and fdatasync of the next:
+``commit`` (journal only) and everything else (mirror, state, undo), which holds
+``_apply_lock``. The journal itself is only ever touched under ``_journal_lock``; the lock
+order is apply, then journal.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from appliance import storage
 from appliance.journal import Journal, JournalFull, JournalReader, OpKind, Record, WriteOp
-from appliance.replication.apply import apply_record, check_record
+from appliance.replication.apply import apply_records, check_record
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.handshake import Hello, VolumeBinding
 from appliance.replication.status import RateMeter, ReceiverVolumeCounters
@@ -79,7 +84,13 @@ class Replica:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._mirror = storage.open_file(cfg.paths.mirror, create_size=self.spec.size_bytes)
         self._unsynced_bytes = 0
-        self._unapplied: list[list[WireRecord]] = []   # durable, not yet on the mirror
+        # Durable, not yet on the mirror: commit appends on the right, _drain pops on the left.
+        self._unapplied: deque[list[WireRecord]] = deque()
+        # Unapplied bytes = committed - applied; each counter has a single writer thread.
+        self._committed_bytes = 0
+        self._applied_bytes = 0
+        self._apply_lock = threading.RLock()
+        self._journal_lock = threading.Lock()
         self._last_mirror_sync = time.monotonic()
         # Resync window: the DR image is not write-order consistent (invariant 4 says so).
         self.inconsistent_since: float | None = None
@@ -168,18 +179,22 @@ class Replica:
         for chunk in self._chunks(run):
             ops = [to_write_op(r) for r in chunk]
             try:
-                seqs = self.journal.append(ops)
+                with self._journal_lock:
+                    seqs = self.journal.append(ops)
             except JournalFull:
                 self.sync_mirror()        # reclaim everything already applied, then retry once
-                seqs = self.journal.append(ops)
+                with self._journal_lock:
+                    seqs = self.journal.append(ops)
             if seqs.start != chunk[0].seq or len(seqs) != len(chunk):
                 raise ReplicaError(f"journal assigned seqs {seqs} to records "
                                    f"{chunk[0].seq}..{chunk[-1].seq}")
-        self.journal.sync()
-        self._unapplied.append(run)
-        self.counters.durable_seq = run[-1].seq
-        self.counters.records_received += len(run)
+        with self._journal_lock:
+            self.journal.sync()
         nbytes = sum(len(r.data) for r in run)
+        self.counters.durable_seq = run[-1].seq
+        self._committed_bytes += nbytes
+        self._unapplied.append(run)     # the applier may take it from here on
+        self.counters.records_received += len(run)
         self.counters.bytes_received += nbytes
         self.rate.add(nbytes)
         return run[-1].seq
@@ -199,6 +214,11 @@ class Replica:
             size += len(rec.data)
         return chunks
 
+    @property
+    def unapplied_bytes(self) -> int:
+        """Data bytes durable in the journal but not yet written to the mirror."""
+        return self._committed_bytes - self._applied_bytes
+
     def apply_pending(self) -> None:
         """Write every committed (durable) record not yet on the mirror, strictly in order;
         sync the mirror when enough has accumulated.
@@ -206,43 +226,47 @@ class Replica:
         Commit queues what it made durable; this drains the queue. A session that dies
         between the two leaves the queue for the next caller, so no durable record is ever
         skipped on the mirror."""
-        self._drain()
-        if (self._unsynced_bytes >= self.cfg.mirror_sync_bytes or
-                time.monotonic() - self._last_mirror_sync >= self.cfg.mirror_sync_interval_s):
-            self.sync_mirror()
+        with self._apply_lock:
+            self._drain()
+            if (self._unsynced_bytes >= self.cfg.mirror_sync_bytes or
+                    time.monotonic() - self._last_mirror_sync >= self.cfg.mirror_sync_interval_s):
+                self.sync_mirror()
 
     def _drain(self) -> None:
         bs = self.spec.block_size
-        while self._unapplied:
-            run = self._unapplied[0]
-            if run[0].seq != self.counters.applied_seq + 1:
-                raise ReplicaError(f"apply out of order: run starts at seq {run[0].seq}, the "
-                                   f"mirror holds up to {self.counters.applied_seq}")
-            if self._undo is not None:
-                for rec in run:
-                    self._undo.save(self._mirror, rec.lba * bs, rec.nblocks * bs)
-                self._undo.sync()
-            for rec in run:
-                apply_record(self._mirror, rec, self.spec.block_size)
-                self._unsynced_bytes += len(rec.data)
-            self._unapplied.pop(0)
-            self.counters.applied_seq = run[-1].seq
-            self.counters.last_applied_ns = run[-1].timestamp_ns
+        with self._apply_lock:
+            while self._unapplied:
+                run = self._unapplied[0]
+                if run[0].seq != self.counters.applied_seq + 1:
+                    raise ReplicaError(f"apply out of order: run starts at seq {run[0].seq}, "
+                                       f"the mirror holds up to {self.counters.applied_seq}")
+                if self._undo is not None:
+                    for rec in run:
+                        self._undo.save(self._mirror, rec.lba * bs, rec.nblocks * bs)
+                    self._undo.sync()
+                nbytes = apply_records(self._mirror, run, bs)
+                self._unsynced_bytes += nbytes
+                self._unapplied.popleft()
+                self._applied_bytes += nbytes
+                self.counters.applied_seq = run[-1].seq
+                self.counters.last_applied_ns = run[-1].timestamp_ns
 
     def sync_mirror(self) -> None:
         """Make the mirror durable up to applied_seq and let the journal reclaim below it."""
-        self._drain()
-        self._mirror.sync()
-        self._check_consistent()
-        self._unsynced_bytes = 0
-        self._last_mirror_sync = time.monotonic()
-        seq = self.counters.applied_seq
-        if self.journal is not None and seq > self.journal.mirror_durable_seq:
-            self.journal.set_mirror_durable(seq)
-            self.journal.sync()
-            assert self._acker is not None
-            self._acker.acknowledge(seq)     # nothing ships this journal further
-        self.counters.mirror_durable_seq = self.mirror_durable_seq
+        with self._apply_lock:
+            self._drain()
+            self._mirror.sync()
+            self._check_consistent()
+            self._unsynced_bytes = 0
+            self._last_mirror_sync = time.monotonic()
+            seq = self.counters.applied_seq
+            if self.journal is not None and seq > self.journal.mirror_durable_seq:
+                with self._journal_lock:
+                    self.journal.set_mirror_durable(seq)
+                    self.journal.sync()
+                assert self._acker is not None
+                self._acker.acknowledge(seq)     # nothing ships this journal further
+            self.counters.mirror_durable_seq = self.mirror_durable_seq
 
     def _redo(self) -> None:
         """After a restart: reapply journal records above the mirror-durable seq."""
@@ -250,7 +274,9 @@ class Replica:
         self.counters.applied_seq = self.mirror_durable_seq
         redone = 0
         for rec in self.journal.records(self.mirror_durable_seq + 1):
-            self._unapplied.append([from_journal(rec)])   # through _drain: undo if resyncing
+            rec = from_journal(rec)
+            self._committed_bytes += len(rec.data)
+            self._unapplied.append([rec])   # through _drain: undo if resyncing
             redone += 1
             if len(self._unapplied) >= 1024:
                 self._drain()
@@ -262,9 +288,10 @@ class Replica:
         self.counters.durable_seq = self.durable_seq
 
     def read_mirror(self, offset: int, length: int) -> bytes:
-        buf = bytearray(length)
-        self._mirror.pread_into(offset, memoryview(buf))
-        return bytes(buf)
+        with self._apply_lock:
+            buf = bytearray(length)
+            self._mirror.pread_into(offset, memoryview(buf))
+            return bytes(buf)
 
     def status(self) -> dict:
         return {"volume_uuid": str(self.spec.uuid), "primary": self.primary,
@@ -292,36 +319,39 @@ class Replica:
         """From here on the image is not write-order consistent: say so durably, and save old
         contents before every overwrite. A resync resumed after a reconnect keeps the undo
         log it had: its first entries hold the last consistent image."""
-        self.sync_mirror()
-        if self.inconsistent_since is None:
-            self.cfg.paths.undo.unlink(missing_ok=True)
-            self._undo = UndoLog(self.cfg.paths.undo)
-            self.inconsistent_since = time.time()
-            self.consistent_seq = self.applied_seq
-        self.consistent_at = None
-        self._save_state()
+        with self._apply_lock:
+            self.sync_mirror()
+            if self.inconsistent_since is None:
+                self.cfg.paths.undo.unlink(missing_ok=True)
+                self._undo = UndoLog(self.cfg.paths.undo)
+                self.inconsistent_since = time.time()
+                self.consistent_seq = self.applied_seq
+            self.consistent_at = None
+            self._save_state()
 
     def write_region(self, offset: int, data: bytes) -> None:
         """One resync region, durable on the mirror when this returns."""
-        if self._undo is None:
-            raise ReplicaError("REGION outside a resync (no RESYNC_BEGIN)")
-        if offset < 0 or offset % self.spec.block_size or len(data) % self.spec.block_size \
-                or offset + len(data) > self.spec.size_bytes:
-            raise ReplicaError(f"region {offset}+{len(data)} is misaligned or outside the "
-                               f"volume of {self.spec.size_bytes} bytes")
-        self._drain()
-        self._undo.save(self._mirror, offset, len(data))
-        self._undo.sync()
-        self._mirror.pwritev(offset, [data])
-        self._mirror.sync()
-        self.resync_bytes += len(data)
+        with self._apply_lock:
+            if self._undo is None:
+                raise ReplicaError("REGION outside a resync (no RESYNC_BEGIN)")
+            if offset < 0 or offset % self.spec.block_size or len(data) % self.spec.block_size \
+                    or offset + len(data) > self.spec.size_bytes:
+                raise ReplicaError(f"region {offset}+{len(data)} is misaligned or outside the "
+                                   f"volume of {self.spec.size_bytes} bytes")
+            self._drain()
+            self._undo.save(self._mirror, offset, len(data))
+            self._undo.sync()
+            self._mirror.pwritev(offset, [data])
+            self._mirror.sync()
+            self.resync_bytes += len(data)
 
     def end_resync(self, consistent_at: int) -> None:
         """The primary has shipped every dirty region; once records up to ``consistent_at``
         are applied (and the mirror synced), the image is a consistent prefix again."""
-        self.consistent_at = consistent_at
-        self._save_state()
-        self.sync_mirror()
+        with self._apply_lock:
+            self.consistent_at = consistent_at
+            self._save_state()
+            self.sync_mirror()
 
     def _check_consistent(self) -> None:
         if (self.inconsistent_since is not None and self.consistent_at is not None

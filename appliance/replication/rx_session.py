@@ -1,8 +1,10 @@
 """One admitted replication link on the receiver, for one volume.
 
 A reader task verifies frames and queues work; a committer task does the work strictly in
-arrival order: record runs (ordered by ``SeqOrderer``, committed durably, ACKed, applied),
-resync regions (undo first, then the mirror), resync begin/end, and region hash checks.
+arrival order: record runs (ordered by ``SeqOrderer``, committed durably, ACKed), resync
+regions (undo first, then the mirror), resync begin/end, and region hash checks. An applier
+task writes committed runs to the mirror, in order, while the committer already makes the
+next runs durable (the replica serialises the two where they share state).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class SessionError(Exception):
     """The session must end; the message is logged and sent to the primary in an ERROR frame."""
 
 
+# Committed but unapplied data the committer may run ahead of the applier by (memory bound).
+MAX_UNAPPLIED_BYTES = 64 << 20
+
 
 def region_digest(data: bytes | memoryview) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
@@ -49,10 +54,12 @@ class Session:
         self.queue: asyncio.Queue[tuple] = asyncio.Queue(maxsize=64)
         self._last_sent = time.monotonic()
         self._resend_asked: int | None = None
+        self._to_apply = asyncio.Event()    # set by the committer: runs await the mirror
+        self._applied = asyncio.Event()     # set by the applier after each pass
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._commit()),
-                 asyncio.create_task(self._heartbeat())]
+                 asyncio.create_task(self._apply()), asyncio.create_task(self._heartbeat())]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
@@ -160,10 +167,28 @@ class Session:
                 out.append(i)
         return out
 
+    async def _apply(self) -> None:
+        """Write committed runs to the mirror (strictly in order: the replica drains its
+        queue of durable runs front to back), then tell the primary how far the mirror got
+        once nothing more waits."""
+        while True:
+            await self._to_apply.wait()
+            self._to_apply.clear()
+            await run_blocking(self.replica.apply_pending)
+            self._applied.set()
+            if self.queue.empty() and not self._to_apply.is_set():
+                # counters.durable_seq, not the journal head: a commit may be between its
+                # append and its fdatasync right now.
+                await self._send(FT.ACK, wire.encode_ack(self.replica.counters.durable_seq,
+                                                         self.replica.applied_seq))
+
     async def _commit_records(self, records: list[wire.WireRecord]) -> None:
         offered = self.orderer.offer(records)
         self.replica.counters.duplicates += offered.duplicates
         if offered.run:
+            while self.replica.unapplied_bytes > MAX_UNAPPLIED_BYTES:
+                self._applied.clear()
+                await self._applied.wait()
             try:
                 durable = await run_blocking(self.replica.commit, offered.run)
             except (ValueError, ReplicaError) as err:
@@ -172,7 +197,7 @@ class Session:
                 raise SessionError(f"replica journal/mirror I/O failed, nothing acknowledged: "
                                    f"{err}") from err
             await self._send(FT.ACK, wire.encode_ack(durable, self.replica.applied_seq))
-            await run_blocking(self.replica.apply_pending)
+            self._to_apply.set()
             self._resend_asked = None
         if offered.resend_from is not None and offered.resend_from != self._resend_asked:
             self.replica.counters.gaps += 1
@@ -180,7 +205,3 @@ class Session:
             log.warning("volume %s: gap before seq %d, asking for a resend",
                         self.hello.volume_uuid, offered.resend_from)
             await self._send(FT.RESEND, wire.encode_seq(offered.resend_from))
-        if self.queue.empty() and offered.run:
-            # Tell the primary how far the mirror got, now that we are idle.
-            await self._send(FT.ACK, wire.encode_ack(self.replica.durable_seq,
-                                                     self.replica.applied_seq))
