@@ -225,6 +225,7 @@ class _Session:
         self.link = link
         self.reader = reader
         self.next_seq = reader.acked_seq + 1
+        self.highest_sent = reader.acked_seq     # highest seq sent in this session
         self.heartbeat_s = min(self.cfg.heartbeat_s, welcome.heartbeat_s)
         self._acked = asyncio.Event()
         self._last_sent = time.monotonic()
@@ -291,13 +292,14 @@ class _Session:
                     await asyncio.wait_for(self._acked.wait(), self.heartbeat_s)
                 await self._heartbeat_if_due()
                 continue
+            seq = self.next_seq
             try:
-                c.head_seq = await run_blocking(lambda: self.reader.durable_seq - 1)
-                records = await run_blocking(self.reader.read, self.next_seq,
-                                             self.batch_bytes)
+                c.head_seq, records = await run_blocking(self._read_batch, seq)
             except RecordsGone as err:
-                raise PeerRefused(f"journal no longer holds seq {self.next_seq}: a resync is "
+                raise PeerRefused(f"journal no longer holds seq {seq}: a resync is "
                                   f"needed ({err})") from err
+            if seq != self.next_seq:
+                continue        # a RESEND rewound us while we read: read from there instead
             if not records:
                 idle = min(0.05, idle * 2)
                 await self._idle(idle)
@@ -306,17 +308,25 @@ class _Session:
             wrecs = [from_journal(r) for r in records]
             payload = wire.encode_batch(self.cfg.volume_uuid, self.cfg.generation, wrecs)
             before = self.link.bytes_sent
+            self.highest_sent = max(self.highest_sent, wrecs[-1].seq)
             await self.link.send(FT.BATCH, payload)
             self._last_sent = time.monotonic()
             nbytes = sum(len(r.data) for r in wrecs)
-            tx._inflight.append((wrecs[-1].seq, nbytes, wrecs[0].timestamp_ns))
-            self.next_seq = wrecs[-1].seq + 1
+            if seq == self.next_seq:
+                # (Unless a RESEND rewound us while the frame went out: then the rewind
+                # stands, and this batch goes again with the rest.)
+                tx._inflight.append((wrecs[-1].seq, nbytes, wrecs[0].timestamp_ns))
+                self.next_seq = wrecs[-1].seq + 1
             c.sent_seq = max(c.sent_seq, wrecs[-1].seq)
             c.records_sent += len(wrecs)
             c.bytes_sent += nbytes
             c.batches_sent += 1
             c.wire_bytes_sent += self.link.bytes_sent - before
             tx.rate.add(nbytes)
+
+    def _read_batch(self, seq: int) -> tuple[int, list]:
+        """In a worker thread (one hop per batch): the journal head and records from seq."""
+        return self.reader.durable_seq - 1, self.reader.read(seq, self.batch_bytes)
 
     def _resend_if_ack_overdue(self) -> None:
         """TCP does not lose frames, but a broken middlebox can: if nothing has been
@@ -341,6 +351,25 @@ class _Session:
             await self.link.send(FT.HEARTBEAT, wire.encode_seq(time.time_ns()))
             self._last_sent = time.monotonic()
 
+    def _on_resend(self, seq: int) -> None:
+        """The peer saw a gap before ``seq``. It may ask about a gap in frames sent before an
+        earlier rewind (it asks once per gap, and its requests cross our resends): a seq we
+        sent but are about to send again anyway needs nothing. A seq we never sent in this
+        session, or one already acknowledged, is a protocol error."""
+        if seq <= self.reader.acked_seq or seq > self.highest_sent + 1:
+            raise wire.BadFrame(f"peer asked to resend from {seq}, outside "
+                                f"{self.reader.acked_seq + 1}..{self.highest_sent + 1}")
+        if seq >= self.next_seq:
+            log.info("volume %s: peer asked to resend from seq %d, already resending from %d",
+                     self.cfg.volume_uuid, seq, self.next_seq)
+            return
+        self.tx.counters.resends += 1
+        log.warning("volume %s: peer asked to resend from seq %d", self.cfg.volume_uuid, seq)
+        self.next_seq = seq
+        inflight = self.tx._inflight
+        while inflight and inflight[-1][0] >= seq:
+            inflight.pop()
+
     async def _recv_loop(self) -> None:
         tx, c = self.tx, self.tx.counters
         while True:
@@ -361,16 +390,7 @@ class _Session:
                 self._last_ack = time.monotonic()
                 self._acked.set()
             elif frame.type is FT.RESEND:
-                seq = wire.decode_seq(frame.payload)
-                if seq <= self.reader.acked_seq or seq > self.next_seq:
-                    raise wire.BadFrame(f"peer asked to resend from {seq}, outside "
-                                        f"{self.reader.acked_seq + 1}..{self.next_seq}")
-                c.resends += 1
-                log.warning("volume %s: peer asked to resend from seq %d", self.cfg.volume_uuid,
-                            seq)
-                self.next_seq = seq
-                while tx._inflight and tx._inflight[-1][0] >= seq:
-                    tx._inflight.pop()
+                self._on_resend(wire.decode_seq(frame.payload))
             elif frame.type is FT.REGION_ACK and self.resync is not None:
                 self.resync.on_region_ack()
             elif frame.type is FT.HASH_REPLY and self.resync is not None:
