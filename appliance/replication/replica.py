@@ -176,18 +176,33 @@ class Replica:
             raise ReplicaError(f"run starts at seq {run[0].seq}, journal expects "
                                f"{self.journal.next_seq}")
         self.check(run)
+        done = 0                          # records of the run appended so far
         for chunk in self._chunks(run):
             ops = [to_write_op(r) for r in chunk]
             try:
                 with self._journal_lock:
                     seqs = self.journal.append(ops)
             except JournalFull:
-                self.sync_mirror()        # reclaim everything already applied, then retry once
+                # A large group commit may fill a small journal with its own records: make
+                # what is appended durable and hand it to the mirror, so that syncing the
+                # mirror can reclaim it too; then retry once.
+                self._publish_durable(run[:done])
+                run, done = run[done:], 0
+                self.sync_mirror()
                 with self._journal_lock:
                     seqs = self.journal.append(ops)
             if seqs.start != chunk[0].seq or len(seqs) != len(chunk):
                 raise ReplicaError(f"journal assigned seqs {seqs} to records "
                                    f"{chunk[0].seq}..{chunk[-1].seq}")
+            done += len(chunk)
+        self._publish_durable(run)
+        return run[-1].seq
+
+    def _publish_durable(self, run: list[WireRecord]) -> None:
+        """fdatasync the journal; the run becomes durable and goes to the applier."""
+        if not run:
+            return
+        assert self.journal is not None
         with self._journal_lock:
             self.journal.sync()
         nbytes = sum(len(r.data) for r in run)
@@ -197,7 +212,6 @@ class Replica:
         self.counters.records_received += len(run)
         self.counters.bytes_received += nbytes
         self.rate.add(nbytes)
-        return run[-1].seq
 
     def _chunks(self, run: list[WireRecord]) -> list[list[WireRecord]]:
         """Split a run into appends the journal accepts (a quarter of its batch limit, so a
