@@ -29,9 +29,14 @@ def place_batch(ops: Sequence[WriteOp], lengths: Sequence[int], head_block: int,
     instead (after a PAD), because entering a segment while records before it are unsynced
     costs an fdatasync. Group commit (append, then sync) then needs one sync per batch.
     """
-    plan = _pack(ops, lengths, head_block, segment_blocks, total_blocks)
     S = segment_blocks
-    if head_block % S and any(p.enters_segment for p in plan):
+    in_segment = head_block % S
+    need = 1 + data_blocks(sum(lengths))
+    if len(ops) <= MAX_OPS_PER_RECORD and in_segment + need <= S:
+        # The common case, one record in the rest of this segment: no per-write loop.
+        return [Placement(head_block, ops, lengths, need, in_segment == 0)]
+    plan = _pack(ops, lengths, head_block, segment_blocks, total_blocks)
+    if in_segment and any(p.enters_segment for p in plan):
         room = S - head_block % S
         fresh = _pack(ops, lengths, (head_block + room) % total_blocks, S, total_blocks)
         if sum(p.enters_segment for p in fresh) == 1:

@@ -26,6 +26,7 @@ MAX_OPS_PER_RECORD = (JBLOCK - ENTRIES_OFFSET) // 16  # 248
 # position, timestamp, tail seq, synced seq, prev crc, data crc, data bytes
 _HDR = struct.Struct("<8sIHH16sQIIQQQQIIQ")
 _ENTRY = struct.Struct("<BxxxIQ")  # kind, nblocks, lba
+_CRC_FIELD = struct.Struct("<I")
 _CRC_FROM = 12  # the header CRC covers bytes 12..4095 (everything after itself)
 
 
@@ -79,18 +80,30 @@ def _entries_struct(count: int) -> struct.Struct:
 def encode_meta(*, journal_uuid: uuid.UUID, kind: RecordKind, first_seq: int, position: int,
                 record_blocks: int, timestamp_ns: int, tail_seq: int, synced_seq: int,
                 prev_crc: int, data_crc: int, data_bytes: int,
-                entries: Sequence[tuple[int, int, int]]) -> tuple[bytes, int]:
+                entries: Sequence[tuple[int, int, int]]) -> tuple[bytearray, int]:
     """The metadata block and its header CRC (the next record's `prev_crc`)."""
+    return encode_meta_flat(
+        journal_uuid=journal_uuid, kind=kind, first_seq=first_seq, position=position,
+        record_blocks=record_blocks, timestamp_ns=timestamp_ns, tail_seq=tail_seq,
+        synced_seq=synced_seq, prev_crc=prev_crc, data_crc=data_crc, data_bytes=data_bytes,
+        n_ops=len(entries), flat_entries=[x for entry in entries for x in entry])
+
+
+def encode_meta_flat(*, journal_uuid: uuid.UUID, kind: RecordKind, first_seq: int,
+                     position: int, record_blocks: int, timestamp_ns: int, tail_seq: int,
+                     synced_seq: int, prev_crc: int, data_crc: int, data_bytes: int,
+                     n_ops: int, flat_entries: Sequence[int]) -> tuple[bytearray, int]:
+    """`encode_meta` with the entries given flat (kind, nblocks, lba, kind, ...), as the
+    writer's append path builds them without a tuple per write."""
     block = bytearray(JBLOCK)
     _HDR.pack_into(block, 0, RECORD_MAGIC, 0, FORMAT_VERSION, kind, journal_uuid.bytes,
-                   first_seq, len(entries), record_blocks, position, timestamp_ns, tail_seq,
+                   first_seq, n_ops, record_blocks, position, timestamp_ns, tail_seq,
                    synced_seq, prev_crc, data_crc, data_bytes)
-    if entries:
-        _entries_struct(len(entries)).pack_into(block, ENTRIES_OFFSET,
-                                                *[x for entry in entries for x in entry])
+    if n_ops:
+        _entries_struct(n_ops).pack_into(block, ENTRIES_OFFSET, *flat_entries)
     header_crc = crc(memoryview(block)[_CRC_FROM:])
-    struct.pack_into("<I", block, 8, header_crc)
-    return bytes(block), header_crc
+    _CRC_FIELD.pack_into(block, 8, header_crc)
+    return block, header_crc
 
 
 def parse_meta(block: bytes | bytearray | memoryview, journal_uuid: uuid.UUID, position: int,

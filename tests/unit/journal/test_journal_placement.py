@@ -1,9 +1,11 @@
 """Where records go: packing, padding, and one fdatasync per group commit."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.journal import JournalCorrupt, OpKind, WriteOp
-from appliance.journal.placement import place_batch
+from appliance.journal.placement import _pack, place_batch
 from tests.support.journaling import make_op, sim_journal
 from tests.support.simdisk import SimMachine
 
@@ -75,3 +77,19 @@ def test_a_torn_padding_record_is_stepped_over_but_a_damaged_batch_is_not():
     assert [r.seq for r in j.records(2)] == [2]
     with pytest.raises(JournalCorrupt, match="seq 1 is still held"):
         list(j.records(1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(0, 6 * 4096).map(lambda n: n - n % 512), min_size=1,
+                        max_size=260),
+       head=st.integers(0, TOTAL - 1))
+def test_the_one_record_shortcut_places_exactly_as_the_packer(lengths, head):
+    """`place_batch` skips the per-write packer when the batch fits the rest of the
+    segment as one record; the packer must agree wherever the shortcut is taken."""
+    ops = [WriteOp(OpKind.WRITE, 0, 1, b"")] * len(lengths)
+    packed = _pack(ops, lengths, head, S, TOTAL)
+    placed = place_batch(ops, lengths, head, S, TOTAL)
+    if len(packed) == 1:
+        assert shape(placed) == shape(packed)
+        assert list(placed[0].lengths) == lengths
+    assert sum(len(p.ops) for p in placed) == len(ops)
