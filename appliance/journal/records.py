@@ -13,6 +13,7 @@ import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from appliance.journal.errors import InvalidRequest
 from appliance.journal.format import FORMAT_VERSION, JBLOCK, MAX_SEQ, Superblock, crc
@@ -143,28 +144,39 @@ _WHAT = {OpKind.WRITE: "{n} blocks of {bs} bytes", OpKind.WRITE_SAME: "exactly o
 
 def check_ops(ops: Sequence[WriteOp], sb: Superblock) -> list[int]:
     """Validate writes against the volume geometry; return their payload lengths.
-    (One loop with local names: this runs for every host write.)"""
+    (One loop with local names, enum members matched by identity and no calls per write:
+    this runs for every host write. `_refuse` works out what is wrong.)"""
     bs, volume_blocks = sb.volume_block_size, sb.volume_blocks
     limit = sb.max_op_data_blocks * JBLOCK
+    write, write_same, unmap = OpKind.WRITE, OpKind.WRITE_SAME, OpKind.UNMAP
     kinds = _KINDS
-    lengths = []
+    lengths: list[int] = []
+    add = lengths.append
     for op in ops:
-        kind = kinds.get(op.kind) if isinstance(op.kind, int) else None
-        lba, nblocks, data = op.lba, op.nblocks, op.data
-        if (kind is None or type(lba) is not int or type(nblocks) is not int or nblocks < 1
-                or lba < 0 or lba + nblocks > volume_blocks):
+        kind, lba, nblocks, data = op.kind, op.lba, op.nblocks, op.data
+        if (type(lba) is not int or type(nblocks) is not int or nblocks < 1 or lba < 0
+                or lba + nblocks > volume_blocks):
             _refuse(op, sb)
-        want = nblocks * bs if kind == 1 else bs if kind == 2 else 0
-        got = data.nbytes if isinstance(data, memoryview) else len(data)
-        if got != want or want > limit:
+        if kind is write:
+            want = nblocks * bs
+        elif kind is write_same:
+            want = bs
+        elif kind is unmap:
+            want = 0
+        else:  # a plain int is accepted too
+            known = kinds.get(kind) if type(kind) is int else None
+            if known is None:
+                _refuse(op, sb)
+            want = op_data_len(known, nblocks, bs)
+        if want > limit or (data.nbytes if type(data) is memoryview else len(data)) != want:
             _refuse(op, sb)
-        lengths.append(want)
+        add(want)
     return lengths
 
 
-def _refuse(op: WriteOp, sb: Superblock) -> None:
+def _refuse(op: WriteOp, sb: Superblock) -> NoReturn:
     """Raise the InvalidRequest that says what is wrong with `op`."""
-    kind = _KINDS.get(op.kind) if isinstance(op.kind, int) else None
+    kind = _KINDS.get(op.kind) if type(op.kind) in (int, OpKind) else None  # not bool
     if kind is None:
         raise InvalidRequest(f"unknown write kind {op.kind!r}; use OpKind.WRITE, "
                              f"WRITE_SAME or UNMAP")
