@@ -55,6 +55,7 @@ class JournalReader:
         self.acked_seq = tx.acked_seq
         self._area = Area(self._io, self.sb)
         self._cursor: ChainPoint | None = None  # start of the record holding the next seq
+        self._cursor_pad_crc: int | None = None  # a PAD just before the cursor (Walker)
         self._synced_to = 0  # every seq below this was returned after our own fdatasync
 
     def close(self) -> None:
@@ -123,6 +124,7 @@ class JournalReader:
     def _locate(self, seq: int, anchor: WriterCheckpoint) -> ChainPoint | None:
         if self._cursor is not None and self._cursor.seq <= seq:
             return self._cursor
+        self._cursor_pad_crc = None
         newest, _ = newest_segment(self._area, anchor)
         found = segment_holding(self._area, seq, newest)
         if found is None or found[1] is None:
@@ -134,7 +136,7 @@ class JournalReader:
                  ) -> tuple[list[Record], JournalCorrupt | None]:
         """Walk from `start`. Below `durable` a broken chain is corruption; at or above
         it, it is where the writer has got to (or a write in progress): stop there."""
-        walker = Walker(self._area, start)
+        walker = Walker(self._area, start, pad_crc=self._cursor_pad_crc)
         out: list[Record] = []
         size = 0
         while not out or size < max_bytes:
@@ -147,15 +149,18 @@ class JournalReader:
                         position=self.sb.block_offset(walker.point.block))
                 if walker.point.seq == from_seq or out:
                     self._cursor = walker.point  # caught up: resume here next time
+                    self._cursor_pad_crc = walker.pad_crc
                 return out, None
             meta, data = got
             for record in records_of(meta, data, self.sb.volume_block_size, from_seq):
                 if out and size >= max_bytes:
                     self._cursor = ChainPoint(meta.position, meta.first_seq, meta.prev_crc)
+                    self._cursor_pad_crc = None
                     return out, None
                 out.append(record)
                 size += len(record.op.data)
             self._cursor = walker.point
+            self._cursor_pad_crc = walker.pad_crc
         return out, None
 
     def acknowledge(self, seq: int) -> None:

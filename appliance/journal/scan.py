@@ -140,18 +140,20 @@ class Walker:
     """
 
     def __init__(self, area: Area, start: ChainPoint, *, check_first_link: bool = True,
-                 window_blocks: int = DEFAULT_WINDOW_BLOCKS) -> None:
+                 window_blocks: int = DEFAULT_WINDOW_BLOCKS, pad_crc: int | None = None
+                 ) -> None:
         self.area = area
         self.point = start
         self.check_link = check_first_link
         self.max_window = max(1, window_blocks)
         self.window = min(16, self.max_window)  # grows while reads stay sequential
         self.why = ""
-        # Header CRC of a PAD just followed. Writers before the PAD rule of
+        # Header CRC of a PAD just followed (`pad_crc`: one followed by an earlier walker
+        # that stopped right after it). Writers before the PAD rule of
         # docs/journal-format.md ("a signpost, not a link") linked the next segment's first
         # record to the PAD; the PAD itself links to the last BATCH, so that chain is
         # unbroken too, and journals written that way must stay readable.
-        self._pad_crc: int | None = None
+        self.pad_crc = pad_crc
         self._buf = bytearray()
         self._buf_start = 0
 
@@ -195,7 +197,7 @@ class Walker:
             seg_end = self.area.segment_end(p.block)
             if meta is None or meta.first_seq != p.seq or (
                     self.check_link and meta.prev_crc != p.prev_crc
-                    and meta.prev_crc != self._pad_crc):
+                    and meta.prev_crc != self.pad_crc):
                 if self._continues_at(seg_end):
                     continue
                 self.why = ("no intact metadata block" if meta is None else
@@ -213,14 +215,14 @@ class Walker:
                 self.point = ChainPoint(seg_end, p.seq, p.prev_crc if self.check_link
                                         else meta.prev_crc)
                 self.check_link = True
-                self._pad_crc = meta.header_crc
+                self.pad_crc = meta.header_crc
                 continue
             data = self._view(p.block + 1, meta.record_blocks - 1)[: meta.data_bytes]
             if crc(data) != meta.data_crc:
                 self.why = f"data of record seq {meta.first_seq} fails its CRC"
                 return None
             self.check_link = True
-            self._pad_crc = None
+            self.pad_crc = None
             self.point = ChainPoint(meta.end_block, meta.end_seq, meta.header_crc)
             return meta, data
 

@@ -103,6 +103,30 @@ def test_read_from_inside_a_segments_last_record_crosses_a_pad_linked_segment_st
     j.close()
 
 
+def test_a_reader_caught_up_right_after_a_pad_continues_at_a_pad_linked_segment_start():
+    """A reader that stopped just after a PAD (the next segment not written yet) resumes
+    from its cursor; a segment start linked to that PAD must not stall it."""
+    m = SimMachine()
+    j = sim_journal(m, blocks=8 + 10 * 16)
+    ops = [make_op(OpKind.WRITE, 8 * i, 8, 512, i) for i in range(16)]
+    for i in range(0, 16, 4):
+        j.append(ops[i : i + 4])
+        j.sync()  # the writer stays open: its slot says durable below seq 13 (segment entry)
+    f = m.open("journal")
+    start = bytearray(JBLOCK)
+    f.pread_into(j.sb.block_offset(16), memoryview(start))
+    f.pwritev(j.sb.block_offset(16), [bytes(JBLOCK)])  # segment 1 not written yet
+    reader = JournalReader(m.open("journal"), volume_uuid=VOLUME)
+    assert [r.seq for r in read_following(reader, 1, 1 << 20)] == list(range(1, 13))
+    f.pwritev(j.sb.block_offset(16), [start])
+    relink_segment_start_to_pad(m, j, pad_block=15, start_block=16)
+    got = read_following(reader, 13, 1 << 20)
+    assert [r.op for r in got] == [plain(op) for op in ops[12:]]
+    reader.close()
+    f.close()
+    j.close()
+
+
 op_strategy = st.tuples(
     st.sampled_from([OpKind.WRITE, OpKind.WRITE, OpKind.WRITE_SAME, OpKind.UNMAP]),
     st.integers(0, 1000), st.integers(1, 24))
