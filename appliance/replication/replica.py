@@ -21,6 +21,7 @@ order is apply, then journal.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -68,6 +69,39 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
         os.close(dfd)
 
 
+def preallocate(path: Path, size: int) -> bool:
+    """Create a missing regular file with its blocks allocated (not sparse).
+
+    Writing a sparse file's holes costs the kernel block allocation on every first write
+    (here about four times the CPU of overwriting allocated blocks), which the receiver pays
+    on its journal and mirror while replicating; allocating up front also finds a full file
+    system at pairing time rather than in the middle of replication. A file system that
+    cannot preallocate leaves the file sparse. An existing file is left alone (False)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.ftruncate(fd, size)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return True
+
+
 class Replica:
     """The DR copy of one volume."""
 
@@ -82,6 +116,7 @@ class Replica:
         self._acker: JournalReader | None = None
         for path in (cfg.paths.mirror, cfg.paths.journal, cfg.paths.state):
             path.parent.mkdir(parents=True, exist_ok=True)
+        preallocate(cfg.paths.mirror, self.spec.size_bytes)
         self._mirror = storage.open_file(cfg.paths.mirror, create_size=self.spec.size_bytes)
         self._unsynced_bytes = 0
         # Durable, not yet on the mirror: commit appends on the right, _drain pops on the left.
@@ -150,11 +185,17 @@ class Replica:
         """Persist who owns this volume; create the journal at first contact."""
         if self.journal is None:
             self.cfg.paths.journal.parent.mkdir(parents=True, exist_ok=True)
-            self.journal = Journal.create(
-                self.cfg.paths.journal, size=self.cfg.journal_size, volume_uuid=self.spec.uuid,
-                volume_block_size=self.spec.block_size,
-                volume_blocks=self.spec.size_bytes // self.spec.block_size,
-                first_seq=last_seq + 1)
+            fresh = preallocate(self.cfg.paths.journal, self.cfg.journal_size)
+            try:
+                self.journal = Journal.create(
+                    self.cfg.paths.journal, size=self.cfg.journal_size, volume_uuid=self.spec.uuid,
+                    volume_block_size=self.spec.block_size,
+                    volume_blocks=self.spec.size_bytes // self.spec.block_size,
+                    first_seq=last_seq + 1)
+            except BaseException:
+                if fresh:    # no half-made journal file that would fail to open next time
+                    self.cfg.paths.journal.unlink(missing_ok=True)
+                raise
             self._acker = JournalReader(self.cfg.paths.journal, volume_uuid=self.spec.uuid)
             self.counters.applied_seq = last_seq
         if (self.primary, self.generation) != (hello.identity, hello.generation):

@@ -81,3 +81,17 @@ def test_a_run_larger_than_the_journal_is_committed_in_pieces_and_applied_in_ord
         expect[w.lba * 512 : w.lba * 512 + len(w.data)] = w.data
     assert r.read_mirror(0, BLOCKS * 512) == bytes(expect)
     r.close()
+
+
+def test_new_mirror_and_journal_are_preallocated_and_an_existing_mirror_is_kept(tmp_path):
+    c = cfg(tmp_path)
+    r = Replica(c)
+    r.bind(HELLO, 0)
+    for path, size in ((c.paths.mirror, BLOCKS * 512), (c.paths.journal, c.journal_size)):
+        st = path.stat()
+        assert st.st_size == size and st.st_blocks * 512 >= size, (path, st)
+    r.commit([rec(1, 0, 9)])
+    r.close()
+    again = Replica(c)            # reopening keeps the contents
+    assert again.read_mirror(0, 1024) == b"\x09" * 1024
+    again.close()
