@@ -94,7 +94,8 @@ def test_lun_of_missing_disk_refused(primary, reference_lun):
                           "/backstores/fileio/no-such-disk", check=False)
     message = (result.stdout + result.stderr).decode()
     assert result.rc != 0 or result.stderr.strip(), message
-    assert "no-such-disk" in message, message
+    assert "storage object or path not valid" in message, message  # targetcli's own words
+    assert "no-such-disk" not in ap.targetcli(primary, "ls", f"/iscsi/{reference_lun}/tpg1/luns").text
     assert_still_serving(primary, reference_lun)
 
 
