@@ -236,6 +236,13 @@ def test_host_io_survives_handler_restart_and_kill(appliance, disk):
     appliance.run(["kill", "-9", str(pid)])
     kill_s = wait_handler_active(appliance, pid)
     print(f"[vm] handler back after restart in {restart_s:.1f} s, after SIGKILL in {kill_s:.1f} s")
+    # Commands the kernel queued in the ring while no daemon served it fail (NOT READY,
+    # LOGICAL UNIT COMMUNICATION FAILURE: an I/O error for the host) once they are older than
+    # the device's cmd_time_out. Say so plainly when that is why the host saw errors.
+    timeout_s = int(appliance.run(f"cat /sys/kernel/config/target/core/user_*/{LUN.name}/attrib/cmd_time_out").text)
+    assert timeout_s == 0 or max(restart_s, kill_s) < timeout_s, (
+        f"the handler took {max(restart_s, kill_s):.0f} s to serve again, longer than the device's "
+        f"cmd_time_out={timeout_s} s: the kernel failed the queued commands with I/O errors")
     # The host's I/O goes on through the new process: more flushed files, fio still running.
     wait_flushed(appliance, flushed_count(appliance) + 2, timeout=180)
     assert not fio_done(appliance), "fio ended early: " + appliance.run("cat /root/fio.json", check=False).text
