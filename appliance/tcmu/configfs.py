@@ -35,6 +35,14 @@ class BackstoreControl:
         except OSError as err:
             raise ConfigfsError(err.errno, f"reading {self.path / rel} failed") from err
 
+    def disable_cmd_time_out(self) -> None:
+        """`attrib/cmd_time_out` = 0: commands wait in the ring for the handler instead of being
+        failed to the host (NOT READY) after 30 s, so a handler restart that takes longer
+        (slow start, loaded machine) costs the host latency, not I/O errors; aborts and LUN
+        resets then wait for the handler too (tcmu-brief §11, as ceph-iscsi configures it).
+        The kernel accepts it only before the device is exported (EINVAL afterwards)."""
+        self._write("attrib/cmd_time_out", "0")
+
     def block_dev(self, blocked: bool) -> None:
         self._write("action/block_dev", "1" if blocked else "0")
 

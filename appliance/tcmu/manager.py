@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from appliance.tcmu import cfgstring
-from appliance.tcmu.configfs import BackstoreControl
+from appliance.tcmu.configfs import BackstoreControl, ConfigfsError
 from appliance.tcmu.device import CommandExecutor, TcmuDevice
 from appliance.tcmu.discovery import TcmuName, parse_uio_name
 from appliance.tcmu.netlink import DeviceEvent
@@ -99,6 +99,13 @@ class DeviceManager:
         try:
             if reopen and control is not None:
                 control.reset_ring(1)
+            if not reopen and control is not None:
+                # A new device (ADDED_DEVICE, inside enable): not exported yet, so the one
+                # moment the kernel lets us turn its command timer off.
+                try:
+                    control.disable_cmd_time_out()
+                except ConfigfsError as err:
+                    log.warning("device %s: cmd_time_out stays as it is: %s", name.name, err)
             backend = self._backend_factory(name, config, control)
             try:
                 transport = self._open_transport(minor, uio_name)

@@ -32,6 +32,9 @@ class RecordingControl:
         self.log.append(f"reset_ring={mode}")
         self.kernel.reset_ring(mode)
 
+    def disable_cmd_time_out(self) -> None:
+        self.log.append("cmd_time_out=0")
+
 
 class FakeBackend:
     def __init__(self, log: list[str]) -> None:
@@ -172,3 +175,30 @@ def test_several_devices_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         manager.close_all()
         for k in kernels.values():
             k.close()
+
+
+def test_new_device_turns_the_kernel_command_timer_off(world) -> None:
+    """Only a new device (not exported yet) gets cmd_time_out=0; an adopted one is exported
+    and the kernel would refuse."""
+    manager, _, log, _ = world
+    assert manager.add(4, NAME) == 0
+    assert log[:2] == ["cmd_time_out=0", "backend vol1 /srv/a.img"]
+
+
+def test_refused_timer_write_still_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.tcmu.configfs import BackstoreControl
+
+    monkeypatch.setattr(device_module, "_scsi_command_class", lambda: ScsiCommand)
+    kernel = SimKernel(tmp_path / "dev", SimConfig(ring_bytes=8192, data_blocks=32))
+    (tmp_path / "so").mkdir()   # a backstore directory without attrib/: the write fails
+    manager = DeviceManager(backend_factory=lambda name, config, control: FakeBackend([]),
+                            open_transport=lambda minor, uio_name: SimUio(tmp_path / "dev"),
+                            control_for=lambda name: BackstoreControl(tmp_path / "so"),
+                            poll_interval=0.05)
+    try:
+        assert manager.add(4, NAME) == 0
+        (res,) = kernel.wait_for([kernel.submit(rw10(0x2A, 0, 1), b"x" * 512)])
+        assert res.status == 0
+    finally:
+        manager.close_all()
+        kernel.close()
