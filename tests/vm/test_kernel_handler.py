@@ -133,6 +133,10 @@ def test_disk_identity(appliance, disk):
     assert appliance.run(["cat", f"/sys/block/{name}/queue/write_cache"]).text.strip() == "write back"
     vpd = appliance.run(["sg_vpd", "--page=di", disk]).text
     assert "NAA" in vpd, vpd
+    # The handler turned the kernel's command timer off when the device was added, so a
+    # restart never turns queued commands into host I/O errors.
+    attrib = f"/sys/kernel/config/target/core/user_*/{LUN.name}/attrib/cmd_time_out"
+    assert appliance.run(f"cat {attrib}").text.strip() == "0"
 
 
 def test_filesystem_roundtrip_and_mirror_bytes(appliance, disk):
