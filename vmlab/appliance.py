@@ -103,7 +103,7 @@ def host_login(host: Machine, portal: str, iqn: str, *, timeout: float = 60.0) -
     host.write_file("/etc/iscsi/initiatorname.iscsi", f"InitiatorName={initiator}\n".encode())
     # Recover quickly when an appliance reboots (defaults wait 120 s before failing I/O).
     host.run("sed -i -e 's/^node.session.timeo.replacement_timeout = .*/"
-             "node.session.timeo.replacement_timeout = 300/' /etc/iscsi/iscsid.conf")
+             "node.session.timeo.replacement_timeout = 1800/' /etc/iscsi/iscsid.conf")
     host.run(["systemctl", "start", "iscsid.service"], timeout=60)
     host.run(["iscsiadm", "-m", "discovery", "-t", "sendtargets", "-p", portal], timeout=timeout)
     host.run(["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "--login"], timeout=timeout)

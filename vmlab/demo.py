@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -137,17 +136,15 @@ def run(args: argparse.Namespace) -> int:
         for machine in (primary, dr):
             machine.release_agent()  # so `python -m vmlab.console DIR -- CMD` can use it
         say("VMs are running; press Ctrl-C to power them off")
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            while not stop.wait(5):
+            while True:
+                time.sleep(5)
                 for machine in (primary, dr):
                     if machine.proc.poll() is not None:
                         say(f"{machine.name} stopped (qemu exit {machine.proc.returncode})")
                         return 1
         except KeyboardInterrupt:
-            pass
-        say("powering off")
+            say("powering off")
     return 0
 
 
@@ -162,11 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/dr-appliance-demo"),
                         help="VM disks, sockets and logs (recreated on each run)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # unwind (and power off) like Ctrl-C
     try:
         return run(args)
     except (ImageError, MachineError) as err:
         say(f"FAILED: {err}")
         return 1
+    except KeyboardInterrupt:
+        say("interrupted; VMs powered off")
+        return 130
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from vmlab.image import ImageInfo
 AGENT_PORT_NAME = "org.drappliance.lab"
 BOOT_TIMEOUT = 600.0  # generous: TCG on a 2-core machine shared with other jobs
 STOP_TIMEOUT = 20.0
+PR_SET_PDEATHSIG = 1
 
 
 class MachineError(RuntimeError):
@@ -42,6 +44,14 @@ def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """In the qemu child before exec: the kernel kills it when the lab process dies, even
+    by SIGKILL, so no VM outlives the test run or demo that started it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
 def kvm_usable() -> bool:
@@ -135,7 +145,8 @@ class Machine:
             sock.unlink(missing_ok=True)
         with open(self.dir / "qemu.log", "ab") as log:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=die_with_parent)
         self._started_at = time.monotonic()
         deadline = time.monotonic() + 15
         while not self.agent_sock.exists():

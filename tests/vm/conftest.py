@@ -9,6 +9,7 @@ Console and qemu logs of every module are copied to ``$APPLIANCE_VM_LOGS``
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -18,6 +19,15 @@ from vmlab.image import ImageInfo, ensure_image
 from vmlab.lab import Lab
 
 VM_TEST_TIMEOUT = 1500
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    # SIGTERM (CI timeouts, `timeout`) unwinds like Ctrl-C, so every lab stops its VMs.
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def pytest_collection_modifyitems(items):
