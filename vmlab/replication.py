@@ -7,13 +7,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from appliance.tcmu.backend import volume_uuid
+from appliance.tcmu.cfgstring import SUBTYPE, parse_config
 from vmlab.appliance import STATE_DIR, LunSpec
 from vmlab.machine import Machine
 
 REPLICATION_PORT = 7700
-# Same namespace as appliance.tcmu.backend.volume_uuid: the volume uuid is derived from the
-# mirror path, so the lab can name the volume before the handler has opened it.
-VOLUME_NAMESPACE = uuid.UUID("6c1b8f0e-3a52-4d1e-9a7e-5f0d6b2c9e41")
 SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -33,7 +32,9 @@ class ReplicatedVolume:
 
     @property
     def uuid(self) -> uuid.UUID:
-        return uuid.uuid5(VOLUME_NAMESPACE, f"{STATE_DIR}/volumes/{self.lun.name}.img")
+        """The handler derives the volume uuid from its config string; so does the lab,
+        with the handler's own code, before the handler has opened the volume."""
+        return volume_uuid(parse_config(f"{SUBTYPE}/{self.lun.cfgstring()}"))
 
     def receiver_toml(self) -> str:
         return (
