@@ -226,6 +226,12 @@ class _Session:
         self.reader = reader
         self.next_seq = reader.acked_seq + 1
         self.highest_sent = reader.acked_seq     # highest seq sent in this session
+        # Highest seq the peer ACKed as durable. The window opens on the ACK itself; the
+        # journal's persisted acknowledged seq follows in the background (one fdatasync per
+        # catch-up, not one per ACK on the ACK path). A crash in between only means the
+        # next session starts lower and the peer drops what it already holds.
+        self.peer_durable = reader.acked_seq
+        self._ack_due = asyncio.Event()
         self.heartbeat_s = min(self.cfg.heartbeat_s, welcome.heartbeat_s)
         self._acked = asyncio.Event()
         self._last_sent = time.monotonic()
@@ -246,7 +252,8 @@ class _Session:
         if self.resync is None and self.welcome.inconsistent:
             raise PeerRefused("the peer is inconsistent from an interrupted resync, and this "
                               "transmitter has no 'mirror'/'bitmap' configured to finish it")
-        tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop())]
+        tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop()),
+                 asyncio.create_task(self._persist_acks())]
         if self.resync is not None:
             tasks.append(asyncio.create_task(self.resync.run(self.welcome.inconsistent)))
         try:
@@ -336,10 +343,10 @@ class _Session:
         overdue = 3 * self.cfg.dead_after_s
         if self.tx._inflight and time.monotonic() - self._last_ack > overdue:
             log.warning("volume %s: no ACK for %.1f s, resending from seq %d",
-                        self.cfg.volume_uuid, overdue, self.reader.acked_seq + 1)
+                        self.cfg.volume_uuid, overdue, self.peer_durable + 1)
             self.tx.counters.resends += 1
             self.tx._inflight.clear()
-            self.next_seq = self.reader.acked_seq + 1
+            self.next_seq = self.peer_durable + 1
             self._last_ack = time.monotonic()
 
     async def _idle(self, seconds: float) -> None:
@@ -356,9 +363,9 @@ class _Session:
         earlier rewind (it asks once per gap, and its requests cross our resends): a seq we
         sent but are about to send again anyway needs nothing. A seq we never sent in this
         session, or one already acknowledged, is a protocol error."""
-        if seq <= self.reader.acked_seq or seq > self.highest_sent + 1:
+        if seq <= self.peer_durable or seq > self.highest_sent + 1:
             raise wire.BadFrame(f"peer asked to resend from {seq}, outside "
-                                f"{self.reader.acked_seq + 1}..{self.highest_sent + 1}")
+                                f"{self.peer_durable + 1}..{self.highest_sent + 1}")
         if seq >= self.next_seq:
             log.info("volume %s: peer asked to resend from seq %d, already resending from %d",
                      self.cfg.volume_uuid, seq, self.next_seq)
@@ -370,6 +377,17 @@ class _Session:
         while inflight and inflight[-1][0] >= seq:
             inflight.pop()
 
+    async def _persist_acks(self) -> None:
+        """Persist the peer's durable seq as the journal's acknowledged seq (which lets the
+        primary journal reclaim), catching up to the latest ACK each time."""
+        while True:
+            await self._ack_due.wait()
+            self._ack_due.clear()
+            seq = self.peer_durable
+            if seq > self.reader.acked_seq:
+                await run_blocking(self.reader.acknowledge, seq)
+                self.tx.counters.acked_seq = seq
+
     async def _recv_loop(self) -> None:
         tx, c = self.tx, self.tx.counters
         while True:
@@ -378,13 +396,13 @@ class _Session:
                 continue
             if frame.type is FT.ACK:
                 durable, applied = wire.decode_ack(frame.payload)
-                if durable > c.sent_seq and durable > self.reader.acked_seq:
+                if durable > c.sent_seq and durable > self.peer_durable:
                     raise wire.BadFrame(f"peer acknowledged seq {durable} beyond what we sent "
                                         f"({c.sent_seq})")
                 c.applied_seq = max(c.applied_seq, applied)
-                if durable > self.reader.acked_seq:
-                    await run_blocking(self.reader.acknowledge, durable)
-                    c.acked_seq = durable
+                if durable > self.peer_durable:
+                    self.peer_durable = durable
+                    self._ack_due.set()
                 while tx._inflight and tx._inflight[0][0] <= durable:
                     tx._inflight.popleft()
                 self._last_ack = time.monotonic()
