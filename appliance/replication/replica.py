@@ -21,20 +21,18 @@ order is apply, then journal.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
-from pathlib import Path
 
 from appliance import storage
 from appliance.journal import Journal, JournalFull, JournalReader, OpKind, Record, WriteOp
 from appliance.replication.apply import apply_records, check_record
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.handshake import Hello, VolumeBinding
+from appliance.replication.replica_files import preallocate, write_json_atomic
 from appliance.replication.status import RateMeter, ReceiverVolumeCounters
 from appliance.replication.undo import UndoLog, roll_back
 from appliance.replication.wire import WireRecord
@@ -53,53 +51,6 @@ def to_write_op(rec: WireRecord) -> WriteOp:
 def from_journal(rec: Record) -> WireRecord:
     return WireRecord(rec.seq, rec.timestamp_ns, int(rec.op.kind), rec.op.lba, rec.op.nblocks,
                       bytes(rec.op.data))
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def preallocate(path: Path, size: int) -> bool:
-    """Create a missing regular file with its blocks allocated (not sparse).
-
-    Writing a sparse file's holes costs the kernel block allocation on every first write
-    (here about four times the CPU of overwriting allocated blocks), which the receiver pays
-    on its journal and mirror while replicating; allocating up front also finds a full file
-    system at pairing time rather than in the middle of replication. A file system that
-    cannot preallocate leaves the file sparse. An existing file is left alone (False)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return False
-    try:
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as err:
-            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            os.ftruncate(fd, size)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return True
 
 
 class Replica:
@@ -159,7 +110,7 @@ class Replica:
                                f"remove the replica files to start a new pairing") from err
 
     def _save_state(self) -> None:
-        _write_json_atomic(self.cfg.paths.state, {
+        write_json_atomic(self.cfg.paths.state, {
             "volume_uuid": str(self.spec.uuid), "primary": self.primary,
             "generation": self.generation, "inconsistent_since": self.inconsistent_since,
             "consistent_seq": self.consistent_seq, "consistent_at": self.consistent_at})
@@ -453,6 +404,6 @@ def roll_back_to_consistent(cfg: ReplicaConfig) -> int:
     if cfg.paths.journal.exists():
         cfg.paths.journal.rename(cfg.paths.journal.with_name(f"journal.rolled-back-{seq}"))
     st.update(inconsistent_since=None, consistent_at=None, rolled_back_to_seq=seq)
-    _write_json_atomic(cfg.paths.state, st)
+    write_json_atomic(cfg.paths.state, st)
     cfg.paths.undo.unlink(missing_ok=True)
     return seq
