@@ -80,7 +80,7 @@ def test_reboot_primary_during_host_io(machines, disk):
              timeout=120)
     host.write_file("/root/writer.sh", WRITER.encode(), mode="0755")
     host.run("rm -f /root/stop-writer /root/flushed.sums; "
-             "nohup /root/writer.sh >/dev/null 2>&1 </dev/null & echo started")
+             "nohup /root/writer.sh >/dev/null 2>&1 </dev/null & echo $! > /root/writer.pid")
     time.sleep(3)  # let the writer get going, so the reboot lands in the middle of its I/O
     assert host.run("cat /root/flushed.sums 2>/dev/null | wc -l").text.strip() != "0"
 
@@ -93,8 +93,9 @@ def test_reboot_primary_during_host_io(machines, disk):
 
     # The host's session recovers by itself: a new flushed write completes.
     host.run(f"dd if=/dev/zero of={MNT}/after bs=1M count=1 conv=fsync", timeout=300)
-    host.run("touch /root/stop-writer; for i in $(seq 1 600); do pgrep -f writer.sh >/dev/null || exit 0; "
-             "sleep 0.1; done; echo 'writer did not stop' >&2; exit 1", timeout=120)
+    host.run("touch /root/stop-writer; pid=$(cat /root/writer.pid); for i in $(seq 1 600); do "
+             "kill -0 $pid 2>/dev/null || exit 0; sleep 0.1; done; echo 'writer did not stop' >&2; exit 1",
+             timeout=120)
     flushed = int(host.run("wc -l < /root/flushed.sums").text)
     host.run(f"umount {MNT} && echo 3 > /proc/sys/vm/drop_caches && mount {device} {MNT}", timeout=120)
     host.run(f"cd {MNT} && sha256sum -c /root/before.sums && sha256sum -c /root/flushed.sums", timeout=300)
