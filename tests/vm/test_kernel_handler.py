@@ -225,7 +225,7 @@ def test_host_io_survives_handler_restart_and_kill(appliance, disk):
     appliance.write_file("/root/fio.job", fio_job(FIO_MAX_SECONDS).encode())
     appliance.write_file("/root/writer.sh", WRITER.encode(), mode="0755")
     appliance.run("rm -f /root/stop-writer /root/flushed.sums /root/writer.err; "
-                  "nohup /root/writer.sh >/dev/null 2>&1 </dev/null &")
+                  "nohup /root/writer.sh >/dev/null 2>&1 </dev/null & echo $! > /root/writer.pid")
     appliance.run("rm -f /root/fio.rc /root/fio.json; nohup sh -c 'fio --output-format=json "
                   "--output=/root/fio.json /root/fio.job; echo $? > /root/fio.rc' >/dev/null 2>&1 </dev/null &")
     wait_flushed(appliance, 3, timeout=120)   # both writers are under way before the restart
@@ -256,8 +256,10 @@ def test_host_io_survives_handler_restart_and_kill(appliance, disk):
     while not fio_done(appliance):
         assert time.monotonic() < deadline, "fio did not stop on SIGINT: host I/O hung"
         time.sleep(1)
-    appliance.run("touch /root/stop-writer; for i in $(seq 1 300); do pgrep -f writer.sh >/dev/null || exit 0; "
-                  "sleep 0.2; done; echo 'writer did not stop' >&2; exit 1", timeout=120)
+    # (by pid: "pgrep -f writer.sh" would also find this very shell, whose command names it)
+    appliance.run("touch /root/stop-writer; pid=$(cat /root/writer.pid); end=$(($(date +%s) + 240)); "
+                  "while kill -0 $pid 2>/dev/null; do [ $(date +%s) -lt $end ] || "
+                  "{ echo 'writer did not stop' >&2; exit 1; }; sleep 1; done", timeout=300)
     flushed = flushed_count(appliance)
     writer_errors = appliance.run("cat /root/writer.err").text
     assert not writer_errors.strip(), writer_errors
