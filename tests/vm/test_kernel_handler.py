@@ -189,7 +189,7 @@ do_verify=1
 WRITER = f"""
 i=0
 while [ ! -e /root/stop-writer ]; do
-    if dd if=/dev/urandom of={MNT}/during.$i bs=256k count=2 conv=fsync 2>>/root/writer.err; then
+    if dd if=/dev/urandom of={MNT}/during.$i bs=256k count=2 conv=fsync status=none 2>>/root/writer.err; then
         (cd {MNT} && sha256sum during.$i) >> /root/flushed.sums
     fi
     i=$((i+1))
