@@ -20,6 +20,7 @@ from appliance.tcmu.discovery import TcmuName, parse_uio_name
 from appliance.tcmu.netlink import DeviceEvent
 from appliance.tcmu.ring import RingError
 from appliance.tcmu.transport import RingTransport
+from appliance.volume.errors import NoSpaceError
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,10 @@ class DeviceManager:
             control = self._control_for(name)
             try:
                 served = self._start(minor, uio_name, name, config, control, reopen)
+            except NoSpaceError as err:
+                # The kernel turns this reply into the configfs `enable` error targetcli prints.
+                log.error("device %s refused: %s", name.name, err)
+                return -errno.ENOSPC
             except Exception:
                 log.exception("device %s (uio%d) could not be started", name.name, minor)
                 return -errno.ENOENT

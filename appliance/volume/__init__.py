@@ -2,7 +2,13 @@
 
 from appliance.journal import InvalidRequest, JournalMismatch, OpKind, WriteOp
 from appliance.volume.config import FlushPolicy, VolumeConfig
-from appliance.volume.errors import BitmapError, MediumError, VolumeConfigError, VolumeError
+from appliance.volume.errors import (
+    BitmapError,
+    MediumError,
+    NoSpaceError,
+    VolumeConfigError,
+    VolumeError,
+)
 from appliance.volume.resizing import ResizeRefused
 from appliance.volume.resync import ResyncSnapshot, ResyncSource, region_extent
 from appliance.volume.volume import JOURNALING, LOGGING_TO_BITMAP, Volume
@@ -21,6 +27,7 @@ __all__ = [
     "ResyncSource",
     "Volume",
     "VolumeConfig",
+    "NoSpaceError",
     "VolumeConfigError",
     "VolumeError",
     "WriteOp",

@@ -12,6 +12,10 @@ class VolumeConfigError(VolumeError, ValueError):
     """The configuration cannot work; the message says which setting to fix."""
 
 
+class NoSpaceError(VolumeConfigError):
+    """The file system cannot hold the volume's files at their full size."""
+
+
 class BitmapError(VolumeError):
     """The bitmap file is not this volume's (uuid, geometry or format version)."""
 

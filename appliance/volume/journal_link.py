@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ from appliance.journal.header import load_superblock, read_header
 from appliance.storage import open_file
 from appliance.volume import bitmap_format
 from appliance.volume.bitmap import DirtyBitmap
-from appliance.volume.errors import VolumeConfigError
+from appliance.volume.errors import NoSpaceError, VolumeConfigError
 
 if TYPE_CHECKING:
     from appliance.storage import BlockIO
@@ -37,6 +38,7 @@ def open_parts(config: VolumeConfig) -> Parts:
     """Open (creating what is missing) mirror, journal and bitmap; on any error close what
     was opened and leave every file as it was."""
     opened: list = []
+    check_space(config)
     try:
         mirror = config.mirror_io or open_file(config.mirror_path,
                                                create_size=config.volume_bytes)
@@ -67,6 +69,54 @@ def open_parts(config: VolumeConfig) -> Parts:
         for part in reversed(opened):
             part.close()
         raise
+
+
+def _missing_bytes(path: str | os.PathLike[str] | None, full_size: int) -> tuple[int, str | None]:
+    """Bytes a regular file at `path` still needs to allocate to hold `full_size` bytes, and
+    the directory whose file system must provide them. Block devices need nothing."""
+    if path is None:
+        return 0, None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return full_size, os.path.dirname(os.path.abspath(path))
+    if not stat.S_ISREG(st.st_mode):
+        return 0, None
+    return max(0, full_size - st.st_blocks * 512), os.path.dirname(os.path.abspath(path))
+
+
+def check_space(config: VolumeConfig) -> None:
+    """Refuse, before anything is created, a volume whose files cannot fit at full size.
+
+    Mirror and journal are sparse files; accepting a 1 TiB disk on an 8 GiB file system would
+    only move the failure to the host's writes (MEDIUM ERROR once ENOSPC hits), which is what
+    an admin least wants to find out in production. We do not overcommit."""
+    needs: dict[int, tuple[int, str]] = {}      # st_dev -> (bytes, directory)
+    for path, size in ((None if config.mirror_io else config.mirror_path, config.volume_bytes),
+                       (None if config.journal_io else config.journal_path, config.journal_size),
+                       (None if config.bitmap_io else config.bitmap_path,
+                        bitmap_format.file_size(config.num_chunks))):
+        missing, directory = _missing_bytes(path, size)
+        if not missing or directory is None or not os.path.isdir(directory):
+            continue
+        dev = os.stat(directory).st_dev
+        total, _ = needs.get(dev, (0, directory))
+        needs[dev] = (total + missing, directory)
+    for missing, directory in needs.values():
+        fs = os.statvfs(directory)
+        free = fs.f_bavail * fs.f_frsize
+        if missing > free:
+            raise NoSpaceError(
+                f"the volume's files need {_human(missing)} more on the file system of "
+                f"{directory}, which has {_human(free)} free; choose a smaller size or journal, "
+                "or put the mirror on a bigger file system or a block device")
+
+
+def _human(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _open_journal(target: str | os.PathLike[str] | BlockIO, existing: bool,
