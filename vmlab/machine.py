@@ -124,7 +124,9 @@ class Machine:
             "-drive", f"file={self.dir / 'root.qcow2'},if=virtio,format=qcow2,cache=unsafe",
             "-drive", f"file={self.dir / 'state.qcow2'},if=none,id=state,format=qcow2,cache=writeback",
             "-device", "virtio-blk-pci,drive=state,serial=appliance-state",
-            "-netdev", f"user,id=mgmt,net=10.0.2.0/24{fwd}",
+            # restrict=on: the guest reaches nothing outside (no NAT to the host network or the
+            # internet); only the explicit host-loopback port forwards come in.
+            "-netdev", f"user,id=mgmt,net=10.0.2.0/24,restrict=on{fwd}",
             "-device", "virtio-net-pci,netdev=mgmt,mac=52:54:00:00:00:01",
             *self._network_args,
             "-chardev", f"socket,id=con,path={self.console_sock},server=on,wait=off,"
