@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv lint test test-fast test-integration test-vm demo bench
+.PHONY: venv lint test test-fast test-integration test-vm demo bench image
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,3 +32,14 @@ test-vm: venv
 demo: venv
 	bash .ci/install-system-packages
 	$(BIN)/python -m vmlab.demo
+
+# Appliance image alone (cached under /var/cache/dr-appliance; see image/README.md).
+image: venv
+	$(BIN)/python image/build.py
+
+# Benchmarks: tables plus a final JSON line, ratios against references in the same run.
+bench: venv
+	$(BIN)/python bench/journal --quick
+	$(BIN)/python bench/ring
+	$(BIN)/python bench/replication
+	$(BIN)/python bench/iscsi_compare --quick
