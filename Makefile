@@ -17,7 +17,7 @@ lint: venv
 
 # All three tiers: unit/property, host integration, real kernel in VMs.
 test: venv
-	$(BIN)/python -m pytest tests/unit tests/integration tests/vm
+	$(BIN)/python -m pytest --durations=20 tests/unit tests/integration tests/vm
 
 test-fast: venv
 	$(BIN)/python -m pytest -q tests/unit
