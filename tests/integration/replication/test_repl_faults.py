@@ -21,7 +21,8 @@ from repl_harness import (
 pytestmark = pytest.mark.integration
 
 
-def run_through_proxy(pair, proxy_args: list[str], *, tls: bool, ops: int = 1500):
+def run_through_proxy(pair, proxy_args: list[str], *, tls: bool, ops: int = 1500,
+                      pause: float = 0.002):
     site0 = pair.site("site-a", tls=tls)
     pport = free_port()
     site = pair.site("site-a", tls=tls, port=pport, volume_of=site0)
@@ -33,7 +34,7 @@ def run_through_proxy(pair, proxy_args: list[str], *, tls: bool, ops: int = 1500
     # 32 MiB journal: these tests are about the journal-shipping path. With 8 MiB, a link that
     # is cut every few seconds let the journal overflow into bitmap mode, and a resync whose
     # link is cut every few seconds restarted and did not finish (a known gap, see issue 5).
-    w = pair.writer(site, ops, pause=0.002, journal_size=32 << 20).start()
+    w = pair.writer(site, ops, pause=pause, journal_size=32 << 20).start()
     pair.transmitter(site).start()
     remote = pair.replica_dir(site.uuid) / "mirror"
     scans = 0
@@ -86,7 +87,7 @@ def test_duplicated_and_reordered_frames_are_ordered_and_deduplicated(pair):
 def test_tls_link_that_stalls_and_flaps_is_noticed_and_converges(pair):
     site, rx, proxy, _ = run_through_proxy(
         pair, ["--stall-every", "4", "--stall-for", "4", "--cut-every", "7"], tls=True,
-        ops=1200)
+        ops=1200, pause=0.01)     # writes for >= 12 s, so the stall and the cut fall within them
     counts = proxy_counts(proxy)
     assert counts["stalls"] > 0, counts
     txs = status(site.control)
