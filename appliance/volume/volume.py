@@ -135,13 +135,7 @@ class Volume:
     def write_cache_enabled(self, enabled: bool) -> None:
         with self._lock:
             if not enabled and self._wce:      # WCE off: nothing may stay volatile
-                try:
-                    if self._bitmap.logging:
-                        self._mirror.sync()
-                    else:
-                        self._commit_pending()
-                except OSError as err:
-                    raise MediumError("write", f"write cache flush failed: {err}") from err
+                self._make_durable("write cache flush")
             self._wce = bool(enabled)
 
     def status(self) -> dict:
@@ -258,13 +252,18 @@ class Volume:
         """SYNCHRONIZE CACHE: everything submitted so far is durable when this returns."""
         with self._lock:
             self._check_open()
-            try:
-                if self._bitmap.logging:
-                    self._mirror.sync()
-                else:
-                    self._commit_pending()
-            except OSError as err:
-                raise MediumError("write", f"flush failed: {err}") from err
+            self._make_durable("flush")
+
+    def _make_durable(self, what: str) -> None:
+        """Everything submitted so far durable: in bitmap mode the marks are already synced,
+        so only the mirror; otherwise the pending journal commit (which writes the mirror)."""
+        try:
+            if self._bitmap.logging:
+                self._mirror.sync()
+            else:
+                self._commit_pending()
+        except OSError as err:
+            raise MediumError("write", f"{what} failed: {err}") from err
 
     def compare_and_write(self, lba: int, verify: memoryview, data: memoryview,
                           *, fua: bool = False) -> int | None:
