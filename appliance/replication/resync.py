@@ -9,14 +9,16 @@ driver, running inside a connected transmitter session:
 2. pauses record shipping and sends RESYNC_BEGIN: the receiver says ``inconsistent`` from now
    on and saves old contents (undo) before every overwrite,
 3. ships the dirty regions read from the primary mirror (optionally only those whose hash
-   differs, for pre-seeded disks), waits until each is durable at the peer, and asks the
-   writer to clear the shipped chunks; repeats while writes keep dirtying chunks,
+   differs, for pre-seeded disks) a window at a time; once a window is durable at the peer it
+   asks the writer to clear that window's chunks (so progress survives a lost link); repeats
+   while writes keep dirtying chunks,
 4. once the bitmap is clean and the writer is journaling again, sends RESYNC_END naming the
    journal head: the peer is consistent again once it has applied up to that seq. Record
    shipping resumes (records already contained in shipped regions are simply applied again).
 
-A link lost midway is harmless: chunks are cleared only after the peer acknowledged them, and
-the receiver keeps its undo log and inconsistent state until a RESYNC_END completes.
+A link lost midway is harmless and costs little: chunks are cleared only after the peer
+acknowledged them, so the next session resumes with the chunks still dirty instead of starting
+over, and the receiver keeps its undo log and inconsistent state until a RESYNC_END completes.
 """
 
 from __future__ import annotations
@@ -44,13 +46,15 @@ WINDOW = 16    # regions in flight (and per hash request)
 
 @dataclass
 class ResyncProgress:
-    state: str = "idle"          # idle | draining | resyncing | waiting-for-writer | repairing
+    # idle | draining | resyncing | waiting-for-writer | repairing | interrupted (link lost)
+    state: str = "idle"
     since: float | None = None
     passes: int = 0
     total_bytes: int = 0
     done_bytes: int = 0                 # shipped and durable at the peer
     skipped_bytes: int = 0              # hash matched, not shipped
     completed: int = 0
+    resumed: int = 0                    # times an interrupted resync went on where it stopped
     rate: RateMeter = field(default_factory=RateMeter, repr=False)
 
     def as_dict(self) -> dict:
@@ -62,14 +66,45 @@ class ResyncProgress:
         return d
 
 
-def split_regions(snap: ResyncSnapshot, volume_bytes: int, region_bytes: int
-                  ) -> list[tuple[int, int]]:
-    """(offset, length) pieces of at most ``region_bytes`` covering the dirty runs."""
+@dataclass(frozen=True, slots=True)
+class Region:
+    offset: int
+    length: int
+    # The chunk run (first, count) that is wholly at the peer once this region and the ones
+    # before it are: a region never ends inside a chunk unless the next piece of that chunk
+    # follows it, so a chunk is cleared only with its last piece.
+    completes: tuple[int, int] | None
+
+
+def split_regions(snap: ResyncSnapshot, volume_bytes: int, region_bytes: int) -> list[Region]:
+    """Regions of at most ``region_bytes`` covering the dirty runs. A region of at least one
+    chunk holds whole chunks (``region_bytes`` rounded down to the chunk size); with a
+    smaller ``region_bytes`` each chunk is shipped in pieces."""
+    chunk = snap.chunk_size
     out = []
     for first, count in snap.runs:
-        start, length = region_extent(snap.chunk_size, first, count, volume_bytes)
-        for off in range(start, start + length, region_bytes):
-            out.append((off, min(region_bytes, start + length - off)))
+        if region_bytes >= chunk:
+            step = region_bytes // chunk
+            for c in range(first, first + count, step):
+                n = min(step, first + count - c)
+                out.append(Region(*region_extent(chunk, c, n, volume_bytes), (c, n)))
+            continue
+        for c in range(first, first + count):
+            start, length = region_extent(chunk, c, 1, volume_bytes)
+            for off in range(start, start + length, region_bytes):
+                end = min(off + region_bytes, start + length)
+                out.append(Region(off, end - off, (c, 1) if end == start + length else None))
+    return out
+
+
+def coalesce(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent chunk runs merged, in order: (3, 1), (4, 2) -> (3, 3)."""
+    out: list[tuple[int, int]] = []
+    for first, count in runs:
+        if out and out[-1][0] + out[-1][1] == first:
+            out[-1] = (out[-1][0], out[-1][1] + count)
+        else:
+            out.append((first, count))
     return out
 
 
@@ -111,15 +146,29 @@ class ResyncDriver:
 
     async def run(self, peer_inconsistent: bool) -> None:
         """Watch the bitmap for the whole session; resync whenever chunks are dirty."""
+        try:
+            await self._watch(peer_inconsistent)
+        finally:
+            self.interrupted()
+
+    async def _watch(self, peer_inconsistent: bool) -> None:
+        resume = peer_inconsistent or self.progress.state not in ("idle", "repairing")
         if peer_inconsistent:
             log.warning("volume %s: the peer is inconsistent from an interrupted resync; "
-                        "finishing it", self.cfg.volume_uuid)
-            await self.resync(await run_blocking(self.source.snapshot))
+                        "resuming it with the chunks still dirty", self.cfg.volume_uuid)
+            await self.resync(await run_blocking(self.source.snapshot), resume=True)
+            resume = False
         while True:
             snap = await run_blocking(self.source.snapshot)
             if snap.runs:
-                await self.resync(snap)
+                await self.resync(snap, resume=resume)
+                resume = False
             await asyncio.sleep(0.2)
+
+    def interrupted(self) -> None:
+        """The session ended (link lost) with a resync under way: say so in the status."""
+        if self.progress.state != "idle":
+            self.progress.state = "interrupted"
 
     async def repair(self, regions: list[tuple[int, int]]) -> None:
         """Ship given regions (verify found them different) through the resync path."""
@@ -133,7 +182,7 @@ class ResyncDriver:
         s.records_paused = True
         try:
             await self._begin({"since": p.since, "reason": "verify repair"})
-            await self._ship(regions)
+            await self._ship([Region(o, n, None) for o, n in regions])
             await self._end()
         finally:
             s.records_paused = False
@@ -149,14 +198,19 @@ class ResyncDriver:
         self.progress.state, self.progress.completed = "idle", self.progress.completed + 1
         return head
 
-    async def resync(self, snap: ResyncSnapshot) -> None:
+    async def resync(self, snap: ResyncSnapshot, *, resume: bool = False) -> None:
         async with self.busy:
-            await self._resync(snap)
+            await self._resync(snap, resume)
 
-    async def _resync(self, snap: ResyncSnapshot) -> None:
+    async def _resync(self, snap: ResyncSnapshot, resume: bool) -> None:
         p, s = self.progress, self.s
-        p.state, p.since = "draining", time.time()
-        p.total_bytes = p.done_bytes = p.skipped_bytes = 0
+        if resume and p.since is not None:      # same process: keep the totals so far
+            p.resumed += 1
+            p.total_bytes = p.done_bytes + p.skipped_bytes
+        else:
+            p.since = time.time()
+            p.total_bytes = p.done_bytes = p.skipped_bytes = 0
+        p.state = "draining"
         while s.reader.acked_seq < snap.overflow_seq:      # older records first
             await asyncio.sleep(0.02)
         s.records_paused = True
@@ -176,9 +230,7 @@ class ResyncDriver:
                 p.state = "resyncing"
                 p.passes += 1
                 await self._ship(split_regions(snap, self.cfg.size_bytes,
-                                               self.cfg.resync_region_bytes))
-                await run_blocking(lambda snap=snap: self.source.clear_shipped(
-                    snap, list(snap.runs), timeout=self.cfg.resync_clear_timeout_s))
+                                               self.cfg.resync_region_bytes), snap)
             head = await self._end()
             log.warning("volume %s: resync shipped %d bytes (%d skipped as identical); "
                         "peer consistent once seq %d is applied", self.cfg.volume_uuid,
@@ -191,26 +243,44 @@ class ResyncDriver:
         self._mirror.pread_into(offset, memoryview(buf))
         return bytes(buf)
 
-    async def _ship(self, regions: list[tuple[int, int]]) -> None:
+    async def _ship(self, regions: list[Region], snap: ResyncSnapshot | None = None) -> None:
+        """Ship regions a window at a time. With ``snap``, each window's completed chunks are
+        cleared in the bitmap once the peer holds the window durably; the clear request of
+        one window is handled by the writer while the next window goes out."""
         p = self.progress
-        p.total_bytes += sum(length for _, length in regions)
+        p.total_bytes += sum(r.length for r in regions)
+        clear_pending: int | None = None
         for i in range(0, len(regions), WINDOW):
             window = regions[i : i + WINDOW]
-            datas = await run_blocking(lambda w=window: [self.read(o, n) for o, n in w])
+            datas = await run_blocking(lambda w=window: [self.read(r.offset, r.length)
+                                                         for r in w])
             send = list(range(len(window)))
             if self.cfg.resync_skip_matching:
-                send = await self.compare([(o, n, digest(d))
-                                           for (o, n), d in zip(window, datas, strict=True)])
-                p.skipped_bytes += sum(window[j][1] for j in range(len(window)) if j not in send)
+                send = await self.compare([(r.offset, r.length, digest(d))
+                                           for r, d in zip(window, datas, strict=True)])
+                p.skipped_bytes += sum(window[j].length for j in range(len(window))
+                                       if j not in send)
             target = self._acked_regions + len(send)
             for j in send:
-                await self.s.link.send(FT.REGION, wire.encode_region(window[j][0], datas[j]))
+                await self.s.link.send(FT.REGION, wire.encode_region(window[j].offset, datas[j]))
             while self._acked_regions < target:
                 self._region_event.clear()
                 await asyncio.wait_for(self._region_event.wait(), self.cfg.dead_after_s * 4)
-            shipped = sum(window[j][1] for j in send)
+            shipped = sum(window[j].length for j in send)
             p.done_bytes += shipped
             p.rate.add(shipped)
+            done = coalesce([r.completes for r in window if r.completes is not None])
+            if snap is not None and done:
+                if clear_pending is not None:
+                    await self._wait_cleared(clear_pending)
+                clear_pending = await run_blocking(
+                    lambda runs=done: self.source.request_clear(snap, runs))
+        if clear_pending is not None:
+            await self._wait_cleared(clear_pending)
+
+    async def _wait_cleared(self, request_id: int) -> None:
+        await run_blocking(lambda: self.source.wait_processed(
+            request_id, timeout=self.cfg.resync_clear_timeout_s))
 
     async def compare(self, hashes: list[tuple[int, int, bytes]]) -> list[int]:
         """Indices of the regions whose hash differs on the peer's mirror."""

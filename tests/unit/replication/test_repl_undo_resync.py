@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.replication import undo, wire
-from appliance.replication.resync import split_regions
+from appliance.replication.resync import Region, coalesce, split_regions
 from appliance.volume.resync import ResyncSnapshot
 
 
@@ -84,8 +84,29 @@ def test_dirty_runs_become_bounded_regions_clipped_at_the_volume_end():
                           chunk_size=65536, runs=((0, 1), (3, 20), (99, 1)))
     volume = 99 * 65536 + 100 * 512            # the last chunk is partial
     regions = split_regions(snap, volume, 1 << 20)
-    assert regions[0] == (0, 65536)
-    assert regions[1] == (3 * 65536, 1 << 20)
-    assert regions[2] == (3 * 65536 + (1 << 20), 4 * 65536)
-    assert regions[-1] == (99 * 65536, 100 * 512)
-    assert sum(n for _, n in regions) == 21 * 65536 + 100 * 512
+    assert regions[0] == Region(0, 65536, (0, 1))
+    assert regions[1] == Region(3 * 65536, 1 << 20, (3, 16))
+    assert regions[2] == Region(3 * 65536 + (1 << 20), 4 * 65536, (19, 4))
+    assert regions[-1] == Region(99 * 65536, 100 * 512, (99, 1))
+    assert sum(r.length for r in regions) == 21 * 65536 + 100 * 512
+
+
+def test_regions_hold_whole_chunks_so_each_completes_a_chunk_run():
+    """A region size that is not a chunk multiple is rounded down to whole chunks: a region
+    never ends inside a chunk, so clearing the chunks of shipped regions is exact."""
+    snap = ResyncSnapshot(1, 1, True, 0, 65536, ((2, 5),))
+    regions = split_regions(snap, 10 * 65536, 3 * 65536 + 4096)
+    assert regions == [Region(2 * 65536, 3 * 65536, (2, 3)), Region(5 * 65536, 2 * 65536, (5, 2))]
+
+
+def test_regions_smaller_than_a_chunk_complete_it_with_the_last_piece():
+    snap = ResyncSnapshot(1, 1, True, 0, 65536, ((1, 2),))
+    regions = split_regions(snap, 3 * 65536 - 512, 32768)
+    assert [(r.offset, r.length, r.completes) for r in regions] == [
+        (65536, 32768, None), (98304, 32768, (1, 1)),
+        (131072, 32768, None), (163840, 32768 - 512, (2, 1))]
+
+
+def test_coalesce_merges_adjacent_runs_only():
+    assert coalesce([(3, 1), (4, 2), (7, 1), (8, 1), (10, 3)]) == [(3, 3), (7, 2), (10, 3)]
+    assert coalesce([]) == []
