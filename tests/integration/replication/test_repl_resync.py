@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 
 import pytest
 from repl_harness import (
+    PY,
+    REPO,
     converge,
     free_port,
     image_after,
@@ -21,10 +24,12 @@ from repl_harness import (
     wait_for,
 )
 
-from appliance.replication.config import load_toml, receiver_config
-from appliance.replication.replica import roll_back_to_consistent
-
 pytestmark = pytest.mark.integration
+
+
+def dr_tool(config, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "appliance.replication.dr_tool", "--config", str(config),
+                           *args], capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
 def writer_status(proc) -> dict:
@@ -71,20 +76,26 @@ def test_overflow_resync_reports_inconsistent_keeps_undo_and_converges(pair):
                         10, "resync progress in the transmitter status")
     assert progress["state"] in ("resyncing", "waiting-for-writer", "draining"), progress
 
-    # A failover now would roll back to the last consistent image: try it on a copy.
+    # Failover now means rolling back to the last consistent image: refused while the
+    # receiver runs, done with it stopped (on a copy, so the test can go on).
+    refused = dr_tool(pair.rx_config, "rollback", vol)
+    assert refused.returncode == 1 and "the receiver is running" in refused.stderr, refused
     rx.kill9()
-    copy = pair.root / "failover-copy"
-    shutil.copytree(pair.replica_dir(site.uuid), copy)
-    cfg = receiver_config(load_toml(pair.rx_config), "rx").volumes[0]
-    from dataclasses import replace
-
-    from appliance.replication.config import ReplicaPaths
-    cfg = replace(cfg, paths=ReplicaPaths(copy / "journal", copy / "mirror", copy / "state.json",
-                                          copy / "undo.log"))
-    seq = roll_back_to_consistent(cfg)
-    restored = (copy / "mirror").read_bytes()
+    copy_root = pair.root / "failover"
+    shutil.copytree(pair.replica_dir(site.uuid), copy_root / vol)
+    copy_config = pair.root / "failover.toml"
+    copy_config.write_text(pair.rx_config.read_text()
+                           .replace(str(pair.rx_state), str(copy_root))
+                           .replace(str(pair.rx_control), str(pair.root / "gone.sock")))
+    state = json.loads(dr_tool(copy_config, "state").stdout)
+    assert state[0]["state"] == "inconsistent" and state[0]["undo_log"], state
+    done = dr_tool(copy_config, "rollback", vol)
+    assert done.returncode == 0, done.stderr
+    seq = json.loads(done.stdout)["rolled_back_to_seq"]
+    restored = (copy_root / vol / "mirror").read_bytes()
     prefix = match_prefix(restored, read_log(site.log))
     assert prefix.ops_in_prefix >= 200, prefix    # at least the phase-1 image
+    assert json.loads(dr_tool(copy_config, "state").stdout)[0]["state"] == "consistent"
     print(f"rolled back to seq {seq}: the image after {prefix.ops_in_prefix} logged ops")
 
     # 4. The receiver comes back mid-resync; the resync finishes; everything converges.

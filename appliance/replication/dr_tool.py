@@ -1,0 +1,104 @@
+"""appliance-dr: the DR site's offline view of its replicas, and failover roll back.
+
+    appliance-dr --config /etc/appliance/receiver.toml state
+    appliance-dr --config /etc/appliance/receiver.toml rollback <volume-uuid>
+
+``state`` reads each replica's state file: consistent (and up to which seq) or inconsistent
+since when (a resync was under way). ``rollback`` is the failover step for an inconsistent
+replica: it restores the last consistent image from the undo log so the DR mirror can be
+mounted. Both work with the receiver stopped; ``rollback`` refuses while it runs, since the
+receiver would keep writing into the mirror.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+
+from appliance import storage
+from appliance.control.client import ControlError, call
+from appliance.replication.config import ConfigError, ReplicaConfig, load_toml, receiver_config
+from appliance.replication.replica import ReplicaError, roll_back_to_consistent
+
+
+class DrToolError(Exception):
+    """Refused, with the reason and what to do."""
+
+
+def replica_state(cfg: ReplicaConfig) -> dict:
+    """What the state file says of one replica (no state file: never paired)."""
+    out: dict = {"uuid": str(cfg.spec.uuid), "mirror": str(cfg.paths.mirror)}
+    if not cfg.paths.state.exists():
+        return out | {"state": "never-paired"}
+    st = json.loads(cfg.paths.state.read_text())
+    since = st.get("inconsistent_since")
+    out |= {"state": "consistent" if since is None else "inconsistent",
+            "inconsistent_since": since, "consistent_seq": st.get("consistent_seq"),
+            "primary": st.get("primary"), "undo_log": cfg.paths.undo.exists()}
+    if "rolled_back_to_seq" in st:
+        out["rolled_back_to_seq"] = st["rolled_back_to_seq"]
+    return out
+
+
+def ensure_receiver_stopped(control_socket: Path, cfg: ReplicaConfig) -> None:
+    """Refuse when the receiver answers on its control socket or holds the replica journal."""
+    try:
+        call(control_socket, "status", timeout=2.0)
+    except ControlError:
+        pass
+    else:
+        raise DrToolError(f"the receiver is running (it answers on {control_socket}); stop it "
+                          "first: systemctl stop appliance-receiver")
+    if cfg.paths.journal.exists():
+        io = storage.open_file(cfg.paths.journal)
+        try:
+            io.lock_exclusive()
+        except storage.StorageLocked as err:
+            raise DrToolError(f"{cfg.paths.journal} is held by a running process; stop the "
+                              "receiver first") from err
+        finally:
+            io.close()
+
+
+def find_volume(volumes: list[ReplicaConfig], text: str) -> ReplicaConfig:
+    try:
+        wanted = uuid.UUID(text)
+    except ValueError as err:
+        raise DrToolError(f"{text!r} is not a volume uuid") from err
+    for cfg in volumes:
+        if cfg.spec.uuid == wanted:
+            return cfg
+    known = ", ".join(str(c.spec.uuid) for c in volumes) or "none"
+    raise DrToolError(f"volume {wanted} is not in the receiver config (configured: {known})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="appliance-dr", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, required=True, help="the receiver's TOML config")
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("state", help="print each replica's state as JSON")
+    r = sub.add_parser("rollback", help="restore the last consistent image (receiver stopped)")
+    r.add_argument("volume", help="volume uuid")
+    ns = p.parse_args(argv)
+    try:
+        rx = receiver_config(load_toml(ns.config), str(ns.config))
+        if ns.action == "state":
+            print(json.dumps([replica_state(c) for c in rx.volumes], indent=2))
+            return 0
+        cfg = find_volume(rx.volumes, ns.volume)
+        ensure_receiver_stopped(rx.control_socket, cfg)
+        seq = roll_back_to_consistent(cfg)
+    except (ConfigError, DrToolError, ReplicaError) as err:
+        print(f"appliance-dr: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({"volume": str(cfg.spec.uuid), "rolled_back_to_seq": seq,
+                      "mirror": str(cfg.paths.mirror)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
