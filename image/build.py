@@ -48,6 +48,7 @@ EXTRA_ENABLED_UNITS = ("systemd-networkd.service",)
 MASKED_UNITS = ("systemd-networkd-wait-online.service", "e2scrub_reap.service",
                 "e2scrub_all.timer", "fstrim.timer")
 KEEP_BUILDS = 2
+KEEP_RECENT_S = 4 * 3600
 
 
 class BuildError(RuntimeError):
@@ -337,16 +338,19 @@ def build_image(paths: BuildPaths, base: Path, key: str, version: str) -> Path:
     return out
 
 
-def prune(cache: Path, keep: set[Path]) -> None:
-    """Keep the newest KEEP_BUILDS builds of each stage (and whatever is in use now).
+def prune(cache: Path, keep: set[Path], now: float | None = None) -> None:
+    """Keep the newest KEEP_BUILDS builds of each stage, whatever is in use now, and any
+    build handed out within KEEP_RECENT_S (a test session or a benchmark in another clone may
+    still boot VMs from it: ``ensure_image`` touches the build it returns).
     Called under the build lock, so any ``.tmp`` directory is left over from a failed build."""
+    now = time.time() if now is None else now
     for stale in cache.glob("*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
     for prefix in ("base-", "image-"):
         entries = sorted((p for p in cache.glob(prefix + "*") if not p.name.endswith(".tmp")),
                          key=lambda p: p.stat().st_mtime, reverse=True)
         for old in entries[KEEP_BUILDS:]:
-            if old not in keep:
+            if old not in keep and now - old.stat().st_mtime > KEEP_RECENT_S:
                 shutil.rmtree(old, ignore_errors=True)
 
 
