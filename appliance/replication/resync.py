@@ -16,6 +16,11 @@ driver, running inside a connected transmitter session:
    journal head: the peer is consistent again once it has applied up to that seq. Record
    shipping resumes (records already contained in shipped regions are simply applied again).
 
+A verify repair ships given regions through the same BEGIN/REGION/END path. Those regions are
+not in the bitmap, so they are written to ``<bitmap>.repair.json`` before RESYNC_BEGIN and
+removed after RESYNC_END: a repair cut short by a lost link or a transmitter restart is
+shipped again before the peer may call itself consistent.
+
 A link lost midway is harmless and costs little: chunks are cleared only after the peer
 acknowledged them, so the next session resumes with the chunks still dirty instead of starting
 over, and the receiver keeps its undo log and inconsistent state until a RESYNC_END completes.
@@ -25,14 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance import storage
 from appliance.replication import wire
 from appliance.replication.link import run_blocking
+from appliance.replication.replica_files import write_json_atomic
 from appliance.replication.status import RateMeter
 from appliance.volume.resync import ResyncSnapshot, ResyncSource, region_extent
 
@@ -97,6 +105,26 @@ def split_regions(snap: ResyncSnapshot, volume_bytes: int, region_bytes: int) ->
     return out
 
 
+class PendingRepair:
+    """The regions of a repair not yet known to be at the peer, kept across crashes."""
+
+    def __init__(self, bitmap: Path) -> None:
+        self.path = bitmap.with_name(bitmap.name + ".repair.json")
+
+    def save(self, regions: list[tuple[int, int]]) -> None:
+        write_json_atomic(self.path, {"regions": regions})
+
+    def load(self) -> list[tuple[int, int]]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        return [(int(o), int(n)) for o, n in doc["regions"]]
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def coalesce(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Adjacent chunk runs merged, in order: (3, 1), (4, 2) -> (3, 3)."""
     out: list[tuple[int, int]] = []
@@ -127,6 +155,7 @@ class ResyncDriver:
         self._bitmap_io = storage.open_file(self.cfg.bitmap)
         self._mirror = storage.open_file(self.cfg.mirror)
         self.source = ResyncSource(self._bitmap_io)
+        self.pending_repair = PendingRepair(self.cfg.bitmap)
 
     def close(self) -> None:
         self._bitmap_io.close()
@@ -153,6 +182,11 @@ class ResyncDriver:
 
     async def _watch(self, peer_inconsistent: bool) -> None:
         resume = peer_inconsistent or self.progress.state not in ("idle", "repairing")
+        leftover = await run_blocking(self.pending_repair.load)
+        if leftover and not peer_inconsistent:
+            log.warning("volume %s: a repair of %d regions may not have reached the peer; "
+                        "shipping them again", self.cfg.volume_uuid, len(leftover))
+            await self.repair(leftover)
         if peer_inconsistent:
             log.warning("volume %s: the peer is inconsistent from an interrupted resync; "
                         "resuming it with the chunks still dirty", self.cfg.volume_uuid)
@@ -181,9 +215,11 @@ class ResyncDriver:
         p.total_bytes = p.done_bytes = p.skipped_bytes = 0
         s.records_paused = True
         try:
+            await run_blocking(lambda: self.pending_repair.save(regions))
             await self._begin({"since": p.since, "reason": "verify repair"})
             await self._ship([Region(o, n, None) for o, n in regions])
             await self._end()
+            await run_blocking(self.pending_repair.done)
         finally:
             s.records_paused = False
 
@@ -217,6 +253,10 @@ class ResyncDriver:
         try:
             await self._begin({"since": p.since, "overflow_seq": snap.overflow_seq})
             p.state = "resyncing"
+            # A repair cut short is finished inside this resync (its regions are not dirty).
+            leftover = await run_blocking(self.pending_repair.load)
+            if leftover:
+                await self._ship([Region(o, n, None) for o, n in leftover])
             log.warning("volume %s: resync of %d dirty chunks begins (peer inconsistent)",
                         self.cfg.volume_uuid, snap.dirty_chunks)
             while True:
@@ -232,6 +272,7 @@ class ResyncDriver:
                 await self._ship(split_regions(snap, self.cfg.size_bytes,
                                                self.cfg.resync_region_bytes), snap)
             head = await self._end()
+            await run_blocking(self.pending_repair.done)
             log.warning("volume %s: resync shipped %d bytes (%d skipped as identical); "
                         "peer consistent once seq %d is applied", self.cfg.volume_uuid,
                         p.done_bytes, p.skipped_bytes, head)

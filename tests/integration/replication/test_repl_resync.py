@@ -24,6 +24,8 @@ from repl_harness import (
     wait_for,
 )
 
+from appliance.control.client import call
+
 pytestmark = pytest.mark.integration
 
 
@@ -191,3 +193,42 @@ def test_resync_over_a_link_cut_every_few_seconds_resumes_where_it_stopped(pair)
     w.stop()
     assert read(site.mirror) == bytes(image_after(read_log(site.log), volume))
     assert pair.rx_status()["volumes"][vol]["state"] == "consistent"
+
+
+def test_repair_cut_short_by_a_transmitter_crash_is_finished_before_the_dr_is_consistent(pair):
+    """A verify repair ships regions that are not in the bitmap. Kill -9 the transmitter in
+    the middle of it: the restarted transmitter must ship them again (they are kept in
+    ``<bitmap>.repair.json``), and the DR must not call itself consistent before that."""
+    region = 64 * 1024
+    site = pair.site("site-a", resync=True, compression=False,
+                     extra="bandwidth_limit = 300000\n")
+    pair.volumes = [(site.uuid, site.blocks)]
+    pair.write_rx_config(compression=False)
+    rx = pair.receiver().start()
+    pair.wait_rx_up(rx)
+    w = pair.writer(site, 400, linger=True).start()
+    tx = pair.transmitter(site).start()
+    wait_for(lambda: len(read_log(site.log)) >= 400, 60, "the writer's ops")
+    converge(pair, site)
+    remote = pair.replica_dir(site.uuid) / "mirror"
+    with open(remote, "r+b") as f:                  # damage every other region (2 MiB)
+        for i in range(0, site.blocks * 512 // region, 2):
+            f.seek(i * region)
+            f.write(b"\xde\xad" * (region // 2))
+    started = call(site.control, "verify", {"region_bytes": region, "repair": True})
+    assert started["started"], started
+    pending = site.dir / "bitmap.repair.json"
+    wait_for(lambda: (r := status(site.control)["resync"])["state"] == "repairing"
+             and r["done_bytes"] > 0, 60, "the repair to ship its first regions")
+    assert pending.exists()
+    tx.kill9()
+    assert pair.rx_status()["volumes"][str(site.uuid)]["state"] == "inconsistent"
+    tx.start()
+
+    def settled():
+        v = pair.rx_status()["volumes"][str(site.uuid)]
+        return v["state"] == "consistent" and status(site.control)["resync"]["state"] == "idle"
+    wait_for(settled, 90, "the restarted transmitter to finish the repair")
+    assert not pending.exists()
+    assert read(remote) == read(site.mirror), "the DR said consistent with regions unrepaired"
+    w.stop()
