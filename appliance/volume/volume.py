@@ -27,6 +27,7 @@ from appliance.volume.requests import check_ops, check_range
 from appliance.volume.ticker import Ticker
 
 JOURNALING = "journaling"
+_Mark = tuple[int, int]     # a mirror checkpoint in progress: (applied seq, bytes applied)
 LOGGING_TO_BITMAP = "logging-to-bitmap"
 
 
@@ -73,9 +74,18 @@ class Volume:
         return vol
 
     def _tick(self) -> None:
+        """Background work. The periodic mirror fdatasync runs without the volume lock, so
+        host I/O goes on meanwhile; it claims only what was applied before it started."""
+        with self._lock:
+            if self._closed:
+                return
+            mark = self._service(time.monotonic(), defer_mirror_sync=True)
+        if mark is None:
+            return
+        self._mirror.sync()       # close() stops this thread before closing the mirror
         with self._lock:
             if not self._closed:
-                self._service(time.monotonic())
+                self._checkpoint_end(mark)
 
     def _redo(self) -> None:
         """Re-apply records above the mirror-durable checkpoint (they may have missed the
@@ -193,7 +203,8 @@ class Volume:
                 raise MediumError("write", f"write failed: {err}") from err
 
     def _journal_write(self, ops: Sequence[WriteOp], fua: bool) -> Sequence[WriteOp]:
-        """Journal the batch and apply it (now, or at the next sync in on-flush mode).
+        """Journal the batch and apply it: now, or in on-flush mode at the next sync unless the
+        batch carries `write_through_bytes` or more (then copying it costs more than syncing).
 
         Normally one append; a batch bigger than the journal takes in one append is split,
         still with one sync. Returns the ops that found the journal full (they go to the
@@ -206,7 +217,8 @@ class Volume:
                 rest = ops[start:]
                 break
             appended.append((group, seqs[-1]))
-        if self._wce and not fua and not rest:
+        if self._wce and not fua and not rest \
+                and _payload_bytes(ops) < self.config.write_through_bytes:
             for group, last in appended:
                 self._pending.add(group, last)
             if self._pending.nbytes > self.config.pending_limit_bytes:
@@ -345,7 +357,9 @@ class Volume:
         if now - self._last_poll >= self.config.resync_poll_interval:
             self._service(now)
 
-    def _service(self, now: float) -> None:
+    def _service(self, now: float, *, defer_mirror_sync: bool = False) -> _Mark | None:
+        """With `defer_mirror_sync`, a due mirror checkpoint is only begun: the caller
+        fdatasyncs the mirror and calls `_checkpoint_end` with the mark returned."""
         self._last_poll = now
         bm = self._bitmap
         if bm.dirty_chunks and (request := bm.pending_request()) is not None:
@@ -360,7 +374,10 @@ class Volume:
                 and now - self._last_mirror_sync >= self.config.mirror_sync_interval:
             # Like the page cache's writeback: cached writes do not stay volatile forever.
             self._commit_pending()
+            if defer_mirror_sync:
+                return self._checkpoint_begin()
             self._checkpoint_mirror()
+        return None
 
     # -- internals --------------------------------------------------------------------
     def _apply(self, ops: Sequence[WriteOp], last_seq: int) -> None:
@@ -393,12 +410,28 @@ class Volume:
 
     def _checkpoint_mirror(self) -> None:
         """fdatasync the mirror and tell the journal it may reclaim what the mirror holds."""
-        if self._applied_seq > self._durable_seq or self._unsynced_mirror_bytes:
+        mark = self._checkpoint_begin()
+        if mark is not None:
             self._mirror.sync()
-            self._journal.set_mirror_durable(self._applied_seq)
+            self._checkpoint_end(mark)
+
+    def _checkpoint_begin(self) -> _Mark | None:
+        """What a mirror fdatasync starting now makes durable: (applied seq, bytes applied).
+        None if the mirror holds nothing unsynced."""
+        self._last_mirror_sync = time.monotonic()
+        if self._applied_seq > self._durable_seq or self._unsynced_mirror_bytes:
+            return self._applied_seq, self._unsynced_mirror_bytes
+        return None
+
+    def _checkpoint_end(self, mark: _Mark) -> None:
+        """The mirror fdatasync begun at `mark` is done: move the journal's checkpoint (never
+        backwards: a checkpoint taken meanwhile under the lock may have passed it)."""
+        seq, nbytes = mark
+        if seq > self._durable_seq:
+            self._journal.set_mirror_durable(seq)
             self._journal.sync()
-        self._durable_seq = self._applied_seq
-        self._unsynced_mirror_bytes = 0
+            self._durable_seq = seq
+        self._unsynced_mirror_bytes = max(0, self._unsynced_mirror_bytes - nbytes)
         self._last_mirror_sync = time.monotonic()
 
     def _enter_logging(self) -> None:
@@ -424,6 +457,11 @@ def _split(ops: Sequence[WriteOp], max_bytes: int):
             start, size = i, 0
         size += n
     yield start, ops[start:]
+
+
+def _payload_bytes(ops: Sequence[WriteOp]) -> int:
+    """Bytes the overlay would have to copy for `ops` (UNMAP carries none)."""
+    return sum(memoryview(op.data).nbytes for op in ops)
 
 
 def _first_mismatch(a: bytes | bytearray, b: memoryview) -> int | None:
