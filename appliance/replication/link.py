@@ -82,22 +82,30 @@ class FrameLink:
     def enable_compression(self, level: int = 3) -> None:
         self._compressor = zstandard.ZstdCompressor(level=level)
 
-    async def send(self, ftype: wire.FrameType, payload: bytes = b"") -> None:
+    async def send(self, ftype: wire.FrameType, payload: bytes | memoryview = b"") -> None:
+        await self.send_parts(ftype, [payload])
+
+    async def send_parts(self, ftype: wire.FrameType, parts: list[bytes | memoryview]) -> None:
+        """Send one frame whose payload is the concatenation of ``parts``. Uncompressed, the
+        parts go to the transport as they are (no joined copy of a large payload)."""
         flags = 0
-        raw_len = len(payload)
+        raw_len = sum(len(p) for p in parts)
         if self._compressor is not None and ftype in (wire.FrameType.BATCH, wire.FrameType.REGION):
+            payload = parts[0] if len(parts) == 1 else b"".join(parts)
             packed = self._compressor.compress(payload)
             if len(packed) < raw_len:
-                payload, flags = packed, wire.FLAG_ZSTD
-        frame = wire.encode_frame(ftype, payload, flags)
+                parts, flags = [packed], wire.FLAG_ZSTD
+        frame = wire.frame_parts(ftype, parts, flags)
+        size = sum(len(p) for p in frame)
         if self._limiter is not None:
-            await self._limiter.take(len(frame))
+            await self._limiter.take(size)
         try:
-            self._writer.write(frame)
+            for part in frame:
+                self._writer.write(part)
             await self._writer.drain()
         except (ConnectionError, OSError) as err:
             raise LinkClosed(f"send to {self.peer} failed: {err}") from err
-        self.bytes_sent += len(frame)
+        self.bytes_sent += size
         self.payload_bytes_sent += raw_len
 
     async def send_json(self, ftype: wire.FrameType, obj: dict) -> None:
@@ -122,7 +130,7 @@ class FrameLink:
         head = await self._read_exactly(wire.HEADER_SIZE, timeout, "header")
         ftype, flags, length = wire.parse_header(head)
         rest = await self._read_exactly(length + wire.TRAILER_SIZE, timeout, f"{ftype.name} body")
-        payload = rest[:length]
+        payload = memoryview(rest)[:length]     # (a view: a BATCH is not copied again)
         wire.check_payload(payload, rest[length:])
         self.bytes_received += len(head) + len(rest)
         if flags & wire.FLAG_ZSTD:

@@ -21,6 +21,7 @@ import ssl
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.control.server import CommandError, ControlServer
@@ -40,6 +41,7 @@ from appliance.replication.handshake import (
     Welcome,
 )
 from appliance.replication.link import FrameLink, LinkClosed, TokenBucket, run_blocking
+from appliance.replication.pacing import AckRate, batch_limit
 from appliance.replication.replica import from_journal
 from appliance.replication.resync import ResyncDriver, ResyncProgress
 from appliance.replication.status import LinkStatus, RateMeter, TransmitterCounters
@@ -49,6 +51,24 @@ from appliance.volume.errors import VolumeError
 
 log = logging.getLogger("appliance.transmitter")
 FT = wire.FrameType
+
+
+# The transmitter polls the journal for new records (the writer is another process): the
+# poll interval backs off from MIN to MAX while nothing comes. MAX bounds the lag it adds to
+# a write that arrives after an idle spell.
+IDLE_POLL_MIN_S = 0.002
+IDLE_POLL_MAX_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class _OutBatch:
+    """Records read and encoded for one BATCH frame."""
+
+    parts: list[bytes | memoryview]
+    last_seq: int
+    count: int
+    nbytes: int          # record data bytes
+    first_ts: int        # primary timestamp of the first record (lag)
 
 
 class PeerRefused(Exception):
@@ -241,6 +261,8 @@ class _Session:
         limit = self.cfg.bandwidth_limit
         self.batch_bytes = self.cfg.batch_bytes if limit is None else \
             min(self.cfg.batch_bytes, max(64 * 1024, int(limit / 8)))
+        # ... and on any slow path, a batch holds at most a short slice of link time.
+        self.ack_rate = AckRate()
         # The resync driver pauses record shipping while regions go out.
         self.records_paused = welcome.inconsistent
         self.resync: ResyncDriver | None = None
@@ -282,7 +304,7 @@ class _Session:
 
     async def _send_loop(self) -> None:
         tx, c = self.tx, self.tx.counters
-        idle = 0.002
+        idle = IDLE_POLL_MIN_S
         while True:
             if self.cfg.blackout and in_window(dt.datetime.now().time(), self.cfg.blackout):
                 tx.link.set_state("paused:blackout-window")
@@ -301,39 +323,46 @@ class _Session:
                 continue
             seq = self.next_seq
             try:
-                c.head_seq, records = await run_blocking(self._read_batch, seq)
+                c.head_seq, batch = await run_blocking(
+                    self._read_batch, seq, batch_limit(self.batch_bytes, self.ack_rate.rate()))
             except RecordsGone as err:
                 raise PeerRefused(f"journal no longer holds seq {seq}: a resync is "
                                   f"needed ({err})") from err
             if seq != self.next_seq:
                 continue        # a RESEND rewound us while we read: read from there instead
-            if not records:
-                idle = min(0.05, idle * 2)
+            if batch is None:
+                idle = min(IDLE_POLL_MAX_S, idle * 2)
                 await self._idle(idle)
                 continue
-            idle = 0.002
-            wrecs = [from_journal(r) for r in records]
-            payload = wire.encode_batch(self.cfg.volume_uuid, self.cfg.generation, wrecs)
+            idle = IDLE_POLL_MIN_S
             before = self.link.bytes_sent
-            self.highest_sent = max(self.highest_sent, wrecs[-1].seq)
-            await self.link.send(FT.BATCH, payload)
+            self.highest_sent = max(self.highest_sent, batch.last_seq)
+            await self.link.send_parts(FT.BATCH, batch.parts)
             self._last_sent = time.monotonic()
-            nbytes = sum(len(r.data) for r in wrecs)
             if seq == self.next_seq:
                 # (Unless a RESEND rewound us while the frame went out: then the rewind
                 # stands, and this batch goes again with the rest.)
-                tx._inflight.append((wrecs[-1].seq, nbytes, wrecs[0].timestamp_ns))
-                self.next_seq = wrecs[-1].seq + 1
-            c.sent_seq = max(c.sent_seq, wrecs[-1].seq)
-            c.records_sent += len(wrecs)
-            c.bytes_sent += nbytes
+                tx._inflight.append((batch.last_seq, batch.nbytes, batch.first_ts))
+                self.next_seq = batch.last_seq + 1
+            c.sent_seq = max(c.sent_seq, batch.last_seq)
+            c.records_sent += batch.count
+            c.bytes_sent += batch.nbytes
             c.batches_sent += 1
             c.wire_bytes_sent += self.link.bytes_sent - before
-            tx.rate.add(nbytes)
+            tx.rate.add(batch.nbytes)
 
-    def _read_batch(self, seq: int) -> tuple[int, list]:
-        """In a worker thread (one hop per batch): the journal head and records from seq."""
-        return self.reader.durable_seq - 1, self.reader.read(seq, self.batch_bytes)
+    def _read_batch(self, seq: int, max_bytes: int) -> tuple[int, _OutBatch | None]:
+        """In a worker thread (one hop per batch, off the event loop): the journal head, and
+        the records from ``seq`` encoded as BATCH payload buffers (None when caught up)."""
+        head = self.reader.durable_seq - 1
+        records = self.reader.read(seq, max_bytes)
+        if not records:
+            return head, None
+        wrecs = [from_journal(r) for r in records]
+        return head, _OutBatch(
+            parts=wire.batch_parts(self.cfg.volume_uuid, self.cfg.generation, wrecs),
+            last_seq=wrecs[-1].seq, count=len(wrecs), nbytes=sum(len(r.data) for r in wrecs),
+            first_ts=wrecs[0].timestamp_ns)
 
     def _resend_if_ack_overdue(self) -> None:
         """TCP does not lose frames, but a broken middlebox can: if nothing has been
@@ -403,8 +432,11 @@ class _Session:
                 if durable > self.peer_durable:
                     self.peer_durable = durable
                     self._ack_due.set()
+                acked = 0
                 while tx._inflight and tx._inflight[0][0] <= durable:
-                    tx._inflight.popleft()
+                    acked += tx._inflight.popleft()[1]
+                if acked:
+                    self.ack_rate.add(acked)
                 self._last_ack = time.monotonic()
                 self._acked.set()
             elif frame.type is FT.RESEND:

@@ -81,17 +81,30 @@ class BadFrame(WireError):
 @dataclass(frozen=True, slots=True)
 class Frame:
     type: FrameType
-    payload: bytes
+    payload: bytes | memoryview     # FrameLink.recv hands out a view (no copy)
     flags: int = 0
 
 
 def encode_frame(ftype: FrameType, payload: bytes | memoryview, flags: int = 0) -> bytes:
     """Serialise one frame. ``payload`` is taken as is (compress before, if at all)."""
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds MAX_PAYLOAD {MAX_PAYLOAD}")
-    head = _HEADER.pack(MAGIC, WIRE_VERSION, int(ftype), flags, len(payload), 0)[:12]
+    return b"".join(frame_parts(ftype, [payload], flags))
+
+
+def frame_parts(ftype: FrameType, parts: list[bytes | memoryview], flags: int = 0
+                ) -> list[bytes | memoryview]:
+    """One frame as a list of buffers (header, the payload ``parts`` themselves, trailer):
+    the same bytes as ``encode_frame(ftype, b"".join(parts))`` without copying the payload,
+    so a large BATCH goes to the socket straight from the buffers the journal read filled."""
+    length = 0
+    pcrc = 0
+    for part in parts:
+        length += len(part)
+        pcrc = crc32c.crc32c(part, pcrc)
+    if length > MAX_PAYLOAD:
+        raise ValueError(f"payload of {length} bytes exceeds MAX_PAYLOAD {MAX_PAYLOAD}")
+    head = _HEADER.pack(MAGIC, WIRE_VERSION, int(ftype), flags, length, 0)[:12]
     head += _U32.pack(crc32c.crc32c(head))
-    return b"".join((head, payload, _U32.pack(crc32c.crc32c(payload))))
+    return [head, *parts, _U32.pack(pcrc)]
 
 
 def parse_header(head: bytes | memoryview) -> tuple[FrameType, int, int]:
@@ -154,9 +167,9 @@ def encode_json(obj: dict) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def decode_json(payload: bytes) -> dict:
+def decode_json(payload: bytes | memoryview) -> dict:
     try:
-        obj = json.loads(payload.decode("utf-8"))
+        obj = json.loads(bytes(payload).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadFrame(f"control payload is not JSON: {err}") from err
     if not isinstance(obj, dict):
@@ -209,7 +222,7 @@ class WireRecord:
     kind: int
     lba: int
     nblocks: int
-    data: bytes
+    data: bytes | memoryview    # a received record's data is a read-only view of its BATCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,31 +232,38 @@ class Batch:
     records: list[WireRecord]
 
 
-def _record_crc(prefix: bytes, head_wo_crc: bytes, data: bytes | memoryview) -> int:
-    return crc32c.crc32c(data, crc32c.crc32c(head_wo_crc, crc32c.crc32c(prefix)))
-
-
 def encode_batch(volume_uuid: uuid.UUID, generation: int, records: list[WireRecord]) -> bytes:
     """Serialise records (uncompressed). Each record's CRC covers uuid, generation, header, data."""
-    prefix = volume_uuid.bytes + _SEQ.pack(generation)
-    parts = [_BATCH_HEAD.pack(volume_uuid.bytes, generation, len(records))]
+    return b"".join(batch_parts(volume_uuid, generation, records))
+
+
+def batch_parts(volume_uuid: uuid.UUID, generation: int, records: list[WireRecord]
+                ) -> list[bytes | memoryview]:
+    """``encode_batch`` as a list of buffers (small headers and the records' own data), for
+    ``frame_parts``: the data is not copied."""
+    prefix_crc = crc32c.crc32c(volume_uuid.bytes + _SEQ.pack(generation))
+    parts: list[bytes | memoryview] = [_BATCH_HEAD.pack(volume_uuid.bytes, generation,
+                                                        len(records))]
+    pack, u32 = _REC.pack, _U32.pack
     for r in records:
         if r.kind not in _KINDS:
             raise ValueError(f"record {r.seq}: unknown kind {r.kind}")
-        head = _REC.pack(r.seq, r.timestamp_ns, r.kind, r.nblocks, r.lba, len(r.data), 0)
-        crc = _record_crc(prefix, head[:-4], r.data)
-        parts.append(head[:-4] + _U32.pack(crc))
+        head = pack(r.seq, r.timestamp_ns, r.kind, r.nblocks, r.lba, len(r.data), 0)[:-4]
+        crc = crc32c.crc32c(r.data, crc32c.crc32c(head, prefix_crc))
+        parts.append(head + u32(crc))
         parts.append(r.data)
-    return b"".join(parts)
+    return parts
 
 
 def decode_batch(payload: bytes | memoryview) -> Batch:
-    """Parse and verify every record of a batch; raise BadChecksum/BadFrame on the first bad one."""
-    view = memoryview(payload)
+    """Parse and verify every record of a batch; raise BadChecksum/BadFrame on the first bad one.
+
+    The records' data are read-only views into ``payload`` (no copy; they keep it alive)."""
+    view = memoryview(payload).toreadonly()
     if len(view) < _BATCH_HEAD.size:
         raise BadFrame(f"batch payload of {len(view)} bytes is shorter than its header")
     ubytes, generation, count = _BATCH_HEAD.unpack(view[: _BATCH_HEAD.size])
-    prefix = bytes(ubytes) + _SEQ.pack(generation)
+    prefix_crc = crc32c.crc32c(bytes(ubytes) + _SEQ.pack(generation))
     pos = _BATCH_HEAD.size
     records: list[WireRecord] = []
     prev_seq = None
@@ -257,14 +277,14 @@ def decode_batch(payload: bytes | memoryview) -> Batch:
             raise BadFrame(f"batch truncated in the data of record {seq} ({data_len} bytes)")
         data = view[pos : pos + data_len]
         pos += data_len
-        if _record_crc(prefix, bytes(head[:-4]), data) != crc:
+        if crc32c.crc32c(data, crc32c.crc32c(head[:-4], prefix_crc)) != crc:
             raise BadChecksum(f"record {seq} CRC32C mismatch")
         if kind not in _KINDS:
             raise BadFrame(f"record {seq}: unknown kind {kind}")
         if prev_seq is not None and seq != prev_seq + 1:
             raise BadFrame(f"records within a batch must be consecutive: {prev_seq} then {seq}")
         prev_seq = seq
-        records.append(WireRecord(seq, ts, kind, lba, nblocks, bytes(data)))
+        records.append(WireRecord(seq, ts, kind, lba, nblocks, data))
     if pos != len(view):
         raise BadFrame(f"{len(view) - pos} trailing bytes after {count} records")
     return Batch(uuid.UUID(bytes=bytes(ubytes)), generation, records)

@@ -35,6 +35,25 @@ def test_frames_cross_and_compression_shrinks_batches():
     asyncio.run(go())
 
 
+def test_a_frame_sent_as_parts_arrives_whole_with_and_without_compression():
+    async def go():
+        tx, rx, _ = await pair()
+        parts = [b"head", memoryview(bytes(range(256)) * 512), b"", b"tail" * 1000]
+        whole = b"".join(parts)
+        await tx.send_parts(FT.BATCH, parts)
+        f = await rx.recv(1.0)
+        assert (f.type, f.flags, bytes(f.payload)) == (FT.BATCH, 0, whole)
+        assert tx.bytes_sent == len(whole) + wire.HEADER_SIZE + wire.TRAILER_SIZE
+        tx.enable_compression()
+        await tx.send_parts(FT.BATCH, parts)
+        f = await rx.recv(1.0)
+        assert (f.flags, bytes(f.payload)) == (wire.FLAG_ZSTD, whole)
+        assert tx.payload_bytes_sent == 2 * len(whole)
+        await tx.close()
+        await rx.close()
+    asyncio.run(go())
+
+
 def test_silence_past_the_deadline_is_a_dead_link():
     async def go():
         tx, rx, _ = await pair()

@@ -45,6 +45,29 @@ def test_batch_round_trip(specs, start, gen):
     assert batch.volume_uuid == VOL and batch.generation == gen and batch.records == recs
 
 
+@settings(max_examples=60, deadline=None)
+@given(ftype=st.sampled_from(list(FrameType)),
+       parts=st.lists(st.binary(max_size=300), max_size=5), flags=st.sampled_from([0, 1]))
+def test_frame_parts_are_the_bytes_of_encode_frame(ftype, parts, flags):
+    """A frame sent as buffers is byte for byte the frame of the joined payload."""
+    assert b"".join(wire.frame_parts(ftype, parts, flags)) == \
+        wire.encode_frame(ftype, b"".join(parts), flags)
+
+
+@settings(max_examples=40, deadline=None)
+@given(specs=records_st, gen=st.integers(0, 2**63))
+def test_batch_parts_are_the_bytes_of_encode_batch_and_decoding_does_not_copy(specs, gen):
+    recs = make_records(7, specs)
+    parts = wire.batch_parts(VOL, gen, recs)
+    payload = b"".join(parts)
+    assert payload == wire.encode_batch(VOL, gen, recs)
+    assert all(p is r.data for p, r in zip(parts[2::2], recs, strict=True))   # not copied
+    decoded = wire.decode_batch(bytearray(payload)).records
+    assert decoded == recs
+    for rec in decoded:   # views into the payload, and read-only even over a bytearray
+        assert isinstance(rec.data, memoryview) and rec.data.readonly
+
+
 @settings(max_examples=80, deadline=None)
 @given(payload=st.binary(min_size=1, max_size=300), pos=st.integers(0, 10_000),
        bit=st.integers(0, 7))
