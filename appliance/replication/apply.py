@@ -13,7 +13,7 @@ coalescing adjacent extents into one pwritev.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from appliance.replication.wire import (
@@ -44,17 +44,25 @@ class SeqOrderer:
 
     def offer(self, records: Iterable[WireRecord]) -> Offered:
         duplicates = dropped = 0
+        added: list[int] = []
         for rec in records:
             if rec.seq < self.next_seq or rec.seq in self._pending:
                 duplicates += 1
             elif rec.seq < self.next_seq + self.max_pending:
                 self._pending[rec.seq] = rec
+                added.append(rec.seq)
             else:
                 dropped += 1   # beyond the reorder window; the resend brings it again
         run: list[WireRecord] = []
         while self.next_seq in self._pending:
             run.append(self._pending.pop(self.next_seq))
             self.next_seq += 1
+        for seq in added:
+            rec = self._pending.get(seq)
+            if rec is not None and isinstance(rec.data, memoryview):
+                # Held above a gap: its own copy, so that it does not keep the whole frame
+                # it arrived in (a view) alive for as long as the gap lasts.
+                self._pending[seq] = replace(rec, data=bytes(rec.data))
         resend = self.next_seq if self._pending or dropped else None
         return Offered(run, resend, duplicates, dropped)
 

@@ -86,8 +86,9 @@ class FrameLink:
         await self.send_parts(ftype, [payload])
 
     async def send_parts(self, ftype: wire.FrameType, parts: list[bytes | memoryview]) -> None:
-        """Send one frame whose payload is the concatenation of ``parts``. Uncompressed, the
-        parts go to the transport as they are (no joined copy of a large payload)."""
+        """Send one frame whose payload is the concatenation of ``parts`` (one copy, into the
+        frame itself). The frame goes to the transport in one write: one TLS record run and
+        one send, not one per part (a record header would otherwise travel alone)."""
         flags = 0
         raw_len = sum(len(p) for p in parts)
         if self._compressor is not None and ftype in (wire.FrameType.BATCH, wire.FrameType.REGION):
@@ -95,13 +96,12 @@ class FrameLink:
             packed = self._compressor.compress(payload)
             if len(packed) < raw_len:
                 parts, flags = [packed], wire.FLAG_ZSTD
-        frame = wire.frame_parts(ftype, parts, flags)
-        size = sum(len(p) for p in frame)
+        frame = b"".join(wire.frame_parts(ftype, parts, flags))
+        size = len(frame)
         if self._limiter is not None:
             await self._limiter.take(size)
         try:
-            for part in frame:
-                self._writer.write(part)
+            self._writer.write(frame)
             await self._writer.drain()
         except (ConnectionError, OSError) as err:
             raise LinkClosed(f"send to {self.peer} failed: {err}") from err

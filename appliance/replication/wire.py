@@ -93,8 +93,8 @@ def encode_frame(ftype: FrameType, payload: bytes | memoryview, flags: int = 0) 
 def frame_parts(ftype: FrameType, parts: list[bytes | memoryview], flags: int = 0
                 ) -> list[bytes | memoryview]:
     """One frame as a list of buffers (header, the payload ``parts`` themselves, trailer):
-    the same bytes as ``encode_frame(ftype, b"".join(parts))`` without copying the payload,
-    so a large BATCH goes to the socket straight from the buffers the journal read filled."""
+    the same bytes as ``encode_frame(ftype, b"".join(parts))``, so that a BATCH built from
+    the journal's buffers is copied once (joining the frame), not twice."""
     length = 0
     pcrc = 0
     for part in parts:

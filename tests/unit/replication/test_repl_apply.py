@@ -36,6 +36,21 @@ def test_gap_holds_records_and_asks_for_resend():
     assert out.resend_from is None and out.duplicates == 1 and o.pending == 0
 
 
+def test_records_held_above_a_gap_do_not_pin_their_frame():
+    """A received record's data is a view of its whole frame: the in-order run keeps the view
+    (no copy), a record held above a gap gets its own bytes."""
+    frame = bytes(range(256)) * 8                       # 2 KiB "frame", 4 records of 512
+    views = [memoryview(frame)[i * 512:(i + 1) * 512] for i in range(4)]
+    o = SeqOrderer(next_seq=1)
+    out = o.offer([rec(1, data=views[0]), rec(3, data=views[2]), rec(4, data=views[3])])
+    assert [r.data for r in out.run] == [views[0]] and out.run[0].data is views[0]
+    out = o.offer([rec(2, data=views[1])])
+    assert [r.seq for r in out.run] == [2, 3, 4]
+    assert out.run[0].data is views[1]
+    assert all(type(r.data) is bytes for r in out.run[1:])
+    assert b"".join(bytes(r.data) for r in out.run) == frame[512:]
+
+
 def test_duplicates_below_next_seq_are_ignored():
     o = SeqOrderer(next_seq=10)
     out = o.offer([rec(3), rec(9), rec(10), rec(10)])
