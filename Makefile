@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv lint test test-fast test-integration test-vm demo bench image
+.PHONY: venv lint test test-fast test-integration test-vm demo bench bench-iscsi conformance image
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,7 +39,18 @@ image: venv
 
 # Benchmarks: tables plus a final JSON line, ratios against references in the same run.
 bench: venv
+	bash .ci/install-system-packages
 	$(BIN)/python bench/journal --quick
 	$(BIN)/python bench/ring
-	$(BIN)/python bench/replication
-	$(BIN)/python bench/iscsi_compare --quick
+	$(BIN)/python bench/replication --wan
+	$(BIN)/python bench/iscsi_compare --quick --rounds 3
+
+# iSCSI alone: our handler, LIO fileio and tcmu-runner's file handler in one VM.
+bench-iscsi: venv
+	bash .ci/install-system-packages
+	$(BIN)/python bench/iscsi_compare --quick --rounds 3
+
+# libiscsi iscsi-test-cu against the three back ends in one VM (~50 min under load).
+conformance: venv
+	bash .ci/install-system-packages
+	$(BIN)/python bench/iscsi_compare --quick --conformance --keep-logs logs/conformance
