@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import stat
 from dataclasses import asdict, dataclass
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Journal", "Parts", "acked_seq", "mirror_durable_seq", "open_parts", "usage_dict"]
 
+log = logging.getLogger("appliance.volume")
+
 
 @dataclass
 class Parts:
@@ -39,6 +43,8 @@ def open_parts(config: VolumeConfig) -> Parts:
     was opened and leave every file as it was."""
     opened: list = []
     check_space(config)
+    # Read before the mirror is opened (which may create it).
+    mirror_had_data = config.mirror_io is None and mirror_holds_data(config.mirror_path)
     try:
         mirror = config.mirror_io or open_file(config.mirror_path,
                                                create_size=config.volume_bytes)
@@ -59,16 +65,63 @@ def open_parts(config: VolumeConfig) -> Parts:
         # after a power cut in the middle of Volume.resize.
         DirtyBitmap.check(bitmap_io, volume_uuid=config.uuid, chunk_size=config.chunk_size,
                           num_chunks=config.num_chunks, adopt_size=True)
-        journal = _open_journal(target, existing, config)
-        opened.append(journal)
-        bitmap = DirtyBitmap.open(bitmap_io, volume_uuid=config.uuid,
-                                  chunk_size=config.chunk_size, num_chunks=config.num_chunks,
-                                  adopt_size=True)
+        def open_bitmap() -> DirtyBitmap:
+            bitmap = DirtyBitmap.open(bitmap_io, volume_uuid=config.uuid,
+                                      chunk_size=config.chunk_size,
+                                      num_chunks=config.num_chunks, adopt_size=True)
+            opened.append(bitmap)
+            return bitmap
+
+        if mirror_had_data and not existing:
+            # The marks must be durable before the journal exists (see adopt_mirror); a
+            # journal that cannot be created then leaves them behind, which loses nothing.
+            bitmap = open_bitmap()
+            adopt_mirror(bitmap, config)
+            journal = _open_journal(target, existing, config)
+            opened.append(journal)
+        else:
+            journal = _open_journal(target, existing, config)
+            opened.append(journal)
+            bitmap = open_bitmap()
         return Parts(journal, mirror, bitmap)
     except BaseException:
         for part in reversed(opened):
             part.close()
         raise
+
+
+def mirror_holds_data(path: str | os.PathLike[str] | None) -> bool:
+    """Whether the mirror at `path` may hold data: a regular file with any data extent (one
+    created sparse by us and never written has none), or any block device."""
+    if path is None or not os.path.exists(path):
+        return False
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return True
+    if st.st_size == 0:
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.lseek(fd, 0, os.SEEK_DATA)
+    except OSError as err:
+        if err.errno == errno.ENXIO:            # holes only
+            return False
+        raise
+    finally:
+        os.close(fd)
+    return True
+
+
+def adopt_mirror(bitmap: DirtyBitmap, config: VolumeConfig) -> None:
+    """A new journal over a mirror that already holds data (an existing disk taken over, or
+    a lost journal): the peer can never get that data from the journal, so every chunk goes
+    to the bitmap for a full resync. Done durably before the journal is created, so a power
+    cut in between finds the journal still missing and does it again."""
+    log.warning("volume %s: mirror %s already holds data that the new journal %s never "
+                "recorded; every chunk is marked for a full resync to the peer", config.uuid,
+                config.mirror_path, config.journal_path)
+    bitmap.set_mode(True, 0)
+    bitmap.mark_all()
 
 
 def _missing_bytes(path: str | os.PathLike[str] | None, full_size: int) -> tuple[int, str | None]:

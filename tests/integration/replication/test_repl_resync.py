@@ -232,3 +232,33 @@ def test_repair_cut_short_by_a_transmitter_crash_is_finished_before_the_dr_is_co
     assert not pending.exists()
     assert read(remote) == read(site.mirror), "the DR said consistent with regions unrepaired"
     w.stop()
+
+
+def test_an_existing_disk_taken_over_reaches_the_peer_whole(pair):
+    """A mirror that already holds data gets a new journal (an existing disk taken over):
+    the journal starts at seq 1, so without a full resync the peer would accept it as the
+    whole history and never get the old data. The volume starts with every chunk dirty, and
+    the DR ends up equal to the primary, old data included."""
+    site = pair.site("site-a", resync=True)
+    pair.volumes = [(site.uuid, site.blocks)]
+    pair.write_rx_config()
+    old = bytes(range(256)) * (site.blocks * 2)           # the whole disk, before us
+    site.mirror.write_bytes(old)
+    rx = pair.receiver().start()
+    pair.wait_rx_up(rx)
+    w = pair.writer(site, 200, linger=True).start()
+    wait_for(lambda: len(read_log(site.log)) >= 200, 60, "the writer's ops")
+    pair.transmitter(site).start()
+
+    def done():
+        r = status(site.control)["resync"]
+        v = pair.rx_status()["volumes"][str(site.uuid)]
+        return r["completed"] >= 1 and r["state"] == "idle" and v["state"] == "consistent" and r
+    r = wait_for(done, 90, "the full resync of the taken-over disk")
+    assert r["total_bytes"] == site.blocks * 512, r
+    converge(pair, site)
+    remote, primary = read(pair.replica_dir(site.uuid) / "mirror"), read(site.mirror)
+    untouched = [i for i in range(0, site.blocks * 512, 4096) if primary[i:i + 8] == old[i:i + 8]]
+    assert untouched, "the writer overwrote every block: the test proves nothing"
+    assert all(remote[i:i + 8] == old[i:i + 8] for i in untouched)
+    w.stop()
