@@ -34,6 +34,14 @@ def dr_tool(config, *args: str) -> subprocess.CompletedProcess:
                            *args], capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
+def resync_completed(pair, site) -> dict | None:
+    """The transmitter's resync progress once a resync completed and the DR is consistent."""
+    r = status(site.control)["resync"]
+    v = pair.rx_status()["volumes"][str(site.uuid)]
+    return r if r["completed"] >= 1 and r["state"] == "idle" and v["state"] == "consistent" \
+        else None
+
+
 def writer_status(proc) -> dict:
     line = [ln for ln in proc.output().splitlines() if ln.startswith("writer: status ")][-1]
     return json.loads(line.removeprefix("writer: status "))
@@ -142,11 +150,7 @@ def test_initial_sync_of_a_preseeded_disk_skips_matching_regions(pair):
     wait_for(lambda: len(read_log(site.log)) >= 420, 60, "the writer's changes")
     pair.transmitter(site).start()
 
-    def done():
-        r = status(site.control)["resync"]
-        v = pair.rx_status()["volumes"][str(site.uuid)]
-        return r["completed"] >= 1 and r["state"] == "idle" and v["state"] == "consistent" and r
-    r = wait_for(done, 90, "the initial sync to complete")
+    r = wait_for(lambda: resync_completed(pair, site), 90, "the initial sync to complete")
     assert r["skipped_bytes"] > 0, r
     assert r["total_bytes"] == site.blocks * 512, r     # every chunk was considered
     assert r["done_bytes"] < r["total_bytes"] // 2, f"matching regions were shipped: {r}"
@@ -178,11 +182,7 @@ def test_resync_over_a_link_cut_every_few_seconds_resumes_where_it_stopped(pair)
     wait_for(lambda: pair.rx_status()["volumes"][vol]["state"] == "inconsistent", 30,
              "the DR to report inconsistent during the initial sync")
 
-    def done():
-        r = status(site.control)["resync"]
-        v = pair.rx_status()["volumes"][vol]
-        return r["completed"] >= 1 and r["state"] == "idle" and v["state"] == "consistent" and r
-    r = wait_for(done, 150, "the initial sync to finish across the cuts")
+    r = wait_for(lambda: resync_completed(pair, site), 150, "the initial sync to finish across the cuts")
     last = [ln for ln in proxy.output().splitlines() if ln.startswith("proxy: connections")]
     cuts = int(last[-1].rsplit("cuts=", 1)[1]) if last else 0
     print(f"resync {r}; proxy cuts {cuts}")
@@ -250,11 +250,7 @@ def test_an_existing_disk_taken_over_reaches_the_peer_whole(pair):
     wait_for(lambda: len(read_log(site.log)) >= 200, 60, "the writer's ops")
     pair.transmitter(site).start()
 
-    def done():
-        r = status(site.control)["resync"]
-        v = pair.rx_status()["volumes"][str(site.uuid)]
-        return r["completed"] >= 1 and r["state"] == "idle" and v["state"] == "consistent" and r
-    r = wait_for(done, 90, "the full resync of the taken-over disk")
+    r = wait_for(lambda: resync_completed(pair, site), 90, "the full resync of the taken-over disk")
     assert r["total_bytes"] == site.blocks * 512, r
     converge(pair, site)
     remote, primary = read(pair.replica_dir(site.uuid) / "mirror"), read(site.mirror)
