@@ -27,7 +27,7 @@ from appliance.volume.requests import check_ops, check_range
 from appliance.volume.ticker import Ticker
 
 JOURNALING = "journaling"
-_Mark = tuple[int, int]     # a mirror checkpoint in progress: (applied seq, bytes applied)
+_Mark = tuple[int, int]     # a mirror checkpoint in progress: (applied seq, bytes applied ever)
 LOGGING_TO_BITMAP = "logging-to-bitmap"
 
 
@@ -49,7 +49,10 @@ class Volume:
         self._max_blocks = config.max_transfer_bytes // config.block_size
         self._applied_seq = journal_link.mirror_durable_seq(journal)   # on the mirror
         self._durable_seq = self._applied_seq                           # ... and synced
-        self._unsynced_mirror_bytes = 0
+        # Bytes written to the mirror by journaled batches since open, and how many of them the
+        # newest finished mirror fdatasync covers: their difference is what is still unsynced.
+        self._mirror_bytes_applied = 0
+        self._mirror_bytes_synced = 0
         self._last_mirror_sync = time.monotonic()
         self._last_poll = 0.0
         self._overflows = 0
@@ -229,7 +232,7 @@ class Volume:
             self._apply_in_order(appended)
         if rest:
             self._enter_logging()
-        elif self._unsynced_mirror_bytes > self.config.effective_mirror_sync_bytes:
+        elif self._unsynced_mirror_bytes() > self.config.effective_mirror_sync_bytes:
             self._checkpoint_mirror()
         return rest
 
@@ -389,7 +392,7 @@ class Volume:
         does not pass them, so the journal keeps them until the mirror really holds them."""
         for i, (ops, last_seq) in enumerate(groups):
             try:
-                self._unsynced_mirror_bytes += self._mirror.apply(ops)
+                self._mirror_bytes_applied += self._mirror.apply(ops)
             except OSError:
                 for failed, failed_last in groups[i:]:
                     self._pending.add(failed, failed_last)
@@ -415,23 +418,26 @@ class Volume:
             self._mirror.sync()
             self._checkpoint_end(mark)
 
+    def _unsynced_mirror_bytes(self) -> int:
+        return self._mirror_bytes_applied - self._mirror_bytes_synced
+
     def _checkpoint_begin(self) -> _Mark | None:
-        """What a mirror fdatasync starting now makes durable: (applied seq, bytes applied).
-        None if the mirror holds nothing unsynced."""
+        """What a mirror fdatasync starting now makes durable: (applied seq, bytes applied
+        so far). None if the mirror holds nothing unsynced."""
         self._last_mirror_sync = time.monotonic()
-        if self._applied_seq > self._durable_seq or self._unsynced_mirror_bytes:
-            return self._applied_seq, self._unsynced_mirror_bytes
+        if self._applied_seq > self._durable_seq or self._unsynced_mirror_bytes():
+            return self._applied_seq, self._mirror_bytes_applied
         return None
 
     def _checkpoint_end(self, mark: _Mark) -> None:
         """The mirror fdatasync begun at `mark` is done: move the journal's checkpoint (never
         backwards: a checkpoint taken meanwhile under the lock may have passed it)."""
-        seq, nbytes = mark
+        seq, applied_bytes = mark
         if seq > self._durable_seq:
             self._journal.set_mirror_durable(seq)
             self._journal.sync()
             self._durable_seq = seq
-        self._unsynced_mirror_bytes = max(0, self._unsynced_mirror_bytes - nbytes)
+        self._mirror_bytes_synced = max(self._mirror_bytes_synced, applied_bytes)
         self._last_mirror_sync = time.monotonic()
 
     def _enter_logging(self) -> None:

@@ -107,3 +107,22 @@ def test_the_background_mirror_sync_leaves_host_io_running_and_claims_only_what_
             gate.permits.release()
         vol.close()
     assert rig.raw("mirror")[10 * BS:12 * BS] == write(10, 2, 2).data
+
+
+def test_unsynced_mirror_bytes_stay_exact_when_a_checkpoint_overtakes_the_background_one():
+    """The background checkpoint's fdatasync (begun at mark 1) is overtaken by a checkpoint
+    under the lock, then more is written: when the background one ends, what is still
+    unsynced is exactly the later writes (it must not subtract its own bytes twice)."""
+    rig = Rig(policy=FlushPolicy.PER_BATCH)
+    vol = rig.open()
+    try:
+        vol.submit([write(0, 4, 1)])
+        mark = vol._checkpoint_begin()               # the ticker's sync starts here...
+        vol.submit([write(8, 4, 2)])
+        vol._checkpoint_mirror()                     # ...a flush-time checkpoint passes it
+        vol.submit([write(16, 2, 3)])                # unsynced now: these 2 blocks
+        vol._checkpoint_end(mark)                    # the ticker's sync ends late
+        assert vol._unsynced_mirror_bytes() == 2 * BS
+        assert vol.status()["mirror_durable_seq"] == 2
+    finally:
+        vol.close()
