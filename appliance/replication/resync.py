@@ -121,6 +121,11 @@ class PendingRepair:
             return []
         return [(int(o), int(n)) for o, n in doc["regions"]]
 
+    @staticmethod
+    def as_regions(regions: list[tuple[int, int]]) -> list[Region]:
+        """Given (offset, length) pieces to ship; they clear no bitmap chunks."""
+        return [Region(o, n, None) for o, n in regions]
+
     def done(self) -> None:
         self.path.unlink(missing_ok=True)
 
@@ -182,8 +187,8 @@ class ResyncDriver:
 
     async def _watch(self, peer_inconsistent: bool) -> None:
         resume = peer_inconsistent or self.progress.state not in ("idle", "repairing")
-        leftover = await run_blocking(self.pending_repair.load)
-        if leftover and not peer_inconsistent:
+        # (With the peer inconsistent, the resync below ships a leftover repair itself.)
+        if not peer_inconsistent and (leftover := await run_blocking(self.pending_repair.load)):
             log.warning("volume %s: a repair of %d regions may not have reached the peer; "
                         "shipping them again", self.cfg.volume_uuid, len(leftover))
             await self.repair(leftover)
@@ -217,7 +222,7 @@ class ResyncDriver:
         try:
             await run_blocking(lambda: self.pending_repair.save(regions))
             await self._begin({"since": p.since, "reason": "verify repair"})
-            await self._ship([Region(o, n, None) for o, n in regions])
+            await self._ship(PendingRepair.as_regions(regions))
             await self._end()
             await run_blocking(self.pending_repair.done)
         finally:
@@ -256,7 +261,7 @@ class ResyncDriver:
             # A repair cut short is finished inside this resync (its regions are not dirty).
             leftover = await run_blocking(self.pending_repair.load)
             if leftover:
-                await self._ship([Region(o, n, None) for o, n in leftover])
+                await self._ship(PendingRepair.as_regions(leftover))
             log.warning("volume %s: resync of %d dirty chunks begins (peer inconsistent)",
                         self.cfg.volume_uuid, snap.dirty_chunks)
             while True:
