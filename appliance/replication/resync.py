@@ -117,9 +117,13 @@ class PendingRepair:
     def load(self) -> list[tuple[int, int]]:
         try:
             doc = json.loads(self.path.read_text())
+            return [(int(o), int(n)) for o, n in doc["regions"]]
         except FileNotFoundError:
             return []
-        return [(int(o), int(n)) for o, n in doc["regions"]]
+        except (ValueError, KeyError, TypeError) as err:
+            # Written atomically by us, so this is a damaged or hand-edited file.
+            raise ValueError(f"{self.path} is not a list of regions to repair ({err}); move "
+                             "it away and run an online verify with repair again") from err
 
     @staticmethod
     def as_regions(regions: list[tuple[int, int]]) -> list[Region]:

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.replication import undo, wire
-from appliance.replication.resync import Region, coalesce, split_regions
+from appliance.replication.resync import PendingRepair, Region, coalesce, split_regions
 from appliance.volume.resync import ResyncSnapshot
 
 
@@ -110,3 +110,15 @@ def test_regions_smaller_than_a_chunk_complete_it_with_the_last_piece():
 def test_coalesce_merges_adjacent_runs_only():
     assert coalesce([(3, 1), (4, 2), (7, 1), (8, 1), (10, 3)]) == [(3, 3), (7, 2), (10, 3)]
     assert coalesce([]) == []
+
+
+def test_pending_repair_round_trips_and_a_damaged_file_is_refused_clearly(tmp_path):
+    pending = PendingRepair(tmp_path / "bitmap")
+    assert pending.load() == []
+    pending.save([(0, 65536), (131072, 4096)])
+    assert pending.load() == [(0, 65536), (131072, 4096)]
+    pending.path.write_text('{"regions": [[0]]}')
+    with pytest.raises(ValueError, match="run an online verify with repair again"):
+        pending.load()
+    pending.done()
+    assert not pending.path.exists() and pending.load() == []
