@@ -215,9 +215,9 @@ class DirtyBitmap:
     def sync(self) -> None:
         self._io.sync()
 
-    # -- clearing (on the resync process's request) ----------------------------------
-    def pending_request(self) -> fmt.ClearRequest | None:
-        """A clear request the writer has not handled yet (one 8 KiB read), or None."""
+    # -- clearing and marking (on the resync process's request) ----------------------
+    def pending_request(self) -> fmt.BitmapRequest | None:
+        """A request the writer has not handled yet (one 8 KiB read), or None."""
         slots = bytearray(2 * fmt.SLOT_SIZE)
         self._io.pread_into(fmt.REQUEST_OFFSETS[0], memoryview(slots))
         copies = [fmt.decode_request(memoryview(slots)[i * fmt.SLOT_SIZE:(i + 1) * fmt.SLOT_SIZE])
@@ -227,7 +227,7 @@ class DirtyBitmap:
             return None
         return req
 
-    def handle_request(self, req: fmt.ClearRequest) -> int:
+    def handle_request(self, req: fmt.BitmapRequest) -> int:
         """Clear what `req` may clear. The caller must have made the mirror durable first:
         the resync shipped what it read from the page cache, and a clear must never outlive
         mirror data a power cut could still take. Returns how many chunks were cleared."""
@@ -239,12 +239,27 @@ class DirtyBitmap:
         self._publish(processed_request=req.request_id)
         return cleared
 
+    def handle_mark(self, req: fmt.BitmapRequest) -> int:
+        """Make the requested chunks dirty, durably, then say the request is handled (a peer
+        that needs a full copy). Marking only ever adds work, so unlike a clear it needs no
+        incarnation check. Returns how many chunks became dirty."""
+        newly = 0
+        for first, count in req.ranges:
+            count = min(first + count, self.num_chunks) - first
+            if first >= 0 and count > 0:
+                newly += fmt.set_bits(self._bits, first, count)[1]
+        self._dirty += newly
+        self._io.pwritev(fmt.BITS_OFFSET, [self._bits_view])
+        self._io.sync()
+        self._publish(processed_request=req.request_id)
+        return newly
+
     def poll_requests(self) -> int:
         """pending_request + handle_request, for callers whose mirror is already durable."""
         req = self.pending_request()
         return 0 if req is None else self.handle_request(req)
 
-    def _clear(self, req: fmt.ClearRequest) -> int:
+    def _clear(self, req: fmt.BitmapRequest) -> int:
         changed: set[int] = set()
         cleared = 0
         for first, count in req.ranges:

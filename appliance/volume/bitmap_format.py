@@ -5,8 +5,8 @@ The file is shared by two processes with one rule: each area has exactly one wri
     offset      size   owner        content
     0           4096   writer       header slot A  } newest valid copy wins
     4096        4096   writer       header slot B  }
-    8192        4096   resyncer     clear-request slot A  } newest valid copy wins
-    12288       4096   resyncer     clear-request slot B  }
+    8192        4096   resyncer     request slot A  } newest valid copy wins
+    12288       4096   resyncer     request slot B  }
     16384       ...    writer       the bits, one per chunk, LSB first, padded to 4096
 
 Every slot carries a generation number and a CRC32C, and is written to the copy that
@@ -30,7 +30,8 @@ REQUEST_OFFSETS = (2 * SLOT_SIZE, 3 * SLOT_SIZE)
 BITS_OFFSET = 4 * SLOT_SIZE
 
 HEADER_MAGIC = b"DRBITMAP"
-REQUEST_MAGIC = b"DRBMCLR1"
+REQUEST_MAGIC = b"DRBMCLR1"         # "clear these chunks, shipped as read after seen_gen"
+MARK_MAGIC = b"DRBMMRK1"            # "mark these chunks dirty" (a full copy to a new peer)
 FORMAT_VERSION = 1
 
 MODE_JOURNALING = 0
@@ -66,17 +67,19 @@ class BitmapHeader:
 
 
 @dataclass(frozen=True, slots=True)
-class ClearRequest:
-    """The resyncer's slot: "these chunks were shipped as read after batch `seen_gen`"."""
+class BitmapRequest:
+    """The resyncer's slot. A clear request: "these chunks were shipped as read after batch
+    `seen_gen`". A mark request: "make these chunks dirty" (the peer needs a full copy)."""
 
     generation: int
     incarnation: int
     request_id: int
     seen_gen: int
     ranges: tuple[tuple[int, int], ...]   # (first chunk, count)
+    mark: bool = False
 
 
-_Slot = TypeVar("_Slot", BitmapHeader, ClearRequest)
+_Slot = TypeVar("_Slot", BitmapHeader, BitmapRequest)
 
 
 def bits_length(num_chunks: int) -> int:
@@ -123,17 +126,18 @@ def decode_header(slot: bytes | memoryview) -> BitmapHeader | None:
     return BitmapHeader(gen, uuid.UUID(bytes=vol), chunk, chunks, inc, done, mode, ovf, proc)
 
 
-def encode_request(r: ClearRequest) -> bytes:
+def encode_request(r: BitmapRequest) -> bytes:
     if len(r.ranges) > MAX_REQUEST_RANGES:
         raise ValueError(f"a clear request holds at most {MAX_REQUEST_RANGES} ranges")
-    body = _REQUEST.pack(REQUEST_MAGIC, FORMAT_VERSION, r.generation, r.incarnation,
+    magic = MARK_MAGIC if r.mark else REQUEST_MAGIC
+    body = _REQUEST.pack(magic, FORMAT_VERSION, r.generation, r.incarnation,
                          r.request_id, r.seen_gen, len(r.ranges))
     body += b"".join(_RANGE.pack(first, count) for first, count in r.ranges)
     return _seal(body)
 
 
-def decode_request(slot: bytes | memoryview) -> ClearRequest | None:
-    """The clear request in one slot, or None if empty, torn or not ours."""
+def decode_request(slot: bytes | memoryview) -> BitmapRequest | None:
+    """The request in one slot, or None if empty, torn or not ours."""
     (n_ranges,) = struct.unpack_from("<I", slot, _REQUEST.size - 4)
     if n_ranges > MAX_REQUEST_RANGES:
         return None
@@ -142,11 +146,11 @@ def decode_request(slot: bytes | memoryview) -> ClearRequest | None:
     if body is None:
         return None
     magic, version, gen, inc, rid, seen, _ = _REQUEST.unpack_from(body)
-    if magic != REQUEST_MAGIC or version != FORMAT_VERSION:
+    if magic not in (REQUEST_MAGIC, MARK_MAGIC) or version != FORMAT_VERSION:
         return None
     ranges = tuple(_RANGE.unpack_from(body, _REQUEST.size + i * _RANGE.size)
                    for i in range(n_ranges))
-    return ClearRequest(gen, inc, rid, seen, ranges)
+    return BitmapRequest(gen, inc, rid, seen, ranges, mark=magic == MARK_MAGIC)
 
 
 def newest(copies: Sequence[_Slot | None]) -> tuple[int, _Slot | None]:

@@ -99,10 +99,22 @@ class ResyncSource:
             if first < 0 or count < 1 or first + count > self._num_chunks:
                 raise ValueError(f"chunk run ({first}, {count}) outside 0..{self._num_chunks}")
         self._last_id += 1
-        req = fmt.ClearRequest(self._last_id, snap.incarnation, self._last_id, snap.seen_gen,
+        req = fmt.BitmapRequest(self._last_id, snap.incarnation, self._last_id, snap.seen_gen,
                                tuple(runs))
+        self._write_request(req)
+        return self._last_id
+
+    def _write_request(self, req: fmt.BitmapRequest) -> None:
         self._io.pwritev(fmt.REQUEST_OFFSETS[self._next_slot], [fmt.encode_request(req)])
         self._next_slot = 1 - self._next_slot
+
+    def request_mark_all(self) -> int:
+        """Ask the writer to mark every chunk dirty (the peer needs a full copy); it enters
+        logging-to-bitmap like after a journal overflow. Returns the request id to wait for."""
+        self._last_id += 1
+        req = fmt.BitmapRequest(self._last_id, self.header().incarnation, self._last_id, 0,
+                                ((0, self.header().num_chunks),), mark=True)
+        self._write_request(req)
         return self._last_id
 
     def wait_processed(self, request_id: int, *, timeout: float,
@@ -112,7 +124,7 @@ class ResyncSource:
         deadline = time.monotonic() + timeout
         while self.header().processed_request < request_id:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"writer did not handle bitmap clear request {request_id} "
+                raise TimeoutError(f"writer did not handle bitmap request {request_id} "
                                    f"within {timeout}s (is the handler calling service()?)")
             if poll is not None:
                 poll()

@@ -349,7 +349,7 @@ class Volume:
     # -- background work --------------------------------------------------------------
     def service(self) -> None:
         """Periodic work, called by the device loop when idle (and by submit when due):
-        handle resync clear requests, leave logging mode when possible, checkpoint the
+        handle the resync's clear and mark requests, leave logging mode when possible, checkpoint the
         mirror so the journal can reclaim space."""
         with self._lock:
             self._check_open()
@@ -365,10 +365,17 @@ class Volume:
         fdatasyncs the mirror and calls `_checkpoint_end` with the mark returned."""
         self._last_poll = now
         bm = self._bitmap
-        if bm.dirty_chunks and (request := bm.pending_request()) is not None:
+        request = bm.pending_request()
+        if request is not None and request.mark:
+            # A peer that needs a full copy: the same path as a journal overflow.
+            if not bm.logging:
+                self._enter_logging()
+            bm.handle_mark(request)
+        elif request is not None:
             # The resync shipped what it read from the mirror's page cache: make that
             # durable before the bits that account for it can go.
-            self._mirror.sync()
+            if bm.dirty_chunks:
+                self._mirror.sync()
             bm.handle_request(request)
         if bm.logging and bm.dirty_chunks == 0 \
                 and journal_link.acked_seq(self._journal) >= bm.overflow_seq:

@@ -142,6 +142,32 @@ def test_mark_all_for_initial_sync():
     assert list(bm.dirty_runs()) == [(0, CHUNKS)]
 
 
+def test_mark_request_is_durable_once_handled_and_clipped_to_the_volume():
+    m = SimMachine()
+    bm = open_bitmap(m)
+    bm.mark([(10, 5)], bm.begin_batch())
+    bm.sync()
+    src = ResyncSource(m.open("bitmap"))
+    rid = src.request_mark_all()
+    req = bm.pending_request()
+    assert req is not None and req.mark and req.ranges == ((0, CHUNKS),)
+    assert bm.handle_mark(req) == CHUNKS - 5
+    assert bm.pending_request() is None
+    src.wait_processed(rid, timeout=1)
+    m.crash(random.Random(7), tear=True)
+    bm = open_bitmap(m)
+    assert bm.dirty_chunks == CHUNKS and list(bm.dirty_runs()) == [(0, CHUNKS)]
+    # A request naming chunks past the end (a volume shrunk meanwhile) marks what exists.
+    assert bm.handle_mark(fmt.BitmapRequest(9, 0, 9, 0, ((CHUNKS - 2, 10),), mark=True)) == 0
+
+
+def test_clear_and_mark_requests_round_trip_and_differ():
+    clear = fmt.BitmapRequest(3, 1, 3, 7, ((0, 4), (9, 1)))
+    mark = fmt.BitmapRequest(4, 1, 4, 0, ((0, 100),), mark=True)
+    for req in (clear, mark):
+        assert fmt.decode_request(fmt.encode_request(req)) == req
+
+
 def test_wait_processed_times_out_with_a_message_when_no_writer_runs():
     m = SimMachine()
     open_bitmap(m)

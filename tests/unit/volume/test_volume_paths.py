@@ -171,6 +171,38 @@ def test_full_resync_marks_everything_and_returns_to_journaling():
     assert bytes(peer.image) == b"".join(read_all(vol))
 
 
+def test_a_new_peer_gets_a_full_copy_through_a_mark_request_across_a_writer_restart():
+    """Re-pairing with an empty DR after the journal reclaimed what the old peer acked: the
+    resync process asks the writer (another process) to mark every chunk; a writer that
+    restarts before handling it finds it in the slot, and the new peer ends with the image.
+    (After a power cut the request may be gone: the transmitter asks again, since the peer
+    keeps saying it needs a full copy until the copy begins.)"""
+    rig = Rig()
+    vol = rig.open()
+    old_peer = Peer(rig)
+    for wid in range(1, 30):
+        vol.submit([write(wid * 7 % 240, 8, wid)])
+    vol.flush()
+    old_peer.ship()
+    new_peer = Peer(rig)
+    new_peer.acked = old_peer.acked         # the journal no longer holds seq 1..acked
+    src = ResyncSource(rig.m.open("bitmap"))
+    rid = src.request_mark_all()
+    vol.close()                             # the writer restarts before it saw the request
+    vol = rig.open()
+    assert vol.state == "journaling"
+    src.wait_processed(rid, timeout=5, poll=vol.service)
+    assert vol.state == LOGGING_TO_BITMAP
+    assert vol.status()["dirty_chunks"] == rig.num_chunks
+    vol.submit([write(3, 4, 99)])           # host writes go on during the copy
+    while new_peer.resync(vol):
+        pass
+    vol.service()
+    assert vol.state == "journaling"
+    new_peer.ship()
+    assert bytes(new_peer.image) == b"".join(read_all(vol))
+
+
 def test_resync_from_a_writer_that_restarted_reships_instead_of_clearing():
     rig = Rig()
     vol = rig.open()
