@@ -2,12 +2,16 @@
 
     appliance-dr --config /etc/appliance/receiver.toml state
     appliance-dr --config /etc/appliance/receiver.toml rollback <volume-uuid>
+    appliance-dr --config /etc/appliance/receiver.toml invalidate <volume-uuid>
 
 ``state`` reads each replica's state file: consistent (and up to which seq) or inconsistent
 since when (a resync was under way). ``rollback`` is the failover step for an inconsistent
 replica: it restores the last consistent image from the undo log so the DR mirror can be
 mounted. Both work with the receiver stopped; ``rollback`` refuses while it runs, since the
-receiver would keep writing into the mirror.
+receiver would keep writing into the mirror. ``invalidate`` makes the primary's next contact a
+full copy, for a replica that misses records the primary no longer holds (restored from an old
+backup); its current image stays recoverable through the copy. After either, the replica
+says ``image_seq``: the consistent image its mirror holds while no journal backs it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from appliance import storage
 from appliance.control.client import ControlError, call
 from appliance.replication.config import ConfigError, ReplicaConfig, load_toml, receiver_config
-from appliance.replication.replica import ReplicaError, roll_back_to_consistent
+from appliance.replication.replica import ReplicaError, invalidate, roll_back_to_consistent
 
 
 class DrToolError(Exception):
@@ -37,9 +41,10 @@ def replica_state(cfg: ReplicaConfig) -> dict:
     since = st.get("inconsistent_since")
     out |= {"state": "consistent" if since is None else "inconsistent",
             "inconsistent_since": since, "consistent_seq": st.get("consistent_seq"),
-            "primary": st.get("primary"), "undo_log": cfg.paths.undo.exists()}
-    if "rolled_back_to_seq" in st:
-        out["rolled_back_to_seq"] = st["rolled_back_to_seq"]
+            "primary": st.get("primary"), "undo_log": cfg.paths.undo.exists(),
+            "full_copy_pending": bool(st.get("full_copy_pending"))}
+    if st.get("detached_image_seq") is not None:
+        out["image_seq"] = st["detached_image_seq"]
     return out
 
 
@@ -83,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("state", help="print each replica's state as JSON")
     r = sub.add_parser("rollback", help="restore the last consistent image (receiver stopped)")
     r.add_argument("volume", help="volume uuid")
+    i = sub.add_parser("invalidate", help="make the next contact a full copy (receiver stopped)")
+    i.add_argument("volume", help="volume uuid")
     ns = p.parse_args(argv)
     try:
         rx = receiver_config(load_toml(ns.config), str(ns.config))
@@ -91,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = find_volume(rx.volumes, ns.volume)
         ensure_receiver_stopped(rx.control_socket, cfg)
-        seq = roll_back_to_consistent(cfg)
+        if ns.action == "rollback":
+            result = {"rolled_back_to_seq": roll_back_to_consistent(cfg)}
+        else:
+            result = {"invalidated_at_seq": invalidate(cfg)}
     except (ConfigError, DrToolError, ReplicaError) as err:
         print(f"appliance-dr: {err}", file=sys.stderr)
         return 1
-    print(json.dumps({"volume": str(cfg.spec.uuid), "rolled_back_to_seq": seq,
-                      "mirror": str(cfg.paths.mirror)}))
+    print(json.dumps({"volume": str(cfg.spec.uuid), **result, "mirror": str(cfg.paths.mirror)}))
     return 0
 
 

@@ -80,6 +80,10 @@ class Welcome:
     compression: str | None    # chosen from the primary's offer, or None
     heartbeat_s: float
     inconsistent: bool = False  # an interrupted resync must be finished first
+    # The receiver lacks history the primary's journal no longer holds (a new or rolled-back
+    # DR): the primary must mark every chunk and resync them all. Repeated at every contact
+    # until RESYNC_BEGIN arrives.
+    full_copy: bool = False
     protocol: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict:
@@ -94,7 +98,7 @@ class Welcome:
         return cls(identity=_get(d, "identity", str), last_seq=_get(d, "last_seq", int),
                    applied_seq=_get(d, "applied_seq", int), compression=comp,
                    heartbeat_s=float(hb), inconsistent=bool(d.get("inconsistent", False)),
-                   protocol=_get(d, "protocol", int))
+                   full_copy=bool(d.get("full_copy", False)), protocol=_get(d, "protocol", int))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,7 @@ class VolumeBinding:
     last_seq: int | None       # None: no replica journal yet
     applied_seq: int
     inconsistent: bool = False
+    full_copy: bool = False    # waiting for the full copy to begin (see Welcome.full_copy)
 
 
 def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
@@ -148,18 +153,21 @@ def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
                                           f"{hello.generation} is older than the receiver's "
                                           f"{binding.generation}")
     if binding.last_seq is None:
-        if hello.first_seq != 1:
-            raise Refused("resync-needed", f"volume {spec.uuid}: first contact but the primary "
-                                           f"starts at seq {hello.first_seq}; an initial sync "
-                                           f"is required")
-        last_seq, applied = 0, 0
+        # First contact. From seq 1 the journal replays the whole history; from a later seq
+        # the primary's journal no longer holds it (an earlier peer acknowledged it, or this
+        # replica was rolled back): the replica starts at that seq and gets a full copy.
+        last_seq = applied = hello.first_seq - 1
+        full_copy = hello.first_seq != 1
     else:
         if hello.first_seq > binding.last_seq + 1:
             raise Refused("resync-needed", f"volume {spec.uuid}: receiver holds up to seq "
                                            f"{binding.last_seq} but the primary starts at "
-                                           f"{hello.first_seq}; records in between are gone")
+                                           f"{hello.first_seq}; records in between are gone. "
+                                           f"Run 'appliance-dr invalidate {spec.uuid}' on the "
+                                           f"receiver to start a full copy")
         last_seq, applied = binding.last_seq, binding.applied_seq
+        full_copy = binding.full_copy
     comp = next((c for c in hello.compression if c in COMPRESSIONS), None)
     return Welcome(identity=receiver_identity, last_seq=last_seq, applied_seq=applied,
                    compression=comp if allow_compression else None, heartbeat_s=heartbeat_s,
-                   inconsistent=binding.inconsistent)
+                   inconsistent=binding.inconsistent or full_copy, full_copy=full_copy)

@@ -145,7 +145,8 @@ class Receiver:
                 await old
         slot.session = asyncio.current_task()
         async with slot.lock:
-            await run_blocking(slot.replica.bind, hello, welcome.last_seq)
+            await run_blocking(lambda: slot.replica.bind(hello, welcome.last_seq,
+                                                         full_copy=welcome.full_copy))
             if welcome.compression:
                 link.enable_compression()
             await link.send_json(FT.WELCOME, welcome.to_dict())

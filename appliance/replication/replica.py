@@ -82,10 +82,15 @@ class Replica:
         self.inconsistent_since: float | None = None
         self.consistent_seq: int | None = None      # seq of the last consistent image
         self.consistent_at: int | None = None       # consistent again once this is applied
+        # First contact without the history (Welcome.full_copy) until RESYNC_BEGIN.
+        self.full_copy_pending = False
+        # The seq of the consistent image the mirror holds with its journal set aside (after
+        # a rollback or an invalidate): kept recoverable through the full copy that follows.
+        self.detached_image_seq: int | None = None
         self.resync_bytes = 0
         self._undo: UndoLog | None = None
         self._load_state()
-        if self.inconsistent_since is not None:
+        if self.inconsistent_since is not None and self.consistent_seq is not None:
             self._undo = UndoLog(cfg.paths.undo)
         if cfg.paths.journal.exists():
             self.journal = Journal.open(cfg.paths.journal, volume_uuid=self.spec.uuid)
@@ -105,6 +110,8 @@ class Replica:
             self.inconsistent_since = st.get("inconsistent_since")
             self.consistent_seq = st.get("consistent_seq")
             self.consistent_at = st.get("consistent_at")
+            self.full_copy_pending = bool(st.get("full_copy_pending", False))
+            self.detached_image_seq = st.get("detached_image_seq")
         except (ValueError, KeyError, TypeError) as err:
             raise ReplicaError(f"replica state {path} is unreadable: {err}; restore it or "
                                f"remove the replica files to start a new pairing") from err
@@ -113,12 +120,15 @@ class Replica:
         write_json_atomic(self.cfg.paths.state, {
             "volume_uuid": str(self.spec.uuid), "primary": self.primary,
             "generation": self.generation, "inconsistent_since": self.inconsistent_since,
-            "consistent_seq": self.consistent_seq, "consistent_at": self.consistent_at})
+            "consistent_seq": self.consistent_seq, "consistent_at": self.consistent_at,
+            "full_copy_pending": self.full_copy_pending,
+            "detached_image_seq": self.detached_image_seq})
 
     def binding(self) -> VolumeBinding:
         last = None if self.journal is None else self.journal.next_seq - 1
         return VolumeBinding(self.primary, self.generation, last, self.applied_seq,
-                             inconsistent=self.inconsistent_since is not None)
+                             inconsistent=self.inconsistent_since is not None,
+                             full_copy=self.full_copy_pending)
 
     @property
     def mirror_durable_seq(self) -> int:
@@ -132,8 +142,12 @@ class Replica:
     def applied_seq(self) -> int:
         return self.counters.applied_seq
 
-    def bind(self, hello: Hello, last_seq: int) -> None:
-        """Persist who owns this volume; create the journal at first contact."""
+    def bind(self, hello: Hello, last_seq: int, *, full_copy: bool = False) -> None:
+        """Persist who owns this volume; create the journal at first contact. With
+        ``full_copy`` (history before ``last_seq`` is missing) the replica says so durably
+        *before* its journal exists, so no restart can make it look complete."""
+        if self.journal is None and full_copy:
+            self._await_full_copy(last_seq)
         if self.journal is None:
             self.cfg.paths.journal.parent.mkdir(parents=True, exist_ok=True)
             fresh = preallocate(self.cfg.paths.journal, self.cfg.journal_size)
@@ -153,6 +167,27 @@ class Replica:
             self.primary, self.generation = hello.identity, hello.generation
             self._save_state()
         self.counters.durable_seq = self.durable_seq
+
+    def _await_full_copy(self, missing_to: int) -> None:
+        """Inconsistent from now until a full copy has ended. A mirror rolled back to a
+        consistent image keeps it recoverable (undo from here on, records included); a new
+        mirror has nothing worth keeping, so its copy costs no undo I/O."""
+        if self.inconsistent_since is None:
+            self.inconsistent_since = time.time()
+        self.full_copy_pending = True
+        self.consistent_seq = self.detached_image_seq
+        self.consistent_at = None
+        if self._undo is not None:
+            self._undo.close()
+            self._undo = None
+        self.cfg.paths.undo.unlink(missing_ok=True)     # nothing was applied over it yet
+        if self.consistent_seq is not None:
+            self._undo = UndoLog(self.cfg.paths.undo)
+        self._save_state()
+        log.warning("volume %s: the primary no longer holds seqs up to %d: a full copy is "
+                    "needed; %s", self.spec.uuid, missing_to,
+                    "no consistent image to keep" if self.consistent_seq is None else
+                    f"the image at seq {self.consistent_seq} is kept recoverable (undo log)")
 
     # --- the data path ------------------------------------------------------------------
 
@@ -332,21 +367,23 @@ class Replica:
                 self._undo = UndoLog(self.cfg.paths.undo)
                 self.inconsistent_since = time.time()
                 self.consistent_seq = self.applied_seq
+            self.full_copy_pending = False
             self.consistent_at = None
             self._save_state()
 
     def write_region(self, offset: int, data: bytes) -> None:
         """One resync region, durable on the mirror when this returns."""
         with self._apply_lock:
-            if self._undo is None:
+            if self.inconsistent_since is None or self.full_copy_pending:
                 raise ReplicaError("REGION outside a resync (no RESYNC_BEGIN)")
             if offset < 0 or offset % self.spec.block_size or len(data) % self.spec.block_size \
                     or offset + len(data) > self.spec.size_bytes:
                 raise ReplicaError(f"region {offset}+{len(data)} is misaligned or outside the "
                                    f"volume of {self.spec.size_bytes} bytes")
             self._drain()
-            self._undo.save(self._mirror, offset, len(data))
-            self._undo.sync()
+            if self._undo is not None:
+                self._undo.save(self._mirror, offset, len(data))
+                self._undo.sync()
             self._mirror.pwritev(offset, [data])
             self._mirror.sync()
             self.resync_bytes += len(data)
@@ -365,6 +402,7 @@ class Replica:
             log.info("volume %s: consistent again at seq %d after a resync of %d bytes",
                      self.spec.uuid, self.counters.applied_seq, self.resync_bytes)
             self.inconsistent_since = self.consistent_seq = self.consistent_at = None
+            self.detached_image_seq = None
             self._save_state()
             if self._undo is not None:
                 self._undo.remove()
@@ -388,11 +426,14 @@ def roll_back_to_consistent(cfg: ReplicaConfig) -> int:
     """Failover during a resync: restore the last consistent image from the undo log.
 
     Offline (the receiver must not run). The replica journal is set aside (renamed), since
-    the image no longer matches it; the volume then needs a new pairing (full resync).
-    Returns the seq of the restored image."""
+    the image no longer matches it: the primary's next contact starts a full copy, during
+    which this image stays recoverable. Returns the seq of the restored image."""
     st = json.loads(cfg.paths.state.read_text())
     if st.get("inconsistent_since") is None:
         raise ReplicaError(f"volume {cfg.spec.uuid} is consistent; nothing to roll back")
+    if st.get("consistent_seq") is None:
+        raise ReplicaError(f"volume {cfg.spec.uuid} has never held a consistent image: its "
+                           f"initial full copy has not finished; nothing to roll back to")
     mirror = storage.open_file(cfg.paths.mirror)
     try:
         restored = roll_back(cfg.paths.undo, mirror)
@@ -401,9 +442,40 @@ def roll_back_to_consistent(cfg: ReplicaConfig) -> int:
     seq = int(st["consistent_seq"])
     log.warning("volume %s: rolled back %d bytes to the consistent image at seq %d",
                 cfg.spec.uuid, restored, seq)
-    if cfg.paths.journal.exists():
-        cfg.paths.journal.rename(cfg.paths.journal.with_name(f"journal.rolled-back-{seq}"))
-    st.update(inconsistent_since=None, consistent_at=None, rolled_back_to_seq=seq)
-    write_json_atomic(cfg.paths.state, st)
+    _detach_journal(cfg, st, seq, "rolled-back")
     cfg.paths.undo.unlink(missing_ok=True)
     return seq
+
+
+def invalidate(cfg: ReplicaConfig) -> int:
+    """Make the next contact a full copy, for a replica missing records the primary no longer
+    holds (e.g. restored from an old backup). Offline (the receiver must not run). The journal
+    is redone onto the mirror and set aside; the mirror's image stays recoverable through the
+    copy. Returns the seq of that image."""
+    replica = Replica(cfg)            # opening redoes the journal onto the mirror and syncs it
+    try:
+        if replica.inconsistent_since is not None:
+            raise ReplicaError(f"volume {cfg.spec.uuid} is inconsistent (a resync or full copy "
+                               f"is under way): roll it back first ('appliance-dr rollback') "
+                               f"or let the resync finish")
+        if replica.journal is None:
+            raise ReplicaError(f"volume {cfg.spec.uuid} holds no journal: its next contact is "
+                               f"a first contact already")
+        seq = replica.applied_seq
+    finally:
+        replica.close()
+    st = json.loads(cfg.paths.state.read_text())
+    _detach_journal(cfg, st, seq, "invalidated")
+    log.warning("volume %s: invalidated at seq %d; the next contact starts a full copy",
+                cfg.spec.uuid, seq)
+    return seq
+
+
+def _detach_journal(cfg: ReplicaConfig, st: dict, image_seq: int, why: str) -> None:
+    """Set the journal aside (the image no longer matches it, so the next contact is a first
+    contact) and record the image the mirror holds, consistent at ``image_seq``."""
+    if cfg.paths.journal.exists():
+        cfg.paths.journal.rename(cfg.paths.journal.with_name(f"journal.{why}-{image_seq}"))
+    st.update(inconsistent_since=None, consistent_at=None, full_copy_pending=False,
+              detached_image_seq=image_seq)
+    write_json_atomic(cfg.paths.state, st)

@@ -322,13 +322,23 @@ class ResyncDriver:
             done = coalesce([r.completes for r in window if r.completes is not None])
             if snap is not None and done:
                 if clear_pending is not None:
-                    await self._wait_cleared(clear_pending)
+                    await self._wait_processed(clear_pending)
                 clear_pending = await run_blocking(
                     lambda runs=done: self.source.request_clear(snap, runs))
         if clear_pending is not None:
-            await self._wait_cleared(clear_pending)
+            await self._wait_processed(clear_pending)
 
-    async def _wait_cleared(self, request_id: int) -> None:
+    async def request_full_copy(self) -> None:
+        """The peer lacks history our journal no longer holds (a new DR, or one rolled back):
+        the writer marks every chunk and enters logging-to-bitmap, and the watch loop then
+        ships them all like after an overflow (older records first)."""
+        log.warning("volume %s: the peer needs a full copy (it lacks seqs up to %d, which our "
+                    "journal no longer holds); marking every chunk", self.cfg.volume_uuid,
+                    self.s.reader.acked_seq)
+        rid = await run_blocking(self.source.request_mark_all)
+        await self._wait_processed(rid)
+
+    async def _wait_processed(self, request_id: int) -> None:
         await run_blocking(lambda: self.source.wait_processed(
             request_id, timeout=self.cfg.resync_clear_timeout_s))
 

@@ -141,10 +141,12 @@ class Session:
                     raise SessionError(str(err)) from err
                 await self._send(FT.REGION_ACK, wire.encode_seq(offset + len(data)))
             elif kind == "RESYNC_BEGIN":
-                log.warning("volume %s: resync from %s begins: the DR image is inconsistent "
-                            "until it ends (undo log kept)", self.hello.volume_uuid,
-                            self.hello.identity)
                 await run_blocking(self.replica.begin_resync)
+                kept = self.replica.consistent_seq
+                log.warning("volume %s: resync from %s begins: the DR image is inconsistent "
+                            "until it ends%s", self.hello.volume_uuid, self.hello.identity,
+                            " (no consistent image yet)" if kept is None else
+                            f" (the undo log keeps the image at seq {kept})")
             elif kind == "RESYNC_END":
                 at = item[1].get("consistent_at_seq")
                 if not isinstance(at, int) or isinstance(at, bool) or at < 0:

@@ -264,7 +264,8 @@ class _Session:
         # ... and on any slow path, a batch holds at most a short slice of link time.
         self.ack_rate = AckRate()
         # The resync driver pauses record shipping while regions go out.
-        self.records_paused = welcome.inconsistent
+        # (A peer waiting for a full copy takes records until the copy begins.)
+        self.records_paused = welcome.inconsistent and not welcome.full_copy
         self.resync: ResyncDriver | None = None
         self._extra: list[asyncio.Task] = []    # verify runs
         if self.cfg.bitmap is not None:
@@ -272,12 +273,16 @@ class _Session:
 
     async def run(self) -> None:
         if self.resync is None and self.welcome.inconsistent:
-            raise PeerRefused("the peer is inconsistent from an interrupted resync, and this "
-                              "transmitter has no 'mirror'/'bitmap' configured to finish it")
+            raise PeerRefused("the peer needs a full copy or is inconsistent from an "
+                              "interrupted resync, and this transmitter has no "
+                              "'mirror'/'bitmap' configured to send it")
+        if self.resync is not None and self.welcome.full_copy:
+            await self.resync.request_full_copy()
         tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop()),
                  asyncio.create_task(self._persist_acks())]
         if self.resync is not None:
-            tasks.append(asyncio.create_task(self.resync.run(self.welcome.inconsistent)))
+            resume = self.welcome.inconsistent and not self.welcome.full_copy
+            tasks.append(asyncio.create_task(self.resync.run(resume)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:

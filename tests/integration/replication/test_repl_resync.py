@@ -258,3 +258,45 @@ def test_an_existing_disk_taken_over_reaches_the_peer_whole(pair):
     assert untouched, "the writer overwrote every block: the test proves nothing"
     assert all(remote[i:i + 8] == old[i:i + 8] for i in untouched)
     w.stop()
+
+
+def test_a_replaced_empty_dr_gets_a_full_copy_while_the_host_writes(pair):
+    """The DR appliance is lost and replaced by an empty one. The primary's journal has long
+    been acknowledged, so the first contact starts at a later seq: the new DR takes it, says
+    inconsistent (with no undo log: it has no image to keep), the transmitter has the writer
+    mark every chunk, and the bitmap resync copies the whole volume while host writes go on.
+    Before, this contact was refused ("resync-needed") forever."""
+    site = pair.site("site-a", resync=True, extra="bandwidth_limit = 2000000\n")
+    pair.volumes = [(site.uuid, site.blocks)]
+    pair.write_rx_config()
+    rx = pair.receiver().start()
+    pair.wait_rx_up(rx)
+    w = pair.writer(site, 300, linger=True).start()
+    tx = pair.transmitter(site).start()
+    wait_for(lambda: len(read_log(site.log)) >= 300, 60, "the writer's first ops")
+    converge(pair, site)
+    assert status(site.control)["acked_seq"] > 1
+    w.stop()
+    tx.stop()
+    rx.stop()
+    shutil.rmtree(pair.replica_dir(site.uuid))          # the replacement DR holds nothing
+    rx.start()
+    pair.wait_rx_up(rx)
+    w = pair.writer(site, 700, pause=0.002, seed=2, linger=True).start()
+    tx.start()
+
+    vol = str(site.uuid)
+    seen = wait_for(lambda: (v := pair.rx_status()["volumes"][vol])["state"] == "inconsistent"
+                    and v, 30, "the new DR to say inconsistent")
+    assert seen["undo_bytes"] == 0, seen
+    r = wait_for(lambda: resync_completed(pair, site), 120, "the full copy to complete")
+    assert r["total_bytes"] >= site.blocks * 512, r        # every chunk, at least once
+    wait_for(lambda: len(read_log(site.log)) >= 700, 60, "the writer's ops during the copy")
+    converge(pair, site)
+    w.stop()
+    assert w.popen.returncode == 0, w.output()[-3000:]
+    assert read(pair.replica_dir(site.uuid) / "mirror") == \
+        bytes(image_after(read_log(site.log), site.blocks * 512))
+    assert "a full copy is needed" in rx.output()
+    state = json.loads(dr_tool(pair.rx_config, "state").stdout)
+    assert state[0]["state"] == "consistent" and not state[0]["full_copy_pending"], state

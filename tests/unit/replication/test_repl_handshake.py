@@ -42,6 +42,20 @@ def test_resume_reports_what_the_receiver_holds():
     assert (w.last_seq, w.applied_seq, w.compression) == (90, 80, None)
 
 
+def test_first_contact_after_the_journal_reclaimed_history_asks_for_a_full_copy():
+    w = run(hello(first_seq=3))
+    assert (w.last_seq, w.applied_seq, w.full_copy, w.inconsistent) == (2, 2, True, True)
+    assert Welcome.from_dict(w.to_dict()) == w
+    # ... and keeps asking at every contact until the copy has begun.
+    pending = VolumeBinding("site-a", 1, 2, 2, inconsistent=True, full_copy=True)
+    assert run(hello(first_seq=3), binding=pending).full_copy
+    begun = VolumeBinding("site-a", 1, 2, 2, inconsistent=True)
+    w = run(hello(first_seq=3), binding=begun)
+    assert w.inconsistent and not w.full_copy
+    w = run(hello(first_seq=1))
+    assert (w.last_seq, w.full_copy, w.inconsistent) == (0, False, False)
+
+
 @pytest.mark.parametrize("h, kw, code, words", [
     (hello(protocol=2), {}, "version", "protocol 2"),
     (hello(identity="mallory"), {}, "identity", "certificate names"),
@@ -53,7 +67,6 @@ def test_resume_reports_what_the_receiver_holds():
      "older"),
     (hello(first_seq=7), {"binding": VolumeBinding("site-a", 1, 5, 5)}, "resync-needed",
      "gone"),
-    (hello(first_seq=3), {}, "resync-needed", "initial sync"),
     (hello(identity="site-c"), {"cert": {"site-c"},
                                 "spec": VolumeSpec(VOL, 1 << 20, 512, frozenset({"site-a"}))},
      "identity", "not allowed"),

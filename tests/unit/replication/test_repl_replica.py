@@ -95,3 +95,119 @@ def test_new_mirror_and_journal_are_preallocated_and_an_existing_mirror_is_kept(
     again = Replica(c)            # reopening keeps the contents
     assert again.read_mirror(0, 1024) == b"\x09" * 1024
     again.close()
+
+
+def crash(r: Replica) -> None:
+    """Drop the replica's handles without closing it cleanly (kill -9)."""
+    if r.journal is not None:
+        r.journal._io.close()
+        r._acker.close()
+    r._mirror.close()
+
+
+def test_first_contact_without_history_waits_for_a_full_copy_durably(tmp_path):
+    """A new DR met by a primary whose journal starts at seq 41: inconsistent and waiting for
+    the full copy from the start, across restarts; no undo (nothing to keep); REGION refused
+    before RESYNC_BEGIN; records before the copy are taken; consistent after it."""
+    r = Replica(cfg(tmp_path))
+    r.bind(HELLO, 40, full_copy=True)
+    b = r.binding()
+    assert (b.last_seq, b.inconsistent, b.full_copy) == (40, True, True)
+    assert r.commit([rec(41, 0, 1)]) == 41      # drained before the copy begins
+    with pytest.raises(ReplicaError, match="outside a resync"):
+        r.write_region(0, b"\x09" * 512)
+    crash(r)
+    r = Replica(cfg(tmp_path))
+    b = r.binding()
+    assert (b.last_seq, b.inconsistent, b.full_copy) == (41, True, True)
+    r.begin_resync()
+    assert not r.binding().full_copy and r.binding().inconsistent
+    r.write_region(4096, b"\x05" * 8192)
+    assert not r.cfg.paths.undo.exists(), "a new mirror has no image worth an undo log"
+    r.end_resync(42)
+    r.commit([rec(42, 0, 2)])
+    r.apply_pending()
+    r.sync_mirror()
+    assert r.binding().inconsistent is False
+    assert r.read_mirror(0, 1024) == b"\x02" * 1024
+    assert r.read_mirror(4096, 8192) == b"\x05" * 8192
+    r.close()
+
+
+def test_full_copy_pending_is_saved_before_the_journal_exists(tmp_path, monkeypatch):
+    """A crash while the journal is being created leaves a replica that still says it needs
+    a full copy, never one that looks complete from seq 41 on."""
+    r = Replica(cfg(tmp_path))
+
+    def die(*args, **kwargs):
+        raise OSError("power cut")
+    monkeypatch.setattr("appliance.replication.replica.Journal.create", die)
+    with pytest.raises(OSError):
+        r.bind(HELLO, 40, full_copy=True)
+    crash(r)
+    monkeypatch.undo()
+    r = Replica(cfg(tmp_path))
+    assert r.binding().last_seq is None and r.binding().inconsistent
+    r.bind(HELLO, 40, full_copy=True)            # the next contact: the same first contact
+    assert r.binding().full_copy and r.binding().last_seq == 40
+    r.close()
+
+
+def test_a_rolled_back_image_stays_recoverable_through_the_full_copy(tmp_path):
+    """After a failover roll back, the DR's mirror holds a consistent image; re-pairing needs a
+    full copy, and the undo log keeps that image recoverable, records included."""
+    from appliance.replication.replica import roll_back_to_consistent
+
+    c = cfg(tmp_path)
+    r = Replica(c)
+    r.bind(HELLO, 0)
+    r.commit([rec(1, 0, 1)])
+    r.begin_resync()                     # a resync that the failover interrupts
+    r.write_region(2048, b"\x07" * 512)
+    r.close()
+    assert roll_back_to_consistent(c) == 1
+    r = Replica(c)
+    assert r.binding().last_seq is None      # the old journal was set aside
+    r.bind(HELLO, 30, full_copy=True)
+    r.commit([rec(31, 0, 3)])
+    r.apply_pending()
+    r.begin_resync()
+    r.write_region(2048, b"\x08" * 512)
+    r.close()
+    assert roll_back_to_consistent(c) == 1   # again back to the image at seq 1
+    r = Replica(c)
+    assert r.read_mirror(0, 1024) == b"\x01" * 1024
+    assert r.read_mirror(2048, 512) == bytes(512)
+    r.close()
+
+
+def test_roll_back_is_refused_while_no_consistent_image_exists(tmp_path):
+    from appliance.replication.replica import roll_back_to_consistent
+
+    c = cfg(tmp_path)
+    r = Replica(c)
+    r.bind(HELLO, 40, full_copy=True)
+    r.close()
+    with pytest.raises(ReplicaError, match="never held a consistent image"):
+        roll_back_to_consistent(c)
+
+
+def test_invalidate_redoes_sets_the_journal_aside_and_keeps_the_image(tmp_path):
+    from appliance.replication.replica import invalidate
+
+    c = cfg(tmp_path)
+    r = Replica(c)
+    r.bind(HELLO, 0)
+    r.commit([rec(1, 0, 1), rec(2, 8, 2)])
+    crash(r)                                 # durable, maybe not on the mirror yet
+    assert invalidate(c) == 2
+    assert c.paths.journal.with_name("journal.invalidated-2").exists()
+    assert not c.paths.journal.exists()
+    r = Replica(c)
+    assert r.binding().last_seq is None and not r.binding().inconsistent
+    assert r.read_mirror(0, 1024) == b"\x01" * 1024      # redone before it was set aside
+    r.bind(HELLO, 70, full_copy=True)
+    assert r.binding().full_copy and r.consistent_seq == 2 and c.paths.undo.exists()
+    r.close()
+    with pytest.raises(ReplicaError, match="inconsistent"):
+        invalidate(c)
