@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+import crc32c
+
 from appliance.journal.errors import InvalidRequest
 from appliance.journal.format import FORMAT_VERSION, JBLOCK, MAX_SEQ, Superblock, crc
 from appliance.journal.model import OpKind, WriteOp
@@ -29,6 +31,7 @@ _HDR = struct.Struct("<8sIHH16sQIIQQQQIIQ")
 _ENTRY = struct.Struct("<BxxxIQ")  # kind, nblocks, lba
 _CRC_FIELD = struct.Struct("<I")
 _CRC_FROM = 12  # the header CRC covers bytes 12..4095 (everything after itself)
+_crc32c = crc32c.crc32c  # format.crc without its wrapper call: once per record written
 
 
 class RecordKind(enum.IntEnum):
@@ -90,19 +93,22 @@ def encode_meta(*, journal_uuid: uuid.UUID, kind: RecordKind, first_seq: int, po
         n_ops=len(entries), flat_entries=[x for entry in entries for x in entry])
 
 
-def encode_meta_flat(*, journal_uuid: uuid.UUID, kind: RecordKind, first_seq: int,
+def encode_meta_flat(*, journal_uuid: uuid.UUID | bytes, kind: RecordKind, first_seq: int,
                      position: int, record_blocks: int, timestamp_ns: int, tail_seq: int,
                      synced_seq: int, prev_crc: int, data_crc: int, data_bytes: int,
                      n_ops: int, flat_entries: Sequence[int]) -> tuple[bytearray, int]:
     """`encode_meta` with the entries given flat (kind, nblocks, lba, kind, ...), as the
-    writer's append path builds them without a tuple per write."""
+    writer's append path builds them without a tuple per write; `journal_uuid` may be given
+    as its 16 bytes (the writer keeps them, sparing a UUID.bytes per record)."""
+    if isinstance(journal_uuid, uuid.UUID):
+        journal_uuid = journal_uuid.bytes
     block = bytearray(JBLOCK)
-    _HDR.pack_into(block, 0, RECORD_MAGIC, 0, FORMAT_VERSION, kind, journal_uuid.bytes,
+    _HDR.pack_into(block, 0, RECORD_MAGIC, 0, FORMAT_VERSION, kind, journal_uuid,
                    first_seq, n_ops, record_blocks, position, timestamp_ns, tail_seq,
                    synced_seq, prev_crc, data_crc, data_bytes)
     if n_ops:
         _entries_struct(n_ops).pack_into(block, ENTRIES_OFFSET, *flat_entries)
-    header_crc = crc(memoryview(block)[_CRC_FROM:])
+    header_crc = _crc32c(memoryview(block)[_CRC_FROM:])
     _CRC_FIELD.pack_into(block, 8, header_crc)
     return block, header_crc
 

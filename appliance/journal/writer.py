@@ -73,6 +73,7 @@ class Journal:
         self._io = io
         self.sb = sb
         self._area = Area(io, sb)
+        self._journal_uuid_bytes = sb.journal_uuid.bytes   # UUID.bytes is computed per access
         self._total = sb.area_blocks
         header = read_header(io)
         self._writer_gen, anchor = read_writer_slot(header, sb)
@@ -192,7 +193,8 @@ class Journal:
         if not ops:
             return range(first, first)
         plan = place_batch(ops, lengths, self._head.block, self.sb.segment_blocks, self._total)
-        if sum(p.enters_segment for p in plan) > self.sb.segment_count - 2:
+        # (One record, the usual plan, enters at most one segment: nothing to count.)
+        if len(plan) > 1 and sum(p.enters_segment for p in plan) > self.sb.segment_count - 2:
             raise InvalidRequest(f"a batch of {sum(lengths)} bytes needs more than "
                                  f"{self.sb.segment_count - 2} of the journal's segments; split "
                                  f"it (at most {self.max_batch_bytes} bytes always fit)")
@@ -290,7 +292,7 @@ class Journal:
             data_crc = crc32c(data, data_crc)  # an empty payload leaves the CRC as it is
         size = sum(planned.lengths)
         meta, header_crc = encode_meta_flat(
-            journal_uuid=self.sb.journal_uuid, kind=RecordKind.BATCH, first_seq=head.seq,
+            journal_uuid=self._journal_uuid_bytes, kind=RecordKind.BATCH, first_seq=head.seq,
             position=planned.block, record_blocks=planned.record_blocks,
             timestamp_ns=timestamp_ns, tail_seq=self.tail_seq, synced_seq=self._durable.seq,
             prev_crc=head.prev_crc, data_crc=data_crc, data_bytes=size, n_ops=len(ops),

@@ -28,7 +28,7 @@ QUEUED: Final = Queued()
 Handler = Callable[["Context", ScsiCommand], "ScsiResult | Queued"]
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingWrite:
     index: int                       # position of the command in the execute() batch
     ops: list[WriteOp]
@@ -49,6 +49,8 @@ class WriteBatch:
         self.pending.append(write)
 
     def overlaps(self, lba: int, nblocks: int) -> bool:
+        if not self.pending:          # the usual case: no generator to set up
+            return False
         end = lba + nblocks
         return any(w_lba < end and lba < w_lba + w_n
                    for w in self.pending for w_lba, w_n in w.extents)
@@ -81,6 +83,7 @@ class Context:
     wce_default: bool
     batch: WriteBatch
     index: int = 0
+    max_transfer_blocks: int = 1     # limits.max_transfer_blocks(block_size), computed once
     pop_unit_attention: Callable[[], sense.ScsiError | None] = lambda: None
 
     @property
@@ -96,7 +99,7 @@ class Context:
         """Queue ops for the group commit. With the write cache off (WCE=0) every write must
         be durable before GOOD (SBC-3 caching mode page, WCE), so it is committed as FUA."""
         durable = fua or not self.volume.write_cache_enabled
-        self.batch.add(PendingWrite(self.index, ops, durable, extents))
+        self.batch.pending.append(PendingWrite(self.index, ops, durable, extents))
         return QUEUED
 
     def read_into(self, lba: int, nblocks: int, bufs: Sequence[memoryview]) -> None:

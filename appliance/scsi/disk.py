@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from appliance.scsi import admin, caw, provisioning, rw, sense
 from appliance.scsi.command import ScsiCommand, ScsiResult
 from appliance.scsi.context import QUEUED, Context, Handler, WriteBatch
+from appliance.scsi.fastpath import FAST_HANDLERS
 from appliance.scsi.identity import DiskIdentity, DiskLimits
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class ScsiDisk:
         results: list[ScsiResult | None] = [None] * len(cmds)
         batch = WriteBatch(self.volume, results)
         ctx = Context(self.volume, self.identity, self.limits, self.wce_default, batch,
+                      max_transfer_blocks=self.limits.max_transfer_blocks(self.volume.block_size),
                       pop_unit_attention=self._pop_unit_attention)
         for index, cmd in enumerate(cmds):
             ctx.index = index
@@ -102,6 +104,23 @@ class ScsiDisk:
                 for r in results]
 
     def _run_one(self, ctx: Context, cmd: ScsiCommand) -> object:
+        cdb = cmd.cdb
+        # The fast route for plain READ/WRITE (10)/(16) (fastpath.py); it declines (None)
+        # anything unusual, and a pending unit attention, to the generic route below.
+        if type(cdb) is bytes and cdb and not self._capacity_changed:
+            fast = FAST_HANDLERS.get(cdb[0])
+            if fast is not None:
+                handler, cdb_format = fast
+                try:
+                    outcome = handler(ctx, cmd, cdb_format)
+                except Exception as exc:     # a failed read: the same exit as below
+                    return sense.result_for_exception(exc, cdb)
+                if outcome is not None:
+                    return outcome
+        return self._run_generic(ctx, cmd)
+
+    def _run_generic(self, ctx: Context, cmd: ScsiCommand) -> object:
+        """Decode and dispatch through HANDLERS; every failure becomes status + sense."""
         cdb = bytes(cmd.cdb)
         try:
             if not cdb:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MAILBOX_VERSION = 2
 
@@ -73,6 +74,14 @@ TMR_CMD_IDS = 32
 _CDB_LEN_BY_GROUP = (6, 10, 10, 12, 16, 12, 10, 10)
 _VARIABLE_LENGTH_CDB = 0x7F
 
+# Precompiled formats of the fields every command passes (the hot paths unpack them once).
+_HDR = struct.Struct("<IHBB")                 # len_op, cmd_id, kflags, uflags
+_REQ = struct.Struct("<IHBBIII4xQ")           # header + iov_cnt, bidi_cnt, dif_cnt, cdb_off
+_IOVEC = struct.Struct("<QQ")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_ZERO_SENSE = bytes(SENSE_BUFFERSIZE)
+
 
 class LayoutError(ValueError):
     """The region does not hold what the 6.1 layout says it should."""
@@ -86,8 +95,7 @@ class Mailbox:
     cmdr_size: int
 
 
-@dataclass(frozen=True, slots=True)
-class EntryHeader:
+class EntryHeader(NamedTuple):
     length: int
     op: int
     cmd_id: int
@@ -95,9 +103,11 @@ class EntryHeader:
     uflags: int
 
 
-@dataclass(frozen=True, slots=True)
-class CmdRequest:
-    """A CMD entry's request, copied out of the ring (the rsp arm will overwrite it)."""
+class CmdRequest(NamedTuple):
+    """A CMD entry's request, copied out of the ring (the rsp arm will overwrite it).
+
+    A NamedTuple, not a dataclass: one is built per command and a tuple is the cheapest
+    immutable record Python has."""
 
     cmd_id: int
     cdb: bytes
@@ -134,7 +144,7 @@ def data_area_offset(mb: Mailbox) -> int:
 
 
 def read_header(region: memoryview, off: int) -> EntryHeader:
-    len_op, cmd_id, kflags, uflags = struct.unpack_from("<IHBB", region, off)
+    len_op, cmd_id, kflags, uflags = _HDR.unpack_from(region, off)
     return EntryHeader(len_op & ~OP_MASK, len_op & OP_MASK, cmd_id, kflags, uflags)
 
 
@@ -145,8 +155,15 @@ def write_header(region: memoryview, off: int, *, length: int, op: int, cmd_id: 
     struct.pack_into("<IHBB", region, off, length | op, cmd_id, kflags, uflags)
 
 
+def read_len_op_id(region: memoryview, off: int) -> tuple[int, int]:
+    """(length, op) and cmd_id of the entry at `off` without building an EntryHeader: the
+    ring loops call this for every entry."""
+    len_op, cmd_id, _, _ = _HDR.unpack_from(region, off)
+    return len_op, cmd_id
+
+
 def set_cmd_id(region: memoryview, off: int, cmd_id: int) -> None:
-    struct.pack_into("<H", region, off + HDR_CMD_ID, cmd_id)
+    _U16.pack_into(region, off + HDR_CMD_ID, cmd_id)
 
 
 def or_uflags(region: memoryview, off: int, flags: int) -> None:
@@ -184,25 +201,31 @@ def read_cmd_request(region: memoryview, off: int, region_size: int,
 
     Offsets are checked against the mapping (and iovecs against the data area starting at
     `data_off`), so a corrupt entry raises LayoutError instead of letting the SCSI layer write
-    over the ring or outside the region.
+    over the ring or outside the region. Header and request fields come from one unpack, and
+    the usual single iovec from another: this runs for every command.
     """
-    hdr = read_header(region, off)
-    iov_cnt, bidi_cnt, _dif_cnt = struct.unpack_from("<III", region, off + REQ_IOV_CNT)
-    (cdb_off,) = struct.unpack_from("<Q", region, off + REQ_CDB_OFF)
+    len_op, cmd_id, _, _, iov_cnt, bidi_cnt, _dif_cnt, cdb_off = _REQ.unpack_from(region, off)
+    length = len_op & ~OP_MASK
     total = iov_cnt + bidi_cnt
-    if REQ_IOV + IOVEC_SIZE * total > hdr.length:
-        raise LayoutError(f"cmd {hdr.cmd_id}: {total} iovecs do not fit a {hdr.length}-byte entry")
-    iovecs = tuple(struct.iter_unpack("<QQ", region[off + REQ_IOV: off + REQ_IOV + IOVEC_SIZE * total]))
-    for base, length in iovecs:
-        if base < data_off or base + length > region_size:
-            raise LayoutError(f"cmd {hdr.cmd_id}: iovec {base:#x}+{length} outside the data area")
+    if REQ_IOV + IOVEC_SIZE * total > length:
+        raise LayoutError(f"cmd {cmd_id}: {total} iovecs do not fit a {length}-byte entry")
+    if total == 1:
+        iovecs: tuple[tuple[int, int], ...] = (_IOVEC.unpack_from(region, off + REQ_IOV),)
+    else:
+        iovecs = tuple(_IOVEC.iter_unpack(region[off + REQ_IOV: off + REQ_IOV + IOVEC_SIZE * total]))
+    for base, iov_len in iovecs:
+        if base < data_off or base + iov_len > region_size:
+            raise LayoutError(f"cmd {cmd_id}: iovec {base:#x}+{iov_len} outside the data area")
     if cdb_off >= region_size:
-        raise LayoutError(f"cmd {hdr.cmd_id}: cdb_off {cdb_off:#x} outside the region")
-    cdb_len = scsi_command_size(region[cdb_off: min(cdb_off + 8, region_size)])
+        raise LayoutError(f"cmd {cmd_id}: cdb_off {cdb_off:#x} outside the region")
+    opcode = region[cdb_off]
+    if opcode == _VARIABLE_LENGTH_CDB:
+        cdb_len = scsi_command_size(region[cdb_off: min(cdb_off + 8, region_size)])
+    else:
+        cdb_len = _CDB_LEN_BY_GROUP[opcode >> 5]
     if cdb_off + cdb_len > region_size:
-        raise LayoutError(f"cmd {hdr.cmd_id}: CDB at {cdb_off:#x} runs past the region")
-    cdb = bytes(region[cdb_off: cdb_off + cdb_len])
-    return CmdRequest(hdr.cmd_id, cdb, iovecs, bidi_cnt)
+        raise LayoutError(f"cmd {cmd_id}: CDB at {cdb_off:#x} runs past the region")
+    return CmdRequest(cmd_id, bytes(region[cdb_off: cdb_off + cdb_len]), iovecs, bidi_cnt)
 
 
 def write_cmd_request(region: memoryview, off: int, *, cmd_id: int, cdb: bytes,
@@ -237,9 +260,12 @@ def write_response(region: memoryview, off: int, *, status: int, sense: bytes = 
     if len(sense) > SENSE_BUFFERSIZE:
         raise LayoutError(f"sense of {len(sense)} bytes exceeds {SENSE_BUFFERSIZE}")
     region[off + RSP_SCSI_STATUS] = status
-    region[off + RSP_SENSE: off + RSP_SENSE + SENSE_BUFFERSIZE] = sense.ljust(SENSE_BUFFERSIZE, b"\0")
+    # The kernel copies sense only for CHECK CONDITION; zeroing it anyway costs one memcpy and
+    # leaves no request bytes in a buffer someone might read.
+    region[off + RSP_SENSE: off + RSP_SENSE + SENSE_BUFFERSIZE] = \
+        sense.ljust(SENSE_BUFFERSIZE, b"\0") if sense else _ZERO_SENSE
     if read_len is not None:
-        struct.pack_into("<I", region, off + RSP_READ_LEN, read_len)
+        _U32.pack_into(region, off + RSP_READ_LEN, read_len)
         or_uflags(region, off, UFLAG_READ_LEN)
 
 

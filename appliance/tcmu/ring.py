@@ -18,17 +18,22 @@ This follows the algorithm of tcmu-design.rst as libtcmu refines it (see the TCM
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from appliance.tcmu import layout
+
+_OP_MASK = layout.OP_MASK
+_OP_CMD = layout.OP_CMD
+_OP_PAD = layout.OP_PAD
 
 
 class RingError(RuntimeError):
     """The ring holds something the protocol does not allow; the device must be reset."""
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
+class Completion(NamedTuple):
+    """One finished command (a NamedTuple: the device loop builds one per command)."""
+
     cmd_id: int
     status: int
     sense: bytes = b""
@@ -79,63 +84,74 @@ class CommandRing:
     def fetch(self) -> list[layout.CmdRequest]:
         """Every CMD entry between the cursor and cmd_head, copied out of the ring."""
         head = self.cmd_head
-        if head >= self.cmdr_size or head % layout.OP_ALIGN_SIZE:
-            raise RingError(f"cmd_head {head} is outside a {self.cmdr_size}-byte ring")
+        cmdr_size = self.cmdr_size
+        if head >= cmdr_size or head % layout.OP_ALIGN_SIZE:
+            raise RingError(f"cmd_head {head} is outside a {cmdr_size}-byte ring")
         requests: list[layout.CmdRequest] = []
-        while self._cursor != head:
-            off = self.cmdr_off + self._cursor
-            hdr = self._checked_header(off, self._cursor)
-            if hdr.op == layout.OP_CMD:
+        region, cmdr_off, cursor = self.region, self.cmdr_off, self._cursor
+        while cursor != head:
+            off = cmdr_off + cursor
+            length, op = self._checked_entry(off, cursor)
+            if op == _OP_CMD:
+                # read_cmd_request unpacks the header again with the request fields: one
+                # unpack either way, and it stays a pure function the kernel side shares.
                 try:
-                    requests.append(layout.read_cmd_request(self.region, off, self.region_size,
+                    requests.append(layout.read_cmd_request(region, off, self.region_size,
                                                             self.data_off))
                 except layout.LayoutError as err:
-                    raise RingError(f"malformed CMD entry at ring offset {self._cursor}") from err
+                    self._cursor = cursor
+                    raise RingError(f"malformed CMD entry at ring offset {cursor}") from err
                 self.pending += 1
-            elif hdr.op != layout.OP_PAD:
+            elif op != _OP_PAD:
                 # TMR notifications and future opcodes: the kernel documents UNKNOWN_OP as the
                 # answer; the entry itself is passed by cmd_tail in complete().
-                layout.or_uflags(self.region, off, layout.UFLAG_UNKNOWN_OP)
-            self._cursor = (self._cursor + hdr.length) % self.cmdr_size
+                layout.or_uflags(region, off, layout.UFLAG_UNKNOWN_OP)
+            cursor = (cursor + length) % cmdr_size
+            self._cursor = cursor
         return requests
 
     def complete(self, completions: Iterable[Completion]) -> int:
         """Write responses by slot stealing, then store cmd_tail once. Returns how many."""
-        tail = self.cmd_tail
+        region, cmdr_off, cmdr_size = self.region, self.cmdr_off, self.cmdr_size
+        start = tail = self.cmd_tail
         done = 0
-        for completion in completions:
+        for cmd_id, status, sense, read_len in completions:
             if self.pending == 0:
-                raise RingError(f"completion for cmd {completion.cmd_id} with none outstanding")
-            tail = self._skip_non_cmd(tail)
-            off = self.cmdr_off + tail
-            hdr = layout.read_header(self.region, off)
-            if hdr.cmd_id != completion.cmd_id:
+                raise RingError(f"completion for cmd {cmd_id} with none outstanding")
+            off = cmdr_off + tail
+            len_op, slot_id = layout.read_len_op_id(region, off)
+            if len_op & _OP_MASK != _OP_CMD:      # PAD/TMR entries in between: pass them
+                tail = self._skip_non_cmd(tail)
+                off = cmdr_off + tail
+                len_op, slot_id = layout.read_len_op_id(region, off)
+            if slot_id != cmd_id:
                 if not self.out_of_order_ok:
-                    raise RingError(f"cmd {completion.cmd_id} completed out of order and the "
+                    raise RingError(f"cmd {cmd_id} completed out of order and the "
                                     "kernel lacks CAP_OOOC")
-                layout.set_cmd_id(self.region, off, completion.cmd_id)
-            layout.write_response(self.region, off, status=completion.status,
-                                  sense=completion.sense, read_len=completion.read_len)
-            tail = (tail + hdr.length) % self.cmdr_size
+                layout.set_cmd_id(region, off, cmd_id)
+            layout.write_response(region, off, status=status, sense=sense, read_len=read_len)
+            tail = (tail + (len_op & ~_OP_MASK)) % cmdr_size
             self.pending -= 1
             done += 1
         # Trailing PAD/TMR entries the cursor already passed would otherwise hold the tail back
         # until the next command completes; the kernel skips them too.
         tail = self._skip_non_cmd(tail)
-        if tail != self.cmd_tail:
+        if tail != start:
             self._store_tail(tail)
         return done
 
     def _skip_non_cmd(self, tail: int) -> int:
         while tail != self._cursor:
-            hdr = self._checked_header(self.cmdr_off + tail, tail)
-            if hdr.op == layout.OP_CMD:
+            length, op = self._checked_entry(self.cmdr_off + tail, tail)
+            if op == _OP_CMD:
                 break
-            tail = (tail + hdr.length) % self.cmdr_size
+            tail = (tail + length) % self.cmdr_size
         return tail
 
-    def _checked_header(self, off: int, ring_pos: int) -> layout.EntryHeader:
-        hdr = layout.read_header(self.region, off)
-        if hdr.length < layout.HDR_SIZE or ring_pos + hdr.length > self.cmdr_size:
-            raise RingError(f"entry at ring offset {ring_pos} has impossible length {hdr.length}")
-        return hdr
+    def _checked_entry(self, off: int, ring_pos: int) -> tuple[int, int]:
+        """(length, op) of the entry at `off`; RingError if the length is impossible."""
+        len_op = layout.read_len_op_id(self.region, off)[0]
+        length = len_op & ~_OP_MASK
+        if length < layout.HDR_SIZE or ring_pos + length > self.cmdr_size:
+            raise RingError(f"entry at ring offset {ring_pos} has impossible length {length}")
+        return length, len_op & _OP_MASK

@@ -24,26 +24,44 @@ def check_ops(ops: Sequence[WriteOp], *, block_size: int, num_blocks: int,
               max_transfer_blocks: int) -> int:
     """Validate a whole batch (so a bad op leaves the others unwritten too).
 
-    Returns the payload bytes the batch moves to the mirror. WRITE SAME and UNMAP may span
-    more than the transfer limit (their payload is one block or none), up to the volume."""
+    Returns the data bytes the ops carry (the journal payload; what the on-flush overlay
+    copies). WRITE SAME and UNMAP may span more than the transfer limit (their payload is one
+    block or none), up to the volume. Every host write passes here: a plain WRITE is checked
+    inline with no call; anything else goes through `_check_op`, which says what is wrong."""
     if not ops:
         raise InvalidRequest("empty batch")
-    total = 0
+    write = OpKind.WRITE
+    payload = 0
     for i, op in enumerate(ops):
-        if not isinstance(op, WriteOp):
-            raise InvalidRequest(f"op {i} is a {type(op).__name__}, not a WriteOp")
-        limit = max_transfer_blocks if op.kind == OpKind.WRITE else num_blocks
-        try:
-            check_range(op.lba, op.nblocks, num_blocks, limit)
-            want = {OpKind.WRITE: op.nblocks * block_size, OpKind.WRITE_SAME: block_size,
-                    OpKind.UNMAP: 0}.get(op.kind)
-            if want is None:
-                raise InvalidRequest(f"unknown op kind {op.kind!r}")
-            have = memoryview(op.data).nbytes
-            if have != want:
-                raise InvalidRequest(f"{OpKind(op.kind).name} of {op.nblocks} blocks carries "
-                                     f"{have} bytes of data, expected {want}")
-        except InvalidRequest as err:
-            raise InvalidRequest(f"op {i}: {err}") from None
-        total += op.nblocks * block_size
-    return total
+        if type(op) is WriteOp and op.kind is write:
+            lba, nblocks, data = op.lba, op.nblocks, op.data
+            size = data.nbytes if type(data) is memoryview else \
+                len(data) if type(data) is bytes else -1
+            if (type(lba) is int and type(nblocks) is int and lba >= 0
+                    and 0 < nblocks <= max_transfer_blocks and lba + nblocks <= num_blocks
+                    and size == nblocks * block_size):
+                payload += size
+                continue
+        payload += _check_op(i, op, block_size, num_blocks, max_transfer_blocks)
+    return payload
+
+
+def _check_op(i: int, op: WriteOp, block_size: int, num_blocks: int,
+              max_transfer_blocks: int) -> int:
+    """The full check of one op: its payload bytes, or InvalidRequest naming the op."""
+    if not isinstance(op, WriteOp):
+        raise InvalidRequest(f"op {i} is a {type(op).__name__}, not a WriteOp")
+    limit = max_transfer_blocks if op.kind == OpKind.WRITE else num_blocks
+    try:
+        check_range(op.lba, op.nblocks, num_blocks, limit)
+        want = {OpKind.WRITE: op.nblocks * block_size, OpKind.WRITE_SAME: block_size,
+                OpKind.UNMAP: 0}.get(op.kind)
+        if want is None:
+            raise InvalidRequest(f"unknown op kind {op.kind!r}")
+        have = memoryview(op.data).nbytes
+        if have != want:
+            raise InvalidRequest(f"{OpKind(op.kind).name} of {op.nblocks} blocks carries "
+                                 f"{have} bytes of data, expected {want}")
+    except InvalidRequest as err:
+        raise InvalidRequest(f"op {i}: {err}") from None
+    return have

@@ -193,35 +193,38 @@ class Volume:
     def submit(self, ops: Sequence[WriteOp], *, fua: bool = False) -> None:
         """One group commit: one journal append, at most one journal fdatasync, then the
         mirror writes. Returns when the writes are readable (and durable if fua or WCE off)."""
-        check_ops(ops, block_size=self.block_size, num_blocks=self.num_blocks,
-                  max_transfer_blocks=self._max_blocks)
+        payload = check_ops(ops, block_size=self.block_size, num_blocks=self.num_blocks,
+                            max_transfer_blocks=self._max_blocks)
         with self._lock:
             self._check_open()
             try:
                 self._service_if_due()
-                rest = ops if self._bitmap.logging else self._journal_write(ops, fua)
+                rest = ops if self._bitmap.logging else self._journal_write(ops, fua, payload)
                 if rest:
                     self._bitmap_write(rest, fua)
             except OSError as err:
                 raise MediumError("write", f"write failed: {err}") from err
 
-    def _journal_write(self, ops: Sequence[WriteOp], fua: bool) -> Sequence[WriteOp]:
-        """Journal the batch and apply it: now, or in on-flush mode at the next sync unless the
-        batch carries `write_through_bytes` or more (then copying it costs more than syncing).
+    def _journal_write(self, ops: Sequence[WriteOp], fua: bool,
+                       payload: int) -> Sequence[WriteOp]:
+        """Journal the batch (`payload` data bytes) and apply it: now, or in on-flush mode at
+        the next sync unless the batch carries `write_through_bytes` or more (then copying it
+        costs more than syncing).
 
         Normally one append; a batch bigger than the journal takes in one append is split,
         still with one sync. Returns the ops that found the journal full (they go to the
         bitmap; the mode has been switched)."""
         appended: list[tuple[Sequence[WriteOp], int]] = []
         rest: Sequence[WriteOp] = ()
-        for start, group in _split(ops, self._journal.max_batch_bytes):
+        max_bytes = self._journal.max_batch_bytes
+        groups = ((0, ops),) if payload <= max_bytes else _split(ops, max_bytes)
+        for start, group in groups:
             seqs = self._append(group)
             if seqs is None:
                 rest = ops[start:]
                 break
             appended.append((group, seqs[-1]))
-        if self._wce and not fua and not rest \
-                and _payload_bytes(ops) < self.config.write_through_bytes:
+        if self._wce and not fua and not rest and payload < self.config.write_through_bytes:
             for group, last in appended:
                 self._pending.add(group, last)
             if self._pending.nbytes > self.config.pending_limit_bytes:
@@ -470,11 +473,6 @@ def _split(ops: Sequence[WriteOp], max_bytes: int):
             start, size = i, 0
         size += n
     yield start, ops[start:]
-
-
-def _payload_bytes(ops: Sequence[WriteOp]) -> int:
-    """Bytes the overlay would have to copy for `ops` (UNMAP carries none)."""
-    return sum(memoryview(op.data).nbytes for op in ops)
 
 
 def _first_mismatch(a: bytes | bytearray, b: memoryview) -> int | None:
