@@ -8,6 +8,7 @@ shipped, and it persists the peer's acknowledgements in its own checkpoint slot.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 from appliance.journal.errors import InvalidRequest, JournalCorrupt, RecordsGone
 from appliance.journal.format import (
@@ -26,7 +27,8 @@ from appliance.journal.header import (
     read_writer_slot,
     write_transmitter_slot,
 )
-from appliance.journal.model import Record
+from appliance.journal.model import OpKind, Record, WriteOp
+from appliance.journal.records import RecordMeta
 from appliance.journal.scan import (
     Area,
     ChainPoint,
@@ -79,7 +81,7 @@ class JournalReader:
         """Every seq below this is durable: published by the writer, or synced by us."""
         return max(self.writer_checkpoint().head_seq, self._synced_to)
 
-    def read(self, from_seq: int, max_bytes: int) -> list[Record]:
+    def read(self, from_seq: int, max_bytes: int, *, views: bool = False) -> list[Record]:
         """Durable records with seq >= from_seq, in order; [] when caught up.
 
         Returns at least one record when any is available, and stops once the data
@@ -87,6 +89,11 @@ class JournalReader:
         too, after this reader fdatasyncs the file itself: nothing that a power cut could
         still take is ever returned. Raises JournalCorrupt on a bad record below the
         durable head, RecordsGone if from_seq was already reclaimed.
+
+        Each record's `op.data` is bytes, or with `views` a read-only memoryview of the
+        buffer it was read (and CRC-checked) into: no copy per record. Such a buffer is
+        never reused, so a view stays valid as long as it is held (and keeps its read of
+        up to a few MiB alive).
         """
         anchor = self.writer_checkpoint()
         durable = max(anchor.head_seq, self._synced_to)
@@ -106,7 +113,7 @@ class JournalReader:
                         f"segment start leads to it", position=self.sb.block_offset(0))
                 anchor = self.writer_checkpoint()
                 continue
-            out, failure = self._collect(start, from_seq, durable, max_bytes)
+            out, failure = self._collect(start, from_seq, durable, max_bytes, views)
             if failure is None:
                 break
             if attempt == _LOCATE_ATTEMPTS - 1:
@@ -132,8 +139,8 @@ class JournalReader:
         segment, meta = found
         return ChainPoint(segment * self.sb.segment_blocks, meta.first_seq, meta.prev_crc)
 
-    def _collect(self, start: ChainPoint, from_seq: int, durable: int, max_bytes: int
-                 ) -> tuple[list[Record], JournalCorrupt | None]:
+    def _collect(self, start: ChainPoint, from_seq: int, durable: int, max_bytes: int,
+                 views: bool = False) -> tuple[list[Record], JournalCorrupt | None]:
         """Walk from `start`. Below `durable` a broken chain is corruption; at or above
         it, it is where the writer has got to (or a write in progress): stop there."""
         walker = Walker(self._area, start, pad_crc=self._cursor_pad_crc)
@@ -152,7 +159,8 @@ class JournalReader:
                     self._cursor_pad_crc = walker.pad_crc
                 return out, None
             meta, data = got
-            for record in records_of(meta, data, self.sb.volume_block_size, from_seq):
+            split = record_views if views else records_of
+            for record in split(meta, data, self.sb.volume_block_size, from_seq):
                 if out and size >= max_bytes:
                     self._cursor = ChainPoint(meta.position, meta.first_seq, meta.prev_crc)
                     self._cursor_pad_crc = None
@@ -183,3 +191,19 @@ class JournalReader:
         if self._io is None:
             raise InvalidRequest("the journal reader is closed")
         return self._io
+
+
+def record_views(meta: RecordMeta, data: memoryview, volume_block_size: int,
+                 from_seq: int = 0) -> Iterator[Record]:
+    """``scan.records_of``, with each write's data a read-only view of ``data`` (no copy)."""
+    data = data.toreadonly()
+    offset = 0
+    for i, (kind, nblocks, lba) in enumerate(meta.entries):
+        op_kind = OpKind(kind)
+        length = (nblocks * volume_block_size if op_kind == OpKind.WRITE
+                  else volume_block_size if op_kind == OpKind.WRITE_SAME else 0)
+        seq = meta.first_seq + i
+        if seq >= from_seq:
+            yield Record(seq, meta.timestamp_ns,
+                         WriteOp(op_kind, lba, nblocks, data[offset : offset + length]))
+        offset += length
