@@ -23,8 +23,8 @@ Transmitter (``appliance-transmitter --config tx-<uuid>.toml``)::
     peer = "dr.example:7700"
     peer_identity = "dr-site"
     journal = "/var/lib/appliance/volumes/<uuid>/journal"
-    volume_uuid = "..."; size_bytes = ...; block_size = 512
-    generation = 1
+    volume_uuid = "..."; size_bytes = ...; block_size = 512   # size at creation: after an
+    generation = 1                   # online resize the HELLO carries what the journal records
     control_socket = "/run/appliance/transmitter-<uuid>.sock"
     compression = true; bandwidth_limit = 12500000   # bytes/s, optional
     blackout = ["08:00-18:00"]                       # optional, local time

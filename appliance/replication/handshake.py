@@ -123,6 +123,25 @@ class VolumeBinding:
     full_copy: bool = False    # waiting for the full copy to begin (see Welcome.full_copy)
 
 
+def _check_geometry(hello: Hello, spec: VolumeSpec, binding: VolumeBinding) -> None:
+    """Same block size, and the same size unless the bound primary resized the volume online
+    (the replica follows). Not while the replica is inconsistent and shrinking: the undo log
+    may hold old contents of the blocks a shrink would cut."""
+    have = f"primary has {hello.size_bytes} bytes in {hello.block_size}-byte blocks"
+    bound = binding.primary == hello.identity
+    if hello.block_size != spec.block_size or (hello.size_bytes != spec.size_bytes
+                                               and not bound):
+        raise Refused("geometry", f"volume {spec.uuid}: {have}, receiver expects "
+                                  f"{spec.size_bytes} bytes in {spec.block_size}-byte blocks; "
+                                  f"fix size_bytes/block_size of this volume in one of the "
+                                  f"two configurations")
+    if hello.size_bytes < spec.size_bytes and binding.inconsistent:
+        raise Refused("geometry", f"volume {spec.uuid}: {have} but the replica holds "
+                                  f"{spec.size_bytes} and is inconsistent (a resync is under "
+                                  f"way): it cannot shrink until the resync ends; grow the "
+                                  f"primary back to {spec.size_bytes} bytes meanwhile")
+
+
 def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
           binding: VolumeBinding | None, receiver_identity: str, heartbeat_s: float,
           allow_compression: bool = True) -> Welcome:
@@ -144,10 +163,7 @@ def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
     if binding.primary is not None and binding.primary != hello.identity:
         raise Refused("bound-to-other", f"volume {spec.uuid} is bound to primary "
                                         f"{binding.primary!r}; {hello.identity!r} refused")
-    if (hello.size_bytes, hello.block_size) != (spec.size_bytes, spec.block_size):
-        raise Refused("geometry", f"volume {spec.uuid}: primary has {hello.size_bytes} bytes in "
-                                  f"{hello.block_size}-byte blocks, receiver expects "
-                                  f"{spec.size_bytes} bytes in {spec.block_size}-byte blocks")
+    _check_geometry(hello, spec, binding)
     if hello.generation < binding.generation:
         raise Refused("stale-generation", f"volume {spec.uuid}: primary generation "
                                           f"{hello.generation} is older than the receiver's "

@@ -122,7 +122,7 @@ class Receiver:
         slot = self.slots.get(hello.volume_uuid)
         try:
             welcome = admit(hello, cert_names=cert_names,
-                            spec=slot.replica.spec if slot else None,
+                            spec=slot.replica.current_spec() if slot else None,
                             binding=slot.replica.binding() if slot else None,
                             receiver_identity=self.cfg.identity,
                             heartbeat_s=self.cfg.heartbeat_s,

@@ -21,20 +21,24 @@ order is apply, then journal.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 from collections import deque
 
 from appliance import storage
 from appliance.journal import Journal, JournalFull, JournalReader, OpKind, Record, WriteOp
+from appliance.journal.resize import set_volume_blocks
 from appliance.replication.apply import apply_records, check_record
 from appliance.replication.config import ReplicaConfig
-from appliance.replication.handshake import Hello, VolumeBinding
+from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec
 from appliance.replication.replica_files import preallocate, write_json_atomic
 from appliance.replication.status import RateMeter, ReceiverVolumeCounters
 from appliance.replication.undo import UndoLog, roll_back
+from appliance.replication.volume_size import extend_file
 from appliance.replication.wire import WireRecord
 
 log = logging.getLogger(__name__)
@@ -166,7 +170,44 @@ class Replica:
         if (self.primary, self.generation) != (hello.identity, hello.generation):
             self.primary, self.generation = hello.identity, hello.generation
             self._save_state()
+        self.resize(hello.size_bytes)
         self.counters.durable_seq = self.durable_seq
+
+    def current_spec(self) -> VolumeSpec:
+        """The configured spec with the replica's current size (for admission)."""
+        return dataclasses.replace(self.spec, size_bytes=self.size_bytes)
+
+    @property
+    def size_bytes(self) -> int:
+        """The replica's size: what its journal records (it follows the primary's resizes),
+        or the configured size before the first contact."""
+        if self.journal is None:
+            return self.spec.size_bytes
+        return self.journal.sb.volume_blocks * self.spec.block_size
+
+    def resize(self, size_bytes: int) -> None:
+        """Follow an online resize of the primary (admission allowed it).
+
+        Grow: the mirror first, then the journal's recorded size, which is the replica's
+        truth (a crash in between leaves a larger mirror file, which is harmless). Shrink:
+        the primary shrinks only once the peer holds every record beyond the new end, so
+        applying everything durable first and then cutting gives the primary's image; the
+        journal's size goes first, so a crash leaves at worst a longer mirror file."""
+        with self._apply_lock:
+            old = self.size_bytes
+            if self.journal is None or size_bytes == old:
+                return
+            if size_bytes > old:
+                extend_file(self._mirror.fileno(), size_bytes)
+            else:
+                self.sync_mirror()
+            with self._journal_lock:
+                set_volume_blocks(self.journal, size_bytes // self.spec.block_size)
+            if size_bytes < old:
+                os.ftruncate(self._mirror.fileno(), size_bytes)
+                self._mirror.sync()
+            log.warning("volume %s: resized from %d to %d bytes with the primary",
+                        self.spec.uuid, old, size_bytes)
 
     def _await_full_copy(self, missing_to: int) -> None:
         """Inconsistent from now until a full copy has ended. A mirror rolled back to a
@@ -192,7 +233,7 @@ class Replica:
     # --- the data path ------------------------------------------------------------------
 
     def check(self, run: list[WireRecord]) -> None:
-        nblocks = self.spec.size_bytes // self.spec.block_size
+        nblocks = self.size_bytes // self.spec.block_size
         for rec in run:
             check_record(rec, self.spec.block_size, nblocks)
 
@@ -336,7 +377,8 @@ class Replica:
 
     def status(self) -> dict:
         return {"volume_uuid": str(self.spec.uuid), "primary": self.primary,
-                "generation": self.generation,
+                "generation": self.generation, "size_bytes": self.size_bytes,
+                "full_copy_pending": self.full_copy_pending,
                 "state": "inconsistent" if self.inconsistent_since is not None else "consistent",
                 "inconsistent_since": self.inconsistent_since,
                 "last_consistent_seq": self.consistent_seq, "consistent_at_seq": self.consistent_at,
@@ -377,9 +419,9 @@ class Replica:
             if self.inconsistent_since is None or self.full_copy_pending:
                 raise ReplicaError("REGION outside a resync (no RESYNC_BEGIN)")
             if offset < 0 or offset % self.spec.block_size or len(data) % self.spec.block_size \
-                    or offset + len(data) > self.spec.size_bytes:
+                    or offset + len(data) > self.size_bytes:
                 raise ReplicaError(f"region {offset}+{len(data)} is misaligned or outside the "
-                                   f"volume of {self.spec.size_bytes} bytes")
+                                   f"volume of {self.size_bytes} bytes")
             self._drain()
             if self._undo is not None:
                 self._undo.save(self._mirror, offset, len(data))

@@ -278,7 +278,7 @@ class ResyncDriver:
                     continue
                 p.state = "resyncing"
                 p.passes += 1
-                await self._ship(split_regions(snap, self.cfg.size_bytes,
+                await self._ship(split_regions(snap, self.s.tx.volume_bytes,
                                                self.cfg.resync_region_bytes), snap)
             head = await self._end()
             await run_blocking(self.pending_repair.done)

@@ -163,7 +163,7 @@ class Session:
         self.replica.apply_pending()
         out = []
         for i, (offset, length, digest) in enumerate(regions):
-            if offset < 0 or length <= 0 or offset + length > self.replica.spec.size_bytes:
+            if offset < 0 or length <= 0 or offset + length > self.replica.size_bytes:
                 raise SessionError(f"hash region {offset}+{length} outside the volume")
             if region_digest(self.replica.read_mirror(offset, length)) != digest:
                 out.append(i)

@@ -47,6 +47,7 @@ from appliance.replication.resync import ResyncDriver, ResyncProgress
 from appliance.replication.status import LinkStatus, RateMeter, TransmitterCounters
 from appliance.replication.tls import client_context
 from appliance.replication.verify import VerifyReport, verify
+from appliance.replication.volume_size import VolumeResized, journal_volume_bytes
 from appliance.volume.errors import VolumeError
 
 log = logging.getLogger("appliance.transmitter")
@@ -58,6 +59,9 @@ FT = wire.FrameType
 # a write that arrives after an idle spell.
 IDLE_POLL_MIN_S = 0.002
 IDLE_POLL_MAX_S = 0.05
+# How often an idle link looks at the journal's recorded volume size (an online resize with
+# no write beyond the old end yet still reaches the peer within this).
+SIZE_CHECK_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,8 @@ class Transmitter:
         self._ssl = client_context(cfg.tls) if cfg.tls is not None else None
         self._limiter = TokenBucket(cfg.bandwidth_limit) if cfg.bandwidth_limit else None
         self.reader: JournalReader | None = None
+        # The size the journal records (it follows online resizes), read for every HELLO.
+        self.volume_bytes = cfg.size_bytes
         self.control = ControlServer(cfg.control_socket, {"status": self.status,
                                                           "verify": self.start_verify})
         self._stop = asyncio.Event()
@@ -106,6 +112,7 @@ class Transmitter:
         return {
             "role": "transmitter", "identity": self.cfg.identity,
             "volume_uuid": str(self.cfg.volume_uuid), "peer": "{}:{}".format(*self.cfg.peer),
+            "size_bytes": self.volume_bytes,
             "link": self.link.as_dict(), **c.__dict__,
             "lag_records": lag_records,
             "lag_bytes_in_flight": inflight_bytes, "lag_seconds": lag_s,
@@ -133,7 +140,7 @@ class Transmitter:
         if self.verify_report.state == "running":
             raise CommandError("a verify is already running")
         self.session.start_verify(region, repair)
-        return {"started": True, "regions": -(-self.cfg.size_bytes // region)}
+        return {"started": True, "regions": -(-self.volume_bytes // region)}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -145,6 +152,10 @@ class Transmitter:
                 started = time.monotonic()
                 try:
                     await self._session()
+                except VolumeResized as err:
+                    log.info("volume %s: %s; reconnecting to tell the peer", self.cfg.volume_uuid,
+                             err)
+                    continue
                 except PeerRefused as err:
                     self._failed(f"peer refused: {err}", logging.ERROR)
                 except JournalError as err:
@@ -183,6 +194,8 @@ class Transmitter:
     async def _session(self) -> None:
         reader = await asyncio.to_thread(self._open_reader)
         self.counters.acked_seq = reader.acked_seq
+        self.volume_bytes = await asyncio.to_thread(journal_volume_bytes, self.cfg.journal,
+                                                    self.cfg.volume_uuid)
         if not self.link.state.startswith("refused"):   # keep saying why until admitted
             self.link.set_state("connecting")
         host, port = self.cfg.peer
@@ -210,7 +223,7 @@ class Transmitter:
 
     async def _handshake(self, link: FrameLink, reader: JournalReader) -> Welcome:
         hello = Hello(identity=self.cfg.identity, volume_uuid=self.cfg.volume_uuid,
-                      size_bytes=self.cfg.size_bytes, block_size=self.cfg.block_size,
+                      size_bytes=self.volume_bytes, block_size=self.cfg.block_size,
                       generation=self.cfg.generation, first_seq=reader.acked_seq + 1,
                       compression=COMPRESSIONS if self.cfg.compression else ())
         await link.send_json(FT.HELLO, hello.to_dict())
@@ -256,6 +269,7 @@ class _Session:
         self._acked = asyncio.Event()
         self._last_sent = time.monotonic()
         self._last_ack = time.monotonic()
+        self._next_size_check = time.monotonic() + SIZE_CHECK_S
         self.welcome = welcome
         # On a thin link smaller batches keep the flow (and the token bucket) smooth.
         limit = self.cfg.bandwidth_limit
@@ -338,6 +352,8 @@ class _Session:
             if batch is None:
                 idle = min(IDLE_POLL_MAX_S, idle * 2)
                 await self._idle(idle)
+                if time.monotonic() >= self._next_size_check:
+                    await run_blocking(self._check_size)
                 continue
             idle = IDLE_POLL_MIN_S
             before = self.link.bytes_sent
@@ -364,10 +380,20 @@ class _Session:
         if not records:
             return head, None
         wrecs = [from_journal(r) for r in records]
+        if max(r.lba + r.nblocks for r in wrecs) * self.cfg.block_size > self.tx.volume_bytes:
+            self._check_size()      # the volume grew: the peer must grow before these land
         return head, _OutBatch(
             parts=wire.batch_parts(self.cfg.volume_uuid, self.cfg.generation, wrecs),
             last_seq=wrecs[-1].seq, count=len(wrecs), nbytes=sum(len(r.data) for r in wrecs),
             first_ts=wrecs[0].timestamp_ns)
+
+    def _check_size(self) -> None:
+        """Raise VolumeResized if the journal records another size than the HELLO said."""
+        self._next_size_check = time.monotonic() + SIZE_CHECK_S
+        now = journal_volume_bytes(self.cfg.journal, self.cfg.volume_uuid)
+        if now != self.tx.volume_bytes:
+            raise VolumeResized(f"the volume was resized from {self.tx.volume_bytes} to {now} "
+                                f"bytes")
 
     def _resend_if_ack_overdue(self) -> None:
         """TCP does not lose frames, but a broken middlebox can: if nothing has been

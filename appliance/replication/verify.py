@@ -50,7 +50,7 @@ async def verify(session: _Session, report: VerifyReport, *, region_bytes: int,
     driver = s.resync
     if driver is None:
         raise RuntimeError("verify needs the primary mirror: set 'mirror' and 'bitmap'")
-    size = s.cfg.size_bytes
+    size = s.tx.volume_bytes
     regions = [(o, min(region_bytes, size - o)) for o in range(0, size, region_bytes)]
     report.state, report.started, report.finished = "running", time.time(), None
     report.region_bytes, report.regions_total, report.regions_checked = region_bytes, \

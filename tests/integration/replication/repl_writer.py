@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from repl_harness import LoggedOp, random_op, read_log
 
 from appliance.journal import OpKind, WriteOp
-from appliance.volume import Volume, VolumeConfig
+from appliance.volume import ResizeRefused, Volume, VolumeConfig
 
 KIND = {"W": OpKind.WRITE, "S": OpKind.WRITE_SAME, "U": OpKind.UNMAP}
 
@@ -41,6 +41,21 @@ def to_write_op(op: LoggedOp) -> WriteOp:
     return WriteOp(KIND[op.kind], op.lba, op.nblocks, op.data())
 
 
+def resize(vol: Volume, blocks: int, timeout: float = 30.0) -> None:
+    """Resize; a shrink is refused until the peer holds every record beyond the new end, so
+    retry it (like an admin would) until the transmitter has caught up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            vol.resize(blocks)
+            return
+        except ResizeRefused:
+            if time.monotonic() > deadline:
+                raise
+            vol.service()
+            time.sleep(0.05)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--volume-dir", type=Path, required=True)
@@ -53,6 +68,9 @@ def main() -> int:
     p.add_argument("--pause", type=float, default=0.0, help="seconds between ops")
     p.add_argument("--full-resync", action="store_true",
                    help="mark the whole volume dirty first (initial sync / failback)")
+    p.add_argument("--resize-to", type=int, default=None,
+                   help="resize the volume (from --blocks) to this many blocks first, online "
+                        "like a DEV_SIZE reconfiguration; the ops then address the new size")
     p.add_argument("--linger", action="store_true",
                    help="after the ops, keep servicing the volume (resync clear requests, "
                         "return to journaling) until SIGTERM, like an idle handler")
@@ -70,9 +88,13 @@ def main() -> int:
             vol.start_full_resync()
         if done:
             vol.submit([to_write_op(done[-1])], fua=True)   # may not have been submitted
+        blocks = ns.blocks
+        if ns.resize_to:
+            resize(vol, ns.resize_to)
+            blocks = ns.resize_to
         with open(ns.log, "a", buffering=1) as log:
             for index in range(len(done) + 1, ns.ops + 1):
-                op = random_op(rng, index, ns.blocks)
+                op = random_op(rng, index, blocks)
                 log.write(f"{op.index} {op.kind} {op.lba} {op.nblocks}\n")
                 log.flush()
                 vol.submit([to_write_op(op)], fua=rng.random() < 0.1)

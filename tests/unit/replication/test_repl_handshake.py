@@ -56,6 +56,20 @@ def test_first_contact_after_the_journal_reclaimed_history_asks_for_a_full_copy(
     assert (w.last_seq, w.full_copy, w.inconsistent) == (0, False, False)
 
 
+def test_the_bound_primary_may_resize_the_volume_online():
+    bound = VolumeBinding("site-a", 1, 5, 5)
+    assert run(hello(size_bytes=2 << 20), binding=bound).last_seq == 5
+    assert run(hello(size_bytes=1 << 19), binding=bound).last_seq == 5
+    resyncing = VolumeBinding("site-a", 1, 5, 5, inconsistent=True)
+    assert run(hello(size_bytes=2 << 20), binding=resyncing).inconsistent
+    with pytest.raises(Refused, match="cannot shrink until the resync ends") as exc:
+        run(hello(size_bytes=1 << 19), binding=resyncing)
+    assert exc.value.code == "geometry"
+    for size in (2 << 20, 1 << 19):          # unbound: the configuration decides
+        with pytest.raises(Refused, match="fix size_bytes"):
+            run(hello(size_bytes=size))
+
+
 @pytest.mark.parametrize("h, kw, code, words", [
     (hello(protocol=2), {}, "version", "protocol 2"),
     (hello(identity="mallory"), {}, "identity", "certificate names"),

@@ -211,3 +211,41 @@ def test_invalidate_redoes_sets_the_journal_aside_and_keeps_the_image(tmp_path):
     r.close()
     with pytest.raises(ReplicaError, match="inconsistent"):
         invalidate(c)
+
+
+def test_the_replica_grows_with_its_primary_and_keeps_the_size_across_a_restart(tmp_path):
+    c = cfg(tmp_path)
+    r = Replica(c)
+    r.bind(HELLO, 0)
+    big = Hello("site-a", VOL, 2 * BLOCKS * 512, 512, 1, 1)
+    far = WireRecord(1, 10, 1, 2 * BLOCKS - 2, 2, b"\x06" * 1024)
+    with pytest.raises(ValueError, match="outside the volume"):
+        r.commit([far])                          # beyond the end before the grow
+    r.bind(big, 0)
+    assert r.size_bytes == 2 * BLOCKS * 512 and r.current_spec().size_bytes == r.size_bytes
+    assert r.commit([far]) == 1
+    r.apply_pending()
+    crash(r)
+    r = Replica(c)
+    assert r.size_bytes == 2 * BLOCKS * 512
+    assert r.read_mirror((2 * BLOCKS - 2) * 512, 1024) == b"\x06" * 1024
+    assert c.paths.mirror.stat().st_size == 2 * BLOCKS * 512
+    r.close()
+
+
+def test_the_replica_shrinks_with_its_primary_after_applying_what_it_holds(tmp_path):
+    c = cfg(tmp_path)
+    r = Replica(c)
+    r.bind(HELLO, 0)
+    r.commit([rec(1, BLOCKS - 2, 1), rec(2, 0, 2)])     # durable, not applied yet
+    small = Hello("site-a", VOL, BLOCKS * 256, 512, 1, 1)
+    r.bind(small, 2)
+    assert r.applied_seq == 2 and r.size_bytes == BLOCKS * 256
+    assert c.paths.mirror.stat().st_size == BLOCKS * 256
+    assert r.read_mirror(0, 1024) == b"\x02" * 1024
+    with pytest.raises(ValueError, match="outside the volume"):
+        r.commit([rec(3, BLOCKS // 2, 3)])
+    r.close()
+    r = Replica(c)
+    assert r.size_bytes == BLOCKS * 256
+    r.close()
