@@ -36,7 +36,7 @@ class PendingWrite:
     extents: list[tuple[int, int]]   # (lba, nblocks) touched, for read-after-write ordering
 
 
-@dataclass
+@dataclass(slots=True)
 class WriteBatch:
     """Writes of consecutive commands, committed by one Volume.submit (one group commit)."""
 
@@ -75,7 +75,7 @@ class WriteBatch:
             self.results[w.index] = GOOD
 
 
-@dataclass
+@dataclass(slots=True)
 class Context:
     volume: Volume
     identity: DiskIdentity

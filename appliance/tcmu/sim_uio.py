@@ -7,7 +7,6 @@ writing 4 bytes to the poke FIFO.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import fcntl
@@ -48,13 +47,18 @@ class SimUio:
         if not ready:
             return False
         # A FIFO queues every notification; /dev/uioN coalesces them into one count. Drain.
-        with contextlib.suppress(BlockingIOError):
+        # (try/except, not contextlib.suppress: once per wake-up, suppress costs three calls.)
+        try:  # noqa: SIM105
             os.read(self._event_fd, 4096)
+        except BlockingIOError:
+            pass
         return True
 
     def poke(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # FIFO full: the kernel has pokes pending
+        try:  # noqa: SIM105 (once per batch: contextlib.suppress costs three calls)
             os.write(self._poke_fd, b"\x01\x00\x00\x00")
+        except BlockingIOError:     # FIFO full: the kernel has pokes pending
+            pass
 
     def guard_with(self, kernel: SimKernel) -> None:
         """Map every data block PROT_NONE unless a live command owns it (same process only).

@@ -47,6 +47,8 @@ class Volume:
         self._pending = PendingWrites(config.block_size)
         self._wce = config.flush_policy == FlushPolicy.ON_FLUSH
         self._max_blocks = config.max_transfer_bytes // config.block_size
+        # Looked up per write; it depends on the journal size, which a resize keeps.
+        self._mirror_sync_bytes = config.effective_mirror_sync_bytes
         self._applied_seq = journal_link.mirror_durable_seq(journal)   # on the mirror
         self._durable_seq = self._applied_seq                           # ... and synced
         # Bytes written to the mirror by journaled batches since open, and how many of them the
@@ -177,7 +179,8 @@ class Volume:
     # -- reads ------------------------------------------------------------------------
     def read_into(self, lba: int, nblocks: int, bufs: Sequence[memoryview]) -> None:
         check_range(lba, nblocks, self.num_blocks, self._max_blocks)
-        if scatter.total_length(bufs) != nblocks * self.block_size:
+        if (bufs[0].nbytes if len(bufs) == 1 else scatter.total_length(bufs)) \
+                != nblocks * self.block_size:
             raise InvalidRequest(f"read of {nblocks} blocks into buffers of "
                                  f"{scatter.total_length(bufs)} bytes")
         with self._lock:
@@ -235,7 +238,7 @@ class Volume:
             self._apply_in_order(appended)
         if rest:
             self._enter_logging()
-        elif self._unsynced_mirror_bytes() > self.config.effective_mirror_sync_bytes:
+        elif self._mirror_bytes_applied - self._mirror_bytes_synced > self._mirror_sync_bytes:
             self._checkpoint_mirror()
         return rest
 
