@@ -25,7 +25,8 @@ from pathlib import Path
 from appliance import storage
 from appliance.control.client import ControlError, call
 from appliance.replication.config import ConfigError, ReplicaConfig, load_toml, receiver_config
-from appliance.replication.replica import ReplicaError, invalidate, roll_back_to_consistent
+from appliance.replication.replica import ReplicaError
+from appliance.replication.replica_offline import invalidate, roll_back_to_consistent
 
 
 class DrToolError(Exception):

@@ -37,7 +37,7 @@ from appliance.replication.config import ReplicaConfig
 from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec
 from appliance.replication.replica_files import preallocate, write_json_atomic
 from appliance.replication.status import RateMeter, ReceiverVolumeCounters
-from appliance.replication.undo import UndoLog, roll_back
+from appliance.replication.undo import UndoLog
 from appliance.replication.volume_size import extend_file
 from appliance.replication.wire import WireRecord
 
@@ -462,62 +462,3 @@ class Replica:
             if self.journal is not None:
                 self.journal.close()
             self._mirror.close()
-
-
-def roll_back_to_consistent(cfg: ReplicaConfig) -> int:
-    """Failover during a resync: restore the last consistent image from the undo log.
-
-    Offline (the receiver must not run). The replica journal is set aside (renamed), since
-    the image no longer matches it: the primary's next contact starts a full copy, during
-    which this image stays recoverable. Returns the seq of the restored image."""
-    st = json.loads(cfg.paths.state.read_text())
-    if st.get("inconsistent_since") is None:
-        raise ReplicaError(f"volume {cfg.spec.uuid} is consistent; nothing to roll back")
-    if st.get("consistent_seq") is None:
-        raise ReplicaError(f"volume {cfg.spec.uuid} has never held a consistent image: its "
-                           f"initial full copy has not finished; nothing to roll back to")
-    mirror = storage.open_file(cfg.paths.mirror)
-    try:
-        restored = roll_back(cfg.paths.undo, mirror)
-    finally:
-        mirror.close()
-    seq = int(st["consistent_seq"])
-    log.warning("volume %s: rolled back %d bytes to the consistent image at seq %d",
-                cfg.spec.uuid, restored, seq)
-    _detach_journal(cfg, st, seq, "rolled-back")
-    cfg.paths.undo.unlink(missing_ok=True)
-    return seq
-
-
-def invalidate(cfg: ReplicaConfig) -> int:
-    """Make the next contact a full copy, for a replica missing records the primary no longer
-    holds (e.g. restored from an old backup). Offline (the receiver must not run). The journal
-    is redone onto the mirror and set aside; the mirror's image stays recoverable through the
-    copy. Returns the seq of that image."""
-    replica = Replica(cfg)            # opening redoes the journal onto the mirror and syncs it
-    try:
-        if replica.inconsistent_since is not None:
-            raise ReplicaError(f"volume {cfg.spec.uuid} is inconsistent (a resync or full copy "
-                               f"is under way): roll it back first ('appliance-dr rollback') "
-                               f"or let the resync finish")
-        if replica.journal is None:
-            raise ReplicaError(f"volume {cfg.spec.uuid} holds no journal: its next contact is "
-                               f"a first contact already")
-        seq = replica.applied_seq
-    finally:
-        replica.close()
-    st = json.loads(cfg.paths.state.read_text())
-    _detach_journal(cfg, st, seq, "invalidated")
-    log.warning("volume %s: invalidated at seq %d; the next contact starts a full copy",
-                cfg.spec.uuid, seq)
-    return seq
-
-
-def _detach_journal(cfg: ReplicaConfig, st: dict, image_seq: int, why: str) -> None:
-    """Set the journal aside (the image no longer matches it, so the next contact is a first
-    contact) and record the image the mirror holds, consistent at ``image_seq``."""
-    if cfg.paths.journal.exists():
-        cfg.paths.journal.rename(cfg.paths.journal.with_name(f"journal.{why}-{image_seq}"))
-    st.update(inconsistent_since=None, consistent_at=None, full_copy_pending=False,
-              detached_image_seq=image_seq)
-    write_json_atomic(cfg.paths.state, st)

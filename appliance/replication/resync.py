@@ -45,7 +45,7 @@ from appliance.replication.status import RateMeter
 from appliance.volume.resync import ResyncSnapshot, ResyncSource, region_extent
 
 if TYPE_CHECKING:
-    from appliance.replication.transmitter import _Session
+    from appliance.replication.tx_session import TxSession
 
 log = logging.getLogger("appliance.transmitter")
 FT = wire.FrameType
@@ -150,7 +150,7 @@ def digest(data: bytes | memoryview) -> bytes:
 
 
 class ResyncDriver:
-    def __init__(self, session: _Session, progress: ResyncProgress) -> None:
+    def __init__(self, session: TxSession, progress: ResyncProgress) -> None:
         self.s = session
         self.cfg = session.cfg
         self.progress = progress

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import random
 import signal
@@ -21,16 +20,14 @@ import ssl
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.control.server import CommandError, ControlServer
-from appliance.journal import JournalError, JournalReader, RecordsGone
+from appliance.journal import JournalError, JournalReader
 from appliance.replication import wire
 from appliance.replication.config import (
     ConfigError,
     TransmitterConfig,
-    in_window,
     load_toml,
     transmitter_config,
 )
@@ -41,42 +38,16 @@ from appliance.replication.handshake import (
     Welcome,
 )
 from appliance.replication.link import FrameLink, LinkClosed, TokenBucket, run_blocking
-from appliance.replication.pacing import AckRate, batch_limit
-from appliance.replication.replica import from_journal
-from appliance.replication.resync import ResyncDriver, ResyncProgress
+from appliance.replication.resync import ResyncProgress
 from appliance.replication.status import LinkStatus, RateMeter, TransmitterCounters
 from appliance.replication.tls import client_context
-from appliance.replication.verify import VerifyReport, verify
+from appliance.replication.tx_session import PeerRefused, TxSession
+from appliance.replication.verify import VerifyReport
 from appliance.replication.volume_size import VolumeResized, journal_volume_bytes
 from appliance.volume.errors import VolumeError
 
 log = logging.getLogger("appliance.transmitter")
 FT = wire.FrameType
-
-
-# The transmitter polls the journal for new records (the writer is another process): the
-# poll interval backs off from MIN to MAX while nothing comes. MAX bounds the lag it adds to
-# a write that arrives after an idle spell.
-IDLE_POLL_MIN_S = 0.002
-IDLE_POLL_MAX_S = 0.05
-# How often an idle link looks at the journal's recorded volume size (an online resize with
-# no write beyond the old end yet still reaches the peer within this).
-SIZE_CHECK_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class _OutBatch:
-    """Records read and encoded for one BATCH frame."""
-
-    parts: list[bytes | memoryview]
-    last_seq: int
-    count: int
-    nbytes: int          # record data bytes
-    first_ts: int        # primary timestamp of the first record (lag)
-
-
-class PeerRefused(Exception):
-    """The receiver sent REFUSE or ERROR; the message is its reason."""
 
 
 class Transmitter:
@@ -86,7 +57,7 @@ class Transmitter:
         self.counters = TransmitterCounters()
         self.resync_progress = ResyncProgress()
         self.verify_report = VerifyReport()
-        self.session: _Session | None = None
+        self.session: TxSession | None = None
         self.rate = RateMeter()
         self._ssl = client_context(cfg.tls) if cfg.tls is not None else None
         self._limiter = TokenBucket(cfg.bandwidth_limit) if cfg.bandwidth_limit else None
@@ -212,7 +183,7 @@ class Transmitter:
             log.info("volume %s: connected to %s (%s) at seq %d%s", self.cfg.volume_uuid,
                      welcome.identity, link.peer, welcome.last_seq,
                      ", zstd" if welcome.compression else "")
-            self.session = _Session(self, link, reader, welcome)
+            self.session = TxSession(self, link, reader, welcome)
             await self.session.run()
         finally:
             self.session = None
@@ -246,240 +217,6 @@ class Transmitter:
         self.counters.acked_seq = reader.acked_seq
         self.counters.applied_seq = welcome.applied_seq
         return welcome
-
-
-class _Session:
-    """Sender and ack-reader tasks of one connected link."""
-
-    def __init__(self, tx: Transmitter, link: FrameLink, reader: JournalReader,
-                 welcome: Welcome) -> None:
-        self.tx = tx
-        self.cfg = tx.cfg
-        self.link = link
-        self.reader = reader
-        self.next_seq = reader.acked_seq + 1
-        self.highest_sent = reader.acked_seq     # highest seq sent in this session
-        # Highest seq the peer ACKed as durable. The window opens on the ACK itself; the
-        # journal's persisted acknowledged seq follows in the background (one fdatasync per
-        # catch-up, not one per ACK on the ACK path). A crash in between only means the
-        # next session starts lower and the peer drops what it already holds.
-        self.peer_durable = reader.acked_seq
-        self._ack_due = asyncio.Event()
-        self.heartbeat_s = min(self.cfg.heartbeat_s, welcome.heartbeat_s)
-        self._acked = asyncio.Event()
-        self._last_sent = time.monotonic()
-        self._last_ack = time.monotonic()
-        self._next_size_check = time.monotonic() + SIZE_CHECK_S
-        self.welcome = welcome
-        # On a thin link smaller batches keep the flow (and the token bucket) smooth.
-        limit = self.cfg.bandwidth_limit
-        self.batch_bytes = self.cfg.batch_bytes if limit is None else \
-            min(self.cfg.batch_bytes, max(64 * 1024, int(limit / 8)))
-        # ... and on any slow path, a batch holds at most a short slice of link time.
-        self.ack_rate = AckRate()
-        # The resync driver pauses record shipping while regions go out.
-        # (A peer waiting for a full copy takes records until the copy begins.)
-        self.records_paused = welcome.inconsistent and not welcome.full_copy
-        self.resync: ResyncDriver | None = None
-        self._extra: list[asyncio.Task] = []    # verify runs
-        if self.cfg.bitmap is not None:
-            self.resync = ResyncDriver(self, tx.resync_progress)
-
-    async def run(self) -> None:
-        if self.resync is None and self.welcome.inconsistent:
-            raise PeerRefused("the peer needs a full copy or is inconsistent from an "
-                              "interrupted resync, and this transmitter has no "
-                              "'mirror'/'bitmap' configured to send it")
-        if self.resync is not None and self.welcome.full_copy:
-            await self.resync.request_full_copy()
-        tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop()),
-                 asyncio.create_task(self._persist_acks())]
-        if self.resync is not None:
-            resume = self.welcome.inconsistent and not self.welcome.full_copy
-            tasks.append(asyncio.create_task(self.resync.run(resume)))
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                t.result()
-        finally:
-            for t in [*tasks, *self._extra]:
-                t.cancel()
-            await asyncio.gather(*tasks, *self._extra, return_exceptions=True)
-            if self.resync is not None:
-                self.resync.close()
-
-    def start_verify(self, region_bytes: int, repair: bool) -> None:
-        async def run() -> None:
-            report = self.tx.verify_report
-            try:
-                await verify(self, report, region_bytes=region_bytes, repair=repair)
-            except Exception as err:   # reported in status; the link itself carries on
-                report.state, report.error = "failed", f"{type(err).__name__}: {err}"
-                log.error("volume %s: verify failed: %s", self.cfg.volume_uuid, err)
-        self._extra.append(asyncio.create_task(run()))
-
-    def _inflight_bytes(self) -> int:
-        return sum(b for _, b, _ in self.tx._inflight)
-
-    async def _send_loop(self) -> None:
-        tx, c = self.tx, self.tx.counters
-        idle = IDLE_POLL_MIN_S
-        while True:
-            if self.cfg.blackout and in_window(dt.datetime.now().time(), self.cfg.blackout):
-                tx.link.set_state("paused:blackout-window")
-                await self._idle(1.0)
-                continue
-            if self.records_paused:
-                await self._idle(0.02)
-                continue
-            tx.link.set_state("replicating")
-            self._resend_if_ack_overdue()
-            if self._inflight_bytes() >= self.cfg.window_bytes:
-                self._acked.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._acked.wait(), self.heartbeat_s)
-                await self._heartbeat_if_due()
-                continue
-            seq = self.next_seq
-            try:
-                c.head_seq, batch = await run_blocking(
-                    self._read_batch, seq, batch_limit(self.batch_bytes, self.ack_rate.rate()))
-            except RecordsGone as err:
-                raise PeerRefused(f"journal no longer holds seq {seq}: a resync is "
-                                  f"needed ({err})") from err
-            if seq != self.next_seq:
-                continue        # a RESEND rewound us while we read: read from there instead
-            if batch is None:
-                idle = min(IDLE_POLL_MAX_S, idle * 2)
-                await self._idle(idle)
-                if time.monotonic() >= self._next_size_check:
-                    await run_blocking(self._check_size)
-                continue
-            idle = IDLE_POLL_MIN_S
-            before = self.link.bytes_sent
-            self.highest_sent = max(self.highest_sent, batch.last_seq)
-            await self.link.send_parts(FT.BATCH, batch.parts)
-            self._last_sent = time.monotonic()
-            if seq == self.next_seq:
-                # (Unless a RESEND rewound us while the frame went out: then the rewind
-                # stands, and this batch goes again with the rest.)
-                tx._inflight.append((batch.last_seq, batch.nbytes, batch.first_ts))
-                self.next_seq = batch.last_seq + 1
-            c.sent_seq = max(c.sent_seq, batch.last_seq)
-            c.records_sent += batch.count
-            c.bytes_sent += batch.nbytes
-            c.batches_sent += 1
-            c.wire_bytes_sent += self.link.bytes_sent - before
-            tx.rate.add(batch.nbytes)
-
-    def _read_batch(self, seq: int, max_bytes: int) -> tuple[int, _OutBatch | None]:
-        """In a worker thread (one hop per batch, off the event loop): the journal head, and
-        the records from ``seq`` encoded as BATCH payload buffers (None when caught up)."""
-        head = self.reader.durable_seq - 1
-        records = self.reader.read(seq, max_bytes)
-        if not records:
-            return head, None
-        wrecs = [from_journal(r) for r in records]
-        if max(r.lba + r.nblocks for r in wrecs) * self.cfg.block_size > self.tx.volume_bytes:
-            self._check_size()      # the volume grew: the peer must grow before these land
-        return head, _OutBatch(
-            parts=wire.batch_parts(self.cfg.volume_uuid, self.cfg.generation, wrecs),
-            last_seq=wrecs[-1].seq, count=len(wrecs), nbytes=sum(len(r.data) for r in wrecs),
-            first_ts=wrecs[0].timestamp_ns)
-
-    def _check_size(self) -> None:
-        """Raise VolumeResized if the journal records another size than the HELLO said."""
-        self._next_size_check = time.monotonic() + SIZE_CHECK_S
-        now = journal_volume_bytes(self.cfg.journal, self.cfg.volume_uuid)
-        if now != self.tx.volume_bytes:
-            raise VolumeResized(f"the volume was resized from {self.tx.volume_bytes} to {now} "
-                                f"bytes")
-
-    def _resend_if_ack_overdue(self) -> None:
-        """TCP does not lose frames, but a broken middlebox can: if nothing has been
-        acknowledged for 3 x dead_after_s while records are in flight (heartbeats still
-        arrive, so the link is alive), send them again. Generous, so that a full window
-        queued on a slow link is not resent for nothing."""
-        overdue = 3 * self.cfg.dead_after_s
-        if self.tx._inflight and time.monotonic() - self._last_ack > overdue:
-            log.warning("volume %s: no ACK for %.1f s, resending from seq %d",
-                        self.cfg.volume_uuid, overdue, self.peer_durable + 1)
-            self.tx.counters.resends += 1
-            self.tx._inflight.clear()
-            self.next_seq = self.peer_durable + 1
-            self._last_ack = time.monotonic()
-
-    async def _idle(self, seconds: float) -> None:
-        await self._heartbeat_if_due()
-        await asyncio.sleep(seconds)
-
-    async def _heartbeat_if_due(self) -> None:
-        if time.monotonic() - self._last_sent >= self.heartbeat_s:
-            await self.link.send(FT.HEARTBEAT, wire.encode_seq(time.time_ns()))
-            self._last_sent = time.monotonic()
-
-    def _on_resend(self, seq: int) -> None:
-        """The peer saw a gap before ``seq``. It may ask about a gap in frames sent before an
-        earlier rewind (it asks once per gap, and its requests cross our resends): a seq we
-        sent but are about to send again anyway needs nothing. A seq we never sent in this
-        session, or one already acknowledged, is a protocol error."""
-        if seq <= self.peer_durable or seq > self.highest_sent + 1:
-            raise wire.BadFrame(f"peer asked to resend from {seq}, outside "
-                                f"{self.peer_durable + 1}..{self.highest_sent + 1}")
-        if seq >= self.next_seq:
-            log.info("volume %s: peer asked to resend from seq %d, already resending from %d",
-                     self.cfg.volume_uuid, seq, self.next_seq)
-            return
-        self.tx.counters.resends += 1
-        log.warning("volume %s: peer asked to resend from seq %d", self.cfg.volume_uuid, seq)
-        self.next_seq = seq
-        inflight = self.tx._inflight
-        while inflight and inflight[-1][0] >= seq:
-            inflight.pop()
-
-    async def _persist_acks(self) -> None:
-        """Persist the peer's durable seq as the journal's acknowledged seq (which lets the
-        primary journal reclaim), catching up to the latest ACK each time."""
-        while True:
-            await self._ack_due.wait()
-            self._ack_due.clear()
-            seq = self.peer_durable
-            if seq > self.reader.acked_seq:
-                await run_blocking(self.reader.acknowledge, seq)
-                self.tx.counters.acked_seq = seq
-
-    async def _recv_loop(self) -> None:
-        tx, c = self.tx, self.tx.counters
-        while True:
-            frame = await self.link.recv(self.cfg.dead_after_s)
-            if frame.type is FT.HEARTBEAT:
-                continue
-            if frame.type is FT.ACK:
-                durable, applied = wire.decode_ack(frame.payload)
-                if durable > c.sent_seq and durable > self.peer_durable:
-                    raise wire.BadFrame(f"peer acknowledged seq {durable} beyond what we sent "
-                                        f"({c.sent_seq})")
-                c.applied_seq = max(c.applied_seq, applied)
-                if durable > self.peer_durable:
-                    self.peer_durable = durable
-                    self._ack_due.set()
-                acked = 0
-                while tx._inflight and tx._inflight[0][0] <= durable:
-                    acked += tx._inflight.popleft()[1]
-                if acked:
-                    self.ack_rate.add(acked)
-                self._last_ack = time.monotonic()
-                self._acked.set()
-            elif frame.type is FT.RESEND:
-                self._on_resend(wire.decode_seq(frame.payload))
-            elif frame.type is FT.REGION_ACK and self.resync is not None:
-                self.resync.on_region_ack()
-            elif frame.type is FT.HASH_REPLY and self.resync is not None:
-                self.resync.on_hash_reply(*wire.decode_hash_reply(frame.payload))
-            elif frame.type in (FT.ERROR, FT.REFUSE):
-                raise PeerRefused(str(wire.decode_json(frame.payload).get("reason")))
-            else:
-                raise wire.BadFrame(f"unexpected {frame.type.name} frame from the receiver")
 
 
 async def run_transmitter(cfg: TransmitterConfig) -> None:

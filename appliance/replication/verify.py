@@ -22,7 +22,7 @@ from appliance.replication.link import run_blocking
 from appliance.replication.resync import WINDOW, digest
 
 if TYPE_CHECKING:
-    from appliance.replication.transmitter import _Session
+    from appliance.replication.tx_session import TxSession
 
 log = logging.getLogger("appliance.transmitter")
 
@@ -43,7 +43,7 @@ class VerifyReport:
         return {**self.__dict__, "differing": list(self.differing)}
 
 
-async def verify(session: _Session, report: VerifyReport, *, region_bytes: int,
+async def verify(session: TxSession, report: VerifyReport, *, region_bytes: int,
                  repair: bool, rechecks: int = 3) -> None:
     """Run one verify pass over the whole volume inside a connected session."""
     s = session
@@ -80,7 +80,7 @@ async def verify(session: _Session, report: VerifyReport, *, region_bytes: int,
     report.state, report.finished = "done", time.time()
 
 
-async def _check_window(s: _Session, driver, window: list[tuple[int, int]]
+async def _check_window(s: TxSession, driver, window: list[tuple[int, int]]
                         ) -> list[tuple[int, int]]:
     datas = await run_blocking(lambda: [driver.read(o, n) for o, n in window])
     head = await run_blocking(lambda: s.reader.durable_seq - 1)

@@ -156,7 +156,7 @@ def test_full_copy_pending_is_saved_before_the_journal_exists(tmp_path, monkeypa
 def test_a_rolled_back_image_stays_recoverable_through_the_full_copy(tmp_path):
     """After a failover roll back, the DR's mirror holds a consistent image; re-pairing needs a
     full copy, and the undo log keeps that image recoverable, records included."""
-    from appliance.replication.replica import roll_back_to_consistent
+    from appliance.replication.replica_offline import roll_back_to_consistent
 
     c = cfg(tmp_path)
     r = Replica(c)
@@ -182,7 +182,7 @@ def test_a_rolled_back_image_stays_recoverable_through_the_full_copy(tmp_path):
 
 
 def test_roll_back_is_refused_while_no_consistent_image_exists(tmp_path):
-    from appliance.replication.replica import roll_back_to_consistent
+    from appliance.replication.replica_offline import roll_back_to_consistent
 
     c = cfg(tmp_path)
     r = Replica(c)
@@ -193,7 +193,7 @@ def test_roll_back_is_refused_while_no_consistent_image_exists(tmp_path):
 
 
 def test_invalidate_redoes_sets_the_journal_aside_and_keeps_the_image(tmp_path):
-    from appliance.replication.replica import invalidate
+    from appliance.replication.replica_offline import invalidate
 
     c = cfg(tmp_path)
     r = Replica(c)
