@@ -16,7 +16,7 @@ class Status(IntEnum):
     TASK_SET_FULL = 0x28
 
 
-@dataclass
+@dataclass(slots=True)
 class ScsiCommand:
     """One command taken off the ring.
 

@@ -61,11 +61,15 @@ class WriteBatch:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        ops = [op for w in pending for op in w.ops]
+        if len(pending) == 1:       # qd1: the one command's ops as they are
+            ops, fua = pending[0].ops, pending[0].fua
+        else:
+            ops = [op for w in pending for op in w.ops]
+            fua = any(w.fua for w in pending)
         self.commits += 1
         try:
             if ops:
-                self.volume.submit(ops, fua=any(w.fua for w in pending))
+                self.volume.submit(ops, fua=fua)
         except Exception as exc:   # every failure becomes sense for the queued commands
             failed = sense.result_for_exception(exc)
             for w in pending:

@@ -269,6 +269,12 @@ def write_response(region: memoryview, off: int, *, status: int, sense: bytes = 
         or_uflags(region, off, UFLAG_READ_LEN)
 
 
+def write_good_response(region: memoryview, off: int) -> None:
+    """`write_response` for plain GOOD (no sense, no READ_LEN), without its checks."""
+    region[off + RSP_SCSI_STATUS] = 0
+    region[off + RSP_SENSE: off + RSP_SENSE + SENSE_BUFFERSIZE] = _ZERO_SENSE
+
+
 def read_response(region: memoryview, off: int) -> tuple[int, bytes, int]:
     """Kernel side: (scsi_status, sense_buffer, read_len) of a completed entry."""
     status = region[off + RSP_SCSI_STATUS]

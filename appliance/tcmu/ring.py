@@ -129,7 +129,11 @@ class CommandRing:
                     raise RingError(f"cmd {cmd_id} completed out of order and the "
                                     "kernel lacks CAP_OOOC")
                 layout.set_cmd_id(region, off, cmd_id)
-            layout.write_response(region, off, status=status, sense=sense, read_len=read_len)
+            if status == 0 and read_len is None and not sense:
+                layout.write_good_response(region, off)      # nearly every command
+            else:
+                layout.write_response(region, off, status=status, sense=sense,
+                                      read_len=read_len)
             tail = (tail + (len_op & ~_OP_MASK)) % cmdr_size
             self.pending -= 1
             done += 1

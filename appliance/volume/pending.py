@@ -22,6 +22,7 @@ STRIPE_BYTES = 64 * 1024
 # An op covering more stripes than this is kept in a short list every read checks instead
 # (indexing a volume-wide UNMAP would cost a dict entry per stripe of the volume).
 MAX_INDEXED_STRIPES = 256
+_UNMAP = OpKind.UNMAP
 
 
 class PendingWrites:
@@ -42,18 +43,26 @@ class PendingWrites:
         return len(self._ops)
 
     def add(self, ops: Sequence[WriteOp], last_seq: int) -> None:
-        shift = self._shift
+        # Runs for every cached host write: locals instead of repeated attribute lookups.
+        shift, kept, by_stripe = self._shift, self._ops, self._by_stripe
+        nbytes = self.nbytes
         for op in ops:
-            index = len(self._ops)
-            data = bytes(op.data) if op.kind != OpKind.UNMAP else b""
-            self._ops.append(WriteOp(op.kind, op.lba, op.nblocks, data))
-            self.nbytes += len(data)
-            first, last = op.lba >> shift, (op.lba + op.nblocks - 1) >> shift
+            index = len(kept)
+            kind, lba, nblocks = op.kind, op.lba, op.nblocks
+            data = bytes(op.data) if kind is not _UNMAP else b""
+            kept.append(WriteOp(kind, lba, nblocks, data))
+            nbytes += len(data)
+            first, last = lba >> shift, (lba + nblocks - 1) >> shift
             if last - first >= MAX_INDEXED_STRIPES:
                 self._wide.append(index)
                 continue
             for stripe in range(first, last + 1):
-                self._by_stripe.setdefault(stripe, []).append(index)
+                found = by_stripe.get(stripe)
+                if found is None:
+                    by_stripe[stripe] = [index]
+                else:
+                    found.append(index)
+        self.nbytes = nbytes
         self.last_seq = last_seq
 
     def take(self) -> list[WriteOp]:
