@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -70,6 +71,9 @@ _STAGING = 256 * 1024        # headers and small frames are received here
 _DIRECT = _STAGING // 2      # a frame body larger than this is received into its own buffer
 _COMPACT_BELOW = 64 * 1024   # move a partial frame to the front when less room is left
 _HIGH_WATER = 8 * 1024 * 1024  # stop reading while this many received bytes wait for recv()
+_SPARES = 8                  # recent in-place buffers kept, to be reused once released
+_SPARE_MAX = 4 * 1024 * 1024   # (not bigger ones)
+_ROUND = 64 * 1024           # in-place buffers are sized in these steps, so they fit again
 
 
 class _Inbound(asyncio.BufferedProtocol):
@@ -95,7 +99,9 @@ class _Inbound(asyncio.BufferedProtocol):
         self._start = self._end = 0      # unparsed bytes: _staging[_start:_end]
         self._head: tuple[wire.FrameType, int, int] | None = None  # the frame being received
         self._body: bytearray | None = None   # its own buffer, while being filled in place
+        self._need = 0                        # (the body and trailer: the buffer may be longer)
         self._filled = 0
+        self._spares: deque[bytearray] = deque(maxlen=_SPARES)
         self._header_only = False        # the last frame was a direct one: read a header next
         self.frames: deque[tuple[wire.FrameType, int, int, bytes | bytearray]] = deque()
         self._queued = 0
@@ -150,7 +156,7 @@ class _Inbound(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._body is not None:
-            return memoryview(self._body)[self._filled:]
+            return memoryview(self._body)[self._filled : self._need]
         if self._start == self._end:
             self._start = self._end = 0
             if self._header_only:
@@ -164,7 +170,7 @@ class _Inbound(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._body is not None:
             self._filled += nbytes
-            if self._filled == len(self._body):
+            if self._filled == self._need:
                 body, self._body = self._body, None
                 self._complete(body, direct=True)
             return
@@ -230,11 +236,26 @@ class _Inbound(asyncio.BufferedProtocol):
                 continue
             if need > _DIRECT:
                 got = self._end - begin
-                self._body = bytearray(need)
+                self._body, self._need = self._body_buffer(need), need
                 self._body[:got] = view[begin : self._end]
                 self._filled = got
                 self._start = self._end = 0
             return
+
+    def _body_buffer(self, need: int) -> bytearray:
+        """A buffer of at least ``need`` bytes for a body read in place: a recent one that
+        nothing refers to any more, else a new one. A frame's payload and every view of it
+        (records waiting to be made durable and applied) hold a reference to the buffer, so
+        a buffer referred to only by the spares list (and this loop, and ``getrefcount``'s
+        argument) cannot be seen by anyone: refilling it saves zero-filling fresh memory,
+        page faults included, for every large frame."""
+        for buf in self._spares:
+            if len(buf) >= need and sys.getrefcount(buf) <= _UNSHARED_REFS:
+                return buf
+        buf = bytearray(-(-need // _ROUND) * _ROUND)
+        if len(buf) <= _SPARE_MAX:
+            self._spares.append(buf)
+        return buf
 
     def _complete(self, body: bytes | bytearray, *, direct: bool) -> None:
         ftype, flags, length = self._head
@@ -253,6 +274,7 @@ class _Inbound(asyncio.BufferedProtocol):
 
 
 HEADER_AND_TRAILER = wire.HEADER_SIZE + wire.TRAILER_SIZE
+_UNSHARED_REFS = 3   # see _Inbound._body_buffer (checked by tests/unit/replication/test_link*)
 
 
 class FrameLink:
@@ -333,8 +355,8 @@ class FrameLink:
         # (A view: a BATCH is not copied again. Read-only, like the bytes it used to be.)
         view = memoryview(body).toreadonly()
         payload = view[:length]
-        wire.check_payload(payload, view[length:])
-        self.bytes_received += wire.HEADER_SIZE + len(body)
+        wire.check_payload(payload, view[length : length + wire.TRAILER_SIZE])
+        self.bytes_received += HEADER_AND_TRAILER + length
         if flags & wire.FLAG_ZSTD:
             try:
                 payload = self._decompressor.decompress(payload, max_output_size=wire.MAX_PAYLOAD)

@@ -56,7 +56,7 @@ def parse_in_chunks(data: bytes, cuts: list[int]) -> list[tuple[FT, bytes]]:
         while inbound.frames:
             ftype, _flags, length, body = inbound.pop()
             view = memoryview(body)
-            wire.check_payload(view[:length], view[length:])
+            wire.check_payload(view[:length], view[length : length + wire.TRAILER_SIZE])
             out.append((ftype, bytes(view[:length])))
         assert inbound.partial() is None
         return out
@@ -101,14 +101,35 @@ def test_any_frames_in_any_chunks(sizes, cuts, seed):
     assert parse_in_chunks(data, [c % (len(data) + 1) for c in cuts]) == frames
 
 
-def test_a_large_frame_is_received_into_its_own_buffer_which_is_never_reused():
+def test_a_large_frames_buffer_is_reused_only_once_nothing_refers_to_it():
     async def go():
         inbound = link_mod._Inbound(asyncio.get_running_loop())
         inbound.connection_made(RecordingTransport())
-        inbound.feed(stream([(FT.BATCH, b"a" * BIG), (FT.BATCH, b"b" * BIG)]))
-        first, second = inbound.pop()[3], inbound.pop()[3]
-        assert first is not second and bytes(first[:BIG]) == b"a" * BIG
-        assert len(first) == BIG + wire.TRAILER_SIZE
+
+        def receive(fill: bytes) -> tuple[bytearray, memoryview]:
+            inbound.feed(stream([(FT.BATCH, fill * BIG)]))
+            _t, _f, length, body = inbound.pop()
+            return body, memoryview(body).toreadonly()[:length]
+
+        inbound.feed(stream([(FT.BATCH, b"q" * BIG), (FT.BATCH, b"r" * BIG)]))
+        queued = [inbound.pop()[3] for _ in range(2)]   # both were queued at once
+        assert queued[0] is not queued[1] and queued[0][:BIG] == b"q" * BIG
+        del queued
+        first, payload = receive(b"a")
+        second, _ = receive(b"b")
+        assert second is not first, "a buffer was refilled while its payload was held"
+        records = [payload[i : i + 100] for i in range(0, 1000, 100)]   # views of views
+        del first, payload
+        third, _ = receive(b"c")
+        assert bytes(records[3]) == b"a" * 100, "a held record view was overwritten"
+        assert third is not second
+        del records
+        # Nothing refers to the first buffer now: it is refilled, not replaced.
+        spares = [id(b) for b in inbound._spares]
+        _, held = receive(b"d")
+        assert id(held.obj) in spares, "a released buffer was not reused"
+        assert held.obj is not second and held.obj is not third
+        assert bytes(held[:3]) == b"ddd" and len(held) == BIG
     asyncio.run(go())
 
 
