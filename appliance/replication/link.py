@@ -298,6 +298,7 @@ class FrameLink:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.payload_bytes_sent = 0   # before compression
+        self._out = bytearray()       # the frame buffer (_assemble)
 
     def ssl_object(self):
         return self._writer.get_extra_info("ssl_object")
@@ -319,19 +320,38 @@ class FrameLink:
             packed = self._compressor.compress(payload)
             if len(packed) < raw_len:
                 parts, flags = [packed], wire.FLAG_ZSTD
-        frame = b"".join(wire.frame_parts(ftype, parts, flags))
+        frame = self._assemble(wire.frame_parts(ftype, parts, flags))
         size = len(frame)
         if self._limiter is not None:
             await self._limiter.take(size)
         try:
             # (A view: what the socket does not take at once is then copied once into the
             # transport's buffer, not sliced into a new bytes object first.)
-            self._transport.write(memoryview(frame))
+            self._transport.write(frame)
+            del frame       # (the buffer is free for the next frame once the transport is)
             await self._inbound.drain()
         except (ConnectionError, OSError) as err:
             raise LinkClosed(f"send to {self.peer} failed: {err}") from err
         self.bytes_sent += size
         self.payload_bytes_sent += raw_len
+
+    def _assemble(self, fparts: list[bytes | memoryview]) -> memoryview:
+        """The frame in one buffer: the last one again if nothing refers to it any more (a
+        transport that keeps a view of it, as a TLS transport may until the handshake is
+        done, or a newer Python's socket transport for what it could not send at once, holds
+        a reference: then a new one), so that sending does not fault in a fresh frame-sized
+        allocation every time (over TLS, half the transmitter's page faults)."""
+        size = sum(len(p) for p in fparts)
+        buf = self._out
+        if len(buf) < size or sys.getrefcount(buf) > _UNSHARED_REFS:
+            buf = self._out = bytearray(max(-(-size // _ROUND) * _ROUND, _ROUND))
+        view = memoryview(buf)
+        at = 0
+        for part in fparts:
+            n = len(part)
+            view[at : at + n] = part
+            at += n
+        return view[:size]
 
     async def send_json(self, ftype: wire.FrameType, obj: dict) -> None:
         await self.send(ftype, wire.encode_json(obj))
