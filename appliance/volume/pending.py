@@ -78,8 +78,8 @@ class PendingWrites:
                  if (found := self._by_stripe.get(s)) is not None]
         if self._wide:
             lists.append(self._wide)
-        if len(lists) == 1:
-            return lists[0]
+        if len(lists) <= 1:         # the usual cases: nothing there, or one stripe's list
+            return lists[0] if lists else []
         return sorted({i for found in lists for i in found})
 
     def overlay(self, lba: int, nblocks: int, bufs: Sequence[memoryview]) -> None:
