@@ -60,6 +60,8 @@ class ScsiDisk:
         self.volume = volume
         self.identity = identity
         self.limits = limits or DiskLimits()
+        # Read by every READ/WRITE; limits and block size are fixed for the disk's life.
+        self._max_transfer_blocks = self.limits.max_transfer_blocks(volume.block_size)
         # The configured cache setting is what MODE SENSE reports as the default value.
         self.wce_default = bool(volume.write_cache_enabled)
         self._ua_lock = threading.Lock()
@@ -91,7 +93,7 @@ class ScsiDisk:
         results: list[ScsiResult | None] = [None] * len(cmds)
         batch = WriteBatch(self.volume, results)
         ctx = Context(self.volume, self.identity, self.limits, self.wce_default, batch,
-                      max_transfer_blocks=self.limits.max_transfer_blocks(self.volume.block_size),
+                      max_transfer_blocks=self._max_transfer_blocks,
                       pop_unit_attention=self._pop_unit_attention)
         for index, cmd in enumerate(cmds):
             ctx.index = index

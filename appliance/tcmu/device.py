@@ -97,7 +97,12 @@ class TcmuDevice:
         views: list[memoryview] = []
         cmds = []
         for req in requests:
-            bufs = [region[base: base + length] for base, length in req.iovecs]
+            iovecs = req.iovecs
+            if len(iovecs) == 1:          # the usual case: no list comprehension to run
+                base, length = iovecs[0]
+                bufs = [region[base: base + length]]
+            else:
+                bufs = [region[base: base + length] for base, length in iovecs]
             views += bufs
             if req.bidi_count:
                 split = len(bufs) - req.bidi_count

@@ -25,6 +25,9 @@ from appliance.tcmu import layout
 _OP_MASK = layout.OP_MASK
 _OP_CMD = layout.OP_CMD
 _OP_PAD = layout.OP_PAD
+# Indexes of cmd_head and cmd_tail in the mailbox's 32-bit words (the loops read them directly).
+_HEAD_WORD = layout.MB_CMD_HEAD // 4
+_TAIL_WORD = layout.MB_CMD_TAIL // 4
 
 
 class RingError(RuntimeError):
@@ -72,18 +75,17 @@ class CommandRing:
 
     @property
     def cmd_head(self) -> int:
-        return self._words[layout.MB_CMD_HEAD // 4]
+        return self._words[_HEAD_WORD]
 
     @property
     def cmd_tail(self) -> int:
-        return self._words[layout.MB_CMD_TAIL // 4]
-
-    def _store_tail(self, tail: int) -> None:
-        self._words[layout.MB_CMD_TAIL // 4] = tail
+        return self._words[_TAIL_WORD]
 
     def fetch(self) -> list[layout.CmdRequest]:
         """Every CMD entry between the cursor and cmd_head, copied out of the ring."""
-        head = self.cmd_head
+        head = self._words[_HEAD_WORD]
+        if head == self._cursor:        # nothing new: the second look of every wake-up
+            return []
         cmdr_size = self.cmdr_size
         if head >= cmdr_size or head % layout.OP_ALIGN_SIZE:
             raise RingError(f"cmd_head {head} is outside a {cmdr_size}-byte ring")
@@ -113,7 +115,8 @@ class CommandRing:
     def complete(self, completions: Iterable[Completion]) -> int:
         """Write responses by slot stealing, then store cmd_tail once. Returns how many."""
         region, cmdr_off, cmdr_size = self.region, self.cmdr_off, self.cmdr_size
-        start = tail = self.cmd_tail
+        words = self._words
+        start = tail = words[_TAIL_WORD]
         done = 0
         for cmd_id, status, sense, read_len in completions:
             if self.pending == 0:
@@ -139,9 +142,10 @@ class CommandRing:
             done += 1
         # Trailing PAD/TMR entries the cursor already passed would otherwise hold the tail back
         # until the next command completes; the kernel skips them too.
-        tail = self._skip_non_cmd(tail)
+        if tail != self._cursor:
+            tail = self._skip_non_cmd(tail)
         if tail != start:
-            self._store_tail(tail)
+            words[_TAIL_WORD] = tail    # one aligned 32-bit store (see the module docstring)
         return done
 
     def _skip_non_cmd(self, tail: int) -> int:

@@ -47,8 +47,10 @@ class Volume:
         self._pending = PendingWrites(config.block_size)
         self._wce = config.flush_policy == FlushPolicy.ON_FLUSH
         self._max_blocks = config.max_transfer_bytes // config.block_size
-        # Looked up per write; it depends on the journal size, which a resize keeps.
+        # Looked up per write; they depend on the journal's size and segments, which a resize
+        # keeps.
         self._mirror_sync_bytes = config.effective_mirror_sync_bytes
+        self._journal_batch_bytes = journal.max_batch_bytes
         self._applied_seq = journal_link.mirror_durable_seq(journal)   # on the mirror
         self._durable_seq = self._applied_seq                           # ... and synced
         # Bytes written to the mirror by journaled batches since open, and how many of them the
@@ -219,7 +221,7 @@ class Volume:
         bitmap; the mode has been switched)."""
         appended: list[tuple[Sequence[WriteOp], int]] = []
         rest: Sequence[WriteOp] = ()
-        max_bytes = self._journal.max_batch_bytes
+        max_bytes = self._journal_batch_bytes
         groups = ((0, ops),) if payload <= max_bytes else _split(ops, max_bytes)
         for start, group in groups:
             seqs = self._append(group)
