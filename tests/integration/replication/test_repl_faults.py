@@ -120,7 +120,9 @@ def refused(pair, rx, site, words: str, tx_state: str | None = None) -> None:
 
 def test_wrong_peers_are_refused_logged_and_write_nothing(pair):
     site = pair.site("site-a")
-    pair.volumes = [(site.uuid, site.blocks)]
+    # A second volume that the DR expects twice as large as the primary makes it.
+    resized = pair.site("size", identity="site-a", cert="site-a")
+    pair.volumes = [(site.uuid, site.blocks), (resized.uuid, site.blocks * 2)]
     pair.write_rx_config()
     rx = pair.receiver().start()
     pair.wait_rx_up(rx)
@@ -141,9 +143,9 @@ def test_wrong_peers_are_refused_logged_and_write_nothing(pair):
     refused(pair, rx, second, "bound-to-other", "refused:bound-to-other")
     liar = pair.site("liar", identity="site-a", cert="site-c", volume_of=site)
     refused(pair, rx, liar, "certificate names", "refused:identity")
-    wrong_size = pair.site("size", identity="site-a", cert="site-a", volume_of=site,
-                           size_blocks=site.blocks * 2)
-    refused(pair, rx, wrong_size, "geometry", "refused:geometry")
+    w = pair.writer(resized, 5).start()
+    wait_for(lambda: w.popen.poll() is not None, 30, "the writer of the wrongly sized volume")
+    refused(pair, rx, resized, "geometry", "refused:geometry")
     other = pair.site("other", identity="site-a", cert="site-a")
     w = pair.writer(other, 5).start()
     wait_for(lambda: w.popen.poll() is not None, 30, "the writer of the unknown volume")
@@ -155,6 +157,7 @@ def test_wrong_peers_are_refused_logged_and_write_nothing(pair):
 
     assert replica_snapshot(pair, site) == before, "a refused peer changed the replica"
     assert not pair.replica_dir(other.uuid).exists()
+    assert not (pair.replica_dir(resized.uuid) / "journal").exists()
     assert pair.rx_status()["refusals"] >= 6
     assert rx.running(), "the receiver must survive refused peers"
 
