@@ -26,7 +26,7 @@ class Record:
 
     seq: int  # 64-bit, monotonic, never reused once durable
     timestamp_ns: int
-    op: WriteOp  # op.data is bytes here
+    op: WriteOp  # op.data is bytes here (a read-only view from JournalReader.read(views=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,8 +53,9 @@ def to_write_op(rec: WireRecord) -> WriteOp:
 
 
 def from_journal(rec: Record) -> WireRecord:
+    """The journal record as it travels (its data not copied: bytes, or a read-only view)."""
     return WireRecord(rec.seq, rec.timestamp_ns, int(rec.op.kind), rec.op.lba, rec.op.nblocks,
-                      bytes(rec.op.data))
+                      rec.op.data)
 
 
 class Replica:
