@@ -1,4 +1,4 @@
-"""FrameLink's receive path (``_Inbound``, a BufferedProtocol): frames split anywhere, many
+"""FrameLink's receive path (``Inbound``, a BufferedProtocol): frames split anywhere, many
 in one read, larger than its staging buffer, over plain TCP and TLS built the way the daemons
 build them, and every way a link ends (close between frames, mid-header, mid-body, silence,
 damage) with the same messages as before."""
@@ -13,18 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.replication import link as link_mod
+from appliance.replication import inbound as inbound_mod
 from appliance.replication import wire
 from appliance.replication.link import FrameLink, LinkClosed
 
 FT = wire.FrameType
-BIG = link_mod._STAGING * 4 + 12345          # larger than the staging buffer: read in place
-MID = link_mod._DIRECT + 1                   # just over the in-place threshold
+BIG = inbound_mod._STAGING * 4 + 12345          # larger than the staging buffer: read in place
+MID = inbound_mod._DIRECT + 1                   # just over the in-place threshold
 DEADLINE = 10.0                              # every wait in these tests is bounded by this
 
 
 class RecordingTransport:
-    """What ``_Inbound`` asks of a transport while parsing, recorded (pure parsing tests)."""
+    """What ``Inbound`` asks of a transport while parsing, recorded (pure parsing tests)."""
 
     def __init__(self) -> None:
         self.paused = False
@@ -45,7 +45,7 @@ def stream(payloads: list[tuple[FT, bytes]]) -> bytes:
 def parse_in_chunks(data: bytes, cuts: list[int]) -> list[tuple[FT, bytes]]:
     """Feed ``data`` cut at ``cuts`` the way a transport delivers it; the frames queued."""
     async def go():
-        inbound = link_mod._Inbound(asyncio.get_running_loop())
+        inbound = inbound_mod.Inbound(asyncio.get_running_loop())
         inbound.connection_made(RecordingTransport())
         last = 0
         for cut in [*sorted(set(cuts)), len(data)]:
@@ -84,7 +84,7 @@ def test_large_frames_split_around_every_edge():
     for _t, p in frames:
         edges += [pos, pos + wire.HEADER_SIZE, pos + wire.HEADER_SIZE + len(p)]
         pos += wire.HEADER_SIZE + len(p) + wire.TRAILER_SIZE
-    edges += [link_mod._STAGING, link_mod._DIRECT, len(data)]
+    edges += [inbound_mod._STAGING, inbound_mod._DIRECT, len(data)]
     cuts = sorted({c for e in edges for c in range(e - 3, e + 4) if 0 <= c <= len(data)})
     for cut in cuts:
         assert parse_in_chunks(data, [cut]) == frames, f"cut at {cut}"
@@ -92,7 +92,7 @@ def test_large_frames_split_around_every_edge():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(0, 3 * link_mod._DIRECT), max_size=4),
+@given(st.lists(st.integers(0, 3 * inbound_mod._DIRECT), max_size=4),
        st.lists(st.integers(0, 1 << 21), max_size=12), st.integers(0, 1 << 16))
 def test_any_frames_in_any_chunks(sizes, cuts, seed):
     rng = random.Random(seed)
@@ -103,7 +103,7 @@ def test_any_frames_in_any_chunks(sizes, cuts, seed):
 
 def test_a_large_frames_buffer_is_reused_only_once_nothing_refers_to_it():
     async def go():
-        inbound = link_mod._Inbound(asyncio.get_running_loop())
+        inbound = inbound_mod.Inbound(asyncio.get_running_loop())
         inbound.connection_made(RecordingTransport())
 
         def receive(fill: bytes) -> tuple[bytearray, memoryview]:
@@ -135,10 +135,10 @@ def test_a_large_frames_buffer_is_reused_only_once_nothing_refers_to_it():
 
 def test_reading_pauses_while_frames_wait_and_resumes_once_taken():
     async def go():
-        inbound = link_mod._Inbound(asyncio.get_running_loop())
+        inbound = inbound_mod.Inbound(asyncio.get_running_loop())
         transport = RecordingTransport()
         inbound.connection_made(transport)
-        n = link_mod._HIGH_WATER // BIG + 2
+        n = inbound_mod._HIGH_WATER // BIG + 2
         inbound.feed(stream([(FT.BATCH, bytes(BIG))] * n))
         assert transport.paused and transport.pauses == 1
         while inbound.frames:
@@ -151,7 +151,7 @@ def test_a_bad_header_is_reported_after_the_frames_before_it():
     data = stream(SMALL) + b"SSH-2.0-OpenSSH_9.2\r\n" + stream(SMALL)
 
     async def go():
-        inbound = link_mod._Inbound(asyncio.get_running_loop())
+        inbound = inbound_mod.Inbound(asyncio.get_running_loop())
         transport = RecordingTransport()
         inbound.connection_made(transport)
         inbound.feed(data)
