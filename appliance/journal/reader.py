@@ -8,7 +8,6 @@ shipped, and it persists the peer's acknowledgements in its own checkpoint slot.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 from appliance.journal.errors import InvalidRequest, JournalCorrupt, RecordsGone
 from appliance.journal.format import (
@@ -27,8 +26,7 @@ from appliance.journal.header import (
     read_writer_slot,
     write_transmitter_slot,
 )
-from appliance.journal.model import OpKind, Record, WriteOp
-from appliance.journal.records import RecordMeta
+from appliance.journal.model import Record
 from appliance.journal.scan import (
     Area,
     ChainPoint,
@@ -159,8 +157,8 @@ class JournalReader:
                     self._cursor_pad_crc = walker.pad_crc
                 return out, None
             meta, data = got
-            split = record_views if views else records_of
-            for record in split(meta, data, self.sb.volume_block_size, from_seq):
+            for record in records_of(meta, data, self.sb.volume_block_size, from_seq,
+                                     views=views):
                 if out and size >= max_bytes:
                     self._cursor = ChainPoint(meta.position, meta.first_seq, meta.prev_crc)
                     self._cursor_pad_crc = None
@@ -191,19 +189,3 @@ class JournalReader:
         if self._io is None:
             raise InvalidRequest("the journal reader is closed")
         return self._io
-
-
-def record_views(meta: RecordMeta, data: memoryview, volume_block_size: int,
-                 from_seq: int = 0) -> Iterator[Record]:
-    """``scan.records_of``, with each write's data a read-only view of ``data`` (no copy)."""
-    data = data.toreadonly()
-    offset = 0
-    for i, (kind, nblocks, lba) in enumerate(meta.entries):
-        op_kind = OpKind(kind)
-        length = (nblocks * volume_block_size if op_kind == OpKind.WRITE
-                  else volume_block_size if op_kind == OpKind.WRITE_SAME else 0)
-        seq = meta.first_seq + i
-        if seq >= from_seq:
-            yield Record(seq, meta.timestamp_ns,
-                         WriteOp(op_kind, lba, nblocks, data[offset : offset + length]))
-        offset += length

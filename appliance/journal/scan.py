@@ -286,8 +286,11 @@ def _check_nothing_durable_beyond(area: Area, head: ChainPoint, why: str) -> Non
 
 
 def records_of(meta: RecordMeta, data: memoryview, volume_block_size: int,
-               from_seq: int = 0) -> Iterator[Record]:
-    """The writes of one record (those with seq >= from_seq), with their data as bytes."""
+               from_seq: int = 0, *, views: bool = False) -> Iterator[Record]:
+    """The writes of one record (those with seq >= from_seq), with their data as bytes, or
+    with ``views`` as read-only views of ``data`` (no copy)."""
+    if views:
+        data = data.toreadonly()
     offset = 0
     for i, (kind, nblocks, lba) in enumerate(meta.entries):
         op_kind = OpKind(kind)
@@ -295,6 +298,8 @@ def records_of(meta: RecordMeta, data: memoryview, volume_block_size: int,
                   else volume_block_size if op_kind == OpKind.WRITE_SAME else 0)
         seq = meta.first_seq + i
         if seq >= from_seq:
-            payload = bytes(data[offset : offset + length])
+            payload = data[offset : offset + length]
+            if not views:
+                payload = bytes(payload)
             yield Record(seq, meta.timestamp_ns, WriteOp(op_kind, lba, nblocks, payload))
         offset += length
