@@ -300,3 +300,30 @@ def test_a_replaced_empty_dr_gets_a_full_copy_while_the_host_writes(pair):
     assert "a full copy is needed" in rx.output()
     state = json.loads(dr_tool(pair.rx_config, "state").stdout)
     assert state[0]["state"] == "consistent" and not state[0]["full_copy_pending"], state
+
+
+def test_a_full_copy_without_mirror_and_bitmap_configured_says_what_to_fix(pair):
+    """A transmitter set up without 'mirror'/'bitmap' cannot send a full copy: a new DR that
+    needs one gets nothing, and the transmitter's status says why and what to configure."""
+    site = pair.site("site-a")
+    pair.volumes = [(site.uuid, site.blocks)]
+    pair.write_rx_config()
+    rx = pair.receiver().start()
+    pair.wait_rx_up(rx)
+    w = pair.writer(site, 100).start()
+    tx = pair.transmitter(site).start()
+    wait_for(lambda: w.popen.poll() is not None, 60, "the writer's ops")
+    converge(pair, site)
+    tx.stop()
+    rx.stop()
+    shutil.rmtree(pair.replica_dir(site.uuid))          # a replacement DR holding nothing
+    rx.start()
+    pair.wait_rx_up(rx)
+    tx.start()
+    st = wait_for(lambda: "no 'mirror'/'bitmap'" in ((s := status(site.control))["link"]
+                                                      ["last_error"] or "") and s,
+                  30, "the transmitter to say it cannot send the full copy")
+    assert "needs a full copy" in st["link"]["last_error"], st["link"]
+    v = pair.rx_status()["volumes"][str(site.uuid)]
+    assert v["state"] == "inconsistent" and v["full_copy_pending"], v
+    assert st["records_sent"] == 0, st
