@@ -254,7 +254,13 @@ def test_host_io_survives_handler_restart_and_kill(appliance, disk):
     appliance.run(["pkill", "-INT", "-x", "fio"])
     deadline = time.monotonic() + 120
     while not fio_done(appliance):
-        assert time.monotonic() < deadline, "fio did not stop on SIGINT: host I/O hung"
+        if time.monotonic() >= deadline:
+            # What the next look needs: the handler's view, the kernel's, and fio's stack.
+            evidence = appliance.run(
+                f"journalctl -u {HANDLER_UNIT} --no-pager -n 80; dmesg | tail -40; "
+                "for p in $(pgrep -x fio); do echo \"fio $p:\"; cat /proc/$p/stack; done; "
+                "cat /sys/kernel/config/target/core/user_*/*/info 2>/dev/null", check=False).text
+            raise AssertionError(f"fio did not stop on SIGINT: host I/O hung\n{evidence}")
         time.sleep(1)
     # (by pid: "pgrep -f writer.sh" would also find this very shell, whose command names it)
     appliance.run("touch /root/stop-writer; pid=$(cat /root/writer.pid); end=$(($(date +%s) + 240)); "
