@@ -35,10 +35,9 @@ from appliance.journal.resize import set_volume_blocks
 from appliance.replication.apply import apply_records, check_record
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec
-from appliance.replication.replica_files import preallocate, write_json_atomic
+from appliance.replication.replica_files import extend_file, preallocate, write_json_atomic
 from appliance.replication.status import RateMeter, ReceiverVolumeCounters
 from appliance.replication.undo import UndoLog
-from appliance.replication.volume_size import extend_file
 from appliance.replication.wire import WireRecord
 
 log = logging.getLogger(__name__)

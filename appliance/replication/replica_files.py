@@ -16,11 +16,22 @@ def write_json_atomic(path: Path, obj: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    _sync_dir(path.parent)
+
+
+def extend_file(fd: int, size: int) -> None:
+    """Grow a file to ``size`` bytes with its new blocks allocated where the file system can
+    (else sparse), durably; a no-op if it is already that large."""
+    old = os.fstat(fd).st_size
+    if size <= old:
+        return
     try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        os.posix_fallocate(fd, old, size - old)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)
+    os.fsync(fd)
 
 
 def preallocate(path: Path, size: int) -> bool:
@@ -36,21 +47,19 @@ def preallocate(path: Path, size: int) -> bool:
     except FileExistsError:
         return False
     try:
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as err:
-            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            os.ftruncate(fd, size)
-        os.fsync(fd)
+        extend_file(fd, size)
     except BaseException:
         os.close(fd)
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    _sync_dir(path.parent)
+    return True
+
+
+def _sync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
-    return True
