@@ -3,6 +3,8 @@
     appliance-dr --config /etc/appliance/receiver.toml state
     appliance-dr --config /etc/appliance/receiver.toml rollback <volume-uuid>
     appliance-dr --config /etc/appliance/receiver.toml invalidate <volume-uuid>
+    appliance-dr --config /etc/appliance/receiver.toml promote <volume-uuid>
+    appliance-dr --config /etc/appliance/receiver.toml demote <volume-uuid>
 
 ``state`` reads each replica's state file: consistent (and up to which seq) or inconsistent
 since when (a resync was under way). ``rollback`` is the failover step for an inconsistent
@@ -12,6 +14,12 @@ receiver would keep writing into the mirror. ``invalidate`` makes the primary's 
 full copy, for a replica that misses records the primary no longer holds (restored from an old
 backup); its current image stays recoverable through the copy. After either, the replica
 says ``image_seq``: the consistent image its mirror holds while no journal backs it.
+
+``promote`` is the failover itself (docs/failover.md): the replica journal is redone onto the
+mirror, and the replica is durably marked promoted with its epoch raised, so its mirror can be
+served as a LUN on this site; from then on the receiver refuses the old primary (``promoted``)
+and never writes that mirror again. ``demote`` undoes the mark once the volume's primary runs
+on the other site again, making the mirror a DR replica that the new primary re-syncs.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from pathlib import Path
 from appliance import storage
 from appliance.control.client import ControlError, call
 from appliance.replication.config import ConfigError, ReplicaConfig, load_toml, receiver_config
+from appliance.replication.promotion import Promotion, demote, promote
 from appliance.replication.replica import ReplicaError
 from appliance.replication.replica_offline import invalidate, roll_back_to_consistent
 
@@ -46,7 +55,31 @@ def replica_state(cfg: ReplicaConfig) -> dict:
             "full_copy_pending": bool(st.get("full_copy_pending"))}
     if st.get("detached_image_seq") is not None:
         out["image_seq"] = st["detached_image_seq"]
+    if st.get("promoted") is not None:
+        out |= {"state": "promoted", "promoted": st["promoted"]}
     return out
+
+
+def served_volume_uuid(mirror: Path) -> uuid.UUID:
+    """The volume uuid a user:mirror LUN over ``mirror`` gets (derived from its path)."""
+    from appliance.tcmu.backend import VOLUME_NAMESPACE  # only here: it loads pyudev
+    return uuid.uuid5(VOLUME_NAMESPACE, str(mirror))
+
+
+def promote_next_steps(p: Promotion, size_bytes: int) -> str:
+    """What the admin does after a promotion (docs/failover.md has the whole procedure)."""
+    return (f"promoted: {p.mirror} holds the primary's image after seq {p.at_seq}; "
+            f"{p.former_primary!r} is fenced off (refused with 'promoted').\n"
+            f"next:\n"
+            f"  1. serve it with a NEW journal (the handler then marks every chunk for the "
+            f"next peer):\n"
+            f"     /backstores/user:mirror create name=<name> size={size_bytes} "
+            f"cfgstring=mirror={p.mirror};journal=<new journal path>\n"
+            f"  2. its transmitter: volume_uuid = {served_volume_uuid(p.mirror)} (derived from "
+            f"the mirror path), generation = {p.generation}, mirror + bitmap, "
+            f"resync_skip_matching = true, peer = the old primary site once it is back\n"
+            f"  3. failback on the old primary site: stop its LUN and transmitter, run a "
+            f"receiver whose [[volume]] mirror is its old mirror (docs/failover.md)\n")
 
 
 def ensure_receiver_stopped(control_socket: Path, cfg: ReplicaConfig) -> None:
@@ -91,7 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("volume", help="volume uuid")
     i = sub.add_parser("invalidate", help="make the next contact a full copy (receiver stopped)")
     i.add_argument("volume", help="volume uuid")
+    pr = sub.add_parser("promote", help="failover: make the replica's mirror a primary's image "
+                                        "and fence off the old primary (receiver stopped)")
+    pr.add_argument("volume", help="volume uuid")
+    d = sub.add_parser("demote", help="make a promoted replica a DR replica again, once its "
+                                      "mirror is no longer served here (receiver stopped)")
+    d.add_argument("volume", help="volume uuid")
     ns = p.parse_args(argv)
+    hint = ""
     try:
         rx = receiver_config(load_toml(ns.config), str(ns.config))
         if ns.action == "state":
@@ -101,12 +141,20 @@ def main(argv: list[str] | None = None) -> int:
         ensure_receiver_stopped(rx.control_socket, cfg)
         if ns.action == "rollback":
             result = {"rolled_back_to_seq": roll_back_to_consistent(cfg)}
-        else:
+        elif ns.action == "invalidate":
             result = {"invalidated_at_seq": invalidate(cfg)}
+        elif ns.action == "promote":
+            promotion = promote(cfg)
+            result = promotion.as_dict()
+            hint = promote_next_steps(promotion, cfg.spec.size_bytes)
+        else:
+            result = {"demoted_keeping_generation": demote(cfg)}
     except (ConfigError, DrToolError, ReplicaError) as err:
         print(f"appliance-dr: {err}", file=sys.stderr)
         return 1
     print(json.dumps({"volume": str(cfg.spec.uuid), **result, "mirror": str(cfg.paths.mirror)}))
+    if hint:
+        print(hint, file=sys.stderr, end="")
     return 0
 
 

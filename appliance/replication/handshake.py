@@ -121,6 +121,9 @@ class VolumeBinding:
     applied_seq: int
     inconsistent: bool = False
     full_copy: bool = False    # waiting for the full copy to begin (see Welcome.full_copy)
+    # Set once the DR site promoted this replica (failover): the seq of the image it was
+    # promoted with. Its mirror is a primary's LUN from then on and takes no records.
+    promoted_at_seq: int | None = None
 
 
 def _check_geometry(hello: Hello, spec: VolumeSpec, binding: VolumeBinding) -> None:
@@ -160,6 +163,13 @@ def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
     if spec.allowed_primaries and hello.identity not in spec.allowed_primaries:
         raise Refused("identity", f"primary {hello.identity!r} is not allowed for volume "
                                   f"{spec.uuid} (allowed: {sorted(spec.allowed_primaries)})")
+    if binding.promoted_at_seq is not None:
+        raise Refused("promoted", f"volume {spec.uuid} was promoted on receiver "
+                                  f"{receiver_identity!r} at seq {binding.promoted_at_seq} "
+                                  f"(generation {binding.generation}): its mirror is now served "
+                                  f"by a primary there and takes no records from "
+                                  f"{hello.identity!r} (generation {hello.generation}); to make "
+                                  f"this site the DR of the new primary, see docs/failover.md")
     if binding.primary is not None and binding.primary != hello.identity:
         raise Refused("bound-to-other", f"volume {spec.uuid} is bound to primary "
                                         f"{binding.primary!r}; {hello.identity!r} refused")

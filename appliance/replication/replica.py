@@ -92,14 +92,26 @@ class Replica:
         # a rollback or an invalidate): kept recoverable through the full copy that follows.
         self.detached_image_seq: int | None = None
         self.resync_bytes = 0
+        # Set by a failover promotion (``promotion.py``): {"at_seq", "generation", "time",
+        # "former_primary"}. The mirror is a primary's LUN from then on: this object never
+        # writes to it again, and admission refuses every transmitter (the fence).
+        self.promoted: dict | None = None
         self._undo: UndoLog | None = None
         self._load_state()
         if self.inconsistent_since is not None and self.consistent_seq is not None:
             self._undo = UndoLog(cfg.paths.undo)
-        if cfg.paths.journal.exists():
-            self.journal = Journal.open(cfg.paths.journal, volume_uuid=self.spec.uuid)
-            self._acker = JournalReader(cfg.paths.journal, volume_uuid=self.spec.uuid)
-            self._redo()
+        # A promotion that crashed before it set the journal aside must not redo it again
+        # onto a mirror that a primary may already serve (it was redone before promoting).
+        if cfg.paths.journal.exists() and self.promoted is None:
+            try:
+                self.journal = Journal.open(cfg.paths.journal, volume_uuid=self.spec.uuid)
+                self._acker = JournalReader(cfg.paths.journal, volume_uuid=self.spec.uuid)
+                self._redo()
+            except BaseException:     # e.g. an I/O error in the redo: release the files
+                for handle in (self._acker, self._undo, self.journal, self._mirror):
+                    if handle is not None:
+                        handle.close()
+                raise
 
     # --- state --------------------------------------------------------------------------
 
@@ -116,6 +128,7 @@ class Replica:
             self.consistent_at = st.get("consistent_at")
             self.full_copy_pending = bool(st.get("full_copy_pending", False))
             self.detached_image_seq = st.get("detached_image_seq")
+            self.promoted = st.get("promoted")
         except (ValueError, KeyError, TypeError) as err:
             raise ReplicaError(f"replica state {path} is unreadable: {err}; restore it or "
                                f"remove the replica files to start a new pairing") from err
@@ -126,13 +139,15 @@ class Replica:
             "generation": self.generation, "inconsistent_since": self.inconsistent_since,
             "consistent_seq": self.consistent_seq, "consistent_at": self.consistent_at,
             "full_copy_pending": self.full_copy_pending,
-            "detached_image_seq": self.detached_image_seq})
+            "detached_image_seq": self.detached_image_seq, "promoted": self.promoted})
 
     def binding(self) -> VolumeBinding:
         last = None if self.journal is None else self.journal.next_seq - 1
         return VolumeBinding(self.primary, self.generation, last, self.applied_seq,
                              inconsistent=self.inconsistent_since is not None,
-                             full_copy=self.full_copy_pending)
+                             full_copy=self.full_copy_pending,
+                             promoted_at_seq=None if self.promoted is None
+                             else self.promoted["at_seq"])
 
     @property
     def mirror_durable_seq(self) -> int:
@@ -150,6 +165,9 @@ class Replica:
         """Persist who owns this volume; create the journal at first contact. With
         ``full_copy`` (history before ``last_seq`` is missing) the replica says so durably
         *before* its journal exists, so no restart can make it look complete."""
+        if self.promoted is not None:       # admission refuses first; never write onto it
+            raise ReplicaError(f"volume {self.spec.uuid} was promoted at seq "
+                               f"{self.promoted['at_seq']}: it takes no primary")
         if self.journal is None and full_copy:
             self._await_full_copy(last_seq)
         if self.journal is None:
@@ -379,7 +397,9 @@ class Replica:
         return {"volume_uuid": str(self.spec.uuid), "primary": self.primary,
                 "generation": self.generation, "size_bytes": self.size_bytes,
                 "full_copy_pending": self.full_copy_pending,
-                "state": "inconsistent" if self.inconsistent_since is not None else "consistent",
+                "state": "promoted" if self.promoted is not None else
+                         "inconsistent" if self.inconsistent_since is not None else "consistent",
+                "promoted": self.promoted,
                 "inconsistent_since": self.inconsistent_since,
                 "last_consistent_seq": self.consistent_seq, "consistent_at_seq": self.consistent_at,
                 "resync_bytes_received": self.resync_bytes,
@@ -449,6 +469,38 @@ class Replica:
             if self._undo is not None:
                 self._undo.remove()
                 self._undo = None
+
+    # --- failover -----------------------------------------------------------------------
+
+    def mark_promoted(self, now: float) -> dict:
+        """Failover (offline: the receiver is stopped). Everything durable is applied and the
+        mirror synced (``open`` already redid the journal); then the state file durably says
+        the mirror is a primary's image now, with the epoch raised, so that from the moment
+        this returns no record of any transmitter is ever applied on top of it. Returns the
+        promotion record."""
+        with self._apply_lock:
+            if self.promoted is not None:
+                return self.promoted
+            if self.inconsistent_since is not None:
+                raise ReplicaError(f"volume {self.spec.uuid} is inconsistent (a resync or full "
+                                   f"copy was under way): run 'appliance-dr rollback "
+                                   f"{self.spec.uuid}' first to restore its last consistent "
+                                   f"image, then promote")
+            if self.journal is not None:
+                self.sync_mirror()
+                at_seq = self.applied_seq
+            elif self.detached_image_seq is not None:
+                at_seq = self.detached_image_seq     # rolled back / invalidated, not re-paired
+            else:
+                raise ReplicaError(f"volume {self.spec.uuid} has never held a replicated image "
+                                   f"(no journal, no image): nothing to promote")
+            self.generation += 1
+            self.promoted = {"at_seq": at_seq, "generation": self.generation, "time": now,
+                             "former_primary": self.primary}
+            self._save_state()
+            log.warning("volume %s: promoted at seq %d (generation %d); primary %r is fenced off",
+                        self.spec.uuid, at_seq, self.generation, self.primary)
+            return self.promoted
 
     def close(self) -> None:
         try:

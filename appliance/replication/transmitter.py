@@ -128,7 +128,7 @@ class Transmitter:
                              err)
                     continue
                 except PeerRefused as err:
-                    self._failed(f"peer refused: {err}", logging.ERROR)
+                    self._failed(_refusal_message(err), logging.ERROR)
                 except JournalError as err:
                     self._failed(f"journal: {type(err).__name__}: {err}", logging.ERROR)
                     if self.reader is not None:     # reopen it: the file may have changed
@@ -202,7 +202,7 @@ class Transmitter:
         if frame.type is FT.REFUSE:
             body = wire.decode_json(frame.payload)
             self.link.set_state(f"refused:{body.get('code')}")
-            raise PeerRefused(f"{body.get('code')}: {body.get('reason')}")
+            raise PeerRefused(f"{body.get('code')}: {body.get('reason')}", body.get("code"))
         if frame.type is not FT.WELCOME:
             raise wire.BadFrame(f"expected WELCOME, got {frame.type.name}")
         welcome = Welcome.from_dict(wire.decode_json(frame.payload))
@@ -217,6 +217,15 @@ class Transmitter:
         self.counters.acked_seq = reader.acked_seq
         self.counters.applied_seq = welcome.applied_seq
         return welcome
+
+
+def _refusal_message(err: PeerRefused) -> str:
+    if err.code == "promoted":
+        # The fence: the DR site failed over. Nothing of ours may land on its image again.
+        return (f"fenced off: the peer promoted its replica of this volume (a failover), so "
+                f"this primary replicates nothing more; host I/O here is unaffected. To make "
+                f"this site the DR of the new primary see docs/failover.md. Peer refused: {err}")
+    return f"peer refused: {err}"
 
 
 async def run_transmitter(cfg: TransmitterConfig) -> None:

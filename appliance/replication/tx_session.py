@@ -56,7 +56,12 @@ class _OutBatch:
 
 
 class PeerRefused(Exception):
-    """The receiver sent REFUSE or ERROR; the message is its reason."""
+    """The receiver sent REFUSE or ERROR; the message is its reason, ``code`` the REFUSE code
+    (None for an ERROR or a local refusal)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class TxSession:

@@ -1,0 +1,115 @@
+"""Failover and failback on the DR site: promote a replica, and demote it again later.
+
+``promote`` (offline, the receiver stopped) turns a consistent replica into a primary's image:
+the replica journal is redone onto the mirror and the mirror synced, then the state file
+durably records the promotion with the epoch (generation) raised, then the journal is set
+aside. From the state write on, the replica is *fenced*: admission refuses every transmitter
+for the volume (code ``promoted``) and the replica never writes its mirror again, so the old
+primary, if it comes back, can never lay its records (written after the failure, or never
+shipped before it) over the image the new primary serves.
+
+Crash safety, step by step: a crash before the state write leaves an ordinary replica (the
+next ``promote`` redoes again, idempotently, from the journal's mirror-durable checkpoint); a
+crash after it leaves a promoted replica whose journal may still be in place, which opening
+ignores and the next ``promote`` sets aside.
+
+``demote`` is the swap back: once the volume's primary runs elsewhere again and this site's
+mirror is no longer served here, the replica becomes an unbound DR replica over the same
+mirror. Its generation stays the promoted one, so a transmitter of an older epoch (the primary
+fenced off by the promotion) is still refused (``stale-generation``); the new primary's first
+contact copies only what differs (``resync_skip_matching``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.replication.config import ReplicaConfig
+from appliance.replication.replica import Replica, ReplicaError
+from appliance.replication.replica_files import write_json_atomic
+
+log = logging.getLogger("appliance.replication.replica")
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """What a promotion recorded, and what the admin needs next."""
+
+    volume_uuid: uuid.UUID
+    at_seq: int              # the mirror holds the primary's image after this seq
+    generation: int          # the raised epoch: the new primary's transmitters use it
+    former_primary: str | None
+    mirror: Path             # serve this through a user:mirror backstore, with a NEW journal
+    time: float
+
+    def as_dict(self) -> dict:
+        return {"volume": str(self.volume_uuid), "promoted_at_seq": self.at_seq,
+                "generation": self.generation, "former_primary": self.former_primary,
+                "mirror": str(self.mirror), "time": self.time}
+
+
+def promote(cfg: ReplicaConfig) -> Promotion:
+    """Make the replica's mirror a primary's image (offline: the receiver must not run).
+
+    Refused for an inconsistent replica (roll it back first) and for one that never held an
+    image. Promoting a promoted replica again finishes what a crash interrupted and returns the
+    same record."""
+    st = _read_state(cfg)
+    if st is None:
+        raise ReplicaError(f"volume {cfg.spec.uuid} was never paired with a primary: its mirror "
+                           f"holds no replicated image to promote")
+    record = st.get("promoted")
+    if record is None:
+        replica = Replica(cfg)          # opening redoes the journal onto the mirror
+        try:
+            record = replica.mark_promoted(time.time())
+        finally:
+            replica.close()
+    _set_journal_aside(cfg, int(record["at_seq"]))
+    return Promotion(cfg.spec.uuid, int(record["at_seq"]), int(record["generation"]),
+                     record.get("former_primary"), cfg.paths.mirror, float(record["time"]))
+
+
+def demote(cfg: ReplicaConfig) -> int:
+    """Make a promoted replica an unbound DR replica over the same mirror again (offline; the
+    mirror must no longer be served on this site). Returns the generation it keeps: the
+    primary whose contact it awaits must use at least this one."""
+    st = _read_state(cfg)
+    if st is None or st.get("promoted") is None:
+        raise ReplicaError(f"volume {cfg.spec.uuid} is not promoted; nothing to demote")
+    generation = int(st["generation"])
+    st.update(primary=None, promoted=None, demoted_from=st["promoted"], inconsistent_since=None,
+              consistent_seq=None, consistent_at=None, full_copy_pending=False,
+              detached_image_seq=None)
+    write_json_atomic(cfg.paths.state, st)
+    log.warning("volume %s: demoted; a DR replica again, awaiting a primary of generation "
+                ">= %d (its first contact copies what differs)", cfg.spec.uuid, generation)
+    return generation
+
+
+def _read_state(cfg: ReplicaConfig) -> dict | None:
+    if not cfg.paths.state.exists():
+        return None
+    try:
+        return json.loads(cfg.paths.state.read_text())
+    except ValueError as err:
+        raise ReplicaError(f"replica state {cfg.paths.state} is unreadable: {err}") from err
+
+
+def _set_journal_aside(cfg: ReplicaConfig, at_seq: int) -> None:
+    """Rename the replica journal (kept for inspection, never redone again) durably."""
+    journal = cfg.paths.journal
+    if not journal.exists():
+        return
+    journal.rename(journal.with_name(f"journal.promoted-{at_seq}"))
+    dfd = os.open(journal.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
