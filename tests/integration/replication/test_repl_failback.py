@@ -1,7 +1,9 @@
 """Failover and failback, role swap: site A (primary) replicates to site B (DR); A is lost
 with writes B never got; B is promoted and fences A off; B serves the promoted mirror as the
 new primary; A's old mirror becomes B's DR replica and is re-synced by hash, shipping only the
-chunks that differ, until it equals B byte for byte."""
+chunks that differ, until it equals B byte for byte. Then the planned swap back: A's replica
+promoted, B's demoted (the first epoch's transmitter stays refused by its generation), A the
+primary again, B re-synced by hash."""
 
 from __future__ import annotations
 
@@ -59,27 +61,37 @@ def write_failback_receiver(pair, site_a: Site, port: int) -> tuple[Path, Path]:
     return config, control
 
 
-def new_primary_on_b(pair, site_a: Site, promoted_mirror: Path, generation: int,
-                     peer_port: int) -> Site:
-    """Site B's primary: the promoted mirror (what the user:mirror cfgstring names, here a
-    link) with a NEW journal and bitmap, and a transmitter to site A's receiver."""
-    d = pair.root / "site-b-primary"
+def new_primary(pair, name: str, site_a: Site, promoted_mirror: Path, generation: int,
+                peer_port: int, identity: str, peer_identity: str) -> Site:
+    """A primary over a promoted mirror (what the user:mirror cfgstring names, here a link)
+    with a NEW journal and bitmap, and its transmitter."""
+    d = pair.root / f"{name}-primary"
     d.mkdir()
     (d / "mirror").symlink_to(promoted_mirror)
-    control = pair.root / "tx-site-b.sock"
-    config = pair.root / "tx-site-b.toml"
+    control = pair.root / f"tx-{name}.sock"
+    config = pair.root / f"tx-{name}.toml"
     config.write_text("\n".join([
-        'identity = "dr-site"', f'peer = "127.0.0.1:{peer_port}"', 'peer_identity = "site-a"',
+        f'identity = "{identity}"', f'peer = "127.0.0.1:{peer_port}"',
+        f'peer_identity = "{peer_identity}"',
         f'journal = "{d / "journal"}"', f'volume_uuid = "{site_a.uuid}"',
         f"size_bytes = {BLOCKS * BLOCK}", f"block_size = {BLOCK}", f"generation = {generation}",
         f'control_socket = "{control}"', "compression = true", "heartbeat_s = 0.5",
         "dead_after_s = 3.0", "backoff_max_s = 1.0", f'mirror = "{d / "mirror"}"',
         f'bitmap = "{d / "bitmap"}"', "resync_skip_matching = true",
-        f"resync_region_bytes = {REGION}"]) + "\n" + pair.pki.tls_toml("dr-site"))
-    return Site("site-b", site_a.uuid, BLOCKS, d, config, control, pair.root / "writelog-site-b")
+        f"resync_region_bytes = {REGION}"]) + "\n" + pair.pki.tls_toml(identity))
+    return Site(name, site_a.uuid, BLOCKS, d, config, control, pair.root / f"writelog-{name}")
 
 
-def test_failover_fences_the_old_primary_and_failback_resyncs_only_what_differs(pair):
+def resync_done(tx_control: Path, rx_control: Path, vol: str) -> dict | None:
+    """The transmitter's resync progress once a resync completed and the peer is consistent
+    with everything applied."""
+    r = status(tx_control)["resync"]
+    v = status(rx_control)["volumes"][vol]
+    return r if (r["completed"] >= 1 and r["state"] == "idle" and v["state"] == "consistent"
+                 and v["applied_seq"] == v["durable_seq"]) else None
+
+
+def test_failover_fence_failback_and_swap_back_resync_only_what_differs(pair):
     # 1. Site A replicates to site B (the pair's receiver, 'dr-site').
     site_a = pair.site("site-a", blocks=BLOCKS, resync=True)
     vol = str(site_a.uuid)
@@ -132,7 +144,8 @@ def test_failover_fences_the_old_primary_and_failback_resyncs_only_what_differs(
 
     # 5. B is the primary now: its mirror with a new journal, writes go on.
     port_a = free_port()
-    site_b = new_primary_on_b(pair, site_a, replica_mirror, promoted["generation"], port_a)
+    site_b = new_primary(pair, "site-b", site_a, replica_mirror, promoted["generation"],
+                         port_a, "dr-site", "site-a")
     w_b = pair.writer(site_b, 20, seed=3, linger=True).start()
     wait_for(lambda: len(read_log(site_b.log)) >= 20, 30, "the new primary's first writes")
 
@@ -145,13 +158,9 @@ def test_failover_fences_the_old_primary_and_failback_resyncs_only_what_differs(
     wait_for(lambda: rx_a.running() and status(rx_a_control), 20, "site A's receiver")
     tx_b = pair.transmitter(site_b).start()
 
-    def resynced():
-        r = status(site_b.control)["resync"]
-        v = status(rx_a_control)["volumes"][vol]
-        return (r["completed"] >= 1 and r["state"] == "idle" and v["state"] == "consistent"
-                and v["applied_seq"] == v["durable_seq"] and r)
     try:
-        r = wait_for(resynced, 60, "the failback resync to complete on site A")
+        r = wait_for(lambda: resync_done(site_b.control, rx_a_control, vol), 60,
+                     "the failback resync to complete on site A")
         wait_for(lambda: read(site_a.mirror) == read(replica_mirror), 20,
                  "site A's mirror to equal the new primary's")
     except AssertionError:
@@ -169,3 +178,40 @@ def test_failover_fences_the_old_primary_and_failback_resyncs_only_what_differs(
     assert r["total_bytes"] == volume, r             # every chunk was considered ...
     assert r["skipped_bytes"] > 0 and r["done_bytes"] < volume // 2, r   # ... few shipped
     assert not (pair.root / "site-a-replicas" / vol / "undo.log").exists()
+
+    # 7. Swap back (planned): promote A's replica, demote B's, A serves with a new journal.
+    rx_a.stop()
+    back = dr_tool(rx_a_config, "promote", vol)
+    assert back.returncode == 0, back.stderr
+    back = json.loads(back.stdout)
+    assert (back["generation"], back["former_primary"]) == (3, "dr-site"), back
+    rx_b.stop()
+    demoted = dr_tool(pair.rx_config, "demote", vol)
+    assert demoted.returncode == 0, demoted.stderr
+    assert json.loads(demoted.stdout)["demoted_keeping_generation"] == promoted["generation"]
+    rx_b.start()
+    pair.wait_rx_up(rx_b)
+    # The transmitter of the first epoch stays fenced off: now by its generation.
+    tx_a.start()
+    wait_for(lambda: status(site_a.control)["link"]["state"] == "refused:stale-generation",
+             20, "the first epoch's transmitter to be refused as stale")
+    tx_a.stop()
+    assert read(replica_mirror) == final
+    site_a2 = new_primary(pair, "site-a2", site_a, site_a.mirror, promoted["generation"] + 1,
+                          pair.port, "site-a", "dr-site")
+    w_a2 = pair.writer(site_a2, 20, seed=4, linger=True).start()
+    wait_for(lambda: len(read_log(site_a2.log)) >= 20, 30, "site A's writes as primary again")
+    pair.transmitter(site_a2).start()
+    try:
+        r2 = wait_for(lambda: resync_done(site_a2.control, pair.rx_control, vol), 60,
+                      "the swap-back resync to complete on site B")
+        wait_for(lambda: read(replica_mirror) == read(site_a.mirror), 20,
+                 "site B's mirror to equal site A's again")
+    except AssertionError:
+        print(pair.logs())
+        raise
+    w_a2.stop()
+    assert read(site_a.mirror) == overlay(final, read_log(site_a2.log))
+    assert read(replica_mirror) == read(site_a.mirror)
+    print(f"swap-back resync: {r2}")
+    assert r2["skipped_bytes"] > 0 and r2["done_bytes"] < volume // 2, r2
