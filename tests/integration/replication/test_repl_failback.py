@@ -7,12 +7,12 @@ primary again, B re-synced by hash."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Site
 from repl_harness import (
     BLOCK,
     PY,
@@ -46,7 +46,7 @@ def overlay(image: bytes, ops: list[LoggedOp]) -> bytes:
     return bytes(img)
 
 
-def write_failback_receiver(pair, site_a: Site, port: int) -> tuple[Path, Path]:
+def write_failback_receiver(pair, site_a, port: int) -> tuple[Path, Path]:
     """Site A's receiver: its OLD primary mirror is the replica mirror of the volume, the
     promoted site ('dr-site') the only primary it admits. Returns (config, control socket)."""
     control = pair.root / "rx-a.sock"
@@ -61,8 +61,8 @@ def write_failback_receiver(pair, site_a: Site, port: int) -> tuple[Path, Path]:
     return config, control
 
 
-def new_primary(pair, name: str, site_a: Site, promoted_mirror: Path, generation: int,
-                peer_port: int, identity: str, peer_identity: str) -> Site:
+def new_primary(pair, name: str, site_a, promoted_mirror: Path, generation: int,
+                peer_port: int, identity: str, peer_identity: str):
     """A primary over a promoted mirror (what the user:mirror cfgstring names, here a link)
     with a NEW journal and bitmap, and its transmitter."""
     d = pair.root / f"{name}-primary"
@@ -79,7 +79,8 @@ def new_primary(pair, name: str, site_a: Site, promoted_mirror: Path, generation
         "dead_after_s = 3.0", "backoff_max_s = 1.0", f'mirror = "{d / "mirror"}"',
         f'bitmap = "{d / "bitmap"}"', "resync_skip_matching = true",
         f"resync_region_bytes = {REGION}"]) + "\n" + pair.pki.tls_toml(identity))
-    return Site(name, site_a.uuid, BLOCKS, d, config, control, pair.root / f"writelog-{name}")
+    return dataclasses.replace(site_a, name=name, dir=d, tx_config=config, control=control,
+                               log=pair.root / f"writelog-{name}")
 
 
 def resync_done(tx_control: Path, rx_control: Path, vol: str) -> dict | None:
@@ -104,6 +105,8 @@ def test_failover_fence_failback_and_swap_back_resync_only_what_differs(pair):
     wait_for(lambda: w.popen.poll() is not None, 30, "site A's writer (200 ops)")
     assert w.popen.returncode == 0, w.output()[-3000:]
     converge(pair, site_a, timeout=30)
+    refused = dr_tool(pair.rx_config, "promote", vol)
+    assert refused.returncode == 1 and "the receiver is running" in refused.stderr, refused
 
     # 2. The disaster: B stops hearing from A, A writes on, then A dies (kill -9).
     rx_b.stop()
