@@ -151,16 +151,16 @@ def open_file(path: str | os.PathLike[str], *, create_size: int | None = None) -
                                                  f"the {create_size} needed")
             os.ftruncate(fd, create_size)
         if created:
-            _sync_parent_dir(name)
+            sync_dir(os.path.dirname(os.path.abspath(name)))
         return io
     except BaseException:
         os.close(fd)
         raise
 
 
-def _sync_parent_dir(path: str) -> None:
-    """Make a newly created directory entry durable."""
-    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+def sync_dir(directory: str | os.PathLike) -> None:
+    """fsync a directory: makes entries created, renamed or removed in it durable."""
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.replica import Replica, ReplicaError
 from appliance.replication.replica_files import write_json_atomic
+from appliance.storage import sync_dir
 
 log = logging.getLogger("appliance.replication.replica")
 
@@ -108,8 +108,4 @@ def _set_journal_aside(cfg: ReplicaConfig, at_seq: int) -> None:
     if not journal.exists():
         return
     journal.rename(journal.with_name(f"journal.promoted-{at_seq}"))
-    dfd = os.open(journal.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    sync_dir(journal.parent)

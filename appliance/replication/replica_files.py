@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from appliance.storage import sync_dir
+
 
 def write_json_atomic(path: Path, obj: dict) -> None:
     """Replace ``path`` with ``obj`` as JSON so that a crash leaves the old or the new file."""
@@ -16,7 +18,7 @@ def write_json_atomic(path: Path, obj: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _sync_dir(path.parent)
+    sync_dir(path.parent)
 
 
 def extend_file(fd: int, size: int) -> None:
@@ -53,13 +55,5 @@ def preallocate(path: Path, size: int) -> bool:
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
-    _sync_dir(path.parent)
+    sync_dir(path.parent)
     return True
-
-
-def _sync_dir(directory: Path) -> None:
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
