@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import signal
 import sys
@@ -197,6 +198,7 @@ async def _serve(daemon: HandlerDaemon) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, daemon.manager.log_state)
     try:
         await daemon.start()
         await stop.wait()
@@ -217,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # SIGUSR2 prints every thread's Python stack to stderr (the journal): where a stuck loop is.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     daemon = HandlerDaemon(config)
     try:
         asyncio.run(_serve(daemon))

@@ -64,6 +64,12 @@ class TcmuDevice:
     def stop(self) -> None:
         self._stop.set()
 
+    def describe(self) -> str:
+        """One line of ring state and counters (the daemon logs it on SIGUSR1)."""
+        st = self.stats
+        return (f"{self.ring.describe()}; wakeups {st.wakeups} batches {st.batches} "
+                f"commands {st.commands} pokes {st.pokes} max_batch {st.max_batch}")
+
     def run(self) -> None:
         # A fresh open starts at the current event count: commands may already be queued.
         self.process()

@@ -218,6 +218,19 @@ class DeviceManager:
                   served.name.name, served.config.to_cfgstring(), new.to_cfgstring())
         return -errno.EOPNOTSUPP
 
+    def log_state(self) -> None:
+        """Log every served device's ring state: `systemctl kill -s USR1 appliance-handler`."""
+        with self._lock:
+            served = list(self.devices.values())
+        for dev in served:
+            alive = dev.thread is not None and dev.thread.is_alive()
+            try:
+                state = dev.device.describe()
+            except ValueError:          # the ring was closed under us (device going away)
+                state = "ring closed"
+            log.info("device %s (uio%d): loop %s; %s", dev.name.name, dev.minor,
+                     "running" if alive else "STOPPED", state)
+
     def close_all(self) -> None:
         for minor in list(self.devices):
             self.remove(minor, orderly=True)

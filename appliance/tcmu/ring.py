@@ -65,6 +65,11 @@ class CommandRing:
         """Drop the views into the region so the mapping can be closed."""
         self._words.release()
 
+    def describe(self) -> str:
+        """Head, tail, cursor and outstanding count: what a stuck-I/O report needs."""
+        return (f"cmd_head {self.cmd_head} cmd_tail {self.cmd_tail} cursor {self._cursor} "
+                f"pending {self.pending}")
+
     @property
     def out_of_order_ok(self) -> bool:
         return bool(self.mailbox.flags & layout.FLAG_CAP_OOOC)

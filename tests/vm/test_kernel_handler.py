@@ -211,6 +211,36 @@ def wait_flushed(machine: Machine, count: int, timeout: float) -> None:
         time.sleep(1)
 
 
+def stall_evidence(machine: Machine, disk: str) -> str:
+    """What a hung host I/O needs explained: the handler's ring state and thread stacks, the
+    initiator's block and SCSI counters, blocked tasks, and whether one fresh read releases it."""
+    dev = disk.removeprefix("/dev/")
+    machine.run(f"systemctl kill -s USR1 {HANDLER_UNIT}; systemctl kill -s USR2 {HANDLER_UNIT}; "
+                "echo w > /proc/sysrq-trigger; sleep 1", check=False)
+    text = machine.run(
+        f"journalctl -u {HANDLER_UNIT} --no-pager -n 120; dmesg | tail -80; "
+        "for p in $(pgrep -x fio) $(pgrep -x dd); do echo \"$(cat /proc/$p/comm) $p:\"; cat /proc/$p/stack; done; "
+        f"echo inflight $(cat /sys/block/{dev}/inflight); "
+        "for a in state device_blocked device_busy queue_depth iorequest_cnt iodone_cnt ioerr_cnt "
+        f"iotmo_cnt timeout; do echo $a=$(cat /sys/block/{dev}/device/$a); done; "
+        "mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug; "
+        f"cd /sys/kernel/debug/block/{dev} && grep -H . state requeue_list hctx*/state hctx*/busy "
+        "hctx*/dispatch hctx*/dispatch_busy hctx*/tags 2>/dev/null | head -60; "
+        "cat /sys/kernel/config/target/core/user_*/*/info; "
+        "echo flushed $(wc -l < /root/flushed.sums); cat /root/writer.err", check=False).text
+    before = machine.run("cat /root/flushed.sums | wc -l", check=False).text.strip()
+    machine.run(f"timeout 30 dd if={disk} of=/dev/null bs=4k count=1 iflag=direct status=none",
+                check=False)
+    released = False
+    deadline = time.monotonic() + 20
+    while not released and time.monotonic() < deadline:
+        released = fio_done(machine)
+        time.sleep(1)
+    after = machine.run("cat /root/flushed.sums | wc -l", check=False).text.strip()
+    return (f"{text}\n[probe] one direct read of {disk} released fio: {released}; "
+            f"flushed files {before} -> {after} over the probe")
+
+
 def fio_done(machine: Machine) -> bool:
     return machine.run(["test", "-e", "/root/fio.rc"], check=False).rc == 0
 
@@ -255,11 +285,7 @@ def test_host_io_survives_handler_restart_and_kill(appliance, disk):
     deadline = time.monotonic() + 120
     while not fio_done(appliance):
         if time.monotonic() >= deadline:
-            # What the next look needs: the handler's view, the kernel's, and fio's stack.
-            evidence = appliance.run(
-                f"journalctl -u {HANDLER_UNIT} --no-pager -n 80; dmesg | tail -40; "
-                "for p in $(pgrep -x fio); do echo \"fio $p:\"; cat /proc/$p/stack; done; "
-                "cat /sys/kernel/config/target/core/user_*/*/info 2>/dev/null", check=False).text
+            evidence = stall_evidence(appliance, disk)
             raise AssertionError(f"fio did not stop on SIGINT: host I/O hung\n{evidence}")
         time.sleep(1)
     # (by pid: "pgrep -f writer.sh" would also find this very shell, whose command names it)
