@@ -202,3 +202,16 @@ def test_refused_timer_write_still_serves(tmp_path: Path, monkeypatch: pytest.Mo
     finally:
         manager.close_all()
         kernel.close()
+
+
+def test_log_state_names_each_device_and_its_ring(world, caplog: pytest.LogCaptureFixture) -> None:
+    """SIGUSR1's report: one line per served device with its loop and ring state."""
+    manager, kernel, _, _ = world
+    assert manager.add(3, NAME) == 0
+    (res,) = kernel.wait_for([kernel.submit(rw10(0x2A, 0, 1), b"x" * 512)])
+    assert res.status == 0
+    with caplog.at_level("INFO", logger="appliance.tcmu.manager"):
+        manager.log_state()
+    (line,) = [r.getMessage() for r in caplog.records if "uio3" in r.getMessage()]
+    assert line.startswith("device vol1 (uio3): loop running; cmd_head ")
+    assert "pending 0" in line and "commands 1 " in line, line

@@ -138,3 +138,17 @@ def test_malformed_head_is_a_ring_error(sim) -> None:
     kernel._words[layout.MB_CMD_HEAD // 4] = kernel.cmdr_size + 8
     with pytest.raises(RingError, match="outside"):
         ring.fetch()
+
+
+def test_describe_reports_what_a_stuck_io_report_needs(sim) -> None:
+    """The line the handler logs on SIGUSR1: a fetched but uncompleted command shows as
+    pending, with the cursor past it and the tail still before it."""
+    kernel, _, ring = sim
+    assert ring.describe() == "cmd_head 0 cmd_tail 0 cursor 0 pending 0"
+    kernel.submit(rw10(0x2A, 0, 8), os.urandom(4096))
+    (req,) = ring.fetch()
+    head = ring.cmd_head
+    assert head > 0
+    assert ring.describe() == f"cmd_head {head} cmd_tail 0 cursor {head} pending 1"
+    ring.complete([Completion(req.cmd_id, 0)])
+    assert ring.describe() == f"cmd_head {head} cmd_tail {head} cursor {head} pending 0"
