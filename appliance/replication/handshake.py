@@ -197,3 +197,23 @@ def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
     return Welcome(identity=receiver_identity, last_seq=last_seq, applied_seq=applied,
                    compression=comp if allow_compression else None, heartbeat_s=heartbeat_s,
                    inconsistent=binding.inconsistent or full_copy, full_copy=full_copy)
+
+
+class JumpRefused(ValueError):
+    """A RESYNC_BEGIN asked the receiver to skip seqs where it must not."""
+
+
+def check_supersede(*, full_copy_pending: bool, durable_seq: int, to_seq: int) -> None:
+    """The one place a receiver accepts a jump in sequence: the RESYNC_BEGIN of a full copy
+    (``superseded_to_seq``), while the replica durably waits for one (``full_copy_pending``).
+    The copy contains the effect of every record up to ``to_seq``, so those records are not
+    sent; ``to_seq == durable_seq`` is a no-op (a jump repeated after a crash). Anywhere else
+    (a consistent replica, a resync resumed after the copy began) a missing seq is a gap that
+    a resend must fill, and a jump would hide it. Never backwards. Pure; raises JumpRefused."""
+    if not full_copy_pending:
+        raise JumpRefused(f"RESYNC_BEGIN asks to skip to seq {to_seq}, but no full copy is "
+                          f"pending (the replica holds seqs up to {durable_seq}): a jump in "
+                          f"sequence is only accepted at the start of a full copy")
+    if isinstance(to_seq, bool) or not isinstance(to_seq, int) or to_seq < durable_seq:
+        raise JumpRefused(f"RESYNC_BEGIN asks to skip to seq {to_seq!r}, below the seq "
+                          f"{durable_seq} the replica already holds: a jump never goes back")

@@ -34,11 +34,12 @@ from appliance.journal import Journal, JournalFull, JournalReader, OpKind, Recor
 from appliance.journal.resize import set_volume_blocks
 from appliance.replication.apply import apply_records, check_record
 from appliance.replication.config import ReplicaConfig
-from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec
+from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec, check_supersede
 from appliance.replication.replica_files import extend_file, preallocate, write_json_atomic
 from appliance.replication.status import RateMeter, ReceiverVolumeCounters
 from appliance.replication.undo import UndoLog
 from appliance.replication.wire import WireRecord
+from appliance.storage import sync_dir
 
 log = logging.getLogger(__name__)
 
@@ -418,11 +419,17 @@ class Replica:
 
     # --- resync -------------------------------------------------------------------------
 
-    def begin_resync(self) -> None:
+    def begin_resync(self, superseded_to_seq: int | None = None) -> None:
         """From here on the image is not write-order consistent: say so durably, and save old
         contents before every overwrite. A resync resumed after a reconnect keeps the undo
-        log it had: its first entries hold the last consistent image."""
+        log it had: its first entries hold the last consistent image.
+
+        ``superseded_to_seq`` (the RESYNC_BEGIN of a full copy): the primary will not send
+        the records up to that seq, because the copy contains their effect; the journal
+        continues after it (``supersede``). Refused unless a full copy is pending."""
         with self._apply_lock:
+            if superseded_to_seq is not None:
+                self.supersede(superseded_to_seq)
             self.sync_mirror()
             if self.inconsistent_since is None:
                 self.cfg.paths.undo.unlink(missing_ok=True)
@@ -432,6 +439,65 @@ class Replica:
             self.full_copy_pending = False
             self.consistent_at = None
             self._save_state()
+
+    def supersede(self, seq: int) -> None:
+        """The jump in sequence of a full copy: records up to ``seq`` will never arrive (the
+        copy that follows contains their effect), so the journal continues at ``seq + 1``.
+
+        Only while a full copy is pending (``full_copy_pending``: the replica said durably
+        that it lacks history and is inconsistent until a whole copy has ended); anywhere
+        else a missing record is a gap that a resend must fill, and a jump would hide it. The
+        jump never goes back. Crash-safe: the new journal is made beside the old one and
+        renamed over it; a crash before the rename leaves the old journal (the primary asks
+        for the copy again and jumps again), one after it a journal at ``seq`` with the copy
+        still pending (the repeated jump is then a no-op)."""
+        with self._apply_lock:
+            check_supersede(full_copy_pending=self.full_copy_pending,
+                            durable_seq=self.durable_seq, to_seq=seq)
+            if self.journal is None or seq == self.durable_seq:
+                return
+            # Records already held are superseded too; applying them keeps the applier's
+            # strict order (and the undo of a rolled-back image) simple.
+            self.sync_mirror()
+            path = self.cfg.paths.journal
+            new = path.with_name(path.name + ".superseding")
+            new.unlink(missing_ok=True)
+            preallocate(new, self.cfg.journal_size)
+            Journal.create(new, size=self.cfg.journal_size, volume_uuid=self.spec.uuid,
+                           volume_block_size=self.spec.block_size,
+                           volume_blocks=self.size_bytes // self.spec.block_size,
+                           first_seq=seq + 1).close()
+            skipped = seq - self.durable_seq
+            old = (self._acker, self.journal)
+            os.replace(new, path)
+            sync_dir(path.parent)
+            try:
+                # Opened while the old ones are still open (they hold the replaced file, no
+                # longer reachable), so admission never sees a replica without a journal.
+                journal = Journal.open(path, volume_uuid=self.spec.uuid)
+                try:
+                    acker = JournalReader(path, volume_uuid=self.spec.uuid)
+                except BaseException:
+                    journal.close()
+                    raise
+            except BaseException as err:
+                self.journal = self._acker = None      # never append to the replaced file
+                for handle in old:
+                    if handle is not None:
+                        handle.close()
+                raise ReplicaError(f"volume {self.spec.uuid}: the journal made for the full "
+                                   f"copy (from seq {seq + 1}) does not open: {err}; restart "
+                                   f"the receiver (the copy is still pending)") from err
+            with self._journal_lock:
+                self.journal, self._acker = journal, acker
+            for handle in old:
+                if handle is not None:
+                    handle.close()
+            self.counters.applied_seq = self.counters.durable_seq = seq
+            self.counters.mirror_durable_seq = self.mirror_durable_seq
+            log.warning("volume %s: full copy begins; the %d records up to seq %d are "
+                        "contained in it and will not be sent; the journal continues at %d",
+                        self.spec.uuid, skipped, seq, seq + 1)
 
     def write_region(self, offset: int, data: bytes) -> None:
         """One resync region, durable on the mirror when this returns."""

@@ -63,6 +63,9 @@ class ResyncProgress:
     skipped_bytes: int = 0              # hash matched, not shipped
     completed: int = 0
     resumed: int = 0                    # times an interrupted resync went on where it stopped
+    # Full copy to a peer without the history: journal records it contains, never sent.
+    superseded_records: int = 0
+    superseded_to_seq: int = 0
     rate: RateMeter = field(default_factory=RateMeter, repr=False)
 
     def as_dict(self) -> dict:
@@ -182,15 +185,23 @@ class ResyncDriver:
 
     # --- the loop -------------------------------------------------------------------------
 
-    async def run(self, peer_inconsistent: bool) -> None:
-        """Watch the bitmap for the whole session; resync whenever chunks are dirty."""
+    async def run(self, peer_inconsistent: bool, *, full_copy: bool = False) -> None:
+        """Watch the bitmap for the whole session; resync whenever chunks are dirty. With
+        ``full_copy`` (the peer lacks the history; ``request_full_copy`` has marked every
+        chunk) the first resync is the copy, and it supersedes the journal's records."""
         try:
-            await self._watch(peer_inconsistent)
+            await self._watch(peer_inconsistent, full_copy)
         finally:
             self.interrupted()
 
-    async def _watch(self, peer_inconsistent: bool) -> None:
+    async def _watch(self, peer_inconsistent: bool, full_copy: bool) -> None:
         resume = peer_inconsistent or self.progress.state not in ("idle", "repairing")
+        if full_copy:
+            # (It ships a leftover repair itself; a repair's own RESYNC_BEGIN would end the
+            # peer's wait for the copy without the jump.)
+            await self.resync(await run_blocking(self.source.snapshot), resume=resume,
+                              full_copy=True)
+            resume = peer_inconsistent = False
         # (With the peer inconsistent, the resync below ships a leftover repair itself.)
         if not peer_inconsistent and (leftover := await run_blocking(self.pending_repair.load)):
             log.warning("volume %s: a repair of %d regions may not have reached the peer; "
@@ -232,9 +243,11 @@ class ResyncDriver:
         finally:
             s.records_paused = False
 
-    async def _begin(self, info: dict) -> None:
+    async def _begin(self, info: dict, superseded: int | None = None) -> None:
         while self.s.tx._inflight:
             await asyncio.sleep(0.01)
+        if superseded is not None:
+            self.s.supersede_to(superseded)     # before the peer's ACK of it can arrive
         await self.s.link.send_json(FT.RESYNC_BEGIN, info)
 
     async def _end(self) -> int:
@@ -243,11 +256,12 @@ class ResyncDriver:
         self.progress.state, self.progress.completed = "idle", self.progress.completed + 1
         return head
 
-    async def resync(self, snap: ResyncSnapshot, *, resume: bool = False) -> None:
+    async def resync(self, snap: ResyncSnapshot, *, resume: bool = False,
+                     full_copy: bool = False) -> None:
         async with self.busy:
-            await self._resync(snap, resume)
+            await self._resync(snap, resume, full_copy)
 
-    async def _resync(self, snap: ResyncSnapshot, resume: bool) -> None:
+    async def _resync(self, snap: ResyncSnapshot, resume: bool, full_copy: bool) -> None:
         p, s = self.progress, self.s
         if resume and p.since is not None:      # same process: keep the totals so far
             p.resumed += 1
@@ -255,12 +269,23 @@ class ResyncDriver:
         else:
             p.since = time.time()
             p.total_bytes = p.done_bytes = p.skipped_bytes = 0
+        begin = {"since": p.since, "overflow_seq": snap.overflow_seq}
+        superseded = await run_blocking(self._superseded_to, snap) if full_copy else None
         p.state = "draining"
-        while s.reader.acked_seq < snap.overflow_seq:      # older records first
-            await asyncio.sleep(0.02)
+        if superseded is None and s.reader.acked_seq < snap.overflow_seq:
+            s.records_paused = False            # older records first (also to a peer that
+            while s.reader.acked_seq < snap.overflow_seq:       # waits for a full copy)
+                await asyncio.sleep(0.02)
         s.records_paused = True
         try:
-            await self._begin({"since": p.since, "overflow_seq": snap.overflow_seq})
+            if superseded is not None:
+                first = max(s.reader.acked_seq, p.superseded_to_seq) + 1
+                p.superseded_records += max(0, superseded - first + 1)   # once per process
+                p.superseded_to_seq = max(p.superseded_to_seq, superseded)
+                begin["superseded_to_seq"] = superseded
+                log.warning("volume %s: full copy: records up to seq %d are contained in it "
+                            "and will not be sent", self.cfg.volume_uuid, superseded)
+            await self._begin(begin, superseded)
             p.state = "resyncing"
             # A repair cut short is finished inside this resync (its regions are not dirty).
             leftover = await run_blocking(self.pending_repair.load)
@@ -287,6 +312,23 @@ class ResyncDriver:
                         p.done_bytes, p.skipped_bytes, head)
         finally:
             s.records_paused = False
+
+    def _superseded_to(self, snap: ResyncSnapshot) -> int | None:
+        """The last seq a full copy supersedes: ``overflow_seq``, while the writer logs to
+        the bitmap (it journals nothing after it then, and every chunk is durably dirty, so
+        the copy reads each record's effect from the mirror). None when that does not hold
+        (then the records are drained first, as for an overflow)."""
+        seq, reader = snap.overflow_seq, self.s.reader
+        if snap.logging and reader.acked_seq < seq and seq >= reader.durable_seq:
+            # The writer synced it but has not republished its head: this read fdatasyncs,
+            # so that the peer's ACK of ``seq`` can be acknowledged here.
+            reader.read(seq, 1)
+        if not snap.logging or seq < reader.acked_seq or seq >= reader.durable_seq:
+            log.warning("volume %s: full copy without superseding the journal (writer "
+                        "logging=%s, overflow seq %d, acknowledged %d): records go first",
+                        self.cfg.volume_uuid, snap.logging, seq, reader.acked_seq)
+            return None
+        return seq
 
     def read(self, offset: int, length: int) -> bytes:
         buf = bytearray(length)

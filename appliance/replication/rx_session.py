@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from appliance.journal import JournalError
 from appliance.replication import wire
 from appliance.replication.apply import SeqOrderer
-from appliance.replication.handshake import Hello
+from appliance.replication.handshake import Hello, JumpRefused
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
 from appliance.replication.replica import ReplicaError
 
@@ -141,7 +141,7 @@ class Session:
                     raise SessionError(str(err)) from err
                 await self._send(FT.REGION_ACK, wire.encode_seq(offset + len(data)))
             elif kind == "RESYNC_BEGIN":
-                await run_blocking(self.replica.begin_resync)
+                await self._begin_resync(item[1])
                 kept = self.replica.consistent_seq
                 log.warning("volume %s: resync from %s begins: the DR image is inconsistent "
                             "until it ends%s", self.hello.volume_uuid, self.hello.identity,
@@ -158,6 +158,23 @@ class Session:
                 _, rid, regions = item
                 differing = await run_blocking(self._compare, regions)
                 await self._send(FT.HASH_REPLY, wire.encode_hash_reply(rid, differing))
+
+    async def _begin_resync(self, info: dict) -> None:
+        """RESYNC_BEGIN. With ``superseded_to_seq`` (a full copy) the replica's journal jumps
+        past the records the copy contains, and the ACK of that seq lets the primary free
+        them; refused (the session ends) unless a full copy is pending."""
+        jump = info.get("superseded_to_seq")
+        if jump is None:
+            await run_blocking(self.replica.begin_resync)
+            return
+        try:
+            await run_blocking(self.replica.begin_resync, jump)
+        except JumpRefused as err:
+            raise SessionError(str(err)) from err
+        self.orderer.reset(self.replica.durable_seq + 1)
+        self._resend_asked = None
+        await self._send(FT.ACK, wire.encode_ack(self.replica.counters.durable_seq,
+                                                 self.replica.applied_seq))
 
     def _compare(self, regions: list[tuple[int, int, bytes]]) -> list[int]:
         self.replica.apply_pending()

@@ -93,9 +93,9 @@ class TxSession:
             min(self.cfg.batch_bytes, max(64 * 1024, int(limit / 8)))
         # ... and on any slow path, a batch holds at most a short slice of link time.
         self.ack_rate = AckRate()
-        # The resync driver pauses record shipping while regions go out.
-        # (A peer waiting for a full copy takes records until the copy begins.)
-        self.records_paused = welcome.inconsistent and not welcome.full_copy
+        # The resync driver pauses record shipping while regions go out. A peer waiting for
+        # a full copy gets no record before it: the copy contains them (superseded).
+        self.records_paused = welcome.inconsistent
         self.resync: ResyncDriver | None = None
         self._extra: list[asyncio.Task] = []    # verify runs
         if self.cfg.bitmap is not None:
@@ -112,7 +112,8 @@ class TxSession:
                  asyncio.create_task(self._persist_acks())]
         if self.resync is not None:
             resume = self.welcome.inconsistent and not self.welcome.full_copy
-            tasks.append(asyncio.create_task(self.resync.run(resume)))
+            tasks.append(asyncio.create_task(self.resync.run(resume,
+                                                             full_copy=self.welcome.full_copy)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
@@ -133,6 +134,16 @@ class TxSession:
                 report.state, report.error = "failed", f"{type(err).__name__}: {err}"
                 log.error("volume %s: verify failed: %s", self.cfg.volume_uuid, err)
         self._extra.append(asyncio.create_task(run()))
+
+    def supersede_to(self, seq: int) -> None:
+        """A full copy begins (nothing in flight) and contains every record up to ``seq``:
+        they are never sent, the peer's journal continues after them, and its ACK of ``seq``
+        (then our acknowledgement, which frees the primary journal) is expected. Records
+        resume at ``seq + 1`` once the copy has ended."""
+        c = self.tx.counters
+        self.next_seq = max(self.next_seq, seq + 1)
+        self.highest_sent = max(self.highest_sent, seq)
+        c.sent_seq = max(c.sent_seq, seq)
 
     def _inflight_bytes(self) -> int:
         return sum(b for _, b, _ in self.tx._inflight)

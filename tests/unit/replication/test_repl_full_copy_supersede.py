@@ -1,0 +1,58 @@
+"""What a full copy supersedes, on the primary (real Volume, journal reader and bitmap): the
+records the writer journaled before the mark request put it in logging-to-bitmap, i.e. up to
+its ``overflow_seq``. Nothing while the writer still journals. After the copy the writer
+journals again at ``overflow_seq + 1``: where the DR's journal continues after the jump."""
+
+import types
+import uuid
+
+from appliance.journal import JournalReader, OpKind, WriteOp
+from appliance.replication.resync import ResyncDriver, ResyncProgress
+from appliance.volume import Volume, VolumeConfig
+
+VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-0000000000cc")
+
+
+def write(vol: Volume, i: int) -> None:
+    vol.submit([WriteOp(OpKind.WRITE, (i * 8) % 2048, 8, bytes([i % 251 + 1]) * 4096)])
+
+
+def test_a_full_copy_supersedes_up_to_the_overflow_seq_only_while_the_writer_logs(tmp_path):
+    vol = Volume.open(VolumeConfig(uuid=VOL, num_blocks=2048, journal_size=2 << 20,
+                                   max_transfer_bytes=64 * 1024, service_interval=None,
+                                   mirror_path=tmp_path / "mirror",
+                                   journal_path=tmp_path / "journal",
+                                   bitmap_path=tmp_path / "bitmap"))
+    reader = JournalReader(tmp_path / "journal", volume_uuid=VOL)
+    cfg = types.SimpleNamespace(bitmap=tmp_path / "bitmap", mirror=tmp_path / "mirror",
+                                volume_uuid=VOL)
+    driver = ResyncDriver(types.SimpleNamespace(cfg=cfg, reader=reader), ResyncProgress())
+    try:
+        for i in range(1, 21):
+            write(vol, i)
+        reader.acknowledge(5)                    # an earlier peer had these
+        # The writer journals: a copy would not contain what it journals next.
+        assert driver._superseded_to(driver.source.snapshot()) is None
+
+        rid = driver.source.request_mark_all()   # what request_full_copy does
+        driver.source.wait_processed(rid, timeout=5, poll=vol.service)
+        snap = driver.source.snapshot()
+        assert snap.logging and snap.overflow_seq == 20 and snap.dirty_chunks == 16
+        assert driver._superseded_to(snap) == 20
+        write(vol, 21)                           # logged to the bitmap, not journaled
+        assert driver._superseded_to(driver.source.snapshot()) == 20
+
+        # The peer's ACK of the jump is acknowledged here; once the copy cleared every
+        # chunk the writer journals again, right after the superseded records.
+        reader.acknowledge(20)
+        snap = driver.source.snapshot()
+        driver.source.clear_shipped(snap, snap.runs, timeout=5, poll=vol.service)
+        vol.service()
+        assert vol.state == "journaling"
+        write(vol, 22)
+        assert [r.seq for r in reader.read(21, 1 << 20)] == [21]
+        assert vol.status()["journal"]["tail_seq"] > 20      # the backlog's space is free
+    finally:
+        driver.close()
+        reader.close()
+        vol.close()
