@@ -5,7 +5,10 @@ When the primary's journal overflowed, the write fork logs writes in a dirty-reg
 driver, running inside a connected transmitter session:
 
 1. lets the journal drain up to the bitmap's ``overflow_seq`` (older records must reach the
-   peer before any newer region does),
+   peer before any newer region does) — except in a full copy for a peer without the history:
+   the copy contains those records, so its RESYNC_BEGIN names ``overflow_seq`` as
+   ``superseded_to_seq`` and they are never sent (the peer's journal continues after it, its
+   ACK frees them here; docs/protocol.md, "The full copy's jump in sequence"),
 2. pauses record shipping and sends RESYNC_BEGIN: the receiver says ``inconsistent`` from now
    on and saves old contents (undo) before every overwrite,
 3. ships the dirty regions read from the primary mirror (optionally only those whose hash

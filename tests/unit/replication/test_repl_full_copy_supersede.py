@@ -56,3 +56,34 @@ def test_a_full_copy_supersedes_up_to_the_overflow_seq_only_while_the_writer_log
         driver.close()
         reader.close()
         vol.close()
+
+
+def test_a_writer_that_overflowed_long_ago_is_superseded_up_to_its_overflow(tmp_path):
+    """The DR was gone so long that the journal filled: the writer already logs to the bitmap
+    from its overflow_seq; the full copy supersedes the whole journal up to it."""
+    vol = Volume.open(VolumeConfig(uuid=VOL, num_blocks=2048, journal_size=512 << 10,
+                                   max_transfer_bytes=64 * 1024, service_interval=None,
+                                   mirror_path=tmp_path / "mirror",
+                                   journal_path=tmp_path / "journal",
+                                   bitmap_path=tmp_path / "bitmap"))
+    reader = JournalReader(tmp_path / "journal", volume_uuid=VOL)
+    cfg = types.SimpleNamespace(bitmap=tmp_path / "bitmap", mirror=tmp_path / "mirror",
+                                volume_uuid=VOL)
+    driver = ResyncDriver(types.SimpleNamespace(cfg=cfg, reader=reader), ResyncProgress())
+    try:
+        i = 0
+        while vol.state == "journaling":
+            i += 1
+            assert i < 1000, "the 512 KiB journal never filled"
+            write(vol, i)
+        overflow = vol.status()["overflow_seq"]
+        assert 0 < overflow < i
+        rid = driver.source.request_mark_all()
+        driver.source.wait_processed(rid, timeout=5, poll=vol.service)
+        snap = driver.source.snapshot()
+        assert snap.dirty_chunks == 16 and snap.overflow_seq == overflow
+        assert driver._superseded_to(snap) == overflow
+    finally:
+        driver.close()
+        reader.close()
+        vol.close()
