@@ -7,7 +7,8 @@ backlog record: shipping them first would send the backlog over the WAN and then
 volume again. The transmitter instead sends RESYNC_BEGIN at once, naming the last superseded
 seq, and the new DR's journal continues after it. The test kills the transmitter (-9) in the
 middle of the copy; the restarted one resumes it, still without the backlog, and the DR ends
-byte for byte equal to the primary, consistent again.
+byte for byte equal to the primary, consistent again. A second test cuts the link every 1.5 s
+instead (the same transmitter process goes on with the copy in each new session).
 
 What crossed the link is read from the receiver's counters (it runs throughout): record bytes
 must be at most what the host wrote after the DR appeared, never the backlog; region bytes at
@@ -21,9 +22,17 @@ import json
 import shutil
 
 import pytest
-from repl_harness import converge, image_after, read, read_log, status, wait_for
+from repl_harness import (
+    converge,
+    free_port,
+    image_after,
+    read,
+    read_log,
+    status,
+    wait_for,
+)
 
-from appliance.journal import Journal
+from appliance.journal import Journal, JournalReader
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +157,54 @@ def test_a_full_copy_to_a_new_dr_skips_the_superseded_backlog(pair):
     finally:
         j.close()
     assert usage.acked_seq == usage.next_seq - 1 and usage.tail_seq > superseded_to, usage
+
+
+def test_a_full_copy_over_a_flapping_link_resumes_without_the_backlog(pair):
+    """The same first contact over a link a proxy cuts every 1.5 s: sessions end anywhere
+    (before the jump is acknowledged, in the middle of the regions); each next one goes on
+    with the copy in the same transmitter process, and not one backlog record crosses."""
+    site0 = pair.site("site-a", resync=True, compression=False)
+    pport = free_port()
+    site = pair.site("site-a", port=pport, volume_of=site0, resync=True, compression=False,
+                     extra=f"bandwidth_limit = 2000000\nresync_region_bytes = {REGION}\n")
+    volume = site.blocks * 512
+    vol = str(site.uuid)
+    pair.volumes = [(site.uuid, site.blocks)]
+    pair.write_rx_config(compression=False)
+    # A backlog of 600 records; the 200 before them were acknowledged by a DR since lost.
+    w = pair.writer(site, 800, journal_size=JOURNAL).start()
+    wait_for(lambda: w.popen.poll() is not None, 60, "the writer's ops")
+    assert w.popen.returncode == 0, w.output()[-3000:]
+    reader = JournalReader(site.journal, volume_uuid=site.uuid)
+    try:
+        reader.acknowledge(200)
+    finally:
+        reader.close()
+
+    rx = pair.receiver().start()
+    pair.wait_rx_up(rx)
+    proxy = pair.proxy(pport, "--cut-every", "1.5").start()
+    w = pair.writer(site, 800 + DURING_OPS, journal_size=JOURNAL, pause=0.05, seed=5,
+                    linger=True).start()
+    tx = pair.transmitter(site).start()
+
+    def settled():
+        r = status(site.control)["resync"]
+        s = pair.rx_status()["volumes"][vol]
+        return (r["completed"] >= 1 and r["state"] == "idle" and s["state"] == "consistent"
+                and r)
+    r = wait_for(settled, 60, "the full copy to finish across the cuts")
+    last = [ln for ln in proxy.output().splitlines() if ln.startswith("proxy: connections")]
+    cuts = int(last[-1].rsplit("cuts=", 1)[1]) if last else 0
+    # The copy ships for at least 2 s at 2 MB/s, so a cut lands inside it.
+    assert tx.starts == 1 and r["resumed"] >= 1 and cuts >= 1, (r, cuts)
+    assert r["superseded_records"] >= 600, r
+    wait_for(lambda: len(read_log(site.log)) >= 800 + DURING_OPS, 30, "the writes")
+    converge(pair, site, timeout=30)
+    w.stop()
+    ops = read_log(site.log)
+    assert read(pair.replica_dir(site.uuid) / "mirror") == bytes(image_after(ops, volume))
+    v = pair.rx_status()["volumes"][vol]
+    print(f"cuts {cuts}, resync {r}; DR received {v['records_received']} records / "
+          f"{v['bytes_received']} bytes and {v['resync_bytes_received']} region bytes")
+    assert v["bytes_received"] <= data_bytes(ops[800:]), v
