@@ -1,12 +1,15 @@
 """`appliance-handler`: the machine's TCMU daemon for `user:mirror` backstores.
 
-Start-up follows tcmu-runner's order (TCMU brief §7, §11): block netlink events and fail any
-reply wait a previous daemon left behind; join TCM-USER and announce reply support; adopt the
-devices that already exist (reopen: block_dev, reset_ring, open, unblock); serve and unblock
-netlink; own the D-Bus name last (tcmu-runner owns it before unblocking; we make the name the
-readiness signal, so nothing ordered after us can hit a blocked netlink). Then three event sources run: netlink (its own thread, answering every event),
-udev (devices appearing/disappearing) and the D-Bus service (asyncio, main thread). SIGTERM or
-SIGINT stops everything in reverse order, finishing in-flight commands first.
+Start-up follows tcmu-runner's steps (TCMU brief §7, §11) in an order that serves the rings
+first: block netlink events and fail any reply wait a previous daemon left behind; adopt the
+devices that already exist (reopen: block_dev, reset_ring, open, unblock), so host commands
+queued across a restart wait only for that; then join TCM-USER and announce reply support, adopt
+once more (a device added before we joined), serve and unblock netlink; own the D-Bus name last
+(tcmu-runner owns it before unblocking; we make the name the readiness signal, so nothing
+ordered after us can hit a blocked netlink). Then three event sources run: netlink (its own
+thread, answering every event), udev (devices appearing/disappearing) and the D-Bus service
+(asyncio, main thread). SIGTERM or SIGINT stops everything in reverse order, finishing in-flight
+commands first. SIGUSR1 logs each device's ring state; SIGUSR2 dumps every thread's stack.
 
 Needs root (CAP_NET_ADMIN for netlink, /dev/uioN is 0600, configfs writes), the kernel module
 target_core_user, configfs mounted at /sys/kernel/config, and the system D-Bus.
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import faulthandler
 import logging
+import os
 import signal
 import sys
 import threading
@@ -25,17 +29,19 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-
-from dbus_fast import BusType
+from typing import TYPE_CHECKING
 
 from appliance.tcmu import cfgstring
 from appliance.tcmu.backend import open_backend
 from appliance.tcmu.configfs import BackstoreControl
-from appliance.tcmu.dbus_service import HandlerObject, TcmuDBusService
 from appliance.tcmu.discovery import TcmuName, UdevWatcher, scan_uio
+from appliance.tcmu.events import DeviceEvent, TcmuGenlCmd
 from appliance.tcmu.manager import BackendFactory, DeviceManager, TransportOpener
-from appliance.tcmu.netlink import DeviceEvent, NetlinkError, TcmuGenlCmd, TcmuNetlink
 from appliance.tcmu.uio import UioDevice, read_uio_info
+
+if TYPE_CHECKING:   # imported in start(), after the rings are served (see there)
+    from appliance.tcmu.dbus_service import TcmuDBusService
+    from appliance.tcmu.netlink import TcmuNetlink
 
 log = logging.getLogger("appliance.handler")
 
@@ -119,18 +125,27 @@ class HandlerDaemon:
     async def start(self) -> None:
         cfg = self.config
         if cfg.netlink:
-            # A previous daemon may have left the kernel waiting for a reply forever.
+            # A previous daemon may have left the kernel waiting for a reply forever; and while
+            # we adopt, a new device fails its enable (EAGAIN) rather than wait on a reply.
             self._module_param("block_netlink", "1")
             self._module_param("reset_netlink", "1")
+        # Rings first: after a restart or a crash every host command waits until its device is
+        # adopted, so nothing slow comes before (pyroute2 and dbus_fast take about as long to
+        # import as the whole serving path, several seconds on a slow CPU).
+        await asyncio.to_thread(self._adopt_existing)
+        log.info("rings served %.1f s after exec", _process_age())
+        if cfg.netlink:
+            from appliance.tcmu.netlink import NetlinkError, TcmuNetlink
             try:
                 # pyroute2's synchronous socket runs its own event loop: not on this one
                 self.netlink = await asyncio.to_thread(TcmuNetlink.open)
             except (NetlinkError, OSError) as err:
                 log.warning("netlink unavailable, relying on udev only: %s", err)
-        await asyncio.to_thread(self._adopt_existing)
-        if self.netlink is not None:
-            self._spawn("tcmu-netlink", lambda: self.netlink.serve(self.on_netlink))
-        if cfg.netlink:
+            else:
+                # A device whose ADDED event went out before we joined the group (no daemon had
+                # announced reply support yet, so the kernel did not wait): adopt it now.
+                await asyncio.to_thread(self._adopt_existing)
+                self._spawn("tcmu-netlink", lambda: self.netlink.serve(self.on_netlink))
             self._module_param("block_netlink", "0")
         if cfg.udev:
             try:
@@ -142,6 +157,9 @@ class HandlerDaemon:
         # Owning the bus name is the readiness signal (systemd Type=dbus, Before=target.service):
         # it comes last so a restore that starts then finds netlink served and unblocked.
         if cfg.dbus != "none":
+            from dbus_fast import BusType
+
+            from appliance.tcmu.dbus_service import HandlerObject, TcmuDBusService
             self.dbus = TcmuDBusService([HandlerObject(cfgstring.SUBTYPE, cfgstring.CONFIG_DESC,
                                                        cfgstring.check_config)])
             if cfg.dbus in ("system", "session"):
@@ -149,7 +167,8 @@ class HandlerDaemon:
                                       else BusType.SESSION)
             else:
                 await self.dbus.start(bus_address=cfg.dbus)
-        log.info("appliance-handler serving %d device(s)", len(self.manager.devices))
+        log.info("appliance-handler serving %d device(s), ready %.1f s after exec",
+                 len(self.manager.devices), _process_age())
 
     def _adopt_existing(self) -> None:
         for minor, uio_name in scan_uio(self.config.sysfs_class_uio).items():
@@ -191,6 +210,18 @@ class HandlerDaemon:
         if self.netlink is not None:
             self.netlink.close()
         log.info("appliance-handler stopped")
+
+
+def _process_age() -> float:
+    """Seconds since this process was exec'd (/proc/self/stat starttime), for start-up logs."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def _serve(daemon: HandlerDaemon) -> None:

@@ -17,7 +17,7 @@ from appliance.tcmu import cfgstring
 from appliance.tcmu.configfs import BackstoreControl, ConfigfsError
 from appliance.tcmu.device import CommandExecutor, TcmuDevice
 from appliance.tcmu.discovery import TcmuName, parse_uio_name
-from appliance.tcmu.netlink import DeviceEvent
+from appliance.tcmu.events import DeviceEvent
 from appliance.tcmu.ring import RingError
 from appliance.tcmu.transport import RingTransport
 from appliance.volume.errors import NoSpaceError

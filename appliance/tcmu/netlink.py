@@ -14,7 +14,6 @@ a stop pipe.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
 import select
@@ -22,10 +21,15 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, genlmsg
 from pyroute2.netlink.generic import GenericNetlinkSocket
+
+# The event types live apart (no pyroute2 import) so the daemon can serve rings before loading
+# this module; re-exported here for the callers that build or decode messages.
+from appliance.tcmu.events import REPLY_FOR, DeviceEvent, TcmuGenlCmd
+
+__all__ = ["REPLY_FOR", "DeviceEvent", "NetlinkError", "TcmuGenlCmd", "TcmuGenlMsg", "TcmuNetlink"]
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +40,6 @@ SOL_NETLINK = 270
 # linux/netlink.h; Python's socket module exports NETLINK_ROUTE and a few others, not this one
 NETLINK_GENERIC = 16
 NETLINK_ADD_MEMBERSHIP = 1
-
-
-class TcmuGenlCmd(enum.IntEnum):
-    """enum tcmu_genl_cmd"""
-
-    ADDED_DEVICE = 1
-    REMOVED_DEVICE = 2
-    RECONFIG_DEVICE = 3
-    ADDED_DEVICE_DONE = 4
-    REMOVED_DEVICE_DONE = 5
-    RECONFIG_DEVICE_DONE = 6
-    SET_FEATURES = 7
-
-
-REPLY_FOR = {
-    TcmuGenlCmd.ADDED_DEVICE: TcmuGenlCmd.ADDED_DEVICE_DONE,
-    TcmuGenlCmd.REMOVED_DEVICE: TcmuGenlCmd.REMOVED_DEVICE_DONE,
-    TcmuGenlCmd.RECONFIG_DEVICE: TcmuGenlCmd.RECONFIG_DEVICE_DONE,
-}
 
 
 class TcmuGenlMsg(genlmsg):
@@ -77,19 +62,6 @@ class TcmuGenlMsg(genlmsg):
 
 class NetlinkError(OSError):
     """The TCM-USER family cannot be used (module not loaded, no CAP_NET_ADMIN, ...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceEvent:
-    """One kernel → user event."""
-
-    cmd: TcmuGenlCmd
-    device: str            # UIO name: tcm-user/<hba>/<name>/<dev_config>
-    minor: int             # N of /dev/uioN
-    device_id: int         # se_dev.dev_index; echoed in the reply
-    dev_cfg: str | None = None
-    dev_size: int | None = None
-    writecache: int | None = None
 
 
 def encode_event(family_id: int, event: DeviceEvent, *, seq: int = 0) -> bytes:
