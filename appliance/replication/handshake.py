@@ -84,6 +84,10 @@ class Welcome:
     # DR): the primary must mark every chunk and resync them all. Repeated at every contact
     # until RESYNC_BEGIN arrives.
     full_copy: bool = False
+    # The receiver takes a full copy's jump in sequence (RESYNC_BEGIN's superseded_to_seq,
+    # ``check_supersede``). Absent from older receivers: the transmitter then ships the
+    # records before the copy, as they expect.
+    supersede: bool = False
     protocol: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict:
@@ -98,7 +102,8 @@ class Welcome:
         return cls(identity=_get(d, "identity", str), last_seq=_get(d, "last_seq", int),
                    applied_seq=_get(d, "applied_seq", int), compression=comp,
                    heartbeat_s=float(hb), inconsistent=bool(d.get("inconsistent", False)),
-                   full_copy=bool(d.get("full_copy", False)), protocol=_get(d, "protocol", int))
+                   full_copy=bool(d.get("full_copy", False)),
+                   supersede=d.get("supersede") is True, protocol=_get(d, "protocol", int))
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +201,8 @@ def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
     comp = next((c for c in hello.compression if c in COMPRESSIONS), None)
     return Welcome(identity=receiver_identity, last_seq=last_seq, applied_seq=applied,
                    compression=comp if allow_compression else None, heartbeat_s=heartbeat_s,
-                   inconsistent=binding.inconsistent or full_copy, full_copy=full_copy)
+                   inconsistent=binding.inconsistent or full_copy, full_copy=full_copy,
+                   supersede=True)
 
 
 class JumpRefused(ValueError):

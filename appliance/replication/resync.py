@@ -320,16 +320,19 @@ class ResyncDriver:
         """The last seq a full copy supersedes: ``overflow_seq``, while the writer logs to
         the bitmap (it journals nothing after it then, and every chunk is durably dirty, so
         the copy reads each record's effect from the mirror). None when that does not hold
-        (then the records are drained first, as for an overflow)."""
+        (then the records are drained first, as for an overflow), also when the peer does
+        not take the jump (a receiver older than it)."""
         seq, reader = snap.overflow_seq, self.s.reader
-        if snap.logging and reader.acked_seq < seq and seq >= reader.durable_seq:
+        takes_jump = self.s.welcome.supersede
+        if takes_jump and snap.logging and reader.acked_seq < seq and seq >= reader.durable_seq:
             # The writer synced it but has not republished its head: this read fdatasyncs,
             # so that the peer's ACK of ``seq`` can be acknowledged here.
             reader.read(seq, 1)
-        if not snap.logging or seq < reader.acked_seq or seq >= reader.durable_seq:
-            log.warning("volume %s: full copy without superseding the journal (writer "
-                        "logging=%s, overflow seq %d, acknowledged %d): records go first",
-                        self.cfg.volume_uuid, snap.logging, seq, reader.acked_seq)
+        if not takes_jump or not snap.logging or not reader.acked_seq <= seq < reader.durable_seq:
+            log.warning("volume %s: full copy without superseding the journal (peer takes "
+                        "the jump: %s, writer logging: %s, overflow seq %d, acknowledged %d): "
+                        "records go first", self.cfg.volume_uuid, takes_jump, snap.logging,
+                        seq, reader.acked_seq)
             return None
         return seq
 

@@ -12,7 +12,14 @@ import pytest
 from appliance.replication import wire
 from appliance.replication.apply import SeqOrderer
 from appliance.replication.config import ReplicaConfig, replica_paths
-from appliance.replication.handshake import Hello, JumpRefused, VolumeSpec, check_supersede
+from appliance.replication.handshake import (
+    Hello,
+    JumpRefused,
+    VolumeSpec,
+    Welcome,
+    admit,
+    check_supersede,
+)
 from appliance.replication.replica import Replica, ReplicaError
 from appliance.replication.rx_session import Session, SessionError
 from appliance.replication.wire import WireRecord
@@ -52,6 +59,15 @@ def test_the_rule_takes_a_jump_only_while_a_full_copy_is_pending_and_never_back(
     for bad in (True, "1500", 1500.0, None):
         with pytest.raises(JumpRefused):
             check_supersede(full_copy_pending=True, durable_seq=40, to_seq=bad)
+
+
+def test_a_receiver_says_it_takes_the_jump_and_an_older_one_is_understood_not_to():
+    w = admit(HELLO, cert_names=None, spec=VolumeSpec(VOL, BLOCKS * 512, 512), binding=None,
+              receiver_identity="dr-site", heartbeat_s=1.0)
+    assert w.full_copy and w.supersede
+    assert Welcome.from_dict(w.to_dict()).supersede
+    older = {k: v for k, v in w.to_dict().items() if k != "supersede"}
+    assert not Welcome.from_dict(older).supersede
 
 
 # --- the replica ---------------------------------------------------------------------------

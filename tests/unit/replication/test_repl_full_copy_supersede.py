@@ -7,10 +7,12 @@ import types
 import uuid
 
 from appliance.journal import JournalReader, OpKind, WriteOp
+from appliance.replication.handshake import Welcome
 from appliance.replication.resync import ResyncDriver, ResyncProgress
 from appliance.volume import Volume, VolumeConfig
 
 VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-0000000000cc")
+WELCOME = Welcome("dr-site", 5, 5, None, 1.0, inconsistent=True, full_copy=True, supersede=True)
 
 
 def write(vol: Volume, i: int) -> None:
@@ -26,7 +28,8 @@ def test_a_full_copy_supersedes_up_to_the_overflow_seq_only_while_the_writer_log
     reader = JournalReader(tmp_path / "journal", volume_uuid=VOL)
     cfg = types.SimpleNamespace(bitmap=tmp_path / "bitmap", mirror=tmp_path / "mirror",
                                 volume_uuid=VOL)
-    driver = ResyncDriver(types.SimpleNamespace(cfg=cfg, reader=reader), ResyncProgress())
+    driver = ResyncDriver(types.SimpleNamespace(cfg=cfg, reader=reader, welcome=WELCOME),
+                          ResyncProgress())
     try:
         for i in range(1, 21):
             write(vol, i)
@@ -39,6 +42,10 @@ def test_a_full_copy_supersedes_up_to_the_overflow_seq_only_while_the_writer_log
         snap = driver.source.snapshot()
         assert snap.logging and snap.overflow_seq == 20 and snap.dirty_chunks == 16
         assert driver._superseded_to(snap) == 20
+        older = {k: v for k, v in WELCOME.to_dict().items() if k != "supersede"}
+        driver.s.welcome = Welcome.from_dict(older)
+        assert driver._superseded_to(snap) is None, "an older receiver gets the records"
+        driver.s.welcome = WELCOME
         write(vol, 21)                           # logged to the bitmap, not journaled
         assert driver._superseded_to(driver.source.snapshot()) == 20
 
@@ -69,7 +76,8 @@ def test_a_writer_that_overflowed_long_ago_is_superseded_up_to_its_overflow(tmp_
     reader = JournalReader(tmp_path / "journal", volume_uuid=VOL)
     cfg = types.SimpleNamespace(bitmap=tmp_path / "bitmap", mirror=tmp_path / "mirror",
                                 volume_uuid=VOL)
-    driver = ResyncDriver(types.SimpleNamespace(cfg=cfg, reader=reader), ResyncProgress())
+    driver = ResyncDriver(types.SimpleNamespace(cfg=cfg, reader=reader, welcome=WELCOME),
+                          ResyncProgress())
     try:
         i = 0
         while vol.state == "journaling":
