@@ -103,8 +103,13 @@ def main() -> int:
                 if ns.pause:
                     time.sleep(ns.pause)
         vol.flush()
+        shown = None
         while ns.linger and not stop:
             vol.service()
+            state = vol.status()["state"]
+            if state != shown:      # tests wait on this (e.g. back to journaling after a resync)
+                print("writer: status " + json.dumps(vol.status(), default=str), flush=True)
+                shown = state
             time.sleep(0.02)
         print("writer: status " + json.dumps(vol.status(), default=str), flush=True)
     finally:

@@ -64,6 +64,10 @@ def test_overflow_resync_reports_inconsistent_keeps_undo_and_converges(pair):
              and status(site.control)["lag_records"] == 0
              and status(site.control)["resync"]["state"] == "idle", 60, "phase 1 to settle")
     converge(pair, site)
+    # The writer returns to journaling on its own once the resync's clear request is handled:
+    # wait for that (its status line) rather than stop it in the middle.
+    wait_for(lambda: "writer: status " in w.output() and writer_status(w)["state"] == "journaling",
+             30, "the writer to return to journaling after phase 1")
     w.stop()
     assert writer_status(w)["state"] == "journaling"
     tx.stop()
