@@ -270,6 +270,10 @@ def test_host_io_survives_handler_restart_and_kill(appliance, disk):
     appliance.run(["kill", "-9", str(pid)])
     kill_s = wait_handler_active(appliance, pid)
     print(f"[vm] handler back after restart in {restart_s:.1f} s, after SIGKILL in {kill_s:.1f} s")
+    # The handler's own account: when the rings were served again (host I/O waits only for
+    # that), and when it was ready (netlink, D-Bus).
+    print(appliance.run(f"journalctl -u {HANDLER_UNIT} -o cat --no-pager | "
+                        "grep -E 'rings served|ready .* after exec' | tail -4", check=False).text)
     # Commands the kernel queued in the ring while no daemon served it fail (NOT READY,
     # LOGICAL UNIT COMMUNICATION FAILURE: an I/O error for the host) once they are older than
     # the device's cmd_time_out. Say so plainly when that is why the host saw errors.
