@@ -1,15 +1,19 @@
 """`appliance-handler`: the machine's TCMU daemon for `user:mirror` backstores.
 
-Start-up follows tcmu-runner's steps (TCMU brief §7, §11) in an order that serves the rings
-first: block netlink events and fail any reply wait a previous daemon left behind; adopt the
-devices that already exist (reopen: block_dev, reset_ring, open, unblock), so host commands
-queued across a restart wait only for that; then join TCM-USER and announce reply support, adopt
-once more (a device added before we joined), serve and unblock netlink; own the D-Bus name last
-(tcmu-runner owns it before unblocking; we make the name the readiness signal, so nothing
-ordered after us can hit a blocked netlink). Then three event sources run: netlink (its own
-thread, answering every event), udev (devices appearing/disappearing) and the D-Bus service
-(asyncio, main thread). SIGTERM or SIGINT stops everything in reverse order, finishing in-flight
-commands first. SIGUSR1 logs each device's ring state; SIGUSR2 dumps every thread's stack.
+Start-up follows tcmu-runner's order (TCMU brief §7, §11): block netlink events and fail any
+reply wait a previous daemon left behind; join TCM-USER and announce reply support; adopt the
+devices that already exist (reopen: block_dev, reset_ring, open, unblock); serve and unblock
+netlink; own the D-Bus name last (tcmu-runner owns it before unblocking; we make the name the
+readiness signal, so nothing ordered after us can hit a blocked netlink). Then three event
+sources run: netlink (its own thread, answering every event), udev (devices appearing and
+disappearing) and the D-Bus service (asyncio, main thread). SIGTERM or SIGINT stops everything
+in reverse order, finishing in-flight commands first. SIGUSR1 logs each device's ring state;
+SIGUSR2 dumps every thread's stack.
+
+Every library is imported before the rings are served, on purpose. Serving first and importing
+pyroute2 and dbus_fast afterwards was measured in the VM (docs/tcmu.md): host commands waited
+about 30 % less across a restart, but the imports then competed with a busy ring thread, and
+the daemon became ready 35-48 s after exec instead of 13-18 s.
 
 Needs root (CAP_NET_ADMIN for netlink, /dev/uioN is 0600, configfs writes), the kernel module
 target_core_user, configfs mounted at /sys/kernel/config, and the system D-Bus.
@@ -29,19 +33,18 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from dbus_fast import BusType
 
 from appliance.tcmu import cfgstring
 from appliance.tcmu.backend import open_backend
 from appliance.tcmu.configfs import BackstoreControl
+from appliance.tcmu.dbus_service import HandlerObject, TcmuDBusService
 from appliance.tcmu.discovery import TcmuName, UdevWatcher, scan_uio
 from appliance.tcmu.events import DeviceEvent, TcmuGenlCmd
 from appliance.tcmu.manager import BackendFactory, DeviceManager, TransportOpener
+from appliance.tcmu.netlink import NetlinkError, TcmuNetlink
 from appliance.tcmu.uio import UioDevice, read_uio_info
-
-if TYPE_CHECKING:   # imported in start(), after the rings are served (see there)
-    from appliance.tcmu.dbus_service import TcmuDBusService
-    from appliance.tcmu.netlink import TcmuNetlink
 
 log = logging.getLogger("appliance.handler")
 
@@ -125,27 +128,19 @@ class HandlerDaemon:
     async def start(self) -> None:
         cfg = self.config
         if cfg.netlink:
-            # A previous daemon may have left the kernel waiting for a reply forever; and while
-            # we adopt, a new device fails its enable (EAGAIN) rather than wait on a reply.
+            # A previous daemon may have left the kernel waiting for a reply forever.
             self._module_param("block_netlink", "1")
             self._module_param("reset_netlink", "1")
-        # Rings first: after a restart or a crash every host command waits until its device is
-        # adopted, so nothing slow comes before (pyroute2 and dbus_fast take about as long to
-        # import as the whole serving path, several seconds on a slow CPU).
-        await asyncio.to_thread(self._adopt_existing)
-        log.info("rings served %.1f s after exec", _process_age())
-        if cfg.netlink:
-            from appliance.tcmu.netlink import NetlinkError, TcmuNetlink
             try:
                 # pyroute2's synchronous socket runs its own event loop: not on this one
                 self.netlink = await asyncio.to_thread(TcmuNetlink.open)
             except (NetlinkError, OSError) as err:
                 log.warning("netlink unavailable, relying on udev only: %s", err)
-            else:
-                # A device whose ADDED event went out before we joined the group (no daemon had
-                # announced reply support yet, so the kernel did not wait): adopt it now.
-                await asyncio.to_thread(self._adopt_existing)
-                self._spawn("tcmu-netlink", lambda: self.netlink.serve(self.on_netlink))
+        await asyncio.to_thread(self._adopt_existing)
+        log.info("rings served %.1f s after exec", _process_age())
+        if self.netlink is not None:
+            self._spawn("tcmu-netlink", lambda: self.netlink.serve(self.on_netlink))
+        if cfg.netlink:
             self._module_param("block_netlink", "0")
         if cfg.udev:
             try:
@@ -157,9 +152,6 @@ class HandlerDaemon:
         # Owning the bus name is the readiness signal (systemd Type=dbus, Before=target.service):
         # it comes last so a restore that starts then finds netlink served and unblocked.
         if cfg.dbus != "none":
-            from dbus_fast import BusType
-
-            from appliance.tcmu.dbus_service import HandlerObject, TcmuDBusService
             self.dbus = TcmuDBusService([HandlerObject(cfgstring.SUBTYPE, cfgstring.CONFIG_DESC,
                                                        cfgstring.check_config)])
             if cfg.dbus in ("system", "session"):

@@ -1,7 +1,7 @@
 """The TCM-USER netlink commands and the device event the daemon acts on.
 
-Kept apart from `netlink` (which needs pyroute2, slow to import) so that the device manager and
-a restarting daemon can serve the rings before the netlink socket is opened.
+Kept apart from `netlink`, which needs pyroute2, so that the device manager (and its tests)
+depend only on these types, not on the netlink socket.
 """
 
 from __future__ import annotations

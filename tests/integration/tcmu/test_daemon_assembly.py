@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -166,60 +165,3 @@ def test_netlink_events_drive_the_daemon(tmp_path: Path) -> None:
         theirs.close()
         kernel.close()
 
-
-def test_rings_are_served_before_netlink_is_opened(tmp_path: Path, monkeypatch) -> None:
-    """After a restart, host commands wait only for adoption: the device answers while the
-    (slow to import and open) netlink socket is still being opened, with netlink events blocked;
-    a device that appeared before we joined the group is adopted by the second scan."""
-    from appliance.tcmu import netlink as netlink_module
-
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    cfg = f"mirror/mirror={data_dir}/m.img;journal={data_dir}/j.jnl;journal_size=64M"
-    config = _fake_system(tmp_path, cfg)
-    config = HandlerConfig(**{**{f: getattr(config, f) for f in config.__slots__}, "netlink": True})
-    kernels = {3: SimKernel(tmp_path / "ring3", SimConfig(ring_bytes=1 << 20, data_blocks=256))}
-    daemon = HandlerDaemon(config, open_transport=lambda minor, name: SimUio(tmp_path / f"ring{minor}"))
-    seen: dict[str, object] = {}
-
-    class QuietLink:
-        """Stands in for the kernel's TCM-USER socket (none on this host): no events."""
-
-        def serve(self, handler) -> None:
-            return None
-
-        def stop(self) -> None:
-            return None
-
-        def close(self) -> None:
-            return None
-
-    def open_link():
-        # What the kernel sees while the daemon joins the netlink group:
-        seen["block_netlink"] = (tmp_path / "params" / "block_netlink").read_text()
-        ticket = kernels[3].submit(b"\x25" + bytes(9), data_in_len=8)
-        seen["capacity"] = kernels[3].wait_for([ticket], timeout=20)[0].status
-        # ... and a device added meanwhile, before the group was joined.
-        kernels[4] = SimKernel(tmp_path / "ring4", SimConfig(ring_bytes=1 << 20, data_blocks=256))
-        uio = tmp_path / "class_uio" / "uio4"
-        (uio / "maps" / "map0").mkdir(parents=True)
-        cfg4 = cfg.replace("m.img", "m4.img").replace("j.jnl", "j4.jnl")
-        (uio / "name").write_text(f"tcm-user/1/vol4/{cfg4}\n")
-        backstore = tmp_path / "core" / "user_1"
-        shutil.copytree(backstore / "vol1", backstore / "vol4")
-        info = backstore / "vol4" / "info"
-        info.write_text(info.read_text().replace(cfg, cfg4))
-        return QuietLink()
-
-    monkeypatch.setattr(netlink_module.TcmuNetlink, "open", staticmethod(open_link))
-    try:
-        asyncio.run(daemon.start())
-        assert seen == {"block_netlink": "1", "capacity": 0}, seen
-        assert (tmp_path / "params" / "block_netlink").read_text() == "0"
-        assert sorted(daemon.manager.devices) == [3, 4], "the device added before netlink was not adopted"
-        ticket = kernels[4].submit(b"\x25" + bytes(9), data_in_len=8)
-        assert kernels[4].wait_for([ticket], timeout=20)[0].status == 0
-    finally:
-        daemon.shutdown()
-        for kernel in kernels.values():
-            kernel.close()
