@@ -13,7 +13,7 @@ SIGUSR2 dumps every thread's stack.
 Every library is imported before the rings are served, on purpose. Serving first and importing
 pyroute2 and dbus_fast afterwards was measured in the VM (docs/tcmu.md): host commands waited
 about 30 % less across a restart, but the imports then competed with a busy ring thread, and
-the daemon became ready 35-48 s after exec instead of 13-18 s.
+the daemon became ready 35-48 s after exec instead of 13-20 s.
 
 Needs root (CAP_NET_ADMIN for netlink, /dev/uioN is 0600, configfs writes), the kernel module
 target_core_user, configfs mounted at /sys/kernel/config, and the system D-Bus.
