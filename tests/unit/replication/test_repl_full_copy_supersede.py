@@ -19,8 +19,10 @@ def write(vol: Volume, i: int) -> None:
     vol.submit([WriteOp(OpKind.WRITE, (i * 8) % 2048, 8, bytes([i % 251 + 1]) * 4096)])
 
 
-def test_a_full_copy_supersedes_up_to_the_overflow_seq_only_while_the_writer_logs(tmp_path):
-    vol = Volume.open(VolumeConfig(uuid=VOL, num_blocks=2048, journal_size=2 << 20,
+def writer_and_driver(tmp_path, *, journal_size: int):
+    """A writer (Volume), a journal reader and the resync driver of a session whose peer
+    waits for a full copy and takes the jump."""
+    vol = Volume.open(VolumeConfig(uuid=VOL, num_blocks=2048, journal_size=journal_size,
                                    max_transfer_bytes=64 * 1024, service_interval=None,
                                    mirror_path=tmp_path / "mirror",
                                    journal_path=tmp_path / "journal",
@@ -30,6 +32,11 @@ def test_a_full_copy_supersedes_up_to_the_overflow_seq_only_while_the_writer_log
                                 volume_uuid=VOL)
     driver = ResyncDriver(types.SimpleNamespace(cfg=cfg, reader=reader, welcome=WELCOME),
                           ResyncProgress())
+    return vol, reader, driver
+
+
+def test_a_full_copy_supersedes_up_to_the_overflow_seq_only_while_the_writer_logs(tmp_path):
+    vol, reader, driver = writer_and_driver(tmp_path, journal_size=2 << 20)
     try:
         for i in range(1, 21):
             write(vol, i)
@@ -68,16 +75,7 @@ def test_a_full_copy_supersedes_up_to_the_overflow_seq_only_while_the_writer_log
 def test_a_writer_that_overflowed_long_ago_is_superseded_up_to_its_overflow(tmp_path):
     """The DR was gone so long that the journal filled: the writer already logs to the bitmap
     from its overflow_seq; the full copy supersedes the whole journal up to it."""
-    vol = Volume.open(VolumeConfig(uuid=VOL, num_blocks=2048, journal_size=512 << 10,
-                                   max_transfer_bytes=64 * 1024, service_interval=None,
-                                   mirror_path=tmp_path / "mirror",
-                                   journal_path=tmp_path / "journal",
-                                   bitmap_path=tmp_path / "bitmap"))
-    reader = JournalReader(tmp_path / "journal", volume_uuid=VOL)
-    cfg = types.SimpleNamespace(bitmap=tmp_path / "bitmap", mirror=tmp_path / "mirror",
-                                volume_uuid=VOL)
-    driver = ResyncDriver(types.SimpleNamespace(cfg=cfg, reader=reader, welcome=WELCOME),
-                          ResyncProgress())
+    vol, reader, driver = writer_and_driver(tmp_path, journal_size=512 << 10)
     try:
         i = 0
         while vol.state == "journaling":
