@@ -17,8 +17,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 
-import crc32c
-
+from appliance.checksum import crc32c
 from appliance.journal.errors import JournalMismatch
 
 JBLOCK = 4096
@@ -40,7 +39,7 @@ MAX_SEQ = 2**63 - 1
 
 
 def crc(data: bytes | bytearray | memoryview, value: int = 0) -> int:
-    return crc32c.crc32c(data, value=value)
+    return crc32c(data, value)
 
 
 # --- superblock ------------------------------------------------------------------------

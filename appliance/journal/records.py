@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-import crc32c
-
+from appliance.checksum import crc32c
 from appliance.journal.errors import InvalidRequest
 from appliance.journal.format import FORMAT_VERSION, JBLOCK, MAX_SEQ, Superblock, crc
 from appliance.journal.model import OpKind, WriteOp
@@ -31,7 +30,6 @@ _HDR = struct.Struct("<8sIHH16sQIIQQQQIIQ")
 _ENTRY = struct.Struct("<BxxxIQ")  # kind, nblocks, lba
 _CRC_FIELD = struct.Struct("<I")
 _CRC_FROM = 12  # the header CRC covers bytes 12..4095 (everything after itself)
-_crc32c = crc32c.crc32c  # format.crc without its wrapper call: once per record written
 
 
 class RecordKind(enum.IntEnum):
@@ -108,7 +106,7 @@ def encode_meta_flat(*, journal_uuid: uuid.UUID | bytes, kind: RecordKind, first
                    synced_seq, prev_crc, data_crc, data_bytes)
     if n_ops:
         _entries_struct(n_ops).pack_into(block, ENTRIES_OFFSET, *flat_entries)
-    header_crc = _crc32c(memoryview(block)[_CRC_FROM:])
+    header_crc = crc32c(memoryview(block)[_CRC_FROM:])
     _CRC_FIELD.pack_into(block, 8, header_crc)
     return block, header_crc
 

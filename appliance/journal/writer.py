@@ -12,8 +12,7 @@ from collections.abc import Iterator, Sequence
 from itertools import chain
 from operator import attrgetter
 
-import crc32c
-
+from appliance.checksum import crc32c
 from appliance.journal.creation import new_superblock, open_new_target, write_fresh_header
 from appliance.journal.errors import (
     InvalidRequest,
@@ -57,7 +56,6 @@ from appliance.journal.scan import (
 from appliance.storage import BlockIO
 
 _ZERO_BLOCK = bytes(JBLOCK)
-_crc32c = crc32c.crc32c
 _data_of = attrgetter("data")
 _entry_of = attrgetter("kind", "nblocks", "lba")  # the order of a metadata entry
 
@@ -287,7 +285,6 @@ class Journal:
         ops = planned.ops
         datas = list(map(_data_of, ops))
         data_crc = 0
-        crc32c = _crc32c
         for data in datas:
             data_crc = crc32c(data, data_crc)  # an empty payload leaves the CRC as it is
         size = sum(planned.lengths)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-import crc32c
+from appliance.checksum import crc32c
 
 _ENTRY = struct.Struct("<4sQII")
 MAGIC = b"DRUN"
@@ -42,7 +42,7 @@ class UndoLog:
         """Append the current contents of [offset, offset+length) (not yet synced)."""
         old = bytearray(length)
         mirror.pread_into(offset, memoryview(old))
-        os.write(self._fd, _ENTRY.pack(MAGIC, offset, length, crc32c.crc32c(old)) + old)
+        os.write(self._fd, _ENTRY.pack(MAGIC, offset, length, crc32c(old)) + old)
         self.saved_bytes += length
         self._pending = True
 
@@ -68,7 +68,7 @@ def entries(path: Path) -> Iterator[tuple[int, bytes]]:
     while pos + _ENTRY.size <= len(data):
         magic, offset, length, crc = _ENTRY.unpack_from(data, pos)
         body = data[pos + _ENTRY.size : pos + _ENTRY.size + length]
-        if magic != MAGIC or len(body) != length or crc32c.crc32c(body) != crc:
+        if magic != MAGIC or len(body) != length or crc32c(body) != crc:
             return
         yield offset, body
         pos += _ENTRY.size + length

@@ -27,7 +27,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 
-import crc32c
+from appliance.checksum import crc32c
 
 MAGIC = b"DRRL"
 WIRE_VERSION = 1
@@ -99,11 +99,11 @@ def frame_parts(ftype: FrameType, parts: list[bytes | memoryview], flags: int = 
     pcrc = 0
     for part in parts:
         length += len(part)
-        pcrc = crc32c.crc32c(part, pcrc)
+        pcrc = crc32c(part, pcrc)
     if length > MAX_PAYLOAD:
         raise ValueError(f"payload of {length} bytes exceeds MAX_PAYLOAD {MAX_PAYLOAD}")
     head = _HEADER.pack(MAGIC, WIRE_VERSION, int(ftype), flags, length, 0)[:12]
-    head += _U32.pack(crc32c.crc32c(head))
+    head += _U32.pack(crc32c(head))
     return [head, *parts, _U32.pack(pcrc)]
 
 
@@ -118,7 +118,7 @@ def parse_header(head: bytes | memoryview) -> tuple[FrameType, int, int]:
     magic, version, ftype, flags, length, hcrc = _HEADER.unpack(head)
     if magic != MAGIC:
         raise BadMagic(f"bad magic {bytes(magic)!r} (expected {MAGIC!r}): not a replication peer")
-    if crc32c.crc32c(bytes(head[:12])) != hcrc:
+    if crc32c(bytes(head[:12])) != hcrc:
         raise BadChecksum("frame header CRC32C mismatch")
     if version != WIRE_VERSION:
         raise BadVersion(f"frame version {version} not supported (we speak {WIRE_VERSION})")
@@ -135,7 +135,7 @@ def parse_header(head: bytes | memoryview) -> tuple[FrameType, int, int]:
 
 def check_payload(payload: bytes | memoryview, trailer: bytes | memoryview) -> None:
     """Raise BadChecksum unless ``trailer`` is the CRC32C of ``payload``."""
-    if crc32c.crc32c(payload) != _U32.unpack(trailer)[0]:
+    if crc32c(payload) != _U32.unpack(trailer)[0]:
         raise BadChecksum(f"frame payload CRC32C mismatch ({len(payload)} bytes)")
 
 
@@ -241,7 +241,7 @@ def batch_parts(volume_uuid: uuid.UUID, generation: int, records: list[WireRecor
                 ) -> list[bytes | memoryview]:
     """``encode_batch`` as a list of buffers (small headers and the records' own data), for
     ``frame_parts``: the data is not copied."""
-    prefix_crc = crc32c.crc32c(volume_uuid.bytes + _SEQ.pack(generation))
+    prefix_crc = crc32c(volume_uuid.bytes + _SEQ.pack(generation))
     parts: list[bytes | memoryview] = [_BATCH_HEAD.pack(volume_uuid.bytes, generation,
                                                         len(records))]
     pack, u32 = _REC.pack, _U32.pack
@@ -249,7 +249,7 @@ def batch_parts(volume_uuid: uuid.UUID, generation: int, records: list[WireRecor
         if r.kind not in _KINDS:
             raise ValueError(f"record {r.seq}: unknown kind {r.kind}")
         head = pack(r.seq, r.timestamp_ns, r.kind, r.nblocks, r.lba, len(r.data), 0)[:-4]
-        crc = crc32c.crc32c(r.data, crc32c.crc32c(head, prefix_crc))
+        crc = crc32c(r.data, crc32c(head, prefix_crc))
         parts.append(head + u32(crc))
         parts.append(r.data)
     return parts
@@ -263,7 +263,7 @@ def decode_batch(payload: bytes | memoryview) -> Batch:
     if len(view) < _BATCH_HEAD.size:
         raise BadFrame(f"batch payload of {len(view)} bytes is shorter than its header")
     ubytes, generation, count = _BATCH_HEAD.unpack(view[: _BATCH_HEAD.size])
-    prefix_crc = crc32c.crc32c(bytes(ubytes) + _SEQ.pack(generation))
+    prefix_crc = crc32c(bytes(ubytes) + _SEQ.pack(generation))
     pos = _BATCH_HEAD.size
     records: list[WireRecord] = []
     prev_seq = None
@@ -277,7 +277,7 @@ def decode_batch(payload: bytes | memoryview) -> Batch:
             raise BadFrame(f"batch truncated in the data of record {seq} ({data_len} bytes)")
         data = view[pos : pos + data_len]
         pos += data_len
-        if crc32c.crc32c(data, crc32c.crc32c(head[:-4], prefix_crc)) != crc:
+        if crc32c(data, crc32c(head[:-4], prefix_crc)) != crc:
             raise BadChecksum(f"record {seq} CRC32C mismatch")
         if kind not in _KINDS:
             raise BadFrame(f"record {seq}: unknown kind {kind}")
@@ -298,7 +298,7 @@ _HASH = struct.Struct("<QI16s")    # byte offset, length, blake2b-128 of the dat
 
 
 def encode_region(offset: int, data: bytes | memoryview) -> bytes:
-    return _REGION.pack(offset, len(data), crc32c.crc32c(data)) + bytes(data)
+    return _REGION.pack(offset, len(data), crc32c(data)) + bytes(data)
 
 
 def decode_region(payload: bytes) -> tuple[int, bytes]:
@@ -308,7 +308,7 @@ def decode_region(payload: bytes) -> tuple[int, bytes]:
     data = payload[_REGION.size:]
     if len(data) != length:
         raise BadFrame(f"REGION at {offset} says {length} bytes but carries {len(data)}")
-    if crc32c.crc32c(data) != crc:
+    if crc32c(data) != crc:
         raise BadChecksum(f"REGION at byte {offset}: data CRC32C mismatch")
     return offset, data
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from dbus_fast import BusType
 
+from appliance import checksum
 from appliance.tcmu import cfgstring
 from appliance.tcmu.backend import open_backend
 from appliance.tcmu.configfs import BackstoreControl
@@ -159,8 +160,9 @@ class HandlerDaemon:
                                       else BusType.SESSION)
             else:
                 await self.dbus.start(bus_address=cfg.dbus)
-        log.info("appliance-handler serving %d device(s), ready %.1f s after exec",
-                 len(self.manager.devices), _process_age())
+        log.info("appliance-handler serving %d device(s), ready %.1f s after exec "
+                 "(CRC32C: %s)", len(self.manager.devices), _process_age(),
+                 checksum.IMPLEMENTATION)
 
     def _adopt_existing(self) -> None:
         for minor, uio_name in scan_uio(self.config.sysfs_class_uio).items():

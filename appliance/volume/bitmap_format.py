@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import crc32c
+from appliance.checksum import crc32c
 
 SLOT_SIZE = 4096
 HEADER_OFFSETS = (0, SLOT_SIZE)
@@ -93,14 +93,14 @@ def file_size(num_chunks: int) -> int:
 
 
 def _seal(body: bytes) -> bytes:
-    sealed = body + _CRC.pack(crc32c.crc32c(body))
+    sealed = body + _CRC.pack(crc32c(body))
     return sealed + bytes(SLOT_SIZE - len(sealed))
 
 
 def _unseal(slot: bytes | memoryview, length: int) -> bytes | None:
     body = bytes(slot[:length])
     (crc,) = _CRC.unpack_from(slot, length)
-    return body if crc32c.crc32c(body) == crc else None
+    return body if crc32c(body) == crc else None
 
 
 def encode_header(h: BitmapHeader) -> bytes:
