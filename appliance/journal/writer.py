@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from itertools import chain
+from itertools import accumulate, chain
 from operator import attrgetter
 
 from appliance.checksum import crc32c
@@ -167,6 +167,13 @@ class Journal:
         return self.sb.volume_uuid
 
     @property
+    def io(self) -> BlockIO:
+        """The journal's file. The volume reads cached writes back from it, by the offsets
+        `append` reports, instead of keeping copies (docs/volume.md, "Flush policy")."""
+        self._check_open()
+        return self._io
+
+    @property
     def max_op_bytes(self) -> int:
         """Payload of the largest single write (one segment minus its metadata block)."""
         return self.sb.max_op_data_blocks * JBLOCK
@@ -179,9 +186,11 @@ class Journal:
 
     # --- appending --------------------------------------------------------------------
 
-    def append(self, ops: Sequence[WriteOp]) -> range:
+    def append(self, ops: Sequence[WriteOp], data_offsets: list[int] | None = None) -> range:
         """Write a batch (one metadata block per <= 248 writes, plus data; no fdatasync,
-        except once before entering each new segment). Returns the seqs given.
+        except once before entering each new segment). Returns the seqs given. With
+        `data_offsets`, appends to it where each op's data now lies in the journal's file
+        (it stays there, unmoved, until the record is reclaimed).
 
         Raises InvalidRequest or JournalFull, writing nothing.
         """
@@ -202,7 +211,7 @@ class Journal:
                     f"journal full: appending {len(ops)} writes would overwrite records not "
                     f"yet acknowledged by the peer and on the mirror (tail seq {self.tail_seq}, "
                     f"acked {self._acked}, mirror durable {self._mirror_on_disk})")
-        self._write(plan, time.time_ns())
+        self._write(plan, time.time_ns(), data_offsets)
         return range(first, self._head.seq)
 
     def _segment_free(self, segment: int) -> bool:
@@ -241,7 +250,8 @@ class Journal:
     def _reclaimable(self) -> int:
         return min(self._acked, self._mirror_on_disk)
 
-    def _write(self, plan: list[Placement], timestamp_ns: int) -> None:
+    def _write(self, plan: list[Placement], timestamp_ns: int,
+               data_offsets: list[int] | None) -> None:
         bufs: list[bytes | memoryview] = []
         run_start = plan[0].block
         head = self._head
@@ -260,6 +270,9 @@ class Journal:
             if not bufs:
                 run_start = planned.block
             head = self._emit(planned, head, timestamp_ns, bufs)
+            if data_offsets is not None and planned.ops:     # the data follows the meta block
+                start = self.sb.block_offset(planned.block) + JBLOCK
+                data_offsets.extend(accumulate(planned.lengths[:-1], initial=start))
             batch_written = batch_written or bool(planned.ops)
         if bufs:
             self._io.pwritev(self.sb.block_offset(run_start), bufs)

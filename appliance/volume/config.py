@@ -46,10 +46,10 @@ class VolumeConfig:
     max_transfer_bytes: int = 8 * MiB
     # on-flush: pending (journaled, not yet synced) bytes that force a sync
     pending_limit_bytes: int = 16 * MiB
-    # on-flush: a batch carrying at least this much data is committed at once (journal sync,
-    # mirror written from the caller's buffers) instead of copied into the overlay; for large
-    # writes the copy costs more than the sync (docs/volume.md, "Flush policy")
-    write_through_bytes: int = 1 * MiB
+    # on-flush: a cached WRITE carrying at least this much data is not copied into the
+    # overlay but read back from the journal's file, and copied from there to the mirror by
+    # the kernel at the next sync (docs/volume.md, "Flush policy")
+    overlay_span_bytes: int = 64 * KiB
     # mirror fdatasync + checkpoint after this many bytes applied (default: journal_size / 4)
     mirror_sync_bytes: int | None = None
     mirror_sync_interval: float = 5.0
@@ -101,9 +101,9 @@ class VolumeConfig:
                 f"({4 * (self.max_transfer_bytes + JOURNAL_BLOCK)} bytes)")
         if self.pending_limit_bytes < self.max_transfer_bytes:
             raise VolumeConfigError("pending_limit_bytes must be >= max_transfer_bytes")
-        if self.write_through_bytes < 1:
-            raise VolumeConfigError(f"write_through_bytes must be >= 1, "
-                                    f"not {self.write_through_bytes}")
+        if self.overlay_span_bytes < 1:
+            raise VolumeConfigError(f"overlay_span_bytes must be >= 1, "
+                                    f"not {self.overlay_span_bytes}")
         if self.mirror_sync_interval <= 0 or self.resync_poll_interval <= 0:
             raise VolumeConfigError("mirror_sync_interval and resync_poll_interval must be > 0")
         if self.service_interval is not None and self.service_interval <= 0:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from appliance.journal import OpKind, WriteOp
+from appliance.storage import copy_range
 from appliance.volume import scatter
 
 if TYPE_CHECKING:
@@ -13,6 +15,15 @@ if TYPE_CHECKING:
 
 _ZEROS = bytes(1 << 20)     # immutable: shared source for UNMAP writes
 _MAX_IOV = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class JournalSpan:
+    """The data of a cached WRITE, left where the journal wrote it: `length` bytes at
+    `offset` in the journal's file (the overlay's op carries this instead of bytes)."""
+
+    offset: int
+    length: int
 
 
 class Mirror:
@@ -31,15 +42,16 @@ class Mirror:
         for view, start in scatter.mirror_segments(bufs, 0, nblocks * self.block_size):
             self.io.pread_into(base + start, view)
 
-    def apply(self, ops: Iterable[WriteOp]) -> int:
-        """Write the ops in order; adjacent WRITEs go out as one pwritev. Returns bytes."""
+    def apply(self, ops: Iterable[WriteOp], journal: BlockIO | None = None) -> int:
+        """Write the ops in order; adjacent WRITEs go out as one pwritev, a WRITE whose data
+        is a `JournalSpan` is copied from `journal` by the kernel. Returns bytes."""
         bs = self.block_size
         run_off, run_bufs, run_len = 0, [], 0
         moved = 0
         for op in ops:
             off = op.lba * bs
             moved += op.nblocks * bs
-            if op.kind == OpKind.WRITE:
+            if op.kind == OpKind.WRITE and type(op.data) is not JournalSpan:
                 if run_bufs and off == run_off + run_len and len(run_bufs) < _MAX_IOV:
                     run_bufs.append(op.data)
                 else:
@@ -51,7 +63,10 @@ class Mirror:
             if run_bufs:
                 self.io.pwritev(run_off, run_bufs)
                 run_bufs, run_len = [], 0
-            if op.kind == OpKind.WRITE_SAME:
+            if op.kind == OpKind.WRITE:
+                assert journal is not None, "a journal span needs the journal to copy from"
+                copy_range(journal, op.data.offset, self.io, off, op.data.length)
+            elif op.kind == OpKind.WRITE_SAME:
                 self._write_same(off, op.nblocks, memoryview(op.data))
             else:
                 self.zero(off, op.nblocks * bs)

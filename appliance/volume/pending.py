@@ -2,8 +2,14 @@
 
 With the write cache on, the journal is synced only on FUA / SYNCHRONIZE CACHE / when this
 set grows past a bound. Until then the write-ahead rule keeps the writes off the mirror, so
-reads see them through this overlay. The data is copied here: once a command completes the
-caller may reuse its buffers (the TCMU ring), and the mirror write happens later.
+reads see them through this overlay. Once a command completes, the caller may reuse its
+buffers (the TCMU ring) and the mirror write happens later, so the data cannot stay there.
+A small write is copied here. A large one is not: the journal has just written it, so the
+overlay keeps only where (a `JournalSpan`), reads it back from the journal's file, and the
+commit has the kernel copy it to the mirror. Copying it here cost more than the sync it saves
+(under TCG every byte copied in user space is an emulated `rep movsb`); the journal cannot
+reuse that space before the mirror holds the write durably (its checkpoint), so the span
+stays valid for as long as the op is pending.
 
 Reads must not scan every pending op (thousands of cached writes would make each read cost
 milliseconds), so the ops are indexed by *stripe* (a fixed run of blocks): a read looks only
@@ -14,20 +20,31 @@ Ops are applied in arrival order, so the newest write wins.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from appliance.journal import OpKind, WriteOp
 from appliance.volume import scatter
+from appliance.volume.mirror import JournalSpan
+
+if TYPE_CHECKING:
+    from appliance.storage import BlockIO
 
 STRIPE_BYTES = 64 * 1024
 # An op covering more stripes than this is kept in a short list every read checks instead
 # (indexing a volume-wide UNMAP would cost a dict entry per stripe of the volume).
 MAX_INDEXED_STRIPES = 256
 _UNMAP = OpKind.UNMAP
+_WRITE = OpKind.WRITE
 
 
 class PendingWrites:
-    def __init__(self, block_size: int) -> None:
+    def __init__(self, block_size: int, journal: BlockIO | None = None,
+                 reference_bytes: int | None = None) -> None:
+        """`journal`: the journal's file; a WRITE of at least `reference_bytes` whose
+        journal offset `add` is told is kept as a span of it instead of copied."""
         self._bs = block_size
+        self._journal = journal
+        self._reference_bytes = reference_bytes if journal is not None else None
         self._shift = (STRIPE_BYTES // block_size).bit_length() - 1   # blocks per stripe, log2
         self._ops: list[WriteOp] = []
         self._by_stripe: dict[int, list[int]] = {}   # stripe -> indexes into _ops, ascending
@@ -42,16 +59,27 @@ class PendingWrites:
     def __len__(self) -> int:
         return len(self._ops)
 
-    def add(self, ops: Sequence[WriteOp], last_seq: int) -> None:
+    def add(self, ops: Sequence[WriteOp], last_seq: int,
+            data_offsets: Sequence[int] | None = None) -> None:
+        """Cache journaled ops (`data_offsets`: where the journal put each op's data, as
+        `Journal.append` reports). Ops taken earlier may come back: spans stay spans."""
         # Runs for every cached host write: locals instead of repeated attribute lookups.
         shift, kept, by_stripe = self._shift, self._ops, self._by_stripe
         nbytes = self.nbytes
-        for op in ops:
+        reference = self._reference_bytes if data_offsets is not None else None
+        for i, op in enumerate(ops):
             index = len(kept)
-            kind, lba, nblocks = op.kind, op.lba, op.nblocks
-            data = bytes(op.data) if kind is not _UNMAP else b""
+            kind, lba, nblocks, data = op.kind, op.lba, op.nblocks, op.data
+            if kind is _UNMAP:
+                data = b""
+            elif type(data) is JournalSpan:
+                pass
+            elif reference is not None and kind is _WRITE and len(data) >= reference:
+                data = JournalSpan(data_offsets[i], len(data))
+            else:
+                data = bytes(data)
             kept.append(WriteOp(kind, lba, nblocks, data))
-            nbytes += len(data)
+            nbytes += len(data) if type(data) is not JournalSpan else data.length
             first, last = lba >> shift, (lba + nblocks - 1) >> shift
             if last - first >= MAX_INDEXED_STRIPES:
                 self._wide.append(index)
@@ -97,7 +125,12 @@ class PendingWrites:
             dst, length = (lo - lba) * bs, (hi - lo) * bs
             if op.kind == OpKind.WRITE:
                 src = (lo - op.lba) * bs
-                scatter.copy_in(bufs, dst, memoryview(op.data)[src:src + length])
+                if type(op.data) is JournalSpan:
+                    at = op.data.offset + src
+                    for view, start in scatter.mirror_segments(bufs, dst, length):
+                        self._journal.pread_into(at + start, view)
+                else:
+                    scatter.copy_in(bufs, dst, memoryview(op.data)[src:src + length])
             elif op.kind == OpKind.WRITE_SAME:
                 scatter.fill_pattern(bufs, dst, length, op.data)
             else:

@@ -44,7 +44,7 @@ class Volume:
         self._mirror = mirror
         self._bitmap = bitmap
         self._lock = threading.RLock()
-        self._pending = PendingWrites(config.block_size)
+        self._pending = PendingWrites(config.block_size, journal.io, config.overlay_span_bytes)
         self._wce = config.flush_policy == FlushPolicy.ON_FLUSH
         self._max_blocks = config.max_transfer_bytes // config.block_size
         # Looked up per write; they depend on the journal's size and segments, which a resize
@@ -192,7 +192,11 @@ class Volume:
             except OSError as err:
                 raise MediumError("read", f"mirror read at block {lba} failed: {err}") from err
             if self._pending:
-                self._pending.overlay(lba, nblocks, bufs)
+                try:
+                    self._pending.overlay(lba, nblocks, bufs)
+                except OSError as err:
+                    raise MediumError("read", f"journal read of cached writes at block {lba} "
+                                              f"failed: {err}") from err
 
     # -- writes -----------------------------------------------------------------------
     def submit(self, ops: Sequence[WriteOp], *, fua: bool = False) -> None:
@@ -212,49 +216,50 @@ class Volume:
 
     def _journal_write(self, ops: Sequence[WriteOp], fua: bool,
                        payload: int) -> Sequence[WriteOp]:
-        """Journal the batch (`payload` data bytes) and apply it: now, or in on-flush mode at
-        the next sync unless the batch carries `write_through_bytes` or more (then copying it
-        costs more than syncing).
+        """Journal the batch (`payload` data bytes) and apply it: now, or in on-flush mode
+        (write cache on, no FUA) at the next sync, the overlay serving reads meanwhile.
 
         Normally one append; a batch bigger than the journal takes in one append is split,
         still with one sync. Returns the ops that found the journal full (they go to the
         bitmap; the mode has been switched)."""
-        appended: list[tuple[Sequence[WriteOp], int]] = []
+        appended: list[tuple[Sequence[WriteOp], int, list[int] | None]] = []
         rest: Sequence[WriteOp] = ()
+        cache = self._wce and not fua
         max_bytes = self._journal_batch_bytes
         groups = ((0, ops),) if payload <= max_bytes else _split(ops, max_bytes)
         for start, group in groups:
-            seqs = self._append(group)
+            offsets: list[int] | None = [] if cache else None
+            seqs = self._append(group, offsets)
             if seqs is None:
                 rest = ops[start:]
                 break
-            appended.append((group, seqs[-1]))
-        if self._wce and not fua and not rest and payload < self.config.write_through_bytes:
-            for group, last in appended:
-                self._pending.add(group, last)
+            appended.append((group, seqs[-1], offsets))
+        if cache and not rest:
+            for group, last, offsets in appended:
+                self._pending.add(group, last, offsets)
             if self._pending.nbytes > self.config.pending_limit_bytes:
                 self._commit_pending()
         elif appended:
             self._journal.sync()        # covers this batch and any earlier on-flush writes
             self._drain_pending()
-            self._apply_in_order(appended)
+            self._apply_in_order([(group, last) for group, last, _ in appended])
         if rest:
             self._enter_logging()
         elif self._mirror_bytes_applied - self._mirror_bytes_synced > self._mirror_sync_bytes:
             self._checkpoint_mirror()
         return rest
 
-    def _append(self, ops: Sequence[WriteOp]) -> range | None:
+    def _append(self, ops: Sequence[WriteOp], data_offsets: list[int] | None) -> range | None:
         """journal.append, with a mirror checkpoint at need; None if the journal stays full."""
         try:
-            return self._journal.append(ops)
+            return self._journal.append(ops, data_offsets)
         except JournalFull:
             pass
         # At need: a mirror checkpoint may free what the peer already acknowledged.
         self._commit_pending()
         self._checkpoint_mirror()
         try:
-            return self._journal.append(ops)
+            return self._journal.append(ops, data_offsets)
         except JournalFull:
             return None
 
@@ -407,7 +412,7 @@ class Volume:
         does not pass them, so the journal keeps them until the mirror really holds them."""
         for i, (ops, last_seq) in enumerate(groups):
             try:
-                self._mirror_bytes_applied += self._mirror.apply(ops)
+                self._mirror_bytes_applied += self._mirror.apply(ops, self._journal.io)
             except OSError:
                 for failed, failed_last in groups[i:]:
                     self._pending.add(failed, failed_last)

@@ -48,3 +48,39 @@ def test_exclusive_lock(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_copy_range_between_files_is_exact_and_leaves_positional_io_alone(tmp_path):
+    from appliance.storage import copy_range
+    data = bytes(range(256)) * 4096                     # 1 MiB, no two 256-byte runs alike
+    with open_file(tmp_path / "src", create_size=2 << 20) as src, \
+            open_file(tmp_path / "dst", create_size=2 << 20) as dst:
+        src.pwritev(4096, [data])
+        copy_range(src, 4096 + 100, dst, 512, len(data) - 100)
+        copy_range(src, 4096, dst, 0, 100)              # a second copy, elsewhere
+        assert dst._copy_fd >= 0                         # the kernel copied (sendfile)
+        dst.pwritev(len(data) + 4096, [b"after"])        # ordinary writes still land right
+        assert dst.size() == 2 << 20
+        copy_range(src, 4096, dst, len(data) + 8192, 3)  # size() moved no copy position
+    raw = (tmp_path / "dst").read_bytes()
+    assert raw[:100] == data[:100]
+    assert raw[512:512 + len(data) - 100] == data[100:]
+    assert raw[len(data) + 4096:len(data) + 4101] == b"after"
+    assert raw[len(data) + 8192:len(data) + 8195] == data[:3]
+
+
+def test_copy_range_through_a_buffer_when_one_side_is_not_a_file(tmp_path):
+    from appliance.storage import copy_range
+    from tests.support.simdisk import SimMachine
+    machine = SimMachine()
+    sim = machine.open("sim", 3 << 20)
+    data = bytes(range(251)) * 9000                     # over two buffer-fulls
+    with open_file(tmp_path / "f", create_size=3 << 20) as real:
+        real.pwritev(7, [data])
+        copy_range(real, 7, sim, 11, len(data))
+        back = bytearray(len(data))
+        sim.pread_into(11, memoryview(back))
+        assert back == data
+        copy_range(sim, 11, real, 1 << 20, len(data))
+        real.pread_into(1 << 20, memoryview(back))
+        assert back == data

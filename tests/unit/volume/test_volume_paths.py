@@ -352,3 +352,26 @@ def test_real_files_4096_byte_blocks_overflow_and_return(tmp_path):
         expect[:bs] = bytes([9]) * bs
         ship()
     assert (tmp_path / "mirror").read_bytes() == expect == peer
+
+
+def test_real_files_large_cached_writes_reach_the_mirror_from_the_journal_file(tmp_path):
+    cfg = real_config(tmp_path, flush_policy=FlushPolicy.ON_FLUSH, overlay_span_bytes=16 * BS,
+                      pending_limit_bytes=256 * 1024)
+    writes = [write(lba, 64, wid) for wid, lba in enumerate([0, 1000, 32, 2000, 3000], 1)]
+    expect = bytearray(4096 * BS)
+    with Volume.open(cfg) as vol:
+        for op in writes:
+            vol.submit([op])
+            expect[op.lba * BS:(op.lba + op.nblocks) * BS] = op.data
+        assert vol.status()["pending_bytes"] == 5 * 64 * BS      # cached, nothing synced
+        assert (tmp_path / "mirror").read_bytes() == bytes(4096 * BS)
+        assert b"".join(read_all(vol)) == expect                # read back from the journal
+        vol.flush()
+        assert (tmp_path / "mirror").read_bytes() == expect     # copied by the kernel
+        for wid, lba in enumerate(range(0, 3800, 50), 10):       # past the pending limit
+            op = write(lba, 40, wid)
+            vol.submit([op])
+            expect[lba * BS:(lba + 40) * BS] = op.data
+        assert vol.status()["pending_bytes"] <= 256 * 1024
+        assert b"".join(read_all(vol)) == expect
+    assert (tmp_path / "mirror").read_bytes() == expect          # close commits the rest

@@ -31,6 +31,9 @@ class Rig:
         self.kw = dict(uuid=self.uuid, num_blocks=num_blocks, block_size=BS,
                        journal_size=journal_size, chunk_size=chunk_size, flush_policy=policy,
                        max_transfer_bytes=max_transfer, pending_limit_bytes=4 * max_transfer,
+                       # cached WRITEs of 8 blocks or more are kept as journal spans, smaller
+                       # ones copied: the crash programs exercise both
+                       overlay_span_bytes=8 * BS,
                        mirror_sync_bytes=journal_size // 4, resync_poll_interval=3600.0,
                        service_interval=None)   # the tests drive service() themselves
         self.num_chunks = -(-num_blocks * BS // chunk_size)

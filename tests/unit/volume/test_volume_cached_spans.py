@@ -1,5 +1,5 @@
-"""Write cache on: large batches go straight through (no overlay copy), and the background
-mirror checkpoint fdatasyncs without holding the volume lock."""
+"""Write cache on: large writes wait in the journal's file (no overlay copy), and the
+background mirror checkpoint fdatasyncs without holding the volume lock."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from volume_harness import BS, Rig, block_data, read_all
 
 from appliance.journal import OpKind, WriteOp
 from appliance.volume import FlushPolicy
+from appliance.volume.mirror import JournalSpan
 
 WAIT = 10.0     # seconds any single wait below may take before the test fails
 
@@ -19,34 +20,60 @@ def write(lba: int, n: int, wid: int) -> WriteOp:
     return WriteOp(OpKind.WRITE, lba, n, b"".join(block_data(wid, i) for i in range(n)))
 
 
-def test_a_large_cached_batch_is_journaled_durably_and_written_through():
+def pending_data_types(vol) -> list[type]:
+    return [type(op.data) for op in vol._pending._ops]
+
+
+def test_a_large_cached_write_stays_in_the_journal_file_until_the_sync():
     rig = Rig(policy=FlushPolicy.ON_FLUSH)
-    rig.kw["write_through_bytes"] = 8 * BS
+    rig.kw["overlay_span_bytes"] = 8 * BS
     vol = rig.open()
-    vol.submit([write(20, 2, 1)])                            # small: cached in the overlay
-    assert vol.status()["pending_bytes"] == 2 * BS
-    assert rig.raw("mirror")[20 * BS:22 * BS] == bytes(2 * BS)
-    big = [write(16, 4, 2), write(21, 4, 3)]                 # 8 blocks: at the threshold
-    vol.submit(big)
-    assert vol.status()["pending_bytes"] == 0                # nothing copied or left behind
-    assert rig.m.unsynced_bytes("journal") == 0              # the batch is durable...
-    expect = bytearray(bytes(30 * BS))                       # ...and on the mirror, in order
-    expect[20 * BS:22 * BS] = write(20, 2, 1).data           # (the older cached write first)
-    expect[16 * BS:20 * BS] = big[0].data
-    expect[21 * BS:25 * BS] = big[1].data
+    syncs = dict(rig.m.syncs)
+    small, big = write(20, 2, 1), write(16, 8, 2)           # 8 blocks: at the threshold
+    vol.submit([small])
+    vol.submit([big])
+    # Cached, both: no sync, nothing on the mirror; the big one is not copied but kept as a
+    # span of the journal file, where its bytes are.
+    assert dict(rig.m.syncs) == syncs
+    assert vol.status()["pending_bytes"] == 10 * BS
+    assert pending_data_types(vol) == [bytes, JournalSpan]
+    span = vol._pending._ops[1].data
+    assert rig.raw("journal")[span.offset:span.offset + span.length] == big.data
+    assert rig.raw("mirror")[:30 * BS] == bytes(30 * BS)
+    expect = bytearray(bytes(30 * BS))                      # reads see both, newest first
+    expect[20 * BS:22 * BS] = small.data
+    expect[16 * BS:24 * BS] = big.data
+    assert b"".join(read_all(vol)[:30]) == expect
+    vol.flush()                                             # journal sync, then the mirror
+    assert vol.status()["pending_bytes"] == 0
+    assert rig.m.unsynced_bytes("journal") == 0
     assert rig.raw("mirror")[:30 * BS] == expect
-    rig.crash(random.Random(3), tear=True)                   # completed without FUA, yet kept
+    rig.crash(random.Random(3), tear=True)                  # flushed: kept
     vol = rig.open()
     assert b"".join(read_all(vol)[:30]) == expect
 
 
-def test_a_batch_below_the_threshold_stays_cached():
+def test_a_span_read_spreads_over_the_callers_scatter_list():
     rig = Rig(policy=FlushPolicy.ON_FLUSH)
-    rig.kw["write_through_bytes"] = 8 * BS
+    vol = rig.open()
+    big = write(0, 16, 7)
+    vol.submit([big])
+    assert pending_data_types(vol) == [JournalSpan]
+    bufs = [bytearray(3 * BS), bytearray(BS), bytearray(6 * BS)]    # blocks 5..15
+    vol.read_into(5, 10, [memoryview(b) for b in bufs])
+    assert b"".join(bufs) == big.data[5 * BS:15 * BS]
+
+
+def test_a_write_below_the_threshold_or_with_fua_is_not_a_span():
+    rig = Rig(policy=FlushPolicy.ON_FLUSH)
+    rig.kw["overlay_span_bytes"] = 8 * BS
     vol = rig.open()
     syncs = dict(rig.m.syncs)
     vol.submit([write(0, 7, 1)])
-    assert dict(rig.m.syncs) == syncs and vol.status()["pending_bytes"] == 7 * BS
+    assert dict(rig.m.syncs) == syncs and pending_data_types(vol) == [bytes]
+    vol.submit([write(40, 8, 2)], fua=True)                 # FUA: durable and on the mirror
+    assert vol.status()["pending_bytes"] == 0
+    assert rig.raw("mirror")[40 * BS:48 * BS] == write(40, 8, 2).data
 
 
 class GatedSync:
