@@ -182,8 +182,10 @@ def open_file(path: str | os.PathLike[str], *, create_size: int | None = None) -
 
 
 _COPY_CHUNK = 1 << 20
-# sendfile refuses some pairs (e.g. a file system without splice support): copy by buffer.
-_NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV)
+# sendfile refuses some pairs (e.g. a file system without splice support), and the second
+# open needs /proc (ENOENT without it, EACCES if the file's mode changed): copy by buffer.
+_NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOENT,
+                errno.EACCES)
 
 
 def copy_range(src: BlockIO, src_offset: int, dst: BlockIO, dst_offset: int,
