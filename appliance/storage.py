@@ -14,6 +14,8 @@ import stat
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from appliance.direct_io import DirectWriter
+
 
 class StorageError(OSError):
     """An I/O request could not be completed in full (short read past the end, ...)."""
@@ -53,6 +55,20 @@ class FileBlockIO:
         self._fd = fd
         self.path = path
         self._copy_fd = -1      # a second open of the file, whose position only copies move
+        self._direct: DirectWriter | None = None
+
+    def enable_direct(self, min_bytes: int) -> bool:
+        """From now on, write calls of at least `min_bytes` whose offset and buffers are
+        aligned bypass the page cache (appliance/direct_io.py). False where the file
+        system refuses direct I/O: everything stays buffered."""
+        if self._direct is None:
+            self._direct = DirectWriter.open(self._fd, self.path, min_bytes)
+        return self._direct is not None
+
+    @property
+    def writes_direct(self) -> bool:
+        """Do large aligned writes bypass the page cache (enabled, and not refused since)?"""
+        return self._direct is not None and self._direct.usable
 
     def copy_from(self, src: FileBlockIO, src_offset: int, offset: int, length: int) -> None:
         """Write `length` bytes of `src` (from `src_offset`) here at `offset`, copied by the
@@ -92,6 +108,12 @@ class FileBlockIO:
     def pwritev(self, offset: int, bufs: Sequence[bytes | memoryview]) -> None:
         if len(bufs) <= _IOV_MAX:  # the common case: one call, no copies, no views
             want = sum(b.nbytes if isinstance(b, memoryview) else len(b) for b in bufs)
+            if self._direct is not None and want >= self._direct.min_bytes:
+                views = [memoryview(b).cast("B") for b in bufs]
+                wrote = self._direct.try_write(offset, views, want)
+                if wrote == want:
+                    return
+                bufs, offset, want = _skip(views, wrote), offset + wrote, want - wrote
             wrote = os.pwritev(self._fd, bufs, offset)
             if wrote == want:
                 return
@@ -122,6 +144,8 @@ class FileBlockIO:
             ) from err
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         if self._copy_fd >= 0:
             fd, self._copy_fd = self._copy_fd, -1
             os.close(fd)

@@ -47,9 +47,13 @@ class VolumeConfig:
     # on-flush: pending (journaled, not yet synced) bytes that force a sync
     pending_limit_bytes: int = 16 * MiB
     # on-flush: a cached WRITE carrying at least this much data is not copied into the
-    # overlay but read back from the journal's file, and copied from there to the mirror by
-    # the kernel at the next sync (docs/volume.md, "Flush policy")
+    # overlay. With direct I/O its batch is written through (journal, sync, mirror) without
+    # the page cache; without, it is read back from the journal's file and copied from there
+    # to the mirror by the kernel at the next sync (docs/volume.md, "Flush policy")
     overlay_span_bytes: int = 64 * KiB
+    # writes of at least overlay_span_bytes to journal and mirror bypass the page cache
+    # (O_DIRECT) where the file system allows it (docs/volume.md, "Direct I/O")
+    direct_io: bool = True
     # mirror fdatasync + checkpoint after this many bytes applied (default: journal_size / 4)
     mirror_sync_bytes: int | None = None
     mirror_sync_interval: float = 5.0

@@ -14,6 +14,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from appliance.journal import InvalidRequest, JournalFull, OpKind, WriteOp
 from appliance.journal.resize import set_volume_blocks
@@ -25,6 +26,9 @@ from appliance.volume.mirror import Mirror
 from appliance.volume.pending import PendingWrites
 from appliance.volume.requests import check_ops, check_range
 from appliance.volume.ticker import Ticker
+
+if TYPE_CHECKING:
+    from appliance.storage import BlockIO
 
 JOURNALING = "journaling"
 _Mark = tuple[int, int]     # a mirror checkpoint in progress: (applied seq, bytes applied ever)
@@ -45,6 +49,9 @@ class Volume:
         self._bitmap = bitmap
         self._lock = threading.RLock()
         self._pending = PendingWrites(config.block_size, journal.io, config.overlay_span_bytes)
+        self._large_write_bytes = config.overlay_span_bytes
+        self._direct = config.direct_io and _enable_direct((journal.io, mirror.io),
+                                                           config.overlay_span_bytes)
         self._wce = config.flush_policy == FlushPolicy.ON_FLUSH
         self._max_blocks = config.max_transfer_bytes // config.block_size
         # Looked up per write; they depend on the journal's size and segments, which a resize
@@ -224,7 +231,7 @@ class Volume:
         bitmap; the mode has been switched)."""
         appended: list[tuple[Sequence[WriteOp], int, list[int] | None]] = []
         rest: Sequence[WriteOp] = ()
-        cache = self._wce and not fua
+        cache = self._wce and not fua and not self._writes_through_directly(ops, payload)
         max_bytes = self._journal_batch_bytes
         groups = ((0, ops),) if payload <= max_bytes else _split(ops, max_bytes)
         for start, group in groups:
@@ -248,6 +255,18 @@ class Volume:
         elif self._mirror_bytes_applied - self._mirror_bytes_synced > self._mirror_sync_bytes:
             self._checkpoint_mirror()
         return rest
+
+    def _writes_through_directly(self, ops: Sequence[WriteOp], payload: int) -> bool:
+        """With direct I/O, a cached batch holding a large WRITE is written through at once
+        (journal, sync, mirror), its data going from the caller's buffers to both files
+        without the page cache: cheaper than a copy or a span, which both pass through it
+        twice (docs/volume.md, "Direct I/O")."""
+        if not self._direct or payload < self._large_write_bytes:
+            return False
+        if not (self._journal.io.writes_direct and self._mirror.io.writes_direct):
+            return False    # a file refused direct I/O since: spans again
+        large = self._large_write_bytes // self.block_size
+        return any(op.kind is OpKind.WRITE and op.nblocks >= large for op in ops)
 
     def _append(self, ops: Sequence[WriteOp], data_offsets: list[int] | None) -> range | None:
         """journal.append, with a mirror checkpoint at need; None if the journal stays full."""
@@ -495,3 +514,9 @@ def _first_mismatch(a: bytes | bytearray, b: memoryview) -> int | None:
                 if a[i] != b[i]:
                     return i
     return None
+
+
+def _enable_direct(ios: Sequence[BlockIO], min_bytes: int) -> bool:
+    """Turn on direct writes of `min_bytes` or more on every file that can do them; True if
+    all can (a simulated disk, or a file system refusing O_DIRECT, cannot)."""
+    return all([hasattr(io, "enable_direct") and io.enable_direct(min_bytes) for io in ios])

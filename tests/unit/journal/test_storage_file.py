@@ -84,3 +84,69 @@ def test_copy_range_through_a_buffer_when_one_side_is_not_a_file(tmp_path):
         copy_range(sim, 11, real, 1 << 20, len(data))
         real.pread_into(1 << 20, memoryview(back))
         assert back == data
+
+
+# --- direct writes (appliance/direct_io.py) -----------------------------------------
+
+def aligned_buffer(data: bytes) -> memoryview:
+    """`data` in page-aligned memory, as the TCMU ring's data area is."""
+    import mmap
+    m = mmap.mmap(-1, len(data))
+    m[:] = data
+    return memoryview(m)
+
+
+def test_a_large_aligned_write_bypasses_the_page_cache_with_exact_bytes(tmp_path):
+    from tests.support.pagecache import cached_pages
+    meta, data = bytes(range(256)) * 16, bytes(reversed(range(256))) * 4096   # 4 KiB, 1 MiB
+    with open_file(tmp_path / "f", create_size=4 << 20) as io:
+        assert io.enable_direct(64 * 1024) and io.writes_direct
+        io.pwritev(8192, [meta, aligned_buffer(data)])       # meta is bytes: bounced
+        assert cached_pages(tmp_path / "f", 8192, 4096 + len(data)) == 0
+        io.pwritev(2 << 20, [aligned_buffer(data[:8192])])   # below 64 KiB: buffered
+        assert cached_pages(tmp_path / "f", 2 << 20, 8192) == 2
+        out = bytearray(4096 + len(data))
+        io.pread_into(8192, memoryview(out))
+    assert out == meta + data
+    raw = (tmp_path / "f").read_bytes()
+    assert raw[8192:8192 + len(out)] == meta + data and raw[:8192] == bytes(8192)
+    assert raw[2 << 20:(2 << 20) + 8192] == data[:8192]
+
+
+@pytest.mark.parametrize("case", ["unaligned length", "unaligned offset", "large bytes"])
+def test_writes_direct_io_cannot_take_go_through_the_page_cache(tmp_path, case):
+    from tests.support.pagecache import cached_pages
+    data = bytes(range(256)) * 1024                            # 256 KiB
+    offset, bufs = {
+        "unaligned length": (0, [aligned_buffer(data), b"x" * 512]),
+        "unaligned offset": (512, [aligned_buffer(data)]),
+        "large bytes": (0, [data]),                            # too much to bounce
+    }[case]
+    with open_file(tmp_path / "f", create_size=1 << 20) as io:
+        assert io.enable_direct(64 * 1024)
+        io.pwritev(offset, bufs)
+        assert cached_pages(tmp_path / "f", 0, 512 * 1024) > 0
+    want = b"".join(bytes(b) for b in bufs)
+    assert (tmp_path / "f").read_bytes()[offset:offset + len(want)] == want
+
+
+def test_a_direct_write_refused_by_the_file_system_is_written_buffered(tmp_path, monkeypatch):
+    # No file system here refuses O_DIRECT writes (tmpfs accepts them since Linux 6.6), so
+    # the refusal is injected at the system call, for the direct descriptor only.
+    import errno
+    import os
+    data = bytes(range(256)) * 1024
+    with open_file(tmp_path / "f", create_size=1 << 20) as io:
+        assert io.enable_direct(64 * 1024)
+        direct_fd = io._direct._fd
+        real = os.pwritev
+
+        def refusing(fd, bufs, offset):
+            if fd == direct_fd:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real(fd, bufs, offset)
+        monkeypatch.setattr(os, "pwritev", refusing)
+        io.pwritev(4096, [aligned_buffer(data)])
+        assert not io.writes_direct                              # buffered from now on
+        io.pwritev(4096 + len(data), [aligned_buffer(data)])
+    assert (tmp_path / "f").read_bytes()[4096:4096 + 2 * len(data)] == data * 2

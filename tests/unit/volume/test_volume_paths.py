@@ -355,8 +355,9 @@ def test_real_files_4096_byte_blocks_overflow_and_return(tmp_path):
 
 
 def test_real_files_large_cached_writes_reach_the_mirror_from_the_journal_file(tmp_path):
+    # Without direct I/O (a file system refusing it), large cached writes stay spans.
     cfg = real_config(tmp_path, flush_policy=FlushPolicy.ON_FLUSH, overlay_span_bytes=16 * BS,
-                      pending_limit_bytes=256 * 1024)
+                      pending_limit_bytes=256 * 1024, direct_io=False)
     writes = [write(lba, 64, wid) for wid, lba in enumerate([0, 1000, 32, 2000, 3000], 1)]
     expect = bytearray(4096 * BS)
     with Volume.open(cfg) as vol:
@@ -375,3 +376,37 @@ def test_real_files_large_cached_writes_reach_the_mirror_from_the_journal_file(t
         assert vol.status()["pending_bytes"] <= 256 * 1024
         assert b"".join(read_all(vol)) == expect
     assert (tmp_path / "mirror").read_bytes() == expect          # close commits the rest
+
+
+def test_real_files_large_cached_writes_go_direct_to_journal_and_mirror(tmp_path):
+    """With direct I/O a cached batch holding a large WRITE is written through at once, from
+    the caller's (aligned) buffers to both files, none of it through the page cache; small
+    cached writes stay in the overlay, and are committed first when a large write comes."""
+    import mmap
+
+    from tests.support.pagecache import cached_pages
+    cfg = real_config(tmp_path, flush_policy=FlushPolicy.ON_FLUSH, overlay_span_bytes=16 * BS,
+                      block_size=4096, num_blocks=1024, max_transfer_bytes=256 * 1024,
+                      journal_size=4 << 20)
+    bs = 4096
+    ring = mmap.mmap(-1, 64 * bs)                        # page-aligned, as the TCMU ring is
+    expect = bytearray(1024 * bs)
+    with Volume.open(cfg) as vol:
+        small = WriteOp(OpKind.WRITE, 100, 1, bytes([7]) * bs)
+        vol.submit([small])
+        expect[100 * bs:101 * bs] = small.data
+        assert vol.status()["pending_bytes"] == bs           # small: cached
+        ring[:] = bytes(range(256)) * (64 * bs // 256)
+        vol.submit([WriteOp(OpKind.WRITE, 96, 64, memoryview(ring))])
+        expect[96 * bs:160 * bs] = ring[:]
+        status = vol.status()
+        assert status["pending_bytes"] == 0                   # written through, nothing cached
+        assert status["mirror_applied_seq"] == 2               # both writes on the mirror ...
+        assert status["journal"]["durable_seq"] == 3           # ... after their journal sync
+        assert cached_pages(tmp_path / "mirror", 96 * bs, 64 * bs) == 0
+        mirror = (tmp_path / "mirror").read_bytes()
+        assert mirror == expect                               # the small write landed first
+        got = bytearray(64 * bs)
+        vol.read_into(96, 64, [memoryview(got)])
+        assert got == expect[96 * bs:160 * bs]
+    assert (tmp_path / "mirror").read_bytes() == expect
