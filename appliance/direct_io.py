@@ -19,6 +19,7 @@ writes coherent for readers of the file.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -113,7 +114,5 @@ class DirectWriter:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
-        try:
+        with contextlib.suppress(BufferError):   # a view of it lives (a write in another thread)
             self._bounce.close()
-        except BufferError:     # a view of it still lives (a write in another thread)
-            pass
