@@ -160,15 +160,28 @@ def test_filesystem_roundtrip_and_mirror_bytes(appliance, disk):
     appliance.run(f"umount {MNT}")
 
     # The local mirror file holds exactly the bytes the host sees, and a block written with
-    # O_DIRECT at a known offset is at that offset of the mirror.
-    appliance.run(f"head -c 1M /dev/urandom > /root/pattern && "
-                  f"dd if=/root/pattern of={disk} bs=1M seek=100 oflag=direct conv=fsync status=none")
+    # O_DIRECT at a known offset is at that offset of the mirror. The handler wrote those
+    # 64 KiB commands from the ring to the mirror with direct I/O: none of the 256 pages
+    # entered the appliance's page cache (a buffered write would have added all of them).
+    appliance.run("head -c 1M /dev/urandom > /root/pattern && sync && "
+                  "echo 3 > /proc/sys/vm/drop_caches")
+    cached_before = mirror_cached_pages(appliance)
+    appliance.run(f"dd if=/root/pattern of={disk} bs=1M seek=100 oflag=direct conv=fsync status=none")
+    cached_after = mirror_cached_pages(appliance)
+    assert cached_after - cached_before < 16, (
+        f"the mirror gained {cached_after - cached_before} cached pages from a 1 MiB write: "
+        f"not written with direct I/O\n" + appliance.run(
+            ["journalctl", "-u", HANDLER_UNIT, "--no-pager", "-n", "20"], check=False).text)
     appliance.run(f"cmp /root/pattern {MIRROR} 0 $((100*1024*1024)) -n 1048576", timeout=60)
     appliance.run("echo 3 > /proc/sys/vm/drop_caches")
     on_host = appliance.run(["sha256sum", disk], timeout=300).text.split()[0]
     on_mirror = appliance.run(["sha256sum", MIRROR], timeout=300).text.split()[0]
     assert on_host == on_mirror
     appliance.run(f"mount {disk} {MNT} && cd {MNT} && sha256sum --quiet -c /root/fs.sums", timeout=180)
+
+
+def mirror_cached_pages(machine: Machine) -> int:
+    return int(machine.run(["fincore", "--noheadings", "--raw", "--output", "PAGES", MIRROR]).text)
 
 
 def fio_job(runtime: int) -> str:
