@@ -205,6 +205,20 @@ def open_file(path: str | os.PathLike[str], *, create_size: int | None = None) -
         raise
 
 
+def allocate(fd: int, offset: int, length: int) -> bool:
+    """Allocate a regular file's blocks over [offset, offset+length) now (posix_fallocate,
+    extending the file if need be), so that writing them later never fails for want of
+    space and costs no block allocation. False where the file system cannot (the range
+    stays sparse); ENOSPC is raised."""
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        return False
+    return True
+
+
 _COPY_CHUNK = 1 << 20
 # sendfile refuses some pairs (e.g. a file system without splice support), and the second
 # open needs /proc (ENOENT without it, EACCES if the file's mode changed): copy by buffer.

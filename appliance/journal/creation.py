@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 import uuid
@@ -21,7 +22,7 @@ from appliance.journal.format import (
     encode_superblock,
 )
 from appliance.journal.header import Target, write_transmitter_slot, write_writer_slot
-from appliance.storage import BlockIO, open_file
+from appliance.storage import BlockIO, FileBlockIO, allocate, open_file
 
 
 def new_superblock(*, size: int, volume_uuid: uuid.UUID, volume_block_size: int,
@@ -53,6 +54,20 @@ def new_superblock(*, size: int, volume_uuid: uuid.UUID, volume_block_size: int,
                       first_seq, time.time_ns())
 
 
+def _reserve(io: FileBlockIO, size: int) -> None:
+    """A journal is rewritten in circles for ever: give it all its blocks now, so that no
+    host write ever fails for want of space another file took (and none pays for block
+    allocation). Raises, with what to do, if the file system has no room."""
+    try:
+        allocate(io.fileno(), 0, size)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        os.ftruncate(io.fileno(), 0)     # still "fresh" for the next try, nothing kept
+        raise InvalidRequest(f"no room for the journal's {size} bytes on the file system of "
+                             f"{io.path}; free space there or choose a smaller journal") from err
+
+
 def open_new_target(path: Target, size: int) -> BlockIO:
     """Open (creating if need be) the journal's file, refusing one that holds a journal."""
     if isinstance(path, str | os.PathLike):
@@ -60,6 +75,8 @@ def open_new_target(path: Target, size: int) -> BlockIO:
         io: BlockIO = open_file(path, create_size=size if fresh else None)
         try:
             io.lock_exclusive()
+            if fresh:
+                _reserve(io, size)
         except BaseException:
             io.close()
             raise

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from pathlib import Path
 
-from appliance.storage import sync_dir
+from appliance.storage import allocate, sync_dir
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
@@ -27,11 +26,7 @@ def extend_file(fd: int, size: int) -> None:
     old = os.fstat(fd).st_size
     if size <= old:
         return
-    try:
-        os.posix_fallocate(fd, old, size - old)
-    except OSError as err:
-        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-            raise
+    if not allocate(fd, old, size - old):
         os.ftruncate(fd, size)
     os.fsync(fd)
 
