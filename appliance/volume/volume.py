@@ -49,7 +49,7 @@ class Volume:
         self._bitmap = bitmap
         self._lock = threading.RLock()
         self._pending = PendingWrites(config.block_size, journal.io, config.overlay_span_bytes)
-        self._large_write_bytes = config.overlay_span_bytes
+        self._large_write_blocks = config.overlay_span_bytes // config.block_size
         self._direct = config.direct_io and _enable_direct((journal.io, mirror.io),
                                                            config.overlay_span_bytes)
         self._wce = config.flush_policy == FlushPolicy.ON_FLUSH
@@ -261,11 +261,11 @@ class Volume:
         (journal, sync, mirror), its data going from the caller's buffers to both files
         without the page cache: cheaper than a copy or a span, which both pass through it
         twice (docs/volume.md, "Direct I/O")."""
-        if not self._direct or payload < self._large_write_bytes:
+        if not self._direct or payload < self.config.overlay_span_bytes:
             return False
         if not (self._journal.io.writes_direct and self._mirror.io.writes_direct):
             return False    # a file refused direct I/O since: spans again
-        large = self._large_write_bytes // self.block_size
+        large = self._large_write_blocks
         return any(op.kind is OpKind.WRITE and op.nblocks >= large for op in ops)
 
     def _append(self, ops: Sequence[WriteOp], data_offsets: list[int] | None) -> range | None:
