@@ -36,6 +36,8 @@ from appliance.replication.config import ConfigError, ReplicaConfig, load_toml, 
 from appliance.replication.promotion import Promotion, demote, promote
 from appliance.replication.replica import ReplicaError
 from appliance.replication.replica_offline import invalidate, roll_back_to_consistent
+from appliance.replication.replica_state import ReplicaState, ReplicaStateError
+from appliance.volume.identity import mirror_volume_uuid
 
 
 class DrToolError(Exception):
@@ -45,25 +47,19 @@ class DrToolError(Exception):
 def replica_state(cfg: ReplicaConfig) -> dict:
     """What the state file says of one replica (no state file: never paired)."""
     out: dict = {"uuid": str(cfg.spec.uuid), "mirror": str(cfg.paths.mirror)}
-    if not cfg.paths.state.exists():
+    st = ReplicaState.load(cfg.paths.state)
+    if st is None:
         return out | {"state": "never-paired"}
-    st = json.loads(cfg.paths.state.read_text())
-    since = st.get("inconsistent_since")
+    since = st.inconsistent_since
     out |= {"state": "consistent" if since is None else "inconsistent",
-            "inconsistent_since": since, "consistent_seq": st.get("consistent_seq"),
-            "primary": st.get("primary"), "undo_log": cfg.paths.undo.exists(),
-            "full_copy_pending": bool(st.get("full_copy_pending"))}
-    if st.get("detached_image_seq") is not None:
-        out["image_seq"] = st["detached_image_seq"]
-    if st.get("promoted") is not None:
-        out |= {"state": "promoted", "promoted": st["promoted"]}
+            "inconsistent_since": since, "consistent_seq": st.consistent_seq,
+            "primary": st.primary, "undo_log": cfg.paths.undo.exists(),
+            "full_copy_pending": st.full_copy_pending}
+    if st.detached_image_seq is not None:
+        out["image_seq"] = st.detached_image_seq
+    if st.promoted is not None:
+        out |= {"state": "promoted", "promoted": st.promoted.as_dict()}
     return out
-
-
-def served_volume_uuid(mirror: Path) -> uuid.UUID:
-    """The volume uuid a user:mirror LUN over ``mirror`` gets (derived from its path)."""
-    from appliance.tcmu.backend import VOLUME_NAMESPACE  # only here: it loads pyudev
-    return uuid.uuid5(VOLUME_NAMESPACE, str(mirror))
 
 
 def promote_next_steps(p: Promotion, size_bytes: int) -> str:
@@ -75,7 +71,7 @@ def promote_next_steps(p: Promotion, size_bytes: int) -> str:
             f"next peer):\n"
             f"     /backstores/user:mirror create name=<name> size={size_bytes} "
             f"cfgstring=mirror={p.mirror};journal=<new journal path>\n"
-            f"  2. its transmitter: volume_uuid = {served_volume_uuid(p.mirror)} (derived from "
+            f"  2. its transmitter: volume_uuid = {mirror_volume_uuid(p.mirror)} (derived from "
             f"the mirror path), generation = {p.generation}, mirror + bitmap, "
             f"resync_skip_matching = true, peer = the old primary site once it is back\n"
             f"  3. failback on the old primary site: stop its LUN and transmitter, run a "
@@ -149,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             hint = promote_next_steps(promotion, cfg.spec.size_bytes)
         else:
             result = {"demoted_keeping_generation": demote(cfg)}
-    except (ConfigError, DrToolError, ReplicaError) as err:
+    except (ConfigError, DrToolError, ReplicaError, ReplicaStateError) as err:
         print(f"appliance-dr: {err}", file=sys.stderr)
         return 1
     print(json.dumps({"volume": str(cfg.spec.uuid), **result, "mirror": str(cfg.paths.mirror)}))

@@ -22,7 +22,7 @@ contact copies only what differs (``resync_skip_matching``).
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import time
 import uuid
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.replica import Replica, ReplicaError
-from appliance.replication.replica_files import write_json_atomic
+from appliance.replication.replica_state import PromotionMark, ReplicaState
 from appliance.storage import sync_dir
 
 log = logging.getLogger("appliance.replication.replica")
@@ -60,46 +60,37 @@ def promote(cfg: ReplicaConfig) -> Promotion:
     Refused for an inconsistent replica (roll it back first) and for one that never held an
     image. Promoting a promoted replica again finishes what a crash interrupted and returns the
     same record."""
-    st = _read_state(cfg)
+    st = ReplicaState.load(cfg.paths.state)
     if st is None:
         raise ReplicaError(f"volume {cfg.spec.uuid} was never paired with a primary: its mirror "
                            f"holds no replicated image to promote")
-    record = st.get("promoted")
-    if record is None:
+    mark = st.promoted
+    if mark is None:
         replica = Replica(cfg)          # opening redoes the journal onto the mirror
         try:
-            record = replica.mark_promoted(time.time())
+            mark = PromotionMark.from_dict(replica.mark_promoted(time.time()))
         finally:
             replica.close()
-    _set_journal_aside(cfg, int(record["at_seq"]))
-    return Promotion(cfg.spec.uuid, int(record["at_seq"]), int(record["generation"]),
-                     record.get("former_primary"), cfg.paths.mirror, float(record["time"]))
+    _set_journal_aside(cfg, mark.at_seq)
+    return Promotion(cfg.spec.uuid, mark.at_seq, mark.generation, mark.former_primary,
+                     cfg.paths.mirror, mark.time)
 
 
 def demote(cfg: ReplicaConfig) -> int:
     """Make a promoted replica an unbound DR replica over the same mirror again (offline; the
     mirror must no longer be served on this site). Returns the generation it keeps: the
     primary whose contact it awaits must use at least this one."""
-    st = _read_state(cfg)
-    if st is None or st.get("promoted") is None:
+    st = ReplicaState.load(cfg.paths.state)
+    if st is None or st.promoted is None:
         raise ReplicaError(f"volume {cfg.spec.uuid} is not promoted; nothing to demote")
-    generation = int(st["generation"])
-    st.update(primary=None, promoted=None, demoted_from=st["promoted"], inconsistent_since=None,
-              consistent_seq=None, consistent_at=None, full_copy_pending=False,
-              detached_image_seq=None)
-    write_json_atomic(cfg.paths.state, st)
+    generation = st.generation
+    dataclasses.replace(st, primary=None, promoted=None, demoted_from=st.promoted,
+                        inconsistent_since=None, consistent_seq=None, consistent_at=None,
+                        full_copy_pending=False, detached_image_seq=None
+                        ).save(cfg.paths.state)
     log.warning("volume %s: demoted; a DR replica again, awaiting a primary of generation "
                 ">= %d (its first contact copies what differs)", cfg.spec.uuid, generation)
     return generation
-
-
-def _read_state(cfg: ReplicaConfig) -> dict | None:
-    if not cfg.paths.state.exists():
-        return None
-    try:
-        return json.loads(cfg.paths.state.read_text())
-    except ValueError as err:
-        raise ReplicaError(f"replica state {cfg.paths.state} is unreadable: {err}") from err
 
 
 def _set_journal_aside(cfg: ReplicaConfig, at_seq: int) -> None:

@@ -7,7 +7,7 @@ The mirror is synced from time to time and the seq it durably holds becomes the 
 mirror-durable checkpoint, which lets the journal reclaim space. After a crash ``open`` redoes
 the journal above that checkpoint, so the mirror always ends up at a prefix of the primary's
 write sequence. The binding (which primary owns the volume, its generation) lives in a small
-JSON state file written by atomic rename.
+JSON state file written by atomic rename (``replica_state.py``).
 
 The replica journal is also acknowledged here (nothing ships it further), so reclaimable =
 mirror-durable on this side.
@@ -22,7 +22,6 @@ order is apply, then journal.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import threading
@@ -35,7 +34,8 @@ from appliance.journal.resize import set_volume_blocks
 from appliance.replication.apply import apply_records, check_record
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec, check_supersede
-from appliance.replication.replica_files import extend_file, preallocate, write_json_atomic
+from appliance.replication.replica_files import extend_file, preallocate
+from appliance.replication.replica_state import PromotionMark, ReplicaState, ReplicaStateError
 from appliance.replication.status import RateMeter, ReceiverVolumeCounters
 from appliance.replication.undo import UndoLog
 from appliance.replication.wire import WireRecord
@@ -98,6 +98,7 @@ class Replica:
         # writes to it again, and admission refuses every transmitter (the fence).
         self.promoted: dict | None = None
         self._undo: UndoLog | None = None
+        self._state = ReplicaState()        # state.json as last loaded or saved
         self._load_state()
         if self.inconsistent_since is not None and self.consistent_seq is not None:
             self._undo = UndoLog(cfg.paths.undo)
@@ -117,30 +118,32 @@ class Replica:
     # --- state --------------------------------------------------------------------------
 
     def _load_state(self) -> None:
-        path = self.cfg.paths.state
-        if not path.exists():
-            return
         try:
-            st = json.loads(path.read_text())
-            self.primary = st["primary"]
-            self.generation = int(st["generation"])
-            self.inconsistent_since = st.get("inconsistent_since")
-            self.consistent_seq = st.get("consistent_seq")
-            self.consistent_at = st.get("consistent_at")
-            self.full_copy_pending = bool(st.get("full_copy_pending", False))
-            self.detached_image_seq = st.get("detached_image_seq")
-            self.promoted = st.get("promoted")
-        except (ValueError, KeyError, TypeError) as err:
-            raise ReplicaError(f"replica state {path} is unreadable: {err}; restore it or "
-                               f"remove the replica files to start a new pairing") from err
+            st = ReplicaState.load(self.cfg.paths.state)
+        except ReplicaStateError as err:
+            raise ReplicaError(str(err)) from err
+        if st is None:
+            return
+        self._state = st
+        self.primary = st.primary
+        self.generation = st.generation
+        self.inconsistent_since = st.inconsistent_since
+        self.consistent_seq = st.consistent_seq
+        self.consistent_at = st.consistent_at
+        self.full_copy_pending = st.full_copy_pending
+        self.detached_image_seq = st.detached_image_seq
+        self.promoted = None if st.promoted is None else st.promoted.as_dict()
 
     def _save_state(self) -> None:
-        write_json_atomic(self.cfg.paths.state, {
-            "volume_uuid": str(self.spec.uuid), "primary": self.primary,
-            "generation": self.generation, "inconsistent_since": self.inconsistent_since,
-            "consistent_seq": self.consistent_seq, "consistent_at": self.consistent_at,
-            "full_copy_pending": self.full_copy_pending,
-            "detached_image_seq": self.detached_image_seq, "promoted": self.promoted})
+        # From the loaded state, so what this object does not track (demoted_from) is kept.
+        self._state = dataclasses.replace(
+            self._state, volume_uuid=self.spec.uuid, primary=self.primary,
+            generation=self.generation, inconsistent_since=self.inconsistent_since,
+            consistent_seq=self.consistent_seq, consistent_at=self.consistent_at,
+            full_copy_pending=self.full_copy_pending,
+            detached_image_seq=self.detached_image_seq,
+            promoted=None if self.promoted is None else PromotionMark.from_dict(self.promoted))
+        self._state.save(self.cfg.paths.state)
 
     def binding(self) -> VolumeBinding:
         last = None if self.journal is None else self.journal.next_seq - 1

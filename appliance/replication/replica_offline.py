@@ -10,13 +10,13 @@ leave stays recoverable).
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 
 from appliance import storage
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.replica import Replica, ReplicaError
-from appliance.replication.replica_files import write_json_atomic
+from appliance.replication.replica_state import ReplicaState
 from appliance.replication.undo import roll_back
 
 log = logging.getLogger("appliance.replication.replica")
@@ -28,10 +28,10 @@ def roll_back_to_consistent(cfg: ReplicaConfig) -> int:
     Offline (the receiver must not run). The replica journal is set aside (renamed), since
     the image no longer matches it: the primary's next contact starts a full copy, during
     which this image stays recoverable. Returns the seq of the restored image."""
-    st = json.loads(cfg.paths.state.read_text())
-    if st.get("inconsistent_since") is None:
+    st = _state(cfg)
+    if st.inconsistent_since is None:
         raise ReplicaError(f"volume {cfg.spec.uuid} is consistent; nothing to roll back")
-    if st.get("consistent_seq") is None:
+    if st.consistent_seq is None:
         raise ReplicaError(f"volume {cfg.spec.uuid} has never held a consistent image: its "
                            f"initial full copy has not finished; nothing to roll back to")
     mirror = storage.open_file(cfg.paths.mirror)
@@ -39,7 +39,7 @@ def roll_back_to_consistent(cfg: ReplicaConfig) -> int:
         restored = roll_back(cfg.paths.undo, mirror)
     finally:
         mirror.close()
-    seq = int(st["consistent_seq"])
+    seq = st.consistent_seq
     log.warning("volume %s: rolled back %d bytes to the consistent image at seq %d",
                 cfg.spec.uuid, restored, seq)
     _detach_journal(cfg, st, seq, "rolled-back")
@@ -64,18 +64,25 @@ def invalidate(cfg: ReplicaConfig) -> int:
         seq = replica.applied_seq
     finally:
         replica.close()
-    st = json.loads(cfg.paths.state.read_text())
-    _detach_journal(cfg, st, seq, "invalidated")
+    _detach_journal(cfg, _state(cfg), seq, "invalidated")
     log.warning("volume %s: invalidated at seq %d; the next contact starts a full copy",
                 cfg.spec.uuid, seq)
     return seq
 
 
-def _detach_journal(cfg: ReplicaConfig, st: dict, image_seq: int, why: str) -> None:
+def _state(cfg: ReplicaConfig) -> ReplicaState:
+    st = ReplicaState.load(cfg.paths.state)
+    if st is None:
+        raise ReplicaError(f"volume {cfg.spec.uuid} was never paired with a primary (no "
+                           f"{cfg.paths.state}); nothing to do")
+    return st
+
+
+def _detach_journal(cfg: ReplicaConfig, st: ReplicaState, image_seq: int, why: str) -> None:
     """Set the journal aside (the image no longer matches it, so the next contact is a first
     contact) and record the image the mirror holds, consistent at ``image_seq``."""
     if cfg.paths.journal.exists():
         cfg.paths.journal.rename(cfg.paths.journal.with_name(f"journal.{why}-{image_seq}"))
-    st.update(inconsistent_since=None, consistent_at=None, full_copy_pending=False,
-              detached_image_seq=image_seq)
-    write_json_atomic(cfg.paths.state, st)
+    dataclasses.replace(st, inconsistent_since=None, consistent_at=None,
+                        full_copy_pending=False, detached_image_seq=image_seq
+                        ).save(cfg.paths.state)

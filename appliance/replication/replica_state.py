@@ -1,0 +1,174 @@
+"""The replica's durable state file (``<state_dir>/<uuid>/state.json``): who owns the volume,
+whether its image is consistent, whether it was promoted.
+
+This module is the only reader and writer of the file. ``save`` replaces it atomically (write a
+temporary file, fsync it, rename, fsync the directory), so a crash leaves the old or the new
+state, never a mix. ``load`` refuses a file it cannot trust (not JSON, a field of the wrong type,
+a format version it does not know) with ``ReplicaStateError`` naming the file and what to do.
+
+Format versions: 1 carries ``format_version``; a file without it (format 0) was written before
+the field existed, holds the same fields and is read as it always was, ignoring keys no longer
+used (the first releases wrote ``mirror_durable_seq``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.replication.replica_files import write_json_atomic
+
+FORMAT_VERSION = 1
+_VERSION_KEY = "format_version"
+_RECOVER = ("restore it from a backup, or remove the replica's files in that directory to pair "
+            "it anew (its primary then sends a full copy)")
+
+
+class ReplicaStateError(ValueError):
+    """The state file cannot be trusted; the message names it and says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionMark:
+    """What a failover promotion recorded (``promotion.py``)."""
+
+    at_seq: int                  # the mirror holds the primary's image after this seq
+    generation: int              # the raised epoch
+    time: float
+    former_primary: str | None   # the primary fenced off by the promotion
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at_seq": self.at_seq, "former_primary": self.former_primary,
+                "generation": self.generation, "time": self.time}
+
+    @classmethod
+    def from_dict(cls, d: object) -> PromotionMark:
+        if not isinstance(d, dict):
+            raise TypeError(f"a promotion record must be an object, not {d!r}")
+        return cls(at_seq=_int(d, "at_seq"), generation=_int(d, "generation"),
+                   time=_float(d, "time"), former_primary=_opt_str(d, "former_primary"))
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaState:
+    """The replica's binding and image state, as ``state.json`` holds it."""
+
+    volume_uuid: uuid.UUID | None = None
+    primary: str | None = None              # identity of the bound primary
+    generation: int = 0                     # its epoch (raised by a promotion)
+    inconsistent_since: float | None = None  # a resync or full copy under way since then
+    consistent_seq: int | None = None       # seq of the last consistent image (undo log)
+    consistent_at: int | None = None        # consistent again once this seq is applied
+    full_copy_pending: bool = False         # first contact without the history, until RESYNC_BEGIN
+    detached_image_seq: int | None = None   # the image kept with the journal set aside
+    promoted: PromotionMark | None = None
+    demoted_from: PromotionMark | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> ReplicaState | None:
+        """The state in ``path``; None if there is no file (the replica was never paired)."""
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            return cls.from_json(json.loads(text))
+        except ReplicaStateError as err:
+            raise ReplicaStateError(f"replica state {path} {err}; {_RECOVER}") from err
+        except (ValueError, TypeError) as err:
+            raise ReplicaStateError(f"replica state {path} is damaged ({err}); "
+                                    f"{_RECOVER}") from err
+
+    def save(self, path: Path) -> None:
+        """Replace the file atomically and durably (the directory is fsync'd too)."""
+        write_json_atomic(path, self.to_json())
+
+    def to_json(self) -> dict[str, Any]:
+        return {_VERSION_KEY: FORMAT_VERSION,
+                "volume_uuid": None if self.volume_uuid is None else str(self.volume_uuid),
+                "primary": self.primary, "generation": self.generation,
+                "inconsistent_since": self.inconsistent_since,
+                "consistent_seq": self.consistent_seq, "consistent_at": self.consistent_at,
+                "full_copy_pending": self.full_copy_pending,
+                "detached_image_seq": self.detached_image_seq,
+                "promoted": None if self.promoted is None else self.promoted.as_dict(),
+                "demoted_from": None if self.demoted_from is None
+                else self.demoted_from.as_dict()}
+
+    @classmethod
+    def from_json(cls, d: object) -> ReplicaState:
+        """Raises ReplicaStateError for an unknown format version, TypeError or ValueError
+        for a damaged document."""
+        if not isinstance(d, dict):
+            raise TypeError(f"the file holds {type(d).__name__}, not an object")
+        version = d.get(_VERSION_KEY, 0)
+        if type(version) is not int or not 0 <= version <= FORMAT_VERSION:
+            raise ReplicaStateError(f"has format version {version!r}; this appliance reads "
+                                    f"versions up to {FORMAT_VERSION}: it was written by a newer "
+                                    f"release (run that release)")
+        known = {f.name for f in dataclasses.fields(cls)} | {_VERSION_KEY}
+        unknown = sorted(set(d) - known)
+        if version >= 1 and unknown:
+            raise ValueError(f"unknown keys {', '.join(unknown)}")
+        # Both formats: "primary" and "generation" have always been written.
+        _required(d, "primary")
+        volume = _opt_str(d, "volume_uuid")
+        promoted, demoted = d.get("promoted"), d.get("demoted_from")
+        return cls(
+            volume_uuid=None if volume is None else uuid.UUID(volume),
+            primary=_opt_str(d, "primary"), generation=_int(d, "generation"),
+            inconsistent_since=_opt_float(d, "inconsistent_since"),
+            consistent_seq=_opt_int(d, "consistent_seq"),
+            consistent_at=_opt_int(d, "consistent_at"),
+            full_copy_pending=_bool(d, "full_copy_pending"),
+            detached_image_seq=_opt_int(d, "detached_image_seq"),
+            promoted=None if promoted is None else PromotionMark.from_dict(promoted),
+            demoted_from=None if demoted is None else PromotionMark.from_dict(demoted))
+
+
+# Field readers: JSON has no int/float distinction a reader can trust, and bool is an int.
+
+def _required(d: dict, key: str) -> object:
+    if key not in d:
+        raise ValueError(f"missing key {key!r}")
+    return d[key]
+
+
+def _int(d: dict, key: str) -> int:
+    value = _required(d, key)
+    if type(value) is not int:
+        raise TypeError(f"{key} must be an integer, not {value!r}")
+    return value
+
+
+def _opt_int(d: dict, key: str) -> int | None:
+    return None if d.get(key) is None else _int(d, key)
+
+
+def _float(d: dict, key: str) -> float:
+    value = _required(d, key)
+    if type(value) not in (int, float):
+        raise TypeError(f"{key} must be a number, not {value!r}")
+    return float(value)
+
+
+def _opt_float(d: dict, key: str) -> float | None:
+    return None if d.get(key) is None else _float(d, key)
+
+
+def _opt_str(d: dict, key: str) -> str | None:
+    value = d.get(key)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{key} must be a string, not {value!r}")
+    return value
+
+
+def _bool(d: dict, key: str) -> bool:
+    value = d.get(key, False)
+    if not isinstance(value, bool):
+        raise TypeError(f"{key} must be true or false, not {value!r}")
+    return value
