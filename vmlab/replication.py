@@ -7,8 +7,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from appliance.tcmu.backend import volume_uuid
 from appliance.tcmu.cfgstring import SUBTYPE, parse_config
+from appliance.volume.identity import mirror_volume_uuid
 from vmlab.appliance import STATE_DIR, LunSpec
 from vmlab.machine import Machine
 
@@ -34,7 +34,7 @@ class ReplicatedVolume:
     def uuid(self) -> uuid.UUID:
         """The handler derives the volume uuid from its config string; so does the lab,
         with the handler's own code, before the handler has opened the volume."""
-        return volume_uuid(parse_config(f"{SUBTYPE}/{self.lun.cfgstring()}"))
+        return mirror_volume_uuid(parse_config(f"{SUBTYPE}/{self.lun.cfgstring()}").mirror)
 
     def receiver_toml(self) -> str:
         return (

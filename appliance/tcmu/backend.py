@@ -1,7 +1,8 @@
 """One device's backend: the SCSI disk emulation over a Volume (journal + mirror).
 
-The volume uuid is derived from the mirror path, so it is the same on every start without any
-state of our own. The unit serial is the backstore's configfs WWN. rtslib writes it only after
+The volume uuid is derived from the mirror path (``appliance/volume/identity.py``), so it is
+the same on every start without any state of our own. The unit serial is the backstore's
+configfs WWN. rtslib writes it only after
 `enable`, i.e. after ADDED_DEVICE was answered (TCMU brief §11, hazard 11), so like tcmu-runner
 we read it lazily: until it is known, every INQUIRY re-reads `wwn/vpd_unit_serial` first. The
 first INQUIRY comes after the LUN is mapped, when the WWN is final; a restarted handler finds it
@@ -11,7 +12,6 @@ at once. Without this the serial (and the NAA id) would change across a handler 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,17 +19,13 @@ from typing import Any
 from appliance.tcmu.cfgstring import MirrorConfig
 from appliance.tcmu.configfs import BackstoreControl
 from appliance.tcmu.discovery import TcmuName
+from appliance.volume.identity import mirror_volume_uuid
 
 log = logging.getLogger(__name__)
 
-VOLUME_NAMESPACE = uuid.UUID("6c1b8f0e-3a52-4d1e-9a7e-5f0d6b2c9e41")
 DEFAULT_JOURNAL_SIZE = 256 << 20
 # Used when configfs gives no hw_max_sectors: far below the default 1 GiB data area.
 DEFAULT_MAX_TRANSFER = 1 << 20
-
-
-def volume_uuid(config: MirrorConfig) -> uuid.UUID:
-    return uuid.uuid5(VOLUME_NAMESPACE, config.mirror)
 
 
 @dataclass
@@ -49,7 +45,7 @@ class VolumeBackend:
         from appliance.scsi import DiskIdentity, DiskLimits, ScsiDisk
         from appliance.volume import Volume, VolumeConfig
 
-        vol_uuid = volume_uuid(config)
+        vol_uuid = mirror_volume_uuid(config.mirror)
         max_transfer = max_transfer_bytes or DEFAULT_MAX_TRANSFER
         volume = Volume.open(VolumeConfig(
             uuid=vol_uuid, num_blocks=size_bytes // config.block_size,
