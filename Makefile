@@ -3,7 +3,8 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv lint test test-fast test-integration test-vm demo bench bench-iscsi conformance image
+.PHONY: venv system-packages lint test test-fast test-integration test-vm demo bench bench-iscsi \
+	conformance image
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -12,45 +13,47 @@ venv: $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 
+# Debian packages of the VM tier (qemu, mmdebstrap), the integration tier (dbus-daemon,
+# iproute2, openssl), the image build and the benchmarks. Needs root only when one is
+# missing; with everything installed it checks and returns in a fraction of a second.
+system-packages:
+	bash .ci/install-system-packages
+
 lint: venv
 	$(BIN)/ruff check .
 
 # All three tiers: unit/property, host integration, real kernel in VMs.
-test: venv
+test: venv system-packages
 	$(BIN)/python -m pytest --durations=20 tests/unit tests/integration tests/vm
 
 test-fast: venv
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: venv
+test-integration: venv system-packages
 	$(BIN)/python -m pytest tests/integration
 
-test-vm: venv
+test-vm: venv system-packages
 	$(BIN)/python -m pytest tests/vm
 
 # Main job: the appliance pair with a replicated disk (installs, builds the image, boots VMs).
-demo: venv
-	bash .ci/install-system-packages
+demo: venv system-packages
 	$(BIN)/python -m vmlab.demo
 
 # Appliance image alone (cached under /var/cache/dr-appliance; see image/README.md).
-image: venv
+image: venv system-packages
 	$(BIN)/python image/build.py
 
 # Benchmarks: tables plus a final JSON line, ratios against references in the same run.
-bench: venv
-	bash .ci/install-system-packages
+bench: venv system-packages
 	$(BIN)/python bench/journal --quick
 	$(BIN)/python bench/ring
 	$(BIN)/python bench/replication --wan
 	$(BIN)/python bench/iscsi_compare --quick --rounds 3
 
 # iSCSI alone: our handler, LIO fileio and tcmu-runner's file handler in one VM.
-bench-iscsi: venv
-	bash .ci/install-system-packages
+bench-iscsi: venv system-packages
 	$(BIN)/python bench/iscsi_compare --quick --rounds 3
 
 # libiscsi iscsi-test-cu against the three back ends in one VM (~50 min under load).
-conformance: venv
-	bash .ci/install-system-packages
+conformance: venv system-packages
 	$(BIN)/python bench/iscsi_compare --quick --conformance --keep-logs logs/conformance
