@@ -11,8 +11,10 @@ Keys:
   journal_size  journal size, bytes or with K/M/G/T (binary); needed when the journal is created
   block_size    volume block size the host sees: 512 (default) or 4096
   bitmap        absolute path of the dirty-region bitmap (default: `<journal>.bitmap`)
-  group         consistency group name (default: the device's own group)
   wce           write cache enabled at start: 1 (default) or 0
+
+`group` (a consistency group) is refused until groups exist: accepted, it would promise
+write-order consistency across volumes that nothing provides.
 
 Kernel and rtslib limits (TCMU brief §8, §14.10): at most 255 bytes including `mirror/`, no `,`
 (the control tokenizer splits on it), no `:` (rtslib refuses it), no newline.
@@ -31,12 +33,16 @@ _FORBIDDEN = {",": "a comma", ":": "a colon", "\n": "a newline", "\r": "a carria
               "\0": "a NUL byte"}
 _SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-KNOWN_KEYS = ("mirror", "journal", "journal_size", "block_size", "bitmap", "group", "wce")
+KNOWN_KEYS = ("mirror", "journal", "journal_size", "block_size", "bitmap", "wce")
+# Keys documented once and not implemented: refused with their own reason.
+UNSUPPORTED_KEYS = {
+    "group": "consistency groups are not supported yet (each volume replicates on its own, in "
+             "its own write order); remove the 'group' key",
+}
 
 CONFIG_DESC = (
     "mirror=<abs path>;journal=<abs path>;journal_size=<size, e.g. 1G>"
-    "[;block_size=512|4096][;bitmap=<abs path>][;group=<name>][;wce=1|0]  "
+    "[;block_size=512|4096][;bitmap=<abs path>][;wce=1|0]  "
     "(no ',' ':' or newline; at most 255 bytes with 'mirror/')"
 )
 
@@ -52,7 +58,6 @@ class MirrorConfig:
     journal_size: int | None = None
     block_size: int = 512
     bitmap: str | None = None
-    group: str | None = None
     wce: bool = True
 
     @property
@@ -68,8 +73,6 @@ class MirrorConfig:
             parts.append(f"block_size={self.block_size}")
         if self.bitmap:
             parts.append(f"bitmap={self.bitmap}")
-        if self.group:
-            parts.append(f"group={self.group}")
         if not self.wce:
             parts.append("wce=0")
         return ";".join(parts)
@@ -106,6 +109,8 @@ def parse_config(config: str) -> MirrorConfig:
         key = key.strip()
         if not sep:
             raise ConfigStringError(f"'{item}' is not key=value; expected {CONFIG_DESC}")
+        if key in UNSUPPORTED_KEYS:
+            raise ConfigStringError(f"{key}={value}: {UNSUPPORTED_KEYS[key]}")
         if key not in KNOWN_KEYS:
             raise ConfigStringError(f"unknown key '{key}'; known keys: {', '.join(KNOWN_KEYS)}")
         if key in values:
@@ -129,13 +134,10 @@ def parse_config(config: str) -> MirrorConfig:
         if values["block_size"] not in ("512", "4096"):
             raise ConfigStringError(f"block_size={values['block_size']}: use 512 or 4096")
         block_size = int(values["block_size"])
-    group = values.get("group")
-    if group is not None and not _GROUP.match(group):
-        raise ConfigStringError(f"group={group!r}: 1-64 characters of A-Z a-z 0-9 _ . -")
     wce = values.get("wce", "1")
     if wce not in ("0", "1"):
         raise ConfigStringError(f"wce={wce}: use 1 (write cache on) or 0")
-    return MirrorConfig(mirror, journal, journal_size, block_size, bitmap, group, wce == "1")
+    return MirrorConfig(mirror, journal, journal_size, block_size, bitmap, wce == "1")
 
 
 def check_config(config: str) -> tuple[bool, str]:
