@@ -11,6 +11,7 @@ from appliance.journal.errors import (
 from appliance.journal.format import FORMAT_VERSION, JBLOCK, MIN_JOURNAL_BYTES
 from appliance.journal.model import JournalUsage, OpKind, Record, WriteOp
 from appliance.journal.reader import JournalReader
+from appliance.journal.volume_files import VolumeFiles
 from appliance.journal.writer import Journal
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "OpKind",
     "Record",
     "RecordsGone",
+    "VolumeFiles",
     "WriteOp",
 ]

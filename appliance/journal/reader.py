@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import uuid
 
+from appliance.journal import volume_files
 from appliance.journal.errors import InvalidRequest, JournalCorrupt, RecordsGone
 from appliance.journal.format import (
+    JBLOCK,
     TRANSMITTER_SLOT_BLOCKS,
     WRITER_SLOT_BLOCKS,
     TransmitterCheckpoint,
@@ -35,6 +37,7 @@ from appliance.journal.scan import (
     records_of,
     segment_holding,
 )
+from appliance.journal.volume_files import VolumeFiles
 from appliance.storage import BlockIO
 
 _LOCATE_ATTEMPTS = 3
@@ -73,6 +76,10 @@ class JournalReader:
         """The writer's published state: durable head and mirror checkpoint."""
         io = self._open_io()
         return read_writer_slot(read_slot_blocks(io, WRITER_SLOT_BLOCKS[0]), self.sb)[1]
+
+    def volume_files(self) -> VolumeFiles | None:
+        """The mirror and bitmap the writer named (None: a writer older than that slot)."""
+        return volume_files.read_slot(self._open_io(), self.sb)[1]
 
     @property
     def durable_seq(self) -> int:
@@ -125,6 +132,22 @@ class JournalReader:
             self._open_io().sync()
             self._synced_to = out[-1].seq + 1
         return out
+
+    def backlog_bytes(self, from_seq: int) -> int:
+        """Bytes of the record area from the segment holding `from_seq` to the writer's
+        published head: what a peer lacking `from_seq` onwards still needs from this journal.
+        Counted from the segment's start, like `JournalUsage.bytes_held`, so it may exceed
+        the exact figure by up to one segment; 0 when `from_seq` is at the head."""
+        anchor = self.writer_checkpoint()
+        if from_seq >= anchor.head_seq:
+            return 0
+        newest, _ = newest_segment(self._area, anchor)
+        found = segment_holding(self._area, from_seq, newest)
+        total = self.sb.area_blocks
+        if found is None:       # reclaimed already: the whole journal is behind
+            return total * JBLOCK
+        start = found[0] * self.sb.segment_blocks
+        return ((anchor.head_block - start) % total or total) * JBLOCK
 
     def _locate(self, seq: int, anchor: WriterCheckpoint) -> ChainPoint | None:
         if self._cursor is not None and self._cursor.seq <= seq:

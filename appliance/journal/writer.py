@@ -13,6 +13,7 @@ from itertools import accumulate, chain
 from operator import attrgetter
 
 from appliance.checksum import crc32c
+from appliance.journal import volume_files
 from appliance.journal.creation import new_superblock, open_new_target, write_fresh_header
 from appliance.journal.errors import (
     InvalidRequest,
@@ -53,6 +54,7 @@ from appliance.journal.scan import (
     records_of,
     segment_holding,
 )
+from appliance.journal.volume_files import VolumeFiles
 from appliance.storage import BlockIO
 
 _ZERO_BLOCK = bytes(JBLOCK)
@@ -355,6 +357,11 @@ class Journal:
         if seq != self._mirror:
             self._mirror = seq
             self._publish()
+
+    def publish_volume_files(self, files: VolumeFiles) -> None:
+        """Say durably which mirror and bitmap go with this journal, for the transmitter."""
+        self._check_open()
+        volume_files.publish(self._io, self.sb, files)
 
     def _refresh_acked(self) -> None:
         header = read_slot_blocks(self._io, TRANSMITTER_SLOT_BLOCKS[0])

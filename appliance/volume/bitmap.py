@@ -14,6 +14,7 @@ later batch stays dirty, so a concurrent re-dirtying is never lost.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -115,6 +116,10 @@ class DirtyBitmap:
         return self._h.mode == fmt.MODE_LOGGING
 
     @property
+    def logging_since_ns(self) -> int:
+        return self._h.logging_since_ns
+
+    @property
     def overflow_seq(self) -> int:
         return self._h.overflow_seq
 
@@ -136,7 +141,9 @@ class DirtyBitmap:
     def set_mode(self, logging: bool, overflow_seq: int) -> None:
         """Persist the mode durably (before the first write that depends on it)."""
         mode = fmt.MODE_LOGGING if logging else fmt.MODE_JOURNALING
-        self._publish(mode=mode, overflow_seq=overflow_seq)
+        since = self._h.logging_since_ns if self.logging else time.time_ns()
+        self._publish(mode=mode, overflow_seq=overflow_seq,
+                      logging_since_ns=since if logging else 0)
         self._io.sync()
 
     def resize(self, num_chunks: int) -> None:
@@ -293,7 +300,8 @@ class DirtyBitmap:
                   "chunk_size": h.chunk_size, "num_chunks": h.num_chunks,
                   "incarnation": h.incarnation, "completed_gen": h.completed_gen,
                   "mode": h.mode, "overflow_seq": h.overflow_seq,
-                  "processed_request": h.processed_request}
+                  "processed_request": h.processed_request,
+                  "logging_since_ns": h.logging_since_ns}
         fields.update(changes)
         new = fmt.BitmapHeader(**fields)
         self._io.pwritev(fmt.HEADER_OFFSETS[self._next_slot], [fmt.encode_header(new)])

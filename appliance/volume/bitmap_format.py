@@ -32,14 +32,15 @@ BITS_OFFSET = 4 * SLOT_SIZE
 HEADER_MAGIC = b"DRBITMAP"
 REQUEST_MAGIC = b"DRBMCLR1"         # "clear these chunks, shipped as read after seen_gen"
 MARK_MAGIC = b"DRBMMRK1"            # "mark these chunks dirty" (a full copy to a new peer)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2 added logging_since_ns to the header; version 1 is still read
 
 MODE_JOURNALING = 0
 MODE_LOGGING = 1
 
 # magic, version, generation, volume uuid, chunk size, chunks, incarnation,
-# completed batch generation, mode, overflow seq, processed request id
-_HEADER = struct.Struct("<8sIQ16sIQQQIQQ")
+# completed batch generation, mode, overflow seq, processed request id, logging since (ns)
+_HEADER = struct.Struct("<8sIQ16sIQQQIQQQ")
+_HEADER_V1 = struct.Struct("<8sIQ16sIQQQIQQ")     # without logging since
 # magic, version, generation, incarnation, request id, batch generation seen, range count
 _REQUEST = struct.Struct("<8sIQQQQI")
 _RANGE = struct.Struct("<QI")
@@ -64,6 +65,9 @@ class BitmapHeader:
     mode: int                 # MODE_JOURNALING or MODE_LOGGING
     overflow_seq: int         # last journal seq written before the overflow
     processed_request: int    # newest clear request the writer has handled
+    # Wall clock (ns) when the writer entered logging-to-bitmap; 0 while journaling and in
+    # headers of format version 1. Status reports it: since when the DR lacks these writes.
+    logging_since_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,23 +111,26 @@ def encode_header(h: BitmapHeader) -> bytes:
     return _seal(_HEADER.pack(
         HEADER_MAGIC, FORMAT_VERSION, h.generation, h.volume_uuid.bytes, h.chunk_size,
         h.num_chunks, h.incarnation, h.completed_gen, h.mode, h.overflow_seq,
-        h.processed_request))
+        h.processed_request, h.logging_since_ns))
 
 
 def decode_header(slot: bytes | memoryview) -> BitmapHeader | None:
     """The header in one slot, or None if the slot is empty or torn.
 
     Raises BitmapFormatError for an intact slot of another format version."""
-    body = _unseal(slot, _HEADER.size)
+    if bytes(slot[:8]) != HEADER_MAGIC:
+        return None
+    (version,) = struct.unpack_from("<I", slot, 8)
+    layout = {FORMAT_VERSION: _HEADER, 1: _HEADER_V1}.get(version)
+    body = _unseal(slot, layout.size if layout else _HEADER.size)
     if body is None:
         return None
-    (magic, version, gen, vol, chunk, chunks, inc, done, mode, ovf, proc) = _HEADER.unpack(body)
-    if magic != HEADER_MAGIC:
-        return None
-    if version != FORMAT_VERSION:
+    if layout is None:
         raise BitmapFormatError(f"bitmap format version {version} is not supported "
-                                f"(this software reads version {FORMAT_VERSION})")
-    return BitmapHeader(gen, uuid.UUID(bytes=vol), chunk, chunks, inc, done, mode, ovf, proc)
+                                f"(this software reads versions 1 to {FORMAT_VERSION})")
+    (_, _, gen, vol, chunk, chunks, inc, done, mode, ovf, proc, *since) = layout.unpack(body)
+    return BitmapHeader(gen, uuid.UUID(bytes=vol), chunk, chunks, inc, done, mode, ovf, proc,
+                        since[0] if since else 0)
 
 
 def encode_request(r: BitmapRequest) -> bytes:

@@ -9,7 +9,7 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from appliance.journal import Journal, JournalMismatch, JournalUsage
+from appliance.journal import Journal, JournalMismatch, JournalUsage, VolumeFiles
 from appliance.journal.format import (
     JBLOCK,
     SUPERBLOCK_BLOCKS,
@@ -83,11 +83,22 @@ def open_parts(config: VolumeConfig) -> Parts:
             journal = _open_journal(target, existing, config)
             opened.append(journal)
             bitmap = open_bitmap()
+        publish_volume_files(journal, config)
         return Parts(journal, mirror, bitmap)
     except BaseException:
         for part in reversed(opened):
             part.close()
         raise
+
+
+def publish_volume_files(journal: Journal, config: VolumeConfig) -> None:
+    """Name the mirror and bitmap in the journal, so the transmitter finds them from the
+    volume itself and can always resync (docs/journal-format.md, "Volume-files slot").
+    Files handed in as open BlockIOs (tests) have no path to name."""
+    if config.mirror_path is None or config.bitmap_path is None:
+        return
+    journal.publish_volume_files(VolumeFiles(os.path.abspath(config.mirror_path),
+                                             os.path.abspath(config.bitmap_path)))
 
 
 def mirror_holds_data(path: str | os.PathLike[str] | None) -> bool:

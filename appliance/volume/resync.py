@@ -38,6 +38,7 @@ class ResyncSnapshot:
     overflow_seq: int                    # drain the journal to here before shipping regions
     chunk_size: int
     runs: tuple[tuple[int, int], ...]    # dirty (first chunk, count), in order
+    logging_since_ns: int = 0            # when logging-to-bitmap began (0: journaling/unknown)
 
     @property
     def dirty_chunks(self) -> int:
@@ -85,7 +86,7 @@ class ResyncSource:
         self._io.pread_into(fmt.BITS_OFFSET, memoryview(bits))
         return ResyncSnapshot(h.incarnation, h.completed_gen, h.mode == fmt.MODE_LOGGING,
                               h.overflow_seq, h.chunk_size,
-                              tuple(fmt.iter_runs(bits, h.num_chunks)))
+                              tuple(fmt.iter_runs(bits, h.num_chunks)), h.logging_since_ns)
 
     def request_clear(self, snap: ResyncSnapshot, runs: Sequence[tuple[int, int]]) -> int:
         """Ask the writer to clear shipped chunks. Returns the request id to wait for.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from appliance.volume.ticker import Ticker
 if TYPE_CHECKING:
     from appliance.storage import BlockIO
 
+log = logging.getLogger("appliance.volume")
 JOURNALING = "journaling"
 _Mark = tuple[int, int]     # a mirror checkpoint in progress: (applied seq, bytes applied ever)
 LOGGING_TO_BITMAP = "logging-to-bitmap"
@@ -178,6 +180,8 @@ class Volume:
                 "dirty_chunks": dirty,
                 "chunk_size": self._bitmap.chunk_size,
                 "overflow_seq": self._bitmap.overflow_seq,
+                "logging_since": (self._bitmap.logging_since_ns / 1e9
+                                  if self._bitmap.logging_since_ns else None),
                 "overflows": self._overflows,
                 "mirror_applied_seq": self._applied_seq,
                 "mirror_durable_seq": self._durable_seq,
@@ -251,7 +255,7 @@ class Volume:
             self._drain_pending()
             self._apply_in_order([(group, last) for group, last, _ in appended])
         if rest:
-            self._enter_logging()
+            self._enter_logging("journal full: the peer has not acknowledged enough of it")
         elif self._mirror_bytes_applied - self._mirror_bytes_synced > self._mirror_sync_bytes:
             self._checkpoint_mirror()
         return rest
@@ -375,7 +379,7 @@ class Volume:
         with self._lock:
             self._check_open()
             if not self._bitmap.logging:
-                self._enter_logging()
+                self._enter_logging("a full resync was asked for")
             self._bitmap.mark_all()
 
     # -- background work --------------------------------------------------------------
@@ -401,7 +405,7 @@ class Volume:
         if request is not None and request.mark:
             # A peer that needs a full copy: the same path as a journal overflow.
             if not bm.logging:
-                self._enter_logging()
+                self._enter_logging("the peer needs a full copy")
             bm.handle_mark(request)
         elif request is not None:
             # The resync shipped what it read from the mirror's page cache: make that
@@ -412,6 +416,8 @@ class Volume:
         if bm.logging and bm.dirty_chunks == 0 \
                 and journal_link.acked_seq(self._journal) >= bm.overflow_seq:
             bm.set_mode(False, bm.overflow_seq)     # back to journaling, durably
+            log.warning("volume %s: the resync shipped every dirty region; journaling again "
+                        "(writes go to the peer through the journal)", self.uuid)
         elif not bm.logging and (self._pending or self._applied_seq > self._durable_seq) \
                 and now - self._last_mirror_sync >= self.config.mirror_sync_interval:
             # Like the page cache's writeback: cached writes do not stay volatile forever.
@@ -479,13 +485,17 @@ class Volume:
         self._mirror_bytes_synced = max(self._mirror_bytes_synced, applied_bytes)
         self._last_mirror_sync = time.monotonic()
 
-    def _enter_logging(self) -> None:
+    def _enter_logging(self, why: str) -> None:
         """Journal full: from now on the bitmap accounts for writes. The mirror must hold
         every journaled write durably first, or a later redo could roll a chunk back."""
         self._commit_pending()
         self._checkpoint_mirror()
         self._bitmap.set_mode(True, self._journal.next_seq - 1)
         self._overflows += 1
+        log.warning("volume %s: %s: logging writes to the dirty-region bitmap from seq %d on; "
+                    "the DR copy is behind until the transmitter's resync ships the dirty "
+                    "regions; check the link and the transmitter's status", self.uuid, why,
+                    self._journal.next_seq)
 
     def _check_open(self) -> None:
         if self._closed:

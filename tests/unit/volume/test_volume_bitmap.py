@@ -62,6 +62,35 @@ def test_mode_and_overflow_seq_are_persisted():
     assert bm.logging and bm.overflow_seq == 1234
 
 
+def test_logging_since_is_set_on_entry_kept_while_logging_and_cleared_on_leaving(monkeypatch):
+    m = SimMachine()
+    bm = open_bitmap(m)
+    assert bm.logging_since_ns == 0
+    monkeypatch.setattr("time.time_ns", lambda: 1_700_000_000_000_000_000)
+    bm.set_mode(True, 10)
+    monkeypatch.setattr("time.time_ns", lambda: 1_800_000_000_000_000_000)
+    bm.set_mode(True, 12)                       # still logging: the episode began earlier
+    m.crash(random.Random(3), tear=True)
+    bm = open_bitmap(m)
+    assert bm.logging_since_ns == 1_700_000_000_000_000_000
+    assert ResyncSource(bm.io).snapshot().logging_since_ns == 1_700_000_000_000_000_000
+    bm.set_mode(False, 12)
+    assert bm.logging_since_ns == 0
+
+
+def test_a_version_1_header_is_read_with_an_unknown_logging_since():
+    h = fmt.BitmapHeader(7, uuid.UUID(int=1), 65536, 16, 3, 2, fmt.MODE_LOGGING, 99, 4)
+    v1 = fmt._HEADER_V1.pack(fmt.HEADER_MAGIC, 1, h.generation, h.volume_uuid.bytes,
+                             h.chunk_size, h.num_chunks, h.incarnation, h.completed_gen,
+                             h.mode, h.overflow_seq, h.processed_request)
+    assert fmt.decode_header(fmt._seal(v1)) == h
+    assert fmt.decode_header(fmt.encode_header(h)) == h
+    future = bytearray(fmt.encode_header(h))
+    future[8:12] = (3).to_bytes(4, "little")
+    with pytest.raises(fmt.BitmapFormatError, match="version 3"):
+        fmt.decode_header(fmt._seal(bytes(future[:fmt._HEADER.size])))
+
+
 def test_clear_request_clears_shipped_chunks_but_not_ones_written_after_the_snapshot():
     m = SimMachine()
     bm = open_bitmap(m)
