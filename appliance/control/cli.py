@@ -1,7 +1,13 @@
 """appliancectl: query and command the appliance daemons through their control sockets.
 
-    appliancectl --socket /run/appliance/transmitter-<uuid>.sock status
-    appliancectl --socket /run/appliance/receiver.sock call verify '{"volume": "<uuid>"}'
+    appliancectl --socket /run/appliance/receiver.sock status
+    appliancectl --socket /run/appliance/transmitter-<name>.sock status
+    appliancectl --socket /run/appliance/transmitter-<name>.sock help
+    appliancectl --socket /run/appliance/transmitter-<name>.sock call verify '{"repair": false}'
+
+"help" lists the commands a daemon offers. Both daemons answer "status"; "verify" (an online
+compare of the DR mirror with the primary's, optional "repair" and "region_bytes") is a
+transmitter command, since the primary drives it (docs/protocol.md, "Online verify").
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """appliance-dr: the DR site's offline view of its replicas, and failover roll back.
 
-    appliance-dr --config /etc/appliance/receiver.toml state
-    appliance-dr --config /etc/appliance/receiver.toml rollback <volume-uuid>
-    appliance-dr --config /etc/appliance/receiver.toml invalidate <volume-uuid>
-    appliance-dr --config /etc/appliance/receiver.toml promote <volume-uuid>
-    appliance-dr --config /etc/appliance/receiver.toml demote <volume-uuid>
+    appliance-dr --config /var/lib/appliance/replication/receiver.toml state
+    appliance-dr --config /var/lib/appliance/replication/receiver.toml rollback <volume-uuid>
+    appliance-dr --config /var/lib/appliance/replication/receiver.toml invalidate <volume-uuid>
+    appliance-dr --config /var/lib/appliance/replication/receiver.toml promote <volume-uuid>
+    appliance-dr --config /var/lib/appliance/replication/receiver.toml demote <volume-uuid>
 
 ``state`` reads each replica's state file: consistent (and up to which seq) or inconsistent
 since when (a resync was under way). ``rollback`` is the failover step for an inconsistent
