@@ -24,8 +24,8 @@ from appliance.replication.replica_files import write_json_atomic
 
 FORMAT_VERSION = 1
 _VERSION_KEY = "format_version"
-_RECOVER = ("restore it from a backup, or remove the replica's files in that directory to pair "
-            "it anew (its primary then sends a full copy)")
+_PAIR_ANEW = ("remove the replica's files in that directory to pair it anew (its primary then "
+              "sends a full copy)")
 
 
 class ReplicaStateError(ValueError):
@@ -78,10 +78,10 @@ class ReplicaState:
         try:
             return cls.from_json(json.loads(text))
         except ReplicaStateError as err:
-            raise ReplicaStateError(f"replica state {path} {err}; {_RECOVER}") from err
+            raise ReplicaStateError(f"replica state {path} {err}") from err
         except (ValueError, TypeError) as err:
-            raise ReplicaStateError(f"replica state {path} is damaged ({err}); "
-                                    f"{_RECOVER}") from err
+            raise ReplicaStateError(f"replica state {path} is damaged ({err}): restore it from "
+                                    f"a backup, or {_PAIR_ANEW}") from err
 
     def save(self, path: Path) -> None:
         """Replace the file atomically and durably (the directory is fsync'd too)."""
@@ -106,10 +106,12 @@ class ReplicaState:
         if not isinstance(d, dict):
             raise TypeError(f"the file holds {type(d).__name__}, not an object")
         version = d.get(_VERSION_KEY, 0)
-        if type(version) is not int or not 0 <= version <= FORMAT_VERSION:
-            raise ReplicaStateError(f"has format version {version!r}; this appliance reads "
-                                    f"versions up to {FORMAT_VERSION}: it was written by a newer "
-                                    f"release (run that release)")
+        if type(version) is not int or version < 0:
+            raise ValueError(f"{_VERSION_KEY} must be a version number, not {version!r}")
+        if version > FORMAT_VERSION:
+            raise ReplicaStateError(f"has format version {version}, newer than this release "
+                                    f"reads (up to {FORMAT_VERSION}): run the release that wrote "
+                                    f"it, or {_PAIR_ANEW}")
         known = {f.name for f in dataclasses.fields(cls)} | {_VERSION_KEY}
         unknown = sorted(set(d) - known)
         if version >= 1 and unknown:

@@ -76,8 +76,10 @@ def test_the_format_without_a_version_is_read_as_before(tmp_path):
      "missing key 'primary'"),
     (json.dumps({**FULL.to_json(), "promoted": {"at_seq": 3}}), "missing key 'generation'"),
     (json.dumps({**FULL.to_json(), "primery": "x"}), "unknown keys primery"),
+    (json.dumps({**FULL.to_json(), "format_version": "1"}), "format_version must be a version"),
     (json.dumps({**FULL.to_json(), "format_version": FORMAT_VERSION + 1}),
-     f"format version {FORMAT_VERSION + 1}; this appliance reads versions up to"),
+     f"format version {FORMAT_VERSION + 1}, newer than this release reads (up to "
+     f"{FORMAT_VERSION}): run the release that wrote it"),
 ])
 def test_a_damaged_or_unknown_file_is_refused_naming_it_and_what_to_do(tmp_path, text, words):
     path = tmp_path / "state.json"
@@ -86,7 +88,7 @@ def test_a_damaged_or_unknown_file_is_refused_naming_it_and_what_to_do(tmp_path,
         ReplicaState.load(path)
     message = str(refused.value)
     assert str(path) in message and words in message
-    assert "restore it from a backup, or remove the replica's files" in message
+    assert "remove the replica's files in that directory to pair it anew" in message
     assert path.read_text() == text                               # left as it was
 
 
