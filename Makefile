@@ -3,8 +3,8 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv system-packages lint test test-fast test-integration test-vm demo bench bench-iscsi \
-	conformance image
+.PHONY: venv system-packages lint test test-fast test-integration test-vm demo image
+.PHONY: bench bench-iscsi conformance
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
