@@ -28,7 +28,10 @@ Transmitter (``appliance-transmitter --config tx-<uuid>.toml``)::
     control_socket = "/run/appliance/transmitter-<uuid>.sock"
     compression = true; bandwidth_limit = 12500000   # bytes/s, optional
     blackout = ["08:00-18:00"]                       # optional, local time
-    mirror = "/var/lib/appliance/volumes/<uuid>/mirror"   # optional, with bitmap: resync
+    # mirror, bitmap: found from the journal (the handler names them there); set them only
+    # for a journal of an older handler that names none. Other files than the journal's
+    # are refused.
+    mirror = "/var/lib/appliance/volumes/<uuid>/mirror"
     bitmap = "/var/lib/appliance/volumes/<uuid>/bitmap"
     resync_skip_matching = false                     # initial sync of pre-seeded disks
     [tls]
@@ -186,7 +189,7 @@ class TransmitterConfig:
     batch_bytes: int = 1 << 20
     window_bytes: int = 16 << 20
     backoff_max_s: float = 10.0
-    mirror: Path | None = None          # primary mirror and bitmap: enable resync
+    mirror: Path | None = None          # only for a journal that names no mirror/bitmap
     bitmap: Path | None = None
     resync_skip_matching: bool = False  # ship a region only if its hash differs at the peer
     resync_region_bytes: int = 1 << 20

@@ -88,6 +88,9 @@ class Welcome:
     # ``check_supersede``). Absent from older receivers: the transmitter then ships the
     # records before the copy, as they expect.
     supersede: bool = False
+    # The receiver takes PRIMARY_STATE frames (its status then says whether it is behind the
+    # primary). Absent from older receivers: the transmitter then sends none.
+    primary_state: bool = False
     protocol: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict:
@@ -103,7 +106,9 @@ class Welcome:
                    applied_seq=_get(d, "applied_seq", int), compression=comp,
                    heartbeat_s=float(hb), inconsistent=bool(d.get("inconsistent", False)),
                    full_copy=bool(d.get("full_copy", False)),
-                   supersede=d.get("supersede") is True, protocol=_get(d, "protocol", int))
+                   supersede=d.get("supersede") is True,
+                   primary_state=d.get("primary_state") is True,
+                   protocol=_get(d, "protocol", int))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +207,7 @@ def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
     return Welcome(identity=receiver_identity, last_seq=last_seq, applied_seq=applied,
                    compression=comp if allow_compression else None, heartbeat_s=heartbeat_s,
                    inconsistent=binding.inconsistent or full_copy, full_copy=full_copy,
-                   supersede=True)
+                   supersede=True, primary_state=True)
 
 
 class JumpRefused(ValueError):

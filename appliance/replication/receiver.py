@@ -23,6 +23,7 @@ from appliance.control.server import ControlServer
 from appliance.journal import JournalError
 from appliance.replication import wire
 from appliance.replication.config import ConfigError, ReceiverConfig, load_toml, receiver_config
+from appliance.replication.dr_sync import PrimaryReport, dr_sync_status
 from appliance.replication.handshake import HandshakeError, Hello, Refused, admit
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
 from appliance.replication.replica import Replica, ReplicaError
@@ -42,6 +43,7 @@ class VolumeSlot:
         self.lock = asyncio.Lock()
         self.session: asyncio.Task | None = None
         self.link = LinkStatus(state="idle")
+        self.primary_report: PrimaryReport | None = None   # the primary's latest report
 
 
 class Receiver:
@@ -82,8 +84,13 @@ class Receiver:
 
     def status(self, args: dict) -> dict:
         return {"role": "receiver", "identity": self.cfg.identity, "refusals": self.refusals,
-                "volumes": {str(u): {**s.replica.status(), "link": s.link.as_dict()}
-                            for u, s in self.slots.items()}}
+                "volumes": {str(u): self._volume_status(s) for u, s in self.slots.items()}}
+
+    def _volume_status(self, slot: VolumeSlot) -> dict:
+        replica = slot.replica.status()
+        return {**replica, "link": slot.link.as_dict(),
+                **dr_sync_status(replica, slot.link.state, slot.link.state_since,
+                                 slot.primary_report, stale_after_s=self.cfg.dead_after_s)}
 
     # --- connection ---------------------------------------------------------------------
 

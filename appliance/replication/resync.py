@@ -48,6 +48,7 @@ from appliance.replication.status import RateMeter
 from appliance.volume.resync import ResyncSnapshot, ResyncSource, region_extent
 
 if TYPE_CHECKING:
+    from appliance.journal import VolumeFiles
     from appliance.replication.tx_session import TxSession
 
 log = logging.getLogger("appliance.transmitter")
@@ -156,7 +157,7 @@ def digest(data: bytes | memoryview) -> bytes:
 
 
 class ResyncDriver:
-    def __init__(self, session: TxSession, progress: ResyncProgress) -> None:
+    def __init__(self, session: TxSession, progress: ResyncProgress, files: VolumeFiles) -> None:
         self.s = session
         self.cfg = session.cfg
         self.progress = progress
@@ -166,15 +167,20 @@ class ResyncDriver:
         self._reply_event = asyncio.Event()
         self._next_rid = 0
         self.busy = asyncio.Lock()      # one resync or repair at a time
-        assert self.cfg.bitmap is not None and self.cfg.mirror is not None
-        self._bitmap_io = storage.open_file(self.cfg.bitmap)
-        self._mirror = storage.open_file(self.cfg.mirror)
-        self.source = ResyncSource(self._bitmap_io)
-        self.pending_repair = PendingRepair(self.cfg.bitmap)
+        self._bitmap_io = storage.open_file(files.bitmap)
+        self._mirror: storage.BlockIO | None = None
+        try:
+            self._mirror = storage.open_file(files.mirror)
+            self.source = ResyncSource(self._bitmap_io)
+        except BaseException:
+            self.close()
+            raise
+        self.pending_repair = PendingRepair(Path(files.bitmap))
 
     def close(self) -> None:
         self._bitmap_io.close()
-        self._mirror.close()
+        if self._mirror is not None:
+            self._mirror.close()
 
     # --- frames from the receiver (called by the session's receive loop) ---------------
 
@@ -257,6 +263,7 @@ class ResyncDriver:
         head = await run_blocking(lambda: self.s.reader.durable_seq - 1)
         await self.s.link.send_json(FT.RESYNC_END, {"consistent_at_seq": head})
         self.progress.state, self.progress.completed = "idle", self.progress.completed + 1
+        self.s.tx.peer_needs_resync = False
         return head
 
     async def resync(self, snap: ResyncSnapshot, *, resume: bool = False,
@@ -338,6 +345,8 @@ class ResyncDriver:
 
     def read(self, offset: int, length: int) -> bytes:
         buf = bytearray(length)
+        if self._mirror is None:
+            raise ValueError("the resync driver is closed")
         self._mirror.pread_into(offset, memoryview(buf))
         return bytes(buf)
 

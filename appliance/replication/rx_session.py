@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from appliance.journal import JournalError
 from appliance.replication import wire
 from appliance.replication.apply import SeqOrderer
+from appliance.replication.dr_sync import BadReport, PrimaryReport
 from appliance.replication.handshake import Hello, JumpRefused
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
 from appliance.replication.replica import ReplicaError
@@ -98,6 +99,12 @@ class Session:
                 await self.queue.put((t.name, wire.decode_json(frame.payload)))
             elif t is FT.HASHES:
                 await self.queue.put(("hashes", *wire.decode_hashes(frame.payload)))
+            elif t is FT.PRIMARY_STATE:
+                try:
+                    self.slot.primary_report = PrimaryReport.from_dict(
+                        wire.decode_json(frame.payload), time.monotonic())
+                except BadReport as err:
+                    raise wire.BadFrame(str(err)) from err
             else:
                 raise SessionError(f"unexpected {t.name} frame during replication")
 

@@ -23,7 +23,7 @@ from collections import deque
 from pathlib import Path
 
 from appliance.control.server import CommandError, ControlServer
-from appliance.journal import JournalError, JournalReader
+from appliance.journal import JournalError, JournalReader, VolumeFiles
 from appliance.replication import wire
 from appliance.replication.config import (
     ConfigError,
@@ -44,10 +44,19 @@ from appliance.replication.tls import client_context
 from appliance.replication.tx_session import PeerRefused, TxSession
 from appliance.replication.verify import VerifyReport
 from appliance.replication.volume_size import VolumeResized, journal_volume_bytes
+from appliance.replication.volume_watch import (
+    LOGGING_TO_BITMAP,
+    FilesMismatch,
+    OldestUnacked,
+    VolumeView,
+    VolumeWatch,
+    resolve_files,
+)
 from appliance.volume.errors import VolumeError
 
 log = logging.getLogger("appliance.transmitter")
 FT = wire.FrameType
+WATCH_INTERVAL_S = 1.0      # how often the volume's journal head and bitmap are read
 
 
 class Transmitter:
@@ -68,30 +77,109 @@ class Transmitter:
                                                           "verify": self.start_verify})
         self._stop = asyncio.Event()
         self._inflight: deque[tuple[int, int, int]] = deque()   # (last seq, bytes, first ts)
+        # The volume's mirror and bitmap, as its journal names them (None: unknown, and then
+        # ``files_problem`` says why), and what the primary holds that the peer may lack.
+        self.files: VolumeFiles | None = None
+        self.files_problem: str | None = None
+        self.watch = VolumeWatch(cfg.journal, cfg.volume_uuid)
+        self.view = VolumeView()
+        self._oldest_unacked = OldestUnacked()
+        self._blocked_logged: str | None = None
+        # The peer's last WELCOME asked for a full copy or the end of an interrupted resync.
+        self.peer_needs_resync = False
 
     # --- status -------------------------------------------------------------------------
 
     def status(self, args: dict) -> dict:
-        c = self.counters
+        """Everything derives from what the primary holds that the peer has not made durable
+        (docs/protocol.md, "What status derives from"): "in sync" only when that is nothing."""
+        c, view = self.counters, self.view
         inflight_bytes = sum(b for _, b, _ in self._inflight)
-        lag_records = max(0, c.head_seq - c.acked_seq)
-        # Age of the oldest unacknowledged write we shipped; unknown (None) while records
-        # wait unshipped (link down, paused).
-        lag_s: float | None = 0.0 if lag_records == 0 else None
-        if self._inflight:
-            lag_s = round(max(0.0, (time.time_ns() - self._inflight[0][2]) / 1e9), 3)
+        head = max(c.head_seq, view.head_seq)
+        lag_records = max(0, head - c.acked_seq)
+        lag_bytes: int | None = None        # unknown while the volume cannot be read
+        if view.error is None:
+            lag_bytes = max(inflight_bytes, view.backlog_bytes if lag_records else 0) \
+                + view.dirty_bytes
+        behind = self.behind_reason(lag_records)
         return {
             "role": "transmitter", "identity": self.cfg.identity,
             "volume_uuid": str(self.cfg.volume_uuid), "peer": "{}:{}".format(*self.cfg.peer),
             "size_bytes": self.volume_bytes,
-            "link": self.link.as_dict(), **c.__dict__,
-            "lag_records": lag_records,
-            "lag_bytes_in_flight": inflight_bytes, "lag_seconds": lag_s,
+            "link": self.link.as_dict(), **c.__dict__, "head_seq": head,
+            "in_sync": behind is None, "behind_reason": behind,
+            "volume_state": view.volume_state, "dirty_bytes": view.dirty_bytes,
+            "logging_since": view.logging_since,
+            "mirror": self.files.mirror if self.files else None,
+            "bitmap": self.files.bitmap if self.files else None,
+            "resync_blocked": self.resync_blocked(),
+            "lag_records": lag_records, "lag_bytes": lag_bytes,
+            "lag_bytes_in_flight": inflight_bytes,
+            "recovery_point_age_s": self.recovery_point_age(lag_records),
+            "lag_seconds": self.recovery_point_age(lag_records),
             "throughput_bytes_per_s": round(self.rate.rate()),
             "bandwidth_limit": self.cfg.bandwidth_limit,
             "resync": self.resync_progress.as_dict(),
             "verify": self.verify_report.as_dict(),
         }
+
+    def behind_reason(self, lag_records: int) -> str | None:
+        """Why the peer may lack writes the primary holds; None only when it lacks none."""
+        view, state = self.view, self.link.state
+        if view.error is not None:
+            return f"the volume's files cannot be read: {view.error}"
+        if view.volume_state == LOGGING_TO_BITMAP or view.dirty_bytes:
+            return (f"{view.dirty_bytes} bytes of dirty regions (logging to the bitmap) are "
+                    f"not at the peer yet")
+        if lag_records:
+            return f"{lag_records} journal records are not acknowledged by the peer yet"
+        if self._inflight:
+            return "records in flight"
+        if state != "replicating":
+            return f"the link is not replicating (state {state})"
+        if self.resync_progress.state not in ("idle", "completed"):
+            return f"resync {self.resync_progress.state}"
+        return None
+
+    def resync_blocked(self) -> str | None:
+        """Why dirty regions cannot be shipped now (None: they can, or there are none)."""
+        view, state = self.view, self.link.state
+        if view.volume_state != LOGGING_TO_BITMAP and not view.dirty_bytes \
+                and not self.peer_needs_resync:
+            return None
+        if self.files is None:
+            return self.files_problem or (
+                "cannot resync: the volume's journal names no mirror and bitmap (written by "
+                "a handler older than that); restart appliance-handler so it names them")
+        if state.startswith("refused"):
+            return f"the peer refuses this volume ({state}): {self.link.last_error}"
+        if self.session is None:
+            last = f"; last error: {self.link.last_error}" if self.link.last_error else ""
+            return f"waiting for the link to the peer (state {state}{last})"
+        return None
+
+    def recovery_point_age(self, lag_records: int) -> float | None:
+        """Seconds since the oldest write the peer has not made durable (0: none). While
+        regions are dirty, since logging to the bitmap began (None if unknown)."""
+        now = time.time()
+        ages = []
+        if self.view.volume_state == LOGGING_TO_BITMAP or self.view.dirty_bytes:
+            since = self.view.logging_since
+            if since is None:
+                return None
+            ages.append(now - since)
+        if self._inflight:
+            ages.append(now - self._inflight[0][2] / 1e9)
+        if lag_records and (seen := self._oldest_unacked.since()) is not None:
+            ages.append(now - seen)
+        return round(max(0.0, *ages), 3) if ages else 0.0
+
+    def primary_report(self) -> dict:
+        """What the DR needs to say truthfully whether it is behind (PRIMARY_STATE)."""
+        st = self.status({})
+        return {k: st[k] for k in ("head_seq", "acked_seq", "volume_state", "dirty_bytes",
+                                   "logging_since", "lag_records", "lag_bytes",
+                                   "recovery_point_age_s", "behind_reason")}
 
     def start_verify(self, args: dict) -> dict:
         """Control command: {"repair": false, "region_bytes": 1048576}."""
@@ -103,8 +191,9 @@ class Transmitter:
                 or region > 16 << 20:
             raise CommandError(f"region_bytes must be a multiple of {self.cfg.block_size} "
                                f"up to 16 MiB")
-        if self.cfg.mirror is None:
-            raise CommandError("verify needs 'mirror' and 'bitmap' in the transmitter config")
+        if self.files is None:
+            raise CommandError("verify needs the volume's mirror: " + (
+                self.files_problem or "the volume's journal names no mirror and bitmap"))
         if self.session is None or self.link.state != "replicating":
             raise CommandError(f"not connected to the peer (state {self.link.state}); "
                                f"verify runs over a live link")
@@ -116,7 +205,9 @@ class Transmitter:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def run(self) -> None:
+        await self._look_at_volume()        # status has the volume's state from the start
         await self.control.start()
+        watching = asyncio.create_task(self._watch_volume())
         backoff = 0.2
         try:
             while not self._stop.is_set():
@@ -146,9 +237,67 @@ class Transmitter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+            self.watch.close()
             if self.reader is not None:
                 self.reader.close()
             await self.control.close()
+
+    # --- the volume's own state -----------------------------------------------------------
+
+    async def _watch_volume(self) -> None:
+        """Read the volume's journal head and bitmap every WATCH_INTERVAL_S, for status and
+        for the warnings an admin must see (logging to the bitmap, a blocked resync)."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            await self._look_at_volume()
+
+    async def _look_at_volume(self) -> None:
+        await asyncio.to_thread(self.find_files)
+        view = await asyncio.to_thread(self.watch.poll, self.counters.acked_seq, self.files,
+                                       self.volume_bytes)
+        self._log_changes(self.view, view)
+        self.view = view
+        self._oldest_unacked.observe(max(view.head_seq, self.counters.head_seq),
+                                     self.counters.acked_seq)
+        blocked = self.resync_blocked()
+        if blocked != self._blocked_logged and blocked is not None:
+            log.warning("volume %s: dirty regions cannot be resynced: %s", self.cfg.volume_uuid,
+                        blocked)
+        self._blocked_logged = blocked
+
+    def find_files(self) -> None:
+        """The mirror and bitmap as the volume's journal names them (in a worker thread)."""
+        try:
+            published = self.watch.published_files()
+        except (OSError, ValueError) as err:    # no journal yet, or not readable
+            self.files_problem = f"the journal cannot be read: {type(err).__name__}: {err}"
+            self.watch.close()
+            return
+        try:
+            self.files = resolve_files(published, self.cfg.mirror, self.cfg.bitmap,
+                                       "transmitter config")
+            self.files_problem = None
+        except FilesMismatch as err:
+            if self.files_problem != str(err):
+                log.error("volume %s: %s", self.cfg.volume_uuid, err)
+            self.files, self.files_problem = None, str(err)
+
+    def _log_changes(self, old: VolumeView, new: VolumeView) -> None:
+        vol = self.cfg.volume_uuid
+        if new.volume_state == LOGGING_TO_BITMAP and old.volume_state != LOGGING_TO_BITMAP:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(new.logging_since)) \
+                if new.logging_since else "an unknown time"
+            log.warning("volume %s: the primary logs writes to its dirty-region bitmap since "
+                        "%s (%d bytes dirty): the DR copy is behind until the resync ships "
+                        "them", vol, since, new.dirty_bytes)
+        elif old.volume_state == LOGGING_TO_BITMAP and new.volume_state != LOGGING_TO_BITMAP:
+            log.warning("volume %s: every dirty region reached the peer; journaling again",
+                        vol)
+        if new.error and new.error != old.error:
+            log.warning("volume %s: cannot read the volume's files: %s", vol, new.error)
 
     def stop(self) -> None:
         self._stop.set()
@@ -164,6 +313,7 @@ class Transmitter:
 
     async def _session(self) -> None:
         reader = await asyncio.to_thread(self._open_reader)
+        await asyncio.to_thread(self.find_files)
         self.counters.acked_seq = reader.acked_seq
         self.volume_bytes = await asyncio.to_thread(journal_volume_bytes, self.cfg.journal,
                                                     self.cfg.volume_uuid)
@@ -216,6 +366,7 @@ class Transmitter:
             await run_blocking(reader.acknowledge, welcome.last_seq)
         self.counters.acked_seq = reader.acked_seq
         self.counters.applied_seq = welcome.applied_seq
+        self.peer_needs_resync = welcome.inconsistent or welcome.full_copy
         return welcome
 
 
@@ -226,6 +377,20 @@ def _refusal_message(err: PeerRefused) -> str:
                 f"this primary replicates nothing more; host I/O here is unaffected. To make "
                 f"this site the DR of the new primary see docs/failover.md. Peer refused: {err}")
     return f"peer refused: {err}"
+
+
+def check_files(cfg: TransmitterConfig, where: str) -> None:
+    """Refuse a configuration whose 'mirror'/'bitmap' are not the volume's (when its journal
+    can be read now; otherwise the transmitter checks again at every connection)."""
+    watch = VolumeWatch(cfg.journal, cfg.volume_uuid)
+    try:
+        resolve_files(watch.published_files(), cfg.mirror, cfg.bitmap, where)
+    except FilesMismatch as err:
+        raise ConfigError(str(err)) from err
+    except (OSError, ValueError):
+        pass        # no journal yet: the handler creates it
+    finally:
+        watch.close()
 
 
 async def run_transmitter(cfg: TransmitterConfig) -> None:
@@ -251,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         cfg = transmitter_config(load_toml(ns.config), str(ns.config))
+        check_files(cfg, str(ns.config))
     except ConfigError as err:
         log.error("%s", err)
         return 2

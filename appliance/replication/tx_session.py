@@ -98,18 +98,21 @@ class TxSession:
         self.records_paused = welcome.inconsistent
         self.resync: ResyncDriver | None = None
         self._extra: list[asyncio.Task] = []    # verify runs
-        if self.cfg.bitmap is not None:
-            self.resync = ResyncDriver(self, tx.resync_progress)
+        if tx.files is not None:
+            self.resync = ResyncDriver(self, tx.resync_progress, tx.files)
 
     async def run(self) -> None:
         if self.resync is None and self.welcome.inconsistent:
             raise PeerRefused("the peer needs a full copy or is inconsistent from an "
-                              "interrupted resync, and this transmitter has no "
-                              "'mirror'/'bitmap' configured to send it")
+                              "interrupted resync, and this transmitter cannot send it: "
+                              + (self.tx.files_problem
+                                 or "the volume's journal names no mirror and bitmap"))
         if self.resync is not None and self.welcome.full_copy:
             await self.resync.request_full_copy()
         tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop()),
                  asyncio.create_task(self._persist_acks())]
+        if self.welcome.primary_state:
+            tasks.append(asyncio.create_task(self._report_state()))
         if self.resync is not None:
             resume = self.welcome.inconsistent and not self.welcome.full_copy
             tasks.append(asyncio.create_task(self.resync.run(resume,
@@ -124,6 +127,13 @@ class TxSession:
             await asyncio.gather(*tasks, *self._extra, return_exceptions=True)
             if self.resync is not None:
                 self.resync.close()
+
+    async def _report_state(self) -> None:
+        """Tell the peer what the primary holds that it may lack, so that the DR's status
+        can say it is behind (docs/protocol.md, "What status derives from")."""
+        while True:
+            await self.link.send_json(FT.PRIMARY_STATE, self.tx.primary_report())
+            await asyncio.sleep(self.heartbeat_s)
 
     def start_verify(self, region_bytes: int, repair: bool) -> None:
         async def run() -> None:

@@ -56,6 +56,8 @@ class FrameType(enum.IntEnum):
     RESYNC_END = 12     # transmitter -> receiver, JSON: consistent again at this seq
     HASHES = 13         # transmitter -> receiver: region hashes (verify / checksum skip)
     HASH_REPLY = 14     # receiver -> transmitter: which of those regions differ
+    PRIMARY_STATE = 15  # transmitter -> receiver, JSON: what the primary holds that the DR
+                        # may lack (sent only when WELCOME says primary_state)
 
 
 class WireError(Exception):

@@ -37,6 +37,7 @@ from pathlib import Path
 from dbus_fast import BusType
 
 from appliance import checksum
+from appliance.control.server import ControlServer
 from appliance.tcmu import cfgstring
 from appliance.tcmu.backend import open_backend
 from appliance.tcmu.configfs import BackstoreControl
@@ -67,6 +68,8 @@ class HandlerConfig:
     udev: bool = True
     poll_interval: float = 0.5
     log_level: str = "INFO"
+    # `appliancectl --socket ... status`: each volume's state and what its peer lacks
+    control_socket: Path = Path("/run/appliance-handler/handler.sock")   # its RuntimeDirectory
 
     @classmethod
     def load(cls, path: Path | None) -> HandlerConfig:
@@ -218,16 +221,27 @@ def _process_age() -> float:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
+def control_server(daemon: HandlerDaemon) -> ControlServer:
+    """The handler's control socket: `status` shows every volume it serves, and what each
+    holds that its peer has not acknowledged (also when no transmitter runs)."""
+    return ControlServer(daemon.config.control_socket,
+                         {"status": lambda args: {"role": "handler",
+                                                  "volumes": daemon.manager.status()}})
+
+
 async def _serve(daemon: HandlerDaemon) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, daemon.manager.log_state)
+    control = control_server(daemon)
     try:
         await daemon.start()
+        await control.start()
         await stop.wait()
     finally:
+        await control.close()
         if daemon.dbus is not None:  # disconnect while the event loop still runs
             daemon.dbus.stop()
             daemon.dbus = None

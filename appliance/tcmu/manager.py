@@ -33,6 +33,7 @@ class Backend(Protocol):
 
     def resize(self, size_bytes: int) -> None: ...
     def set_write_cache(self, enabled: bool) -> None: ...
+    def status(self) -> dict: ...
     def close(self) -> None: ...
 
 
@@ -217,6 +218,16 @@ class DeviceManager:
         log.error("device %s: changing %s to %s at runtime is not supported",
                   served.name.name, served.config.to_cfgstring(), new.to_cfgstring())
         return -errno.EOPNOTSUPP
+
+    def status(self) -> dict:
+        """Every served device by backstore name: its config string and its volume's state."""
+        with self._lock:
+            served = list(self.devices.values())
+        out = {}
+        for dev in served:
+            out[dev.name.name] = {"uio": dev.minor, "cfgstring": dev.config.to_cfgstring(),
+                                  **dev.backend.status()}
+        return out
 
     def log_state(self) -> None:
         """Log every served device's ring state: `systemctl kill -s USR1 appliance-handler`."""

@@ -306,28 +306,55 @@ def test_a_replaced_empty_dr_gets_a_full_copy_while_the_host_writes(pair):
     assert state[0]["state"] == "consistent" and not state[0]["full_copy_pending"], state
 
 
-def test_a_full_copy_without_mirror_and_bitmap_configured_says_what_to_fix(pair):
-    """A transmitter set up without 'mirror'/'bitmap' cannot send a full copy: a new DR that
-    needs one gets nothing, and the transmitter's status says why and what to configure."""
+def replace_the_dr(pair, site, rx, tx) -> None:
+    """Stop both daemons and give the DR an empty state directory (a replacement DR)."""
+    tx.stop()
+    rx.stop()
+    shutil.rmtree(pair.replica_dir(site.uuid))
+    rx.start()
+    pair.wait_rx_up(rx)
+
+
+def test_a_full_copy_needs_no_mirror_or_bitmap_in_the_configuration(pair):
+    """Configured as the demo does it (no 'mirror'/'bitmap'), the transmitter finds them from
+    the volume's journal and sends a replaced DR its full copy."""
     site = pair.site("site-a")
     pair.volumes = [(site.uuid, site.blocks)]
     pair.write_rx_config()
     rx = pair.receiver().start()
     pair.wait_rx_up(rx)
-    w = pair.writer(site, 100).start()
+    w = pair.writer(site, 100, linger=True).start()
     tx = pair.transmitter(site).start()
-    wait_for(lambda: w.popen.poll() is not None, 60, "the writer's ops")
+    wait_for(lambda: "writer: status " in w.output(), 60, "the writer's ops")
     converge(pair, site)
-    tx.stop()
-    rx.stop()
-    shutil.rmtree(pair.replica_dir(site.uuid))          # a replacement DR holding nothing
-    rx.start()
-    pair.wait_rx_up(rx)
+    replace_the_dr(pair, site, rx, tx)
     tx.start()
-    st = wait_for(lambda: "no 'mirror'/'bitmap'" in ((s := status(site.control))["link"]
-                                                      ["last_error"] or "") and s,
+    wait_for(lambda: resync_completed(pair, site), 60, "the full copy to complete")
+    converge(pair, site)
+
+
+def test_a_full_copy_from_a_journal_that_names_no_files_says_what_to_fix(pair):
+    """A journal written by a handler older than the volume-files slot names no mirror: the
+    transmitter cannot send a full copy, and its status says why and what to do."""
+    site = pair.site("site-a")
+    pair.volumes = [(site.uuid, site.blocks)]
+    pair.write_rx_config()
+    rx = pair.receiver().start()
+    pair.wait_rx_up(rx)
+    w = pair.writer(site, 100, linger=True).start()
+    tx = pair.transmitter(site).start()
+    wait_for(lambda: "writer: status " in w.output(), 60, "the writer's ops")
+    converge(pair, site)
+    replace_the_dr(pair, site, rx, tx)
+    with open(site.journal, "r+b") as f:            # as an older handler left it
+        f.seek(6 * 4096)
+        f.write(bytes(2 * 4096))
+    tx.start()
+    st = wait_for(lambda: "names no mirror and bitmap" in ((s := status(site.control))["link"]
+                                                           ["last_error"] or "") and s,
                   30, "the transmitter to say it cannot send the full copy")
     assert "needs a full copy" in st["link"]["last_error"], st["link"]
+    assert "restart appliance-handler" in (st["resync_blocked"] or ""), st
     v = pair.rx_status()["volumes"][str(site.uuid)]
     assert v["state"] == "inconsistent" and v["full_copy_pending"], v
-    assert st["records_sent"] == 0, st
+    assert st["records_sent"] == 0 and not st["in_sync"], st

@@ -4,6 +4,7 @@ reopen sequence, the real backend (ScsiDisk over Volume), netlink event handling
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 import struct
@@ -105,6 +106,47 @@ def test_daemon_adopts_serves_reconfigures_and_stops(tmp_path: Path) -> None:
     finally:
         daemon.shutdown()
         kernel.close()
+
+
+def test_the_control_socket_shows_each_volume_and_what_its_peer_lacks(tmp_path: Path) -> None:
+    """No transmitter runs: the handler's own status says the peer lacks the writes."""
+    from appliance.control.client import call
+    from appliance.tcmu.daemon import control_server
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    cfg = f"mirror/mirror={data_dir}/m.img;journal={data_dir}/j.jnl;journal_size=64M"
+    config = _fake_system(tmp_path, cfg)
+    config = dataclasses.replace(config, control_socket=tmp_path / "handler.sock")
+    kernel = SimKernel(tmp_path / "ring", SimConfig(ring_bytes=1 << 20, data_blocks=256))
+    daemon = HandlerDaemon(config, open_transport=lambda minor, name: SimUio(tmp_path / "ring"))
+
+    async def scenario() -> tuple[dict, dict]:
+        await daemon.start()
+        control = control_server(daemon)
+        await control.start()
+        try:
+            before = await asyncio.to_thread(call, config.control_socket, "status")
+            for lba in (0, 8, 16):
+                t = kernel.submit(struct.pack(">BBIBHB", 0x2A, 0x08, lba, 0, 8, 0),
+                                  os.urandom(4096))
+                assert (await asyncio.to_thread(kernel.wait_for, [t]))[0].status == 0
+            after = await asyncio.to_thread(call, config.control_socket, "status")
+            return before, after
+        finally:
+            await control.close()
+
+    try:
+        before, after = asyncio.run(scenario())
+    finally:
+        daemon.shutdown()
+        kernel.close()
+    assert before["role"] == "handler" and list(before["volumes"]) == ["vol1"]
+    vol = before["volumes"]["vol1"]
+    assert vol["state"] == "journaling" and vol["peer_holds_everything"] is True, vol
+    vol = after["volumes"]["vol1"]
+    assert vol["peer_lag_records"] == 3 and vol["peer_holds_everything"] is False, vol
+    assert vol["cfgstring"].startswith(f"mirror={data_dir}/m.img;") and vol["size_bytes"] == SIZE
 
 
 def test_netlink_events_drive_the_daemon(tmp_path: Path) -> None:

@@ -28,10 +28,9 @@ def writer_and_driver(tmp_path, *, journal_size: int):
                                    journal_path=tmp_path / "journal",
                                    bitmap_path=tmp_path / "bitmap"))
     reader = JournalReader(tmp_path / "journal", volume_uuid=VOL)
-    cfg = types.SimpleNamespace(bitmap=tmp_path / "bitmap", mirror=tmp_path / "mirror",
-                                volume_uuid=VOL)
+    cfg = types.SimpleNamespace(volume_uuid=VOL)
     driver = ResyncDriver(types.SimpleNamespace(cfg=cfg, reader=reader, welcome=WELCOME),
-                          ResyncProgress())
+                          ResyncProgress(), reader.volume_files())
     return vol, reader, driver
 
 
