@@ -1,8 +1,9 @@
-"""Validation of host write batches before anything is written (pure functions)."""
+"""Host write batches before anything is written: validation, and cutting a batch bigger than
+one journal append takes (pure functions)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from appliance.journal import InvalidRequest, OpKind, WriteOp
 
@@ -35,8 +36,8 @@ def check_ops(ops: Sequence[WriteOp], *, block_size: int, num_blocks: int,
     for i, op in enumerate(ops):
         if type(op) is WriteOp and op.kind is write:
             lba, nblocks, data = op.lba, op.nblocks, op.data
-            size = data.nbytes if type(data) is memoryview else \
-                len(data) if type(data) is bytes else -1
+            size = (data.nbytes if type(data) is memoryview
+                    else len(data) if type(data) is bytes else -1)
             if (type(lba) is int and type(nblocks) is int and lba >= 0
                     and 0 < nblocks <= max_transfer_blocks and lba + nblocks <= num_blocks
                     and size == nblocks * block_size):
@@ -65,3 +66,16 @@ def _check_op(i: int, op: WriteOp, block_size: int, num_blocks: int,
     except InvalidRequest as err:
         raise InvalidRequest(f"op {i}: {err}") from None
     return have
+
+
+def split_batch(ops: Sequence[WriteOp],
+                max_bytes: int) -> Iterator[tuple[int, Sequence[WriteOp]]]:
+    """(index, ops) groups whose journal payload stays within one append's limit."""
+    start, size = 0, 0
+    for i, op in enumerate(ops):
+        nbytes = memoryview(op.data).nbytes
+        if i > start and size + nbytes > max_bytes:
+            yield start, ops[start:i]
+            start, size = i, 0
+        size += nbytes
+    yield start, ops[start:]

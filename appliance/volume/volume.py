@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING
 from appliance.journal import InvalidRequest, JournalFull, OpKind, WriteOp
 from appliance.journal.resize import set_volume_blocks
 from appliance.volume import journal_link, resizing, scatter
+from appliance.volume.applier import Mark, MirrorApplier
 from appliance.volume.bitmap import DirtyBitmap
 from appliance.volume.config import FlushPolicy, VolumeConfig
 from appliance.volume.errors import MediumError, VolumeError
 from appliance.volume.mirror import Mirror
 from appliance.volume.pending import PendingWrites
-from appliance.volume.requests import check_ops, check_range
+from appliance.volume.requests import check_ops, check_range, split_batch
 from appliance.volume.ticker import Ticker
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appliance.volume")
 JOURNALING = "journaling"
-_Mark = tuple[int, int]     # a mirror checkpoint in progress: (applied seq, bytes applied ever)
 LOGGING_TO_BITMAP = "logging-to-bitmap"
 
 
@@ -60,13 +60,7 @@ class Volume:
         # keeps.
         self._mirror_sync_bytes = config.effective_mirror_sync_bytes
         self._journal_batch_bytes = journal.max_batch_bytes
-        self._applied_seq = journal_link.mirror_durable_seq(journal)   # on the mirror
-        self._durable_seq = self._applied_seq                           # ... and synced
-        # Bytes written to the mirror by journaled batches since open, and how many of them the
-        # newest finished mirror fdatasync covers: their difference is what is still unsynced.
-        self._mirror_bytes_applied = 0
-        self._mirror_bytes_synced = 0
-        self._last_mirror_sync = time.monotonic()
+        self._applier = MirrorApplier(journal, mirror, self._pending)
         self._last_poll = 0.0
         self._overflows = 0
         self._closed = False
@@ -81,7 +75,7 @@ class Volume:
         vol = cls(config, parts.journal, Mirror(parts.mirror, config.block_size,
                                                 config.num_blocks), parts.bitmap)
         try:
-            vol._redo()
+            vol._applier.redo()
         except BaseException:
             vol._close_parts()
             raise
@@ -101,24 +95,7 @@ class Volume:
         self._mirror.sync()       # close() stops this thread before closing the mirror
         with self._lock:
             if not self._closed:
-                self._checkpoint_end(mark)
-
-    def _redo(self) -> None:
-        """Re-apply records above the mirror-durable checkpoint (they may have missed the
-        mirror), then make the mirror durable and move the checkpoint."""
-        last = self._applied_seq
-        batch: list[WriteOp] = []
-        for record in self._journal.records(last + 1):
-            batch.append(record.op)
-            last = record.seq
-            if len(batch) >= 256:
-                self._mirror.apply(batch)
-                batch = []
-        if batch:
-            self._mirror.apply(batch)
-        if last > self._applied_seq:
-            self._applied_seq = last
-            self._checkpoint_mirror()
+                self._applier.checkpoint_end(mark)
 
     def close(self) -> None:
         if self._ticker is not None:
@@ -128,8 +105,8 @@ class Volume:
                 return
             try:
                 if not self._bitmap.logging:
-                    self._commit_pending()
-                    self._checkpoint_mirror()
+                    self._applier.commit_pending()
+                    self._applier.checkpoint_mirror()
                 else:
                     self._mirror.sync()
             finally:
@@ -183,8 +160,8 @@ class Volume:
                 "logging_since": (self._bitmap.logging_since_ns / 1e9
                                   if self._bitmap.logging_since_ns else None),
                 "overflows": self._overflows,
-                "mirror_applied_seq": self._applied_seq,
-                "mirror_durable_seq": self._durable_seq,
+                "mirror_applied_seq": self._applier.applied_seq,
+                "mirror_durable_seq": self._applier.durable_seq,
                 "pending_bytes": self._pending.nbytes,
                 "background_error": self._ticker.last_error if self._ticker else None,
             }
@@ -192,8 +169,8 @@ class Volume:
     # -- reads ------------------------------------------------------------------------
     def read_into(self, lba: int, nblocks: int, bufs: Sequence[memoryview]) -> None:
         check_range(lba, nblocks, self.num_blocks, self._max_blocks)
-        if (bufs[0].nbytes if len(bufs) == 1 else scatter.total_length(bufs)) \
-                != nblocks * self.block_size:
+        if ((bufs[0].nbytes if len(bufs) == 1 else scatter.total_length(bufs))
+                != nblocks * self.block_size):
             raise InvalidRequest(f"read of {nblocks} blocks into buffers of "
                                  f"{scatter.total_length(bufs)} bytes")
         with self._lock:
@@ -237,7 +214,7 @@ class Volume:
         rest: Sequence[WriteOp] = ()
         cache = self._wce and not fua and not self._writes_through_directly(ops, payload)
         max_bytes = self._journal_batch_bytes
-        groups = ((0, ops),) if payload <= max_bytes else _split(ops, max_bytes)
+        groups = ((0, ops),) if payload <= max_bytes else split_batch(ops, max_bytes)
         for start, group in groups:
             offsets: list[int] | None = [] if cache else None
             seqs = self._append(group, offsets)
@@ -249,15 +226,15 @@ class Volume:
             for group, last, offsets in appended:
                 self._pending.add(group, last, offsets)
             if self._pending.nbytes > self.config.pending_limit_bytes:
-                self._commit_pending()
+                self._applier.commit_pending()
         elif appended:
             self._journal.sync()        # covers this batch and any earlier on-flush writes
-            self._drain_pending()
-            self._apply_in_order([(group, last) for group, last, _ in appended])
+            self._applier.drain_pending()
+            self._applier.apply_in_order([(group, last) for group, last, _ in appended])
         if rest:
             self._enter_logging("journal full: the peer has not acknowledged enough of it")
-        elif self._mirror_bytes_applied - self._mirror_bytes_synced > self._mirror_sync_bytes:
-            self._checkpoint_mirror()
+        elif self._applier.unsynced_mirror_bytes() > self._mirror_sync_bytes:
+            self._applier.checkpoint_mirror()
         return rest
 
     def _writes_through_directly(self, ops: Sequence[WriteOp], payload: int) -> bool:
@@ -279,8 +256,8 @@ class Volume:
         except JournalFull:
             pass
         # At need: a mirror checkpoint may free what the peer already acknowledged.
-        self._commit_pending()
-        self._checkpoint_mirror()
+        self._applier.commit_pending()
+        self._applier.checkpoint_mirror()
         try:
             return self._journal.append(ops, data_offsets)
         except JournalFull:
@@ -312,7 +289,7 @@ class Volume:
             if self._bitmap.logging:
                 self._mirror.sync()
             else:
-                self._commit_pending()
+                self._applier.commit_pending()
         except OSError as err:
             raise MediumError("write", f"{what} failed: {err}") from err
 
@@ -357,8 +334,8 @@ class Volume:
                                           self._bitmap, self.block_size, num_blocks)
                 else:
                     resizing.check_grow(self._mirror, self._bitmap.io, num_blocks, chunks)
-                self._commit_pending()
-                self._checkpoint_mirror()
+                self._applier.commit_pending()
+                self._applier.checkpoint_mirror()
                 self._mirror.sync()                 # bitmap-mode writes too
                 if num_blocks > old:
                     resizing.grow_mirror(self._mirror, old, num_blocks)
@@ -370,8 +347,8 @@ class Volume:
                 if num_blocks < old:
                     resizing.shrink_mirror_file(self._mirror, num_blocks)
             except OSError as err:
-                raise MediumError("write", f"resize to {num_blocks} blocks failed: {err}") \
-                    from err
+                raise MediumError("write",
+                                  f"resize to {num_blocks} blocks failed: {err}") from err
 
     def start_full_resync(self) -> None:
         """Initial sync / failback: every chunk dirty, writes logged to the bitmap until the
@@ -385,8 +362,8 @@ class Volume:
     # -- background work --------------------------------------------------------------
     def service(self) -> None:
         """Periodic work, called by the device loop when idle (and by submit when due):
-        handle the resync's clear and mark requests, leave logging mode when possible, checkpoint the
-        mirror so the journal can reclaim space."""
+        handle the resync's clear and mark requests, leave logging mode when possible,
+        checkpoint the mirror so the journal can reclaim space."""
         with self._lock:
             self._check_open()
             self._service(time.monotonic())
@@ -396,11 +373,12 @@ class Volume:
         if now - self._last_poll >= self.config.resync_poll_interval:
             self._service(now)
 
-    def _service(self, now: float, *, defer_mirror_sync: bool = False) -> _Mark | None:
+    def _service(self, now: float, *, defer_mirror_sync: bool = False) -> Mark | None:
         """With `defer_mirror_sync`, a due mirror checkpoint is only begun: the caller
-        fdatasyncs the mirror and calls `_checkpoint_end` with the mark returned."""
+        fdatasyncs the mirror and calls `MirrorApplier.checkpoint_end` with the mark
+        returned."""
         self._last_poll = now
-        bm = self._bitmap
+        bm, applier = self._bitmap, self._applier
         request = bm.pending_request()
         if request is not None and request.mark:
             # A peer that needs a full copy: the same path as a journal overflow.
@@ -413,83 +391,26 @@ class Volume:
             if bm.dirty_chunks:
                 self._mirror.sync()
             bm.handle_request(request)
-        if bm.logging and bm.dirty_chunks == 0 \
-                and journal_link.acked_seq(self._journal) >= bm.overflow_seq:
+        if (bm.logging and bm.dirty_chunks == 0
+                and journal_link.acked_seq(self._journal) >= bm.overflow_seq):
             bm.set_mode(False, bm.overflow_seq)     # back to journaling, durably
             log.warning("volume %s: the resync shipped every dirty region; journaling again "
                         "(writes go to the peer through the journal)", self.uuid)
-        elif not bm.logging and (self._pending or self._applied_seq > self._durable_seq) \
-                and now - self._last_mirror_sync >= self.config.mirror_sync_interval:
+        elif (not bm.logging and (self._pending or applier.applied_seq > applier.durable_seq)
+                and now - applier.last_mirror_sync >= self.config.mirror_sync_interval):
             # Like the page cache's writeback: cached writes do not stay volatile forever.
-            self._commit_pending()
+            applier.commit_pending()
             if defer_mirror_sync:
-                return self._checkpoint_begin()
-            self._checkpoint_mirror()
+                return applier.checkpoint_begin()
+            applier.checkpoint_mirror()
         return None
 
     # -- internals --------------------------------------------------------------------
-    def _apply(self, ops: Sequence[WriteOp], last_seq: int) -> None:
-        self._apply_in_order([(ops, last_seq)])
-
-    def _apply_in_order(self, groups: Sequence[tuple[Sequence[WriteOp], int]]) -> None:
-        """Journaled groups to the mirror. If a mirror write fails, that group and the rest
-        stay in the overlay (reads see them; the next commit retries them) and the checkpoint
-        does not pass them, so the journal keeps them until the mirror really holds them."""
-        for i, (ops, last_seq) in enumerate(groups):
-            try:
-                self._mirror_bytes_applied += self._mirror.apply(ops, self._journal.io)
-            except OSError:
-                for failed, failed_last in groups[i:]:
-                    self._pending.add(failed, failed_last)
-                raise
-            self._applied_seq = last_seq
-
-    def _commit_pending(self) -> None:
-        """Sync the journal, then move the on-flush overlay to the mirror (write-ahead)."""
-        if self._pending:
-            self._journal.sync()
-            self._drain_pending()
-
-    def _drain_pending(self) -> None:
-        """Pending writes to the mirror; the caller has just synced the journal."""
-        if self._pending:
-            last = self._pending.last_seq
-            self._apply(self._pending.take(), last)
-
-    def _checkpoint_mirror(self) -> None:
-        """fdatasync the mirror and tell the journal it may reclaim what the mirror holds."""
-        mark = self._checkpoint_begin()
-        if mark is not None:
-            self._mirror.sync()
-            self._checkpoint_end(mark)
-
-    def _unsynced_mirror_bytes(self) -> int:
-        return self._mirror_bytes_applied - self._mirror_bytes_synced
-
-    def _checkpoint_begin(self) -> _Mark | None:
-        """What a mirror fdatasync starting now makes durable: (applied seq, bytes applied
-        so far). None if the mirror holds nothing unsynced."""
-        self._last_mirror_sync = time.monotonic()
-        if self._applied_seq > self._durable_seq or self._unsynced_mirror_bytes():
-            return self._applied_seq, self._mirror_bytes_applied
-        return None
-
-    def _checkpoint_end(self, mark: _Mark) -> None:
-        """The mirror fdatasync begun at `mark` is done: move the journal's checkpoint (never
-        backwards: a checkpoint taken meanwhile under the lock may have passed it)."""
-        seq, applied_bytes = mark
-        if seq > self._durable_seq:
-            self._journal.set_mirror_durable(seq)
-            self._journal.sync()
-            self._durable_seq = seq
-        self._mirror_bytes_synced = max(self._mirror_bytes_synced, applied_bytes)
-        self._last_mirror_sync = time.monotonic()
-
     def _enter_logging(self, why: str) -> None:
         """Journal full: from now on the bitmap accounts for writes. The mirror must hold
         every journaled write durably first, or a later redo could roll a chunk back."""
-        self._commit_pending()
-        self._checkpoint_mirror()
+        self._applier.commit_pending()
+        self._applier.checkpoint_mirror()
         self._bitmap.set_mode(True, self._journal.next_seq - 1)
         self._overflows += 1
         log.warning("volume %s: %s: logging writes to the dirty-region bitmap from seq %d on; "
@@ -502,26 +423,14 @@ class Volume:
             raise VolumeError("volume is closed")
 
 
-def _split(ops: Sequence[WriteOp], max_bytes: int):
-    """(index, ops) groups whose journal payload stays within one append's limit."""
-    start, size = 0, 0
-    for i, op in enumerate(ops):
-        n = memoryview(op.data).nbytes
-        if i > start and size + n > max_bytes:
-            yield start, ops[start:i]
-            start, size = i, 0
-        size += n
-    yield start, ops[start:]
-
-
-def _first_mismatch(a: bytes | bytearray, b: memoryview) -> int | None:
-    if a == b:
+def _first_mismatch(current: bytes | bytearray, verify: memoryview) -> int | None:
+    if current == verify:
         return None
     step = 4096
-    for off in range(0, len(a), step):
-        if a[off:off + step] != b[off:off + step]:
-            for i in range(off, min(off + step, len(a))):
-                if a[i] != b[i]:
+    for off in range(0, len(current), step):
+        if current[off:off + step] != verify[off:off + step]:
+            for i in range(off, min(off + step, len(current))):
+                if current[i] != verify[i]:
                     return i
     return None
 

@@ -144,12 +144,13 @@ def test_unsynced_mirror_bytes_stay_exact_when_a_checkpoint_overtakes_the_backgr
     vol = rig.open()
     try:
         vol.submit([write(0, 4, 1)])
-        mark = vol._checkpoint_begin()               # the ticker's sync starts here...
+        applier = vol._applier
+        mark = applier.checkpoint_begin()            # the ticker's sync starts here...
         vol.submit([write(8, 4, 2)])
-        vol._checkpoint_mirror()                     # ...a flush-time checkpoint passes it
+        applier.checkpoint_mirror()                  # ...a flush-time checkpoint passes it
         vol.submit([write(16, 2, 3)])                # unsynced now: these 2 blocks
-        vol._checkpoint_end(mark)                    # the ticker's sync ends late
-        assert vol._unsynced_mirror_bytes() == 2 * BS
+        applier.checkpoint_end(mark)                 # the ticker's sync ends late
+        assert applier.unsynced_mirror_bytes() == 2 * BS
         assert vol.status()["mirror_durable_seq"] == 2
     finally:
         vol.close()
