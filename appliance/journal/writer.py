@@ -9,12 +9,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from itertools import accumulate, chain
-from operator import attrgetter
+from itertools import accumulate
 
-from appliance.checksum import crc32c
 from appliance.journal import volume_files
 from appliance.journal.creation import new_superblock, open_new_target, write_fresh_header
+from appliance.journal.emit import emit_record
 from appliance.journal.errors import (
     InvalidRequest,
     JournalCorrupt,
@@ -40,12 +39,7 @@ from appliance.journal.header import (
 )
 from appliance.journal.model import JournalUsage, Record, WriteOp
 from appliance.journal.placement import Placement, place_batch
-from appliance.journal.records import (
-    RecordKind,
-    check_ops,
-    encode_meta,
-    encode_meta_flat,
-)
+from appliance.journal.records import check_ops
 from appliance.journal.scan import (
     Area,
     ChainPoint,
@@ -54,12 +48,9 @@ from appliance.journal.scan import (
     records_of,
     segment_holding,
 )
+from appliance.journal.space import last_seq_in, tail_segment
 from appliance.journal.volume_files import VolumeFiles
 from appliance.storage import BlockIO
-
-_ZERO_BLOCK = bytes(JBLOCK)
-_data_of = attrgetter("data")
-_entry_of = attrgetter("kind", "nblocks", "lba")  # the order of a metadata entry
 
 
 class Journal:
@@ -208,7 +199,8 @@ class Journal:
                                  f"{self.sb.segment_count - 2} of the journal's segments; split "
                                  f"it (at most {self.max_batch_bytes} bytes always fit)")
         for planned in plan:
-            if planned.enters_segment and not self._segment_free(planned.block // self.sb.segment_blocks):
+            if (planned.enters_segment
+                    and not self._segment_free(planned.block // self.sb.segment_blocks)):
                 raise JournalFull(
                     f"journal full: appending {len(ops)} writes would overwrite records not "
                     f"yet acknowledged by the peer and on the mirror (tail seq {self.tail_seq}, "
@@ -218,7 +210,7 @@ class Journal:
 
     def _segment_free(self, segment: int) -> bool:
         """May the writer enter `segment`? Only if every record in it is reclaimable."""
-        last = self._last_seq_in(segment)
+        last = last_seq_in(self._area, segment, self._head.seq)
         if last is None or last <= self._reclaimable():
             return True
         self._refresh_acked()
@@ -228,26 +220,6 @@ class Journal:
             self._slot_dirty = False
             self._mirror_on_disk = self._mirror
         return last <= self._reclaimable()
-
-    def _last_seq_in(self, segment: int) -> int | None:
-        """The newest seq the old content of `segment` holds (None: nothing held)."""
-        S = self.sb.segment_blocks
-        start = self._area.probe(segment)
-        if start is None or start.kind != RecordKind.BATCH or start.first_seq >= self._head.seq:
-            return None
-        walker = Walker(self._area, ChainPoint(start.position, start.first_seq, start.prev_crc),
-                        check_first_link=False, window_blocks=S)
-        if walker.next() is None:
-            # A torn first record (metadata without its data): left by a power cut while
-            # the writer entered this segment, which it only did once all here was free.
-            return None
-        following = self._area.probe((segment + 1) % self.sb.segment_count)
-        if (following is not None and following.kind == RecordKind.BATCH
-                and start.first_seq < following.first_seq <= self._head.seq):
-            return following.first_seq - 1
-        while walker.next() is not None and walker.point.block % S:
-            pass
-        return walker.point.seq - 1
 
     def _reclaimable(self) -> int:
         return min(self._acked, self._mirror_on_disk)
@@ -271,7 +243,8 @@ class Journal:
                 batch_written = False
             if not bufs:
                 run_start = planned.block
-            head = self._emit(planned, head, timestamp_ns, bufs)
+            head = emit_record(self.sb, self._journal_uuid_bytes, planned, head, timestamp_ns,
+                               self.tail_seq, self._durable.seq, bufs)
             if data_offsets is not None and planned.ops:     # the data follows the meta block
                 start = self.sb.block_offset(planned.block) + JBLOCK
                 data_offsets.extend(accumulate(planned.lengths[:-1], initial=start))
@@ -280,41 +253,6 @@ class Journal:
             self._io.pwritev(self.sb.block_offset(run_start), bufs)
         self._head = head
         self._unsynced = True
-
-    def _emit(self, planned: Placement, head: ChainPoint, timestamp_ns: int,
-              bufs: list[bytes | memoryview]) -> ChainPoint:
-        """Append the buffers of one record to `bufs`; return the chain point after it."""
-        if not planned.ops:
-            meta, header_crc = encode_meta(
-                journal_uuid=self.sb.journal_uuid, kind=RecordKind.PAD, first_seq=head.seq,
-                position=planned.block, record_blocks=planned.record_blocks,
-                timestamp_ns=timestamp_ns, tail_seq=self.tail_seq,
-                synced_seq=self._durable.seq, prev_crc=head.prev_crc, data_crc=0,
-                data_bytes=0, entries=())
-            bufs.append(meta)
-            # The pad is not followed by its blank blocks: the next record starts a segment,
-            # and links to the last BATCH record, as the pad does.
-            return ChainPoint((planned.block + planned.record_blocks) % self._total, head.seq,
-                              head.prev_crc)
-        # Every host write passes here: C-level maps, no tuple or view per write.
-        ops = planned.ops
-        datas = list(map(_data_of, ops))
-        data_crc = 0
-        for data in datas:
-            data_crc = crc32c(data, data_crc)  # an empty payload leaves the CRC as it is
-        size = sum(planned.lengths)
-        meta, header_crc = encode_meta_flat(
-            journal_uuid=self._journal_uuid_bytes, kind=RecordKind.BATCH, first_seq=head.seq,
-            position=planned.block, record_blocks=planned.record_blocks,
-            timestamp_ns=timestamp_ns, tail_seq=self.tail_seq, synced_seq=self._durable.seq,
-            prev_crc=head.prev_crc, data_crc=data_crc, data_bytes=size, n_ops=len(ops),
-            flat_entries=list(chain.from_iterable(map(_entry_of, ops))))
-        bufs.append(meta)
-        bufs.extend(filter(None, datas))  # UNMAP carries no bytes: no empty iovec
-        if size % JBLOCK:
-            bufs.append(_ZERO_BLOCK[: JBLOCK - size % JBLOCK])
-        return ChainPoint((planned.block + planned.record_blocks) % self._total,
-                          head.seq + len(planned.ops), header_crc)
 
     # --- durability and checkpoints ---------------------------------------------------
 
@@ -413,10 +351,8 @@ class Journal:
         held_bytes = 0
         if tail < head.seq:
             if self._tail_cache is None or self._tail_cache[0] != tail:
-                found = segment_holding(self._area, tail, self._newest_segment())
-                segment = (found[0] if found and found[1] is not None
-                           else (self._newest_segment() + 1) % self.sb.segment_count)
-                self._tail_cache = (tail, segment)
+                self._tail_cache = (tail, tail_segment(self._area, tail,
+                                                       self._newest_segment()))
             blocks = (head.block - self._tail_cache[1] * self.sb.segment_blocks) % self._total
             held_bytes = (blocks or self._total) * JBLOCK
         capacity = self._total * JBLOCK
