@@ -29,7 +29,9 @@ _ROUNDS = 5
 def _software_module() -> ModuleType:
     """A second instance of the library's C module, loaded in its software mode."""
     spec = importlib.util.find_spec("crc32c._crc32c")
-    assert spec is not None and spec.loader is not None
+    if spec is None or spec.loader is None:
+        raise ImportError("the crc32c package has no C module crc32c._crc32c to load in "
+                          "software mode; reinstall crc32c")
     saved = os.environ.get("CRC32C_SW_MODE")
     os.environ["CRC32C_SW_MODE"] = "force"
     try:

@@ -57,8 +57,8 @@ def encode(sb: Superblock, generation: int, files: VolumeFiles) -> bytes:
 def decode(block: bytes | memoryview, sb: Superblock) -> tuple[int, VolumeFiles] | None:
     """(generation, files) of an intact copy of this journal's slot, else None."""
     magic, version, juuid, gen, length = _HEAD.unpack_from(block, 0)
-    if magic != VOLUME_FILES_MAGIC or version != _VERSION or juuid != sb.journal_uuid.bytes \
-            or length > MAX_BODY:
+    if (magic != VOLUME_FILES_MAGIC or version != _VERSION or juuid != sb.journal_uuid.bytes
+            or length > MAX_BODY):
         return None
     end = _HEAD.size + length
     if _U32.unpack_from(block, end)[0] != crc(block[:end]):

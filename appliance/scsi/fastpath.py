@@ -35,8 +35,8 @@ def _plain_range(ctx: Context, cdb: bytes, fmt: struct.Struct) -> tuple[int, int
     if len(cdb) < fmt.size:
         return None
     flags, lba, nblocks = fmt.unpack_from(cdb)
-    if flags & _PROTECT or not 0 < nblocks <= ctx.max_transfer_blocks \
-            or lba + nblocks > ctx.volume.num_blocks:
+    if (flags & _PROTECT or not 0 < nblocks <= ctx.max_transfer_blocks
+            or lba + nblocks > ctx.volume.num_blocks):
         return None
     return flags, lba, nblocks
 

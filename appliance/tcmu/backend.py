@@ -101,16 +101,16 @@ class _LazySerialDisk:
         self._read_serial: Callable[[], str | None] | None = read_serial
 
     def execute(self, cmds: Sequence[Any]) -> list[Any]:
-        if self._read_serial is not None and any(
+        read_serial = self._read_serial
+        if read_serial is not None and any(
                 cmd.cdb[:1] == bytes([self._INQUIRY]) for cmd in cmds):
-            self._refresh()
+            self._refresh(read_serial)
         return self.disk.execute(cmds)
 
-    def _refresh(self) -> None:
+    def _refresh(self, read_serial: Callable[[], str | None]) -> None:
         from appliance.scsi import DiskIdentity
-        assert self._read_serial is not None
         try:
-            serial = self._read_serial()
+            serial = read_serial()
             if serial:
                 self.disk.identity = DiskIdentity(serial)
                 self._read_serial = None

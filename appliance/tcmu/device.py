@@ -163,8 +163,8 @@ class TcmuDevice:
         status = int(result.status)
         if not 0 <= status <= 0xFF:
             raise ValueError(f"SAM status {status} does not fit a byte")
-        sense = bytes(result.sense[: layout.SENSE_BUFFERSIZE]) \
-            if status == SAM_STAT_CHECK_CONDITION else b""
+        sense = (bytes(result.sense[: layout.SENSE_BUFFERSIZE])
+                 if status == SAM_STAT_CHECK_CONDITION else b"")
         read_len = result.read_len
         if read_len is not None:
             data_in = cmd.bidi_in if req.bidi_count else cmd.data

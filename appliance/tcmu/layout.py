@@ -262,8 +262,8 @@ def write_response(region: memoryview, off: int, *, status: int, sense: bytes = 
     region[off + RSP_SCSI_STATUS] = status
     # The kernel copies sense only for CHECK CONDITION; zeroing it anyway costs one memcpy and
     # leaves no request bytes in a buffer someone might read.
-    region[off + RSP_SENSE: off + RSP_SENSE + SENSE_BUFFERSIZE] = \
-        sense.ljust(SENSE_BUFFERSIZE, b"\0") if sense else _ZERO_SENSE
+    region[off + RSP_SENSE: off + RSP_SENSE + SENSE_BUFFERSIZE] = (
+        sense.ljust(SENSE_BUFFERSIZE, b"\0") if sense else _ZERO_SENSE)
     if read_len is not None:
         _U32.pack_into(region, off + RSP_READ_LEN, read_len)
         or_uflags(region, off, UFLAG_READ_LEN)

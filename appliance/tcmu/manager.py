@@ -167,9 +167,11 @@ class DeviceManager:
                 except OSError:
                     log.exception("device %s: block_dev failed", served.name.name)
             served.device.stop()
-            assert served.thread is not None
-            served.thread.join(timeout=30)
-            if served.thread.is_alive():
+            thread = served.thread
+            if thread is None:      # set before the device is listed in self.devices
+                raise RuntimeError(f"device {served.name.name}: listed without a loop thread")
+            thread.join(timeout=30)
+            if thread.is_alive():
                 log.error("device %s: loop did not stop within 30s", served.name.name)
             else:
                 served.device.process()  # whatever arrived before the block took effect

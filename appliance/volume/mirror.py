@@ -64,7 +64,9 @@ class Mirror:
                 self.io.pwritev(run_off, run_bufs)
                 run_bufs, run_len = [], 0
             if op.kind == OpKind.WRITE:
-                assert journal is not None, "a journal span needs the journal to copy from"
+                if journal is None:
+                    raise ValueError(f"the WRITE at block {op.lba} is a span of the journal's "
+                                     f"file, and no journal was given to copy it from")
                 copy_range(journal, op.data.offset, self.io, off, op.data.length)
             elif op.kind == OpKind.WRITE_SAME:
                 self._write_same(off, op.nblocks, memoryview(op.data))

@@ -53,8 +53,8 @@ def test_exclusive_lock(tmp_path):
 def test_copy_range_between_files_is_exact_and_leaves_positional_io_alone(tmp_path):
     from appliance.storage import copy_range
     data = bytes(range(256)) * 4096                     # 1 MiB, no two 256-byte runs alike
-    with open_file(tmp_path / "src", create_size=2 << 20) as src, \
-            open_file(tmp_path / "dst", create_size=2 << 20) as dst:
+    with (open_file(tmp_path / "src", create_size=2 << 20) as src,
+          open_file(tmp_path / "dst", create_size=2 << 20) as dst):
         src.pwritev(4096, [data])
         copy_range(src, 4096 + 100, dst, 512, len(data) - 100)
         copy_range(src, 4096, dst, 0, 100)              # a second copy, elsewhere

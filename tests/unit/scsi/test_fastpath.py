@@ -77,8 +77,8 @@ def make_buffers(layout: str, nbytes: int, rnd: random.Random) -> list[memoryvie
     elif layout == "empty":
         sizes = [0, nbytes]
     elif layout == "words":
-        return [memoryview(bytearray(rnd.randbytes(nbytes))).cast("I")] if nbytes % 4 == 0 \
-            else [memoryview(bytearray(rnd.randbytes(nbytes)))]
+        return ([memoryview(bytearray(rnd.randbytes(nbytes))).cast("I")] if nbytes % 4 == 0
+                else [memoryview(bytearray(rnd.randbytes(nbytes)))])
     else:
         sizes = [rnd.randint(0, 3 * BLOCK) for _ in range(rnd.randint(0, 3))]
     return [memoryview(bytearray(rnd.randbytes(n))) for n in sizes]
@@ -145,8 +145,8 @@ def test_unit_attention_is_not_skipped_by_the_fast_route(disks):
     fast.resized()
     into = memoryview(bytearray(BLOCK))
     (first,) = fast.execute([ScsiCommand(rw_cdb(0x28, 0, 0, 1), [into])])
-    assert first.status == 0x02 and (first.sense[2], first.sense[12], first.sense[13]) == \
-        (0x6, 0x2A, 0x09)
+    assert first.status == 0x02
+    assert (first.sense[2], first.sense[12], first.sense[13]) == (0x6, 0x2A, 0x09)
     (second,) = fast.execute([ScsiCommand(rw_cdb(0x28, 0, 0, 1), [into])])
     assert second.status == 0
 

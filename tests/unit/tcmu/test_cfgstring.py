@@ -18,8 +18,8 @@ def test_full_config() -> None:
 
 def test_defaults() -> None:
     cfg = parse_config(GOOD)
-    assert (cfg.block_size, cfg.wce, cfg.bitmap_path, cfg.journal_size) == \
-        (512, True, "/srv/v1.jnl.bitmap", 64 << 20)
+    assert ((cfg.block_size, cfg.wce, cfg.bitmap_path, cfg.journal_size)
+            == (512, True, "/srv/v1.jnl.bitmap", 64 << 20))
     assert check_config(GOOD) == (True, "success")
 
 
