@@ -86,7 +86,8 @@ def block_pieces(bufs: Sequence[memoryview], nbytes: int,
 
 def copy_in(data: bytes | memoryview, bufs: Sequence[memoryview]) -> int:
     """Copy `data` into the Data-In buffers, as much as fits; zero the rest of them so no
-    stale ring bytes reach the initiator (brief §4). Returns the bytes copied."""
+    stale ring bytes reach the initiator (the kernel zeroes a data page only when it first
+    allocates it: docs/scsi.md, "Decisions"). Returns the bytes copied."""
     src = memoryview(data)
     done = 0
     for buf in bufs:

@@ -1,6 +1,7 @@
 """CDB decoding: pure functions over the CDB bytes (SPC-4 r37 4.3 "The command descriptor block").
 
-LBA / transfer-length layout by CDB size (brief §13; kernel transport_get_sectors_*):
+LBA / transfer-length layout by CDB size (SBC-3; kernel drivers/target/target_core_sbc.c
+transport_get_sectors_*):
 
     6   LBA 21 bits: cdb[1]&0x1F, cdb[2..3]     length cdb[4] (0 means 256 for READ/WRITE(6))
     10  LBA BE32 cdb[2..5]                        length BE16 cdb[7..8]

@@ -34,7 +34,8 @@ class ScsiResult:
     """What to put in the ring's response: status, sense (for CHECK CONDITION), read_len.
 
     `read_len` is the number of valid Data-In bytes when fewer than the buffers hold
-    (the TCMU layer then sets the READ_LEN flag, brief §5.4); None means "all of it".
+    (the TCMU layer then sets the READ_LEN flag, target_core_user.c `tcmu_handle_completion`);
+    None means "all of it".
     """
 
     status: int

@@ -122,7 +122,7 @@ class Context:
 def respond(data: bytes, alloc_len: int, bufs: Sequence[memoryview]) -> ScsiResult:
     """GOOD with `data` truncated to the allocation length (SPC-4 r37 4.3.5.6: length fields are
     not changed by truncation) and to the Data-In buffers; the rest of the buffers zeroed and
-    READ_LEN set, so no stale ring bytes reach the host (brief §4, §5.4)."""
+    READ_LEN set, so no stale ring bytes reach the host (docs/scsi.md, "Decisions")."""
     n = buffers.copy_in(memoryview(data)[:alloc_len], bufs)
     if n == buffers.total_len(bufs):
         return GOOD

@@ -48,7 +48,7 @@ HANDLERS: dict[int, Handler] = _handlers()
 
 # SAM-5 / SPC-4 unit attention condition rules: these neither report nor clear a pending unit
 # attention; REQUEST SENSE returns it as its sense data and clears it. REPORT LUNS (0xA0)
-# never reaches us: the kernel answers it (brief §9).
+# never reaches us: the kernel answers it (target_core_device.c `passthrough_parse_cdb`).
 UA_EXEMPT = frozenset({0x12, 0x03, 0xA0})
 
 

@@ -74,7 +74,7 @@ class DiskIdentity:
 class DiskLimits:
     """Limits advertised in VPD 0xB0 and enforced on the commands (all in volume blocks
     except `max_transfer_bytes`, which the TCMU layer sets so a command fits the ring's data
-    area and hw_max_sectors, brief §14.13)."""
+    area and hw_max_sectors, docs/scsi.md "Decisions")."""
 
     max_transfer_bytes: int = 1 << 20
     # Per UNMAP command, all descriptors together. 1 Mi blocks: libiscsi's Block Limits test

@@ -28,7 +28,7 @@ def standard_inquiry(identity: DiskIdentity) -> bytes:
     buf[3] = 0x02          # RESPONSE DATA FORMAT 2; NORMACA=0, HISUP=0 (as LIO and tcmu-runner)
     buf[4] = len(buf) - 5  # ADDITIONAL LENGTH
     # byte 5: TPGS=0 (we do not answer REPORT TARGET PORT GROUPS) and 3PC=0 (no EXTENDED
-    # COPY): brief §13 says advertise neither unless implemented.
+    # COPY): SPC-4 ties each bit to its command, so neither is advertised.
     buf[7] = 0x02          # CMDQUE: the ring queues commands
     buf[8:16] = identity.vendor_field()
     buf[16:32] = identity.product_field()

@@ -20,7 +20,7 @@ VERIFY_CHUNK_BYTES = 1 << 20      # VERIFY reads the medium in pieces of this si
 
 
 def _decode(ctx: Context, cmd: ScsiCommand) -> BlockRange:
-    """Common checks of every data command (brief §13): protection bits, maximum transfer
+    """Common checks of every data command (SBC-3; docs/scsi.md): protection bits, maximum transfer
     length (SBC-3 Block Limits VPD page: beyond it → INVALID FIELD IN CDB), capacity."""
     rng = block_range(cmd.cdb)
     check_no_protection(cmd.cdb)

@@ -2,11 +2,11 @@
 
 The volume uuid is derived from the mirror path (``appliance/volume/identity.py``), so it is
 the same on every start without any state of our own. The unit serial is the backstore's
-configfs WWN. rtslib writes it only after
-`enable`, i.e. after ADDED_DEVICE was answered (TCMU brief §11, hazard 11), so like tcmu-runner
-we read it lazily: until it is known, every INQUIRY re-reads `wwn/vpd_unit_serial` first. The
-first INQUIRY comes after the LUN is mapped, when the WWN is final; a restarted handler finds it
-at once. Without this the serial (and the NAA id) would change across a handler restart.
+configfs WWN. rtslib writes it only after `enable`, i.e. after ADDED_DEVICE was answered
+(rtslib `UserBackedStorageObject`), so like tcmu-runner we read it lazily: until it is known,
+every INQUIRY re-reads `wwn/vpd_unit_serial` first. The first INQUIRY comes after the LUN is
+mapped, when the WWN is final; a restarted handler finds it at once. Without this the serial
+(and the NAA id) would change across a handler restart.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class VolumeBackend:
              *, max_transfer_bytes: int | None = None,
              read_serial: Callable[[], str | None] | None = None) -> VolumeBackend:
         """`max_transfer_bytes` (VPD 0xB0) must fit hw_max_sectors and the ring's data area,
-        or the kernel fails larger commands itself (brief §14.13)."""
+        or the kernel fails larger commands itself (docs/scsi.md, "Decisions")."""
         from appliance.scsi import DiskIdentity, DiskLimits, ScsiDisk
         from appliance.volume import Volume, VolumeConfig
 

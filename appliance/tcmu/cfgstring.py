@@ -16,8 +16,9 @@ Keys:
 `group` (a consistency group) is refused until groups exist: accepted, it would promise
 write-order consistency across volumes that nothing provides.
 
-Kernel and rtslib limits (TCMU brief §8, §14.10): at most 255 bytes including `mirror/`, no `,`
-(the control tokenizer splits on it), no `:` (rtslib refuses it), no newline.
+Kernel and rtslib limits (target_core_user.c `tcmu_set_configfs_dev_params`; rtslib
+`UserBackedStorageObject`): at most 255 bytes including `mirror/`, no `,` (the control tokenizer
+splits on it), no `:` (rtslib refuses it), no newline.
 """
 
 from __future__ import annotations

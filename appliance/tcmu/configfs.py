@@ -1,7 +1,8 @@
-"""The few configfs files of a `user` backstore the daemon reads and writes (TCMU brief §8).
+"""The few configfs files of a `user` backstore the daemon reads and writes
+(drivers/target/target_core_user.c: `tcmu_attrib_attrs`, `tcmu_action_attrs`).
 
 Never called from the netlink thread for a device whose reply is pending: those writes can wait
-on the kernel's netlink reply wait (hazard §14.4).
+on the kernel's netlink reply wait (`tcmu_wait_genl_cmd_reply`, uninterruptible).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class BackstoreControl:
         """`attrib/cmd_time_out` = 0: commands wait in the ring for the handler instead of being
         failed to the host (NOT READY) after 30 s, so a handler restart that takes longer
         (slow start, loaded machine) costs the host latency, not I/O errors; aborts and LUN
-        resets then wait for the handler too (tcmu-brief §11, as ceph-iscsi configures it).
-        The kernel accepts it only before the device is exported (EINVAL afterwards)."""
+        resets then wait for the handler too (as ceph-iscsi configures it). The kernel
+        accepts it only before the device is exported (EINVAL afterwards;
+        target_core_user.c `tcmu_cmd_time_out_store`)."""
         self._write("attrib/cmd_time_out", "0")
 
     def block_dev(self, blocked: bool) -> None:

@@ -1,6 +1,6 @@
 """`appliance-handler`: the machine's TCMU daemon for `user:mirror` backstores.
 
-Start-up follows tcmu-runner's order (TCMU brief §7, §11): block netlink events and fail any
+Start-up follows tcmu-runner's order (its main.c; docs/tcmu.md): block netlink events and fail any
 reply wait a previous daemon left behind; join TCM-USER and announce reply support; adopt the
 devices that already exist (reopen: block_dev, reset_ring, open, unblock); serve and unblock
 netlink; own the D-Bus name last (tcmu-runner owns it before unblocking; we make the name the

@@ -1,4 +1,4 @@
-"""The D-Bus face that makes stock targetcli show /backstores/user:mirror (TCMU brief §10).
+"""The D-Bus face that makes stock targetcli show /backstores/user:mirror (docs/tcmu.md).
 
 targetcli (ui_backstore.py `_user_backstores`) asks the owner of `org.kernel.TCMUService1` for
 `org.freedesktop.DBus.ObjectManager.GetManagedObjects` on `/org/kernel/TCMUService1`; every

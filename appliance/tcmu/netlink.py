@@ -3,7 +3,7 @@
 The kernel multicasts ADDED/REMOVED/RECONFIG_DEVICE on the group "config" and, once a daemon has
 sent SET_FEATURES(SUPP_KERN_CMD_REPLY=1), waits - uninterruptibly, without a timeout - for the
 matching *_DONE reply before the configfs write that caused the event returns. Hence this socket
-is served by its own thread that does nothing else (TCMU brief §7, hazard §14.4).
+is served by its own thread that does nothing else (`tcmu_wait_genl_cmd_reply`).
 
 Messages are pyroute2 generic netlink messages (`TcmuGenlMsg`, built on pyroute2's nla
 machinery); the family id and multicast group come from pyroute2's controller lookup. The socket
@@ -196,7 +196,8 @@ class TcmuNetlink:
         return self._seq
 
     def set_features(self, reply_supported: bool, timeout: float = 5.0) -> None:
-        """SET_FEATURES(SUPP_KERN_CMD_REPLY) and wait for its ACK; module-wide (hazard §14.5)."""
+        """SET_FEATURES(SUPP_KERN_CMD_REPLY) and wait for its ACK; module-wide, and it
+        outlives this daemon (target_core_user.c `tcmu_genl_set_features`)."""
         seq = self._next_seq()
         self._sock.send(encode_set_features(self.family_id, reply_supported=reply_supported,
                                             seq=seq, pid=self.pid))

@@ -1,6 +1,7 @@
 """User side of the TCMU command ring: fetch with a private cursor, complete out of order.
 
-This follows the algorithm of tcmu-design.rst as libtcmu refines it (see the TCMU brief §5.2):
+This follows the algorithm of tcmu-design.rst as libtcmu refines it (tcmu-runner's libtcmu.c,
+`tcmulib_get_next_command` and `tcmulib_command_complete`):
 
 * Fetching walks a private cursor from the mailbox's cmd_tail towards cmd_head. PAD entries
   are skipped, TMR and unknown entries are flagged UNKNOWN_OP and skipped, and for every CMD

@@ -1,7 +1,8 @@
-"""A TCMU device node /dev/uioN as a RingTransport (TCMU brief §2).
+"""A TCMU device node /dev/uioN as a RingTransport.
 
 One opener at a time (the kernel answers EBUSY), the mapping length must equal
-maps/map0/size exactly (printed in hex), read and write are exactly 4 bytes.
+maps/map0/size exactly (printed in hex), read and write are exactly 4 bytes
+(drivers/target/target_core_user.c `tcmu_open`, `tcmu_mmap`; drivers/uio/uio.c).
 """
 
 from __future__ import annotations

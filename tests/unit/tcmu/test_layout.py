@@ -1,4 +1,5 @@
-"""Struct offsets and entry encoding against the 6.1 header (TCMU brief §3)."""
+"""Struct offsets and entry encoding against the 6.1 header
+(include/uapi/linux/target_core_user.h)."""
 
 from __future__ import annotations
 
