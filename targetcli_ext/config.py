@@ -1,0 +1,39 @@
+"""Where the shell finds its state and the daemons: one object passed in, never module globals.
+
+The defaults are the appliance's paths; each can be overridden from the environment (the VM
+tests and a developer's machine point them elsewhere)::
+
+    APPLIANCE_REPLICATION_DIR   state directory (site.json, site.pem, site.key)
+    APPLIANCE_RUN_DIR           receiver.sock and transmitter-<name>.sock
+    APPLIANCE_HANDLER_SOCKET    the handler's control socket
+    TARGETCLI_HOME              targetcli's preferences directory (as stock targetcli)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from targetcli_ext.daemons import DaemonSockets
+from targetcli_ext.model import DEFAULT_STATE_DIR
+
+
+@dataclass(frozen=True)
+class ShellConfig:
+    state_dir: Path = DEFAULT_STATE_DIR
+    sockets: DaemonSockets = field(default_factory=DaemonSockets)
+    # Stock targetcli's lock: one configuration command at a time, ours or stock targetcli's.
+    lock_file: Path = Path("/var/run/targetcli.lock")
+    prefs_dir: str = "~/.targetcli"
+    status_timeout_s: float = 3.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ShellConfig:
+        base = cls()
+        sockets = DaemonSockets(
+            handler=Path(env.get("APPLIANCE_HANDLER_SOCKET", base.sockets.handler)),
+            run_dir=Path(env.get("APPLIANCE_RUN_DIR", base.sockets.run_dir)))
+        return cls(state_dir=Path(env.get("APPLIANCE_REPLICATION_DIR", base.state_dir)),
+                   sockets=sockets, prefs_dir=env.get("TARGETCLI_HOME", base.prefs_dir))

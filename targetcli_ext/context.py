@@ -1,0 +1,63 @@
+"""What the /replication nodes share: the site store, the daemons' status and the clock.
+
+Status is asked of the daemons at most once a second (``ttl_s``), so one ``ls`` over every
+volume node costs one round of control-socket calls, and a node never shows a state older
+than that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+
+from targetcli_ext import daemons, status_text
+from targetcli_ext.config import ShellConfig
+from targetcli_ext.model import ModelError, SiteStore
+from targetcli_ext.status_text import VolumeView
+
+
+class ReplicationContext:
+    def __init__(self, config: ShellConfig, *,
+                 collect: Callable[[], dict] | None = None,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 tz: dt.tzinfo | None = None, ttl_s: float = 1.0) -> None:
+        self.config = config
+        self.store = SiteStore(config.state_dir)
+        self._collect = collect or (lambda: daemons.collect(
+            config.sockets, timeout=config.status_timeout_s))
+        self.clock, self._monotonic, self.tz, self.ttl_s = clock, monotonic, tz, ttl_s
+        self._cached: tuple[float, dict] | None = None
+
+    def snapshot(self, fresh: bool = False) -> dict:
+        now = self._monotonic()
+        if fresh or self._cached is None or now - self._cached[0] > self.ttl_s:
+            self._cached = (now, self._collect())
+        return self._cached[1]
+
+    def peer_names(self) -> dict[str, str]:
+        """Peer names by address, to name a transmitter's peer (none if site.json is bad:
+        the status must still show)."""
+        try:
+            return {p.address: p.name for p in self.store.load().peers.values()}
+        except ModelError:
+            return {}
+
+    def views(self, fresh: bool = False) -> list[VolumeView]:
+        return status_text.volume_views(self.snapshot(fresh), now=self.clock(), tz=self.tz,
+                                        peer_names=self.peer_names())
+
+    def render(self, names: set[str] | None = None) -> str:
+        """The status text of every volume, or of those named."""
+        snap = self.snapshot(fresh=True)
+        if names is None:
+            return status_text.render_status(snap, now=self.clock(), tz=self.tz,
+                                             peer_names=self.peer_names())
+        views = [v for v in status_text.volume_views(snap, now=self.clock(), tz=self.tz,
+                                                     peer_names=self.peer_names())
+                 if v.name in names]
+        if not views:
+            return f"no volume {', '.join(sorted(names))} answers now: run 'refresh'\n"
+        return "\n".join(status_text.render_volume(v, now=self.clock(), tz=self.tz)
+                         for v in views) + "\n"

@@ -1,0 +1,320 @@
+"""Replication status a person reads at a glance, modelled on ``drbdadm status``.
+
+A pure function of the daemons' JSON status (docs/protocol.md, "Status" and "What status
+derives from"): the handler's (each backstore's journal fill and volume state), each
+transmitter's (one per replicated volume on the primary) and the receiver's (one entry per
+replica on the DR). One block per volume::
+
+    vol1 role:primary peer:dr (192.0.2.2:7700)
+      link:connected replication:replicating journal:2% in-sync
+
+A healthy volume prints those two lines; a volume that is behind adds what it lacks (``lag``),
+why (the daemon's own ``behind_reason``, never reworded) and what to do. Times are rendered in
+``tz`` (local time by default) against ``now``, so the text is reproducible in tests.
+
+The snapshot is a plain dict (``daemons.collect`` builds it from the control sockets)::
+
+    {"handler": {...} | None, "receiver": {...} | None,
+     "transmitters": {"<socket name>": {...}}, "errors": {"<what>": "<why>"}}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+_RESYNC_ACTIVE = ("draining", "resyncing", "waiting-for-writer", "repairing", "interrupted")
+
+# What to do about a refusal, by the receiver's refusal code (appliance/replication/handshake).
+_REFUSAL_ADVICE = {
+    "promoted": "the DR site failed over (promoted its replica): this site replicates nothing "
+                "more; to make it the DR of the new primary see docs/failover.md",
+    "identity": "the DR does not accept this site's identity or certificate: pair the sites "
+                "again with the fingerprints '/replication info' shows on each",
+    "unknown-volume": "the DR has no replica configured for this volume: add it on the DR",
+    "geometry": "the DR replica's size or block size differs from this volume: make them "
+                "equal (the reason above says which)",
+    "version": "the appliances speak different protocol versions: run the same release on both",
+    "bound-to-other": "the DR replica belongs to another primary: replicate to another "
+                      "replica, or re-pair it on the DR",
+    "stale-generation": "this volume is older than the DR's copy (a failover happened): see "
+                        "docs/failover.md",
+    "resync-needed": "the DR lacks records this site no longer holds: on the DR run the "
+                     "'appliance-dr invalidate' the reason above names, for a full copy",
+}
+
+
+@dataclass
+class VolumeView:
+    """One volume as the status shows it (also the one-line summary of ``ls``)."""
+
+    name: str
+    role: str                          # primary | dr | unreplicated
+    peer: str | None = None
+    link: str | None = None            # connected | connecting | refused (code) | ...
+    link_since: float | None = None
+    replication: str = ""
+    journal: str | None = None         # "41%" (primary only, from the handler)
+    in_sync: bool | None = None
+    details: list[tuple[str, str]] = field(default_factory=list)   # (label, text)
+    health: bool | None = None         # True healthy, None catching up, False needs action
+
+    def summary(self) -> str:
+        """One line for ``ls``: role, link, replication state and whether it is in sync."""
+        parts = [self.role]
+        if self.link:
+            parts.append(self.link)
+        if self.replication:
+            parts.append(self.replication)
+        if self.in_sync is not None:
+            parts.append("in sync" if self.in_sync else "behind")
+        return ", ".join(parts)
+
+
+def render_status(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
+                  peer_names: dict[str, str] | None = None) -> str:
+    """The whole status: one block per volume, then daemons that did not answer."""
+    views = volume_views(snapshot, now=now, tz=tz, peer_names=peer_names)
+    blocks = [render_volume(v, now=now, tz=tz) for v in views]
+    errors = snapshot.get("errors") or {}
+    if not views and not errors:
+        blocks.append("no replicated volumes: no handler, transmitter or receiver answers "
+                      "on this appliance")
+    for what, why in sorted(errors.items()):
+        blocks.append(f"{what}: not answering: {why}\n"
+                      f"    do: check that it runs ('systemctl status' of its unit) and its "
+                      f"log ('journalctl -u' of its unit)")
+    return "\n".join(blocks) + "\n"
+
+
+def render_volume(v: VolumeView, *, now: float, tz: dt.tzinfo | None = None) -> str:
+    head = f"{v.name} role:{v.role}"
+    if v.peer:
+        head += f" {'primary' if v.role == 'dr' else 'peer'}:{v.peer}"
+    tokens = []
+    if v.link:
+        link = f"link:{v.link}"
+        if v.link_since is not None and v.link not in ("connected",):
+            link += f" since {_Clock(now, tz).when(v.link_since)}"
+        tokens.append(link)
+    if v.replication:
+        tokens.append(f"{'replica' if v.role == 'dr' else 'replication'}:{v.replication}")
+    if v.journal is not None:
+        tokens.append(f"journal:{v.journal}")
+    if v.in_sync is not None:
+        tokens.append("in-sync" if v.in_sync else "behind")
+    lines = [head, "  " + " ".join(tokens)]
+    lines += [f"    {label}: {text}" for label, text in v.details]
+    return "\n".join(lines)
+
+
+# --- joining the daemons' views -----------------------------------------------------------
+
+
+def volume_views(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
+                 peer_names: dict[str, str] | None = None) -> list[VolumeView]:
+    """Primary volumes (a transmitter, joined with the handler's entry of the same uuid),
+    handler volumes no transmitter answers for, then the DR's replicas; each sorted by name."""
+    handler = (snapshot.get("handler") or {}).get("volumes") or {}
+    by_uuid = {h.get("uuid"): (name, h) for name, h in handler.items()}
+    peer_names = peer_names or {}
+    clock = _Clock(now, tz)
+    primaries, seen = [], set()
+    for sock_name, tx in (snapshot.get("transmitters") or {}).items():
+        uuid = tx.get("volume_uuid")
+        name, h = by_uuid.get(uuid, (sock_name, None))
+        seen.add(uuid)
+        primaries.append(_primary_view(name, tx, h, peer_names, clock))
+    for name, h in handler.items():
+        if h.get("uuid") not in seen:
+            primaries.append(_unreplicated_view(name, h))
+    replicas = [_dr_view(uuid, r, clock) for uuid, r in
+                ((snapshot.get("receiver") or {}).get("volumes") or {}).items()]
+    return sorted(primaries, key=lambda v: v.name) + sorted(replicas, key=lambda v: v.name)
+
+
+def _journal(h: dict | None) -> str | None:
+    journal = (h or {}).get("journal") or {}
+    if journal.get("percent") is None:
+        return None
+    text = f"{journal['percent']:.0f}%"
+    return text + " (high water)" if journal.get("high_water") else text
+
+
+def _lag(records: int | None, nbytes: int | None, age: float | None) -> str:
+    rec = "unknown records" if records is None else f"{records} records"
+    size = "bytes unknown" if nbytes is None else human_bytes(nbytes)
+    rpo = "recovery point unknown" if age is None else \
+        f"recovery point {human_duration(age)} ago"
+    return f"{rec}, {size}, {rpo}"
+
+
+def _primary_view(name: str, tx: dict, h: dict | None, peer_names: dict[str, str],
+                  clock: _Clock) -> VolumeView:
+    link = tx.get("link") or {}
+    state = link.get("state") or "unknown"
+    address = tx.get("peer")
+    peer = f"{peer_names[address]} ({address})" if address in peer_names else address
+    v = VolumeView(name=name, role="primary", peer=peer, journal=_journal(h),
+                   in_sync=bool(tx.get("in_sync")), link_since=link.get("state_since"))
+    connected = state == "replicating" or state.startswith("paused")
+    if connected:
+        v.link = "connected"
+    elif state.startswith("refused"):
+        v.link = f"refused ({state.partition(':')[2] or 'no reason code'})"
+    elif state in ("starting", "connecting", "reconnecting"):
+        v.link = "connecting"
+    else:
+        v.link = state
+
+    resync = tx.get("resync") or {}
+    if resync.get("state") in _RESYNC_ACTIVE:
+        v.replication = _resync_text(resync)
+    elif tx.get("volume_state") == "logging-to-bitmap":
+        since = tx.get("logging_since")
+        v.replication = "logging-to-bitmap" + (f" since {clock.when(since)}" if since else "")
+    elif state.startswith("paused"):
+        v.replication = f"paused ({state.partition(':')[2].replace('-', ' ') or 'by request'})"
+    elif connected:
+        v.replication = "replicating"
+    else:
+        v.replication = "stopped"
+
+    if v.in_sync:
+        v.health = True
+        return v
+    if not connected and link.get("last_error"):
+        v.details.append(("reason" if state.startswith("refused") else "last error",
+                          link["last_error"]))
+    v.details.append(("lag", _lag(tx.get("lag_records"), tx.get("lag_bytes"),
+                                  tx.get("recovery_point_age_s"))))
+    if tx.get("behind_reason"):
+        v.details.append(("why", tx["behind_reason"]))
+    if tx.get("resync_blocked") and not state.startswith("refused"):
+        v.details.append(("blocked", tx["resync_blocked"]))
+    todo = _primary_advice(tx, state, address)
+    if todo:
+        v.details.append(("do", todo))
+    catching_up = connected and not state.startswith("paused") \
+        and not tx.get("resync_blocked") and tx.get("volume_state") != "unknown"
+    v.health = None if catching_up else False
+    return v
+
+
+def _resync_text(resync: dict) -> str:
+    state = resync.get("state")
+    total = resync.get("total_bytes") or 0
+    done = (resync.get("done_bytes") or 0) + (resync.get("skipped_bytes") or 0)
+    pct = f"{100.0 * done / total:.1f}%" if total else "0.0%"
+    if state == "resyncing":
+        rate = resync.get("bytes_per_s") or 0
+        eta = resync.get("eta_s")
+        return (f"resync {pct} ({human_bytes(rate)}/s, ETA "
+                f"{'unknown' if eta is None else human_duration(eta)})")
+    if state == "interrupted":
+        return f"resync {pct} interrupted (link lost; goes on where it stopped)"
+    return f"resync {pct} ({state})"
+
+
+def _primary_advice(tx: dict, state: str, address: str | None) -> str | None:
+    if state.startswith("refused"):
+        code = state.partition(":")[2]
+        return _REFUSAL_ADVICE.get(code, "fix what the reason above says on the DR appliance "
+                                         "(its receiver logs the refusal too)")
+    if tx.get("volume_state") == "unknown":
+        return "check that appliance-handler serves this volume and its journal is readable"
+    if state.startswith("paused"):
+        return "shipping resumes by itself when the pause ends (blackout window setting)"
+    if state in ("starting", "connecting", "reconnecting"):
+        return (f"check that the DR appliance's receiver runs and that {address} is reachable "
+                f"from here; shipping resumes by itself once it is")
+    return None
+
+
+def _unreplicated_view(name: str, h: dict) -> VolumeView:
+    v = VolumeView(name=name, role="unreplicated", journal=_journal(h),
+                   replication="none (no transmitter answers for this volume)")
+    if h.get("alert"):
+        v.details.append(("alert", h["alert"]))
+    return v
+
+
+def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
+    link = r.get("link") or {}
+    state = link.get("state") or "unknown"
+    primary = r.get("primary")
+    address = link.get("peer")
+    peer = f"{primary} ({address})" if primary and address and state == "connected" \
+        else primary
+    v = VolumeView(name=uuid, role="dr", peer=peer, link=state,
+                   link_since=link.get("state_since"), in_sync=bool(r.get("in_sync")))
+    replica = r.get("state") or "unknown"
+    if replica == "inconsistent" and r.get("inconsistent_since"):
+        v.replication = (f"inconsistent since {clock.when(r['inconsistent_since'])} "
+                         f"(resync under way)")
+    else:
+        v.replication = replica
+    if v.in_sync:
+        v.health = True
+        return v
+    report = r.get("primary_report") or {}
+    if state != "connected" and link.get("last_error"):
+        v.details.append(("last error", link["last_error"]))
+    if state == "connected":
+        v.details.append(("lag", _lag(r.get("lag_records"), r.get("lag_bytes"),
+                                      report.get("recovery_point_age_s"))))
+    else:   # what the primary holds now is unknown here: its last report is a lower bound
+        v.details.append(("lag", f"unknown with no primary connected (at least "
+                                 f"{r.get('lag_records') or 0} records)"))
+    if r.get("behind_reason"):
+        v.details.append(("why", r["behind_reason"]))
+    if replica == "promoted":
+        v.health = None
+        return v
+    if replica == "inconsistent":
+        v.details.append(("do", f"let the resync finish; to fail over before it does, stop "
+                                f"the receiver and run 'appliance-dr --config <receiver.toml> "
+                                f"rollback {uuid}' for the last consistent image"))
+        v.health = None if state == "connected" else False
+    elif state != "connected":
+        v.details.append(("do", "check on the primary that its transmitter for this volume "
+                                "runs and can reach this appliance ('/replication status' "
+                                "there)"))
+        v.health = False
+    else:
+        v.health = None         # connected and catching up
+    return v
+
+
+# --- units --------------------------------------------------------------------------------
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+@dataclass(frozen=True)
+class _Clock:
+    now: float
+    tz: dt.tzinfo | None
+
+    def when(self, epoch: float) -> str:
+        """A moment as the admin reads it: the time of day if today, else date and time."""
+        t = dt.datetime.fromtimestamp(epoch, self.tz)
+        today = dt.datetime.fromtimestamp(self.now, self.tz).date()
+        return t.strftime("%H:%M:%S" if t.date() == today else "%Y-%m-%d %H:%M:%S")
