@@ -96,18 +96,18 @@ class DirectWriter:
         bounced = 0
         bounce = memoryview(self._bounce)
         for view in views:
-            n = view.nbytes
-            if n % ALIGN:
+            nbytes = view.nbytes
+            if nbytes % ALIGN:
                 return None
             address = address_of(view)
             if address is not None and address % ALIGN == 0:
                 iov.append(view)
                 continue
-            if bounced + n > BOUNCE_MAX:
+            if bounced + nbytes > BOUNCE_MAX:
                 return None
-            bounce[bounced:bounced + n] = view
-            iov.append(bounce[bounced:bounced + n])
-            bounced += n
+            bounce[bounced:bounced + nbytes] = view
+            iov.append(bounce[bounced:bounced + nbytes])
+            bounced += nbytes
         return iov
 
     def close(self) -> None:

@@ -107,9 +107,9 @@ class FileBlockIO:
 
     def pwritev(self, offset: int, bufs: Sequence[bytes | memoryview]) -> None:
         if len(bufs) <= _IOV_MAX:  # the common case: one call, no copies, no views
-            want = sum(b.nbytes if isinstance(b, memoryview) else len(b) for b in bufs)
+            want = sum(buf.nbytes if isinstance(buf, memoryview) else len(buf) for buf in bufs)
             if self._direct is not None and want >= self._direct.min_bytes:
-                views = [memoryview(b).cast("B") for b in bufs]
+                views = [memoryview(buf).cast("B") for buf in bufs]
                 wrote = self._direct.try_write(offset, views, want)
                 if wrote == want:
                     return
@@ -119,7 +119,7 @@ class FileBlockIO:
                 return
             bufs = _skip(bufs, wrote)
             offset += wrote
-        views = [memoryview(b).cast("B") for b in bufs]
+        views = [memoryview(buf).cast("B") for buf in bufs]
         while views:
             wrote = os.pwritev(self._fd, views[:_IOV_MAX], offset)
             if wrote == 0:
@@ -162,12 +162,12 @@ class FileBlockIO:
 
 def _skip(bufs: Sequence[bytes | memoryview], done: int) -> list[memoryview]:
     """The bytes of `bufs` after the first `done` (what a partial write left over)."""
-    views = [memoryview(b).cast("B") for b in bufs]
+    views = [memoryview(buf).cast("B") for buf in bufs]
     while views and done >= len(views[0]):
         done -= len(views.pop(0))
     if done:
         views[0] = views[0][done:]
-    return [v for v in views if len(v)]
+    return [view for view in views if len(view)]
 
 
 def open_file(path: str | os.PathLike[str], *, create_size: int | None = None) -> FileBlockIO:

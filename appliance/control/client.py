@@ -14,13 +14,13 @@ class ControlError(RuntimeError):
 def call(path: Path | str, cmd: str, args: dict | None = None, *, timeout: float = 5.0):
     """Send one command and return its result."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            s.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
             buf = b""
             while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
+                chunk = sock.recv(65536)
                 if not chunk:
                     raise ControlError(f"{path}: connection closed before a reply")
                 buf += chunk

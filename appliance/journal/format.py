@@ -156,8 +156,7 @@ class TransmitterCheckpoint:
 
 def encode_slot(magic: bytes, journal_uuid: uuid.UUID, generation: int,
                 values: tuple[int, int, int, int, int], written_ns: int) -> bytes:
-    a, b, c, d, e = values
-    body = _SLOT.pack(magic, FORMAT_VERSION, journal_uuid.bytes, generation, a, b, c, d, e,
+    body = _SLOT.pack(magic, FORMAT_VERSION, journal_uuid.bytes, generation, *values,
                       written_ns)
     out = bytearray(JBLOCK)
     out[: _SLOT.size] = body
@@ -172,10 +171,11 @@ def decode_slot(block: bytes | memoryview, magic: bytes, journal_uuid: uuid.UUID
         return None
     if _U32.unpack_from(block, _SLOT.size)[0] != crc(block[: _SLOT.size]):
         return None
-    _, version, juuid, gen, a, b, c, d, e, _ = _SLOT.unpack_from(block, 0)
+    fields = _SLOT.unpack_from(block, 0)
+    _, version, juuid, gen = fields[:4]
     if version != FORMAT_VERSION or juuid != journal_uuid.bytes:
         return None
-    return gen, (a, b, c, d, e)
+    return gen, fields[4:9]     # the five values; then written_ns
 
 
 def encode_writer_slot(sb: Superblock, generation: int, cp: WriterCheckpoint,

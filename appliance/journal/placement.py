@@ -29,23 +29,23 @@ def place_batch(ops: Sequence[WriteOp], lengths: Sequence[int], head_block: int,
     instead (after a PAD), because entering a segment while records before it are unsynced
     costs an fdatasync. Group commit (append, then sync) then needs one sync per batch.
     """
-    S = segment_blocks
-    in_segment = head_block % S
+    in_segment = head_block % segment_blocks
     need = 1 + data_blocks(sum(lengths))
-    if len(ops) <= MAX_OPS_PER_RECORD and in_segment + need <= S:
+    if len(ops) <= MAX_OPS_PER_RECORD and in_segment + need <= segment_blocks:
         # The common case, one record in the rest of this segment: no per-write loop.
         return [Placement(head_block, ops, lengths, need, in_segment == 0)]
     plan = _pack(ops, lengths, head_block, segment_blocks, total_blocks)
-    if in_segment and any(p.enters_segment for p in plan):
-        room = S - head_block % S
-        fresh = _pack(ops, lengths, (head_block + room) % total_blocks, S, total_blocks)
-        if sum(p.enters_segment for p in fresh) == 1:
+    if in_segment and any(placed.enters_segment for placed in plan):
+        room = segment_blocks - head_block % segment_blocks
+        fresh = _pack(ops, lengths, (head_block + room) % total_blocks, segment_blocks,
+                      total_blocks)
+        if sum(placed.enters_segment for placed in fresh) == 1:
             plan = [Placement(head_block, (), (), room, False), *fresh]
     return plan
 
 
-def _pack(ops: Sequence[WriteOp], lengths: Sequence[int], pos: int, S: int, total: int
-          ) -> list[Placement]:
+def _pack(ops: Sequence[WriteOp], lengths: Sequence[int], pos: int, segment_blocks: int,
+          total: int) -> list[Placement]:
     """Records grow while they fit the rest of their segment; a write that fits no more
     closes the record, and a new record that does not fit the rest of the segment goes to
     the next one, after a PAD record."""
@@ -55,20 +55,22 @@ def _pack(ops: Sequence[WriteOp], lengths: Sequence[int], pos: int, S: int, tota
     def close(hi: int) -> None:
         nonlocal pos
         need = 1 + data_blocks(size)
-        plan.append(Placement(pos, ops[lo:hi], lengths[lo:hi], need, pos % S == 0))
+        plan.append(Placement(pos, ops[lo:hi], lengths[lo:hi], need, pos % segment_blocks == 0))
         pos = (pos + need) % total
 
-    room_bytes = (S - pos % S - 1) * JBLOCK  # data that still fits the open record
+    # Data that still fits the open record:
+    room_bytes = (segment_blocks - pos % segment_blocks - 1) * JBLOCK
     for i, length in enumerate(lengths):
         if i > lo and (i - lo >= MAX_OPS_PER_RECORD or size + length > room_bytes):
             close(i)
             lo, size = i, 0
-            room_bytes = (S - pos % S - 1) * JBLOCK
-        if i == lo and pos % S and 1 + data_blocks(length) > S - pos % S:
-            room = S - pos % S
+            room_bytes = (segment_blocks - pos % segment_blocks - 1) * JBLOCK
+        if (i == lo and pos % segment_blocks
+                and 1 + data_blocks(length) > segment_blocks - pos % segment_blocks):
+            room = segment_blocks - pos % segment_blocks
             plan.append(Placement(pos, (), (), room, False))
             pos = (pos + room) % total
-            room_bytes = (S - 1) * JBLOCK
+            room_bytes = (segment_blocks - 1) * JBLOCK
         size += length
     close(len(ops))
     return plan

@@ -88,7 +88,7 @@ def encode_meta(*, journal_uuid: uuid.UUID, kind: RecordKind, first_seq: int, po
         journal_uuid=journal_uuid, kind=kind, first_seq=first_seq, position=position,
         record_blocks=record_blocks, timestamp_ns=timestamp_ns, tail_seq=tail_seq,
         synced_seq=synced_seq, prev_crc=prev_crc, data_crc=data_crc, data_bytes=data_bytes,
-        n_ops=len(entries), flat_entries=[x for entry in entries for x in entry])
+        n_ops=len(entries), flat_entries=[field for entry in entries for field in entry])
 
 
 def encode_meta_flat(*, journal_uuid: uuid.UUID | bytes, kind: RecordKind, first_seq: int,
@@ -141,7 +141,7 @@ def parse_meta(block: bytes | bytearray | memoryview, journal_uuid: uuid.UUID, p
                       prev_crc, data_crc, data_bytes, entries, header_crc)
 
 
-_KINDS = {int(k): k for k in OpKind}
+_KINDS = {int(op_kind): op_kind for op_kind in OpKind}
 _WHAT = {OpKind.WRITE: "{n} blocks of {bs} bytes", OpKind.WRITE_SAME: "exactly one block of {bs} bytes",
          OpKind.UNMAP: "no data"}
 

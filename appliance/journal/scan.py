@@ -35,8 +35,8 @@ class Area:
     def __init__(self, io: BlockIO, sb: Superblock) -> None:
         self.io = io
         self.sb = sb
-        self.S = sb.segment_blocks
-        self.m = sb.segment_count
+        self.segment_blocks = sb.segment_blocks
+        self.segment_count = sb.segment_count
 
     def read(self, block: int, count: int) -> bytearray:
         buf = bytearray(count * JBLOCK)
@@ -49,14 +49,14 @@ class Area:
 
     def probe(self, segment: int) -> RecordMeta | None:
         """The record at the start of `segment` (one block read), if intact."""
-        position = segment * self.S
+        position = segment * self.segment_blocks
         return self.parse(self.read(position, 1), position)
 
     def segment_of(self, block: int) -> int:
-        return block // self.S
+        return block // self.segment_blocks
 
     def segment_end(self, block: int) -> int:
-        return (block // self.S + 1) * self.S
+        return (block // self.segment_blocks + 1) * self.segment_blocks
 
     def byte_offset(self, block: int) -> int:
         return self.sb.block_offset(block)
@@ -83,19 +83,19 @@ def newest_segment(area: Area, anchor: WriterCheckpoint) -> tuple[int, RecordMet
     on a prefix, so O(log m) probes find the last one. Returns (segment, its start
     record), or (the anchor's segment, None) when no segment was entered after the anchor.
     """
-    total = area.m * area.S
+    total = area.segment_count * area.segment_blocks
     base = area.segment_of((anchor.head_block - 1) % total)
     probes: dict[int, RecordMeta | None] = {}
 
-    def entered_after(j: int) -> bool:
-        meta = probes[j] = area.probe((base + j) % area.m)
+    def entered_after(step: int) -> bool:
+        meta = probes[step] = area.probe((base + step) % area.segment_count)
         return (meta is not None and meta.kind == RecordKind.BATCH
                 and meta.first_seq >= anchor.head_seq)
 
-    j = last_true(area.m, lambda k: k == 0 or entered_after(k))
-    if j == 0:
+    last = last_true(area.segment_count, lambda step: step == 0 or entered_after(step))
+    if last == 0:
         return base, None
-    return (base + j) % area.m, probes[j]
+    return (base + last) % area.segment_count, probes[last]
 
 
 def segment_holding(area: Area, seq: int, newest: int
@@ -115,16 +115,16 @@ def segment_holding(area: Area, seq: int, newest: int
     # (its metadata survived a power cut, its data did not): treat it as never written.
     limit = newest_meta.first_seq if newest_meta is not None else 2**64
 
-    def at_or_below(k: int) -> bool:
-        meta = probes[k] = area.probe((newest + 1 + k) % area.m)
+    def at_or_below(step: int) -> bool:
+        meta = probes[step] = area.probe((newest + 1 + step) % area.segment_count)
         return (meta is None or meta.kind != RecordKind.BATCH or meta.first_seq > limit
                 or meta.first_seq <= seq)
 
     if not at_or_below(0):
         return None
-    k = last_true(area.m, lambda i: i == 0 or at_or_below(i))
-    meta = probes[k]
-    segment = (newest + 1 + k) % area.m
+    last = last_true(area.segment_count, lambda step: step == 0 or at_or_below(step))
+    meta = probes[last]
+    segment = (newest + 1 + last) % area.segment_count
     if meta is None or meta.kind != RecordKind.BATCH or meta.first_seq > limit:
         return segment, None
     return segment, meta
@@ -161,7 +161,8 @@ class Walker:
         start = self._buf_start
         end = start + len(self._buf) // JBLOCK
         if not (start <= block and block + count <= end):
-            if block % self.area.S == 0:  # a new segment: probe it before reading ahead
+            # A new segment: probe it before reading ahead.
+            if block % self.area.segment_blocks == 0:
                 self.window = min(16, self.max_window)
             elif block == end:  # sequential: read ahead further, like the kernel does
                 self.window = min(self.window * 4, self.max_window)
@@ -177,31 +178,31 @@ class Walker:
         torn: the writer does not sync a PAD before entering the next segment.) Only a
         record linking to our last record qualifies, so no damaged BATCH is ever skipped:
         the next segment's first record would link to that BATCH instead."""
-        p = self.point
-        if not self.check_link or p.block % self.area.S == 0:
+        point = self.point
+        if not self.check_link or point.block % self.area.segment_blocks == 0:
             return False
-        start = seg_end % (self.area.m * self.area.S)
+        start = seg_end % (self.area.segment_count * self.area.segment_blocks)
         meta = self.area.parse(self._view(start, 1), start)
-        if (meta is None or meta.kind != RecordKind.BATCH or meta.first_seq != p.seq
-                or meta.prev_crc != p.prev_crc):
+        if (meta is None or meta.kind != RecordKind.BATCH or meta.first_seq != point.seq
+                or meta.prev_crc != point.prev_crc):
             return False
-        self.point = ChainPoint(start, p.seq, p.prev_crc)
+        self.point = ChainPoint(start, point.seq, point.prev_crc)
         return True
 
     def next(self) -> tuple[RecordMeta, memoryview] | None:
         while True:
-            p = self.point
-            if p.block >= self.area.m * self.area.S:
-                p = self.point = ChainPoint(0, p.seq, p.prev_crc)
-            meta = self.area.parse(self._view(p.block, 1), p.block)
-            seg_end = self.area.segment_end(p.block)
-            if meta is None or meta.first_seq != p.seq or (
-                    self.check_link and meta.prev_crc != p.prev_crc
+            point = self.point
+            if point.block >= self.area.segment_count * self.area.segment_blocks:
+                point = self.point = ChainPoint(0, point.seq, point.prev_crc)
+            meta = self.area.parse(self._view(point.block, 1), point.block)
+            seg_end = self.area.segment_end(point.block)
+            if meta is None or meta.first_seq != point.seq or (
+                    self.check_link and meta.prev_crc != point.prev_crc
                     and meta.prev_crc != self.pad_crc):
                 if self._continues_at(seg_end):
                     continue
                 self.why = ("no intact metadata block" if meta is None else
-                            f"record seq {meta.first_seq} does not follow seq {p.seq - 1} "
+                            f"record seq {meta.first_seq} does not follow seq {point.seq - 1} "
                             f"(stale or foreign record)")
                 return None
             if meta.end_block > seg_end:
@@ -212,12 +213,12 @@ class Walker:
                     self.why = "padding record does not end at its segment end"
                     return None
                 # PADs are not links: the next record links to the last BATCH record.
-                self.point = ChainPoint(seg_end, p.seq, p.prev_crc if self.check_link
+                self.point = ChainPoint(seg_end, point.seq, point.prev_crc if self.check_link
                                         else meta.prev_crc)
                 self.check_link = True
                 self.pad_crc = meta.header_crc
                 continue
-            data = self._view(p.block + 1, meta.record_blocks - 1)[: meta.data_bytes]
+            data = self._view(point.block + 1, meta.record_blocks - 1)[: meta.data_bytes]
             if crc(data) != meta.data_crc:
                 self.why = f"data of record seq {meta.first_seq} fails its CRC"
                 return None
@@ -237,8 +238,8 @@ def find_head(area: Area, anchor: WriterCheckpoint) -> tuple[ChainPoint, RecordM
     segment, start_meta = newest_segment(area, anchor)
     last = None
     if start_meta is not None:
-        walker = Walker(area, ChainPoint(segment * area.S, start_meta.first_seq,
-                                         start_meta.prev_crc), window_blocks=area.S)
+        walker = Walker(area, ChainPoint(segment * area.segment_blocks, start_meta.first_seq,
+                                         start_meta.prev_crc), window_blocks=area.segment_blocks)
         while (got := walker.next()) is not None:
             last = got[0]
     if last is None:
@@ -246,7 +247,7 @@ def find_head(area: Area, anchor: WriterCheckpoint) -> tuple[ChainPoint, RecordM
         # (its metadata made it, its data did not): the chain ends where the walk from
         # the published anchor ends (everything before that segment was synced).
         walker = Walker(area, ChainPoint(anchor.head_block, anchor.head_seq, anchor.head_prev_crc),
-                        window_blocks=area.S)
+                        window_blocks=area.segment_blocks)
         while (got := walker.next()) is not None:
             last = got[0]
     if walker.point.seq < anchor.head_seq:
@@ -262,9 +263,9 @@ def _check_nothing_durable_beyond(area: Area, head: ChainPoint, why: str) -> Non
     """Bounded forward scan past the head (rest of its segment, start of the next one): a
     record there that was written after seq `head.seq` had been synced proves that the
     record at the head was durable, so its damage is corruption, not a torn write."""
-    total = area.m * area.S
+    total = area.segment_count * area.segment_blocks
     start = head.block % total
-    seg_end = area.segment_end(start) if start % area.S else start
+    seg_end = area.segment_end(start) if start % area.segment_blocks else start
     spans = [(start, seg_end), (seg_end % total, seg_end % total + 1)]
     for lo, hi in spans:
         if hi <= lo:

@@ -75,10 +75,10 @@ def read_slot(io: BlockIO, sb: Superblock) -> tuple[int, VolumeFiles | None]:
     buf = bytearray(2 * JBLOCK)
     io.pread_into(VOLUME_FILES_BLOCKS[0] * JBLOCK, memoryview(buf))
     copies = [decode(memoryview(buf)[i * JBLOCK:(i + 1) * JBLOCK], sb) for i in range(2)]
-    valid = [c for c in copies if c is not None]
+    valid = [copy for copy in copies if copy is not None]
     if not valid:
         return 0, None
-    return max(valid, key=lambda c: c[0])
+    return max(valid, key=lambda copy: copy[0])
 
 
 def publish(io: BlockIO, sb: Superblock, files: VolumeFiles) -> None:

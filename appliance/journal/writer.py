@@ -194,7 +194,8 @@ class Journal:
             return range(first, first)
         plan = place_batch(ops, lengths, self._head.block, self.sb.segment_blocks, self._total)
         # (One record, the usual plan, enters at most one segment: nothing to count.)
-        if len(plan) > 1 and sum(p.enters_segment for p in plan) > self.sb.segment_count - 2:
+        if (len(plan) > 1
+                and sum(placed.enters_segment for placed in plan) > self.sb.segment_count - 2):
             raise InvalidRequest(f"a batch of {sum(lengths)} bytes needs more than "
                                  f"{self.sb.segment_count - 2} of the journal's segments; split "
                                  f"it (at most {self.max_batch_bytes} bytes always fit)")

@@ -12,12 +12,12 @@ from appliance.scsi import sense
 
 
 def total_len(bufs: Sequence[memoryview]) -> int:
-    return sum(len(b) for b in bufs)
+    return sum(len(buf) for buf in bufs)
 
 
 def byte_views(bufs: Sequence[memoryview]) -> list[memoryview]:
     """The buffers as flat unsigned-byte views (the ring hands out 'B' views already)."""
-    return [b if b.format == "B" and b.ndim == 1 else b.cast("B") for b in bufs]
+    return [buf if buf.format == "B" and buf.ndim == 1 else buf.cast("B") for buf in bufs]
 
 
 def take(bufs: Sequence[memoryview], nbytes: int) -> list[memoryview]:
@@ -48,7 +48,7 @@ def region(bufs: Sequence[memoryview], start: int, length: int) -> memoryview:
         if lo >= end:
             break
         pieces.append(buf[max(start - lo, 0): min(end, hi) - lo])
-    got = sum(len(p) for p in pieces)
+    got = sum(len(piece) for piece in pieces)
     if got != length:
         raise sense.invalid_field_in_command_iu(start + length, pos)
     if len(pieces) == 1:
@@ -91,12 +91,12 @@ def copy_in(data: bytes | memoryview, bufs: Sequence[memoryview]) -> int:
     src = memoryview(data)
     done = 0
     for buf in bufs:
-        n = min(len(buf), len(src) - done)
-        if n > 0:
-            buf[:n] = src[done:done + n]
-            done += n
-        if n < len(buf):
-            buf[max(n, 0):] = bytes(len(buf) - max(n, 0))
+        count = min(len(buf), len(src) - done)
+        if count > 0:
+            buf[:count] = src[done:done + count]
+            done += count
+        if count < len(buf):
+            buf[max(count, 0):] = bytes(len(buf) - max(count, 0))
     return done
 
 

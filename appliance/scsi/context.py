@@ -53,7 +53,7 @@ class WriteBatch:
             return False
         end = lba + nblocks
         return any(w_lba < end and lba < w_lba + w_n
-                   for w in self.pending for w_lba, w_n in w.extents)
+                   for queued in self.pending for w_lba, w_n in queued.extents)
 
     def commit(self) -> None:
         """Submit everything pending as one group; each queued command gets GOOD or the
@@ -64,19 +64,19 @@ class WriteBatch:
         if len(pending) == 1:       # qd1: the one command's ops as they are
             ops, fua = pending[0].ops, pending[0].fua
         else:
-            ops = [op for w in pending for op in w.ops]
-            fua = any(w.fua for w in pending)
+            ops = [op for queued in pending for op in queued.ops]
+            fua = any(queued.fua for queued in pending)
         self.commits += 1
         try:
             if ops:
                 self.volume.submit(ops, fua=fua)
         except Exception as exc:   # every failure becomes sense for the queued commands
             failed = sense.result_for_exception(exc)
-            for w in pending:
-                self.results[w.index] = failed
+            for queued in pending:
+                self.results[queued.index] = failed
             return
-        for w in pending:
-            self.results[w.index] = GOOD
+        for queued in pending:
+            self.results[queued.index] = GOOD
 
 
 @dataclass(slots=True)
@@ -123,10 +123,10 @@ def respond(data: bytes, alloc_len: int, bufs: Sequence[memoryview]) -> ScsiResu
     """GOOD with `data` truncated to the allocation length (SPC-4 r37 4.3.5.6: length fields are
     not changed by truncation) and to the Data-In buffers; the rest of the buffers zeroed and
     READ_LEN set, so no stale ring bytes reach the host (docs/scsi.md, "Decisions")."""
-    n = buffers.copy_in(memoryview(data)[:alloc_len], bufs)
-    if n == buffers.total_len(bufs):
+    copied = buffers.copy_in(memoryview(data)[:alloc_len], bufs)
+    if copied == buffers.total_len(bufs):
         return GOOD
-    return ScsiResult(Status.GOOD, read_len=n)
+    return ScsiResult(Status.GOOD, read_len=copied)
 
 
 def check_data_out(cmd: ScsiCommand, expected: int) -> None:

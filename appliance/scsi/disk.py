@@ -102,8 +102,9 @@ class ScsiDisk:
                 results[index] = outcome
         batch.commit()
         self.group_commits += batch.commits
-        return [r if r is not None else sense.internal_target_failure("no result").result()
-                for r in results]
+        missing = sense.internal_target_failure
+        return [result if result is not None else missing("no result").result()
+                for result in results]
 
     def _run_one(self, ctx: Context, cmd: ScsiCommand) -> object:
         cdb = cmd.cdb

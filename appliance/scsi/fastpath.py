@@ -70,9 +70,9 @@ def write(ctx: Context, cmd: ScsiCommand, fmt: struct.Struct) -> Queued | None:
     else:
         ops = []
         for view in data:
-            n = view.nbytes // bs
-            ops.append(WriteOp(_WRITE, lba, n, view))
-            lba += n
+            blocks = view.nbytes // bs
+            ops.append(WriteOp(_WRITE, lba, blocks, view))
+            lba += blocks
     return ctx.queue_write(ops, fua=bool(flags & _FUA), extents=[(rng[1], nblocks)])
 
 

@@ -15,7 +15,7 @@ LIO_OUI = 0x001405
 
 def _ascii_field(value: str, size: int, what: str) -> bytes:
     raw = value.encode("ascii", errors="strict")
-    if len(raw) > size or not all(0x20 <= c < 0x7F for c in raw):
+    if len(raw) > size or not all(0x20 <= byte < 0x7F for byte in raw):
         raise ValueError(f"{what} {value!r} must be printable ASCII of at most {size} bytes")
     # SPC-4 4.4.1: ASCII fields are left-aligned and padded with spaces.
     return raw.ljust(size, b" ")
@@ -33,7 +33,7 @@ class DiskIdentity:
     def __post_init__(self) -> None:
         raw = self.serial.encode("utf-8")
         # The kernel limits vpd_unit_serial to 254 bytes (INQUIRY_VPD_SERIAL_LEN - 1).
-        if not raw or len(raw) > 254 or not all(0x20 < c < 0x7F for c in raw):
+        if not raw or len(raw) > 254 or not all(0x20 < byte < 0x7F for byte in raw):
             raise ValueError(f"unit serial {self.serial!r} must be 1..254 printable ASCII "
                              "characters without spaces")
         self.vendor_field()
@@ -57,7 +57,7 @@ class DiskIdentity:
         64-bit extension: 25 nibbles, zero-padded. This is the kernel's
         spc_gen_naa_6h_vendor_specific and tcmu-runner's page 0x83 code, nibble for nibble.
         """
-        nibbles = [int(c, 16) for c in self.serial if c in "0123456789abcdefABCDEF"][:25]
+        nibbles = [int(char, 16) for char in self.serial if char in "0123456789abcdefABCDEF"][:25]
         nibbles += [0] * (25 - len(nibbles))
         value = 0x6 << 4 | (LIO_OUI >> 20)           # NAA (4 bits) + first OUI nibble
         head = bytes([value, (LIO_OUI >> 12) & 0xFF, (LIO_OUI >> 4) & 0xFF])

@@ -94,7 +94,7 @@ def mode_sense(cdb: bytes, ctx: ModeContext) -> tuple[bytes, int]:
         codes = (code,)
     else:
         raise sense.invalid_field_in_cdb(2, 5, f"mode page {code:#04x} not supported")
-    pages = b"".join(page(c, pc, ctx) for c in codes)
+    pages = b"".join(page(page_code, pc, ctx) for page_code in codes)
     descriptor = b"" if dbd else _block_descriptor(long_lba, pc, ctx)
     device_specific = DPOFUA                              # WP=0: we are never read-only
     if ten:

@@ -54,7 +54,7 @@ def unmap(ctx: Context, cmd: ScsiCommand) -> ScsiResult | Queued:
             ranges.append((lba, nblocks))
     if not ranges:
         return GOOD
-    ops = [WriteOp(OpKind.UNMAP, lba, n) for lba, n in ranges]
+    ops = [WriteOp(OpKind.UNMAP, lba, blocks) for lba, blocks in ranges]
     return ctx.queue_write(ops, fua=False, extents=ranges)
 
 

@@ -95,21 +95,21 @@ def _compare_with_medium(ctx: Context, lba: int, nblocks: int,
     pattern = buffers.region(expected, 0, bs) if repeat_one_block else None
     done = 0
     while done < nblocks:
-        n = min(chunk_blocks, nblocks - done)
-        view = memoryview(scratch)[: n * bs]
-        ctx.read_into(lba + done, n, [view])
+        count = min(chunk_blocks, nblocks - done)
+        view = memoryview(scratch)[: count * bs]
+        ctx.read_into(lba + done, count, [view])
         if pattern is None:
-            want = buffers.region(expected, done * bs, n * bs)
+            want = buffers.region(expected, done * bs, count * bs)
             offset = _first_difference(want, view)
             if offset is not None:
                 raise sense.miscompare(done * bs + offset)
         else:
-            for i in range(n):
+            for i in range(count):
                 offset = _first_difference(pattern, view[i * bs:(i + 1) * bs])
                 if offset is not None:
                     # BYTCHK=11b: the Data-Out is one block; the offset counts within it.
                     raise sense.miscompare(offset)
-        done += n
+        done += count
 
 
 def verify(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
@@ -147,8 +147,8 @@ def _read_through(ctx: Context, lba: int, nblocks: int) -> None:
     chunk_blocks = _chunk_blocks(ctx)
     scratch = memoryview(bytearray(min(nblocks, chunk_blocks) * bs))
     for start in range(0, nblocks, chunk_blocks):
-        n = min(chunk_blocks, nblocks - start)
-        ctx.read_into(lba + start, n, [scratch[: n * bs]])
+        count = min(chunk_blocks, nblocks - start)
+        ctx.read_into(lba + start, count, [scratch[: count * bs]])
 
 
 def write_and_verify(ctx: Context, cmd: ScsiCommand) -> ScsiResult:

@@ -123,7 +123,7 @@ def parse_config(config: str) -> MirrorConfig:
     mirror = _abs_path("mirror", values["mirror"])
     journal = _abs_path("journal", values["journal"])
     bitmap = _abs_path("bitmap", values["bitmap"]) if "bitmap" in values else None
-    paths = [p for p in (mirror, journal, bitmap) if p]
+    paths = [path for path in (mirror, journal, bitmap) if path]
     if len(set(paths)) != len(paths):
         raise ConfigStringError("mirror, journal and bitmap must be different files")
     journal_size = _size("journal_size", values["journal_size"]) if "journal_size" in values else None

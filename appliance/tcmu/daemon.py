@@ -79,7 +79,7 @@ class HandlerConfig:
             table = tomllib.loads(path.read_text()).get("handler", {})
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise HandlerConfigError(f"cannot read {path}: {err}") from err
-        known = {f.name: f for f in fields(cls)}
+        known = {spec.name: spec for spec in fields(cls)}
         values = {}
         for key, value in table.items():
             if key not in known:
@@ -212,10 +212,10 @@ class HandlerDaemon:
 def _process_age() -> float:
     """Seconds since this process was exec'd (/proc/self/stat starttime), for start-up logs."""
     try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
+        with open("/proc/self/stat") as stat_file:
+            start_ticks = int(stat_file.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as uptime_file:
+            uptime = float(uptime_file.read().split()[0])
     except (OSError, ValueError, IndexError):
         return float("nan")
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")

@@ -83,7 +83,7 @@ class TcmuDBusService:
     """Owns org.kernel.TCMUService1 and serves the handler objects."""
 
     def __init__(self, handlers: list[HandlerObject]) -> None:
-        self.handlers = {h.subtype: h for h in handlers}
+        self.handlers = {handler.subtype: handler for handler in handlers}
         self.bus: MessageBus | None = None
 
     async def start(self, *, bus_address: str | None = None,

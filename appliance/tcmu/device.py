@@ -168,7 +168,7 @@ class TcmuDevice:
         read_len = result.read_len
         if read_len is not None:
             data_in = cmd.bidi_in if req.bidi_count else cmd.data
-            total = sum(len(b) for b in data_in)
+            total = sum(len(buf) for buf in data_in)
             if read_len >= total:
                 read_len = None
             elif read_len == 0 or not self.ring.read_len_ok:

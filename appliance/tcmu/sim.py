@@ -282,9 +282,9 @@ class SimKernel:
         """Reap completions until every ticket has a result; TimeoutError names the missing."""
         deadline = time.monotonic() + timeout
         while True:
-            missing = [t for t in tickets if t not in self.results]
+            missing = [ticket for ticket in tickets if ticket not in self.results]
             if not missing:
-                return [self.results[t] for t in tickets]
+                return [self.results[ticket] for ticket in tickets]
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"{len(missing)} commands never completed (first ticket "

@@ -37,11 +37,11 @@ class DirtyBitmap:
     def __init__(self, io: BlockIO, header: fmt.BitmapHeader, bits: bytearray,
                  next_header_slot: int) -> None:
         self._io = io
-        self._h = header
+        self._header = header
         self._bits = bits
         self._bits_view = memoryview(bits)
         self._next_slot = next_header_slot
-        self._dirty = sum(b.bit_count() for b in bits)
+        self._dirty = sum(byte.bit_count() for byte in bits)
         self._touched: dict[int, int] = {}
         self._touch_floor = 0
         self._batch_gen = header.completed_gen
@@ -85,8 +85,8 @@ class DirtyBitmap:
         slots = bytearray(2 * fmt.SLOT_SIZE)
         io.pread_into(0, memoryview(slots))
         try:
-            copies = [fmt.decode_header(memoryview(slots)[o:o + fmt.SLOT_SIZE])
-                      for o in fmt.HEADER_OFFSETS]
+            copies = [fmt.decode_header(memoryview(slots)[offset:offset + fmt.SLOT_SIZE])
+                      for offset in fmt.HEADER_OFFSETS]
         except fmt.BitmapFormatError as err:
             raise BitmapError(str(err)) from err
         next_slot, found = fmt.newest(copies)
@@ -105,23 +105,23 @@ class DirtyBitmap:
     # -- state ------------------------------------------------------------------------
     @property
     def chunk_size(self) -> int:
-        return self._h.chunk_size
+        return self._header.chunk_size
 
     @property
     def num_chunks(self) -> int:
-        return self._h.num_chunks
+        return self._header.num_chunks
 
     @property
     def logging(self) -> bool:
-        return self._h.mode == fmt.MODE_LOGGING
+        return self._header.mode == fmt.MODE_LOGGING
 
     @property
     def logging_since_ns(self) -> int:
-        return self._h.logging_since_ns
+        return self._header.logging_since_ns
 
     @property
     def overflow_seq(self) -> int:
-        return self._h.overflow_seq
+        return self._header.overflow_seq
 
     @property
     def dirty_chunks(self) -> int:
@@ -129,7 +129,7 @@ class DirtyBitmap:
 
     @property
     def incarnation(self) -> int:
-        return self._h.incarnation
+        return self._header.incarnation
 
     def is_dirty(self, chunk: int) -> bool:
         return bool(self._bits[chunk >> 3] & (1 << (chunk & 7)))
@@ -141,7 +141,7 @@ class DirtyBitmap:
     def set_mode(self, logging: bool, overflow_seq: int) -> None:
         """Persist the mode durably (before the first write that depends on it)."""
         mode = fmt.MODE_LOGGING if logging else fmt.MODE_JOURNALING
-        since = self._h.logging_since_ns if self.logging else time.time_ns()
+        since = self._header.logging_since_ns if self.logging else time.time_ns()
         self._publish(mode=mode, overflow_seq=overflow_seq,
                       logging_since_ns=since if logging else 0)
         self._io.sync()
@@ -157,8 +157,9 @@ class DirtyBitmap:
         old = self.num_chunks
         self._bits_view.release()
         if num_chunks < old:
-            self._dirty -= sum(1 for c in range(num_chunks, old) if self.is_dirty(c))
-            self._touched = {c: g for c, g in self._touched.items() if c < num_chunks}
+            self._dirty -= sum(1 for chunk in range(num_chunks, old) if self.is_dirty(chunk))
+            self._touched = {chunk: gen for chunk, gen in self._touched.items()
+                             if chunk < num_chunks}
         del self._bits[fmt.bits_length(num_chunks):]
         self._bits.extend(bytes(fmt.bits_length(num_chunks) - len(self._bits)))
         self._clear_from(min(old, num_chunks))
@@ -230,7 +231,7 @@ class DirtyBitmap:
         copies = [fmt.decode_request(memoryview(slots)[i * fmt.SLOT_SIZE:(i + 1) * fmt.SLOT_SIZE])
                   for i in range(2)]
         _, req = fmt.newest(copies)
-        if req is None or req.request_id <= self._h.processed_request:
+        if req is None or req.request_id <= self._header.processed_request:
             return None
         return req
 
@@ -239,9 +240,10 @@ class DirtyBitmap:
         the resync shipped what it read from the page cache, and a clear must never outlive
         mirror data a power cut could still take. Returns how many chunks were cleared."""
         cleared = 0
-        if req.incarnation == self._h.incarnation and req.seen_gen >= self._touch_floor:
+        if req.incarnation == self._header.incarnation and req.seen_gen >= self._touch_floor:
             cleared = self._clear(req)
-            self._touched = {c: g for c, g in self._touched.items() if g > req.seen_gen}
+            self._touched = {chunk: gen for chunk, gen in self._touched.items()
+                             if gen > req.seen_gen}
             self._touch_floor = max(self._touch_floor, req.seen_gen)
         self._publish(processed_request=req.request_id)
         return cleared
@@ -285,39 +287,41 @@ class DirtyBitmap:
     def _write_sectors(self, sectors: set[int]) -> None:
         ordered = sorted(sectors)
         start = prev = ordered[0]
-        for s in [*ordered[1:], None]:
-            if s is not None and s == prev + 1:
-                prev = s
+        for sector in [*ordered[1:], None]:
+            if sector is not None and sector == prev + 1:
+                prev = sector
                 continue
             lo, hi = start * SECTOR, (prev + 1) * SECTOR
             self._io.pwritev(fmt.BITS_OFFSET + lo, [self._bits_view[lo:hi]])
-            if s is not None:
-                start = prev = s
+            if sector is not None:
+                start = prev = sector
 
     def _publish(self, **changes: int) -> None:
-        h = self._h
-        fields = {"generation": h.generation + 1, "volume_uuid": h.volume_uuid,
-                  "chunk_size": h.chunk_size, "num_chunks": h.num_chunks,
-                  "incarnation": h.incarnation, "completed_gen": h.completed_gen,
-                  "mode": h.mode, "overflow_seq": h.overflow_seq,
-                  "processed_request": h.processed_request,
-                  "logging_since_ns": h.logging_since_ns}
+        header = self._header
+        fields = {"generation": header.generation + 1, "volume_uuid": header.volume_uuid,
+                  "chunk_size": header.chunk_size, "num_chunks": header.num_chunks,
+                  "incarnation": header.incarnation, "completed_gen": header.completed_gen,
+                  "mode": header.mode, "overflow_seq": header.overflow_seq,
+                  "processed_request": header.processed_request,
+                  "logging_since_ns": header.logging_since_ns}
         fields.update(changes)
         new = fmt.BitmapHeader(**fields)
         self._io.pwritev(fmt.HEADER_OFFSETS[self._next_slot], [fmt.encode_header(new)])
         self._next_slot = 1 - self._next_slot
-        self._h = new
+        self._header = new
 
     def close(self) -> None:
         self._bits_view.release()
         self._io.close()
 
 
-def _check_identity(h: fmt.BitmapHeader, volume_uuid: uuid.UUID, chunk_size: int,
+def _check_identity(header: fmt.BitmapHeader, volume_uuid: uuid.UUID, chunk_size: int,
                     num_chunks: int) -> None:
-    if h.volume_uuid != volume_uuid:
-        raise BitmapError(f"bitmap file belongs to volume {h.volume_uuid}, not {volume_uuid}")
-    if (h.chunk_size, h.num_chunks) != (chunk_size, num_chunks):
-        raise BitmapError(f"bitmap file has {h.num_chunks} chunks of {h.chunk_size} bytes, "
-                          f"configuration asks for {num_chunks} of {chunk_size}; "
-                          "delete it to start a full resync with the new geometry")
+    if header.volume_uuid != volume_uuid:
+        raise BitmapError(f"bitmap file belongs to volume {header.volume_uuid}, "
+                          f"not {volume_uuid}")
+    if (header.chunk_size, header.num_chunks) != (chunk_size, num_chunks):
+        raise BitmapError(f"bitmap file has {header.num_chunks} chunks of "
+                          f"{header.chunk_size} bytes, configuration asks for {num_chunks} "
+                          f"of {chunk_size}; delete it to start a full resync with the new "
+                          "geometry")

@@ -107,11 +107,11 @@ def _unseal(slot: bytes | memoryview, length: int) -> bytes | None:
     return body if crc32c(body) == crc else None
 
 
-def encode_header(h: BitmapHeader) -> bytes:
+def encode_header(header: BitmapHeader) -> bytes:
     return _seal(_HEADER.pack(
-        HEADER_MAGIC, FORMAT_VERSION, h.generation, h.volume_uuid.bytes, h.chunk_size,
-        h.num_chunks, h.incarnation, h.completed_gen, h.mode, h.overflow_seq,
-        h.processed_request, h.logging_since_ns))
+        HEADER_MAGIC, FORMAT_VERSION, header.generation, header.volume_uuid.bytes,
+        header.chunk_size, header.num_chunks, header.incarnation, header.completed_gen,
+        header.mode, header.overflow_seq, header.processed_request, header.logging_since_ns))
 
 
 def decode_header(slot: bytes | memoryview) -> BitmapHeader | None:
@@ -133,13 +133,13 @@ def decode_header(slot: bytes | memoryview) -> BitmapHeader | None:
                         since[0] if since else 0)
 
 
-def encode_request(r: BitmapRequest) -> bytes:
-    if len(r.ranges) > MAX_REQUEST_RANGES:
+def encode_request(request: BitmapRequest) -> bytes:
+    if len(request.ranges) > MAX_REQUEST_RANGES:
         raise ValueError(f"a clear request holds at most {MAX_REQUEST_RANGES} ranges")
-    magic = MARK_MAGIC if r.mark else REQUEST_MAGIC
-    body = _REQUEST.pack(magic, FORMAT_VERSION, r.generation, r.incarnation,
-                         r.request_id, r.seen_gen, len(r.ranges))
-    body += b"".join(_RANGE.pack(first, count) for first, count in r.ranges)
+    magic = MARK_MAGIC if request.mark else REQUEST_MAGIC
+    body = _REQUEST.pack(magic, FORMAT_VERSION, request.generation, request.incarnation,
+                         request.request_id, request.seen_gen, len(request.ranges))
+    body += b"".join(_RANGE.pack(first, count) for first, count in request.ranges)
     return _seal(body)
 
 
@@ -162,10 +162,10 @@ def decode_request(slot: bytes | memoryview) -> BitmapRequest | None:
 
 def newest(copies: Sequence[_Slot | None]) -> tuple[int, _Slot | None]:
     """Index of the copy to overwrite next and the newest valid copy (or None)."""
-    valid = [(c.generation, i, c) for i, c in enumerate(copies) if c is not None]
+    valid = [(copy.generation, i, copy) for i, copy in enumerate(copies) if copy is not None]
     if not valid:
         return 0, None
-    _, idx, best = max(valid, key=lambda v: v[0])
+    _, idx, best = max(valid, key=lambda entry: entry[0])
     return 1 - idx, best
 
 

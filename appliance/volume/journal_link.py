@@ -176,11 +176,11 @@ def check_space(config: VolumeConfig) -> None:
                 "or put the mirror on a bigger file system or a block device")
 
 
-def _human(n: int) -> str:
+def _human(nbytes: int) -> str:
     for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
-    return f"{n} bytes"
+        if nbytes >= 1 << shift:
+            return f"{nbytes / (1 << shift):.1f} {unit}"
+    return f"{nbytes} bytes"
 
 
 def _open_journal(target: str | os.PathLike[str] | BlockIO, existing: bool,

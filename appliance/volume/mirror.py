@@ -79,9 +79,9 @@ class Mirror:
     def _write_same(self, off: int, nblocks: int, block: memoryview) -> None:
         done = 0
         while done < nblocks:
-            n = min(_MAX_IOV, nblocks - done)
-            self.io.pwritev(off + done * self.block_size, [block] * n)
-            done += n
+            count = min(_MAX_IOV, nblocks - done)
+            self.io.pwritev(off + done * self.block_size, [block] * count)
+            done += count
 
     def zero(self, off: int, length: int) -> None:
         """Write zeros over [off, off+length) from one shared buffer (no sync)."""
@@ -89,11 +89,11 @@ class Mirror:
         step = len(_ZEROS) * 16
         done = 0
         while done < length:
-            n = min(step, length - done)
-            full, rest = divmod(n, len(_ZEROS))
+            count = min(step, length - done)
+            full, rest = divmod(count, len(_ZEROS))
             bufs = [zeros] * full + ([zeros[:rest]] if rest else [])
             self.io.pwritev(off + done, bufs)
-            done += n
+            done += count
 
     def sync(self) -> None:
         self.io.sync()

@@ -102,8 +102,8 @@ class PendingWrites:
         """Indexes of the ops that may overlap [lba, end), oldest first."""
         shift = self._shift
         first, last = lba >> shift, (end - 1) >> shift
-        lists = [found for s in range(first, last + 1)
-                 if (found := self._by_stripe.get(s)) is not None]
+        lists = [found for stripe in range(first, last + 1)
+                 if (found := self._by_stripe.get(stripe)) is not None]
         if self._wide:
             lists.append(self._wide)
         if len(lists) <= 1:         # the usual cases: nothing there, or one stripe's list

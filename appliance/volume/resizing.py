@@ -94,7 +94,7 @@ def check_shrink(journal: Journal, acked_seq: int, bitmap: DirtyBitmap, block_si
     new_bytes = new_blocks * block_size
     # From the chunk holding the new end (if the end falls inside it, it holds cut bytes too).
     first_cut_chunk = new_bytes // bitmap.chunk_size
-    if any(bitmap.is_dirty(c) for c in range(first_cut_chunk, bitmap.num_chunks)):
+    if any(bitmap.is_dirty(chunk) for chunk in range(first_cut_chunk, bitmap.num_chunks)):
         raise ResizeRefused(f"chunks past block {new_blocks} are dirty (not resynced to the "
                             f"peer yet); shrink after the resync has shipped them")
     for record in journal.records(acked_seq + 1):

@@ -69,8 +69,8 @@ class ResyncSource:
         slots = bytearray(2 * fmt.SLOT_SIZE)
         self._io.pread_into(0, memoryview(slots))
         try:
-            copies = [fmt.decode_header(memoryview(slots)[o:o + fmt.SLOT_SIZE])
-                      for o in fmt.HEADER_OFFSETS]
+            copies = [fmt.decode_header(memoryview(slots)[offset:offset + fmt.SLOT_SIZE])
+                      for offset in fmt.HEADER_OFFSETS]
         except fmt.BitmapFormatError as err:
             raise BitmapError(str(err)) from err
         _, found = fmt.newest(copies)
@@ -81,12 +81,13 @@ class ResyncSource:
     def snapshot(self) -> ResyncSnapshot:
         """Header first, then the bits: the data read afterwards is at least as new as
         batch ``seen_gen``."""
-        h = self.header()
-        bits = bytearray(fmt.bits_length(h.num_chunks))
+        header = self.header()
+        bits = bytearray(fmt.bits_length(header.num_chunks))
         self._io.pread_into(fmt.BITS_OFFSET, memoryview(bits))
-        return ResyncSnapshot(h.incarnation, h.completed_gen, h.mode == fmt.MODE_LOGGING,
-                              h.overflow_seq, h.chunk_size,
-                              tuple(fmt.iter_runs(bits, h.num_chunks)), h.logging_since_ns)
+        return ResyncSnapshot(header.incarnation, header.completed_gen,
+                              header.mode == fmt.MODE_LOGGING, header.overflow_seq,
+                              header.chunk_size, tuple(fmt.iter_runs(bits, header.num_chunks)),
+                              header.logging_since_ns)
 
     def request_clear(self, snap: ResyncSnapshot, runs: Sequence[tuple[int, int]]) -> int:
         """Ask the writer to clear shipped chunks. Returns the request id to wait for.

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 
 def total_length(bufs: Sequence[memoryview]) -> int:
-    return sum(b.nbytes for b in bufs)
+    return sum(buf.nbytes for buf in bufs)
 
 
 def _spans(bufs: Sequence[memoryview], offset: int, length: int):
@@ -34,10 +34,10 @@ def fill_pattern(bufs: Sequence[memoryview], offset: int, length: int,
                  pattern: bytes | memoryview, phase: int = 0) -> None:
     """Fill with `pattern` repeated, where byte 0 of the range is pattern[phase]."""
     pat = bytes(pattern)
-    n = len(pat)
+    period = len(pat)
     for dst, start in _spans(bufs, offset, length):
-        first = (phase + start) % n
-        reps = (first + len(dst)) // n + 1
+        first = (phase + start) % period
+        reps = (first + len(dst)) // period + 1
         dst[:] = (pat * reps)[first:first + len(dst)]
 
 
