@@ -223,6 +223,23 @@ class Machine:
                 raise MachineError(f"{self.name}: QMP {command}: {reply['error']}")
             return reply["return"]
 
+    @property
+    def private_netdev(self) -> str | None:
+        """qemu's id of the NIC on the lab's private network (None: the machine has none)."""
+        for flag, value in zip(self._network_args, self._network_args[1:], strict=False):
+            if flag == "-netdev":
+                return value.split(",id=", 1)[1].split(",", 1)[0]
+        return None
+
+    def set_private_link(self, up: bool) -> None:
+        """Cut (or restore) this machine's private-network cable, as qemu's ``set_link``: the
+        guest sees its NIC lose carrier and no frame passes either way. The management NIC
+        (the agent's port forwards) is not touched."""
+        netdev = self.private_netdev
+        if netdev is None:
+            raise MachineError(f"{self.name}: no NIC on the private network")
+        self.qmp("set_link", name=netdev, up=up)
+
     def stop(self) -> None:
         """Power off now (this is a lab: nothing to save). Always leaves no qemu behind."""
         if self.agent is not None:
