@@ -166,8 +166,9 @@ class StatusPoller:
             start = time.monotonic()
             status, error = None, None
             try:
-                result = self.machine.run(["appliancectl", "--socket", self.socket, "status"],
-                                          timeout=30, check=False)
+                result = self.machine.run(
+                    ["appliancectl", "--socket", self.socket, "status", "--json"],
+                    timeout=30, check=False)
                 if result.rc == 0:
                     status = json.loads(result.text)
                 else:

@@ -77,7 +77,7 @@ def configure(primary: Machine, dr: Machine, volume: ReplicatedVolume) -> None:
 
 
 def status(machine: Machine, socket: str) -> str:
-    """The daemon's status (JSON) through appliancectl, or why there is none yet."""
+    """The daemon's status as an admin reads it (appliancectl), or why there is none yet."""
     result = machine.run(["appliancectl", "--socket", socket, "status"], timeout=30, check=False)
     if result.rc == 0:
         return result.text.strip()

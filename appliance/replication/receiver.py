@@ -45,6 +45,9 @@ class VolumeSlot:
         self.link = LinkStatus(state="idle")
         self.primary_report: PrimaryReport | None = None   # the primary's latest report
 
+    def note_report(self, report: PrimaryReport) -> None:
+        self.primary_report = report
+
 
 class Receiver:
     def __init__(self, cfg: ReceiverConfig) -> None:
@@ -164,7 +167,9 @@ class Receiver:
                      hello.volume_uuid, hello.identity, peer, welcome.last_seq, hello.generation,
                      ", zstd" if welcome.compression else "")
             try:
-                await Session(self, slot, link, hello).run()
+                await Session(slot.replica, link, hello, heartbeat_s=self.cfg.heartbeat_s,
+                              dead_after_s=self.cfg.dead_after_s,
+                              on_report=slot.note_report).run()
             except SessionError as err:
                 slot.link.error(str(err))
                 log.error("volume %s: dropping link from %s: %s", hello.volume_uuid, peer, err)

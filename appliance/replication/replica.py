@@ -29,11 +29,12 @@ import time
 from collections import deque
 
 from appliance import storage
-from appliance.journal import Journal, JournalFull, JournalReader, OpKind, Record, WriteOp
+from appliance.journal import Journal, JournalFull, JournalReader
 from appliance.journal.resize import set_volume_blocks
 from appliance.replication.apply import apply_records, check_record
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec, check_supersede
+from appliance.replication.records import from_journal, to_write_op
 from appliance.replication.replica_files import extend_file, preallocate
 from appliance.replication.replica_state import PromotionMark, ReplicaState, ReplicaStateError
 from appliance.replication.status import RateMeter, ReceiverVolumeCounters
@@ -46,16 +47,6 @@ log = logging.getLogger(__name__)
 
 class ReplicaError(RuntimeError):
     """The replica cannot take these records (sequence mismatch, journal trouble)."""
-
-
-def to_write_op(rec: WireRecord) -> WriteOp:
-    return WriteOp(OpKind(rec.kind), rec.lba, rec.nblocks, rec.data)
-
-
-def from_journal(rec: Record) -> WireRecord:
-    """The journal record as it travels (its data not copied: bytes, or a read-only view)."""
-    return WireRecord(rec.seq, rec.timestamp_ns, int(rec.op.kind), rec.op.lba, rec.op.nblocks,
-                      rec.op.data)
 
 
 class Replica:

@@ -1,23 +1,11 @@
-"""Files of a DR replica: created preallocated, small state files replaced atomically."""
+"""Files of a DR replica, created preallocated."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from appliance.storage import allocate, sync_dir
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Replace ``path`` with ``obj`` as JSON so that a crash leaves the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    sync_dir(path.parent)
 
 
 def extend_file(fd: int, size: int) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.replication.replica_files import write_json_atomic
+from appliance.statefile import write_json_atomic
 
 FORMAT_VERSION = 1
 _VERSION_KEY = "format_version"

@@ -32,53 +32,30 @@ over, and the receiver keeps its undo log and inconsistent state until a RESYNC_
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance import storage
 from appliance.replication import wire
+from appliance.replication.digest import region_digest
 from appliance.replication.link import run_blocking
-from appliance.replication.replica_files import write_json_atomic
-from appliance.replication.status import RateMeter
+from appliance.statefile import write_json_atomic
 from appliance.volume.resync import ResyncSnapshot, ResyncSource, region_extent
 
 if TYPE_CHECKING:
-    from appliance.journal import VolumeFiles
-    from appliance.replication.tx_session import TxSession
+    from appliance.journal import JournalReader, VolumeFiles
+    from appliance.replication.config import TransmitterConfig
+    from appliance.replication.handshake import Welcome
+    from appliance.replication.link import FrameLink
+    from appliance.replication.tx_shared import ShippingControl, TxShared
 
 log = logging.getLogger("appliance.transmitter")
 FT = wire.FrameType
 WINDOW = 16    # regions in flight (and per hash request)
-
-
-@dataclass
-class ResyncProgress:
-    # idle | draining | resyncing | waiting-for-writer | repairing | interrupted (link lost)
-    state: str = "idle"
-    since: float | None = None
-    passes: int = 0
-    total_bytes: int = 0
-    done_bytes: int = 0                 # shipped and durable at the peer
-    skipped_bytes: int = 0              # hash matched, not shipped
-    completed: int = 0
-    resumed: int = 0                    # times an interrupted resync went on where it stopped
-    # Full copy to a peer without the history: journal records it contains, never sent.
-    superseded_records: int = 0
-    superseded_to_seq: int = 0
-    rate: RateMeter = field(default_factory=RateMeter, repr=False)
-
-    def as_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k != "rate"}
-        rate = self.rate.rate()
-        left = max(0, self.total_bytes - self.done_bytes - self.skipped_bytes)
-        d["bytes_per_s"] = round(rate)
-        d["eta_s"] = round(left / rate, 1) if rate > 0 else None
-        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,15 +129,20 @@ def coalesce(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def digest(data: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
 class ResyncDriver:
-    def __init__(self, session: TxSession, progress: ResyncProgress, files: VolumeFiles) -> None:
-        self.s = session
-        self.cfg = session.cfg
-        self.progress = progress
+    """Resyncs and repairs over one connected session, steering its record shipping only
+    through ``ShippingControl``."""
+
+    def __init__(self, control: ShippingControl, shared: TxShared, cfg: TransmitterConfig,
+                 link: FrameLink, reader: JournalReader, welcome: Welcome,
+                 files: VolumeFiles) -> None:
+        self.control = control
+        self.shared = shared
+        self.cfg = cfg
+        self.link = link
+        self.reader = reader
+        self.welcome = welcome
+        self.progress = shared.resync
         self._acked_regions = 0
         self._region_event = asyncio.Event()
         self._replies: dict[int, list[int]] = {}
@@ -239,10 +221,10 @@ class ResyncDriver:
             await self._repair(regions)
 
     async def _repair(self, regions: list[tuple[int, int]]) -> None:
-        p, s = self.progress, self.s
+        p = self.progress
         p.state, p.since = "repairing", time.time()
         p.total_bytes = p.done_bytes = p.skipped_bytes = 0
-        s.records_paused = True
+        self.control.records_paused = True
         try:
             await run_blocking(lambda: self.pending_repair.save(regions))
             await self._begin({"since": p.since, "reason": "verify repair"})
@@ -250,20 +232,19 @@ class ResyncDriver:
             await self._end()
             await run_blocking(self.pending_repair.done)
         finally:
-            s.records_paused = False
+            self.control.records_paused = False
 
     async def _begin(self, info: dict, superseded: int | None = None) -> None:
-        while self.s.tx._inflight:
-            await asyncio.sleep(0.01)
+        await self.control.window_empty()
         if superseded is not None:
-            self.s.supersede_to(superseded)     # before the peer's ACK of it can arrive
-        await self.s.link.send_json(FT.RESYNC_BEGIN, info)
+            self.control.supersede_to(superseded)   # before the peer's ACK of it can arrive
+        await self.link.send_json(FT.RESYNC_BEGIN, info)
 
     async def _end(self) -> int:
-        head = await run_blocking(lambda: self.s.reader.durable_seq - 1)
-        await self.s.link.send_json(FT.RESYNC_END, {"consistent_at_seq": head})
+        head = await run_blocking(lambda: self.reader.durable_seq - 1)
+        await self.link.send_json(FT.RESYNC_END, {"consistent_at_seq": head})
         self.progress.state, self.progress.completed = "idle", self.progress.completed + 1
-        self.s.tx.peer_needs_resync = False
+        self.shared.peer_needs_resync = False
         return head
 
     async def resync(self, snap: ResyncSnapshot, *, resume: bool = False,
@@ -272,7 +253,7 @@ class ResyncDriver:
             await self._resync(snap, resume, full_copy)
 
     async def _resync(self, snap: ResyncSnapshot, resume: bool, full_copy: bool) -> None:
-        p, s = self.progress, self.s
+        p, control, reader = self.progress, self.control, self.reader
         if resume and p.since is not None:      # same process: keep the totals so far
             p.resumed += 1
             p.total_bytes = p.done_bytes + p.skipped_bytes
@@ -282,14 +263,14 @@ class ResyncDriver:
         begin = {"since": p.since, "overflow_seq": snap.overflow_seq}
         superseded = await run_blocking(self._superseded_to, snap) if full_copy else None
         p.state = "draining"
-        if superseded is None and s.reader.acked_seq < snap.overflow_seq:
-            s.records_paused = False            # older records first (also to a peer that
-            while s.reader.acked_seq < snap.overflow_seq:       # waits for a full copy)
+        if superseded is None and reader.acked_seq < snap.overflow_seq:
+            control.records_paused = False            # older records first (also to a peer that
+            while reader.acked_seq < snap.overflow_seq:       # waits for a full copy)
                 await asyncio.sleep(0.02)
-        s.records_paused = True
+        control.records_paused = True
         try:
             if superseded is not None:
-                first = max(s.reader.acked_seq, p.superseded_to_seq) + 1
+                first = max(reader.acked_seq, p.superseded_to_seq) + 1
                 p.superseded_records += max(0, superseded - first + 1)   # once per process
                 p.superseded_to_seq = max(p.superseded_to_seq, superseded)
                 begin["superseded_to_seq"] = superseded
@@ -313,7 +294,7 @@ class ResyncDriver:
                     continue
                 p.state = "resyncing"
                 p.passes += 1
-                await self._ship(split_regions(snap, self.s.tx.volume_bytes,
+                await self._ship(split_regions(snap, self.shared.volume_bytes,
                                                self.cfg.resync_region_bytes), snap)
             head = await self._end()
             await run_blocking(self.pending_repair.done)
@@ -321,7 +302,7 @@ class ResyncDriver:
                         "peer consistent once seq %d is applied", self.cfg.volume_uuid,
                         p.done_bytes, p.skipped_bytes, head)
         finally:
-            s.records_paused = False
+            control.records_paused = False
 
     def _superseded_to(self, snap: ResyncSnapshot) -> int | None:
         """The last seq a full copy supersedes: ``overflow_seq``, while the writer logs to
@@ -329,8 +310,8 @@ class ResyncDriver:
         the copy reads each record's effect from the mirror). None when that does not hold
         (then the records are drained first, as for an overflow), also when the peer does
         not take the jump (a receiver older than it)."""
-        seq, reader = snap.overflow_seq, self.s.reader
-        takes_jump = self.s.welcome.supersede
+        seq, reader = snap.overflow_seq, self.reader
+        takes_jump = self.welcome.supersede
         if takes_jump and snap.logging and reader.acked_seq < seq and seq >= reader.durable_seq:
             # The writer synced it but has not republished its head: this read fdatasyncs,
             # so that the peer's ACK of ``seq`` can be acknowledged here.
@@ -363,13 +344,13 @@ class ResyncDriver:
                                                          for r in w])
             send = list(range(len(window)))
             if self.cfg.resync_skip_matching:
-                send = await self.compare([(r.offset, r.length, digest(d))
+                send = await self.compare([(r.offset, r.length, region_digest(d))
                                            for r, d in zip(window, datas, strict=True)])
                 p.skipped_bytes += sum(window[j].length for j in range(len(window))
                                        if j not in send)
             target = self._acked_regions + len(send)
             for j in send:
-                await self.s.link.send(FT.REGION, wire.encode_region(window[j].offset, datas[j]))
+                await self.link.send(FT.REGION, wire.encode_region(window[j].offset, datas[j]))
             while self._acked_regions < target:
                 self._region_event.clear()
                 await asyncio.wait_for(self._region_event.wait(), self.cfg.dead_after_s * 4)
@@ -391,7 +372,7 @@ class ResyncDriver:
         ships them all like after an overflow (older records first)."""
         log.warning("volume %s: the peer needs a full copy (it lacks seqs up to %d, which our "
                     "journal no longer holds); marking every chunk", self.cfg.volume_uuid,
-                    self.s.reader.acked_seq)
+                    self.reader.acked_seq)
         rid = await run_blocking(self.source.request_mark_all)
         await self._wait_processed(rid)
 
@@ -403,7 +384,7 @@ class ResyncDriver:
         """Indices of the regions whose hash differs on the peer's mirror."""
         self._next_rid += 1
         rid = self._next_rid
-        await self.s.link.send(FT.HASHES, wire.encode_hashes(rid, hashes))
+        await self.link.send(FT.HASHES, wire.encode_hashes(rid, hashes))
         while rid not in self._replies:
             self._reply_event.clear()
             await asyncio.wait_for(self._reply_event.wait(), self.cfg.dead_after_s * 4)

@@ -10,21 +10,22 @@ next runs durable (the replica serialises the two where they share state).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from appliance.journal import JournalError
 from appliance.replication import wire
 from appliance.replication.apply import SeqOrderer
+from appliance.replication.digest import region_digest
 from appliance.replication.dr_sync import BadReport, PrimaryReport
 from appliance.replication.handshake import Hello, JumpRefused
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
 from appliance.replication.replica import ReplicaError
 
 if TYPE_CHECKING:
-    from appliance.replication.receiver import Receiver, VolumeSlot
+    from appliance.replication.replica import Replica
 
 log = logging.getLogger("appliance.receiver")
 FT = wire.FrameType
@@ -38,17 +39,15 @@ class SessionError(Exception):
 MAX_UNAPPLIED_BYTES = 64 << 20
 
 
-def region_digest(data: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
 class Session:
     """One admitted link for one volume: reader task feeds the committer through a queue."""
 
-    def __init__(self, rx: Receiver, slot: VolumeSlot, link: FrameLink, hello: Hello) -> None:
-        self.rx = rx
-        self.slot = slot
-        self.replica = slot.replica
+    def __init__(self, replica: Replica, link: FrameLink, hello: Hello, *, heartbeat_s: float,
+                 dead_after_s: float, on_report: Callable[[PrimaryReport], None]) -> None:
+        self.replica = replica
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = dead_after_s
+        self.on_report = on_report          # the primary's PRIMARY_STATE, for status
         self.link = link
         self.hello = hello
         self.orderer = SeqOrderer(next_seq=self.replica.durable_seq + 1)
@@ -75,7 +74,7 @@ class Session:
         self._last_sent = time.monotonic()
 
     async def _heartbeat(self) -> None:
-        hb = self.rx.cfg.heartbeat_s
+        hb = self.heartbeat_s
         while True:
             await asyncio.sleep(hb / 2)
             if time.monotonic() - self._last_sent >= hb:
@@ -83,7 +82,7 @@ class Session:
 
     async def _read(self) -> None:
         while True:
-            frame = await self.link.recv(self.rx.cfg.dead_after_s)
+            frame = await self.link.recv(self.dead_after_s)
             t = frame.type
             if t is FT.HEARTBEAT:
                 continue
@@ -101,8 +100,8 @@ class Session:
                 await self.queue.put(("hashes", *wire.decode_hashes(frame.payload)))
             elif t is FT.PRIMARY_STATE:
                 try:
-                    self.slot.primary_report = PrimaryReport.from_dict(
-                        wire.decode_json(frame.payload), time.monotonic())
+                    self.on_report(PrimaryReport.from_dict(wire.decode_json(frame.payload),
+                                                           time.monotonic()))
                 except BadReport as err:
                     raise wire.BadFrame(str(err)) from err
             else:

@@ -19,11 +19,10 @@ import signal
 import ssl
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 from appliance.control.server import CommandError, ControlServer
-from appliance.journal import JournalError, JournalReader, VolumeFiles
+from appliance.journal import JournalError, JournalReader
 from appliance.replication import wire
 from appliance.replication.config import (
     ConfigError,
@@ -38,14 +37,19 @@ from appliance.replication.handshake import (
     Welcome,
 )
 from appliance.replication.link import FrameLink, LinkClosed, TokenBucket, run_blocking
-from appliance.replication.resync import ResyncProgress
-from appliance.replication.status import LinkStatus, RateMeter, TransmitterCounters
+from appliance.replication.status import LinkStatus
 from appliance.replication.tls import client_context
 from appliance.replication.tx_session import PeerRefused, TxSession
-from appliance.replication.verify import VerifyReport
+from appliance.replication.tx_shared import TxShared
+from appliance.replication.tx_status import (
+    PRIMARY_REPORT_FIELDS,
+    resync_blocked,
+    transmitter_status,
+)
 from appliance.replication.volume_size import VolumeResized, journal_volume_bytes
 from appliance.replication.volume_watch import (
     LOGGING_TO_BITMAP,
+    UNREADABLE,
     FilesMismatch,
     OldestUnacked,
     VolumeView,
@@ -62,124 +66,35 @@ WATCH_INTERVAL_S = 1.0      # how often the volume's journal head and bitmap are
 class Transmitter:
     def __init__(self, cfg: TransmitterConfig) -> None:
         self.cfg = cfg
-        self.link = LinkStatus()
-        self.counters = TransmitterCounters()
-        self.resync_progress = ResyncProgress()
-        self.verify_report = VerifyReport()
+        # The size the journal records (it follows online resizes), read for every HELLO.
+        self.shared = TxShared(volume_bytes=cfg.size_bytes)
         self.session: TxSession | None = None
-        self.rate = RateMeter()
         self._ssl = client_context(cfg.tls) if cfg.tls is not None else None
         self._limiter = TokenBucket(cfg.bandwidth_limit) if cfg.bandwidth_limit else None
         self.reader: JournalReader | None = None
-        # The size the journal records (it follows online resizes), read for every HELLO.
-        self.volume_bytes = cfg.size_bytes
         self.control = ControlServer(cfg.control_socket, {"status": self.status,
                                                           "verify": self.start_verify})
         self._stop = asyncio.Event()
-        self._inflight: deque[tuple[int, int, int]] = deque()   # (last seq, bytes, first ts)
-        # The volume's mirror and bitmap, as its journal names them (None: unknown, and then
-        # ``files_problem`` says why), and what the primary holds that the peer may lack.
-        self.files: VolumeFiles | None = None
-        self.files_problem: str | None = None
+        # What the primary holds that the peer may lack, as last read from the volume.
         self.watch = VolumeWatch(cfg.journal, cfg.volume_uuid)
         self.view = VolumeView()
         self._oldest_unacked = OldestUnacked()
         self._blocked_logged: str | None = None
-        # The peer's last WELCOME asked for a full copy or the end of an interrupted resync.
-        self.peer_needs_resync = False
+
+    @property
+    def link(self) -> LinkStatus:
+        return self.shared.link_status
 
     # --- status -------------------------------------------------------------------------
 
     def status(self, args: dict) -> dict:
-        """Everything derives from what the primary holds that the peer has not made durable
-        (docs/protocol.md, "What status derives from"): "in sync" only when that is nothing."""
-        c, view = self.counters, self.view
-        inflight_bytes = sum(b for _, b, _ in self._inflight)
-        head = max(c.head_seq, view.head_seq)
-        lag_records = max(0, head - c.acked_seq)
-        lag_bytes: int | None = None        # unknown while the volume cannot be read
-        if view.error is None:
-            lag_bytes = max(inflight_bytes, view.backlog_bytes if lag_records else 0) \
-                + view.dirty_bytes
-        behind = self.behind_reason(lag_records)
-        return {
-            "role": "transmitter", "identity": self.cfg.identity,
-            "volume_uuid": str(self.cfg.volume_uuid), "peer": "{}:{}".format(*self.cfg.peer),
-            "size_bytes": self.volume_bytes,
-            "link": self.link.as_dict(), **c.__dict__, "head_seq": head,
-            "in_sync": behind is None, "behind_reason": behind,
-            "volume_state": view.volume_state, "dirty_bytes": view.dirty_bytes,
-            "logging_since": view.logging_since,
-            "mirror": self.files.mirror if self.files else None,
-            "bitmap": self.files.bitmap if self.files else None,
-            "resync_blocked": self.resync_blocked(),
-            "lag_records": lag_records, "lag_bytes": lag_bytes,
-            "lag_bytes_in_flight": inflight_bytes,
-            "recovery_point_age_s": self.recovery_point_age(lag_records),
-            "lag_seconds": self.recovery_point_age(lag_records),
-            "throughput_bytes_per_s": round(self.rate.rate()),
-            "bandwidth_limit": self.cfg.bandwidth_limit,
-            "resync": self.resync_progress.as_dict(),
-            "verify": self.verify_report.as_dict(),
-        }
-
-    def behind_reason(self, lag_records: int) -> str | None:
-        """Why the peer may lack writes the primary holds; None only when it lacks none."""
-        view, state = self.view, self.link.state
-        if view.error is not None:
-            return f"the volume's files cannot be read: {view.error}"
-        if view.volume_state == LOGGING_TO_BITMAP or view.dirty_bytes:
-            return (f"{view.dirty_bytes} bytes of dirty regions (logging to the bitmap) are "
-                    f"not at the peer yet")
-        if lag_records:
-            return f"{lag_records} journal records are not acknowledged by the peer yet"
-        if self._inflight:
-            return "records in flight"
-        if state != "replicating":
-            return f"the link is not replicating (state {state})"
-        if self.resync_progress.state not in ("idle", "completed"):
-            return f"resync {self.resync_progress.state}"
-        return None
-
-    def resync_blocked(self) -> str | None:
-        """Why dirty regions cannot be shipped now (None: they can, or there are none)."""
-        view, state = self.view, self.link.state
-        if view.volume_state != LOGGING_TO_BITMAP and not view.dirty_bytes \
-                and not self.peer_needs_resync:
-            return None
-        if self.files is None:
-            return self.files_problem or (
-                "cannot resync: the volume's journal names no mirror and bitmap (written by "
-                "a handler older than that); restart appliance-handler so it names them")
-        if state.startswith("refused"):
-            return f"the peer refuses this volume ({state}): {self.link.last_error}"
-        if self.session is None:
-            last = f"; last error: {self.link.last_error}" if self.link.last_error else ""
-            return f"waiting for the link to the peer (state {state}{last})"
-        return None
-
-    def recovery_point_age(self, lag_records: int) -> float | None:
-        """Seconds since the oldest write the peer has not made durable (0: none). While
-        regions are dirty, since logging to the bitmap began (None if unknown)."""
-        now = time.time()
-        ages = []
-        if self.view.volume_state == LOGGING_TO_BITMAP or self.view.dirty_bytes:
-            since = self.view.logging_since
-            if since is None:
-                return None
-            ages.append(now - since)
-        if self._inflight:
-            ages.append(now - self._inflight[0][2] / 1e9)
-        if lag_records and (seen := self._oldest_unacked.since()) is not None:
-            ages.append(now - seen)
-        return round(max(0.0, *ages), 3) if ages else 0.0
+        return transmitter_status(self.cfg, self.shared, self.view, self._oldest_unacked,
+                                  connected=self.session is not None)
 
     def primary_report(self) -> dict:
         """What the DR needs to say truthfully whether it is behind (PRIMARY_STATE)."""
         st = self.status({})
-        return {k: st[k] for k in ("head_seq", "acked_seq", "volume_state", "dirty_bytes",
-                                   "logging_since", "lag_records", "lag_bytes",
-                                   "recovery_point_age_s", "behind_reason")}
+        return {k: st[k] for k in PRIMARY_REPORT_FIELDS}
 
     def start_verify(self, args: dict) -> dict:
         """Control command: {"repair": false, "region_bytes": 1048576}."""
@@ -191,16 +106,16 @@ class Transmitter:
                 or region > 16 << 20:
             raise CommandError(f"region_bytes must be a multiple of {self.cfg.block_size} "
                                f"up to 16 MiB")
-        if self.files is None:
+        if self.shared.files is None:
             raise CommandError("verify needs the volume's mirror: " + (
-                self.files_problem or "the volume's journal names no mirror and bitmap"))
+                self.shared.files_problem or "the volume's journal names no mirror and bitmap"))
         if self.session is None or self.link.state != "replicating":
             raise CommandError(f"not connected to the peer (state {self.link.state}); "
                                f"verify runs over a live link")
-        if self.verify_report.state == "running":
+        if self.shared.verify.state == "running":
             raise CommandError("a verify is already running")
         self.session.start_verify(region, repair)
-        return {"started": True, "regions": -(-self.volume_bytes // region)}
+        return {"started": True, "regions": -(-self.shared.volume_bytes // region)}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -255,14 +170,15 @@ class Transmitter:
             await self._look_at_volume()
 
     async def _look_at_volume(self) -> None:
+        shared = self.shared
         await asyncio.to_thread(self.find_files)
-        view = await asyncio.to_thread(self.watch.poll, self.counters.acked_seq, self.files,
-                                       self.volume_bytes)
+        view = await asyncio.to_thread(self.watch.poll, shared.counters.acked_seq,
+                                       shared.files, shared.volume_bytes)
         self._log_changes(self.view, view)
         self.view = view
-        self._oldest_unacked.observe(max(view.head_seq, self.counters.head_seq),
-                                     self.counters.acked_seq)
-        blocked = self.resync_blocked()
+        self._oldest_unacked.observe(max(view.head_seq, shared.counters.head_seq),
+                                     shared.counters.acked_seq)
+        blocked = resync_blocked(shared, view, connected=self.session is not None)
         if blocked != self._blocked_logged and blocked is not None:
             log.warning("volume %s: dirty regions cannot be resynced: %s", self.cfg.volume_uuid,
                         blocked)
@@ -270,20 +186,21 @@ class Transmitter:
 
     def find_files(self) -> None:
         """The mirror and bitmap as the volume's journal names them (in a worker thread)."""
+        shared = self.shared
         try:
             published = self.watch.published_files()
-        except (OSError, ValueError) as err:    # no journal yet, or not readable
-            self.files_problem = f"the journal cannot be read: {type(err).__name__}: {err}"
+        except UNREADABLE as err:               # no journal yet, or not readable
+            shared.files_problem = f"the journal cannot be read: {type(err).__name__}: {err}"
             self.watch.close()
             return
         try:
-            self.files = resolve_files(published, self.cfg.mirror, self.cfg.bitmap,
-                                       "transmitter config")
-            self.files_problem = None
+            shared.files = resolve_files(published, self.cfg.mirror, self.cfg.bitmap,
+                                         "transmitter config")
+            shared.files_problem = None
         except FilesMismatch as err:
-            if self.files_problem != str(err):
+            if shared.files_problem != str(err):
                 log.error("volume %s: %s", self.cfg.volume_uuid, err)
-            self.files, self.files_problem = None, str(err)
+            shared.files, shared.files_problem = None, str(err)
 
     def _log_changes(self, old: VolumeView, new: VolumeView) -> None:
         vol = self.cfg.volume_uuid
@@ -314,9 +231,9 @@ class Transmitter:
     async def _session(self) -> None:
         reader = await asyncio.to_thread(self._open_reader)
         await asyncio.to_thread(self.find_files)
-        self.counters.acked_seq = reader.acked_seq
-        self.volume_bytes = await asyncio.to_thread(journal_volume_bytes, self.cfg.journal,
-                                                    self.cfg.volume_uuid)
+        self.shared.counters.acked_seq = reader.acked_seq
+        self.shared.volume_bytes = await asyncio.to_thread(journal_volume_bytes, self.cfg.journal,
+                                                           self.cfg.volume_uuid)
         if not self.link.state.startswith("refused"):   # keep saying why until admitted
             self.link.set_state("connecting")
         host, port = self.cfg.peer
@@ -333,18 +250,19 @@ class Transmitter:
             log.info("volume %s: connected to %s (%s) at seq %d%s", self.cfg.volume_uuid,
                      welcome.identity, link.peer, welcome.last_seq,
                      ", zstd" if welcome.compression else "")
-            self.session = TxSession(self, link, reader, welcome)
+            self.session = TxSession(self.cfg, self.shared, link, reader, welcome,
+                                     self.primary_report)
             await self.session.run()
         finally:
             self.session = None
-            self._inflight.clear()
+            self.shared.inflight.clear()
             if self.link.state == "replicating":
                 self.link.disconnects += 1
             await link.close()
 
     async def _handshake(self, link: FrameLink, reader: JournalReader) -> Welcome:
         hello = Hello(identity=self.cfg.identity, volume_uuid=self.cfg.volume_uuid,
-                      size_bytes=self.volume_bytes, block_size=self.cfg.block_size,
+                      size_bytes=self.shared.volume_bytes, block_size=self.cfg.block_size,
                       generation=self.cfg.generation, first_seq=reader.acked_seq + 1,
                       compression=COMPRESSIONS if self.cfg.compression else ())
         await link.send_json(FT.HELLO, hello.to_dict())
@@ -364,9 +282,9 @@ class Transmitter:
         if welcome.last_seq > reader.acked_seq:
             # The receiver already holds these durably (acks lost in a crash): skip them.
             await run_blocking(reader.acknowledge, welcome.last_seq)
-        self.counters.acked_seq = reader.acked_seq
-        self.counters.applied_seq = welcome.applied_seq
-        self.peer_needs_resync = welcome.inconsistent or welcome.full_copy
+        self.shared.counters.acked_seq = reader.acked_seq
+        self.shared.counters.applied_seq = welcome.applied_seq
+        self.shared.peer_needs_resync = welcome.inconsistent or welcome.full_copy
         return welcome
 
 
@@ -387,7 +305,7 @@ def check_files(cfg: TransmitterConfig, where: str) -> None:
         resolve_files(watch.published_files(), cfg.mirror, cfg.bitmap, where)
     except FilesMismatch as err:
         raise ConfigError(str(err)) from err
-    except (OSError, ValueError):
+    except UNREADABLE:
         pass        # no journal yet: the handler creates it
     finally:
         watch.close()

@@ -14,22 +14,20 @@ import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from appliance.journal import JournalReader, RecordsGone
 from appliance.replication import wire
-from appliance.replication.config import in_window
+from appliance.replication.config import TransmitterConfig, in_window
 from appliance.replication.handshake import Welcome
 from appliance.replication.link import FrameLink, run_blocking
 from appliance.replication.pacing import AckRate, batch_limit
-from appliance.replication.replica import from_journal
+from appliance.replication.records import from_journal
 from appliance.replication.resync import ResyncDriver
+from appliance.replication.tx_shared import TxShared
 from appliance.replication.verify import verify
 from appliance.replication.volume_size import VolumeResized, journal_volume_bytes
-
-if TYPE_CHECKING:
-    from appliance.replication.transmitter import Transmitter
 
 log = logging.getLogger("appliance.transmitter")
 FT = wire.FrameType
@@ -65,14 +63,19 @@ class PeerRefused(Exception):
 
 
 class TxSession:
-    """Sender and ack-reader tasks of one connected link."""
+    """Sender and ack-reader tasks of one connected link. It shares counters, link status
+    and the in-flight window with its transmitter through ``shared``, and lets resync and
+    verify steer its shipping through ``ShippingControl`` (records_paused, supersede_to,
+    window_empty)."""
 
-    def __init__(self, tx: Transmitter, link: FrameLink, reader: JournalReader,
-                 welcome: Welcome) -> None:
-        self.tx = tx
-        self.cfg = tx.cfg
+    def __init__(self, cfg: TransmitterConfig, shared: TxShared, link: FrameLink,
+                 reader: JournalReader, welcome: Welcome,
+                 primary_report: Callable[[], dict]) -> None:
+        self.cfg = cfg
+        self.shared = shared
         self.link = link
         self.reader = reader
+        self.primary_report = primary_report
         self.next_seq = reader.acked_seq + 1
         self.highest_sent = reader.acked_seq     # highest seq sent in this session
         # Highest seq the peer ACKed as durable. The window opens on the ACK itself; the
@@ -98,14 +101,14 @@ class TxSession:
         self.records_paused = welcome.inconsistent
         self.resync: ResyncDriver | None = None
         self._extra: list[asyncio.Task] = []    # verify runs
-        if tx.files is not None:
-            self.resync = ResyncDriver(self, tx.resync_progress, tx.files)
+        if shared.files is not None:
+            self.resync = ResyncDriver(self, shared, cfg, link, reader, welcome, shared.files)
 
     async def run(self) -> None:
         if self.resync is None and self.welcome.inconsistent:
             raise PeerRefused("the peer needs a full copy or is inconsistent from an "
                               "interrupted resync, and this transmitter cannot send it: "
-                              + (self.tx.files_problem
+                              + (self.shared.files_problem
                                  or "the volume's journal names no mirror and bitmap"))
         if self.resync is not None and self.welcome.full_copy:
             await self.resync.request_full_copy()
@@ -132,14 +135,17 @@ class TxSession:
         """Tell the peer what the primary holds that it may lack, so that the DR's status
         can say it is behind (docs/protocol.md, "What status derives from")."""
         while True:
-            await self.link.send_json(FT.PRIMARY_STATE, self.tx.primary_report())
+            await self.link.send_json(FT.PRIMARY_STATE, self.primary_report())
             await asyncio.sleep(self.heartbeat_s)
 
     def start_verify(self, region_bytes: int, repair: bool) -> None:
         async def run() -> None:
-            report = self.tx.verify_report
+            report = self.shared.verify
             try:
-                await verify(self, report, region_bytes=region_bytes, repair=repair)
+                if self.resync is None:
+                    raise RuntimeError("verify needs the volume's mirror: "
+                                       f"{self.shared.files_problem}")
+                await verify(self.resync, report, region_bytes=region_bytes, repair=repair)
             except Exception as err:   # reported in status; the link itself carries on
                 report.state, report.error = "failed", f"{type(err).__name__}: {err}"
                 log.error("volume %s: verify failed: %s", self.cfg.volume_uuid, err)
@@ -150,28 +156,29 @@ class TxSession:
         they are never sent, the peer's journal continues after them, and its ACK of ``seq``
         (then our acknowledgement, which frees the primary journal) is expected. Records
         resume at ``seq + 1`` once the copy has ended."""
-        c = self.tx.counters
+        c = self.shared.counters
         self.next_seq = max(self.next_seq, seq + 1)
         self.highest_sent = max(self.highest_sent, seq)
         c.sent_seq = max(c.sent_seq, seq)
 
-    def _inflight_bytes(self) -> int:
-        return sum(b for _, b, _ in self.tx._inflight)
+    async def window_empty(self) -> None:
+        while self.shared.inflight:
+            await asyncio.sleep(0.01)
 
     async def _send_loop(self) -> None:
-        tx, c = self.tx, self.tx.counters
+        shared, c = self.shared, self.shared.counters
         idle = IDLE_POLL_MIN_S
         while True:
             if self.cfg.blackout and in_window(dt.datetime.now().time(), self.cfg.blackout):
-                tx.link.set_state("paused:blackout-window")
+                shared.link_status.set_state("paused:blackout-window")
                 await self._idle(1.0)
                 continue
             if self.records_paused:
                 await self._idle(0.02)
                 continue
-            tx.link.set_state("replicating")
+            shared.link_status.set_state("replicating")
             self._resend_if_ack_overdue()
-            if self._inflight_bytes() >= self.cfg.window_bytes:
+            if shared.inflight.bytes() >= self.cfg.window_bytes:
                 self._acked.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._acked.wait(), self.heartbeat_s)
@@ -200,14 +207,14 @@ class TxSession:
             if seq == self.next_seq:
                 # (Unless a RESEND rewound us while the frame went out: then the rewind
                 # stands, and this batch goes again with the rest.)
-                tx._inflight.append((batch.last_seq, batch.nbytes, batch.first_ts))
+                shared.inflight.add(batch.last_seq, batch.nbytes, batch.first_ts)
                 self.next_seq = batch.last_seq + 1
             c.sent_seq = max(c.sent_seq, batch.last_seq)
             c.records_sent += batch.count
             c.bytes_sent += batch.nbytes
             c.batches_sent += 1
             c.wire_bytes_sent += self.link.bytes_sent - before
-            tx.rate.add(batch.nbytes)
+            shared.rate.add(batch.nbytes)
 
     def _read_batch(self, seq: int, max_bytes: int) -> tuple[int, _OutBatch | None]:
         """In a worker thread (one hop per batch, off the event loop): the journal head, and
@@ -218,7 +225,7 @@ class TxSession:
         if not records:
             return head, None
         wrecs = [from_journal(r) for r in records]
-        if max(r.lba + r.nblocks for r in wrecs) * self.cfg.block_size > self.tx.volume_bytes:
+        if max(r.lba + r.nblocks for r in wrecs) * self.cfg.block_size > self.shared.volume_bytes:
             self._check_size()      # the volume grew: the peer must grow before these land
         return head, _OutBatch(
             parts=wire.batch_parts(self.cfg.volume_uuid, self.cfg.generation, wrecs),
@@ -229,8 +236,8 @@ class TxSession:
         """Raise VolumeResized if the journal records another size than the HELLO said."""
         self._next_size_check = time.monotonic() + SIZE_CHECK_S
         now = journal_volume_bytes(self.cfg.journal, self.cfg.volume_uuid)
-        if now != self.tx.volume_bytes:
-            raise VolumeResized(f"the volume was resized from {self.tx.volume_bytes} to {now} "
+        if now != self.shared.volume_bytes:
+            raise VolumeResized(f"the volume was resized from {self.shared.volume_bytes} to {now} "
                                 f"bytes")
 
     def _resend_if_ack_overdue(self) -> None:
@@ -239,11 +246,11 @@ class TxSession:
         arrive, so the link is alive), send them again. Generous, so that a full window
         queued on a slow link is not resent for nothing."""
         overdue = 3 * self.cfg.dead_after_s
-        if self.tx._inflight and time.monotonic() - self._last_ack > overdue:
+        if self.shared.inflight and time.monotonic() - self._last_ack > overdue:
             log.warning("volume %s: no ACK for %.1f s, resending from seq %d",
                         self.cfg.volume_uuid, overdue, self.peer_durable + 1)
-            self.tx.counters.resends += 1
-            self.tx._inflight.clear()
+            self.shared.counters.resends += 1
+            self.shared.inflight.clear()
             self.next_seq = self.peer_durable + 1
             self._last_ack = time.monotonic()
 
@@ -268,12 +275,10 @@ class TxSession:
             log.info("volume %s: peer asked to resend from seq %d, already resending from %d",
                      self.cfg.volume_uuid, seq, self.next_seq)
             return
-        self.tx.counters.resends += 1
+        self.shared.counters.resends += 1
         log.warning("volume %s: peer asked to resend from seq %d", self.cfg.volume_uuid, seq)
         self.next_seq = seq
-        inflight = self.tx._inflight
-        while inflight and inflight[-1][0] >= seq:
-            inflight.pop()
+        self.shared.inflight.rewind(seq)
 
     async def _persist_acks(self) -> None:
         """Persist the peer's durable seq as the journal's acknowledged seq (which lets the
@@ -284,10 +289,10 @@ class TxSession:
             seq = self.peer_durable
             if seq > self.reader.acked_seq:
                 await run_blocking(self.reader.acknowledge, seq)
-                self.tx.counters.acked_seq = seq
+                self.shared.counters.acked_seq = seq
 
     async def _recv_loop(self) -> None:
-        tx, c = self.tx, self.tx.counters
+        c = self.shared.counters
         while True:
             frame = await self.link.recv(self.cfg.dead_after_s)
             if frame.type is FT.HEARTBEAT:
@@ -301,9 +306,7 @@ class TxSession:
                 if durable > self.peer_durable:
                     self.peer_durable = durable
                     self._ack_due.set()
-                acked = 0
-                while tx._inflight and tx._inflight[0][0] <= durable:
-                    acked += tx._inflight.popleft()[1]
+                acked = self.shared.inflight.acknowledge(durable)
                 if acked:
                     self.ack_rate.add(acked)
                 self._last_ack = time.monotonic()

@@ -20,11 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance import storage
-from appliance.journal import JournalReader, VolumeFiles
+from appliance.journal import JournalError, JournalReader, VolumeFiles
+from appliance.volume.errors import VolumeError
 from appliance.volume.resync import ResyncSource, region_extent
 
 JOURNALING = "journaling"
 LOGGING_TO_BITMAP = "logging-to-bitmap"
+# What reading the volume's files may raise while the handler has not created them yet, is
+# creating them, or they are damaged: reported in status, never fatal to the transmitter.
+UNREADABLE = (OSError, ValueError, JournalError, VolumeError)
 
 
 class FilesMismatch(ValueError):
@@ -92,7 +96,7 @@ class VolumeWatch:
                 return VolumeView(head_seq=head, backlog_bytes=backlog,
                                   error="the volume's journal names no mirror and bitmap")
             snap = self._source(files.bitmap).snapshot()
-        except (OSError, ValueError) as err:      # JournalError and BitmapError are both
+        except UNREADABLE as err:
             self.close()
             return VolumeView(error=f"{type(err).__name__}: {err}")
         dirty = sum(region_extent(snap.chunk_size, first, count, volume_bytes)[1]

@@ -87,12 +87,14 @@ def wait_for(what: str, predicate, timeout: float, interval: float = 1.0, detail
 
 
 def tx_status(primary: Machine) -> dict | None:
-    result = primary.run(["appliancectl", "--socket", TX_SOCK, "status"], timeout=30, check=False)
+    result = primary.run(["appliancectl", "--socket", TX_SOCK, "status", "--json"], timeout=30,
+                         check=False)
     return json.loads(result.text) if result.rc == 0 else None
 
 
 def rx_status(dr: Machine) -> dict | None:
-    result = dr.run(["appliancectl", "--socket", RX_SOCK, "status"], timeout=30, check=False)
+    result = dr.run(["appliancectl", "--socket", RX_SOCK, "status", "--json"], timeout=30,
+                    check=False)
     return json.loads(result.text) if result.rc == 0 else None
 
 

@@ -56,13 +56,16 @@ def test_kill9_transmitter_receiver_and_writer_keeps_prefix_and_converges(pair):
     rx = pair.receiver().start()
     pair.wait_rx_up(rx)
     total_ops = 4000
-    w = pair.writer(site, total_ops, pause=0.003).start()
+    # A journal that holds the whole workload: the prefix is checked at every recovery,
+    # which a resync after an overflow would suspend.
+    w = pair.writer(site, total_ops, pause=0.003, journal_size=32 << 20).start()
     tx = pair.transmitter(site).start()
     wait_for(lambda: len(read_log(site.log)) > 50, 30, "the writer to get going")
     rng = random.Random(20261122)
     deadline = time.monotonic() + 45
     kills = {"transmitter": 0, "receiver": 0, "writer": 0}
     prefixes = []
+    inconsistent_seen = 0
     while time.monotonic() < deadline and (w.running() or kills["writer"] < 2):
         time.sleep(rng.uniform(0.3, 1.5))
         victim = rng.choice(["transmitter", "receiver", "writer"])
@@ -80,9 +83,15 @@ def test_kill9_transmitter_receiver_and_writer_keeps_prefix_and_converges(pair):
             cfg = receiver_config(load_toml(pair.rx_config), "rx")
             replica = Replica(cfg.volumes[0])
             remote = replica.read_mirror(0, site.blocks * 512)
+            says_inconsistent = replica.status()["state"] == "inconsistent"
             replica.close()
             ops = read_log(site.log)
-            prefixes.append(match_prefix(remote, ops).ops_in_prefix)
+            if says_inconsistent:
+                # A resync after a journal overflow (possible on a loaded machine) is under
+                # way: the DR says so, and that is all invariant 4 asks of it then.
+                inconsistent_seen += 1
+            else:
+                prefixes.append(match_prefix(remote, ops).ops_in_prefix)
             rx.start()
             pair.wait_rx_up(rx)
     assert all(kills.values()), f"every process must have been killed at least once: {kills}"
@@ -95,7 +104,9 @@ def test_kill9_transmitter_receiver_and_writer_keeps_prefix_and_converges(pair):
     assert len(ops) == total_ops
     assert read(site.mirror) == bytes(image_after(ops, site.blocks * 512))
     assert prefixes == sorted(prefixes), f"the DR image went back in time: {prefixes}"
-    print(f"kills: {kills}; prefixes seen at receiver recoveries: {prefixes}")
+    assert len(prefixes) > inconsistent_seen, "the prefix was hardly ever checked"
+    print(f"kills: {kills}; prefixes seen at receiver recoveries: {prefixes}; "
+          f"recoveries during a resync (said inconsistent): {inconsistent_seen}")
 
 
 def test_two_primaries_two_volumes_isolated_and_bandwidth_limited(pair):

@@ -4,7 +4,6 @@ Refused everywhere else (a consistent replica, a resync resumed after the copy b
 back); crash-safe on both sides of the journal swap (real journal and mirror files)."""
 
 import asyncio
-import types
 import uuid
 
 import pytest
@@ -180,8 +179,8 @@ class FakeLink:
 
 def session_for(replica: Replica) -> tuple[Session, FakeLink]:
     link = FakeLink()
-    slot = types.SimpleNamespace(replica=replica)
-    return Session(types.SimpleNamespace(), slot, link, HELLO), link
+    return Session(replica, link, HELLO, heartbeat_s=1.0, dead_after_s=5.0,
+                   on_report=lambda report: None), link
 
 
 def test_the_session_acks_the_jump_and_expects_the_next_seq(tmp_path):

@@ -8,7 +8,8 @@ import uuid
 
 from appliance.journal import JournalReader, OpKind, WriteOp
 from appliance.replication.handshake import Welcome
-from appliance.replication.resync import ResyncDriver, ResyncProgress
+from appliance.replication.resync import ResyncDriver
+from appliance.replication.tx_shared import TxShared
 from appliance.volume import Volume, VolumeConfig
 
 VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-0000000000cc")
@@ -29,8 +30,8 @@ def writer_and_driver(tmp_path, *, journal_size: int):
                                    bitmap_path=tmp_path / "bitmap"))
     reader = JournalReader(tmp_path / "journal", volume_uuid=VOL)
     cfg = types.SimpleNamespace(volume_uuid=VOL)
-    driver = ResyncDriver(types.SimpleNamespace(cfg=cfg, reader=reader, welcome=WELCOME),
-                          ResyncProgress(), reader.volume_files())
+    driver = ResyncDriver(types.SimpleNamespace(records_paused=False), TxShared(2048 * 512),
+                          cfg, types.SimpleNamespace(), reader, WELCOME, reader.volume_files())
     return vol, reader, driver
 
 
@@ -49,9 +50,9 @@ def test_a_full_copy_supersedes_up_to_the_overflow_seq_only_while_the_writer_log
         assert snap.logging and snap.overflow_seq == 20 and snap.dirty_chunks == 16
         assert driver._superseded_to(snap) == 20
         older = {k: v for k, v in WELCOME.to_dict().items() if k != "supersede"}
-        driver.s.welcome = Welcome.from_dict(older)
+        driver.welcome = Welcome.from_dict(older)
         assert driver._superseded_to(snap) is None, "an older receiver gets the records"
-        driver.s.welcome = WELCOME
+        driver.welcome = WELCOME
         write(vol, 21)                           # logged to the bitmap, not journaled
         assert driver._superseded_to(driver.source.snapshot()) == 20
 

@@ -3,6 +3,7 @@ verdict from the primary's reports, the transmitter's files from the journal, th
 point estimate."""
 
 import time
+import uuid
 
 import pytest
 
@@ -103,3 +104,21 @@ def test_the_oldest_unacknowledged_write_is_never_reported_younger_than_seen():
     assert oldest.since() == 101.0
     oldest.observe(2999, 1500, now=5000.0)
     assert oldest.since() <= 100.0 + 1501
+
+
+def test_the_watch_reports_files_it_cannot_read_yet_instead_of_failing(tmp_path):
+    """Before the handler has written the bitmap's header (or the journal at all), the
+    transmitter keeps running and its status says why the volume is unknown."""
+    from appliance.journal import Journal
+    from appliance.replication.volume_watch import VolumeWatch
+
+    vol = uuid.UUID(int=7)
+    watch = VolumeWatch(tmp_path / "journal", vol)
+    assert "FileNotFoundError" in watch.poll(0, None, 1 << 20).error
+    Journal.create(tmp_path / "journal", size=2 << 20, volume_uuid=vol, volume_block_size=512,
+                   volume_blocks=2048).close()
+    (tmp_path / "bitmap").write_bytes(bytes(8192))          # created, no header yet
+    files = VolumeFiles(str(tmp_path / "mirror"), str(tmp_path / "bitmap"))
+    view = watch.poll(0, files, 1 << 20)
+    assert view.volume_state == "unknown" and "no valid header" in view.error
+    watch.close()
