@@ -93,7 +93,7 @@ class Pair:
         self.rx_config.write_text(text)
 
     def receiver(self) -> Proc:
-        p = module_proc("receiver", "appliance.replication.receiver", self.rx_config, self.root,
+        p = module_proc("receiver", "appliance.replication.dr.receiver", self.rx_config, self.root,
                         self.rx_prefix)
         self.procs.append(p)
         return p
@@ -139,7 +139,7 @@ class Pair:
         return Site(name, vid, blocks, d, cfg, control, self.root / f"writelog-{name}")
 
     def transmitter(self, site: Site) -> Proc:
-        p = module_proc(f"transmitter-{site.name}", "appliance.replication.transmitter",
+        p = module_proc(f"transmitter-{site.name}", "appliance.replication.primary.transmitter",
                         site.tx_config, self.root, self.tx_prefix)
         self.procs.append(p)
         return p

@@ -48,7 +48,7 @@ def test_kill9_transmitter_receiver_and_writer_keeps_prefix_and_converges(pair):
     """Random kill -9 of each process; after every receiver recovery the DR mirror is the
     primary's image after a prefix of the write log; at the end, byte for byte."""
     from appliance.replication.config import load_toml, receiver_config
-    from appliance.replication.replica import Replica
+    from appliance.replication.dr.replica import Replica
 
     site = pair.site("site-a")
     pair.volumes = [(site.uuid, site.blocks)]

@@ -35,7 +35,7 @@ REGION = 64 * 1024
 
 
 def dr_tool(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "appliance.replication.dr_tool", "--config", str(config),
+    return subprocess.run([PY, "-m", "appliance.replication.dr.dr_tool", "--config", str(config),
                            *args], capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
@@ -154,7 +154,7 @@ def test_failover_fence_failback_and_swap_back_resync_only_what_differs(pair):
 
     # 6. Failback: A's old mirror is the replica mirror of a receiver on A.
     rx_a_config, rx_a_control = write_failback_receiver(pair, site_a, port_a)
-    rx_a = module_proc("receiver-site-a", "appliance.replication.receiver", rx_a_config,
+    rx_a = module_proc("receiver-site-a", "appliance.replication.dr.receiver", rx_a_config,
                        pair.root)
     pair.procs.append(rx_a)
     rx_a.start()

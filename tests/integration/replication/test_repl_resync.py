@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 
 def dr_tool(config, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "appliance.replication.dr_tool", "--config", str(config),
+    return subprocess.run([PY, "-m", "appliance.replication.dr.dr_tool", "--config", str(config),
                            *args], capture_output=True, text=True, timeout=60, cwd=REPO)
 
 

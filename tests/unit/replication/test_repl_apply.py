@@ -5,7 +5,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.replication.apply import (
+from appliance.replication.dr.apply import (
     SeqOrderer,
     apply_record,
     apply_records,

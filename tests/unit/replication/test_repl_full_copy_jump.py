@@ -9,8 +9,10 @@ import uuid
 import pytest
 
 from appliance.replication import wire
-from appliance.replication.apply import SeqOrderer
 from appliance.replication.config import ReplicaConfig, replica_paths
+from appliance.replication.dr.apply import SeqOrderer
+from appliance.replication.dr.replica import Replica, ReplicaError
+from appliance.replication.dr.session import Session, SessionError
 from appliance.replication.handshake import (
     Hello,
     JumpRefused,
@@ -19,8 +21,6 @@ from appliance.replication.handshake import (
     admit,
     check_supersede,
 )
-from appliance.replication.replica import Replica, ReplicaError
-from appliance.replication.rx_session import Session, SessionError
 from appliance.replication.wire import WireRecord
 
 VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-0000000000bb")
@@ -138,7 +138,7 @@ def test_a_crash_before_the_journal_swap_leaves_the_copy_pending(tmp_path, monke
 
     def power_cut(*args):
         raise OSError("power cut")
-    monkeypatch.setattr("appliance.replication.replica.os.replace", power_cut)
+    monkeypatch.setattr("appliance.replication.dr.replica.os.replace", power_cut)
     with pytest.raises(OSError):
         r.begin_resync(superseded_to_seq=1500)
     crash(r)
@@ -215,7 +215,7 @@ def test_a_new_journal_that_does_not_open_stops_the_replica_cleanly(tmp_path, mo
 
     def bad_disk(*args, **kwargs):
         raise OSError("EIO")
-    monkeypatch.setattr("appliance.replication.replica.Journal.open", bad_disk)
+    monkeypatch.setattr("appliance.replication.dr.replica.Journal.open", bad_disk)
     with pytest.raises(ReplicaError, match="restart the receiver"):
         r.begin_resync(superseded_to_seq=1500)
     assert r.journal is None

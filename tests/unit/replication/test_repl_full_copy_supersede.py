@@ -8,8 +8,8 @@ import uuid
 
 from appliance.journal import JournalReader, OpKind, WriteOp
 from appliance.replication.handshake import Welcome
-from appliance.replication.resync import ResyncDriver
-from appliance.replication.tx_shared import TxShared
+from appliance.replication.primary.resync import ResyncDriver
+from appliance.replication.primary.shared import TxShared
 from appliance.volume import Volume, VolumeConfig
 
 VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-0000000000cc")

@@ -1,6 +1,6 @@
 """Transmitter batch sizing: a batch holds at most a short slice of the acknowledged rate."""
 
-from appliance.replication.pacing import (
+from appliance.replication.primary.pacing import (
     BATCH_LINK_TIME_S,
     MIN_BATCH_BYTES,
     AckRate,

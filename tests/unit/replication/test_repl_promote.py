@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
-from appliance.replication import promotion
 from appliance.replication.config import ReplicaConfig, replica_paths
+from appliance.replication.dr import promotion
+from appliance.replication.dr.promotion import demote, promote
+from appliance.replication.dr.replica import Replica, ReplicaError
 from appliance.replication.handshake import Hello, Refused, VolumeBinding, VolumeSpec, admit
-from appliance.replication.promotion import demote, promote
-from appliance.replication.replica import Replica, ReplicaError
 from appliance.replication.wire import WireRecord
 
 VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-0000000000bb")
@@ -105,7 +105,7 @@ def test_promote_is_refused_on_a_replica_that_was_never_paired(tmp_path):
 
 
 def test_a_rolled_back_replica_is_promoted_at_its_restored_image(tmp_path):
-    from appliance.replication.replica_offline import roll_back_to_consistent
+    from appliance.replication.dr.replica_offline import roll_back_to_consistent
 
     c = cfg(tmp_path)
     r = Replica(c)
@@ -156,7 +156,7 @@ def test_a_crash_while_the_promotion_is_being_recorded_leaves_a_replica_to_promo
     def torn_replace(src, dst):
         raise OSError("power cut before the rename")
     with monkeypatch.context() as m:
-        m.setattr("appliance.replication.replica_files.os.replace", torn_replace)
+        m.setattr("appliance.replication.dr.replica_files.os.replace", torn_replace)
         with pytest.raises(OSError, match="power cut"):
             promote(c)
     assert json.loads(c.paths.state.read_text()).get("promoted") is None

@@ -6,8 +6,8 @@ import uuid
 import pytest
 
 from appliance.replication.config import ReplicaConfig, replica_paths
+from appliance.replication.dr.replica import Replica, ReplicaError
 from appliance.replication.handshake import Hello, VolumeSpec
-from appliance.replication.replica import Replica, ReplicaError
 from appliance.replication.wire import WireRecord
 
 VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-0000000000aa")
@@ -141,7 +141,7 @@ def test_full_copy_pending_is_saved_before_the_journal_exists(tmp_path, monkeypa
 
     def die(*args, **kwargs):
         raise OSError("power cut")
-    monkeypatch.setattr("appliance.replication.replica.Journal.create", die)
+    monkeypatch.setattr("appliance.replication.dr.replica.Journal.create", die)
     with pytest.raises(OSError):
         r.bind(HELLO, 40, full_copy=True)
     crash(r)
@@ -156,7 +156,7 @@ def test_full_copy_pending_is_saved_before_the_journal_exists(tmp_path, monkeypa
 def test_a_rolled_back_image_stays_recoverable_through_the_full_copy(tmp_path):
     """After a failover roll back, the DR's mirror holds a consistent image; re-pairing needs a
     full copy, and the undo log keeps that image recoverable, records included."""
-    from appliance.replication.replica_offline import roll_back_to_consistent
+    from appliance.replication.dr.replica_offline import roll_back_to_consistent
 
     c = cfg(tmp_path)
     r = Replica(c)
@@ -182,7 +182,7 @@ def test_a_rolled_back_image_stays_recoverable_through_the_full_copy(tmp_path):
 
 
 def test_roll_back_is_refused_while_no_consistent_image_exists(tmp_path):
-    from appliance.replication.replica_offline import roll_back_to_consistent
+    from appliance.replication.dr.replica_offline import roll_back_to_consistent
 
     c = cfg(tmp_path)
     r = Replica(c)
@@ -193,7 +193,7 @@ def test_roll_back_is_refused_while_no_consistent_image_exists(tmp_path):
 
 
 def test_invalidate_redoes_sets_the_journal_aside_and_keeps_the_image(tmp_path):
-    from appliance.replication.replica_offline import invalidate
+    from appliance.replication.dr.replica_offline import invalidate
 
     c = cfg(tmp_path)
     r = Replica(c)

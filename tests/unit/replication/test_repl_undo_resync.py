@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.replication import undo, wire
-from appliance.replication.resync import PendingRepair, Region, coalesce, split_regions
+from appliance.replication import wire
+from appliance.replication.dr import undo
+from appliance.replication.primary.resync import PendingRepair, Region, coalesce, split_regions
 from appliance.volume.resync import ResyncSnapshot
 
 

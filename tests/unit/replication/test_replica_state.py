@@ -8,17 +8,17 @@ import uuid
 
 import pytest
 
-from appliance.replication import dr_tool
 from appliance.replication.config import ReplicaConfig, replica_paths
-from appliance.replication.handshake import Hello, VolumeSpec
-from appliance.replication.promotion import demote, promote
-from appliance.replication.replica import Replica, ReplicaError
-from appliance.replication.replica_state import (
+from appliance.replication.dr import dr_tool
+from appliance.replication.dr.promotion import demote, promote
+from appliance.replication.dr.replica import Replica, ReplicaError
+from appliance.replication.dr.replica_state import (
     FORMAT_VERSION,
     PromotionMark,
     ReplicaState,
     ReplicaStateError,
 )
+from appliance.replication.handshake import Hello, VolumeSpec
 from appliance.replication.wire import WireRecord
 
 VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-0000000000cc")

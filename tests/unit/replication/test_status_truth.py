@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from appliance.journal import VolumeFiles
-from appliance.replication.dr_sync import BadReport, PrimaryReport, dr_sync_status
-from appliance.replication.volume_watch import FilesMismatch, OldestUnacked, resolve_files
+from appliance.replication.dr.sync_state import BadReport, PrimaryReport, dr_sync_status
+from appliance.replication.primary.volume_watch import FilesMismatch, OldestUnacked, resolve_files
 
 REPLICA = {"applied_seq": 100, "durable_seq": 100, "state": "consistent"}
 
@@ -110,7 +110,7 @@ def test_the_watch_reports_files_it_cannot_read_yet_instead_of_failing(tmp_path)
     """Before the handler has written the bitmap's header (or the journal at all), the
     transmitter keeps running and its status says why the volume is unknown."""
     from appliance.journal import Journal
-    from appliance.replication.volume_watch import VolumeWatch
+    from appliance.replication.primary.volume_watch import VolumeWatch
 
     vol = uuid.UUID(int=7)
     watch = VolumeWatch(tmp_path / "journal", vol)

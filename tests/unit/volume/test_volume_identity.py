@@ -6,8 +6,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from appliance.replication.dr_tool import promote_next_steps
-from appliance.replication.promotion import Promotion
+from appliance.replication.dr.dr_tool import promote_next_steps
+from appliance.replication.dr.promotion import Promotion
 from appliance.tcmu.backend import VolumeBackend
 from appliance.tcmu.cfgstring import parse_config
 from appliance.volume.identity import mirror_volume_uuid
@@ -40,7 +40,7 @@ def test_the_handler_and_the_dr_tool_give_a_mirror_the_same_uuid(tmp_path):
 def test_the_dr_tool_does_not_load_the_tcmu_stack():
     """Its promote hint names the uuid the LUN will get, without pyudev on the DR site."""
     probe = ("import sys, uuid, pathlib\n"
-             "from appliance.replication import dr_tool, promotion\n"
+             "from appliance.replication.dr import dr_tool, promotion\n"
              "p = promotion.Promotion(uuid.uuid4(), 4, 2, 'a', pathlib.Path('/m'), 0.0)\n"
              "assert str(dr_tool.mirror_volume_uuid('/m')) in dr_tool.promote_next_steps(p, 1)\n"
              "print(sorted(m for m in sys.modules if m.startswith(('appliance.tcmu', 'pyudev'))))")

@@ -15,11 +15,11 @@ import logging
 
 from appliance import storage
 from appliance.replication.config import ReplicaConfig
-from appliance.replication.replica import Replica, ReplicaError
-from appliance.replication.replica_state import ReplicaState
-from appliance.replication.undo import roll_back
+from appliance.replication.dr.replica import Replica, ReplicaError
+from appliance.replication.dr.replica_state import ReplicaState
+from appliance.replication.dr.undo import roll_back
 
-log = logging.getLogger("appliance.replication.replica")
+log = logging.getLogger("appliance.replication.dr.replica")
 
 
 def roll_back_to_consistent(cfg: ReplicaConfig) -> int:

@@ -31,14 +31,14 @@ from collections import deque
 from appliance import storage
 from appliance.journal import Journal, JournalFull, JournalReader
 from appliance.journal.resize import set_volume_blocks
-from appliance.replication.apply import apply_records, check_record
 from appliance.replication.config import ReplicaConfig
+from appliance.replication.dr.apply import apply_records, check_record
+from appliance.replication.dr.replica_files import extend_file, preallocate
+from appliance.replication.dr.replica_state import PromotionMark, ReplicaState, ReplicaStateError
+from appliance.replication.dr.undo import UndoLog
 from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec, check_supersede
 from appliance.replication.records import from_journal, to_write_op
-from appliance.replication.replica_files import extend_file, preallocate
-from appliance.replication.replica_state import PromotionMark, ReplicaState, ReplicaStateError
 from appliance.replication.status import RateMeter, ReceiverVolumeCounters
-from appliance.replication.undo import UndoLog
 from appliance.replication.wire import WireRecord
 from appliance.storage import sync_dir
 

@@ -18,8 +18,8 @@ import time
 
 from appliance.replication.digest import region_digest
 from appliance.replication.link import run_blocking
-from appliance.replication.progress import VerifyReport
-from appliance.replication.resync import WINDOW, ResyncDriver
+from appliance.replication.primary.progress import VerifyReport
+from appliance.replication.primary.resync import WINDOW, ResyncDriver
 
 log = logging.getLogger("appliance.transmitter")
 

@@ -22,12 +22,12 @@ from appliance.replication import wire
 from appliance.replication.config import TransmitterConfig, in_window
 from appliance.replication.handshake import Welcome
 from appliance.replication.link import FrameLink, run_blocking
-from appliance.replication.pacing import AckRate, batch_limit
+from appliance.replication.primary.pacing import AckRate, batch_limit
+from appliance.replication.primary.resync import ResyncDriver
+from appliance.replication.primary.shared import TxShared
+from appliance.replication.primary.verify import verify
+from appliance.replication.primary.volume_size import VolumeResized, journal_volume_bytes
 from appliance.replication.records import from_journal
-from appliance.replication.resync import ResyncDriver
-from appliance.replication.tx_shared import TxShared
-from appliance.replication.verify import verify
-from appliance.replication.volume_size import VolumeResized, journal_volume_bytes
 
 log = logging.getLogger("appliance.transmitter")
 FT = wire.FrameType

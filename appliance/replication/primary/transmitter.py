@@ -37,17 +37,15 @@ from appliance.replication.handshake import (
     Welcome,
 )
 from appliance.replication.link import FrameLink, LinkClosed, TokenBucket, run_blocking
-from appliance.replication.status import LinkStatus
-from appliance.replication.tls import client_context
-from appliance.replication.tx_session import PeerRefused, TxSession
-from appliance.replication.tx_shared import TxShared
-from appliance.replication.tx_status import (
+from appliance.replication.primary.session import PeerRefused, TxSession
+from appliance.replication.primary.shared import TxShared
+from appliance.replication.primary.status_report import (
     PRIMARY_REPORT_FIELDS,
     resync_blocked,
     transmitter_status,
 )
-from appliance.replication.volume_size import VolumeResized, journal_volume_bytes
-from appliance.replication.volume_watch import (
+from appliance.replication.primary.volume_size import VolumeResized, journal_volume_bytes
+from appliance.replication.primary.volume_watch import (
     LOGGING_TO_BITMAP,
     UNREADABLE,
     FilesMismatch,
@@ -56,6 +54,8 @@ from appliance.replication.volume_watch import (
     VolumeWatch,
     resolve_files,
 )
+from appliance.replication.status import LinkStatus
+from appliance.replication.tls import client_context
 from appliance.volume.errors import VolumeError
 
 log = logging.getLogger("appliance.transmitter")

@@ -33,10 +33,10 @@ from pathlib import Path
 from appliance import storage
 from appliance.control.client import ControlError, call
 from appliance.replication.config import ConfigError, ReplicaConfig, load_toml, receiver_config
-from appliance.replication.promotion import Promotion, demote, promote
-from appliance.replication.replica import ReplicaError
-from appliance.replication.replica_offline import invalidate, roll_back_to_consistent
-from appliance.replication.replica_state import ReplicaState, ReplicaStateError
+from appliance.replication.dr.promotion import Promotion, demote, promote
+from appliance.replication.dr.replica import ReplicaError
+from appliance.replication.dr.replica_offline import invalidate, roll_back_to_consistent
+from appliance.replication.dr.replica_state import ReplicaState, ReplicaStateError
 from appliance.volume.identity import mirror_volume_uuid
 
 

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.replication.config import ReplicaConfig
-from appliance.replication.replica import Replica, ReplicaError
-from appliance.replication.replica_state import PromotionMark, ReplicaState
+from appliance.replication.dr.replica import Replica, ReplicaError
+from appliance.replication.dr.replica_state import PromotionMark, ReplicaState
 from appliance.storage import sync_dir
 
-log = logging.getLogger("appliance.replication.replica")
+log = logging.getLogger("appliance.replication.dr.replica")
 
 
 @dataclass(frozen=True, slots=True)

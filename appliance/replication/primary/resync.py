@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from appliance.replication.config import TransmitterConfig
     from appliance.replication.handshake import Welcome
     from appliance.replication.link import FrameLink
-    from appliance.replication.tx_shared import ShippingControl, TxShared
+    from appliance.replication.primary.shared import ShippingControl, TxShared
 
 log = logging.getLogger("appliance.transmitter")
 FT = wire.FrameType

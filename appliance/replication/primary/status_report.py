@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 from appliance.replication.config import TransmitterConfig
-from appliance.replication.tx_shared import TxShared
-from appliance.replication.volume_watch import LOGGING_TO_BITMAP, OldestUnacked, VolumeView
+from appliance.replication.primary.shared import TxShared
+from appliance.replication.primary.volume_watch import LOGGING_TO_BITMAP, OldestUnacked, VolumeView
 
 # What the DR needs to say truthfully whether it is behind (the PRIMARY_STATE frame).
 PRIMARY_REPORT_FIELDS = ("head_seq", "acked_seq", "volume_state", "dirty_bytes",

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 
 from appliance.journal import JournalError
 from appliance.replication import wire
-from appliance.replication.apply import SeqOrderer
 from appliance.replication.digest import region_digest
-from appliance.replication.dr_sync import BadReport, PrimaryReport
+from appliance.replication.dr.apply import SeqOrderer
+from appliance.replication.dr.replica import ReplicaError
+from appliance.replication.dr.sync_state import BadReport, PrimaryReport
 from appliance.replication.handshake import Hello, JumpRefused
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
-from appliance.replication.replica import ReplicaError
 
 if TYPE_CHECKING:
-    from appliance.replication.replica import Replica
+    from appliance.replication.dr.replica import Replica
 
 log = logging.getLogger("appliance.receiver")
 FT = wire.FrameType

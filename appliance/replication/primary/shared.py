@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from appliance.journal import VolumeFiles
-from appliance.replication.progress import ResyncProgress, VerifyReport
+from appliance.replication.primary.progress import ResyncProgress, VerifyReport
 from appliance.replication.status import LinkStatus, RateMeter, TransmitterCounters
 
 

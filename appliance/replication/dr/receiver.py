@@ -23,11 +23,11 @@ from appliance.control.server import ControlServer
 from appliance.journal import JournalError
 from appliance.replication import wire
 from appliance.replication.config import ConfigError, ReceiverConfig, load_toml, receiver_config
-from appliance.replication.dr_sync import PrimaryReport, dr_sync_status
+from appliance.replication.dr.replica import Replica, ReplicaError
+from appliance.replication.dr.session import Session, SessionError
+from appliance.replication.dr.sync_state import PrimaryReport, dr_sync_status
 from appliance.replication.handshake import HandshakeError, Hello, Refused, admit
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
-from appliance.replication.replica import Replica, ReplicaError
-from appliance.replication.rx_session import Session, SessionError
 from appliance.replication.status import LinkStatus
 from appliance.replication.tls import peer_identities, server_context
 
