@@ -46,8 +46,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.config_file import ConfigError, Where, check_table, required, setting
 from appliance.replication.handshake import VolumeSpec
 from appliance.replication.tls import TlsConfig, TlsConfigError, check_psk_supported
+
+__all__ = ["ConfigError", "ReceiverConfig", "ReplicaConfig", "ReplicaPaths", "TransmitterConfig",
+           "in_window", "load_toml", "receiver_config", "replica_paths", "transmitter_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +66,7 @@ class ReplicaPaths:
 class ReplicaConfig:
     spec: VolumeSpec
     paths: ReplicaPaths
-    journal_size: int
+    journal_size: int = 256 << 20
     mirror_sync_interval_s: float = 1.0
     mirror_sync_bytes: int = 64 * 1024 * 1024
 
@@ -73,77 +77,78 @@ def replica_paths(state_dir: Path, volume_uuid: uuid.UUID) -> ReplicaPaths:
                         base / "undo.log")
 
 
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and what to fix."""
+DEFAULT_BLOCK_SIZE = 512        # of a transmitter's volume and of a receiver's [[volume]]
+
+# What each table of the files may hold: key -> TOML type (appliance/config_file.py). The
+# defaults are the dataclass fields' (TransmitterConfig, ReceiverConfig, ReplicaConfig).
+TLS_KEYS = {"cert": str, "key": str, "ca": str, "psk": str}
+_LINK_KEYS = {"identity": str, "control_socket": str, "tls": dict, "insecure": bool,
+              "heartbeat_s": float, "dead_after_s": float, "compression": bool}
+RECEIVER_KEYS = {**_LINK_KEYS, "listen": str, "state_dir": str, "volume": list[dict]}
+VOLUME_KEYS = {"uuid": str, "size_bytes": int, "block_size": int, "journal_size": int,
+               "allowed_primaries": list[str], "mirror": str}
+TRANSMITTER_KEYS = {
+    **_LINK_KEYS, "peer": str, "peer_identity": str, "journal": str, "volume_uuid": str,
+    "size_bytes": int, "block_size": int, "generation": int, "bandwidth_limit": float,
+    "blackout": list[str], "batch_bytes": int, "window_bytes": int, "backoff_max_s": float,
+    "mirror": str, "bitmap": str, "resync_skip_matching": bool, "resync_region_bytes": int,
+    "resync_clear_timeout_s": float}
 
 
-def _req(d: dict, key: str, typ, where: str):
-    if key not in d:
-        raise ConfigError(f"{where}: missing required key {key!r}")
-    return _typed(d[key], key, typ, where)
-
-
-def _typed(value, key: str, typ, where: str):
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: {key!r} must be {getattr(typ, '__name__', typ)}, "
-                          f"got {value!r}")
-    return value
-
-
-def _opt(d: dict, key: str, typ, default, where: str):
-    return _typed(d[key], key, typ, where) if key in d else default
-
-
-def parse_hostport(text: str, where: str) -> tuple[str, int]:
+def parse_hostport(text: str, key: str, where: Where) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{where}: {text!r} must be host:port with a port 1-65535")
+        raise where.error(key, f"{text!r} must be host:port with a port 1-65535")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _uuid(text: str, where: str) -> uuid.UUID:
+def _uuid(text: str, key: str, where: Where) -> uuid.UUID:
     try:
         return uuid.UUID(text)
     except ValueError as err:
-        raise ConfigError(f"{where}: {text!r} is not a uuid") from err
+        raise where.error(key, f"{text!r} is not a uuid (write it as "
+                               f"0b5e6a4c-0000-4000-8000-000000000001)") from err
 
 
-def _geometry(d: dict, where: str) -> tuple[int, int]:
-    size = _req(d, "size_bytes", int, where)
-    bs = _opt(d, "block_size", int, 512, where)
+def _positive(value: float, key: str, where: Where, unit: str = "") -> float:
+    if value <= 0:
+        raise where.error(key, f"must be positive{unit}, got {value}")
+    return value
+
+
+def _geometry(d: dict, where: Where) -> tuple[int, int]:
+    size = required(d, "size_bytes", where)
+    bs = d.get("block_size", DEFAULT_BLOCK_SIZE)
     if bs not in (512, 4096):
-        raise ConfigError(f"{where}: block_size must be 512 or 4096, got {bs}")
+        raise where.error("block_size", f"must be 512 or 4096, got {bs}")
     if size <= 0 or size % bs:
-        raise ConfigError(f"{where}: size_bytes {size} must be a positive multiple of {bs}")
+        raise where.error("size_bytes", f"{size} must be a positive multiple of {bs} "
+                                        f"(the block size)")
     return size, bs
 
 
-def _tls(d: dict, where: str) -> TlsConfig | None:
+def _tls(d: dict, where: Where) -> TlsConfig | None:
     if "tls" not in d:
         if not d.get("insecure", False):
-            raise ConfigError(f"{where}: a [tls] section (cert, key, ca) is required; set "
+            raise ConfigError(f"{where.file}: a [tls] section (cert, key, ca) is required; set "
                               f"insecure = true only for tests on a trusted network")
         return None
-    t = _typed(d["tls"], "tls", dict, where)
+    tw = where.table("[tls]")
+    t = check_table(d["tls"], TLS_KEYS, tw)
     if "psk" in t:
         try:
             check_psk_supported()
         except TlsConfigError as err:
-            raise ConfigError(f"{where}: {err}") from err
-    return TlsConfig(Path(_req(t, "cert", str, f"{where} [tls]")),
-                     Path(_req(t, "key", str, f"{where} [tls]")),
-                     Path(_req(t, "ca", str, f"{where} [tls]")))
+            raise tw.error("psk", f"is refused: {err}") from err
+    return TlsConfig(*(Path(required(t, key, tw)) for key in ("cert", "key", "ca")))
 
 
-def _window(text: str, where: str) -> tuple[dt.time, dt.time]:
+def _window(text: str, where: Where) -> tuple[dt.time, dt.time]:
     try:
         a, b = text.split("-")
         return dt.time.fromisoformat(a.strip()), dt.time.fromisoformat(b.strip())
     except ValueError as err:
-        raise ConfigError(f"{where}: blackout window {text!r} must look like '08:00-18:00'") \
-            from err
+        raise where.error("blackout", f"window {text!r} must look like '08:00-18:00'") from err
 
 
 def in_window(now: dt.time, windows: list[tuple[dt.time, dt.time]]) -> bool:
@@ -156,20 +161,20 @@ def in_window(now: dt.time, windows: list[tuple[dt.time, dt.time]]) -> bool:
     return False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReceiverConfig:
     identity: str
     listen: tuple[str, int]
     state_dir: Path
     control_socket: Path
     tls: TlsConfig | None
-    volumes: list[ReplicaConfig]
+    volumes: list[ReplicaConfig] = field(default_factory=list)     # [[volume]] tables
     heartbeat_s: float = 1.0
     dead_after_s: float = 5.0
     compression: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TransmitterConfig:
     identity: str
     peer: tuple[str, int]
@@ -177,8 +182,8 @@ class TransmitterConfig:
     journal: Path
     volume_uuid: uuid.UUID
     size_bytes: int
-    block_size: int
-    generation: int
+    block_size: int = DEFAULT_BLOCK_SIZE
+    generation: int = 1
     control_socket: Path
     tls: TlsConfig | None
     compression: bool = False
@@ -196,83 +201,96 @@ class TransmitterConfig:
     resync_clear_timeout_s: float = 30.0
 
 
-def _timing(d: dict, where: str) -> tuple[float, float]:
-    hb = _opt(d, "heartbeat_s", float, 1.0, where)
-    dead = _opt(d, "dead_after_s", float, 5.0, where)
+def _timing(d: dict, owner: type, where: Where) -> tuple[float, float]:
+    hb = setting(d, "heartbeat_s", owner, where)
+    dead = setting(d, "dead_after_s", owner, where)
     if not 0 < hb < dead:
-        raise ConfigError(f"{where}: need 0 < heartbeat_s ({hb}) < dead_after_s ({dead})")
+        raise where.error("heartbeat_s", f"and dead_after_s: need 0 < heartbeat_s ({hb}) < "
+                                         f"dead_after_s ({dead})")
     return hb, dead
 
 
-def receiver_config(d: dict, where: str = "receiver config") -> ReceiverConfig:
-    state_dir = Path(_req(d, "state_dir", str, where))
-    hb, dead = _timing(d, where)
+def _replica(v: dict, state_dir: Path, where: Where) -> ReplicaConfig:
+    v = check_table(v, VOLUME_KEYS, where)
+    vid = _uuid(required(v, "uuid", where), "uuid", where)
+    size, bs = _geometry(v, where)
+    allowed = frozenset(setting(v, "allowed_primaries", VolumeSpec, where))
+    paths = replica_paths(state_dir, vid)
+    if "mirror" in v:
+        paths = ReplicaPaths(paths.journal, Path(v["mirror"]), paths.state, paths.undo)
+    jsize = setting(v, "journal_size", ReplicaConfig, where)
+    if jsize < 1 << 20:
+        raise where.error("journal_size", f"{jsize} is too small (at least 1 MiB)")
+    return ReplicaConfig(VolumeSpec(vid, size, bs, allowed), paths, jsize)
+
+
+def receiver_config(raw: dict, where: str = "receiver config") -> ReceiverConfig:
+    """``raw``: the parsed TOML file; ``where``: the file's name for messages."""
+    top = Where(where)
+    d = check_table(raw, RECEIVER_KEYS, top)
+    state_dir = Path(required(d, "state_dir", top))
+    hb, dead = _timing(d, ReceiverConfig, top)
     vols = []
-    seen: set[uuid.UUID] = set()
-    for i, v in enumerate(_opt(d, "volume", list, [], where)):
-        w = f"{where} [[volume]] #{i + 1}"
-        vid = _uuid(_req(v, "uuid", str, w), w)
-        if vid in seen:
-            raise ConfigError(f"{w}: volume {vid} is listed twice")
-        seen.add(vid)
-        size, bs = _geometry(v, w)
-        allowed = frozenset(_opt(v, "allowed_primaries", list, [], w))
-        paths = replica_paths(state_dir, vid)
-        if "mirror" in v:
-            paths = ReplicaPaths(paths.journal, Path(_typed(v["mirror"], "mirror", str, w)),
-                                 paths.state, paths.undo)
-        jsize = _opt(v, "journal_size", int, 256 << 20, w)
-        if jsize < 1 << 20:
-            raise ConfigError(f"{w}: journal_size {jsize} is too small (at least 1 MiB)")
-        vols.append(ReplicaConfig(VolumeSpec(vid, size, bs, allowed), paths, jsize))
+    for i, v in enumerate(setting(d, "volume", ReceiverConfig, top, field="volumes")):
+        replica = _replica(v, state_dir, top.table(f"[[volume]] #{i + 1}"))
+        if any(replica.spec.uuid == seen.spec.uuid for seen in vols):
+            raise top.table(f"[[volume]] #{i + 1}").error(
+                "uuid", f"{replica.spec.uuid}: volume is listed twice; remove one [[volume]]")
+        vols.append(replica)
     return ReceiverConfig(
-        identity=_req(d, "identity", str, where),
-        listen=parse_hostport(_req(d, "listen", str, where), where),
+        identity=required(d, "identity", top),
+        listen=parse_hostport(required(d, "listen", top), "listen", top),
         state_dir=state_dir,
-        control_socket=Path(_req(d, "control_socket", str, where)),
-        tls=_tls(d, where), volumes=vols, heartbeat_s=hb, dead_after_s=dead,
-        compression=_opt(d, "compression", bool, True, where))
+        control_socket=Path(required(d, "control_socket", top)),
+        tls=_tls(d, top), volumes=vols, heartbeat_s=hb, dead_after_s=dead,
+        compression=setting(d, "compression", ReceiverConfig, top))
 
 
-def transmitter_config(d: dict, where: str = "transmitter config") -> TransmitterConfig:
-    size, bs = _geometry(d, where)
-    hb, dead = _timing(d, where)
+def transmitter_config(raw: dict, where: str = "transmitter config") -> TransmitterConfig:
+    """``raw``: the parsed TOML file; ``where``: the file's name for messages."""
+    top = Where(where)
+    d = check_table(raw, TRANSMITTER_KEYS, top)
+    size, bs = _geometry(d, top)
+    hb, dead = _timing(d, TransmitterConfig, top)
     if ("mirror" in d) != ("bitmap" in d):
-        raise ConfigError(f"{where}: resync needs both 'mirror' and 'bitmap' (or neither)")
-    region = _opt(d, "resync_region_bytes", int, 1 << 20, where)
+        raise top.error("mirror", "and bitmap: resync needs both 'mirror' and 'bitmap' "
+                                  "(or neither: the journal names them)")
+    region = setting(d, "resync_region_bytes", TransmitterConfig, top)
     if region <= 0 or region % bs or region > 16 << 20:
-        raise ConfigError(f"{where}: resync_region_bytes must be a multiple of {bs} up to "
-                          f"16 MiB, got {region}")
-    limit = _opt(d, "bandwidth_limit", float, None, where) if "bandwidth_limit" in d else None
-    if limit is not None and limit <= 0:
-        raise ConfigError(f"{where}: bandwidth_limit must be positive bytes/s, got {limit}")
-    gen = _opt(d, "generation", int, 1, where)
+        raise top.error("resync_region_bytes", f"must be a multiple of {bs} up to 16 MiB, "
+                                               f"got {region}")
+    limit = setting(d, "bandwidth_limit", TransmitterConfig, top)
+    if limit is not None:
+        _positive(limit, "bandwidth_limit", top, " bytes/s")
+    gen = setting(d, "generation", TransmitterConfig, top)
     if gen < 0:
-        raise ConfigError(f"{where}: generation must be >= 0")
+        raise top.error("generation", f"must be >= 0, got {gen}")
+
+    def positive(key: str):
+        return _positive(setting(d, key, TransmitterConfig, top), key, top)
+
+    def path(key: str) -> Path | None:
+        return Path(d[key]) if key in d else setting(d, key, TransmitterConfig, top)
+
     return TransmitterConfig(
-        identity=_req(d, "identity", str, where),
-        peer=parse_hostport(_req(d, "peer", str, where), where),
-        peer_identity=_req(d, "peer_identity", str, where),
-        journal=Path(_req(d, "journal", str, where)),
-        volume_uuid=_uuid(_req(d, "volume_uuid", str, where), where),
+        identity=required(d, "identity", top),
+        peer=parse_hostport(required(d, "peer", top), "peer", top),
+        peer_identity=required(d, "peer_identity", top),
+        journal=Path(required(d, "journal", top)),
+        volume_uuid=_uuid(required(d, "volume_uuid", top), "volume_uuid", top),
         size_bytes=size, block_size=bs, generation=gen,
-        control_socket=Path(_req(d, "control_socket", str, where)),
-        tls=_tls(d, where),
-        compression=_opt(d, "compression", bool, False, where),
+        control_socket=Path(required(d, "control_socket", top)),
+        tls=_tls(d, top),
+        compression=setting(d, "compression", TransmitterConfig, top),
         bandwidth_limit=limit,
-        blackout=[_window(w, where) for w in _opt(d, "blackout", list, [], where)],
+        blackout=[_window(w, top) for w in setting(d, "blackout", TransmitterConfig, top)],
         heartbeat_s=hb, dead_after_s=dead,
-        batch_bytes=_opt(d, "batch_bytes", int, 1 << 20, where),
-        window_bytes=_opt(d, "window_bytes", int, 16 << 20, where),
-        backoff_max_s=_opt(d, "backoff_max_s", float, 10.0, where),
-        mirror=_path_opt(d, "mirror", where), bitmap=_path_opt(d, "bitmap", where),
-        resync_skip_matching=_opt(d, "resync_skip_matching", bool, False, where),
-        resync_region_bytes=_opt(d, "resync_region_bytes", int, 1 << 20, where),
-        resync_clear_timeout_s=_opt(d, "resync_clear_timeout_s", float, 30.0, where))
-
-
-def _path_opt(d: dict, key: str, where: str) -> Path | None:
-    return Path(_typed(d[key], key, str, where)) if key in d else None
+        batch_bytes=positive("batch_bytes"), window_bytes=positive("window_bytes"),
+        backoff_max_s=positive("backoff_max_s"),
+        mirror=path("mirror"), bitmap=path("bitmap"),
+        resync_skip_matching=setting(d, "resync_skip_matching", TransmitterConfig, top),
+        resync_region_bytes=region,
+        resync_clear_timeout_s=positive("resync_clear_timeout_s"))
 
 
 def load_toml(path: Path) -> dict:
@@ -280,6 +298,6 @@ def load_toml(path: Path) -> dict:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except OSError as err:
-        raise ConfigError(f"cannot read config {path}: {err}") from err
+        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config {path} is not valid TOML: {err}") from err
+        raise ConfigError(f"config {path} is not valid TOML: {err}; fix that line") from err

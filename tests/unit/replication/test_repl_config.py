@@ -46,7 +46,7 @@ def test_good_configs_load():
     (rx(volume=[{"uuid": U, "size_bytes": 512}] * 2), "listed twice"),
     (rx(heartbeat_s=5, dead_after_s=1), "heartbeat_s"),
     ({**rx(), "insecure": False}, "[tls] section"),
-    (rx(tls={"cert": "/c"}), "'key'"),
+    (rx(tls={"cert": "/c"}), "[tls] key is missing"),
     (rx(tls={"cert": "/c", "key": "/k", "ca": "/a", "psk": "x"}), "psk needs Python 3.13"),
 ])
 def test_bad_receiver_configs(d, words):
