@@ -21,7 +21,6 @@ target_core_user, configfs mounted at /sys/kernel/config, and the system D-Bus.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import faulthandler
 import logging
@@ -37,7 +36,9 @@ from pathlib import Path
 from dbus_fast import BusType
 
 from appliance import checksum
+from appliance.config_file import ConfigError, Where, check_table
 from appliance.control.server import ControlServer
+from appliance.daemon_entry import LEVELS, argument_parser, run
 from appliance.tcmu import cfgstring
 from appliance.tcmu.backend import open_backend
 from appliance.tcmu.configfs import BackstoreControl
@@ -51,8 +52,7 @@ from appliance.tcmu.uio import UioDevice, read_uio_info
 log = logging.getLogger("appliance.handler")
 
 
-class HandlerConfigError(ValueError):
-    """The handler's configuration file is wrong; the message says which setting."""
+HandlerConfigError = ConfigError     # the handler's configuration file is wrong (one line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,26 +73,37 @@ class HandlerConfig:
 
     @classmethod
     def load(cls, path: Path | None) -> HandlerConfig:
+        """The `[handler]` table of ``path`` (None: every default). The file holds nothing
+        else; each key is a field, of the type of the field's default (a path: a string)."""
         if path is None:
             return cls()
         try:
-            table = tomllib.loads(path.read_text()).get("handler", {})
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise HandlerConfigError(f"cannot read {path}: {err}") from err
-        known = {spec.name: spec for spec in fields(cls)}
-        values = {}
-        for key, value in table.items():
-            if key not in known:
-                raise HandlerConfigError(f"{path}: unknown setting [handler] {key}; known: "
-                                         f"{', '.join(known)}")
-            default = getattr(cls(), key)
-            if isinstance(default, Path):
-                value = Path(value)
-            elif not isinstance(value, type(default)) and not (
-                    isinstance(default, float) and isinstance(value, int)):
-                raise HandlerConfigError(f"{path}: [handler] {key} must be "
-                                         f"{type(default).__name__}, not {value!r}")
-            values[key] = value
+            document = tomllib.loads(path.read_text())
+        except OSError as err:
+            raise HandlerConfigError(f"cannot read {path}: {err.strerror or err}") from err
+        except tomllib.TOMLDecodeError as err:
+            raise HandlerConfigError(f"{path} is not valid TOML: {err}; fix that line") from err
+        top = Where(str(path))
+        where = top.table("[handler]")
+        defaults = {spec.name: spec.default for spec in fields(cls)}
+        schema = {key: str if isinstance(default, Path) else type(default)
+                  for key, default in defaults.items()}
+        table = check_table(check_table(document, {"handler": dict}, top).get("handler", {}),
+                            schema, where)
+        values = {key: Path(value) if isinstance(defaults[key], Path) else value
+                  for key, value in table.items()}
+        if "log_level" in values:
+            if values["log_level"].upper() not in LEVELS:
+                raise where.error("log_level", f"must be one of {', '.join(LEVELS)}, got "
+                                               f"{values['log_level']!r}")
+            values["log_level"] = values["log_level"].upper()
+        if values.get("poll_interval", defaults["poll_interval"]) <= 0:
+            raise where.error("poll_interval", f"must be positive seconds, got "
+                                               f"{values['poll_interval']}")
+        bus = values.get("dbus", defaults["dbus"])
+        if bus not in ("system", "session", "none") and not (":" in bus and "=" in bus):
+            raise where.error("dbus", f"must be \"system\", \"session\", \"none\" or a D-Bus "
+                                      f"address such as \"unix:path=/run/bus\", got {bus!r}")
         return cls(**values)
 
 
@@ -248,16 +259,17 @@ async def _serve(daemon: HandlerDaemon) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="appliance-handler", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, help="TOML file with a [handler] table")
+    parser = argument_parser("appliance-handler", __doc__.split("\n")[0],
+                             config_help="TOML file with a [handler] table (default: every "
+                                         "setting's default)", config_required=False)
     args = parser.parse_args(argv)
-    try:
-        config = HandlerConfig.load(args.config)
-    except HandlerConfigError as err:
-        print(f"appliance-handler: {err}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run("appliance-handler", args, lambda: HandlerConfig.load(args.config),
+               lambda config: _run(config, args.log_level))
+
+
+def _run(config: HandlerConfig, log_level_option: str | None) -> int:
+    """``--log-level`` wins over the file's ``log_level``."""
+    logging.getLogger().setLevel(log_level_option or config.log_level)
     # SIGUSR2 prints every thread's Python stack to stderr (the journal): where a stuck loop is.
     faulthandler.register(signal.SIGUSR2, all_threads=True)
     daemon = HandlerDaemon(config)
