@@ -24,7 +24,6 @@ on the other site again, making the mirror a DR replica that the new primary re-
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import uuid
@@ -32,7 +31,13 @@ from pathlib import Path
 
 from appliance import storage
 from appliance.control.client import ControlError, call
-from appliance.replication.config import ConfigError, ReplicaConfig, load_toml, receiver_config
+from appliance.daemon_entry import argument_parser, run
+from appliance.replication.config import (
+    ReceiverConfig,
+    ReplicaConfig,
+    load_toml,
+    receiver_config,
+)
 from appliance.replication.dr.promotion import Promotion, demote, promote
 from appliance.replication.dr.replica import ReplicaError
 from appliance.replication.dr.replica_offline import invalidate, roll_back_to_consistent
@@ -111,9 +116,8 @@ def find_volume(volumes: list[ReplicaConfig], text: str) -> ReplicaConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="appliance-dr", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, required=True, help="the receiver's TOML config")
+    p = argument_parser("appliance-dr", __doc__, config_help="the receiver's TOML config",
+                        raw_description=True)
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("state", help="print each replica's state as JSON")
     r = sub.add_parser("rollback", help="restore the last consistent image (receiver stopped)")
@@ -127,31 +131,37 @@ def main(argv: list[str] | None = None) -> int:
                                       "mirror is no longer served here (receiver stopped)")
     d.add_argument("volume", help="volume uuid")
     ns = p.parse_args(argv)
-    hint = ""
-    try:
-        rx = receiver_config(load_toml(ns.config), str(ns.config))
-        if ns.action == "state":
-            print(json.dumps([replica_state(c) for c in rx.volumes], indent=2))
-            return 0
-        cfg = find_volume(rx.volumes, ns.volume)
-        ensure_receiver_stopped(rx.control_socket, cfg)
-        if ns.action == "rollback":
-            result = {"rolled_back_to_seq": roll_back_to_consistent(cfg)}
-        elif ns.action == "invalidate":
-            result = {"invalidated_at_seq": invalidate(cfg)}
-        elif ns.action == "promote":
-            promotion = promote(cfg)
-            result = promotion.as_dict()
-            hint = promote_next_steps(promotion, cfg.spec.size_bytes)
-        else:
-            result = {"demoted_keeping_generation": demote(cfg)}
-    except (ConfigError, DrToolError, ReplicaError, ReplicaStateError) as err:
-        print(f"appliance-dr: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps({"volume": str(cfg.spec.uuid), **result, "mirror": str(cfg.paths.mirror)}))
-    if hint:
-        print(hint, file=sys.stderr, end="")
-    return 0
+
+    def act(rx: ReceiverConfig) -> int:
+        hint = ""
+        try:
+            if ns.action == "state":
+                print(json.dumps([replica_state(c) for c in rx.volumes], indent=2))
+                return 0
+            cfg = find_volume(rx.volumes, ns.volume)
+            ensure_receiver_stopped(rx.control_socket, cfg)
+            if ns.action == "rollback":
+                result = {"rolled_back_to_seq": roll_back_to_consistent(cfg)}
+            elif ns.action == "invalidate":
+                result = {"invalidated_at_seq": invalidate(cfg)}
+            elif ns.action == "promote":
+                promotion = promote(cfg)
+                result = promotion.as_dict()
+                hint = promote_next_steps(promotion, cfg.spec.size_bytes)
+            else:
+                result = {"demoted_keeping_generation": demote(cfg)}
+        except (DrToolError, ReplicaError, ReplicaStateError) as err:
+            print(f"appliance-dr: {err}", file=sys.stderr)
+            return 1
+        print(json.dumps({"volume": str(cfg.spec.uuid), **result,
+                          "mirror": str(cfg.paths.mirror)}))
+        if hint:
+            print(hint, file=sys.stderr, end="")
+        return 0
+
+    # a configuration error: exit 2 (daemon_entry); a refusal or a damaged replica: exit 1
+    return run("appliance-dr", ns,
+               lambda: receiver_config(load_toml(ns.config), str(ns.config)), act, daemon=False)
 
 
 if __name__ == "__main__":

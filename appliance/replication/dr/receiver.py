@@ -9,7 +9,6 @@ the bound primary replaces its old (probably dead) session, any other primary is
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -17,12 +16,12 @@ import signal
 import ssl
 import sys
 import uuid
-from pathlib import Path
 
 from appliance.control.server import ControlServer
+from appliance.daemon_entry import argument_parser, run
 from appliance.journal import JournalError
 from appliance.replication import wire
-from appliance.replication.config import ConfigError, ReceiverConfig, load_toml, receiver_config
+from appliance.replication.config import ReceiverConfig, load_toml, receiver_config
 from appliance.replication.dr.replica import Replica, ReplicaError
 from appliance.replication.dr.session import Session, SessionError
 from appliance.replication.dr.sync_state import PrimaryReport, dr_sync_status
@@ -199,23 +198,19 @@ async def serve(cfg: ReceiverConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="appliance-receiver", description=__doc__)
-    p.add_argument("--config", required=True, type=Path, help="receiver TOML configuration")
-    p.add_argument("--log-level", default="INFO")
-    ns = p.parse_args(argv)
-    logging.basicConfig(level=ns.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = receiver_config(load_toml(ns.config), str(ns.config))
-    except ConfigError as err:
-        log.error("%s", err)
-        return 2
-    try:
-        asyncio.run(serve(cfg))
-    except (ReplicaError, JournalError, OSError) as err:
-        log.error("receiver cannot start: %s", err)
-        return 1
-    return 0
+    args = argument_parser("appliance-receiver", __doc__,
+                           config_help="receiver TOML configuration").parse_args(argv)
+
+    def serve_or_fail(cfg: ReceiverConfig) -> int:
+        try:
+            asyncio.run(serve(cfg))
+        except (ReplicaError, JournalError, OSError) as err:
+            log.error("receiver cannot start: %s", err)
+            return 1
+        return 0
+
+    return run("appliance-receiver", args,
+               lambda: receiver_config(load_toml(args.config), str(args.config)), serve_or_fail)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ acknowledged seq, and the receiver ignores what it already holds, so resends are
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -19,9 +18,9 @@ import signal
 import ssl
 import sys
 import time
-from pathlib import Path
 
 from appliance.control.server import CommandError, ControlServer
+from appliance.daemon_entry import argument_parser, run
 from appliance.journal import JournalError, JournalReader
 from appliance.replication import wire
 from appliance.replication.config import (
@@ -326,20 +325,16 @@ async def run_transmitter(cfg: TransmitterConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="appliance-transmitter", description=__doc__)
-    p.add_argument("--config", required=True, type=Path, help="transmitter TOML configuration")
-    p.add_argument("--log-level", default="INFO")
-    ns = p.parse_args(argv)
-    logging.basicConfig(level=ns.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = transmitter_config(load_toml(ns.config), str(ns.config))
-        check_files(cfg, str(ns.config))
-    except ConfigError as err:
-        log.error("%s", err)
-        return 2
-    asyncio.run(run_transmitter(cfg))
-    return 0
+    args = argument_parser("appliance-transmitter", __doc__,
+                           config_help="transmitter TOML configuration").parse_args(argv)
+
+    def load() -> TransmitterConfig:
+        cfg = transmitter_config(load_toml(args.config), str(args.config))
+        check_files(cfg, str(args.config))      # other files than the journal's: refused
+        return cfg
+
+    return run("appliance-transmitter", args, load,
+               lambda cfg: asyncio.run(run_transmitter(cfg)))
 
 
 if __name__ == "__main__":
