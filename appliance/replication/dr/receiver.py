@@ -69,7 +69,8 @@ class Receiver:
 
     @property
     def port(self) -> int:
-        assert self._server is not None
+        if self._server is None:
+            raise RuntimeError("the receiver is not listening: start() it first")
         return self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
@@ -143,7 +144,8 @@ class Receiver:
                 slot.link.error(f"refused {hello.identity!r} from {peer}: {err}")
             await link.send_json(FT.REFUSE, {"code": err.code, "reason": err.reason})
             return
-        assert slot is not None
+        if slot is None:        # admit() refuses a volume that has no slot: never here
+            raise RuntimeError(f"volume {hello.volume_uuid} admitted without a slot")
         # Take over from an older session of the same primary before touching the replica.
         old = slot.session
         if old is not None and not old.done():

@@ -33,24 +33,21 @@ from appliance.journal import Journal, JournalFull, JournalReader
 from appliance.journal.resize import set_volume_blocks
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.dr.apply import apply_records, check_record
+from appliance.replication.dr.replica_errors import ReplicaError
 from appliance.replication.dr.replica_files import extend_file, preallocate
+from appliance.replication.dr.replica_resync import ReplicaResync
 from appliance.replication.dr.replica_state import PromotionMark, ReplicaState, ReplicaStateError
 from appliance.replication.dr.undo import UndoLog
-from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec, check_supersede
+from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec
 from appliance.replication.records import from_journal, to_write_op
 from appliance.replication.status import RateMeter, ReceiverVolumeCounters
 from appliance.replication.wire import WireRecord
-from appliance.storage import sync_dir
 
 log = logging.getLogger(__name__)
 
 
-class ReplicaError(RuntimeError):
-    """The replica cannot take these records (sequence mismatch, journal trouble)."""
-
-
-class Replica:
-    """The DR copy of one volume."""
+class Replica(ReplicaResync):
+    """The DR copy of one volume (its resync window: ``ReplicaResync``)."""
 
     def __init__(self, cfg: ReplicaConfig) -> None:
         self.cfg = cfg
@@ -252,14 +249,14 @@ class Replica:
 
     def commit(self, run: list[WireRecord]) -> int:
         """Append a contiguous run (starting at durable_seq + 1) and make it durable."""
-        assert self.journal is not None, "commit before bind"
-        if run[0].seq != self.journal.next_seq:
+        journal = self._bound_journal()
+        if run[0].seq != journal.next_seq:
             raise ReplicaError(f"run starts at seq {run[0].seq}, journal expects "
-                               f"{self.journal.next_seq}")
+                               f"{journal.next_seq}")
         self.check(run)
         done = 0                          # records of the run appended so far
         for chunk in self._chunks(run):
-            ops = [to_write_op(r) for r in chunk]
+            ops = [to_write_op(record) for record in chunk]
             try:
                 with self._journal_lock:
                     seqs = self.journal.append(ops)
@@ -279,14 +276,22 @@ class Replica:
         self._publish_durable(run)
         return run[-1].seq
 
+    def _bound_journal(self) -> Journal:
+        """The replica journal; records before the volume was bound (it exists from then on)
+        are a protocol error of the caller."""
+        if self.journal is None:
+            raise ReplicaError(f"volume {self.spec.uuid}: no replica journal yet (records "
+                               f"before the primary bound the volume)")
+        return self.journal
+
     def _publish_durable(self, run: list[WireRecord]) -> None:
         """fdatasync the journal; the run becomes durable and goes to the applier."""
         if not run:
             return
-        assert self.journal is not None
+        self._bound_journal()
         with self._journal_lock:
             self.journal.sync()
-        nbytes = sum(len(r.data) for r in run)
+        nbytes = sum(len(record.data) for record in run)
         self.counters.durable_seq = run[-1].seq
         self._committed_bytes += nbytes
         self._unapplied.append(run)     # the applier may take it from here on
@@ -297,8 +302,8 @@ class Replica:
     def _chunks(self, run: list[WireRecord]) -> list[list[WireRecord]]:
         """Split a run into appends the journal accepts (a quarter of its batch limit, so a
         full journal can still reclaim enough for one)."""
-        assert self.journal is not None
-        limit = max(self.journal.max_op_bytes, self.journal.max_batch_bytes // 4)
+        journal = self._bound_journal()
+        limit = max(journal.max_op_bytes, journal.max_batch_bytes // 4)
         chunks: list[list[WireRecord]] = [[]]
         size = 0
         for rec in run:
@@ -359,16 +364,18 @@ class Replica:
                 with self._journal_lock:
                     self.journal.set_mirror_durable(seq)
                     self.journal.sync()
-                assert self._acker is not None
+                if self._acker is None:
+                    raise ReplicaError(f"volume {self.spec.uuid}: the replica journal has no "
+                                       f"reader to acknowledge with")
                 self._acker.acknowledge(seq)     # nothing ships this journal further
             self.counters.mirror_durable_seq = self.mirror_durable_seq
 
     def _redo(self) -> None:
         """After a restart: reapply journal records above the mirror-durable seq."""
-        assert self.journal is not None
+        journal = self._bound_journal()
         self.counters.applied_seq = self.mirror_durable_seq
         redone = 0
-        for rec in self.journal.records(self.mirror_durable_seq + 1):
+        for rec in journal.records(self.mirror_durable_seq + 1):
             rec = from_journal(rec)
             self._committed_bytes += len(rec.data)
             self._unapplied.append([rec])   # through _drain: undo if resyncing
@@ -410,125 +417,6 @@ class Replica:
         if last is None or self.durable_seq == self.applied_seq:
             return 0.0
         return round(max(0.0, (time.time_ns() - last) / 1e9), 3)
-
-    # --- resync -------------------------------------------------------------------------
-
-    def begin_resync(self, superseded_to_seq: int | None = None) -> None:
-        """From here on the image is not write-order consistent: say so durably, and save old
-        contents before every overwrite. A resync resumed after a reconnect keeps the undo
-        log it had: its first entries hold the last consistent image.
-
-        ``superseded_to_seq`` (the RESYNC_BEGIN of a full copy): the primary will not send
-        the records up to that seq, because the copy contains their effect; the journal
-        continues after it (``supersede``). Refused unless a full copy is pending."""
-        with self._apply_lock:
-            if superseded_to_seq is not None:
-                self.supersede(superseded_to_seq)
-            self.sync_mirror()
-            if self.inconsistent_since is None:
-                self.cfg.paths.undo.unlink(missing_ok=True)
-                self._undo = UndoLog(self.cfg.paths.undo)
-                self.inconsistent_since = time.time()
-                self.consistent_seq = self.applied_seq
-            self.full_copy_pending = False
-            self.consistent_at = None
-            self._save_state()
-
-    def supersede(self, seq: int) -> None:
-        """The jump in sequence of a full copy: records up to ``seq`` will never arrive (the
-        copy that follows contains their effect), so the journal continues at ``seq + 1``.
-
-        Only while a full copy is pending (``full_copy_pending``: the replica said durably
-        that it lacks history and is inconsistent until a whole copy has ended); anywhere
-        else a missing record is a gap that a resend must fill, and a jump would hide it. The
-        jump never goes back. Crash-safe: the new journal is made beside the old one and
-        renamed over it; a crash before the rename leaves the old journal (the primary asks
-        for the copy again and jumps again), one after it a journal at ``seq`` with the copy
-        still pending (the repeated jump is then a no-op)."""
-        with self._apply_lock:
-            check_supersede(full_copy_pending=self.full_copy_pending,
-                            durable_seq=self.durable_seq, to_seq=seq)
-            if self.journal is None or seq == self.durable_seq:
-                return
-            # Records already held are superseded too; applying them keeps the applier's
-            # strict order (and the undo of a rolled-back image) simple.
-            self.sync_mirror()
-            path = self.cfg.paths.journal
-            new = path.with_name(path.name + ".superseding")
-            new.unlink(missing_ok=True)
-            preallocate(new, self.cfg.journal_size)
-            Journal.create(new, size=self.cfg.journal_size, volume_uuid=self.spec.uuid,
-                           volume_block_size=self.spec.block_size,
-                           volume_blocks=self.size_bytes // self.spec.block_size,
-                           first_seq=seq + 1).close()
-            skipped = seq - self.durable_seq
-            old = (self._acker, self.journal)
-            os.replace(new, path)
-            sync_dir(path.parent)
-            try:
-                # Opened while the old ones are still open (they hold the replaced file, no
-                # longer reachable), so admission never sees a replica without a journal.
-                journal = Journal.open(path, volume_uuid=self.spec.uuid)
-                try:
-                    acker = JournalReader(path, volume_uuid=self.spec.uuid)
-                except BaseException:
-                    journal.close()
-                    raise
-            except BaseException as err:
-                self.journal = self._acker = None      # never append to the replaced file
-                for handle in old:
-                    if handle is not None:
-                        handle.close()
-                raise ReplicaError(f"volume {self.spec.uuid}: the journal made for the full "
-                                   f"copy (from seq {seq + 1}) does not open: {err}; restart "
-                                   f"the receiver (the copy is still pending)") from err
-            with self._journal_lock:
-                self.journal, self._acker = journal, acker
-            for handle in old:
-                if handle is not None:
-                    handle.close()
-            self.counters.applied_seq = self.counters.durable_seq = seq
-            self.counters.mirror_durable_seq = self.mirror_durable_seq
-            log.warning("volume %s: full copy begins; the %d records up to seq %d are "
-                        "contained in it and will not be sent; the journal continues at %d",
-                        self.spec.uuid, skipped, seq, seq + 1)
-
-    def write_region(self, offset: int, data: bytes) -> None:
-        """One resync region, durable on the mirror when this returns."""
-        with self._apply_lock:
-            if self.inconsistent_since is None or self.full_copy_pending:
-                raise ReplicaError("REGION outside a resync (no RESYNC_BEGIN)")
-            if offset < 0 or offset % self.spec.block_size or len(data) % self.spec.block_size \
-                    or offset + len(data) > self.size_bytes:
-                raise ReplicaError(f"region {offset}+{len(data)} is misaligned or outside the "
-                                   f"volume of {self.size_bytes} bytes")
-            self._drain()
-            if self._undo is not None:
-                self._undo.save(self._mirror, offset, len(data))
-                self._undo.sync()
-            self._mirror.pwritev(offset, [data])
-            self._mirror.sync()
-            self.resync_bytes += len(data)
-
-    def end_resync(self, consistent_at: int) -> None:
-        """The primary has shipped every dirty region; once records up to ``consistent_at``
-        are applied (and the mirror synced), the image is a consistent prefix again."""
-        with self._apply_lock:
-            self.consistent_at = consistent_at
-            self._save_state()
-            self.sync_mirror()
-
-    def _check_consistent(self) -> None:
-        if (self.inconsistent_since is not None and self.consistent_at is not None
-                and self.counters.applied_seq >= self.consistent_at):
-            log.info("volume %s: consistent again at seq %d after a resync of %d bytes",
-                     self.spec.uuid, self.counters.applied_seq, self.resync_bytes)
-            self.inconsistent_since = self.consistent_seq = self.consistent_at = None
-            self.detached_image_seq = None
-            self._save_state()
-            if self._undo is not None:
-                self._undo.remove()
-                self._undo = None
 
     # --- failover -----------------------------------------------------------------------
 

@@ -77,15 +77,16 @@ def split_regions(snap: ResyncSnapshot, volume_bytes: int, region_bytes: int) ->
     for first, count in snap.runs:
         if region_bytes >= chunk:
             step = region_bytes // chunk
-            for c in range(first, first + count, step):
-                n = min(step, first + count - c)
-                out.append(Region(*region_extent(chunk, c, n, volume_bytes), (c, n)))
+            for first_chunk in range(first, first + count, step):
+                chunks = min(step, first + count - first_chunk)
+                out.append(Region(*region_extent(chunk, first_chunk, chunks, volume_bytes),
+                                  (first_chunk, chunks)))
             continue
-        for c in range(first, first + count):
-            start, length = region_extent(chunk, c, 1, volume_bytes)
+        for index in range(first, first + count):
+            start, length = region_extent(chunk, index, 1, volume_bytes)
             for off in range(start, start + length, region_bytes):
                 end = min(off + region_bytes, start + length)
-                out.append(Region(off, end - off, (c, 1) if end == start + length else None))
+                out.append(Region(off, end - off, (index, 1) if end == start + length else None))
     return out
 
 
@@ -221,13 +222,13 @@ class ResyncDriver:
             await self._repair(regions)
 
     async def _repair(self, regions: list[tuple[int, int]]) -> None:
-        p = self.progress
-        p.state, p.since = "repairing", time.time()
-        p.total_bytes = p.done_bytes = p.skipped_bytes = 0
+        progress = self.progress
+        progress.state, progress.since = "repairing", time.time()
+        progress.total_bytes = progress.done_bytes = progress.skipped_bytes = 0
         self.control.records_paused = True
         try:
             await run_blocking(lambda: self.pending_repair.save(regions))
-            await self._begin({"since": p.since, "reason": "verify repair"})
+            await self._begin({"since": progress.since, "reason": "verify repair"})
             await self._ship(PendingRepair.as_regions(regions))
             await self._end()
             await run_blocking(self.pending_repair.done)
@@ -253,16 +254,16 @@ class ResyncDriver:
             await self._resync(snap, resume, full_copy)
 
     async def _resync(self, snap: ResyncSnapshot, resume: bool, full_copy: bool) -> None:
-        p, control, reader = self.progress, self.control, self.reader
-        if resume and p.since is not None:      # same process: keep the totals so far
-            p.resumed += 1
-            p.total_bytes = p.done_bytes + p.skipped_bytes
+        progress, control, reader = self.progress, self.control, self.reader
+        if resume and progress.since is not None:      # same process: keep the totals so far
+            progress.resumed += 1
+            progress.total_bytes = progress.done_bytes + progress.skipped_bytes
         else:
-            p.since = time.time()
-            p.total_bytes = p.done_bytes = p.skipped_bytes = 0
-        begin = {"since": p.since, "overflow_seq": snap.overflow_seq}
+            progress.since = time.time()
+            progress.total_bytes = progress.done_bytes = progress.skipped_bytes = 0
+        begin = {"since": progress.since, "overflow_seq": snap.overflow_seq}
         superseded = await run_blocking(self._superseded_to, snap) if full_copy else None
-        p.state = "draining"
+        progress.state = "draining"
         if superseded is None and reader.acked_seq < snap.overflow_seq:
             control.records_paused = False            # older records first (also to a peer that
             while reader.acked_seq < snap.overflow_seq:       # waits for a full copy)
@@ -270,14 +271,14 @@ class ResyncDriver:
         control.records_paused = True
         try:
             if superseded is not None:
-                first = max(reader.acked_seq, p.superseded_to_seq) + 1
-                p.superseded_records += max(0, superseded - first + 1)   # once per process
-                p.superseded_to_seq = max(p.superseded_to_seq, superseded)
+                first = max(reader.acked_seq, progress.superseded_to_seq) + 1
+                progress.superseded_records += max(0, superseded - first + 1)   # once per process
+                progress.superseded_to_seq = max(progress.superseded_to_seq, superseded)
                 begin["superseded_to_seq"] = superseded
                 log.warning("volume %s: full copy: records up to seq %d are contained in it "
                             "and will not be sent", self.cfg.volume_uuid, superseded)
             await self._begin(begin, superseded)
-            p.state = "resyncing"
+            progress.state = "resyncing"
             # A repair cut short is finished inside this resync (its regions are not dirty).
             leftover = await run_blocking(self.pending_repair.load)
             if leftover:
@@ -289,18 +290,18 @@ class ResyncDriver:
                 if not snap.runs:
                     if not snap.logging:
                         break
-                    p.state = "waiting-for-writer"      # it switches back to journaling
+                    progress.state = "waiting-for-writer"      # it switches back to journaling
                     await asyncio.sleep(0.02)
                     continue
-                p.state = "resyncing"
-                p.passes += 1
+                progress.state = "resyncing"
+                progress.passes += 1
                 await self._ship(split_regions(snap, self.shared.volume_bytes,
                                                self.cfg.resync_region_bytes), snap)
             head = await self._end()
             await run_blocking(self.pending_repair.done)
             log.warning("volume %s: resync shipped %d bytes (%d skipped as identical); "
                         "peer consistent once seq %d is applied", self.cfg.volume_uuid,
-                        p.done_bytes, p.skipped_bytes, head)
+                        progress.done_bytes, progress.skipped_bytes, head)
         finally:
             control.records_paused = False
 
@@ -335,8 +336,8 @@ class ResyncDriver:
         """Ship regions a window at a time. With ``snap``, each window's completed chunks are
         cleared in the bitmap once the peer holds the window durably; the clear request of
         one window is handled by the writer while the next window goes out."""
-        p = self.progress
-        p.total_bytes += sum(r.length for r in regions)
+        progress = self.progress
+        progress.total_bytes += sum(r.length for r in regions)
         clear_pending: int | None = None
         for i in range(0, len(regions), WINDOW):
             window = regions[i : i + WINDOW]
@@ -346,7 +347,7 @@ class ResyncDriver:
             if self.cfg.resync_skip_matching:
                 send = await self.compare([(r.offset, r.length, region_digest(d))
                                            for r, d in zip(window, datas, strict=True)])
-                p.skipped_bytes += sum(window[j].length for j in range(len(window))
+                progress.skipped_bytes += sum(window[j].length for j in range(len(window))
                                        if j not in send)
             target = self._acked_regions + len(send)
             for j in send:
@@ -355,8 +356,8 @@ class ResyncDriver:
                 self._region_event.clear()
                 await asyncio.wait_for(self._region_event.wait(), self.cfg.dead_after_s * 4)
             shipped = sum(window[j].length for j in send)
-            p.done_bytes += shipped
-            p.rate.add(shipped)
+            progress.done_bytes += shipped
+            progress.rate.add(shipped)
             done = coalesce([r.completes for r in window if r.completes is not None])
             if snap is not None and done:
                 if clear_pending is not None:

@@ -92,8 +92,8 @@ class TxSession:
         self.welcome = welcome
         # On a thin link smaller batches keep the flow (and the token bucket) smooth.
         limit = self.cfg.bandwidth_limit
-        self.batch_bytes = self.cfg.batch_bytes if limit is None else \
-            min(self.cfg.batch_bytes, max(64 * 1024, int(limit / 8)))
+        self.batch_bytes = (self.cfg.batch_bytes if limit is None
+                            else min(self.cfg.batch_bytes, max(64 * 1024, int(limit / 8))))
         # ... and on any slow path, a batch holds at most a short slice of link time.
         self.ack_rate = AckRate()
         # The resync driver pauses record shipping while regions go out. A peer waiting for
@@ -122,11 +122,11 @@ class TxSession:
                                                              full_copy=self.welcome.full_copy)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                t.result()
+            for task in done:
+                task.result()
         finally:
-            for t in [*tasks, *self._extra]:
-                t.cancel()
+            for task in [*tasks, *self._extra]:
+                task.cancel()
             await asyncio.gather(*tasks, *self._extra, return_exceptions=True)
             if self.resync is not None:
                 self.resync.close()
@@ -156,17 +156,17 @@ class TxSession:
         they are never sent, the peer's journal continues after them, and its ACK of ``seq``
         (then our acknowledgement, which frees the primary journal) is expected. Records
         resume at ``seq + 1`` once the copy has ended."""
-        c = self.shared.counters
+        counters = self.shared.counters
         self.next_seq = max(self.next_seq, seq + 1)
         self.highest_sent = max(self.highest_sent, seq)
-        c.sent_seq = max(c.sent_seq, seq)
+        counters.sent_seq = max(counters.sent_seq, seq)
 
     async def window_empty(self) -> None:
         while self.shared.inflight:
             await asyncio.sleep(0.01)
 
     async def _send_loop(self) -> None:
-        shared, c = self.shared, self.shared.counters
+        shared, counters = self.shared, self.shared.counters
         idle = IDLE_POLL_MIN_S
         while True:
             if self.cfg.blackout and in_window(dt.datetime.now().time(), self.cfg.blackout):
@@ -186,7 +186,7 @@ class TxSession:
                 continue
             seq = self.next_seq
             try:
-                c.head_seq, batch = await run_blocking(
+                counters.head_seq, batch = await run_blocking(
                     self._read_batch, seq, batch_limit(self.batch_bytes, self.ack_rate.rate()))
             except RecordsGone as err:
                 raise PeerRefused(f"journal no longer holds seq {seq}: a resync is "
@@ -209,11 +209,11 @@ class TxSession:
                 # stands, and this batch goes again with the rest.)
                 shared.inflight.add(batch.last_seq, batch.nbytes, batch.first_ts)
                 self.next_seq = batch.last_seq + 1
-            c.sent_seq = max(c.sent_seq, batch.last_seq)
-            c.records_sent += batch.count
-            c.bytes_sent += batch.nbytes
-            c.batches_sent += 1
-            c.wire_bytes_sent += self.link.bytes_sent - before
+            counters.sent_seq = max(counters.sent_seq, batch.last_seq)
+            counters.records_sent += batch.count
+            counters.bytes_sent += batch.nbytes
+            counters.batches_sent += 1
+            counters.wire_bytes_sent += self.link.bytes_sent - before
             shared.rate.add(batch.nbytes)
 
     def _read_batch(self, seq: int, max_bytes: int) -> tuple[int, _OutBatch | None]:
@@ -292,17 +292,17 @@ class TxSession:
                 self.shared.counters.acked_seq = seq
 
     async def _recv_loop(self) -> None:
-        c = self.shared.counters
+        counters = self.shared.counters
         while True:
             frame = await self.link.recv(self.cfg.dead_after_s)
             if frame.type is FT.HEARTBEAT:
                 continue
             if frame.type is FT.ACK:
                 durable, applied = wire.decode_ack(frame.payload)
-                if durable > c.sent_seq and durable > self.peer_durable:
+                if durable > counters.sent_seq and durable > self.peer_durable:
                     raise wire.BadFrame(f"peer acknowledged seq {durable} beyond what we sent "
-                                        f"({c.sent_seq})")
-                c.applied_seq = max(c.applied_seq, applied)
+                                        f"({counters.sent_seq})")
+                counters.applied_seq = max(counters.applied_seq, applied)
                 if durable > self.peer_durable:
                     self.peer_durable = durable
                     self._ack_due.set()

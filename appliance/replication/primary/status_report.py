@@ -71,8 +71,8 @@ def resync_blocked(shared: TxShared, view: VolumeView, *, connected: bool) -> st
     """Why dirty regions (or a copy the peer asked for) cannot be shipped now; None when
     they can, or there are none."""
     link = shared.link_status
-    if view.volume_state != LOGGING_TO_BITMAP and not view.dirty_bytes \
-            and not shared.peer_needs_resync:
+    if (view.volume_state != LOGGING_TO_BITMAP and not view.dirty_bytes
+            and not shared.peer_needs_resync):
         return None
     if shared.files is None:
         return shared.files_problem or (

@@ -101,8 +101,8 @@ class Transmitter:
         region = args.get("region_bytes", 1 << 20)
         if not isinstance(repair, bool):
             raise CommandError("repair must be true or false")
-        if not isinstance(region, int) or region <= 0 or region % self.cfg.block_size \
-                or region > 16 << 20:
+        if (not isinstance(region, int) or region <= 0 or region % self.cfg.block_size
+                or region > 16 << 20):
             raise CommandError(f"region_bytes must be a multiple of {self.cfg.block_size} "
                                f"up to 16 MiB")
         if self.shared.files is None:
@@ -204,8 +204,8 @@ class Transmitter:
     def _log_changes(self, old: VolumeView, new: VolumeView) -> None:
         vol = self.cfg.volume_uuid
         if new.volume_state == LOGGING_TO_BITMAP and old.volume_state != LOGGING_TO_BITMAP:
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(new.logging_since)) \
-                if new.logging_since else "an unknown time"
+            since = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(new.logging_since))
+                     if new.logging_since else "an unknown time")
             log.warning("volume %s: the primary logs writes to its dirty-region bitmap since "
                         "%s (%d bytes dirty): the DR copy is behind until the resync ships "
                         "them", vol, since, new.dirty_bytes)
@@ -236,11 +236,11 @@ class Transmitter:
         if not self.link.state.startswith("refused"):   # keep saying why until admitted
             self.link.set_state("connecting")
         host, port = self.cfg.peer
-        r, w = await asyncio.wait_for(
+        stream_in, stream_out = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=self._ssl, limit=1 << 20,
                                     server_hostname=self.cfg.peer_identity if self._ssl else None),
             self.cfg.dead_after_s)
-        link = FrameLink(r, w, limiter=self._limiter)
+        link = FrameLink(stream_in, stream_out, limiter=self._limiter)
         try:
             welcome = await self._handshake(link, reader)
             self.link.connects += 1

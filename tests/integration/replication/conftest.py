@@ -98,6 +98,14 @@ class Pair:
         self.procs.append(p)
         return p
 
+    def serve(self, *sites: Site, **rx_config) -> Proc:
+        """Configure the receiver for these sites' volumes, start it, wait until it answers."""
+        self.volumes = [(site.uuid, site.blocks) for site in sites]
+        self.write_rx_config(**rx_config)
+        proc = self.receiver().start()
+        self.wait_rx_up(proc)
+        return proc
+
     def rx_status(self) -> dict:
         return status(self.rx_control)
 

@@ -88,10 +88,7 @@ def test_an_overflow_with_the_demo_configuration_converges_and_status_never_lies
 
 def test_a_transmitter_that_is_not_running_leaves_the_dr_saying_behind(pair):
     site = pair.site("site-a")
-    pair.volumes = [(site.uuid, site.blocks)]
-    pair.write_rx_config()
-    rx = pair.receiver().start()
-    pair.wait_rx_up(rx)
+    pair.serve(site)
     w = pair.writer(site, 50).start()
     tx = pair.transmitter(site).start()
     vid = str(site.uuid)
@@ -112,10 +109,7 @@ def _window_around_now() -> str:
 
 def test_paused_shipping_shows_as_lag_on_both_sides(pair):
     site = pair.site("site-a", extra=_window_around_now())
-    pair.volumes = [(site.uuid, site.blocks)]
-    pair.write_rx_config()
-    rx = pair.receiver().start()
-    pair.wait_rx_up(rx)
+    pair.serve(site)
     w = pair.writer(site, 40).start()
     pair.transmitter(site).start()
     vid = str(site.uuid)
@@ -133,10 +127,7 @@ def test_paused_shipping_shows_as_lag_on_both_sides(pair):
 
 def test_a_refused_transmitter_shows_its_lag_and_the_dr_says_behind(pair):
     site = pair.site("site-a")
-    pair.volumes = [(site.uuid, site.blocks)]
-    pair.write_rx_config(allowed={site.uuid: ["site-z"]})
-    rx = pair.receiver().start()
-    pair.wait_rx_up(rx)
+    pair.serve(site, allowed={site.uuid: ["site-z"]})
     w = pair.writer(site, 30, journal_size=1 << 20).start()
     pair.transmitter(site).start()
     wait_for(lambda: w.popen.poll() is not None, 30, "the writer")
