@@ -74,7 +74,7 @@ def unknown_key(key: str, value: Any, schema: Mapping[str, Any], where: Where) -
         list[dict] if isinstance(value, list) and value and isinstance(value[0], dict) else str)
     written = _written(key, kind, where.section)
     what = "table" if written.startswith("[") else "setting"
-    close = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.5)
     if close:
         hint = (f"did you mean {_written(close[0], schema[close[0]], where.section)}? "
                 f"(correct the name, or remove it)")

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from appliance.control.client import ControlError, call
+from appliance.daemon_entry import add_version
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--socket", help="control socket of the daemon (status: optional)")
     parser.add_argument("--timeout", type=float, default=10.0)
+    add_version(parser)
     sub = parser.add_subparsers(dest="action", required=True)
     status_parser = sub.add_parser("status", help="print the replication status (human form)")
     status_parser.add_argument("--json", action="store_true",
