@@ -1,5 +1,12 @@
 """Transmitter and receiver configuration: TOML files, validated with messages that say what to fix.
 
+Strict (appliance/config_file.py): a key that is none of those below, in any table (top
+level, ``[tls]``, each ``[[volume]]``), an unknown table, or a value of the wrong type is
+refused with the file, the key and the closest known key; the daemon exits with code 2
+before it starts (appliance/daemon_entry.py). A setting left out takes the default of its
+dataclass field (TransmitterConfig, ReceiverConfig, ReplicaConfig), written only there.
+A number setting (``*_s``, ``bandwidth_limit``) also takes an integer.
+
 Receiver (``appliance-receiver --config receiver.toml``)::
 
     identity = "dr-site"
@@ -9,6 +16,7 @@ Receiver (``appliance-receiver --config receiver.toml``)::
     heartbeat_s = 1.0            # optional
     dead_after_s = 5.0           # optional
     compression = true           # optional: accept zstd when the primary offers it
+    insecure = false             # true: no [tls] (benchmarks, tests)
     [tls]                        # omit only with insecure = true (benchmarks, tests)
     cert = "..."; key = "..."; ca = "..."
     [[volume]]
@@ -34,6 +42,10 @@ Transmitter (``appliance-transmitter --config tx-<uuid>.toml``)::
     mirror = "/var/lib/appliance/volumes/<uuid>/mirror"
     bitmap = "/var/lib/appliance/volumes/<uuid>/bitmap"
     resync_skip_matching = false                     # initial sync of pre-seeded disks
+    # optional tuning, all positive: heartbeat_s, dead_after_s (as the receiver's),
+    # batch_bytes, window_bytes (bytes in flight), backoff_max_s (reconnect),
+    # resync_region_bytes (a multiple of block_size up to 16 MiB), resync_clear_timeout_s;
+    # insecure = true as the receiver's
     [tls]
     cert = "..."; key = "..."; ca = "..."
 """
