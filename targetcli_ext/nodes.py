@@ -138,6 +138,10 @@ class UIPeers(UINode):
         node = UIPeer(peer, self)
         self.shell.log.info(f"Created peer {peer.name} at {peer.address}, pinned "
                             f"{peer.fingerprint}.")
+        # Until volumes are created from the shell, the daemons read their TOML files: say
+        # so rather than let the pairing look as if it took effect (docs/shell.md).
+        self.shell.log.warning("The replication daemons do not use shell pairings yet: "
+                               "replicate with the TOML files of the README for now.")
         return self.new_node(node)
 
     def ui_complete_create(self, parameters, text, current_param):
