@@ -202,3 +202,19 @@ def test_the_entry_knows_neither_replication_nor_tcmu():
     source = (REPO / "appliance" / "daemon_entry.py").read_text()
     source += (REPO / "appliance" / "config_file.py").read_text()
     assert "appliance.replication" not in source and "appliance.tcmu" not in source
+
+
+@pytest.mark.parametrize("main, text", [
+    (transmitter.main, lambda r: transmitter_toml(r, "").replace("insecure = true\n", "")),
+    (receiver.main, lambda r: receiver_toml(r).replace("insecure = true\n", ""))])
+def test_a_missing_tls_file_is_a_configuration_error(main, text, tmp_path, capsys):
+    """Found when the TLS context is built, the first thing the daemon does: exit 2 too."""
+    config = tmp_path / "bad.toml"
+    tls = f'[tls]\ncert = "{tmp_path / "c.pem"}"\nkey = "{tmp_path / "k.pem"}"\nca = "/ca.pem"\n'
+    body = text(tmp_path)
+    head, sep, volume = body.partition("[[volume]]")      # [tls] before the [[volume]] tables
+    config.write_text(head + tls + sep + volume)
+    assert main(["--config", str(config)]) == CONFIG_ERROR_EXIT
+    err = capsys.readouterr().err
+    assert f"{config}: tls cert file {tmp_path / 'c.pem'} does not exist" in err, err
+    assert written(tmp_path) == []

@@ -18,17 +18,22 @@ import sys
 import uuid
 
 from appliance.control.server import ControlServer
-from appliance.daemon_entry import argument_parser, run
+from appliance.daemon_entry import argument_parser, report_config_error, run
 from appliance.journal import JournalError
 from appliance.replication import wire
-from appliance.replication.config import ReceiverConfig, load_toml, receiver_config
+from appliance.replication.config import (
+    ConfigError,
+    ReceiverConfig,
+    load_toml,
+    receiver_config,
+)
 from appliance.replication.dr.replica import Replica, ReplicaError
 from appliance.replication.dr.session import Session, SessionError
 from appliance.replication.dr.sync_state import PrimaryReport, dr_sync_status
 from appliance.replication.handshake import HandshakeError, Hello, Refused, admit
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
 from appliance.replication.status import LinkStatus
-from appliance.replication.tls import peer_identities, server_context
+from appliance.replication.tls import TlsConfigError, peer_identities, server_context
 
 log = logging.getLogger("appliance.receiver")
 FT = wire.FrameType
@@ -206,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     def serve_or_fail(cfg: ReceiverConfig) -> int:
         try:
             asyncio.run(serve(cfg))
+        except TlsConfigError as err:       # a [tls] file missing or unusable (first thing done)
+            return report_config_error("appliance-receiver", ConfigError(f"{args.config}: {err}"))
         except (ReplicaError, JournalError, OSError) as err:
             log.error("receiver cannot start: %s", err)
             return 1

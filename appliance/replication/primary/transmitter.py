@@ -20,7 +20,7 @@ import sys
 import time
 
 from appliance.control.server import CommandError, ControlServer
-from appliance.daemon_entry import argument_parser, run
+from appliance.daemon_entry import argument_parser, report_config_error, run
 from appliance.journal import JournalError, JournalReader
 from appliance.replication import wire
 from appliance.replication.config import (
@@ -54,7 +54,7 @@ from appliance.replication.primary.volume_watch import (
     resolve_files,
 )
 from appliance.replication.status import LinkStatus
-from appliance.replication.tls import client_context
+from appliance.replication.tls import TlsConfigError, client_context
 from appliance.volume.errors import VolumeError
 
 log = logging.getLogger("appliance.transmitter")
@@ -333,8 +333,15 @@ def main(argv: list[str] | None = None) -> int:
         check_files(cfg, str(args.config))      # other files than the journal's: refused
         return cfg
 
-    return run("appliance-transmitter", args, load,
-               lambda cfg: asyncio.run(run_transmitter(cfg)))
+    def serve(cfg: TransmitterConfig) -> int:
+        try:
+            asyncio.run(run_transmitter(cfg))
+        except TlsConfigError as err:       # a [tls] file missing or unusable (first thing done)
+            return report_config_error("appliance-transmitter",
+                                       ConfigError(f"{args.config}: {err}"))
+        return 0
+
+    return run("appliance-transmitter", args, load, serve)
 
 
 if __name__ == "__main__":
