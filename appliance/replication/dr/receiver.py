@@ -98,7 +98,13 @@ class Receiver:
         replica = slot.replica.status()
         return {**replica, "link": slot.link.as_dict(),
                 **dr_sync_status(replica, slot.link.state, slot.link.state_since,
-                                 slot.primary_report, stale_after_s=self.cfg.dead_after_s)}
+                                 slot.primary_report, stale_after_s=self.report_stale_after_s)}
+
+    @property
+    def report_stale_after_s(self) -> float:
+        """A primary reports every heartbeat: two and a half heartbeats without one and
+        "in sync" can no longer be claimed (a cut link is only declared dead later)."""
+        return min(self.cfg.dead_after_s, 2.5 * self.cfg.heartbeat_s)
 
     # --- connection ---------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ shipping paused, a refused peer, and a configuration naming other files."""
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import time
 
 import pytest
@@ -147,3 +148,24 @@ def test_a_transmitter_configured_with_other_files_than_the_volume_is_refused(pa
     assert tx.popen.returncode == 2
     out = tx.output()
     assert "'mirror'" in out and str(site.mirror) in out and "remove 'mirror'" in out, out
+
+
+def test_a_silent_link_stops_the_dr_claiming_in_sync_before_it_is_declared_dead(pair):
+    """A cut link is declared dead only after dead_after_s (3 s here); reports come every
+    heartbeat (0.5 s): after 2.5 heartbeats without one the DR no longer claims in sync,
+    though its link still says connected."""
+    site = pair.site("site-a")
+    pair.serve(site)
+    w = pair.writer(site, 30).start()
+    tx = pair.transmitter(site).start()
+    vid = str(site.uuid)
+    wait_for(lambda: w.popen.poll() is not None, 30, "the writer")
+    wait_for(lambda: pair.rx_status()["volumes"][vid]["in_sync"], 30, "the first sync")
+    tx.popen.send_signal(signal.SIGSTOP)          # silent, the TCP connection stays open
+    try:
+        got = wait_for(lambda: not (st := pair.rx_status()["volumes"][vid])["in_sync"] and st,
+                       2.5, "the DR to stop claiming in sync on a silent link")
+        assert got["link"]["state"] == "connected", got["link"]
+        assert "state report is" in got["behind_reason"] and got["lag_bytes"] is None, got
+    finally:
+        tx.popen.send_signal(signal.SIGCONT)
