@@ -60,7 +60,7 @@ from pathlib import Path
 
 from appliance.config_file import ConfigError, Where, check_table, required, setting
 from appliance.replication.handshake import VolumeSpec
-from appliance.replication.tls import TlsConfig, TlsConfigError, check_psk_supported
+from appliance.replication.tls import TlsConfig
 
 __all__ = ["ConfigError", "ReceiverConfig", "ReplicaConfig", "ReplicaPaths", "TransmitterConfig",
            "in_window", "load_toml", "receiver_config", "replica_paths", "transmitter_config"]
@@ -148,10 +148,10 @@ def _tls(d: dict, where: Where) -> TlsConfig | None:
     tw = where.table("[tls]")
     t = check_table(d["tls"], TLS_KEYS, tw)
     if "psk" in t:
-        try:
-            check_psk_supported()
-        except TlsConfigError as err:
-            raise tw.error("psk", f"is refused: {err}") from err
+        # Python's ssl takes PSKs only from 3.13, and the links do not use them on any
+        # version: refused, never accepted and ignored.
+        raise tw.error("psk", "is refused: pre-shared keys are not supported; use "
+                              "certificates (cert, key, ca)")
     return TlsConfig(*(Path(required(t, key, tw)) for key in ("cert", "key", "ca")))
 
 

@@ -5,14 +5,13 @@ identity, signed by a CA both sites trust. The transmitter checks the receiver's
 hostname; the receiver requires a client certificate and then checks, in the handshake, that
 the identity the primary claims is the one its certificate proves.
 
-Pre-shared keys: Python's ssl module gains PSK callbacks only in 3.13; on older interpreters
-``psk`` in the configuration is refused with a message rather than silently ignored.
+Pre-shared keys are not supported (Python's ssl has PSK callbacks only from 3.13): ``psk`` in
+the configuration is refused with a message on every version, never silently ignored.
 """
 
 from __future__ import annotations
 
 import ssl
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,11 +57,6 @@ def client_context(cfg: TlsConfig) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.check_hostname = True
     return ctx
-
-
-def check_psk_supported() -> None:
-    if sys.version_info < (3, 13):
-        raise TlsConfigError("tls psk needs Python 3.13 or newer; use certificates (cert/key/ca)")
 
 
 def peer_identities(peercert: dict | None) -> set[str]:

@@ -114,3 +114,12 @@ def test_systemd_reads_every_setting_of_the_replication_units(tmp_path):
     unread = [line for line in out.stderr.splitlines()
               if line.removeprefix(f"{tmp_path}/").startswith(names)]
     assert unread == []
+
+
+@pytest.mark.parametrize("unit", [*REPLICATION_UNITS, "appliance-handler.service"])
+def test_a_configuration_error_is_not_restarted_forever(unit):
+    """The daemons exit 2 on a configuration error (appliance/daemon_entry.py): restarting
+    every few seconds cannot fix it, and would bury the one line that says what to fix."""
+    settings = service_settings(unit)
+    assert last(settings, "Restart") == "always"
+    assert "2" in last(settings, "RestartPreventExitStatus").split()
