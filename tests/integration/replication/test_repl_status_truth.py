@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
+import subprocess
 import time
 
 import pytest
-from repl_harness import read, read_log, status, wait_for
+from repl_harness import PY, REPO, read, read_log, status, wait_for
 
 from appliance.control.client import ControlError
 
 pytestmark = pytest.mark.integration
+
+
+def admin_status(sock) -> str:
+    """`appliancectl --socket SOCK status`: the human form."""
+    proc = subprocess.run([PY, "-m", "appliance.control.cli", "--socket", str(sock), "status"],
+                          capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def tx_poll(site) -> dict | None:
@@ -59,6 +68,10 @@ def test_an_overflow_with_the_demo_configuration_converges_and_status_never_lies
     assert down["dirty_bytes"] > 0 and down["logging_since"] and down["lag_bytes"] > 0, down
     assert "waiting for the link" in down["resync_blocked"], down
     assert down["recovery_point_age_s"] > 0, down
+    # ... and in the words an admin reads (appliancectl status, from the live daemon).
+    text = admin_status(site.control)
+    assert "replication:logging-to-bitmap since" in text and " behind" in text, text
+    assert "blocked: waiting for the link" in text and "why:" in text, text
 
     # 2. The link comes up; poll both sides until the DR equals the primary.
     rx = pair.receiver().start()
@@ -85,6 +98,9 @@ def test_an_overflow_with_the_demo_configuration_converges_and_status_never_lies
         t, r = status(site.control), pair.rx_status()["volumes"][vid]
         return t["in_sync"] and r["in_sync"] and t["lag_bytes"] == 0 and r["lag_records"] == 0
     wait_for(both_in_sync, 30, "both sides to report in sync after convergence")
+    for sock in (site.control, pair.rx_control):
+        text = admin_status(sock)
+        assert "in-sync" in text and "behind" not in text, text
     assert "dirty-region bitmap" in tx.output() and "journaling again" in tx.output(), \
         tx.output()[-3000:]
 
