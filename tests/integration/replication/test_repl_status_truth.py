@@ -105,15 +105,22 @@ def test_an_overflow_with_the_demo_configuration_converges_and_status_never_lies
         tx.output()[-3000:]
 
 
-def test_a_transmitter_that_is_not_running_leaves_the_dr_saying_behind(pair):
+def replicate_in_sync(pair, ops: int):
+    """A site whose writer wrote ``ops`` writes, replicated until both sides say in sync:
+    (site, transmitter process, volume uuid as the receiver's status keys it)."""
     site = pair.site("site-a")
     pair.serve(site)
-    w = pair.writer(site, 50).start()
+    w = pair.writer(site, ops).start()
     tx = pair.transmitter(site).start()
     vid = str(site.uuid)
     wait_for(lambda: w.popen.poll() is not None, 30, "the writer")
     wait_for(lambda: status(site.control)["in_sync"] and
              pair.rx_status()["volumes"][vid]["in_sync"], 30, "the first sync")
+    return site, tx, vid
+
+
+def test_a_transmitter_that_is_not_running_leaves_the_dr_saying_behind(pair):
+    _, tx, vid = replicate_in_sync(pair, 50)
     tx.stop()
     st = pair.rx_status()["volumes"][vid]
     assert st["in_sync"] is False and "no primary connected" in st["behind_reason"], st
@@ -172,13 +179,7 @@ def test_a_silent_link_stops_the_dr_claiming_in_sync_before_it_is_declared_dead(
     """A cut link is declared dead only after dead_after_s (3 s here); reports come every
     heartbeat (0.5 s): after 2.5 heartbeats without one the DR no longer claims in sync,
     though its link still says connected."""
-    site = pair.site("site-a")
-    pair.serve(site)
-    w = pair.writer(site, 30).start()
-    tx = pair.transmitter(site).start()
-    vid = str(site.uuid)
-    wait_for(lambda: w.popen.poll() is not None, 30, "the writer")
-    wait_for(lambda: pair.rx_status()["volumes"][vid]["in_sync"], 30, "the first sync")
+    _, tx, vid = replicate_in_sync(pair, 30)
     tx.popen.send_signal(signal.SIGSTOP)          # silent, the TCP connection stays open
     try:
         got = wait_for(lambda: not (st := pair.rx_status()["volumes"][vid])["in_sync"] and st,
