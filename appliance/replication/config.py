@@ -18,7 +18,10 @@ Receiver (``appliance-receiver --config receiver.toml``)::
     compression = true           # optional: accept zstd when the primary offers it
     insecure = false             # true: no [tls] (benchmarks, tests)
     [tls]                        # omit only with insecure = true (benchmarks, tests)
-    cert = "..."; key = "..."; ca = "..."
+    cert = "..."; key = "..."    # this appliance's certificate (CN/SAN = identity) and key
+    ca = "..."                   # either: a CA bundle both sites trust, or
+    peers = ["/path/site-a.pem"] # the primaries' own certificates, pinned (exactly one of
+                                 # ca and peers; see appliance/replication/tls.py)
     [[volume]]
     uuid = "..."; size_bytes = 1073741824; block_size = 512
     journal_size = 268435456
@@ -47,7 +50,9 @@ Transmitter (``appliance-transmitter --config tx-<uuid>.toml``)::
     # resync_region_bytes (a multiple of block_size up to 16 MiB), resync_clear_timeout_s;
     # insecure = true as the receiver's
     [tls]
-    cert = "..."; key = "..."; ca = "..."
+    cert = "..."; key = "..."
+    ca = "..."                   # or peers = ["/path/dr-site.pem"]: the receiver's own
+                                 # certificate, pinned; exactly one of ca and peers
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ DEFAULT_BLOCK_SIZE = 512        # of a transmitter's volume and of a receiver's 
 
 # What each table of the files may hold: key -> TOML type (appliance/config_file.py). The
 # defaults are the dataclass fields' (TransmitterConfig, ReceiverConfig, ReplicaConfig).
-TLS_KEYS = {"cert": str, "key": str, "ca": str, "psk": str}
+TLS_KEYS = {"cert": str, "key": str, "ca": str, "peers": list[str], "psk": str}
 _LINK_KEYS = {"identity": str, "control_socket": str, "tls": dict, "insecure": bool,
               "heartbeat_s": float, "dead_after_s": float, "compression": bool}
 RECEIVER_KEYS = {**_LINK_KEYS, "listen": str, "state_dir": str, "volume": list[dict]}
@@ -142,8 +147,9 @@ def _geometry(d: dict, where: Where) -> tuple[int, int]:
 def _tls(d: dict, where: Where) -> TlsConfig | None:
     if "tls" not in d:
         if not d.get("insecure", False):
-            raise ConfigError(f"{where.file}: a [tls] section (cert, key, ca) is required; set "
-                              f"insecure = true only for tests on a trusted network")
+            raise ConfigError(f"{where.file}: a [tls] section (cert, key, and ca or peers) is "
+                              f"required; set insecure = true only for tests on a trusted "
+                              f"network")
         return None
     tw = where.table("[tls]")
     t = check_table(d["tls"], TLS_KEYS, tw)
@@ -151,8 +157,22 @@ def _tls(d: dict, where: Where) -> TlsConfig | None:
         # Python's ssl takes PSKs only from 3.13, and the links do not use them on any
         # version: refused, never accepted and ignored.
         raise tw.error("psk", "is refused: pre-shared keys are not supported; use "
-                              "certificates (cert, key, ca)")
-    return TlsConfig(*(Path(required(t, key, tw)) for key in ("cert", "key", "ca")))
+                              "certificates (cert, key, and ca or peers)")
+    cert, key = [Path(required(t, k, tw)) for k in ("cert", "key")]
+    if "ca" in t and "peers" in t:
+        raise tw.error("ca", "and peers are both set: keep one (ca: a CA both sites trust "
+                             "signs the certificates; peers: the paired appliances' own "
+                             "certificates are pinned)")
+    if "ca" not in t and "peers" not in t:
+        raise tw.error("ca", "or peers is missing: add one (ca = \"<CA bundle>\", or peers = "
+                             "[\"<peer certificate>\", ...] to pin the paired appliances' "
+                             "certificates)")
+    if "peers" in t and not t["peers"]:
+        raise tw.error("peers", "is empty: list the certificate file of each paired "
+                                "appliance (or use ca)")
+    if "ca" in t:
+        return TlsConfig(cert, key, ca=Path(t["ca"]))
+    return TlsConfig(cert, key, peers=tuple(Path(p) for p in t["peers"]))
 
 
 def _window(text: str, where: Where) -> tuple[dt.time, dt.time]:

@@ -186,3 +186,34 @@ def test_every_key_of_a_full_file_is_known():
                                      "journal_size": 1 << 20, "allowed_primaries": ["a"],
                                      "mirror": "/dev/vg/lv"}]})
     assert r.volumes[0].paths.mirror == Path("/dev/vg/lv") and not r.compression
+
+
+# --- [tls]: exactly one of ca (a CA both sites trust) and peers (pinned certificates) ------
+
+
+def test_tls_takes_a_ca_or_pinned_peers():
+    t = transmitter_config({**tx(tls={"cert": "/c.pem", "key": "/k.pem", "ca": "/ca.pem"}),
+                            "insecure": False})
+    assert t.tls is not None and t.tls.ca == Path("/ca.pem") and t.tls.peers == ()
+    r = receiver_config({**rx(tls={"cert": "/c.pem", "key": "/k.pem",
+                                   "peers": ["/a.pem", "/b.pem"]}), "insecure": False})
+    assert r.tls is not None and r.tls.ca is None
+    assert r.tls.peers == (Path("/a.pem"), Path("/b.pem"))
+
+
+@pytest.mark.parametrize("table, words", [
+    ({"cert": "/c", "key": "/k", "ca": "/a", "peers": ["/p.pem"]},
+     "[tls] ca and peers are both set: keep one"),
+    ({"cert": "/c", "key": "/k"}, "[tls] ca or peers is missing: add one"),
+    ({"cert": "/c", "key": "/k", "peers": []}, "[tls] peers is empty"),
+    ({"cert": "/c", "key": "/k", "peers": "/p.pem"}, "[tls] peers must be a list of str"),
+    ({"cert": "/c", "key": "/k", "peer": ["/p.pem"]},
+     "unknown setting [tls] peer: did you mean peers?"),
+])
+@pytest.mark.parametrize("side", ["tx", "rx"])
+def test_tls_refuses_both_or_neither_of_ca_and_peers(table, words, side):
+    load, d = ((transmitter_config, tx) if side == "tx" else (receiver_config, rx))
+    with pytest.raises(ConfigError) as exc:
+        load({**d(tls=table), "insecure": False}, f"{side}.toml")
+    assert str(exc.value).startswith(f"{side}.toml: ") and words in str(exc.value), str(exc.value)
+    assert "\n" not in str(exc.value)
