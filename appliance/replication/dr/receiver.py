@@ -33,7 +33,7 @@ from appliance.replication.dr.sync_state import PrimaryReport, dr_sync_status
 from appliance.replication.handshake import HandshakeError, Hello, Refused, admit
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
 from appliance.replication.status import LinkStatus
-from appliance.replication.tls import TlsConfigError, peer_identities, server_context
+from appliance.replication.tls import TlsConfigError, TlsRefused, TlsSide, peer_identities
 
 log = logging.getLogger("appliance.receiver")
 FT = wire.FrameType
@@ -57,7 +57,7 @@ class Receiver:
     def __init__(self, cfg: ReceiverConfig) -> None:
         self.cfg = cfg
         self.slots: dict[uuid.UUID, VolumeSlot] = {}
-        self._ssl = server_context(cfg.tls) if cfg.tls is not None else None
+        self._tls = TlsSide(cfg.tls, server=True) if cfg.tls is not None else None
         self._server: asyncio.base_events.Server | None = None
         self.refusals = 0
         self.control = ControlServer(cfg.control_socket, {"status": self.status})
@@ -70,7 +70,7 @@ class Receiver:
         self._server = await asyncio.start_server(self._accept, host, port, limit=1 << 20)
         await self.control.start()
         log.info("receiver %s listening on %s:%d (%s), %d volume(s)", self.cfg.identity, host,
-                 self.port, "TLS" if self._ssl else "NO TLS", len(self.slots))
+                 self.port, self._tls.describe() if self._tls else "NO TLS", len(self.slots))
 
     @property
     def port(self) -> int:
@@ -116,11 +116,17 @@ class Receiver:
         host, port = writer.get_extra_info("peername")[:2]
         peer = f"{host}:{port}"
         cert_names = None
-        if self._ssl is not None:
+        if self._tls is not None:
+            tls = self._tls.handshake()
             try:
-                await writer.start_tls(self._ssl, ssl_handshake_timeout=self.cfg.dead_after_s)
-            except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as err:
+                await writer.start_tls(tls.context, ssl_handshake_timeout=self.cfg.dead_after_s)
+                tls.check(writer.get_extra_info("ssl_object"))  # only the pinned certificates
+            except TlsRefused as err:
                 self._refuse_log(peer, f"TLS handshake failed: {err}")
+                await self._refuse_certificate(FrameLink(reader, writer), str(err))
+                return
+            except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as err:
+                self._refuse_log(peer, f"TLS handshake failed: {tls.failure(err)}")
                 writer.close()
                 return
             cert_names = peer_identities(writer.get_extra_info("peercert"))
@@ -131,6 +137,18 @@ class Receiver:
             self._refuse_log(peer, f"{type(err).__name__}: {err}")
         except LinkClosed as err:
             log.info("link from %s closed: %s", peer, err)
+        finally:
+            await link.close()
+
+    async def _refuse_certificate(self, link: FrameLink, reason: str) -> None:
+        """A handshake that verified a certificate the pins do not hold: REFUSE, after the
+        HELLO (closing with it unread could reset the link before the REFUSE is read)."""
+        try:
+            with contextlib.suppress(wire.WireError):
+                await link.recv(self.cfg.dead_after_s)
+            await link.send_json(FT.REFUSE, {"code": "certificate", "reason": reason})
+        except LinkClosed:
+            pass
         finally:
             await link.close()
 

@@ -54,7 +54,7 @@ from appliance.replication.primary.volume_watch import (
     resolve_files,
 )
 from appliance.replication.status import LinkStatus
-from appliance.replication.tls import TlsConfigError, client_context
+from appliance.replication.tls import Handshake, TlsConfigError, TlsRefused, TlsSide
 from appliance.volume.errors import VolumeError
 
 log = logging.getLogger("appliance.transmitter")
@@ -68,7 +68,7 @@ class Transmitter:
         # The size the journal records (it follows online resizes), read for every HELLO.
         self.shared = TxShared(volume_bytes=cfg.size_bytes)
         self.session: TxSession | None = None
-        self._ssl = client_context(cfg.tls) if cfg.tls is not None else None
+        self._tls = TlsSide(cfg.tls, server=False) if cfg.tls is not None else None
         self._limiter = TokenBucket(cfg.bandwidth_limit) if cfg.bandwidth_limit else None
         self.reader: JournalReader | None = None
         self.control = ControlServer(cfg.control_socket, {"status": self.status,
@@ -134,6 +134,9 @@ class Transmitter:
                     continue
                 except PeerRefused as err:
                     self._failed(_refusal_message(err), logging.ERROR)
+                except TlsRefused as err:     # a certificate not pinned (or not trusted)
+                    self.link.set_state("refused:certificate")
+                    self._failed(f"TLS: {err}", logging.ERROR)
                 except JournalError as err:
                     self._failed(f"journal: {type(err).__name__}: {err}", logging.ERROR)
                     if self.reader is not None:     # reopen it: the file may have changed
@@ -236,13 +239,22 @@ class Transmitter:
         if not self.link.state.startswith("refused"):   # keep saying why until admitted
             self.link.set_state("connecting")
         host, port = self.cfg.peer
-        stream_in, stream_out = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=self._ssl, limit=1 << 20,
-                                    server_hostname=self.cfg.peer_identity if self._ssl else None),
-            self.cfg.dead_after_s)
+        tls = self._tls.handshake() if self._tls is not None else None
+        try:
+            stream_in, stream_out = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=tls.context if tls else None,
+                                        limit=1 << 20,
+                                        server_hostname=self.cfg.peer_identity if tls else None),
+                self.cfg.dead_after_s)
+        except (ssl.SSLError, ConnectionError) as err:
+            if tls is not None and tls.refused(err):
+                raise TlsRefused(tls.failure(err)) from err
+            raise
         link = FrameLink(stream_in, stream_out, limiter=self._limiter)
         try:
-            welcome = await self._handshake(link, reader)
+            if tls is not None:
+                tls.check(link.ssl_object())    # only the pinned certificates
+            welcome = await self._handshake(link, reader, tls)
             self.link.connects += 1
             self.link.peer = link.peer
             self.link.set_state("replicating")
@@ -259,13 +271,20 @@ class Transmitter:
                 self.link.disconnects += 1
             await link.close()
 
-    async def _handshake(self, link: FrameLink, reader: JournalReader) -> Welcome:
+    async def _handshake(self, link: FrameLink, reader: JournalReader,
+                         tls: Handshake | None = None) -> Welcome:
         hello = Hello(identity=self.cfg.identity, volume_uuid=self.cfg.volume_uuid,
                       size_bytes=self.shared.volume_bytes, block_size=self.cfg.block_size,
                       generation=self.cfg.generation, first_seq=reader.acked_seq + 1,
                       compression=COMPRESSIONS if self.cfg.compression else ())
         await link.send_json(FT.HELLO, hello.to_dict())
-        frame = await link.recv(self.cfg.dead_after_s)
+        try:
+            frame = await link.recv(self.cfg.dead_after_s)
+        except LinkClosed as err:
+            # Dropped before any answer: what a receiver does with a certificate it refuses.
+            if tls is None or isinstance(err.__cause__, TimeoutError):
+                raise
+            raise TlsRefused(tls.ours_refused(str(err))) from err
         if frame.type is FT.REFUSE:
             body = wire.decode_json(frame.payload)
             self.link.set_state(f"refused:{body.get('code')}")

@@ -189,3 +189,37 @@ def pair(tmp_path, pki):
     finally:
         for proc in reversed(p.procs):
             proc.stop()
+
+
+# --- pinned certificates ([tls] peers) ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def site_certs(tmp_path_factory) -> dict:
+    """Self-signed certificates made as each appliance makes its own
+    (targetcli_ext.identity): site-a, dr-site, and an impostor of each (same name, other
+    key). name -> SiteCertificate (cert, key, fingerprint)."""
+    from targetcli_ext.identity import ensure_certificate
+
+    if shutil.which("openssl") is None:
+        pytest.fail("the openssl CLI is needed to make test certificates (apt install openssl)")
+    root = tmp_path_factory.mktemp("site-certs")
+    return {name: ensure_certificate(root / name, identity) for name, identity in
+            (("site-a", "site-a"), ("dr-site", "dr-site"), ("other-site-a", "site-a"),
+             ("other-dr-site", "dr-site"))}
+
+
+def pinned_tls_toml(me, *peers) -> str:
+    """A [tls] table: ``me``'s certificate and key, pinning ``peers``' certificates."""
+    pins = ", ".join(f'"{p.cert}"' for p in peers)
+    return f'[tls]\ncert = "{me.cert}"\nkey = "{me.key}"\npeers = [{pins}]\n'
+
+
+def use_tls_table(config: Path, table: str) -> None:
+    """Replace the [tls] table of a config file Pair wrote (with the CA) by ``table``."""
+    import re
+
+    text, n = re.subn(r"^\[tls\]\n(?:[^\[\n].*\n)*", lambda _: table, config.read_text(),
+                      flags=re.M)
+    assert n == 1, f"{config} has no [tls] table to replace"
+    config.write_text(text)
