@@ -45,6 +45,7 @@ JOURNAL_BYTES = replication.size_bytes(LUN.journal_size)
 VOLUME = replication.ReplicatedVolume(LUN, primary="primary", dr="dr", dr_address=DR)
 TX_SOCK = f"/run/appliance/transmitter-{LUN.name}.sock"
 RX_SOCK = "/run/appliance/receiver.sock"
+HANDLER_SOCK = "/run/appliance-handler/handler.sock"
 BITMAP = f"{ap.STATE_DIR}/journals/{LUN.name}.jnl.bitmap"
 DR_MIRROR = f"{ap.STATE_DIR}/replicas/{VOLUME.uuid}/mirror"
 PRIMARY_MIRROR = f"{ap.STATE_DIR}/volumes/{LUN.name}.img"
@@ -253,6 +254,11 @@ def test_dr_converges_after_journal_overflow_and_status_never_lies(chain, vm_log
                     f"bitmap header {header}; host writer {progress}")
             time.sleep(1.0)
         cut_progress = writer_progress(host, WRITER_LOG)
+        # The handler's own account, as an admin asks it on the primary: what the DR lacks.
+        handler = primary.run(["appliancectl", "--socket", HANDLER_SOCK, "status", "--json"],
+                              timeout=30, check=False)
+        handler_volume = (json.loads(handler.text).get("volumes", {}).get(LUN.name)
+                          if handler.rc == 0 else None)
         dr.set_private_link(True)
         marks["restore"] = time.monotonic()
         cut_bytes = cut_progress.total_bytes - at_cut
@@ -343,6 +349,11 @@ def test_dr_converges_after_journal_overflow_and_status_never_lies(chain, vm_log
             overflow_at = p.end
     behind_until = max(t for t, _ in behind_evidence)
     problems: list[str] = []
+    if (handler_volume is None or handler_volume.get("state") != "logging-to-bitmap"
+            or handler_volume.get("peer_holds_everything") is not False
+            or not handler_volume.get("peer_lag_dirty_bytes")):
+        problems.append(f"the handler's status did not say what the DR lacks at the end of the "
+                        f"cut: {handler_volume if handler_volume else handler.text[-500:]}")
 
     if final.longest_s >= LONGEST_WRITE_LIMIT_S:
         problems.append(f"a host write stalled: it took {final.longest_s:.1f} s "
