@@ -207,19 +207,3 @@ def site_certs(tmp_path_factory) -> dict:
     return {name: ensure_certificate(root / name, identity) for name, identity in
             (("site-a", "site-a"), ("dr-site", "dr-site"), ("other-site-a", "site-a"),
              ("other-dr-site", "dr-site"))}
-
-
-def pinned_tls_toml(me, *peers) -> str:
-    """A [tls] table: ``me``'s certificate and key, pinning ``peers``' certificates."""
-    pins = ", ".join(f'"{p.cert}"' for p in peers)
-    return f'[tls]\ncert = "{me.cert}"\nkey = "{me.key}"\npeers = [{pins}]\n'
-
-
-def use_tls_table(config: Path, table: str) -> None:
-    """Replace the [tls] table of a config file Pair wrote (with the CA) by ``table``."""
-    import re
-
-    text, n = re.subn(r"^\[tls\]\n(?:[^\[\n].*\n)*", lambda _: table, config.read_text(),
-                      flags=re.M)
-    assert n == 1, f"{config} has no [tls] table to replace"
-    config.write_text(text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -91,6 +92,20 @@ def make_pki(d: Path) -> Pki:
                  f"{ca}.key", "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
                  "-extfile", f"{name}.ext", cwd=d)
     return Pki(d)
+
+
+def pinned_tls_toml(me, *peers) -> str:
+    """A [tls] table: ``me``'s certificate and key, pinning ``peers``' certificates."""
+    pins = ", ".join(f'"{p.cert}"' for p in peers)
+    return f'[tls]\ncert = "{me.cert}"\nkey = "{me.key}"\npeers = [{pins}]\n'
+
+
+def use_tls_table(config: Path, table: str) -> None:
+    """Replace the [tls] table of a config file Pair wrote (with the CA) by ``table``."""
+    text, count = re.subn(r"^\[tls\]\n(?:[^\[\n].*\n)*", lambda _: table, config.read_text(),
+                          flags=re.M)
+    assert count == 1, f"{config} has no [tls] table to replace"
+    config.write_text(text)
 
 
 # --- processes -----------------------------------------------------------------------------

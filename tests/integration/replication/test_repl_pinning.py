@@ -6,8 +6,7 @@ the certificates, the transmitter's status says why and nothing reaches the repl
 from __future__ import annotations
 
 import pytest
-from conftest import pinned_tls_toml, use_tls_table
-from repl_harness import converge, status, wait_for
+from repl_harness import converge, pinned_tls_toml, status, use_tls_table, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -54,6 +54,7 @@ if not hasattr(inspect, "getargspec"):
 
 import targetcli.ui_backstore
 import targetcli.ui_root
+from recorded_states import recorded
 from rtslib_fb import RTSLibError
 
 from targetcli_ext.config import ShellConfig
@@ -61,14 +62,6 @@ from targetcli_ext.context import ReplicationContext
 from targetcli_ext.daemons import DaemonSockets
 from targetcli_ext.main import ApplianceShell
 from targetcli_ext.root import ApplianceRoot
-
-STATES = Path(__file__).parent / "states"
-
-
-def recorded(name: str) -> dict:
-    """A recorded daemon state: the snapshot the shell would collect, and its moment."""
-    return json.loads((STATES / f"{name}.json").read_text())
-
 
 # --- the fake rtslib tree ----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import recorded
+from recorded_states import recorded
 
 from appliance.control import cli
 from appliance.control.server import ControlServer
