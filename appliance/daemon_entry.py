@@ -19,6 +19,7 @@ appliance-handler, appliance-transmitter, appliance-receiver and appliance-dr al
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import sys
@@ -34,6 +35,16 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CONFIG_ERROR_EXIT = 2
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def stop_event_on_signals() -> asyncio.Event:
+    """In a daemon's event loop: an event that SIGTERM or SIGINT sets (the daemon then closes
+    what it opened and returns)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 Config = TypeVar("Config")
 

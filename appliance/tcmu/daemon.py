@@ -38,7 +38,7 @@ from dbus_fast import BusType
 from appliance import checksum
 from appliance.config_file import ConfigError, Where, check_table
 from appliance.control.server import ControlServer
-from appliance.daemon_entry import LEVELS, argument_parser, run
+from appliance.daemon_entry import LEVELS, argument_parser, run, stop_event_on_signals
 from appliance.tcmu import cfgstring
 from appliance.tcmu.backend import open_backend
 from appliance.tcmu.configfs import BackstoreControl
@@ -241,11 +241,8 @@ def control_server(daemon: HandlerDaemon) -> ControlServer:
 
 
 async def _serve(daemon: HandlerDaemon) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, daemon.manager.log_state)
+    stop = stop_event_on_signals()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, daemon.manager.log_state)
     control = control_server(daemon)
     try:
         await daemon.start()

@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import ssl
 import sys
 import uuid
 
 from appliance.control.server import ControlServer
-from appliance.daemon_entry import argument_parser, report_config_error, run
+from appliance.daemon_entry import (
+    argument_parser,
+    report_config_error,
+    run,
+    stop_event_on_signals,
+)
 from appliance.journal import JournalError
 from appliance.replication import wire
 from appliance.replication.config import (
@@ -217,10 +221,7 @@ class Receiver:
 async def serve(cfg: ReceiverConfig) -> None:
     rx = Receiver(cfg)
     await rx.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event_on_signals()
     try:
         await stop.wait()
     finally:

@@ -14,13 +14,17 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 import ssl
 import sys
 import time
 
 from appliance.control.server import CommandError, ControlServer
-from appliance.daemon_entry import argument_parser, report_config_error, run
+from appliance.daemon_entry import (
+    argument_parser,
+    report_config_error,
+    run,
+    stop_event_on_signals,
+)
 from appliance.journal import JournalError, JournalReader
 from appliance.replication import wire
 from appliance.replication.config import (
@@ -331,12 +335,11 @@ def check_files(cfg: TransmitterConfig, where: str) -> None:
 
 async def run_transmitter(cfg: TransmitterConfig) -> None:
     tx = Transmitter(cfg)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, tx.stop)
+    stop = stop_event_on_signals()
     main_task = asyncio.create_task(tx.run())
-    stop_wait = asyncio.create_task(tx._stop.wait())
+    stop_wait = asyncio.create_task(stop.wait())
     await asyncio.wait([main_task, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+    tx.stop()
     main_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await main_task
