@@ -11,7 +11,6 @@ without a certificate, which is made again as a pair.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import ssl
@@ -20,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.replication.tls import fingerprint
 from targetcli_ext.model import ModelError
 
 CERT_FILE = "site.pem"
@@ -42,9 +42,7 @@ class SiteCertificate:
 def fingerprint_of_pem(pem: str) -> str:
     """``SHA256:`` and the colon-separated SHA-256 of the certificate's DER bytes (what
     ``openssl x509 -noout -fingerprint -sha256`` prints after ``=``)."""
-    der = ssl.PEM_cert_to_DER_cert(pem)
-    digest = hashlib.sha256(der).hexdigest().upper()
-    return "SHA256:" + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    return fingerprint(ssl.PEM_cert_to_DER_cert(pem))
 
 
 def load_certificate(state_dir: Path) -> SiteCertificate | None:

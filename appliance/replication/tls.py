@@ -50,8 +50,8 @@ class TlsConfig:
 
 
 def fingerprint(der: bytes) -> str:
-    """``SHA256:AB:CD:...`` of a DER certificate (as targetcli_ext/identity.py shows it, and
-    ``openssl x509 -noout -fingerprint -sha256`` after ``=``)."""
+    """``SHA256:AB:CD:...`` of a DER certificate: how pairing names a certificate (the shell
+    shows and takes it; ``openssl x509 -noout -fingerprint -sha256`` prints it after ``=``)."""
     digest = hashlib.sha256(der).hexdigest().upper()
     return "SHA256:" + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
