@@ -133,9 +133,11 @@ class TxSession:
 
     async def _report_state(self) -> None:
         """Tell the peer what the primary holds that it may lack, so that the DR's status
-        can say it is behind (docs/protocol.md, "What status derives from")."""
+        can say it is behind (docs/protocol.md, "What status derives from"). Sent every
+        heartbeat, it takes the place of the HEARTBEAT frames an idle link would send."""
         while True:
             await self.link.send_json(FT.PRIMARY_STATE, self.primary_report())
+            self._last_sent = time.monotonic()      # it keeps the link alive as a HEARTBEAT would
             await asyncio.sleep(self.heartbeat_s)
 
     def start_verify(self, region_bytes: int, repair: bool) -> None:
