@@ -109,7 +109,7 @@ TRANSMITTER_KEYS = {
     "size_bytes": int, "block_size": int, "generation": int, "bandwidth_limit": float,
     "blackout": list[str], "batch_bytes": int, "window_bytes": int, "backoff_max_s": float,
     "mirror": str, "bitmap": str, "resync_skip_matching": bool, "resync_region_bytes": int,
-    "resync_clear_timeout_s": float}
+    "resync_clear_timeout_s": float, "name": str, "paused": bool}
 
 
 def parse_hostport(text: str, key: str, where: Where) -> tuple[str, int]:
@@ -231,6 +231,8 @@ class TransmitterConfig:
     resync_skip_matching: bool = False  # ship a region only if its hash differs at the peer
     resync_region_bytes: int = 1 << 20
     resync_clear_timeout_s: float = 30.0
+    name: str = ""                      # the volume's name as its admin knows it (backstore)
+    paused: bool = False                # start with shipping paused (the shell's 'pause')
 
 
 def _timing(d: dict, owner: type, where: Where) -> tuple[float, float]:
@@ -322,7 +324,9 @@ def transmitter_config(raw: dict, where: str = "transmitter config") -> Transmit
         mirror=path("mirror"), bitmap=path("bitmap"),
         resync_skip_matching=setting(d, "resync_skip_matching", TransmitterConfig, top),
         resync_region_bytes=region,
-        resync_clear_timeout_s=positive("resync_clear_timeout_s"))
+        resync_clear_timeout_s=positive("resync_clear_timeout_s"),
+        name=setting(d, "name", TransmitterConfig, top),
+        paused=setting(d, "paused", TransmitterConfig, top))
 
 
 def load_toml(path: Path) -> dict:

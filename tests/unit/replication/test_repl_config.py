@@ -88,7 +88,7 @@ def tls(**kw):
 
 @pytest.mark.parametrize("d, words", [
     (tx(bandwith_limit=1), "unknown setting bandwith_limit: did you mean bandwidth_limit?"),
-    (tx(mode="sync"), "unknown setting mode: the closest known is"),
+    (tx(protocol="C"), "unknown setting protocol: the closest known is"),
     (tx(heartbeat=1.0), "unknown setting heartbeat: did you mean heartbeat_s?"),
     (tx(tsl=tls()), "unknown table [tsl]: did you mean [tls]?"),
     (tx(volume=[{"uuid": U}]), "unknown table [[volume]]"),
