@@ -15,6 +15,7 @@ from appliance import __version__ as appliance_version
 from targetcli_ext.context import ReplicationContext
 from targetcli_ext.identity import ensure_certificate
 from targetcli_ext.model import ModelError, Peer
+from targetcli_ext.volume_node import UIVolume
 
 
 def _complete(candidates: list[str], text: str) -> list[str]:
@@ -231,26 +232,3 @@ class UIVolumes(UINode):
         Shows every replicated volume, one block each (as /replication status).
         """
         self.shell.con.display(self.ctx.render().rstrip("\n"))
-
-
-class UIVolume(UINode):
-    """
-    One replicated volume; 'status' shows its block of the replication status.
-    """
-
-    def __init__(self, name: str, parent: UIVolumes) -> None:
-        UINode.__init__(self, name, parent)
-        self.ctx = parent.ctx
-
-    def summary(self):
-        for view in self.ctx.views():
-            if view.name == self.name:
-                return view.summary(), view.health
-        return "no daemon reports this volume now: run 'refresh'", False
-
-    def ui_command_status(self):
-        """
-        Shows this volume's role, peer, link, replication state, journal fill and whether
-        the DR copy is in sync; if not, what it lacks, why and what to do.
-        """
-        self.shell.con.display(self.ctx.render({self.name}).rstrip("\n"))
