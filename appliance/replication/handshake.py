@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 PROTOCOL_VERSION = 1
 COMPRESSIONS = ("zstd",)
+MAX_NAME = 255                  # characters of a HELLO's volume name
 
 
 class HandshakeError(ValueError):
@@ -47,6 +48,9 @@ class Hello:
     first_seq: int             # lowest seq the primary can still send (its acked seq + 1)
     compression: tuple[str, ...] = ()
     protocol: int = PROTOCOL_VERSION
+    # The volume's name on the primary (its backstore), for the DR's status and provisioning;
+    # "" when the primary has none (older transmitters send no name at all).
+    name: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -66,7 +70,11 @@ class Hello:
         hello = cls(identity=_get(d, "identity", str), volume_uuid=vol,
                     size_bytes=_get(d, "size_bytes", int), block_size=_get(d, "block_size", int),
                     generation=_get(d, "generation", int), first_seq=_get(d, "first_seq", int),
-                    compression=tuple(comp), protocol=_get(d, "protocol", int))
+                    compression=tuple(comp), protocol=_get(d, "protocol", int),
+                    name=_get(d, "name", str) if "name" in d else "")
+        if len(hello.name) > MAX_NAME or any(not c.isprintable() for c in hello.name):
+            raise HandshakeError(f"handshake field 'name' must be at most {MAX_NAME} printable "
+                                 f"characters: {hello.name!r}")
         if hello.first_seq < 1 or hello.size_bytes <= 0 or hello.block_size <= 0:
             raise HandshakeError(f"impossible handshake values: {hello}")
         return hello

@@ -56,6 +56,7 @@ class Replica(ReplicaResync):
         self.rate = RateMeter()
         self.primary: str | None = None
         self.generation = 0
+        self.name = ""                  # the volume's name on its primary (HELLO), "" unknown
         self.journal: Journal | None = None
         self._acker: JournalReader | None = None
         for path in (cfg.paths.mirror, cfg.paths.journal, cfg.paths.state):
@@ -115,6 +116,7 @@ class Replica(ReplicaResync):
         self._state = st
         self.primary = st.primary
         self.generation = st.generation
+        self.name = st.name
         self.inconsistent_since = st.inconsistent_since
         self.consistent_seq = st.consistent_seq
         self.consistent_at = st.consistent_at
@@ -126,7 +128,7 @@ class Replica(ReplicaResync):
         # From the loaded state, so what this object does not track (demoted_from) is kept.
         self._state = dataclasses.replace(
             self._state, volume_uuid=self.spec.uuid, primary=self.primary,
-            generation=self.generation, inconsistent_since=self.inconsistent_since,
+            generation=self.generation, name=self.name, inconsistent_since=self.inconsistent_since,
             consistent_seq=self.consistent_seq, consistent_at=self.consistent_at,
             full_copy_pending=self.full_copy_pending,
             detached_image_seq=self.detached_image_seq,
@@ -177,8 +179,10 @@ class Replica(ReplicaResync):
                 raise
             self._acker = JournalReader(self.cfg.paths.journal, volume_uuid=self.spec.uuid)
             self.counters.applied_seq = last_seq
-        if (self.primary, self.generation) != (hello.identity, hello.generation):
-            self.primary, self.generation = hello.identity, hello.generation
+        # A primary that sends no name (an older transmitter) leaves the one recorded.
+        name = hello.name or self.name
+        if (self.primary, self.generation, self.name) != (hello.identity, hello.generation, name):
+            self.primary, self.generation, self.name = hello.identity, hello.generation, name
             self._save_state()
         self.resize(hello.size_bytes)
         self.counters.durable_seq = self.durable_seq
@@ -396,7 +400,7 @@ class Replica(ReplicaResync):
             return bytes(buf)
 
     def status(self) -> dict:
-        return {"volume_uuid": str(self.spec.uuid), "primary": self.primary,
+        return {"volume_uuid": str(self.spec.uuid), "name": self.name, "primary": self.primary,
                 "generation": self.generation, "size_bytes": self.size_bytes,
                 "full_copy_pending": self.full_copy_pending,
                 "state": "promoted" if self.promoted is not None else

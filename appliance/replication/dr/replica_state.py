@@ -6,9 +6,10 @@ temporary file, fsync it, rename, fsync the directory), so a crash leaves the ol
 state, never a mix. ``load`` refuses a file it cannot trust (not JSON, a field of the wrong type,
 a format version it does not know) with ``ReplicaStateError`` naming the file and what to do.
 
-Format versions: 1 carries ``format_version``; a file without it (format 0) was written before
-the field existed, holds the same fields and is read as it always was, ignoring keys no longer
-used (the first releases wrote ``mirror_durable_seq``).
+Format versions: 2 added ``name`` (the volume's name on its primary, from its HELLO); 1
+carries ``format_version`` (read as 2 with no name); a file without it (format 0) was written
+before the field existed, holds the same fields and is read as it always was, ignoring keys no
+longer used (the first releases wrote ``mirror_durable_seq``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from appliance.statefile import write_json_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _VERSION_KEY = "format_version"
 _PAIR_ANEW = ("remove the replica's files in that directory to pair it anew (its primary then "
               "sends a full copy)")
@@ -67,6 +68,7 @@ class ReplicaState:
     detached_image_seq: int | None = None   # the image kept with the journal set aside
     promoted: PromotionMark | None = None
     demoted_from: PromotionMark | None = None
+    name: str = ""                          # the volume's name on its primary ("" unknown)
 
     @classmethod
     def load(cls, path: Path) -> ReplicaState | None:
@@ -97,7 +99,7 @@ class ReplicaState:
                 "detached_image_seq": self.detached_image_seq,
                 "promoted": None if self.promoted is None else self.promoted.as_dict(),
                 "demoted_from": None if self.demoted_from is None
-                else self.demoted_from.as_dict()}
+                else self.demoted_from.as_dict(), "name": self.name}
 
     @classmethod
     def from_json(cls, d: object) -> ReplicaState:
@@ -129,7 +131,8 @@ class ReplicaState:
             full_copy_pending=_bool(d, "full_copy_pending"),
             detached_image_seq=_opt_int(d, "detached_image_seq"),
             promoted=None if promoted is None else PromotionMark.from_dict(promoted),
-            demoted_from=None if demoted is None else PromotionMark.from_dict(demoted))
+            demoted_from=None if demoted is None else PromotionMark.from_dict(demoted),
+            name=_opt_str(d, "name") or "")
 
 
 # Field readers: JSON has no int/float distinction a reader can trust, and bool is an int.
