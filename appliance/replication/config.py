@@ -17,11 +17,18 @@ Receiver (``appliance-receiver --config receiver.toml``)::
     dead_after_s = 5.0           # optional
     compression = true           # optional: accept zstd when the primary offers it
     insecure = false             # true: no [tls] (benchmarks, tests)
+    provision = false            # true: a paired primary's offer of a volume that has no
+                                 # [[volume]] creates its replica under state_dir/<uuid>/
+                                 # (refused with code no-space when mirror + journal do not
+                                 # fit; appliance/replication/dr/provisioned.py)
+    provision_journal_size = 268435456   # bytes (at least 1 MiB): such a replica's journal
     [tls]                        # omit only with insecure = true (benchmarks, tests)
     cert = "..."; key = "..."    # this appliance's certificate (CN/SAN = identity) and key
     ca = "..."                   # either: a CA bundle both sites trust, or
     peers = ["/path/site-a.pem"] # the primaries' own certificates, pinned (exactly one of
-                                 # ca and peers; see appliance/replication/tls.py)
+                                 # ca and peers; see appliance/replication/tls.py). A
+                                 # receiver may pin none yet (peers = []): it then refuses
+                                 # every connection ("no peer is paired")
     [[volume]]
     uuid = "..."; size_bytes = 1073741824; block_size = 512
     journal_size = 268435456
@@ -101,7 +108,9 @@ DEFAULT_BLOCK_SIZE = 512        # of a transmitter's volume and of a receiver's 
 TLS_KEYS = {"cert": str, "key": str, "ca": str, "peers": list[str], "psk": str}
 _LINK_KEYS = {"identity": str, "control_socket": str, "tls": dict, "insecure": bool,
               "heartbeat_s": float, "dead_after_s": float, "compression": bool}
-RECEIVER_KEYS = {**_LINK_KEYS, "listen": str, "state_dir": str, "volume": list[dict]}
+RECEIVER_KEYS = {**_LINK_KEYS, "listen": str, "state_dir": str, "volume": list[dict],
+                 "provision": bool, "provision_journal_size": int}
+MIN_JOURNAL_SIZE = 1 << 20      # of a replica journal ([[volume]] or provisioned)
 VOLUME_KEYS = {"uuid": str, "size_bytes": int, "block_size": int, "journal_size": int,
                "allowed_primaries": list[str], "mirror": str}
 TRANSMITTER_KEYS = {
@@ -144,7 +153,9 @@ def _geometry(d: dict, where: Where) -> tuple[int, int]:
     return size, bs
 
 
-def _tls(d: dict, where: Where) -> TlsConfig | None:
+def _tls(d: dict, where: Where, *, may_pin_none: bool = False) -> TlsConfig | None:
+    """``may_pin_none``: a receiver may have ``peers = []`` (no appliance paired yet; every
+    connection is then refused), a transmitter needs its receiver's certificate."""
     if "tls" not in d:
         if not d.get("insecure", False):
             raise ConfigError(f"{where.file}: a [tls] section (cert, key, and ca or peers) is "
@@ -167,7 +178,7 @@ def _tls(d: dict, where: Where) -> TlsConfig | None:
         raise tw.error("ca", "or peers is missing: add one (ca = \"<CA bundle>\", or peers = "
                              "[\"<peer certificate>\", ...] to pin the paired appliances' "
                              "certificates)")
-    if "peers" in t and not t["peers"]:
+    if "peers" in t and not t["peers"] and not may_pin_none:
         raise tw.error("peers", "is empty: list the certificate file of each paired "
                                 "appliance (or use ca)")
     if "ca" in t:
@@ -204,6 +215,8 @@ class ReceiverConfig:
     heartbeat_s: float = 1.0
     dead_after_s: float = 5.0
     compression: bool = True
+    provision: bool = False             # create replicas for volumes paired primaries offer
+    provision_journal_size: int = 256 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,6 +257,12 @@ def _timing(d: dict, owner: type, where: Where) -> tuple[float, float]:
     return hb, dead
 
 
+def _journal_size(size: int, key: str, where: Where) -> int:
+    if size < MIN_JOURNAL_SIZE:
+        raise where.error(key, f"{size} is too small (at least 1 MiB: {MIN_JOURNAL_SIZE})")
+    return size
+
+
 def _replica(v: dict, state_dir: Path, where: Where) -> ReplicaConfig:
     v = check_table(v, VOLUME_KEYS, where)
     vid = _uuid(required(v, "uuid", where), "uuid", where)
@@ -252,9 +271,8 @@ def _replica(v: dict, state_dir: Path, where: Where) -> ReplicaConfig:
     paths = replica_paths(state_dir, vid)
     if "mirror" in v:
         paths = ReplicaPaths(paths.journal, Path(v["mirror"]), paths.state, paths.undo)
-    jsize = setting(v, "journal_size", ReplicaConfig, where)
-    if jsize < 1 << 20:
-        raise where.error("journal_size", f"{jsize} is too small (at least 1 MiB)")
+    jsize = _journal_size(setting(v, "journal_size", ReplicaConfig, where), "journal_size",
+                          where)
     return ReplicaConfig(VolumeSpec(vid, size, bs, allowed), paths, jsize)
 
 
@@ -276,8 +294,12 @@ def receiver_config(raw: dict, where: str = "receiver config") -> ReceiverConfig
         listen=parse_hostport(required(d, "listen", top), "listen", top),
         state_dir=state_dir,
         control_socket=Path(required(d, "control_socket", top)),
-        tls=_tls(d, top), volumes=vols, heartbeat_s=hb, dead_after_s=dead,
-        compression=setting(d, "compression", ReceiverConfig, top))
+        tls=_tls(d, top, may_pin_none=True), volumes=vols, heartbeat_s=hb, dead_after_s=dead,
+        compression=setting(d, "compression", ReceiverConfig, top),
+        provision=setting(d, "provision", ReceiverConfig, top),
+        provision_journal_size=_journal_size(
+            setting(d, "provision_journal_size", ReceiverConfig, top),
+            "provision_journal_size", top))
 
 
 def transmitter_config(raw: dict, where: str = "transmitter config") -> TransmitterConfig:

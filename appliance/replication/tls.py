@@ -32,6 +32,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+NO_PEER_PAIRED = "no peer is paired: every connection is refused"
+
 
 class TlsConfigError(ValueError):
     """The TLS settings cannot work; the message says which file or option to fix."""
@@ -79,10 +81,13 @@ def _pem_fingerprints(label: str, path: Path) -> list[str]:
     return [fingerprint(der) for der in ders]
 
 
-def _load(ctx: ssl.SSLContext, cfg: TlsConfig) -> None:
+def _load(ctx: ssl.SSLContext, cfg: TlsConfig, *, may_pin_none: bool = False) -> None:
+    """``may_pin_none``: the receiver may pin no certificate yet (no appliance paired): the
+    context then trusts nothing and every client certificate is refused."""
     files = [("cert", cfg.cert), ("key", cfg.key)]
     files += [("ca", cfg.ca)] if cfg.ca is not None else [("peers", p) for p in cfg.peers]
-    if (cfg.ca is None) == (not cfg.peers):
+    if cfg.ca is not None and cfg.peers or (cfg.ca is None and not cfg.peers
+                                             and not may_pin_none):
         raise TlsConfigError("tls needs exactly one of ca (a CA both sites trust) and peers "
                              "(the pinned certificates of the paired appliances)")
     for label, path in files:
@@ -97,7 +102,7 @@ def _load(ctx: ssl.SSLContext, cfg: TlsConfig) -> None:
             ctx.load_verify_locations(cafile=str(path))
         except (ssl.SSLError, OSError) as err:
             raise TlsConfigError(f"tls {label} file {path} unusable: {err}") from err
-    if cfg.peers:
+    if cfg.ca is None:
         # A pinned certificate is a trust anchor on its own: no issuer above it is looked for.
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -106,7 +111,7 @@ def _load(ctx: ssl.SSLContext, cfg: TlsConfig) -> None:
 def server_context(cfg: TlsConfig) -> ssl.SSLContext:
     """Receiver side: present our certificate, require and verify the primary's."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _load(ctx, cfg)
+    _load(ctx, cfg, may_pin_none=True)
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -140,9 +145,10 @@ class TlsSide:
         self.peer = "primary" if server else "receiver"
         self.context()                  # every file loads, or TlsConfigError now
         self.own = _pem_fingerprints("cert", cfg.cert)[0]
-        # Pinned fingerprints, or None when a CA vouches for the peers.
+        # Pinned fingerprints (none: no peer paired yet, a receiver only), or None when a CA
+        # vouches for the peers.
         self.pins: tuple[str, ...] | None = None
-        if cfg.peers:
+        if cfg.ca is None:
             self.pins = tuple(dict.fromkeys(
                 fp for path in cfg.peers for fp in _pem_fingerprints("peers", path)))
 
@@ -152,6 +158,8 @@ class TlsSide:
     def describe(self) -> str:
         if self.pins is None:
             return f"TLS, peers signed by {self.cfg.ca}"
+        if not self.pins:
+            return f"TLS, {NO_PEER_PAIRED}"
         return f"TLS, {len(self.pins)} pinned peer certificate(s)"
 
     def handshake(self) -> Handshake:
@@ -185,7 +193,7 @@ class Handshake:
         return fingerprint(self.presented) if self.presented else None
 
     def _not_pinned(self, fp: str) -> str:
-        pins = ", ".join(self.side.pins or ())
+        pins = ", ".join(self.side.pins or ()) or f"none: {NO_PEER_PAIRED}"
         return (f"the {self.side.peer} presented certificate {fp}, which is not pinned here "
                 f"(pinned: {pins})")
 

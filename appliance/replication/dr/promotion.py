@@ -31,7 +31,7 @@ from pathlib import Path
 
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.dr.replica import Replica, ReplicaError
-from appliance.replication.dr.replica_state import PromotionMark, ReplicaState
+from appliance.replication.dr.replica_state import PromotionMark, ReplicaState, promotion_refusal
 from appliance.storage import sync_dir
 
 log = logging.getLogger("appliance.replication.dr.replica")
@@ -60,11 +60,7 @@ def promote(cfg: ReplicaConfig) -> Promotion:
     Refused for an inconsistent replica (roll it back first) and for one that never held an
     image. Promoting a promoted replica again finishes what a crash interrupted and returns the
     same record."""
-    st = ReplicaState.load(cfg.paths.state)
-    if st is None:
-        raise ReplicaError(f"volume {cfg.spec.uuid} was never paired with a primary: its mirror "
-                           f"holds no replicated image to promote")
-    mark = st.promoted
+    mark = check_promote(cfg).promoted
     if mark is None:
         replica = Replica(cfg)          # opening redoes the journal onto the mirror
         try:
@@ -76,13 +72,35 @@ def promote(cfg: ReplicaConfig) -> Promotion:
                      cfg.paths.mirror, mark.time)
 
 
+def check_promote(cfg: ReplicaConfig) -> ReplicaState:
+    """The rules of a promotion, from the state file and the journal's presence: ReplicaError
+    with the reason when it cannot run (also asked by the receiver before it closes the
+    volume's session). A promoted replica passes (promoting again finishes a promotion)."""
+    st = ReplicaState.load(cfg.paths.state)
+    if st is None:
+        raise ReplicaError(f"volume {cfg.spec.uuid} was never paired with a primary: its mirror "
+                           f"holds no replicated image to promote")
+    if st.promoted is None:
+        reason = promotion_refusal(cfg.spec.uuid, inconsistent=st.inconsistent_since is not None,
+                                   has_journal=cfg.paths.journal.exists(),
+                                   image_seq=st.detached_image_seq)
+        if reason:
+            raise ReplicaError(reason)
+    return st
+
+
+def check_demote(cfg: ReplicaConfig) -> ReplicaState:
+    st = ReplicaState.load(cfg.paths.state)
+    if st is None or st.promoted is None:
+        raise ReplicaError(f"volume {cfg.spec.uuid} is not promoted; nothing to demote")
+    return st
+
+
 def demote(cfg: ReplicaConfig) -> int:
     """Make a promoted replica an unbound DR replica over the same mirror again (offline; the
     mirror must no longer be served on this site). Returns the generation it keeps: the
     primary whose contact it awaits must use at least this one."""
-    st = ReplicaState.load(cfg.paths.state)
-    if st is None or st.promoted is None:
-        raise ReplicaError(f"volume {cfg.spec.uuid} is not promoted; nothing to demote")
+    st = check_demote(cfg)
     generation = st.generation
     dataclasses.replace(st, primary=None, promoted=None, demoted_from=st.promoted,
                         inconsistent_since=None, consistent_seq=None, consistent_at=None,

@@ -36,7 +36,12 @@ from appliance.replication.dr.apply import apply_records, check_record
 from appliance.replication.dr.replica_errors import ReplicaError
 from appliance.replication.dr.replica_files import extend_file, preallocate
 from appliance.replication.dr.replica_resync import ReplicaResync
-from appliance.replication.dr.replica_state import PromotionMark, ReplicaState, ReplicaStateError
+from appliance.replication.dr.replica_state import (
+    PromotionMark,
+    ReplicaState,
+    ReplicaStateError,
+    promotion_refusal,
+)
 from appliance.replication.dr.undo import UndoLog
 from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec
 from appliance.replication.records import from_journal, to_write_op
@@ -433,19 +438,17 @@ class Replica(ReplicaResync):
         with self._apply_lock:
             if self.promoted is not None:
                 return self.promoted
-            if self.inconsistent_since is not None:
-                raise ReplicaError(f"volume {self.spec.uuid} is inconsistent (a resync or full "
-                                   f"copy was under way): run 'appliance-dr rollback "
-                                   f"{self.spec.uuid}' first to restore its last consistent "
-                                   f"image, then promote")
+            reason = promotion_refusal(self.spec.uuid,
+                                       inconsistent=self.inconsistent_since is not None,
+                                       has_journal=self.journal is not None,
+                                       image_seq=self.detached_image_seq)
+            if reason:
+                raise ReplicaError(reason)
             if self.journal is not None:
                 self.sync_mirror()
                 at_seq = self.applied_seq
-            elif self.detached_image_seq is not None:
-                at_seq = self.detached_image_seq     # rolled back / invalidated, not re-paired
             else:
-                raise ReplicaError(f"volume {self.spec.uuid} has never held a replicated image "
-                                   f"(no journal, no image): nothing to promote")
+                at_seq = self.detached_image_seq     # rolled back / invalidated, not re-paired
             self.generation += 1
             self.promoted = {"at_seq": at_seq, "generation": self.generation, "time": now,
                              "former_primary": self.primary}

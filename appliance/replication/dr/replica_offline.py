@@ -28,12 +28,9 @@ def roll_back_to_consistent(cfg: ReplicaConfig) -> int:
     Offline (the receiver must not run). The replica journal is set aside (renamed), since
     the image no longer matches it: the primary's next contact starts a full copy, during
     which this image stays recoverable. Returns the seq of the restored image."""
-    st = _state(cfg)
-    if st.inconsistent_since is None:
-        raise ReplicaError(f"volume {cfg.spec.uuid} is consistent; nothing to roll back")
-    if st.consistent_seq is None:
-        raise ReplicaError(f"volume {cfg.spec.uuid} has never held a consistent image: its "
-                           f"initial full copy has not finished; nothing to roll back to")
+    st = check_rollback(cfg)
+    if st.consistent_seq is None:       # check_rollback refused it
+        raise ReplicaError(f"volume {cfg.spec.uuid} has no consistent image")
     mirror = storage.open_file(cfg.paths.mirror)
     try:
         restored = roll_back(cfg.paths.undo, mirror)
@@ -52,15 +49,9 @@ def invalidate(cfg: ReplicaConfig) -> int:
     holds (e.g. restored from an old backup). Offline (the receiver must not run). The journal
     is redone onto the mirror and set aside; the mirror's image stays recoverable through the
     copy. Returns the seq of that image."""
+    check_invalidate(cfg)
     replica = Replica(cfg)            # opening redoes the journal onto the mirror and syncs it
     try:
-        if replica.inconsistent_since is not None:
-            raise ReplicaError(f"volume {cfg.spec.uuid} is inconsistent (a resync or full copy "
-                               f"is under way): roll it back first ('appliance-dr rollback') "
-                               f"or let the resync finish")
-        if replica.journal is None:
-            raise ReplicaError(f"volume {cfg.spec.uuid} holds no journal: its next contact is "
-                               f"a first contact already")
         seq = replica.applied_seq
     finally:
         replica.close()
@@ -68,6 +59,37 @@ def invalidate(cfg: ReplicaConfig) -> int:
     log.warning("volume %s: invalidated at seq %d; the next contact starts a full copy",
                 cfg.spec.uuid, seq)
     return seq
+
+
+def check_rollback(cfg: ReplicaConfig) -> ReplicaState:
+    """The rules of a rollback, from the state file: ReplicaError with the reason when it
+    cannot run (also asked by the receiver before it closes the volume's session)."""
+    st = _state(cfg)
+    if st.promoted is not None:
+        raise ReplicaError(f"volume {cfg.spec.uuid} is promoted (served as a primary here): "
+                           f"nothing to roll back")
+    if st.inconsistent_since is None:
+        raise ReplicaError(f"volume {cfg.spec.uuid} is consistent; nothing to roll back")
+    if st.consistent_seq is None:
+        raise ReplicaError(f"volume {cfg.spec.uuid} has never held a consistent image: its "
+                           f"initial full copy has not finished; nothing to roll back to")
+    return st
+
+
+def check_invalidate(cfg: ReplicaConfig) -> ReplicaState:
+    """The rules of an invalidate, from the state file and the journal's presence."""
+    st = _state(cfg)
+    if st.promoted is not None:
+        raise ReplicaError(f"volume {cfg.spec.uuid} is promoted (served as a primary here): "
+                           f"demote it first")
+    if st.inconsistent_since is not None:
+        raise ReplicaError(f"volume {cfg.spec.uuid} is inconsistent (a resync or full copy "
+                           f"is under way): roll it back first (rollback) or let the resync "
+                           f"finish")
+    if not cfg.paths.journal.exists():
+        raise ReplicaError(f"volume {cfg.spec.uuid} holds no journal: its next contact is "
+                           f"a first contact already")
+    return st
 
 
 def _state(cfg: ReplicaConfig) -> ReplicaState:

@@ -135,6 +135,21 @@ class ReplicaState:
             name=_opt_str(d, "name") or "")
 
 
+def promotion_refusal(volume: uuid.UUID, *, inconsistent: bool, has_journal: bool,
+                      image_seq: int | None) -> str | None:
+    """Why a replica cannot be promoted, or None (the one place of these rules)."""
+    if inconsistent:
+        return (f"volume {volume} is inconsistent (a resync or full copy was under way): roll "
+                f"it back first (rollback: 'appliance-dr rollback {volume}' with the receiver "
+                f"stopped, or the receiver's rollback command) to restore its last consistent "
+                f"image, then promote")
+    if not has_journal and image_seq is None:
+        return (f"volume {volume} has never held a replicated image (no journal, no image): "
+                f"nothing to promote")
+    return None
+
+
+
 # Field readers: JSON has no int/float distinction a reader can trust, and bool is an int.
 
 def _required(d: dict, key: str) -> object:

@@ -205,7 +205,6 @@ def test_tls_takes_a_ca_or_pinned_peers():
     ({"cert": "/c", "key": "/k", "ca": "/a", "peers": ["/p.pem"]},
      "[tls] ca and peers are both set: keep one"),
     ({"cert": "/c", "key": "/k"}, "[tls] ca or peers is missing: add one"),
-    ({"cert": "/c", "key": "/k", "peers": []}, "[tls] peers is empty"),
     ({"cert": "/c", "key": "/k", "peers": "/p.pem"}, "[tls] peers must be a list of str"),
     ({"cert": "/c", "key": "/k", "peer": ["/p.pem"]},
      "unknown setting [tls] peer: did you mean peers?"),
