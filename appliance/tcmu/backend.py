@@ -75,6 +75,10 @@ class VolumeBackend:
     def set_write_cache(self, enabled: bool) -> None:
         self.volume.write_cache_enabled = enabled
 
+    def set_journal_paused(self, paused: bool) -> bool:
+        """The admin pauses (or resumes) journaling; False if it already was (not)."""
+        return self.volume.pause_journal() if paused else self.volume.resume_journal()
+
     def status(self) -> dict:
         """The volume's state, and what it holds that the peer has not acknowledged: also
         visible when no transmitter runs (docs/protocol.md, "What status derives from")."""
@@ -82,7 +86,8 @@ class VolumeBackend:
         journal = st["journal"]
         not_acked = max(0, journal["next_seq"] - 1 - journal["acked_seq"])
         dirty = st["dirty_chunks"] * st["chunk_size"]
-        return {**st, "uuid": str(self.volume.uuid), "size_bytes": self.size_bytes,
+        return {**st, "volume_state": st["state"], "uuid": str(self.volume.uuid),
+                "size_bytes": self.size_bytes,
                 "peer_lag_records": not_acked, "peer_lag_dirty_bytes": dirty,
                 "peer_holds_everything": not_acked == 0 and dirty == 0
                 and st["state"] == "journaling"}

@@ -37,7 +37,7 @@ from dbus_fast import BusType
 
 from appliance import checksum
 from appliance.config_file import ConfigError, Where, check_table
-from appliance.control.server import ControlServer
+from appliance.control.server import CommandError, ControlServer
 from appliance.daemon_entry import LEVELS, argument_parser, run, stop_event_on_signals
 from appliance.tcmu import cfgstring
 from appliance.tcmu.backend import open_backend
@@ -234,10 +234,42 @@ def _process_age() -> float:
 
 def control_server(daemon: HandlerDaemon) -> ControlServer:
     """The handler's control socket: `status` shows every volume it serves, and what each
-    holds that its peer has not acknowledged (also when no transmitter runs)."""
-    return ControlServer(daemon.config.control_socket,
-                         {"status": lambda args: {"role": "handler",
-                                                  "volumes": daemon.manager.status()}})
+    holds that its peer has not acknowledged (also when no transmitter runs);
+    `pause-journal` / `resume-journal` {"volume": "<backstore name>"} steer journaling."""
+    return ControlServer(daemon.config.control_socket, {
+        "status": lambda args: {"role": "handler", "volumes": daemon.manager.status()},
+        "pause-journal": lambda args: _journal_pause(daemon, "pause-journal", args, True),
+        "resume-journal": lambda args: _journal_pause(daemon, "resume-journal", args, False),
+    })
+
+
+async def _journal_pause(daemon: HandlerDaemon, cmd: str, args: dict, paused: bool) -> dict:
+    """pause-journal / resume-journal: the volume's status entry plus ``volume`` and
+    ``changed`` (False: it already was; the call is idempotent). Runs in a worker thread: it
+    makes the mirror durable (fdatasync) before the bitmap header records the pause."""
+    usage = f'{cmd} takes {{"volume": "<backstore name>"}}; nothing changed'
+    unknown = sorted(set(args) - {"volume"})
+    if unknown:
+        raise CommandError(f"unknown argument {', '.join(map(repr, unknown))}: {usage}")
+    name = args.get("volume")
+    if not isinstance(name, str) or not name:
+        raise CommandError(f"missing the volume's name: {usage}")
+    try:
+        result = await asyncio.to_thread(daemon.manager.set_journal_paused, name, paused)
+    except LookupError:
+        served = daemon.manager.names()
+        raise CommandError(
+            f"no volume {name!r} is served by this handler (it serves "
+            f"{', '.join(served) if served else 'none'}); give the user:mirror backstore's "
+            "name; nothing changed") from None
+    except Exception as err:
+        log.exception("%s %s failed", cmd, name)
+        raise CommandError(f"{cmd} of {name} failed: {err}; check the handler's log "
+                           "(the volume's state is in status)") from err
+    if result["changed"]:
+        log.warning("volume %s: the admin %s journaling (%s)", name,
+                    "paused" if paused else "resumed", cmd)
+    return result
 
 
 async def _serve(daemon: HandlerDaemon) -> None:

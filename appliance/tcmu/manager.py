@@ -33,6 +33,7 @@ class Backend(Protocol):
 
     def resize(self, size_bytes: int) -> None: ...
     def set_write_cache(self, enabled: bool) -> None: ...
+    def set_journal_paused(self, paused: bool) -> bool: ...
     def status(self) -> dict: ...
     def close(self) -> None: ...
 
@@ -225,11 +226,29 @@ class DeviceManager:
         """Every served device by backstore name: its config string and its volume's state."""
         with self._lock:
             served = list(self.devices.values())
-        out = {}
-        for dev in served:
-            out[dev.name.name] = {"uio": dev.minor, "cfgstring": dev.config.to_cfgstring(),
-                                  **dev.backend.status()}
-        return out
+        return {dev.name.name: self._device_status(dev) for dev in served}
+
+    @staticmethod
+    def _device_status(dev: ServedDevice) -> dict:
+        return {"uio": dev.minor, "cfgstring": dev.config.to_cfgstring(),
+                **dev.backend.status()}
+
+    def names(self) -> list[str]:
+        """The backstore names served, sorted."""
+        with self._lock:
+            return sorted(dev.name.name for dev in self.devices.values())
+
+    def set_journal_paused(self, name: str, paused: bool) -> dict:
+        """Pause or resume journaling of the volume of backstore `name` (the admin's
+        pause-journal / resume-journal). Returns its status entry with ``changed`` (False:
+        it already was). Raises LookupError if no served device has that name. Under the
+        lock, so the device cannot be removed meanwhile."""
+        with self._lock:
+            dev = next((d for d in self.devices.values() if d.name.name == name), None)
+            if dev is None:
+                raise LookupError(name)
+            changed = dev.backend.set_journal_paused(paused)
+            return {"volume": name, "changed": changed, **self._device_status(dev)}
 
     def log_state(self) -> None:
         """Log every served device's ring state: `systemctl kill -s USR1 appliance-handler`."""

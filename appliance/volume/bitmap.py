@@ -14,6 +14,7 @@ later batch stays dirty, so a concurrent re-dirtying is never lost.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -124,6 +125,18 @@ class DirtyBitmap:
         return self._header.overflow_seq
 
     @property
+    def journal_paused(self) -> bool:
+        return self._header.journal_paused
+
+    @property
+    def logging_reason(self) -> int:
+        return self._header.logging_reason
+
+    @property
+    def reason_text(self) -> str | None:
+        return self._header.reason_text
+
+    @property
     def dirty_chunks(self) -> int:
         return self._dirty
 
@@ -138,12 +151,35 @@ class DirtyBitmap:
         """(first chunk, count) for every run of dirty chunks."""
         return fmt.iter_runs(self._bits, self.num_chunks)
 
-    def set_mode(self, logging: bool, overflow_seq: int) -> None:
-        """Persist the mode durably (before the first write that depends on it)."""
+    def set_mode(self, logging: bool, overflow_seq: int, *,
+                 reason: int = fmt.REASON_UNKNOWN, paused: bool = False) -> None:
+        """Persist the mode durably (before the first write that depends on it), in one
+        header write: with it why the writer logs (`reason`, kept if already logging) and
+        whether the admin paused journaling (`paused`). Leaving logging while paused is
+        refused (ValueError): only `set_paused(False)` ends an admin's pause."""
+        if not logging and self.journal_paused:
+            raise ValueError("journaling is paused by the admin; resume it first")
         mode = fmt.MODE_LOGGING if logging else fmt.MODE_JOURNALING
         since = self._header.logging_since_ns if self.logging else time.time_ns()
+        if logging and self.logging:
+            reason = self._header.logging_reason
+        flags = self._header.flags       # already logging: an admin's pause stays
+        if not logging:
+            flags &= ~fmt.FLAG_JOURNAL_PAUSED
+        elif paused:
+            flags |= fmt.FLAG_JOURNAL_PAUSED
         self._publish(mode=mode, overflow_seq=overflow_seq,
-                      logging_since_ns=since if logging else 0)
+                      logging_since_ns=since if logging else 0,
+                      logging_reason=reason if logging else fmt.REASON_UNKNOWN, flags=flags)
+        self._io.sync()
+
+    def set_paused(self, paused: bool) -> None:
+        """Set or clear the admin's pause of journaling, durably (one header write). Pausing
+        needs logging-to-bitmap already (ValueError otherwise: ``set_mode`` enters both)."""
+        if paused and not self.logging:
+            raise ValueError("pausing journaling needs logging-to-bitmap first (set_mode)")
+        flags = self._header.flags & ~fmt.FLAG_JOURNAL_PAUSED
+        self._publish(flags=flags | (fmt.FLAG_JOURNAL_PAUSED if paused else 0))
         self._io.sync()
 
     def resize(self, num_chunks: int) -> None:
@@ -297,15 +333,8 @@ class DirtyBitmap:
                 start = prev = sector
 
     def _publish(self, **changes: int) -> None:
-        header = self._header
-        fields = {"generation": header.generation + 1, "volume_uuid": header.volume_uuid,
-                  "chunk_size": header.chunk_size, "num_chunks": header.num_chunks,
-                  "incarnation": header.incarnation, "completed_gen": header.completed_gen,
-                  "mode": header.mode, "overflow_seq": header.overflow_seq,
-                  "processed_request": header.processed_request,
-                  "logging_since_ns": header.logging_since_ns}
-        fields.update(changes)
-        new = fmt.BitmapHeader(**fields)
+        new = dataclasses.replace(self._header, generation=self._header.generation + 1,
+                                  **changes)
         self._io.pwritev(fmt.HEADER_OFFSETS[self._next_slot], [fmt.encode_header(new)])
         self._next_slot = 1 - self._next_slot
         self._header = new

@@ -32,15 +32,44 @@ BITS_OFFSET = 4 * SLOT_SIZE
 HEADER_MAGIC = b"DRBITMAP"
 REQUEST_MAGIC = b"DRBMCLR1"         # "clear these chunks, shipped as read after seen_gen"
 MARK_MAGIC = b"DRBMMRK1"            # "mark these chunks dirty" (a full copy to a new peer)
-FORMAT_VERSION = 2      # 2 added logging_since_ns to the header; version 1 is still read
+# Header versions: 2 added logging_since_ns, 3 added flags and logging_reason. Versions 1
+# and 2 are still read (the missing fields as 0); the next header write is version 3.
+HEADER_VERSION = 3
+# Requests kept their layout: a resyncer of an earlier release still talks to this writer.
+REQUEST_VERSION = 2
 
 MODE_JOURNALING = 0
 MODE_LOGGING = 1
 
+# Header flags.
+FLAG_JOURNAL_PAUSED = 1     # the admin paused journaling: stay in logging-to-bitmap until resumed
+
+# Why the writer logs to the bitmap (header field logging_reason; 0 while journaling, and in
+# headers of versions 1 and 2, where it is unknown).
+REASON_UNKNOWN = 0
+REASON_JOURNAL_FULL = 1
+REASON_FULL_RESYNC = 2
+REASON_PEER_FULL_COPY = 3
+REASON_ADOPTED_MIRROR = 4
+REASON_ADMIN_PAUSE = 5
+REASON_TEXT = {
+    REASON_UNKNOWN: "unknown (an earlier release entered logging-to-bitmap)",
+    REASON_JOURNAL_FULL: "journal full",
+    REASON_FULL_RESYNC: "full resync requested",
+    REASON_PEER_FULL_COPY: "peer needs a full copy",
+    REASON_ADOPTED_MIRROR: "mirror held data the journal never recorded",
+    REASON_ADMIN_PAUSE: "journaling resumed by admin; the resync ships what was written "
+                        "while paused",
+}
+PAUSED_TEXT = "paused by admin"
+
 # magic, version, generation, volume uuid, chunk size, chunks, incarnation,
-# completed batch generation, mode, overflow seq, processed request id, logging since (ns)
-_HEADER = struct.Struct("<8sIQ16sIQQQIQQQ")
-_HEADER_V1 = struct.Struct("<8sIQ16sIQQQIQQ")     # without logging since
+# completed batch generation, mode, overflow seq, processed request id, logging since (ns),
+# flags, logging reason
+_HEADER = struct.Struct("<8sIQ16sIQQQIQQQII")
+_HEADER_V2 = struct.Struct("<8sIQ16sIQQQIQQQ")    # without flags and logging reason
+_HEADER_V1 = struct.Struct("<8sIQ16sIQQQIQQ")     # without logging since either
+_LAYOUTS = {HEADER_VERSION: _HEADER, 2: _HEADER_V2, 1: _HEADER_V1}
 # magic, version, generation, incarnation, request id, batch generation seen, range count
 _REQUEST = struct.Struct("<8sIQQQQI")
 _RANGE = struct.Struct("<QI")
@@ -68,6 +97,18 @@ class BitmapHeader:
     # Wall clock (ns) when the writer entered logging-to-bitmap; 0 while journaling and in
     # headers of format version 1. Status reports it: since when the DR lacks these writes.
     logging_since_ns: int = 0
+    flags: int = 0            # FLAG_JOURNAL_PAUSED (version 3; 0 in older headers)
+    logging_reason: int = 0   # REASON_* why it logs to the bitmap (version 3; 0: unknown)
+
+    @property
+    def journal_paused(self) -> bool:
+        """The admin paused journaling: the writer stays in logging-to-bitmap until resumed."""
+        return bool(self.flags & FLAG_JOURNAL_PAUSED)
+
+    @property
+    def reason_text(self) -> str | None:
+        """Why the writer logs to the bitmap, for status; None while journaling."""
+        return reason_text(self.mode == MODE_LOGGING, self.journal_paused, self.logging_reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +125,16 @@ class BitmapRequest:
 
 
 _Slot = TypeVar("_Slot", BitmapHeader, BitmapRequest)
+
+
+def reason_text(logging: bool, journal_paused: bool, reason: int) -> str | None:
+    """Status text of why a writer logs to the bitmap: "paused by admin" while paused (that is
+    what keeps it there), else the reason it began; None while journaling."""
+    if not logging:
+        return None
+    if journal_paused:
+        return PAUSED_TEXT
+    return REASON_TEXT.get(reason, f"reason code {reason}")
 
 
 def bits_length(num_chunks: int) -> int:
@@ -109,9 +160,10 @@ def _unseal(slot: bytes | memoryview, length: int) -> bytes | None:
 
 def encode_header(header: BitmapHeader) -> bytes:
     return _seal(_HEADER.pack(
-        HEADER_MAGIC, FORMAT_VERSION, header.generation, header.volume_uuid.bytes,
+        HEADER_MAGIC, HEADER_VERSION, header.generation, header.volume_uuid.bytes,
         header.chunk_size, header.num_chunks, header.incarnation, header.completed_gen,
-        header.mode, header.overflow_seq, header.processed_request, header.logging_since_ns))
+        header.mode, header.overflow_seq, header.processed_request, header.logging_since_ns,
+        header.flags, header.logging_reason))
 
 
 def decode_header(slot: bytes | memoryview) -> BitmapHeader | None:
@@ -121,23 +173,24 @@ def decode_header(slot: bytes | memoryview) -> BitmapHeader | None:
     if bytes(slot[:8]) != HEADER_MAGIC:
         return None
     (version,) = struct.unpack_from("<I", slot, 8)
-    layout = {FORMAT_VERSION: _HEADER, 1: _HEADER_V1}.get(version)
+    layout = _LAYOUTS.get(version)
     body = _unseal(slot, layout.size if layout else _HEADER.size)
     if body is None:
         return None
     if layout is None:
         raise BitmapFormatError(f"bitmap format version {version} is not supported "
-                                f"(this software reads versions 1 to {FORMAT_VERSION})")
-    (_, _, gen, vol, chunk, chunks, inc, done, mode, ovf, proc, *since) = layout.unpack(body)
+                                f"(this software reads versions 1 to {HEADER_VERSION})")
+    (_, _, gen, vol, chunk, chunks, inc, done, mode, ovf, proc, *rest) = layout.unpack(body)
+    since, flags, reason = (*rest, 0, 0, 0)[:3]
     return BitmapHeader(gen, uuid.UUID(bytes=vol), chunk, chunks, inc, done, mode, ovf, proc,
-                        since[0] if since else 0)
+                        since, flags, reason)
 
 
 def encode_request(request: BitmapRequest) -> bytes:
     if len(request.ranges) > MAX_REQUEST_RANGES:
         raise ValueError(f"a clear request holds at most {MAX_REQUEST_RANGES} ranges")
     magic = MARK_MAGIC if request.mark else REQUEST_MAGIC
-    body = _REQUEST.pack(magic, FORMAT_VERSION, request.generation, request.incarnation,
+    body = _REQUEST.pack(magic, REQUEST_VERSION, request.generation, request.incarnation,
                          request.request_id, request.seen_gen, len(request.ranges))
     body += b"".join(_RANGE.pack(first, count) for first, count in request.ranges)
     return _seal(body)
@@ -153,7 +206,7 @@ def decode_request(slot: bytes | memoryview) -> BitmapRequest | None:
     if body is None:
         return None
     magic, version, gen, inc, rid, seen, _ = _REQUEST.unpack_from(body)
-    if magic not in (REQUEST_MAGIC, MARK_MAGIC) or version != FORMAT_VERSION:
+    if magic not in (REQUEST_MAGIC, MARK_MAGIC) or version != REQUEST_VERSION:
         return None
     ranges = tuple(_RANGE.unpack_from(body, _REQUEST.size + i * _RANGE.size)
                    for i in range(n_ranges))

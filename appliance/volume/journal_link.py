@@ -131,7 +131,7 @@ def adopt_mirror(bitmap: DirtyBitmap, config: VolumeConfig) -> None:
     log.warning("volume %s: mirror %s already holds data that the new journal %s never "
                 "recorded; every chunk is marked for a full resync to the peer", config.uuid,
                 config.mirror_path, config.journal_path)
-    bitmap.set_mode(True, 0)
+    bitmap.set_mode(True, 0, reason=bitmap_format.REASON_ADOPTED_MIRROR)
     bitmap.mark_all()
 
 

@@ -39,6 +39,12 @@ class ResyncSnapshot:
     chunk_size: int
     runs: tuple[tuple[int, int], ...]    # dirty (first chunk, count), in order
     logging_since_ns: int = 0            # when logging-to-bitmap began (0: journaling/unknown)
+    # The admin paused journaling: the writer stays in logging-to-bitmap until resumed, even
+    # once every chunk is clean (a resync then waits for the writer).
+    journal_paused: bool = False
+    # Why the writer logs to the bitmap, for status ("journal full", "paused by admin", ...;
+    # bitmap_format.reason_text); None while journaling.
+    logging_reason: str | None = None
 
     @property
     def dirty_chunks(self) -> int:
@@ -87,7 +93,8 @@ class ResyncSource:
         return ResyncSnapshot(header.incarnation, header.completed_gen,
                               header.mode == fmt.MODE_LOGGING, header.overflow_seq,
                               header.chunk_size, tuple(fmt.iter_runs(bits, header.num_chunks)),
-                              header.logging_since_ns)
+                              header.logging_since_ns, header.journal_paused,
+                              header.reason_text)
 
     def request_clear(self, snap: ResyncSnapshot, runs: Sequence[tuple[int, int]]) -> int:
         """Ask the writer to clear shipped chunks. Returns the request id to wait for.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from appliance.journal import InvalidRequest, JournalFull, OpKind, WriteOp
 from appliance.journal.resize import set_volume_blocks
-from appliance.volume import journal_link, resizing, scatter
+from appliance.volume import bitmap_format, journal_link, resizing, scatter
 from appliance.volume.applier import Mark, MirrorApplier
 from appliance.volume.bitmap import DirtyBitmap
 from appliance.volume.config import FlushPolicy, VolumeConfig
@@ -131,6 +131,11 @@ class Volume:
         return LOGGING_TO_BITMAP if self._bitmap.logging else JOURNALING
 
     @property
+    def journal_paused(self) -> bool:
+        """The admin paused journaling (persisted in the bitmap header)."""
+        return self._bitmap.journal_paused
+
+    @property
     def write_cache_enabled(self) -> bool:
         return self._wce
 
@@ -146,12 +151,18 @@ class Volume:
             usage = self._journal.usage()
             dirty = self._bitmap.dirty_chunks
             alert = None
+            reason = self._bitmap.reason_text
             if self._bitmap.logging:
-                alert = (f"journal full: logging writes to the dirty-region bitmap "
+                alert = (f"{reason}: logging writes to the dirty-region bitmap "
                          f"({dirty} chunks of {self._bitmap.chunk_size} bytes to resync)")
+                if self._bitmap.journal_paused:
+                    alert = ("journaling " + alert + "; resume-journal to journal again "
+                             "(the resync then ships them)")
             return {
                 "state": self.state,
                 "alert": alert,
+                "journal_paused": self._bitmap.journal_paused,
+                "logging_reason": reason,
                 "write_cache_enabled": self._wce,
                 "journal": journal_link.usage_dict(usage),
                 "dirty_chunks": dirty,
@@ -232,7 +243,8 @@ class Volume:
             self._applier.drain_pending()
             self._applier.apply_in_order([(group, last) for group, last, _ in appended])
         if rest:
-            self._enter_logging("journal full: the peer has not acknowledged enough of it")
+            self._enter_logging("journal full: the peer has not acknowledged enough of it",
+                                bitmap_format.REASON_JOURNAL_FULL)
         elif self._applier.unsynced_mirror_bytes() > self._mirror_sync_bytes:
             self._applier.checkpoint_mirror()
         return rest
@@ -356,8 +368,54 @@ class Volume:
         with self._lock:
             self._check_open()
             if not self._bitmap.logging:
-                self._enter_logging("a full resync was asked for")
+                self._enter_logging("a full resync was asked for",
+                                    bitmap_format.REASON_FULL_RESYNC)
             self._bitmap.mark_all()
+
+    def pause_journal(self) -> bool:
+        """The admin pauses journaling: writes go to the mirror and the dirty-region bitmap
+        as after a journal overflow, and stay there until `resume_journal`, also across a
+        close, a crash or a reboot (the pause is a flag in the bitmap header, written with
+        the mode in one durable header write). Returns False if it was paused already."""
+        with self._lock:
+            self._check_open()
+            bm = self._bitmap
+            if bm.journal_paused:
+                return False
+            try:
+                if bm.logging:
+                    bm.set_paused(True)
+                    log.warning("volume %s: journaling paused by the admin while logging to "
+                                "the dirty-region bitmap (%s); it stays there until the admin "
+                                "resumes journaling, whatever the resync ships meanwhile",
+                                self.uuid, bm.reason_text)
+                else:
+                    self._enter_logging("journaling paused by the admin",
+                                        bitmap_format.REASON_ADMIN_PAUSE, paused=True)
+            except OSError as err:
+                raise MediumError("write", f"pausing the journal failed: {err}") from err
+            return True
+
+    def resume_journal(self) -> bool:
+        """End the admin's pause (durably). The volume stays in logging-to-bitmap until the
+        transmitter's resync has shipped the dirty regions and the peer holds the journal up
+        to ``overflow_seq``, as after an overflow; at once if nothing is owed. Returns False
+        if journaling was not paused."""
+        with self._lock:
+            self._check_open()
+            bm = self._bitmap
+            if not bm.journal_paused:
+                return False
+            try:
+                bm.set_paused(False)
+                log.warning("volume %s: journaling resumed by the admin; writes go on to the "
+                            "dirty-region bitmap until the transmitter's resync has shipped "
+                            "its %d dirty chunks, then to the journal", self.uuid,
+                            bm.dirty_chunks)
+                self._service(time.monotonic())      # back at once if nothing is owed
+            except OSError as err:
+                raise MediumError("write", f"resuming the journal failed: {err}") from err
+            return True
 
     # -- background work --------------------------------------------------------------
     def service(self) -> None:
@@ -383,7 +441,8 @@ class Volume:
         if request is not None and request.mark:
             # A peer that needs a full copy: the same path as a journal overflow.
             if not bm.logging:
-                self._enter_logging("the peer needs a full copy")
+                self._enter_logging("the peer needs a full copy",
+                                    bitmap_format.REASON_PEER_FULL_COPY)
             bm.handle_mark(request)
         elif request is not None:
             # The resync shipped what it read from the mirror's page cache: make that
@@ -391,7 +450,7 @@ class Volume:
             if bm.dirty_chunks:
                 self._mirror.sync()
             bm.handle_request(request)
-        if (bm.logging and bm.dirty_chunks == 0
+        if (bm.logging and bm.dirty_chunks == 0 and not bm.journal_paused
                 and journal_link.acked_seq(self._journal) >= bm.overflow_seq):
             bm.set_mode(False, bm.overflow_seq)     # back to journaling, durably
             log.warning("volume %s: the resync shipped every dirty region; journaling again "
@@ -406,12 +465,19 @@ class Volume:
         return None
 
     # -- internals --------------------------------------------------------------------
-    def _enter_logging(self, why: str) -> None:
-        """Journal full: from now on the bitmap accounts for writes. The mirror must hold
-        every journaled write durably first, or a later redo could roll a chunk back."""
+    def _enter_logging(self, why: str, reason: int, *, paused: bool = False) -> None:
+        """Journal full (or `why`): from now on the bitmap accounts for writes. The mirror
+        must hold every journaled write durably first, or a later redo could roll a chunk
+        back. `reason` (bitmap_format.REASON_*) and `paused` go into the same header write."""
         self._applier.commit_pending()
         self._applier.checkpoint_mirror()
-        self._bitmap.set_mode(True, self._journal.next_seq - 1)
+        self._bitmap.set_mode(True, self._journal.next_seq - 1, reason=reason, paused=paused)
+        if paused:
+            log.warning("volume %s: %s: logging writes to the dirty-region bitmap from seq %d "
+                        "on; the DR copy is behind until journaling is resumed "
+                        "(resume-journal) and the transmitter's resync ships the dirty "
+                        "regions", self.uuid, why, self._journal.next_seq)
+            return
         self._overflows += 1
         log.warning("volume %s: %s: logging writes to the dirty-region bitmap from seq %d on; "
                     "the DR copy is behind until the transmitter's resync ships the dirty "
