@@ -379,6 +379,15 @@ class Volume:
         the mode in one durable header write). Returns False if it was paused already."""
         with self._lock:
             self._check_open()
+            if self._bitmap.journal_paused:
+                return False
+        # Most of the checkpoint's mirror fdatasync, without the lock (host I/O goes on, as
+        # in _tick); the one under the lock then has little left. Only a head start: an
+        # error here comes back from the checkpoint below, where it is reported.
+        with contextlib.suppress(OSError, ValueError):
+            self._mirror.sync()
+        with self._lock:
+            self._check_open()
             bm = self._bitmap
             if bm.journal_paused:
                 return False
