@@ -12,8 +12,16 @@ from test_volume_crash import MAX_BLOCKS, NUM_BLOCKS, Driver
 from volume_harness import BS, Peer, Rig, block_data, read_all
 
 from appliance.journal import OpKind, WriteOp
-from appliance.volume import JOURNALING, LOGGING_TO_BITMAP, FlushPolicy, ResyncSource, Volume
+from appliance.volume import (
+    JOURNALING,
+    LOGGING_TO_BITMAP,
+    FlushPolicy,
+    ResyncSource,
+    Volume,
+    VolumeConfig,
+)
 from appliance.volume import bitmap_format as fmt
+from appliance.volume.bitmap import DirtyBitmap
 from tests.support.simdisk import SimMachine
 
 
@@ -175,7 +183,6 @@ def test_a_version_2_bitmap_is_opened_and_rewritten_as_version_3():
                              h.chunk_size, h.num_chunks, h.incarnation, h.completed_gen,
                              h.mode, h.overflow_seq, h.processed_request, h.logging_since_ns)
     io.pwritev(0, [fmt._seal(v2)])
-    from appliance.volume.bitmap import DirtyBitmap
     bm = DirtyBitmap.open(io, volume_uuid=h.volume_uuid, chunk_size=65536, num_chunks=16)
     assert bm.logging and not bm.journal_paused and bm.overflow_seq == 99
     slots = bytearray(2 * fmt.SLOT_SIZE)
@@ -273,3 +280,29 @@ def test_a_power_cut_anywhere_in_pause_or_resume_leaves_one_state_or_the_other(p
     # The last step is the header's sync: cut before it, a torn header may still survive
     # whole, so both outcomes must be seen across the cuts and seeds.
     assert outcomes == {False, True}, f"cuts in {action} never reached one side: {outcomes}"
+
+
+def test_each_way_into_logging_says_why(tmp_path):
+    rig = Rig()
+    vol = rig.open()
+    vol.start_full_resync()
+    assert vol.status()["logging_reason"] == "full resync requested"
+    vol.close()
+
+    rig = Rig()
+    vol = rig.open()
+    src = ResyncSource(rig.m.open("bitmap"))
+    src.wait_processed(src.request_mark_all(), timeout=5, poll=vol.service)
+    assert vol.status()["logging_reason"] == "peer needs a full copy"
+    assert src.snapshot().logging_reason == "peer needs a full copy"
+    vol.close()
+
+    mirror = tmp_path / "mirror"
+    mirror.write_bytes(b"\1" * 4096 + bytes(60 * 1024))         # an existing disk, taken over
+    with Volume.open(VolumeConfig(uuid=uuid.UUID(int=3), num_blocks=128, journal_size=1 << 20,
+                                  max_transfer_bytes=64 * 1024, service_interval=None,
+                                  mirror_path=mirror, journal_path=tmp_path / "journal",
+                                  bitmap_path=tmp_path / "bitmap")) as vol:
+        st = vol.status()
+        assert st["logging_reason"] == "mirror held data the journal never recorded"
+        assert st["alert"].startswith("mirror held data") and not st["journal_paused"]
