@@ -1,4 +1,11 @@
-"""What the /replication nodes share: the site store, the daemons' status and the clock.
+"""What the /replication nodes share: the site store, the daemons' status and the clock, the
+daemons' units and control sockets, and the operations that change the site
+(``targetcli_ext/operations.py``).
+
+Everything that reaches outside the process is injectable for the unit tests: ``units`` (a
+``Units`` with its ``systemctl`` runner), ``caller`` (a daemon's control socket),
+``storage_objects`` (LIO's storage objects, rtslib's by default) and ``fetch`` (a peer's
+certificate).
 
 Status is asked of the daemons at most once a second (``ttl_s``), so one ``ls`` over every
 volume node costs one round of control-socket calls, and a node never shows a state older
@@ -10,25 +17,50 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from configshell_fb import ExecutionError
+
+from appliance.control.client import ControlError
+from appliance.control.client import call as control_call
 from targetcli_ext import daemons, status_text
+from targetcli_ext.backstores import StorageObjects
 from targetcli_ext.config import ShellConfig
 from targetcli_ext.model import ModelError, SiteStore
+from targetcli_ext.operations import Fetcher, SiteOperations
 from targetcli_ext.status_text import VolumeView
+from targetcli_ext.units import Units
 
 
-class ReplicationContext:
+class ReplicationContext(SiteOperations):
     def __init__(self, config: ShellConfig, *,
                  collect: Callable[[], dict] | None = None,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 tz: dt.tzinfo | None = None, ttl_s: float = 1.0) -> None:
+                 tz: dt.tzinfo | None = None, ttl_s: float = 1.0,
+                 units: Units | None = None, caller: Callable[..., object] | None = None,
+                 storage_objects: StorageObjects | None = None,
+                 fetch: Fetcher | None = None) -> None:
         self.config = config
         self.store = SiteStore(config.state_dir)
+        self._caller = caller or control_call
+        self._init_operations(units=units, storage_objects=storage_objects, fetch=fetch)
         self._collect = collect or (lambda: daemons.collect(
             config.sockets, timeout=config.status_timeout_s))
         self.clock, self._monotonic, self.tz, self.ttl_s = clock, monotonic, tz, ttl_s
         self._cached: tuple[float, dict] | None = None
+
+    def call(self, socket_path: Path | str, cmd: str, **args: object) -> object:
+        """Ask a daemon over its control socket; ExecutionError with the daemon's reason
+        (or why it cannot be reached) when it refuses."""
+        try:
+            return self._caller(Path(socket_path), cmd, args,
+                                timeout=self.config.status_timeout_s)
+        except ControlError as err:
+            raise ExecutionError(str(err)) from err
+        except ValueError as err:       # a reply that is not JSON
+            raise ExecutionError(f"{socket_path} answered {cmd} with something that is not "
+                                 f"JSON: {err}") from err
 
     def snapshot(self, fresh: bool = False) -> dict:
         now = self._monotonic()

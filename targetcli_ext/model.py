@@ -1,14 +1,23 @@
-"""The site's persistent replication model: its identity, listen address and paired peers.
+"""The site's persistent replication model: identity, listen address, peers, volumes, replicas.
 
 One small JSON file (``site.json``, 0600, replaced atomically) in a state directory passed in
-(default ``/var/lib/appliance/replication``), so the shell writes it and the daemons later read
-the same file. Every change is validated first and applied as load-modify-save under a lock:
-input that does not parse is refused with a message naming what to fix, and nothing changes.
+(default ``/var/lib/appliance/replication``). The shell alone writes it; the daemons never read
+it: the shell renders their TOML files from it (``targetcli_ext/daemon_config.py``). Every
+change is validated first and applied as load-modify-save under a lock: input that does not
+parse is refused with a message naming what to fix, and nothing changes.
 
-Format (version 1)::
+Format (version 2; version 1 files, which have no volumes and replicas, still load)::
 
-    {"version": 1, "identity": "site-a", "listen": "0.0.0.0:7700",
-     "peers": {"dr": {"address": "192.0.2.2:7700", "fingerprint": "SHA256:AB:...:EF"}}}
+    {"version": 2, "identity": "site-a", "listen": "0.0.0.0:7700",
+     "peers": {"dr": {"address": "192.0.2.2:7700", "fingerprint": "SHA256:AB:...:EF"}},
+     "volumes": {"vol1": {"backstore": "vol1", "peer": "dr", "paused": false,
+                          "bandwidth_limit": null, "blackout": []}},
+     "replicas": {"r1": {"uuid": "...", "mirror": "/dev/vg/r1", "size_bytes": 1073741824,
+                         "block_size": 512}}}
+
+``volumes`` are replicated from this appliance (a ``user:mirror`` backstore each, shipped to
+a peer); ``replicas`` are replicas this appliance receives into a block device its admin made
+(a replica a primary offers without one is provisioned by the receiver under its state_dir).
 """
 
 from __future__ import annotations
@@ -20,13 +29,19 @@ import json
 import os
 import re
 import socket
+import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from appliance.config_file import ConfigError
+from appliance.replication.config import transmitter_config
+from targetcli_ext.files import write_text_atomic
+
 DEFAULT_STATE_DIR = Path("/var/lib/appliance/replication")
 SITE_FILE = "site.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 DEFAULT_LISTEN = "0.0.0.0:7700"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -102,6 +117,70 @@ def parse_fingerprint(text: str) -> str:
     return "SHA256:" + ":".join(digits[i:i + 2] for i in range(0, 64, 2)).upper()
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_RATE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?(?:/s)?", re.IGNORECASE)
+
+
+def parse_bool(value: object, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ModelError(f"{what}={value!r} is not true or false")
+
+
+def parse_bandwidth(value: object) -> float | None:
+    """bytes/s: a number (``12500000``, ``10M`` = 10 MiB/s, ``500K``), or none/off/unlimited
+    for no limit. Whether it is in range is the transmitter's rule (``check_settings``)."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else value        # a bool: refused by the rule
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    if text.lower() in ("", "none", "off", "unlimited", "null"):
+        return None
+    m = _RATE.fullmatch(text)
+    if not m:
+        raise ModelError(f"bandwidth_limit={text!r} does not parse: give bytes per second, "
+                         f"e.g. bandwidth_limit=12500000 or 10M (MiB/s), or none for no limit")
+    return float(m.group(1)) * _RATE_UNITS[m.group(2).upper()]
+
+
+def parse_blackout(value: object) -> tuple[str, ...]:
+    """Windows of local time when nothing is shipped: ``08:00-18:00`` or several separated
+    by commas (or a list), ``none`` for none. Each window is checked by the transmitter's
+    rule (``check_settings``)."""
+    if value is None:
+        return ()
+    if isinstance(value, list | tuple):
+        items = [str(v).strip() for v in value]
+    else:
+        text = str(value).strip()
+        if text.lower() in ("", "none", "off", "[]"):
+            return ()
+        items = [w.strip() for w in text.split(",")]
+    return tuple(w for w in items if w)
+
+
+def check_settings(name: str, *, paused: bool, bandwidth_limit: float | None,
+                   blackout: tuple[str, ...]) -> None:
+    """A volume's settings checked by the transmitter's own configuration rules (one place
+    per rule: appliance/replication/config.py), on a file that differs from the volume's only
+    in what these settings do not touch."""
+    raw: dict = {"identity": "check", "peer": "check:1", "peer_identity": "check",
+                 "journal": "/check", "volume_uuid": str(uuidlib.UUID(int=1)),
+                 "size_bytes": 4096, "control_socket": "/check", "insecure": True,
+                 "paused": paused, "blackout": list(blackout)}
+    if bandwidth_limit is not None:
+        raw["bandwidth_limit"] = bandwidth_limit
+    try:
+        transmitter_config(raw, where=f"volume {name}")
+    except ConfigError as err:
+        raise ModelError(str(err)) from err
+
+
 # --- the model ----------------------------------------------------------------------------
 
 
@@ -116,14 +195,98 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class Volume:
+    """A backstore of this appliance replicated to a peer (a transmitter)."""
+
+    name: str
+    backstore: str
+    peer: str
+    paused: bool = False
+    bandwidth_limit: float | None = None        # bytes/s, None: no limit
+    blackout: tuple[str, ...] = ()               # "08:00-18:00", local time
+
+    def to_dict(self) -> dict:
+        return {"backstore": self.backstore, "peer": self.peer, "paused": self.paused,
+                "bandwidth_limit": self.bandwidth_limit, "blackout": list(self.blackout)}
+
+    @classmethod
+    def from_dict(cls, name: str, d: object) -> Volume:
+        if not isinstance(d, dict):
+            raise ModelError(f"volume {name!r} is not an object")
+        vol = cls(parse_name(name, "volume name"), parse_name(d.get("backstore", ""),
+                  "backstore"), parse_name(d.get("peer", ""), "peer"),
+                  parse_bool(d.get("paused", False), "paused"),
+                  parse_bandwidth(d.get("bandwidth_limit")),
+                  parse_blackout(d.get("blackout", [])))
+        check_settings(vol.name, paused=vol.paused, bandwidth_limit=vol.bandwidth_limit,
+                       blackout=vol.blackout)
+        return vol
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A replica this appliance receives into a block device (or file) its admin made."""
+
+    name: str
+    uuid: str
+    mirror: str
+    size_bytes: int
+    block_size: int = 512
+
+    def to_dict(self) -> dict:
+        return {"uuid": self.uuid, "mirror": self.mirror, "size_bytes": self.size_bytes,
+                "block_size": self.block_size}
+
+    @classmethod
+    def from_dict(cls, name: str, d: object) -> Replica:
+        if not isinstance(d, dict):
+            raise ModelError(f"replica {name!r} is not an object")
+        return make_replica(name, d.get("uuid", ""), d.get("mirror", ""),
+                            d.get("size_bytes"), d.get("block_size", 512))
+
+
+def make_replica(name: str, volume_uuid: object, mirror: object, size_bytes: object,
+                 block_size: object = 512) -> Replica:
+    name = parse_name(name, "replica name")
+    try:
+        vid = str(uuidlib.UUID(str(volume_uuid)))
+    except ValueError as err:
+        raise ModelError(f"uuid {volume_uuid!r} is not a uuid: give the volume uuid the "
+                         f"primary's '/replication/volumes/<name> info' shows") from err
+    mirror = str(mirror or "")
+    if not mirror.startswith("/") or ".." in mirror.split("/"):
+        raise ModelError(f"mirror {mirror!r} must be an absolute path (a block device such as "
+                         f"/dev/vg/replica, or a file)")
+    try:
+        bs = int(str(block_size))
+        size = int(str(size_bytes))
+    except ValueError as err:
+        raise ModelError(f"size_bytes={size_bytes!r} and block_size={block_size!r} must be "
+                         f"whole numbers of bytes") from err
+    if bs not in (512, 4096):
+        raise ModelError(f"block_size={bs}: use 512 or 4096, the primary volume's")
+    if size <= 0 or size % bs:
+        raise ModelError(f"size_bytes={size} must be a positive multiple of block_size {bs}: "
+                         f"the primary volume's size")
+    return Replica(name, vid, mirror, size, bs)
+
+
+@dataclass(frozen=True)
 class Site:
     identity: str | None = None        # None until first use: then the host name
     listen: str = DEFAULT_LISTEN
     peers: dict[str, Peer] = field(default_factory=dict)
+    volumes: dict[str, Volume] = field(default_factory=dict)
+    replicas: dict[str, Replica] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"version": FORMAT_VERSION, "identity": self.identity, "listen": self.listen,
-                "peers": {n: p.to_dict() for n, p in sorted(self.peers.items())}}
+                "peers": {n: p.to_dict() for n, p in sorted(self.peers.items())},
+                "volumes": {n: v.to_dict() for n, v in sorted(self.volumes.items())},
+                "replicas": {n: r.to_dict() for n, r in sorted(self.replicas.items())}}
+
+    def volumes_of_peer(self, peer: str) -> list[str]:
+        return sorted(n for n, v in self.volumes.items() if v.peer == peer)
 
     @classmethod
     def from_dict(cls, d: object, where: Path) -> Site:
@@ -131,7 +294,7 @@ class Site:
         if not isinstance(d, dict):
             raise ModelError(f"{where} is not a JSON object{fix}")
         version = d.get("version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             if isinstance(version, int) and not isinstance(version, bool) \
                     and version > FORMAT_VERSION:
                 raise ModelError(f"{where} has format version {version}, newer than this "
@@ -144,23 +307,51 @@ class Site:
             if identity is not None:
                 identity = parse_name(identity, "identity")
             peers = {}
-            raw = d.get("peers", {})
-            if not isinstance(raw, dict):
-                raise ModelError("'peers' is not an object")
-            for name, p in raw.items():
+            for name, p in _table(d, "peers").items():
                 if not isinstance(p, dict):
                     raise ModelError(f"peer {name!r} is not an object")
                 peers[name] = Peer(parse_name(name, "peer name"),
                                    parse_address(p.get("address", "")),
                                    parse_fingerprint(p.get("fingerprint", "")))
+            volumes = {n: Volume.from_dict(n, v) for n, v in _table(d, "volumes").items()}
+            for vol in volumes.values():
+                if vol.peer not in peers:
+                    raise ModelError(f"volume {vol.name!r} replicates to peer {vol.peer!r}, "
+                                     f"which is not paired")
+            replicas = {n: Replica.from_dict(n, r) for n, r in _table(d, "replicas").items()}
             return cls(identity=identity, listen=parse_address(d.get("listen", ""), "listen"),
-                       peers=peers)
+                       peers=peers, volumes=volumes, replicas=replicas)
         except ModelError as err:
             raise ModelError(f"{where}: {err}{fix}") from err
 
 
+def _table(d: dict, key: str) -> dict:
+    raw = d.get(key, {})
+    if not isinstance(raw, dict):
+        raise ModelError(f"{key!r} is not an object")
+    return raw
+
+
+def site_from_json(text: str, where: Path) -> Site:
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{where} is not JSON ({err}); repair or move it away (it holds "
+                         f"the site identity and peers)") from err
+    return Site.from_dict(d, where)
+
+
+def site_to_json(site: Site) -> str:
+    return json.dumps(site.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
 class SiteStore:
-    """``site.json`` in ``state_dir``: read fresh for every question, changed under a lock."""
+    """``site.json`` in ``state_dir``: read fresh for every question, changed under a lock.
+
+    The simple changes are one call each; a change that must also write other files (the
+    daemons' configuration, a pinned certificate) takes ``locked()`` and ``save()`` itself,
+    so site.json and those files change together or not at all (the lock is not re-entrant).
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
@@ -173,51 +364,56 @@ class SiteStore:
             return Site()
         except OSError as err:
             raise ModelError(f"cannot read {self.path}: {err}") from err
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ModelError(f"{self.path} is not JSON ({err}); repair or move it away (it "
-                             f"holds the site identity and peers)") from err
-        return Site.from_dict(d, self.path)
+        return site_from_json(text, self.path)
 
     def ensure_identity(self) -> Site:
         """The site, its identity set to the host name on first use."""
-        with self._locked():
+        with self.locked():
             site = self.load()
             if site.identity is None:
                 host = socket.gethostname().split(".")[0]
                 site = replace(site, identity=parse_name(host, "host name"))
-                self._save(site)
+                self.save(site)
             return site
 
     def add_peer(self, name: str, address: str, fingerprint: str) -> Peer:
         peer = Peer(parse_name(name, "peer name"), parse_address(address),
                     parse_fingerprint(fingerprint))
-        with self._locked():
+        with self.locked():
             site = self.load()
-            if peer.name in site.peers:
-                raise ModelError(f"peer name {peer.name!r} is in use (address "
-                                 f"{site.peers[peer.name].address}): choose another name, "
-                                 f"or delete name={peer.name} first")
-            for other in site.peers.values():
-                if other.fingerprint == peer.fingerprint:
-                    raise ModelError(f"fingerprint {peer.fingerprint} is already paired as "
-                                     f"peer {other.name!r}: one peer, one name")
-            self._save(replace(site, peers={**site.peers, peer.name: peer}))
+            check_new_peer(site, peer)
+            self.save(replace(site, peers={**site.peers, peer.name: peer}))
         return peer
 
     def remove_peer(self, name: str) -> Peer:
-        with self._locked():
+        with self.locked():
             site = self.load()
-            if name not in site.peers:
-                known = ", ".join(sorted(site.peers)) or "none"
-                raise ModelError(f"no peer named {name!r} (peers: {known})")
-            peer = site.peers[name]
-            self._save(replace(site, peers={n: p for n, p in site.peers.items() if n != name}))
+            peer = known_peer(site, name)
+            check_peer_unused(site, name)
+            self.save(replace(site, peers={n: p for n, p in site.peers.items() if n != name}))
         return peer
 
+    def update_volume(self, name: str, **changes: object) -> Volume:
+        """Change a volume's settings (``paused``, ``bandwidth_limit``, ``blackout``),
+        checked by the transmitter's rules; ModelError (naming the key) changes nothing.
+        Strings are parsed as the shell passes them (``parse_bool``, ``parse_bandwidth``,
+        ``parse_blackout``). The transmitter's TOML is rewritten by the caller
+        (``ReplicationContext.apply_volume``)."""
+        allowed = ("paused", "bandwidth_limit", "blackout")
+        unknown = sorted(set(changes) - set(allowed))
+        if unknown:
+            raise ModelError(f"{', '.join(unknown)}: not a volume setting (settings: "
+                             f"{', '.join(allowed)})")
+        with self.locked():
+            site = self.load()
+            vol = known_volume(site, name)
+            new = changed_volume(vol, **changes)
+            if new != vol:
+                self.save(replace(site, volumes={**site.volumes, name: new}))
+        return new
+
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.state_dir / ".site.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                      0o600)
@@ -227,26 +423,56 @@ class SiteStore:
         finally:
             os.close(fd)
 
-    def _save(self, site: Site) -> None:
-        """Write a new file beside the old one, fsync it, rename it over: a crash leaves the
-        old file or the new one, never a torn one."""
-        tmp = self.path.with_name(f".{SITE_FILE}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(site.to_dict(), f, indent=2, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        dfd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    def save(self, site: Site) -> None:
+        """Replace site.json (under ``locked()``): a crash leaves the old file or the new
+        one, never a torn one."""
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_text_atomic(self.path, site_to_json(site))
+
+
+# --- checks shared by the store and the shell's operations --------------------------------
+
+
+def known_peer(site: Site, name: str) -> Peer:
+    if name not in site.peers:
+        known = ", ".join(sorted(site.peers)) or "none"
+        raise ModelError(f"no peer named {name!r} (peers: {known})")
+    return site.peers[name]
+
+
+def known_volume(site: Site, name: str) -> Volume:
+    if name not in site.volumes:
+        known = ", ".join(sorted(site.volumes)) or "none"
+        raise ModelError(f"no replicated volume named {name!r} (volumes: {known})")
+    return site.volumes[name]
+
+
+def check_new_peer(site: Site, peer: Peer) -> None:
+    if peer.name in site.peers:
+        raise ModelError(f"peer name {peer.name!r} is in use (address "
+                         f"{site.peers[peer.name].address}): choose another name, "
+                         f"or delete name={peer.name} first")
+    for other in site.peers.values():
+        if other.fingerprint == peer.fingerprint:
+            raise ModelError(f"fingerprint {peer.fingerprint} is already paired as "
+                             f"peer {other.name!r}: one peer, one name")
+
+
+def check_peer_unused(site: Site, name: str) -> None:
+    users = site.volumes_of_peer(name)
+    if users:
+        raise ModelError(f"peer {name!r} is used by volume(s) {', '.join(users)}: delete "
+                         f"them first (/replication/volumes delete name={users[0]})")
+
+
+def changed_volume(vol: Volume, **changes: object) -> Volume:
+    new = vol
+    if "paused" in changes:
+        new = replace(new, paused=parse_bool(changes["paused"], "paused"))
+    if "bandwidth_limit" in changes:
+        new = replace(new, bandwidth_limit=parse_bandwidth(changes["bandwidth_limit"]))
+    if "blackout" in changes:
+        new = replace(new, blackout=parse_blackout(changes["blackout"]))
+    check_settings(vol.name, paused=new.paused, bandwidth_limit=new.bandwidth_limit,
+                   blackout=new.blackout)
+    return new

@@ -15,6 +15,7 @@ from appliance import __version__ as appliance_version
 from targetcli_ext.context import ReplicationContext
 from targetcli_ext.identity import ensure_certificate
 from targetcli_ext.model import ModelError, Peer
+from targetcli_ext.operations import Notes
 from targetcli_ext.volume_node import UIVolume
 
 
@@ -22,6 +23,28 @@ def _complete(candidates: list[str], text: str) -> list[str]:
     """configshell's convention: a single match gets a trailing space."""
     found = [c for c in candidates if c.startswith(text)]
     return [found[0] + " "] if len(found) == 1 else found
+
+
+def _changed(node, what, *args):
+    """Run an operation of the context: its notes logged, a refusal an ExecutionError that
+    says nothing changed."""
+    notes = Notes()
+    try:
+        result = what(*args, notes)
+    except ModelError as err:
+        _say(node, notes)
+        raise ExecutionError(f"{err}; nothing changed") from err
+    except OSError as err:
+        _say(node, notes)
+        raise ExecutionError(f"cannot write in {node.ctx.config.state_dir}: {err} (run as "
+                             f"root)") from err
+    _say(node, notes)
+    return result
+
+
+def _say(node, notes: Notes) -> None:
+    for level, text in notes.lines:
+        (node.shell.log.warning if level == "warning" else node.shell.log.info)(text)
 
 
 def _health(views) -> bool | None:
@@ -96,7 +119,8 @@ class UIReplication(UINode):
 class UIPeers(UINode):
     """
     The paired peer appliances. Each pins the peer's certificate by its fingerprint (as
-    with SSH host keys); both sites pair with each other.
+    with SSH host keys); both sites pair with each other. 'refresh' fetches the
+    certificates of peers that were unreachable when they were paired.
     """
 
     def __init__(self, parent: UIReplication) -> None:
@@ -115,34 +139,43 @@ class UIPeers(UINode):
             UIPeer(peer, self)
 
     def summary(self):
+        pending = sum(1 for c in self.children if self.ctx.certificate_pending(c.name))
+        if pending:
+            return f"Peers: {len(self._children)} ({pending} certificate(s) not fetched)", False
         return f"Peers: {len(self._children)}", None
+
+    def ui_command_refresh(self):
+        """
+        Fetches the certificate of each peer whose certificate could not be fetched when it
+        was paired (it was unreachable), pins it when its fingerprint is the one given, and
+        has the receiver take it. Then re-reads the peers.
+        """
+        _changed(self, self.ctx.fetch_pending)
+        self.refresh()
 
     def ui_command_create(self, name, address, fingerprint):
         """
         Pairs with a peer appliance: name is how this site calls it, address its
         receiver's host:port ([v6]:port for IPv6), fingerprint its certificate's SHA-256 as
-        '/replication info' shows there (SHA256:AB:CD:...). An unreachable peer is
-        accepted; its volumes then show 'connecting' with the last error.
+        '/replication info' shows there (SHA256:AB:CD:...).
+
+        The peer's certificate is fetched from address and pinned only if its fingerprint
+        is the one given; another fingerprint is refused, and nothing changes. An
+        unreachable peer is accepted: its certificate is fetched later ('refresh', before
+        each change of the configuration, and at boot), and until then ls says so. The
+        receiver then takes the new pinned certificate without dropping any session.
+
+        Pair both ways: on the peer, create this site with the fingerprint 'info' shows here.
 
         EXAMPLE
         =======
         create name=dr address=192.0.2.2:7700 fingerprint=SHA256:1F:...:9C
         """
         self.assert_root()
-        try:
-            peer = self.ctx.store.add_peer(name, address, fingerprint)
-        except ModelError as err:
-            raise ExecutionError(f"{err}; nothing changed") from err
-        except OSError as err:
-            raise ExecutionError(f"cannot save the peer in {self.ctx.store.path}: {err}; "
-                                 f"nothing changed") from err
+        peer = _changed(self, self.ctx.pair_peer, name, address, fingerprint)
         node = UIPeer(peer, self)
         self.shell.log.info(f"Created peer {peer.name} at {peer.address}, pinned "
                             f"{peer.fingerprint}.")
-        # Until volumes are created from the shell, the daemons read their TOML files: say
-        # so rather than let the pairing look as if it took effect (docs/shell.md).
-        self.shell.log.warning("The replication daemons do not use shell pairings yet: "
-                               "replicate with the TOML files of the README for now.")
         return self.new_node(node)
 
     def ui_complete_create(self, parameters, text, current_param):
@@ -154,20 +187,16 @@ class UIPeers(UINode):
 
     def ui_command_delete(self, name):
         """
-        Forgets a paired peer: its certificate is no longer trusted.
+        Forgets a paired peer: its certificate is no longer trusted (the receiver stops
+        accepting it; other peers' sessions stay up). Refused while a volume replicates to
+        it: delete the volume first.
 
         EXAMPLE
         =======
         delete name=dr
         """
         self.assert_root()
-        try:
-            peer = self.ctx.store.remove_peer(name)
-        except ModelError as err:
-            raise ExecutionError(f"{err}; nothing changed") from err
-        except OSError as err:
-            raise ExecutionError(f"cannot save {self.ctx.store.path}: {err}; nothing "
-                                 f"changed") from err
+        peer = _changed(self, self.ctx.unpair_peer, name)
         self.remove_child(self.get_child(peer.name))
         self.shell.log.info(f"Deleted peer {peer.name}.")
 
@@ -188,6 +217,9 @@ class UIPeer(UINode):
     def summary(self):
         fp = self.peer.fingerprint
         text = f"{self.peer.address} {fp[:18]}...{fp[-5:]}"
+        why = self.ctx.certificate_pending(self.peer.name)
+        if why is not None:
+            return f"{self.peer.address} certificate not fetched yet: {why}", False
         links = [tx.get("link", {}).get("state", "unknown")
                  for tx in self.ctx.snapshot()["transmitters"].values()
                  if tx.get("peer") == self.peer.address]
@@ -197,17 +229,22 @@ class UIPeer(UINode):
         return f"{text} links up: {ok}/{len(links)}", ok == len(links)
 
     def ui_command_info(self):
-        """Shows the peer's name, address and pinned certificate fingerprint."""
+        """Shows the peer's name, address, pinned certificate fingerprint and whether its
+        certificate is fetched (pinned) yet."""
+        why = self.ctx.certificate_pending(self.peer.name)
+        pinned = (str(self.ctx.layout.peer_pem(self.peer.name)) if why is None
+                  else f"not fetched yet: {why}")
         for key, value in (("name", self.peer.name), ("address", self.peer.address),
-                           ("fingerprint", self.peer.fingerprint)):
+                           ("fingerprint", self.peer.fingerprint), ("certificate", pinned)):
             self.shell.con.display(f"{key + ':':<13}{value}")
 
 
 class UIVolumes(UINode):
     """
-    The replicated volumes the local daemons report: on a primary each volume with a
-    transmitter (named as its backstore), on a DR each replica (named by its uuid).
-    'refresh' picks up volumes that appeared since.
+    The replicated volumes of this appliance: each a user:mirror backstore whose writes a
+    transmitter ships to a peer. 'create' starts replicating a backstore, 'delete' stops.
+    Volumes a transmitter reports without the shell having created them (a hand-written
+    configuration) are listed too. 'refresh' re-reads them.
     """
 
     def __init__(self, parent: UIReplication) -> None:
@@ -215,20 +252,92 @@ class UIVolumes(UINode):
         self.ctx = parent.ctx
         self.refresh()
 
+    def _names(self) -> set[str]:
+        try:
+            names = set(self.ctx.store.load().volumes)
+        except ModelError as err:
+            self.shell.log.error(str(err))
+            names = set()
+        return names | {v.name for v in self.ctx.views(fresh=True) if v.role != "dr"}
+
     def refresh(self):
         self._children = set()
-        for view in self.ctx.views(fresh=True):
-            UIVolume(view.name, self)
+        for name in sorted(self._names()):
+            UIVolume(name, self)
 
     def summary(self):
-        views = self.ctx.views()
-        if not views:
+        views = [v for v in self.ctx.views() if v.role != "dr"]
+        count = len(self._children)
+        if not count:
             return "Volumes: 0", None
         in_sync = sum(1 for v in views if v.in_sync)
-        return f"Volumes: {len(views)} ({in_sync} in sync)", _health(views)
+        silent = count - len(views)
+        health = _health(views) if views else None
+        if silent > 0:
+            health = False
+        return f"Volumes: {count} ({in_sync} in sync)", health
 
     def ui_command_status(self):
         """
         Shows every replicated volume, one block each (as /replication status).
         """
         self.shell.con.display(self.ctx.render().rstrip("\n"))
+
+    def ui_command_create(self, backstore, peer):
+        """
+        Replicates a user:mirror backstore to a paired peer: the volume is named as the
+        backstore, and its journal, mirror, bitmap, uuid, size and block size are taken from
+        the backstore itself (/backstores/user:mirror/<backstore>). Writes its transmitter's
+        configuration and starts its transmitter; the peer's receiver provisions the replica
+        (or uses one its admin made). Other volumes are not touched.
+
+        Refused, with nothing changed: a backstore that does not exist, is not user:mirror,
+        or is replicated already; a peer that is not paired, or whose certificate has not
+        been fetched yet (the transmitter needs it to authenticate the peer: make the peer
+        reachable and run '/replication/peers refresh').
+
+        EXAMPLE
+        =======
+        create backstore=vol1 peer=dr
+        """
+        self.assert_root()
+        vol = _changed(self, self.ctx.create_volume, backstore, peer)
+        if vol.name in (c.name for c in self.children):
+            return None
+        return self.new_node(UIVolume(vol.name, self))
+
+    def ui_complete_create(self, parameters, text, current_param):
+        if current_param == "backstore":
+            return _complete(self.ctx.replicable_backstores(), text)
+        if current_param == "peer":
+            try:
+                peers = sorted(self.ctx.store.load().peers)
+            except ModelError:
+                return []
+            return _complete(peers, text)
+        return []
+
+    def ui_command_delete(self, name):
+        """
+        Stops replicating a volume: stops its transmitter and removes its configuration.
+        The backstore, its journal, mirror and bitmap stay on this appliance, and the
+        replica stays at the peer until the peer's admin forgets it; the message says which
+        files remain. Other volumes are not touched.
+
+        EXAMPLE
+        =======
+        delete name=vol1
+        """
+        self.assert_root()
+        vol = _changed(self, self.ctx.delete_volume, name)
+        for child in list(self.children):
+            if child.name == vol.name:
+                self.remove_child(child)
+
+    def ui_complete_delete(self, parameters, text, current_param):
+        if current_param != "name":
+            return []
+        try:
+            return _complete(sorted(self.ctx.store.load().volumes), text)
+        except ModelError:
+            return []

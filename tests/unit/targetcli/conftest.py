@@ -57,11 +57,13 @@ import targetcli.ui_root
 from recorded_states import recorded
 from rtslib_fb import RTSLibError
 
+from appliance.replication.pairing import CertificateFetchError
 from targetcli_ext.config import ShellConfig
 from targetcli_ext.context import ReplicationContext
 from targetcli_ext.daemons import DaemonSockets
 from targetcli_ext.main import ApplianceShell
 from targetcli_ext.root import ApplianceRoot
+from targetcli_ext.units import UnitError, Units
 
 # --- the fake rtslib tree ----------------------------------------------------------------
 
@@ -77,6 +79,7 @@ class FakeStorageObject:
     write_back: bool = True
     status: str = "deactivated"
     alua_tpgs: list = field(default_factory=list)
+    config: str | None = None           # a user: backstore's config string ("mirror/...")
 
     def list_parameters(self, writable=None):
         return []
@@ -86,7 +89,7 @@ class FakeStorageObject:
 
     def dump(self) -> dict:
         return {"name": self.name, "plugin": self.plugin, "dev": self.udev_path,
-                "size": self.size}
+                "size": self.size, "config": self.config}
 
 
 class FakeLIO:
@@ -134,7 +137,7 @@ class FakeRTSRoot:
             self.lio.storage_objects.clear()
         for so in saved["storage_objects"]:
             self.lio.storage_objects.append(FakeStorageObject(
-                so["name"], so["plugin"], so["dev"], so["size"]))
+                so["name"], so["plugin"], so["dev"], so["size"], config=so.get("config")))
         return []
 
 
@@ -145,6 +148,75 @@ def lio(monkeypatch) -> FakeLIO:
     monkeypatch.setattr(targetcli.ui_backstore, "RTSRoot", FakeRTSRoot)
     FakeRTSRoot.lio.storage_objects.append(FakeStorageObject("disk1"))
     return FakeRTSRoot.lio
+
+
+def mirror_backstore(lio: FakeLIO, name: str, base: Path, size: int = 64 << 20,
+                     block_size: int = 512) -> FakeStorageObject:
+    """A user:mirror backstore as targetcli creates it (the files need not exist)."""
+    cfg = f"mirror/mirror={base}/{name}.img;journal={base}/{name}.jnl;journal_size=16M"
+    if block_size != 512:
+        cfg += f";block_size={block_size}"
+    so = FakeStorageObject(name, plugin="user", udev_path="", size=size, config=cfg)
+    lio.storage_objects.append(so)
+    return so
+
+
+# --- systemd and the daemons' control sockets, as the shell drives them ---------------------
+
+
+class FakeUnits(Units):
+    """systemd's units as the shell starts and stops them: a log of what was asked."""
+
+    def __init__(self) -> None:
+        super().__init__(runner=self._refuse)
+        self.active: set[str] = set()
+        self.log: list[tuple[str, str]] = []
+        self.failing: dict[str, str] = {}          # unit -> what systemctl says
+
+    @staticmethod
+    def _refuse(args):
+        raise AssertionError(f"the unit tests run no systemctl: {args}")
+
+    def _do(self, verb: str, unit: str) -> None:
+        self.log.append((verb, unit))
+        if unit in self.failing:
+            raise UnitError(f"systemctl {verb} {unit} failed: {self.failing[unit]}")
+
+    def start(self, unit: str) -> None:
+        self._do("start", unit)
+        self.active.add(unit)
+
+    def stop(self, unit: str) -> None:
+        self._do("stop", unit)
+        self.active.discard(unit)
+
+    def restart(self, unit: str) -> None:
+        self._do("restart", unit)
+        self.active.add(unit)
+
+    def is_active(self, unit: str) -> bool:
+        return unit in self.active
+
+
+class FakeCalls:
+    """The daemons' control sockets: each call recorded, answered from ``replies``."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str, dict]] = []
+        self.replies: dict[str, object] = {"reload": {"added": [], "removed": [],
+                                                      "unchanged": 0}}
+
+    def __call__(self, path, cmd, args=None, *, timeout=5.0):
+        self.log.append((Path(path).name, cmd, dict(args or {})))
+        reply = self.replies.get(cmd, {})
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def unreachable(address: str, timeout: float) -> bytes:
+    """No network in the unit tests unless a test serves a certificate itself."""
+    raise CertificateFetchError(f"cannot connect to {address}: unreachable from the tests")
 
 
 # --- the shell ---------------------------------------------------------------------------
@@ -174,6 +246,8 @@ class Shell:
     ctx: ReplicationContext
     daemons: Daemons
     state_dir: Path
+    units: FakeUnits
+    calls: FakeCalls
 
     def run(self, cmdline: str) -> str:
         """Run one command line as 'targetcli CMD' does; stdout and log lines, uncoloured."""
@@ -191,12 +265,12 @@ def daemons() -> Daemons:
 
 @pytest.fixture
 def make_shell(tmp_path, lio, daemons):
-    def make(as_root: bool = True, now: float | None = None) -> Shell:
+    def make(as_root: bool = True, now: float | None = None, fetch=unreachable,
+             units: FakeUnits | None = None, calls: FakeCalls | None = None) -> Shell:
         import datetime as dt
-        config = ShellConfig(state_dir=tmp_path / "replication",
-                             sockets=DaemonSockets(tmp_path / "handler.sock", tmp_path / "run"),
-                             lock_file=tmp_path / "targetcli.lock",
-                             prefs_dir=str(tmp_path / "prefs"))
+        config = shell_config(tmp_path)
+        units = units or FakeUnits()
+        calls = calls or FakeCalls()
         shell = ApplianceShell(config.prefs_dir)
         shell.prefs["color_mode"] = False
         shell.prefs["logfile"] = str(tmp_path / "prefs" / "log.txt")
@@ -204,11 +278,20 @@ def make_shell(tmp_path, lio, daemons):
             return daemons.snapshot.get("now", now or 1700000000.0)
 
         ctx = ReplicationContext(config, collect=daemons.collect, clock=clock,
-                                 tz=dt.UTC)
+                                 tz=dt.UTC, units=units, caller=calls, fetch=fetch,
+                                 storage_objects=lambda: FakeRTSRoot().storage_objects)
         root = ApplianceRoot(shell, ctx, as_root=as_root)
         root.refresh()
-        return Shell(shell, root, ctx, daemons, config.state_dir)
+        return Shell(shell, root, ctx, daemons, config.state_dir, units, calls)
     return make
+
+
+def shell_config(tmp_path: Path) -> ShellConfig:
+    return ShellConfig(state_dir=tmp_path / "replication", replicas_dir=tmp_path / "replicas",
+                       sockets=DaemonSockets(tmp_path / "handler.sock", tmp_path / "run"),
+                       lock_file=tmp_path / "targetcli.lock",
+                       prefs_dir=str(tmp_path / "prefs"), fetch_timeout_s=2.0,
+                       saved_config=tmp_path / "etc" / "replication.json")
 
 
 @pytest.fixture

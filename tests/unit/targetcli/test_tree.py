@@ -79,8 +79,9 @@ def test_help_comes_from_the_docstrings(sh):
     assert "- create name address fingerprint" in sh.run("/replication/peers help")
 
 
-def test_volume_create_is_not_offered_yet(sh):
-    assert "- create" not in sh.run("/replication/volumes help")
+def test_volume_create_and_delete_are_offered(sh):
+    commands = sh.run("/replication/volumes help")
+    assert "- create backstore peer" in commands and "- delete name" in commands
 
 
 def test_parameters_complete_with_tab(sh):
@@ -134,6 +135,10 @@ def test_peer_summary_shows_its_links(make_shell, daemons):
     daemons.load("connecting")
     sh = make_shell()
     sh.run(f"/replication/peers create name=dr address=192.0.2.2:7700 fingerprint={FP}")
+    assert sh.root.get_node("/replication/peers/dr").summary() == \
+        ("192.0.2.2:7700 certificate not fetched yet: cannot connect to 192.0.2.2:7700: "
+         "unreachable from the tests", False)
+    (sh.state_dir / "peers" / "dr.pem").write_text("pinned")      # as if fetched
     assert sh.root.get_node("/replication/peers/dr").summary() == \
         ("192.0.2.2:7700 SHA256:5E:5E:5E:5E...5E:5E links up: 0/1", False)
 
