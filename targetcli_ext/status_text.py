@@ -41,7 +41,12 @@ _REFUSAL_ADVICE = {
                         "docs/failover.md",
     "resync-needed": "the DR lacks records this site no longer holds: on the DR run the "
                      "'appliance-dr invalidate' the reason above names, for a full copy",
+    "no-space": "free space on the DR (its replica directory) or provision a replica on a "
+                "block device there (/replication/replicas on the DR)",
 }
+
+# How a pause reads, by the word after "paused:" in the transmitter's link state.
+_PAUSE_WHY = {"admin": "by admin", "blackout-window": "blackout window"}
 
 
 @dataclass
@@ -50,6 +55,7 @@ class VolumeView:
 
     name: str
     role: str                          # primary | dr | unreplicated
+    uuid: str | None = None            # the volume's uuid (a DR replica's commands take it)
     peer: str | None = None
     link: str | None = None            # connected | connecting | refused (code) | ...
     link_since: float | None = None
@@ -130,10 +136,22 @@ def volume_views(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
             primaries.append(_unreplicated_view(name, h))
     replicas = [_dr_view(uuid, r, clock) for uuid, r in
                 ((snapshot.get("receiver") or {}).get("volumes") or {}).items()]
+    _unique_replica_names(replicas)
     return sorted(primaries, key=lambda v: v.name) + sorted(replicas, key=lambda v: v.name)
 
 
+def _unique_replica_names(views: list[VolumeView]) -> None:
+    """A replica is named by the primary's volume name when the receiver reports one, by its
+    uuid when it does not or when another replica has the same name (two primaries)."""
+    names = [v.name for v in views]
+    for v in views:
+        if names.count(v.name) > 1 and v.uuid:
+            v.name = v.uuid
+
+
 def _journal(h: dict | None) -> str | None:
+    if (h or {}).get("journal_paused"):
+        return "paused"
     journal = (h or {}).get("journal") or {}
     if journal.get("percent") is None:
         return None
@@ -156,7 +174,8 @@ def _primary_view(name: str, tx: dict, h: dict | None, peer_names: dict[str, str
     address = tx.get("peer")
     peer = f"{peer_names[address]} ({address})" if address in peer_names else address
     v = VolumeView(name=name, role="primary", peer=peer, journal=_journal(h),
-                   in_sync=bool(tx.get("in_sync")), link_since=link.get("state_since"))
+                   in_sync=bool(tx.get("in_sync")), link_since=link.get("state_since"),
+                   uuid=tx.get("volume_uuid"))
     connected = state == "replicating" or state.startswith("paused")
     if connected:
         v.link = "connected"
@@ -174,14 +193,19 @@ def _primary_view(name: str, tx: dict, h: dict | None, peer_names: dict[str, str
         since = tx.get("logging_since")
         v.replication = "logging-to-bitmap" + (f" since {clock.when(since)}" if since else "")
     elif state.startswith("paused"):
-        v.replication = f"paused ({state.partition(':')[2].replace('-', ' ') or 'by request'})"
+        v.replication = f"paused ({_pause_why(state)})"
     elif connected:
         v.replication = "replicating"
     else:
         v.replication = "stopped"
 
-    if v.in_sync:
+    journal_paused = bool((h or {}).get("journal_paused"))
+    verify = _verify_detail(tx.get("verify") or {}, clock)
+    if v.in_sync and not journal_paused:
         v.health = True
+        if verify:
+            v.details.append(verify)
+            v.health = not _verify_differs(tx.get("verify") or {})
         return v
     if not connected and link.get("last_error"):
         v.details.append(("reason" if state.startswith("refused") else "last error",
@@ -190,15 +214,90 @@ def _primary_view(name: str, tx: dict, h: dict | None, peer_names: dict[str, str
                                   tx.get("recovery_point_age_s"))))
     if tx.get("behind_reason"):
         v.details.append(("why", tx["behind_reason"]))
+    if tx.get("needs_resync"):
+        v.details.append(("needs resync", _needs_resync(tx, state)))
     if tx.get("resync_blocked") and not state.startswith("refused"):
         v.details.append(("blocked", tx["resync_blocked"]))
-    todo = _primary_advice(tx, state, address)
+    if journal_paused:
+        v.details.append(("journal", _journal_paused_text(h or {})))
+    if verify:
+        v.details.append(verify)
+    todo = _primary_advice(tx, state, address, name)
     if todo:
         v.details.append(("do", todo))
-    catching_up = connected and not state.startswith("paused") \
+    if journal_paused:
+        v.details.append(("do", _journal_paused_advice(name)))
+    catching_up = connected and not state.startswith("paused") and not journal_paused \
         and not tx.get("resync_blocked") and tx.get("volume_state") != "unknown"
     v.health = None if catching_up else False
     return v
+
+
+def _pause_why(state: str) -> str:
+    why = state.partition(":")[2]
+    return _PAUSE_WHY.get(why, why.replace("-", " ") or "by request")
+
+
+def _needs_resync(tx: dict, state: str) -> str:
+    """After a 'discard': the dropped records' regions are dirty until a resync ships them."""
+    dirty = tx.get("needs_resync_bytes", tx.get("dirty_bytes"))
+    amount = "dirty regions" if not isinstance(dirty, int | float) else \
+        f"{human_bytes(dirty)} dirty"
+    if state.startswith("paused"):
+        return f"{amount} (queued journal records discarded): run 'resume' or 'resync'"
+    return f"{amount} (queued journal records discarded): the resync ships them once connected"
+
+
+def _verify_differs(verify: dict) -> bool:
+    return verify.get("state") == "done" and bool(verify.get("differing")) \
+        and not verify.get("repaired")
+
+
+def _journal_paused_text(h: dict) -> str:
+    dirty = h.get("peer_lag_dirty_bytes")
+    since = "" if not isinstance(dirty, int | float) else f" ({human_bytes(dirty)} dirty)"
+    return ("paused by an admin: writes go to the mirror and the dirty bitmap, not the "
+            f"journal{since}")
+
+
+def _journal_paused_advice(name: str) -> str:
+    return (f"run 'resume what=journal' in /replication/volumes/{name} to journal again; "
+            f"the dirty regions are then resynced")
+
+
+def verify_detail(verify: dict, *, now: float,
+                  tz: dt.tzinfo | None = None) -> tuple[str, str] | None:
+    """The verify line of a volume's block, from the transmitter's ``verify`` status."""
+    return _verify_detail(verify, _Clock(now, tz))
+
+
+def _verify_detail(verify: dict, clock: _Clock) -> tuple[str, str] | None:
+    """The online verify, while it runs and when it found something or failed; a clean
+    result shows for an hour after it finished."""
+    state = verify.get("state")
+    total = verify.get("regions_total") or 0
+    checked = verify.get("regions_checked") or 0
+    if state == "running":
+        pct = f"{100.0 * checked / total:.0f}%" if total else "0%"
+        how = " with repair" if verify.get("repaired") else ""
+        return ("verify", f"running{how}, {pct} ({checked}/{total} regions compared)")
+    finished = verify.get("finished")
+    at = f" (finished {clock.when(finished)})" if finished else ""
+    if state == "failed":
+        return ("verify", f"failed{at}: {verify.get('error') or 'no reason given'}")
+    if state != "done":
+        return None
+    differing = verify.get("differing") or []
+    if differing:
+        region = verify.get("region_bytes") or 0
+        size = f" of {human_bytes(region)}" if region else ""
+        if verify.get("repaired"):
+            return ("verify", f"{len(differing)} regions{size} differed and were repaired{at}")
+        return ("verify", f"{len(differing)} regions{size} differ from the DR{at}: run "
+                          f"'verify repair=true' to copy them there")
+    if finished is None or clock.now - finished > 3600:
+        return None
+    return ("verify", f"no differences in {checked} regions{at}")
 
 
 def _resync_text(resync: dict) -> str:
@@ -216,13 +315,19 @@ def _resync_text(resync: dict) -> str:
     return f"resync {pct} ({state})"
 
 
-def _primary_advice(tx: dict, state: str, address: str | None) -> str | None:
+def _primary_advice(tx: dict, state: str, address: str | None, name: str) -> str | None:
     if state.startswith("refused"):
         code = state.partition(":")[2]
         return _REFUSAL_ADVICE.get(code, "fix what the reason above says on the DR appliance "
                                          "(its receiver logs the refusal too)")
     if tx.get("volume_state") == "unknown":
         return "check that appliance-handler serves this volume and its journal is readable"
+    if state == "paused:admin" and tx.get("needs_resync"):
+        return (f"run 'resume' in /replication/volumes/{name}: shipping starts again with a "
+                f"resync of the dirty regions")
+    if state == "paused:admin":
+        return (f"shipping is paused by an admin and the journal fills meanwhile: run "
+                f"'resume' in /replication/volumes/{name} to ship again")
     if state.startswith("paused"):
         return "shipping resumes by itself when the pause ends (blackout window setting)"
     if state in ("starting", "connecting", "reconnecting"):
@@ -232,10 +337,14 @@ def _primary_advice(tx: dict, state: str, address: str | None) -> str | None:
 
 
 def _unreplicated_view(name: str, h: dict) -> VolumeView:
-    v = VolumeView(name=name, role="unreplicated", journal=_journal(h),
+    v = VolumeView(name=name, role="unreplicated", journal=_journal(h), uuid=h.get("uuid"),
                    replication="none (no transmitter answers for this volume)")
     if h.get("alert"):
         v.details.append(("alert", h["alert"]))
+    if h.get("journal_paused"):
+        v.details.append(("journal", _journal_paused_text(h)))
+        v.details.append(("do", _journal_paused_advice(name)))
+        v.health = False
     return v
 
 
@@ -246,9 +355,12 @@ def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
     address = link.get("peer")
     peer = f"{primary} ({address})" if primary and address and state == "connected" \
         else primary
-    v = VolumeView(name=uuid, role="dr", peer=peer, link=state,
-                   link_since=link.get("state_since"), in_sync=bool(r.get("in_sync")))
+    v = VolumeView(name=r.get("name") or uuid, role="dr", peer=peer, link=state,
+                   link_since=link.get("state_since"), in_sync=bool(r.get("in_sync")),
+                   uuid=uuid)
     replica = r.get("state") or "unknown"
+    if replica == "promoted":
+        return _promoted_view(v, r, clock)
     if replica == "inconsistent" and r.get("inconsistent_since"):
         v.replication = (f"inconsistent since {clock.when(r['inconsistent_since'])} "
                          f"(resync under way)")
@@ -268,9 +380,6 @@ def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
                                  f"{r.get('lag_records') or 0} records)"))
     if r.get("behind_reason"):
         v.details.append(("why", r["behind_reason"]))
-    if replica == "promoted":
-        v.health = None
-        return v
     if replica == "inconsistent":
         v.details.append(("do", f"let the resync finish; to fail over before it does, stop "
                                 f"the receiver and run 'appliance-dr --config <receiver.toml> "
@@ -283,6 +392,30 @@ def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
         v.health = False
     else:
         v.health = None         # connected and catching up
+    return v
+
+
+def _promoted_view(v: VolumeView, r: dict, clock: _Clock) -> VolumeView:
+    """A replica failed over to: served as a primary here, taking no replication."""
+    mark = r.get("promoted") if isinstance(r.get("promoted"), dict) else {}
+    v.in_sync = None            # nothing replicates into it: in sync with nothing
+    v.replication = "promoted"
+    if mark.get("time"):
+        v.replication += f" since {clock.when(mark['time'])}"
+    facts = []
+    if mark.get("at_seq") is not None:
+        facts.append(f"holds the primary's image after seq {mark['at_seq']}")
+    if mark.get("generation") is not None:
+        facts.append(f"generation {mark['generation']}")
+    if mark.get("former_primary"):
+        facts.append(f"{mark['former_primary']!r} is fenced off (refused with 'promoted')")
+    if facts:
+        v.details.append(("failover", "; ".join(facts)))
+    v.details.append(("do", "serve its mirror through a user:mirror backstore with a NEW "
+                            "journal (the line 'promote' printed; docs/failover.md); 'demote' "
+                            "makes it a DR replica again once the primary runs on the other "
+                            "site"))
+    v.health = None
     return v
 
 
