@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import ssl
 import sys
+import time
 import uuid
+from pathlib import Path
 
 from appliance.control.server import ControlServer
 from appliance.daemon_entry import (
@@ -31,45 +34,48 @@ from appliance.replication.config import (
     load_toml,
     receiver_config,
 )
+from appliance.replication.dr import provisioned
+from appliance.replication.dr.provisioned import replica_configs
+from appliance.replication.dr.receiver_admin import ReceiverAdmin, VolumeSlot
 from appliance.replication.dr.replica import Replica, ReplicaError
 from appliance.replication.dr.session import Session, SessionError
-from appliance.replication.dr.sync_state import PrimaryReport, dr_sync_status
-from appliance.replication.handshake import HandshakeError, Hello, Refused, admit
+from appliance.replication.dr.sync_state import dr_sync_status
+from appliance.replication.handshake import HandshakeError, Hello, Refused, VolumeSpec, admit
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
-from appliance.replication.status import LinkStatus
-from appliance.replication.tls import TlsConfigError, TlsRefused, TlsSide, peer_identities
+from appliance.replication.tls import (
+    NO_PEER_PAIRED,
+    TlsConfigError,
+    TlsRefused,
+    TlsSide,
+    peer_identities,
+)
 
 log = logging.getLogger("appliance.receiver")
 FT = wire.FrameType
 
 
-class VolumeSlot:
-    """A configured volume: its replica (opened lazily), its lock and its live session."""
-
-    def __init__(self, replica: Replica) -> None:
-        self.replica = replica
-        self.lock = asyncio.Lock()
-        self.session: asyncio.Task | None = None
-        self.link = LinkStatus(state="idle")
-        self.primary_report: PrimaryReport | None = None   # the primary's latest report
-
-    def note_report(self, report: PrimaryReport) -> None:
-        self.primary_report = report
-
-
-class Receiver:
-    def __init__(self, cfg: ReceiverConfig) -> None:
+class Receiver(ReceiverAdmin):
+    def __init__(self, cfg: ReceiverConfig, config_path: Path | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path      # what ``reload`` reads again
         self.slots: dict[uuid.UUID, VolumeSlot] = {}
         self._tls = TlsSide(cfg.tls, server=True) if cfg.tls is not None else None
         self._server: asyncio.base_events.Server | None = None
         self.refusals = 0
-        self.control = ControlServer(cfg.control_socket, {"status": self.status})
+        # Volumes offered by primaries that have no slot here, refused: uuid -> the last one.
+        self.offers: dict[uuid.UUID, dict] = {}
+        self._provisioning = asyncio.Lock()
+        self.control = ControlServer(cfg.control_socket,
+                                     {"status": self.status, **self.admin_commands()})
 
     async def start(self) -> None:
-        for vcfg in self.cfg.volumes:
+        if self._tls is not None and self._tls.pins == ():
+            log.warning("receiver %s: %s (pair a primary: [tls] peers)", self.cfg.identity,
+                        NO_PEER_PAIRED)
+        found = await asyncio.to_thread(replica_configs, self.cfg.state_dir, self.cfg.volumes)
+        for vcfg, spec in found:
             replica = await asyncio.to_thread(Replica, vcfg)
-            self.slots[vcfg.spec.uuid] = VolumeSlot(replica)
+            self.slots[vcfg.spec.uuid] = VolumeSlot(replica, spec)
         host, port = self.cfg.listen
         self._server = await asyncio.start_server(self._accept, host, port, limit=1 << 20)
         await self.control.start()
@@ -96,11 +102,16 @@ class Receiver:
 
     def status(self, args: dict) -> dict:
         return {"role": "receiver", "identity": self.cfg.identity, "refusals": self.refusals,
-                "volumes": {str(u): self._volume_status(s) for u, s in self.slots.items()}}
+                "provision": self.cfg.provision,
+                "refused_offers": [dict(o) for o in self.offers.values()],
+                "volumes": {str(u): self.volume_status(s) for u, s in self.slots.items()}}
 
-    def _volume_status(self, slot: VolumeSlot) -> dict:
+    def volume_status(self, slot: VolumeSlot) -> dict:
+        if slot.busy is not None:       # its replica is closed while an operation runs
+            return {**(slot.snapshot or {}), "link": slot.link.as_dict(), "busy": slot.busy}
         replica = slot.replica.status()
-        return {**replica, "link": slot.link.as_dict(),
+        return {**replica, "name": slot.name, "provisioned": slot.provisioned is not None,
+                "busy": None, "link": slot.link.as_dict(),
                 **dr_sync_status(replica, slot.link.state, slot.link.state_since,
                                  slot.primary_report, stale_after_s=self.report_stale_after_s)}
 
@@ -115,6 +126,77 @@ class Receiver:
     def _refuse_log(self, peer: str, why: str) -> None:
         self.refusals += 1
         log.warning("refused connection from %s: %s", peer, why)
+
+    async def _refuse(self, link: FrameLink, peer: str, hello: Hello, err: Refused,
+                      slot: VolumeSlot | None) -> None:
+        """Log, count and send a REFUSE; an offer of a volume without a slot is remembered
+        (status ``refused_offers``)."""
+        self._refuse_log(peer, f"primary {hello.identity!r}, volume {hello.volume_uuid}: "
+                               f"{err.code}: {err.reason}")
+        if slot is not None:
+            slot.link.error(f"refused {hello.identity!r} from {peer}: {err}")
+        else:
+            offer = self.offers.get(hello.volume_uuid) or {"volume": str(hello.volume_uuid),
+                                                           "count": 0}
+            offer.update(name=hello.name, primary=hello.identity, peer=peer, code=err.code,
+                         reason=err.reason, size_bytes=hello.size_bytes,
+                         block_size=hello.block_size, count=offer["count"] + 1,
+                         last_at=time.time())
+            self.offers[hello.volume_uuid] = offer
+        await link.send_json(FT.REFUSE, {"code": err.code, "reason": err.reason})
+
+    def _admit(self, hello: Hello, cert_names: set[str] | None, slot: VolumeSlot | None):
+        return admit(hello, cert_names=cert_names,
+                     spec=slot.replica.current_spec() if slot else None,
+                     binding=slot.replica.binding() if slot else None,
+                     receiver_identity=self.cfg.identity, heartbeat_s=self.cfg.heartbeat_s,
+                     allow_compression=self.cfg.compression)
+
+    async def _offered(self, hello: Hello, cert_names: set[str] | None) -> VolumeSlot:
+        """A volume without a slot: with ``provision`` on, create its replica (refused with
+        the reason otherwise, nothing created)."""
+        if not self.cfg.provision:
+            self._admit(hello, cert_names, None)        # raises unknown-volume
+        async with self._provisioning:
+            slot = self.slots.get(hello.volume_uuid)
+            if slot is not None:                        # provisioned meanwhile
+                return slot
+            geometry = f"{hello.size_bytes} bytes in {hello.block_size}-byte blocks"
+            if hello.block_size not in (512, 4096) or hello.size_bytes % hello.block_size:
+                raise Refused("geometry", f"volume {hello.volume_uuid}: cannot provision a "
+                                          f"replica of {geometry} (block size 512 or 4096, "
+                                          f"size a multiple of it)")
+            # Would this primary be admitted to such a replica (protocol, proved identity)?
+            admit(hello, cert_names=cert_names,
+                  spec=VolumeSpec(hello.volume_uuid, hello.size_bytes, hello.block_size,
+                                  frozenset({hello.identity})),
+                  binding=None, receiver_identity=self.cfg.identity,
+                  heartbeat_s=self.cfg.heartbeat_s)
+            state_dir = self.cfg.state_dir
+            spec = await asyncio.to_thread(provisioned.create, state_dir, hello,
+                                           self.cfg.provision_journal_size)
+            try:
+                replica = await asyncio.to_thread(Replica, spec.replica_config(state_dir))
+            except (OSError, ReplicaError, JournalError) as err:
+                await asyncio.to_thread(provisioned.discard_new, state_dir, hello.volume_uuid)
+                if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                    raise Refused("no-space", f"creating the replica of {geometry} in "
+                                              f"{state_dir} failed: {err.strerror}: free space "
+                                              f"or provision a replica on a block "
+                                              f"device") from err
+                log.error("volume %s: provisioning a replica in %s failed: %s",
+                          hello.volume_uuid, state_dir, err)
+                raise Refused("provision-failed", f"creating the replica in {state_dir} "
+                                                  f"failed: {err}; see the receiver's "
+                                                  f"log") from err
+            slot = VolumeSlot(replica, spec)
+            self.slots[hello.volume_uuid] = slot
+            self.offers.pop(hello.volume_uuid, None)
+            log.warning("volume %s%s: provisioned a replica of %s for primary %r in %s "
+                        "(journal %s)", hello.volume_uuid,
+                        f" ({hello.name!r})" if hello.name else "", geometry, hello.identity,
+                        replica.cfg.paths.mirror.parent, provisioned.human(spec.journal_size))
+            return slot
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host, port = writer.get_extra_info("peername")[:2]
@@ -164,21 +246,14 @@ class Receiver:
         hello = Hello.from_dict(wire.decode_json(frame.payload))
         slot = self.slots.get(hello.volume_uuid)
         try:
-            welcome = admit(hello, cert_names=cert_names,
-                            spec=slot.replica.current_spec() if slot else None,
-                            binding=slot.replica.binding() if slot else None,
-                            receiver_identity=self.cfg.identity,
-                            heartbeat_s=self.cfg.heartbeat_s,
-                            allow_compression=self.cfg.compression)
+            if slot is None:
+                slot = await self._offered(hello, cert_names)
+            self._admit(hello, cert_names, slot)
+            if slot.busy is not None:
+                raise slot.busy_refusal()
         except Refused as err:
-            self._refuse_log(peer, f"primary {hello.identity!r}, volume {hello.volume_uuid}: "
-                                   f"{err.code}: {err.reason}")
-            if slot is not None:
-                slot.link.error(f"refused {hello.identity!r} from {peer}: {err}")
-            await link.send_json(FT.REFUSE, {"code": err.code, "reason": err.reason})
+            await self._refuse(link, peer, hello, err, self.slots.get(hello.volume_uuid))
             return
-        if slot is None:        # admit() refuses a volume that has no slot: never here
-            raise RuntimeError(f"volume {hello.volume_uuid} admitted without a slot")
         # Take over from an older session of the same primary before touching the replica.
         old = slot.session
         if old is not None and not old.done():
@@ -189,11 +264,24 @@ class Receiver:
                 await old
         slot.session = asyncio.current_task()
         async with slot.lock:
+            # Admitted again under the lock: an admin operation may have run meanwhile (and
+            # reopened, or dropped, the replica).
+            try:
+                if slot.busy is not None:
+                    raise slot.busy_refusal()
+                if self.slots.get(hello.volume_uuid) is not slot:
+                    raise Refused("unknown-volume", f"volume {hello.volume_uuid} was removed "
+                                                    f"from receiver {self.cfg.identity!r}")
+                welcome = self._admit(hello, cert_names, slot)
+            except Refused as err:
+                await self._refuse(link, peer, hello, err, self.slots.get(hello.volume_uuid))
+                return
             await run_blocking(lambda: slot.replica.bind(hello, welcome.last_seq,
                                                          full_copy=welcome.full_copy))
             if welcome.compression:
                 link.enable_compression()
             await link.send_json(FT.WELCOME, welcome.to_dict())
+            self.offers.pop(hello.volume_uuid, None)
             slot.link.peer = peer
             slot.link.connects += 1
             slot.link.set_state("connected")
@@ -218,8 +306,8 @@ class Receiver:
                 await run_blocking(slot.replica.sync_mirror)
 
 
-async def serve(cfg: ReceiverConfig) -> None:
-    rx = Receiver(cfg)
+async def serve(cfg: ReceiverConfig, config_path: Path | None = None) -> None:
+    rx = Receiver(cfg, config_path)
     await rx.start()
     stop = stop_event_on_signals()
     try:
@@ -235,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def serve_or_fail(cfg: ReceiverConfig) -> int:
         try:
-            asyncio.run(serve(cfg))
+            asyncio.run(serve(cfg, Path(args.config)))
         except TlsConfigError as err:       # a [tls] file missing or unusable (first thing done)
             return report_config_error("appliance-receiver", ConfigError(f"{args.config}: {err}"))
         except (ReplicaError, JournalError, OSError) as err:
