@@ -41,7 +41,8 @@ def header(rig: Rig) -> fmt.BitmapHeader:
         src.close()
 
 
-def test_paused_writes_go_to_mirror_and_bitmap_not_the_journal_and_stay_paused_on_reopen():
+def test_paused_writes_go_to_mirror_and_bitmap_not_the_journal_and_stay_paused_on_reopen(
+        caplog):
     rig = Rig()
     vol = rig.open()
     vol.submit([write(0, 8, 1)])
@@ -51,6 +52,8 @@ def test_paused_writes_go_to_mirror_and_bitmap_not_the_journal_and_stay_paused_o
 
     assert vol.pause_journal() is True
     assert vol.pause_journal() is False                     # idempotent: already paused
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "journaling paused by the admin" in warnings[0], warnings
     st = vol.status()
     assert (st["state"], st["journal_paused"], st["logging_reason"]) == (
         LOGGING_TO_BITMAP, True, "paused by admin")
