@@ -141,7 +141,9 @@ class UIPeers(UINode):
     def summary(self):
         pending = sum(1 for c in self.children if self.ctx.certificate_pending(c.name))
         if pending:
-            return f"Peers: {len(self._children)} ({pending} certificate(s) not fetched)", False
+            return (f"Peers: {len(self._children)} ({pending} certificate not fetched yet)"
+                    if pending == 1 else f"Peers: {len(self._children)} ({pending} "
+                    f"certificates not fetched yet)"), False
         return f"Peers: {len(self._children)}", None
 
     def ui_command_refresh(self):

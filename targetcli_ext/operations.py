@@ -226,7 +226,17 @@ class SiteOperations:
         untouched volumes stay up), started otherwise."""
         try:
             if self.units.is_active(RECEIVER_UNIT):
-                done = self.call(self.layout.receiver_socket, "reload")  # type: ignore[attr-defined]
+                try:
+                    done = self.call(self.layout.receiver_socket, "reload")  # type: ignore[attr-defined]
+                except ExecutionError as err:
+                    if "cannot talk to control socket" not in str(err):
+                        raise           # the receiver refused: its reason is the message
+                    # Running but not answering (starting up, or an old receiver without a
+                    # socket): a restart reads the file for sure.
+                    self.units.restart(RECEIVER_UNIT)
+                    notes.info(f"Restarted {RECEIVER_UNIT} (its control socket did not "
+                               f"answer: {err}).")
+                    return
                 if isinstance(done, dict) and (done.get("added") or done.get("removed")):
                     notes.info(f"Receiver reloaded: added {done.get('added') or 'none'}, "
                                f"removed {done.get('removed') or 'none'}.")
