@@ -265,6 +265,13 @@ def expose_package(rootfs: Path) -> None:
         link = rootfs / "usr/local/bin" / script.name
         link.unlink(missing_ok=True)
         link.symlink_to(f"/opt/appliance/bin/{script.name}")
+    # `targetcli` is our shell (stock targetcli plus /replication): /usr/local/sbin comes
+    # first on root's PATH (/etc/profile) and on systemd's default PATH for services, ahead of
+    # Debian's /usr/bin/targetcli, which stays installed (stock, without /replication).
+    shell = rootfs / "usr/local/sbin/targetcli"
+    shell.parent.mkdir(parents=True, exist_ok=True)
+    shell.unlink(missing_ok=True)
+    shell.symlink_to("/opt/appliance/bin/appliance-targetcli")
     site = sorted((rootfs / "opt/appliance/lib").glob("python3*/site-packages"))
     if not site:
         raise BuildError("the venv /opt/appliance has no site-packages")
