@@ -1,25 +1,70 @@
 """One replicated volume under /replication/volumes: its status, and the commands that
-steer it (docs/shell.md)."""
+steer it (docs/shell.md, "Steering a volume").
+
+Every command asks the running daemons over their control sockets (the shell never opens
+their files, and no service is stopped by hand): shipping is the volume's transmitter's
+(``transmitter-<name>.sock``), journaling the handler's. What must survive a restart is
+persisted first: ``pause``/``resume`` of shipping and the ``replication`` settings go to
+``site.json`` and the transmitter's generated TOML (``SiteStore.update_volume`` +
+``ReplicationContext.apply_volume``), then live to the transmitter; a daemon's refusal undoes
+the saved change, so a refused command changes nothing. The handler persists a journal pause
+itself.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
+from configshell_fb import ExecutionError
 from targetcli.ui_node import UINode
+
+from targetcli_ext import status_text
+from targetcli_ext.model import ModelError
+from targetcli_ext.steering import (
+    call_daemon,
+    complete,
+    format_bandwidth,
+    format_blackout,
+    nothing_changed,
+    parse_bandwidth,
+    parse_blackout,
+    parse_bool,
+    transmitter_socket,
+    unreachable,
+)
+
+WHAT = ("shipping", "journal")
+SETTINGS = ("bandwidth_limit", "blackout")
 
 
 class UIVolume(UINode):
     """
-    One replicated volume; 'status' shows its block of the replication status.
+    One replicated volume: 'status' shows its block of the replication status; 'pause',
+    'resume', 'resync', 'verify' and 'discard' steer its replication with the daemons
+    running; 'set replication' / 'get replication' its bandwidth limit and blackout windows.
     """
 
     def __init__(self, name: str, parent) -> None:
         UINode.__init__(self, name, parent)
         self.ctx = parent.ctx
+        self.define_config_group_param(
+            "replication", "bandwidth_limit", "bandwidth",
+            "Most bytes per second shipped to the DR, with K, M or G (powers of 1024), e.g. "
+            "50M; 'none' for no limit. Applied live and saved.")
+        self.define_config_group_param(
+            "replication", "blackout", "blackout",
+            "Windows of local time when nothing is shipped (writes queue in the journal), "
+            "HH:MM-HH:MM, comma-separated, e.g. 08:00-18:00; 'none' for none. Applied live "
+            "and saved.")
 
     def summary(self):
-        for view in self.ctx.views():
-            if view.name == self.name:
-                return view.summary(), view.health
-        return "no daemon reports this volume now: run 'refresh'", False
+        view = self._view()
+        if view is None:
+            return "no daemon reports this volume now: run 'refresh'", False
+        return view.summary(), view.health
+
+    # --- status -------------------------------------------------------------------------
 
     def ui_command_status(self):
         """
@@ -27,3 +72,352 @@ class UIVolume(UINode):
         the DR copy is in sync; if not, what it lacks, why and what to do.
         """
         self.shell.con.display(self.ctx.render({self.name}).rstrip("\n"))
+
+    # --- steering -----------------------------------------------------------------------
+
+    def ui_command_pause(self, what="shipping"):
+        """
+        Pauses replication of this volume until 'resume'.
+
+        what=shipping (the default): the transmitter stops shipping; host writes go on and
+        queue in the journal (when it fills, the volume logs to its dirty bitmap and a
+        resync follows the resume). Saved: a restarted transmitter stays paused.
+
+        what=journal: the handler stops journaling this volume; writes go to the mirror and
+        the dirty bitmap only, as during a journal overflow. Saved by the handler. 'resume
+        what=journal' journals again, and the dirty regions are resynced.
+
+        EXAMPLE
+        =======
+        pause
+        pause what=journal
+
+        SEE ALSO
+        ========
+        resume, discard, status
+        """
+        self.assert_root()
+        what = self._what(what)
+        if what == "journal":
+            self._journal("pause-journal", "paused")
+            return
+        result = self._persist_and_apply({"paused": True}, "pause", {},
+                                         what="pausing shipping")
+        if result is None:
+            self.shell.log.info(f"Shipping of {self.name} is paused (saved). Its transmitter "
+                                f"does not answer now: it starts paused.")
+        else:
+            self.shell.log.info(f"Shipping of {self.name} is paused (saved); host writes "
+                                f"queue in the journal. 'resume' ships again.")
+
+    def ui_complete_pause(self, parameters, text, current_param):
+        return complete(list(WHAT), text) if current_param == "what" else []
+
+    def ui_command_resume(self, what="shipping"):
+        """
+        Resumes what 'pause' paused.
+
+        what=shipping (the default): the transmitter ships again from where it stopped;
+        after a 'discard' it first resyncs the dirty regions. Saved.
+
+        what=journal: the handler journals this volume's writes again; the regions written
+        while paused are resynced.
+
+        EXAMPLE
+        =======
+        resume
+        resume what=journal
+        """
+        self.assert_root()
+        what = self._what(what)
+        if what == "journal":
+            self._journal("resume-journal", "resumed")
+            return
+        result = self._persist_and_apply({"paused": False}, "resume", {},
+                                         what="resuming shipping")
+        if result is None:
+            self.shell.log.info(f"Shipping of {self.name} is resumed (saved). Its transmitter "
+                                f"does not answer now: it ships once it runs "
+                                f"(systemctl start appliance-transmitter@{self.name}).")
+        else:
+            self.shell.log.info(f"Shipping of {self.name} is resumed{_said(result)}.")
+
+    def ui_complete_resume(self, parameters, text, current_param):
+        return complete(list(WHAT), text) if current_param == "what" else []
+
+    def ui_command_resync(self):
+        """
+        Starts a full resync: every chunk of the volume is marked dirty and shipped to the
+        DR once connected (chunks the DR already holds identically are skipped when the
+        transmitter compares hashes). Use it when the DR copy is suspect. 'status' shows
+        its progress, rate and ETA.
+        """
+        self.assert_root()
+        result = self._transmitter("resync", {}, what="the resync")
+        self.shell.log.info(f"Full resync of {self.name} requested{_said(result)}; "
+                            f"'status' shows its progress.")
+
+    def ui_command_verify(self, repair="false"):
+        """
+        Compares the DR copy with this volume, region by region, over the live link, while
+        replication goes on. repair=true also copies each differing region to the DR. It
+        runs in the background: 'status' shows its progress and what it found.
+
+        EXAMPLE
+        =======
+        verify
+        verify repair=true
+        """
+        self.assert_root()
+        repair = parse_bool(repair, "repair")
+        result = self._transmitter("verify", {"repair": repair}, what="verify")
+        if isinstance(result, dict) and result.get("started"):
+            regions = result.get("regions")
+            count = f" of {regions} regions" if regions is not None else ""
+            self.shell.log.info(f"Verify{count} of {self.name} started"
+                                f"{' with repair' if repair else ''}; 'status' shows its "
+                                f"progress and outcome.")
+            return
+        detail = status_text.verify_detail(result if isinstance(result, dict) else {},
+                                           now=self.ctx.clock(), tz=self.ctx.tz)
+        self.shell.log.info(f"Verify of {self.name}: "
+                            f"{detail[1] if detail else _said(result).lstrip(': ')}")
+
+    def ui_complete_verify(self, parameters, text, current_param):
+        return complete(["true", "false"], text) if current_param == "repair" else []
+
+    def ui_command_discard(self):
+        """
+        Drops the journal records of this volume that are queued for the DR (an aborted
+        mirror), freeing their journal space, without touching the other volumes. Their
+        regions are marked dirty first, so the volume then needs a resync: 'status' says
+        so, and 'resume' ships them. Refused unless shipping is paused ('pause' first).
+        """
+        self.assert_root()
+        result = self._transmitter("discard", {}, what="discard")
+        self.shell.log.info(f"Discarded the queued journal records of {self.name}"
+                            f"{_said(result)}. It needs a resync now: 'resume' ships the "
+                            f"dirty regions.")
+
+    # --- settings: set/get replication --------------------------------------------------
+
+    def ui_command_set(self, group=None, **parameter):
+        """
+        Sets configuration parameters of a group. 'set replication' changes this volume's
+        replication settings: each value is checked, then saved (site.json and the
+        transmitter's configuration) and applied live; a value refused by the shell or the
+        transmitter changes nothing. 'set global' sets the shell's preferences. Run with
+        just a group name to list its parameters.
+
+        EXAMPLE
+        =======
+        set replication bandwidth_limit=50M
+        set replication blackout=08:00-18:00,20:00-22:00
+        set replication bandwidth_limit=none blackout=none
+
+        SEE ALSO
+        ========
+        get
+        """
+        if group != "replication" or not parameter:
+            return UINode.ui_command_set(self, group, **parameter)
+        self.assert_root()
+        unknown = sorted(set(parameter) - set(SETTINGS))
+        if unknown:
+            raise ExecutionError(f"no parameter {', '.join(unknown)} in group 'replication' "
+                                 f"(parameters: {', '.join(SETTINGS)}); nothing changed")
+        changes = {}
+        for param, text in parameter.items():
+            try:
+                changes[param] = self.get_type_method(
+                    self.get_group_param("replication", param)["type"])(text)
+            except ValueError as err:
+                raise ExecutionError(str(err)) from err
+        result = self._persist_and_apply(changes, "set", None, what="the new settings")
+        for param, value in changes.items():
+            shown = self.get_type_method(self.get_group_param("replication", param)["type"])(
+                value, reverse=True)
+            self.shell.con.display(f"Parameter {param} is now '{shown}'.")
+        if result is None:
+            self.shell.log.info(f"Saved. The transmitter of {self.name} does not answer now: "
+                                f"the settings take effect when it runs.")
+
+    def ui_setgroup_replication(self, parameter, value):
+        """configshell's setter of group 'replication' (``set`` above does the work)."""
+        self.ui_command_set("replication", **{parameter: value})
+
+    def ui_getgroup_replication(self, parameter):
+        vol = self._saved_volume()
+        value = getattr(vol, parameter)
+        return list(value) if parameter == "blackout" else value
+
+    def ui_type_bandwidth(self, value=None, enum=False, reverse=False):
+        """A rate per second with K, M or G (powers of 1024), or none."""
+        if reverse:
+            return format_bandwidth(value)
+        if value is None:
+            return ["none", "10M", "50M", "100M", "1G"] if enum else "RATE|none"
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return parse_bandwidth(value)
+        except ValueError as err:
+            raise ValueError(f"{err}; nothing changed") from err
+
+    def ui_type_blackout(self, value=None, enum=False, reverse=False):
+        """HH:MM-HH:MM windows, comma-separated, or none."""
+        if reverse:
+            return format_blackout(value)
+        if value is None:
+            return ["none", "08:00-18:00", "22:00-06:00"] if enum else "HH:MM-HH:MM,...|none"
+        if isinstance(value, list | tuple):
+            value = ",".join(value) or "none"
+        try:
+            return parse_blackout(value)
+        except ValueError as err:
+            raise ValueError(f"{err}; nothing changed") from err
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _view(self) -> status_text.VolumeView | None:
+        """This volume as the daemons report it (a DR replica of the same name is another
+        volume: /replication/replicas)."""
+        for view in self.ctx.views():
+            if view.name == self.name and view.role != "dr":
+                return view
+        return None
+
+    def _what(self, what: str) -> str:
+        if what not in WHAT:
+            raise ExecutionError(f"what={what!r}: use what=shipping (the default) or "
+                                 f"what=journal; nothing changed")
+        return what
+
+    def _saved_volume(self, required: bool = True):
+        try:
+            site = self.ctx.store.load()
+        except ModelError as err:
+            raise ExecutionError(f"{err}; nothing changed") from err
+        vol = (getattr(site, "volumes", None) or {}).get(self.name)
+        if vol is None and required:
+            raise ExecutionError(
+                f"{self.name} is not a volume created in /replication/volumes (its "
+                f"transmitter is configured by hand, in its TOML file): its settings are "
+                f"changed there; nothing changed")
+        return vol
+
+    def _transmitter_socket(self) -> Path:
+        """``transmitter-<name>.sock``; else the socket of the transmitter that reports
+        this volume's uuid (one named otherwise, e.g. by hand)."""
+        path = transmitter_socket(self.ctx, self.name)
+        if path.exists():
+            return path
+        view = self._view()
+        if view is not None and view.uuid:
+            for sock_name, tx in (self.ctx.snapshot().get("transmitters") or {}).items():
+                if tx.get("volume_uuid") == view.uuid:
+                    return transmitter_socket(self.ctx, sock_name)
+        return path
+
+    def _transmitter(self, cmd: str, args: dict, *, what: str) -> object:
+        """A transmitter command that changes nothing saved: refused, nothing changed."""
+        sock = self._transmitter_socket()
+        try:
+            result = call_daemon(self.ctx, sock, cmd, **args)
+        except ExecutionError as err:
+            if unreachable(err):
+                raise ExecutionError(
+                    f"the transmitter of {self.name} does not answer ({err}): check "
+                    f"'systemctl status appliance-transmitter@{self.name}'; nothing "
+                    f"changed") from err
+            raise ExecutionError(nothing_changed(
+                f"{what} refused by the transmitter of {self.name}: {err}")) from err
+        self.ctx.snapshot(fresh=True)
+        return result
+
+    def _journal(self, cmd: str, done: str) -> None:
+        vol = self._saved_volume(required=False)
+        backstore = getattr(vol, "backstore", None) or self.name
+        sock = Path(self.ctx.config.sockets.handler)
+        try:
+            result = call_daemon(self.ctx, sock, cmd, volume=backstore)
+        except ExecutionError as err:
+            if unreachable(err):
+                raise ExecutionError(f"the handler does not answer ({err}): check "
+                                     f"'systemctl status appliance-handler'; nothing "
+                                     f"changed") from err
+            raise ExecutionError(nothing_changed(f"{cmd} refused by the handler: {err}")) \
+                from err
+        self.ctx.snapshot(fresh=True)
+        if isinstance(result, dict) and result.get("changed") is False:
+            self.shell.log.info(f"Journaling of {self.name} was already {done}: nothing "
+                                f"changed.")
+        elif cmd == "pause-journal":
+            self.shell.log.info(f"Journaling of {self.name} is paused (the handler keeps it "
+                                f"so across restarts): writes go to the mirror and the dirty "
+                                f"bitmap. 'resume what=journal' journals again.")
+        else:
+            self.shell.log.info(f"Journaling of {self.name} is resumed; the regions written "
+                                f"meanwhile are resynced.")
+
+    def _persist_and_apply(self, changes: dict, cmd: str, args: dict | None, *,
+                           what: str) -> object | None:
+        """Save ``changes`` (site.json, then the transmitter's TOML), then send ``cmd`` to
+        the running transmitter (``args`` None: the settings, as saved). Returns its result,
+        or None when the transmitter does not answer (the saved configuration takes effect
+        when it starts). A refusal restores what was saved. A volume whose transmitter was
+        configured by hand (not in site.json) is changed live only, and the shell says so."""
+        store = self.ctx.store
+        old = self._saved_volume(required=False)
+        if old is None:
+            return self._live_only(changes, cmd, args, what=what)
+        try:
+            new = store.update_volume(self.name, **changes)
+        except ModelError as err:
+            raise ExecutionError(f"{err}; nothing changed") from err
+        except OSError as err:
+            raise ExecutionError(f"cannot save {store.path}: {err}; nothing changed") from err
+
+        def undo() -> None:
+            with contextlib.suppress(ModelError, OSError, ExecutionError):
+                store.update_volume(self.name, **{k: getattr(old, k) for k in changes})
+                self.ctx.apply_volume(self.name)
+
+        try:
+            self.ctx.apply_volume(self.name)
+        except (ExecutionError, ModelError, OSError) as err:
+            undo()
+            raise ExecutionError(f"cannot write the transmitter's configuration of "
+                                 f"{self.name}: {err}; nothing changed") from err
+        if args is None:
+            args = {"bandwidth_limit": new.bandwidth_limit, "blackout": list(new.blackout)}
+        try:
+            result = call_daemon(self.ctx, self._transmitter_socket(), cmd, **args)
+        except ExecutionError as err:
+            if unreachable(err):
+                return None
+            undo()
+            raise ExecutionError(nothing_changed(
+                f"{what} refused by the transmitter of {self.name}: {err}")) from err
+        self.ctx.snapshot(fresh=True)
+        return result if result is not None else {}
+
+    def _live_only(self, changes: dict, cmd: str, args: dict | None, *,
+                   what: str) -> object:
+        if args is None:
+            args = {k: (list(v) if isinstance(v, list | tuple) else v)
+                    for k, v in changes.items()}
+        result = self._transmitter(cmd, args, what=what)
+        self.shell.log.warning(f"{self.name} was not created in /replication/volumes (its "
+                               f"transmitter is configured by hand): changed live only, not "
+                               f"saved; its TOML file still says what a restart does.")
+        return result if result is not None else {}
+
+
+def _said(result: object) -> str:
+    """What a daemon returned, in a few words (its keys and values), or nothing."""
+    if not isinstance(result, dict) or not result:
+        return ""
+    parts = [f"{k.replace('_', ' ')} {v}" for k, v in result.items()
+             if isinstance(v, str | int | float | bool) and k not in ("ok", "volume")]
+    return f": {', '.join(parts)}" if parts else ""

@@ -1,0 +1,332 @@
+"""/replication/replicas on a DR appliance: the replicas its receiver keeps, and failover.
+
+Each replica the receiver reports is a node, named by the primary's volume name when the
+receiver reports it (``name``), else by its uuid. The commands ask the running receiver over
+its control socket (``receiver.sock``) with ``{"volume": <uuid>}``; the receiver closes that
+volume's session first, leaves the others alone, and refuses with the reason when the step is
+unsafe (docs/failover.md). A refusal changes nothing.
+
+The coordinator adds ``UIReplicas(self)`` to ``UIReplication``: the parent node carries the
+``ReplicationContext`` as ``parent.ctx``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from configshell_fb import ExecutionError
+from targetcli.ui_node import UINode
+
+from targetcli_ext import status_text
+from targetcli_ext.model import ModelError
+from targetcli_ext.steering import (
+    call_daemon,
+    complete,
+    nothing_changed,
+    parse_bool,
+    unreachable,
+)
+
+JOURNAL_DIR = "/var/lib/appliance/journals"
+
+
+def _replica_views(ctx, fresh: bool = False) -> list[status_text.VolumeView]:
+    return [v for v in ctx.views(fresh) if v.role == "dr"]
+
+
+class UIReplicas(UINode):
+    """
+    The replicas this appliance keeps as the DR site of its primaries, as its receiver
+    reports them: each named by the primary's volume name (or its uuid), with its state
+    (consistent, inconsistent, promoted) and the failover commands. 'refresh' picks up
+    replicas that appeared since.
+    """
+
+    def __init__(self, parent) -> None:
+        UINode.__init__(self, "replicas", parent)
+        self.ctx = parent.ctx
+        self.refresh()
+
+    def refresh(self):
+        self._children = set()
+        for view in _replica_views(self.ctx, fresh=True):
+            UIReplica(view.name, view.uuid or view.name, self)
+
+    def summary(self):
+        views = _replica_views(self.ctx)
+        if not views:
+            return "Replicas: 0", None
+        good = sum(1 for v in views if _replica_health(v) is True)
+        health = True if good == len(views) else \
+            False if any(_replica_health(v) is False for v in views) else None
+        return f"Replicas: {len(views)} ({good} consistent and connected)", health
+
+    def ui_command_create(self, name, uuid, mirror, size_bytes, block_size="512"):
+        """
+        Receives a primary's volume into a block device (or file) made here by the admin,
+        instead of a replica the receiver provisions in its directory: uuid is the volume's
+        uuid ('/replication/volumes/<name> info' on the primary), mirror the device, whose
+        size and block size must equal the primary volume's. The receiver takes it live
+        (the other replicas' sessions stay up).
+
+        EXAMPLE
+        =======
+        create name=vol1 uuid=6f1c2a52-... mirror=/dev/vg0/vol1-replica size_bytes=10737418240
+        """
+        self.assert_root()
+        add = getattr(self.ctx, "add_replica", None)
+        if add is None:
+            raise ExecutionError("this shell cannot configure replicas yet; nothing changed")
+        _run_operation(self, add, name, uuid, mirror, size_bytes, block_size)
+        self.refresh()
+        self.shell.log.info(f"Created replica {name} of volume {uuid} on {mirror}.")
+
+    def ui_command_status(self):
+        """
+        Shows every replica, one block each: primary, link, replica state and whether it
+        is in sync; if not, what it lacks, why and what to do.
+        """
+        views = _replica_views(self.ctx, fresh=True)
+        if not views:
+            self.shell.con.display("no replicas: no receiver answers on this appliance, or "
+                                   "it keeps none yet")
+            return
+        self.shell.con.display("\n".join(
+            status_text.render_volume(v, now=self.ctx.clock(), tz=self.ctx.tz)
+            for v in views))
+
+
+def _replica_health(view: status_text.VolumeView) -> bool | None:
+    """Green when consistent and connected; red when it needs the admin; plain otherwise
+    (catching up, or promoted: served here, replicating nothing)."""
+    state = view.replication.split(" ")[0]
+    if state == "consistent":
+        return view.link == "connected" or view.health is True
+    if state == "promoted":
+        return None
+    return view.health
+
+
+class UIReplica(UINode):
+    """
+    One replica of a primary's volume: 'status' shows it; 'promote' makes its mirror this
+    site's primary copy (failover), 'demote' makes it a replica again, 'rollback' restores
+    its last consistent image, 'invalidate' asks the primary for a full copy, 'forget'
+    stops receiving it.
+    """
+
+    def __init__(self, name: str, uuid: str, parent: UIReplicas) -> None:
+        UINode.__init__(self, name, parent)
+        self.ctx = parent.ctx
+        self.uuid = uuid
+
+    def _view(self, fresh: bool = False) -> status_text.VolumeView | None:
+        for view in _replica_views(self.ctx, fresh):
+            if view.uuid == self.uuid:
+                return view
+        return None
+
+    def _status(self) -> dict:
+        receiver = self.ctx.snapshot().get("receiver") or {}
+        return (receiver.get("volumes") or {}).get(self.uuid) or {}
+
+    def summary(self):
+        view = self._view()
+        if view is None:
+            return "the receiver does not report this replica now: run 'refresh'", False
+        parts = [view.replication, view.link or "unknown link"]
+        if view.in_sync is not None:
+            parts.append("in sync" if view.in_sync else "behind")
+        if self.name != self.uuid:
+            parts.append(self.uuid)
+        return ", ".join(parts), _replica_health(view)
+
+    def ui_command_status(self):
+        """
+        Shows this replica's primary, link, state (consistent, inconsistent since when,
+        promoted) and whether it is in sync; if not, what it lacks, why and what to do.
+        """
+        view = self._view(fresh=True)
+        if view is None:
+            self.shell.con.display(f"the receiver does not report {self.name} now: run "
+                                   f"'refresh' in /replication/replicas")
+            return
+        self.shell.con.display(status_text.render_volume(view, now=self.ctx.clock(),
+                                                         tz=self.ctx.tz))
+
+    def ui_command_info(self):
+        """Shows the replica's uuid, name, primary, size and generation."""
+        st = self._status()
+        rows = [("name", self.name), ("uuid", self.uuid), ("primary", st.get("primary")),
+                ("state", st.get("state")), ("size", st.get("size_bytes")),
+                ("generation", st.get("generation"))]
+        for key, value in rows:
+            self.shell.con.display(f"{key + ':':<13}{'unknown' if value is None else value}")
+
+    # --- failover -----------------------------------------------------------------------
+
+    def ui_command_promote(self):
+        """
+        Failover: makes this replica's mirror the primary copy of the volume on this site.
+        The receiver applies what its journal holds, marks the replica promoted with its
+        generation raised, and from then on refuses the old primary ('promoted'), so the
+        two sites can never both write it. Refused for an inconsistent replica ('rollback'
+        first) and one that never held an image. Prints what to do next: serve the mirror
+        through a user:mirror backstore with a new journal (docs/failover.md).
+        """
+        self.assert_root()
+        size = self._status().get("size_bytes")
+        result = self._receiver("promote")
+        self.shell.con.display(promote_text(self.name, self.uuid, result, size))
+
+    def ui_command_demote(self):
+        """
+        Makes a promoted replica a DR replica again, once the volume's primary runs on the
+        other site and this mirror is no longer served here (remove its backstore first):
+        the new primary then resyncs it.
+        """
+        self.assert_root()
+        result = self._receiver("demote")
+        generation = result.get("demoted_keeping_generation") if isinstance(result, dict) \
+            else None
+        gen = f" (generation {generation} kept)" if generation is not None else ""
+        self.shell.log.info(f"{self.name} is a DR replica again{gen}: the primary resyncs "
+                            f"it when it connects.")
+
+    def ui_command_rollback(self):
+        """
+        Restores the last consistent image of an inconsistent replica (a resync or full
+        copy was under way) from its undo log, so the mirror can be promoted or mounted.
+        What the interrupted resync had copied is given up; the primary resyncs it again.
+        """
+        self.assert_root()
+        result = self._receiver("rollback")
+        seq = result.get("rolled_back_to_seq") if isinstance(result, dict) else None
+        at = f" (seq {seq})" if seq is not None else ""
+        self.shell.log.info(f"{self.name} is back at its last consistent image{at}: it can "
+                            f"be promoted now.")
+
+    def ui_command_invalidate(self):
+        """
+        Makes the primary's next contact a full copy of the volume: for a replica that
+        misses records the primary no longer holds (e.g. restored from an old backup). Its
+        current image stays recoverable ('rollback') until the copy completes.
+        """
+        self.assert_root()
+        result = self._receiver("invalidate")
+        seq = result.get("invalidated_at_seq") if isinstance(result, dict) else None
+        at = f" (its image at seq {seq} is kept until then)" if seq is not None else ""
+        self.shell.log.info(f"{self.name}: the primary's next contact is a full copy{at}.")
+
+    def ui_command_forget(self, remove_data="false"):
+        """
+        Stops receiving this replica: the receiver drops its session and configuration.
+        remove_data=true also deletes the replica's files the receiver provisioned (mirror,
+        journal, state); by default they stay on disk. The primary's transmitter is then
+        refused ('unknown-volume') until the volume is replicated elsewhere.
+
+        EXAMPLE
+        =======
+        forget
+        forget remove_data=true
+        """
+        self.assert_root()
+        remove = parse_bool(remove_data, "remove_data")
+        own = self._admin_made()
+        if own is not None:          # on the admin's device: out of receiver.toml, data kept
+            if remove:
+                raise ExecutionError(f"{self.name} is on {own.mirror}, a device the admin "
+                                     f"made: forget keeps its data (remove_data=false), wipe "
+                                     f"it yourself if you must; nothing changed")
+            _run_operation(self, self.ctx.remove_replica, own.name)
+            self.shell.log.info(f"Forgot replica {self.name} ({self.uuid}); {own.mirror} is "
+                                f"left as it is.")
+            return self._gone()
+        result = self._receiver("forget", remove_data=remove)
+        removed = result.get("removed") if isinstance(result, dict) else None
+        kept = result.get("kept") if isinstance(result, dict) else None
+        self.shell.log.info(f"Forgot replica {self.name} ({self.uuid}).")
+        if removed:
+            self.shell.con.display("removed: " + ", ".join(map(str, removed)))
+        if kept:
+            self.shell.con.display("kept on disk: " + ", ".join(map(str, kept)))
+        return self._gone()
+
+    def _gone(self):
+        self.parent.remove_child(self)
+        if getattr(self.shell, "_current_node", None) is self:
+            return self.parent          # the shell stood on the forgotten node
+        return None
+
+    def _admin_made(self):
+        """The replica of site.json (one the admin made on a block device) of this uuid."""
+        try:
+            replicas = getattr(self.ctx.store.load(), "replicas", None) or {}
+        except ModelError:
+            return None
+        return next((r for r in replicas.values() if str(r.uuid) == self.uuid), None)
+
+    def ui_complete_forget(self, parameters, text, current_param):
+        return complete(["true", "false"], text) if current_param == "remove_data" else []
+
+    def _receiver(self, cmd: str, **args) -> object:
+        sock = self.ctx.config.sockets.receiver
+        try:
+            result = call_daemon(self.ctx, sock, cmd, volume=self.uuid, **args)
+        except ExecutionError as err:
+            if unreachable(err):
+                raise ExecutionError(f"the receiver does not answer ({err}): check "
+                                     f"'systemctl status appliance-receiver'; nothing "
+                                     f"changed") from err
+            raise ExecutionError(nothing_changed(
+                f"{cmd} of {self.name} refused by the receiver: {err}")) from err
+        self.ctx.snapshot(fresh=True)
+        return result
+
+
+def _run_operation(node, operation, *args) -> object:
+    """One of the context's site operations, its notes logged; refused: nothing changed."""
+    from targetcli_ext.operations import Notes
+    notes = Notes()
+    try:
+        return operation(*args, notes)
+    except ModelError as err:
+        raise ExecutionError(f"{err}; nothing changed") from err
+    except OSError as err:
+        raise ExecutionError(f"cannot write in {node.ctx.config.state_dir}: {err} (run as "
+                             f"root); nothing changed") from err
+    finally:
+        for level, text in notes.lines:
+            (node.shell.log.warning if level == "warning" else node.shell.log.info)(text)
+
+
+def promote_text(name: str, uuid: str, result: object, size_bytes: int | None) -> str:
+    """What a promotion did and what the admin does next (docs/failover.md, section 1)."""
+    r = result if isinstance(result, dict) else {}
+    mirror = r.get("mirror") or "<the replica's mirror>"
+    lines = [f"Promoted {name} ({uuid}): {mirror} holds the primary's image"
+             + (f" after seq {r['promoted_at_seq']}" if r.get("promoted_at_seq") is not None
+                else "")
+             + (f", generation {r['generation']}" if r.get("generation") is not None else "")
+             + "."]
+    if r.get("former_primary"):
+        lines.append(f"{r['former_primary']!r} is fenced off: the receiver refuses it "
+                     f"('promoted').")
+    backstore = name if name != uuid else f"vol-{uuid[:8]}"
+    size = size_bytes if size_bytes is not None else "<size_bytes>"
+    lines += [
+        "Next:",
+        "  1. serve the mirror with a NEW journal (never the replica's): the handler marks "
+        "every chunk dirty for the next peer",
+        f"     /backstores/user:mirror create name={backstore} size={size} "
+        f"cfgstring=mirror={mirror};journal={JOURNAL_DIR}/{backstore}.jnl",
+        "  2. export it to the hosts (iSCSI target, LUN, ACLs) as on the primary site",
+        f"  3. once the old primary site is back, replicate back to it: "
+        f"/replication/volumes create backstore={backstore} peer=<old primary>; there, "
+        f"first stop its LUN (docs/failover.md, failback)",
+    ]
+    extra = {k: v for k, v in r.items() if k not in (
+        "volume", "promoted_at_seq", "generation", "former_primary", "mirror", "time")}
+    if extra:
+        lines.append("receiver said: " + json.dumps(extra, sort_keys=True, default=str))
+    return "\n".join(lines)

@@ -1,0 +1,289 @@
+"""Steering a replicated volume from the shell (/replication/volumes/<name>): each command
+sends the right control call to the right daemon, saves what must survive a restart, and a
+refusal (the shell's or a daemon's) prints the reason and changes nothing.
+
+The daemons are an injected caller that records each call (``ReplicationContext.call``);
+``apply_volume`` (rewriting the transmitter's TOML from site.json) is recorded with the
+settings site.json held at that moment, so the order save-then-apply is checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from configshell_fb import ExecutionError
+
+FP = "SHA256:" + ":".join(["5E"] * 32)
+MIB = 1 << 20
+
+
+class FakeDaemons:
+    """The daemons' control sockets, as ``ctx.call(socket, cmd, **args)`` reaches them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict]] = []
+        self.answers: dict[str, object] = {}
+
+    def __call__(self, socket, cmd: str, **args):
+        self.calls.append((Path(socket).name, cmd, args))
+        answer = self.answers.get(cmd, {})
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def refuse(self, cmd: str, reason: str) -> None:
+        self.answers[cmd] = ExecutionError(reason)
+
+    def not_running(self, cmd: str, socket: str) -> None:
+        self.answers[cmd] = ExecutionError(f"cannot talk to control socket /run/appliance/"
+                                           f"{socket}: [Errno 2] No such file or directory")
+
+
+def write_site(state_dir: Path, **settings) -> None:
+    vol = {"backstore": "vol1", "peer": "dr", "paused": False, "bandwidth_limit": None,
+           "blackout": []} | settings
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "site.json").write_text(json.dumps({
+        "version": 2, "identity": "site-a", "listen": "0.0.0.0:7700",
+        "peers": {"dr": {"address": "192.0.2.2:7700", "fingerprint": FP}},
+        "volumes": {"vol1": vol}, "replicas": {}}))
+
+
+def saved(state_dir: Path) -> dict:
+    return json.loads((state_dir / "site.json").read_text())["volumes"]["vol1"]
+
+
+@pytest.fixture
+def primary(make_shell, daemons, tmp_path):
+    """A primary with volume vol1 (site.json and a healthy transmitter), its daemons fake."""
+    daemons.load("healthy")
+    write_site(tmp_path / "replication")
+    sh = make_shell()
+    fake = FakeDaemons()
+    sh.ctx.call = fake
+    applied: list[dict] = []
+    sh.ctx.apply_volume = lambda name: applied.append({name: saved(sh.state_dir)})
+    sh.fake, sh.applied = fake, applied
+    return sh
+
+
+VOL = "/replication/volumes/vol1"
+
+
+def refused(sh, cmdline: str) -> str:
+    with pytest.raises(ExecutionError) as info:
+        sh.run(cmdline)
+    return str(info.value)
+
+
+# --- pause / resume -----------------------------------------------------------------------
+
+
+def test_pause_saves_then_pauses_the_running_transmitter(primary):
+    out = primary.run(f"{VOL} pause")
+    assert primary.fake.calls == [("transmitter-vol1.sock", "pause", {})]
+    assert saved(primary.state_dir)["paused"] is True
+    assert primary.applied == [{"vol1": saved(primary.state_dir)}]     # TOML after site.json
+    assert "Shipping of vol1 is paused (saved)" in out
+
+
+def test_resume_saves_then_resumes(primary):
+    write_site(primary.state_dir, paused=True)
+    primary.fake.answers["resume"] = {"resync": "started"}
+    out = primary.run(f"{VOL} resume what=shipping")
+    assert primary.fake.calls == [("transmitter-vol1.sock", "resume", {})]
+    assert saved(primary.state_dir)["paused"] is False
+    assert primary.applied[0]["vol1"]["paused"] is False
+    assert "Shipping of vol1 is resumed: resync started" in out
+
+
+def test_pause_with_the_transmitter_stopped_is_saved_for_its_start(primary):
+    primary.fake.not_running("pause", "transmitter-vol1.sock")
+    out = primary.run(f"{VOL} pause")
+    assert saved(primary.state_dir)["paused"] is True
+    assert "does not answer now: it starts paused" in out
+
+
+def test_a_pause_the_transmitter_refuses_is_undone(primary):
+    primary.fake.refuse("pause", "the volume's journal cannot be read")
+    msg = refused(primary, f"{VOL} pause")
+    assert msg == ("pausing shipping refused by the transmitter of vol1: the volume's "
+                   "journal cannot be read; nothing changed")
+    assert saved(primary.state_dir)["paused"] is False
+    assert primary.applied[-1]["vol1"]["paused"] is False     # the TOML written back
+
+
+def test_journal_pause_and_resume_go_to_the_handler_with_the_backstore_name(primary):
+    write_site(primary.state_dir, backstore="disk7")
+    primary.fake.answers["pause-journal"] = {"volume": "disk7", "changed": True}
+    out = primary.run(f"{VOL} pause what=journal")
+    assert primary.fake.calls == [("handler.sock", "pause-journal", {"volume": "disk7"})]
+    assert "Journaling of vol1 is paused" in out
+    primary.fake.answers["resume-journal"] = {"volume": "disk7", "changed": False}
+    out = primary.run(f"{VOL} resume what=journal")
+    assert primary.fake.calls[-1] == ("handler.sock", "resume-journal", {"volume": "disk7"})
+    assert "Journaling of vol1 was already resumed: nothing changed." in out
+    assert primary.applied == [] and saved(primary.state_dir)["paused"] is False
+
+
+def test_a_journal_pause_the_handler_refuses(primary):
+    primary.fake.refuse("pause-journal", "no volume 'vol1' is served by this handler (it "
+                                         "serves none); give the user:mirror backstore's "
+                                         "name; nothing changed")
+    assert refused(primary, f"{VOL} pause what=journal") == (
+        "pause-journal refused by the handler: no volume 'vol1' is served by this handler "
+        "(it serves none); give the user:mirror backstore's name; nothing changed")
+
+
+def test_what_must_be_shipping_or_journal(primary):
+    assert refused(primary, f"{VOL} pause what=disk") == (
+        "what='disk': use what=shipping (the default) or what=journal; nothing changed")
+    assert primary.fake.calls == [] and saved(primary.state_dir)["paused"] is False
+
+
+# --- resync, verify, discard ----------------------------------------------------------------
+
+
+def test_resync_asks_the_transmitter(primary):
+    out = primary.run(f"{VOL} resync")
+    assert primary.fake.calls == [("transmitter-vol1.sock", "resync", {})]
+    assert "Full resync of vol1 requested; 'status' shows its progress." in out
+
+
+def test_verify_starts_and_says_so(primary):
+    primary.fake.answers["verify"] = {"started": True, "regions": 10240}
+    out = primary.run(f"{VOL} verify repair=true")
+    assert primary.fake.calls == [("transmitter-vol1.sock", "verify", {"repair": True})]
+    assert ("Verify of 10240 regions of vol1 started with repair; 'status' shows its "
+            "progress and outcome.") in out
+    primary.run(f"{VOL} verify")
+    assert primary.fake.calls[-1] == ("transmitter-vol1.sock", "verify", {"repair": False})
+
+
+def test_verify_refused_and_bad_repair(primary):
+    primary.fake.refuse("verify", "not connected to the peer (state reconnecting); verify "
+                                  "runs over a live link")
+    assert refused(primary, f"{VOL} verify") == (
+        "verify refused by the transmitter of vol1: not connected to the peer (state "
+        "reconnecting); verify runs over a live link; nothing changed")
+    calls = len(primary.fake.calls)
+    assert refused(primary, f"{VOL} verify repair=maybe") == (
+        "repair='maybe' is neither true nor false: use repair=true or repair=false; nothing "
+        "changed")
+    assert len(primary.fake.calls) == calls
+
+
+def test_discard_refused_unless_paused_shows_the_reason(primary):
+    primary.fake.refuse("discard", "shipping is not paused: pause it first")
+    assert refused(primary, f"{VOL} discard") == (
+        "discard refused by the transmitter of vol1: shipping is not paused: pause it first; "
+        "nothing changed")
+    primary.fake.answers["discard"] = {"discarded_records": 210}
+    out = primary.run(f"{VOL} discard")
+    assert primary.fake.calls[-1] == ("transmitter-vol1.sock", "discard", {})
+    assert ("Discarded the queued journal records of vol1: discarded records 210. It needs "
+            "a resync now: 'resume' ships the dirty regions.") in out
+
+
+def test_a_stopped_transmitter_is_named(primary):
+    primary.fake.not_running("resync", "transmitter-vol1.sock")
+    assert refused(primary, f"{VOL} resync").startswith(
+        "the transmitter of vol1 does not answer (cannot talk to control socket")
+
+
+# --- set / get replication ------------------------------------------------------------------
+
+
+def test_set_bandwidth_limit_saves_applies_and_sets_live(primary):
+    out = primary.run(f"{VOL} set replication bandwidth_limit=50M")
+    assert saved(primary.state_dir)["bandwidth_limit"] == 50 * MIB
+    assert primary.applied == [{"vol1": saved(primary.state_dir)}]
+    assert primary.fake.calls == [("transmitter-vol1.sock", "set",
+                                   {"bandwidth_limit": 50.0 * MIB, "blackout": []})]
+    assert "Parameter bandwidth_limit is now '50M'." in out
+    assert primary.run(f"{VOL} get replication bandwidth_limit").strip() == \
+        "bandwidth_limit=50M"
+
+
+def test_set_blackout_and_none(primary):
+    out = primary.run(f"{VOL} set replication blackout=8:00-18:00,22:00-06:00")
+    assert saved(primary.state_dir)["blackout"] == ["08:00-18:00", "22:00-06:00"]
+    assert primary.fake.calls[-1][2] == {"bandwidth_limit": None,
+                                         "blackout": ["08:00-18:00", "22:00-06:00"]}
+    assert "Parameter blackout is now '08:00-18:00,22:00-06:00'." in out
+    primary.run(f"{VOL} set replication blackout=none bandwidth_limit=none")
+    assert saved(primary.state_dir)["blackout"] == []
+    text = primary.run(f"{VOL} get replication")
+    assert "bandwidth_limit=none" in text and "blackout=none" in text
+
+
+@pytest.mark.parametrize("cmdline, message", [
+    ("bandwidth_limit=fast", "bandwidth_limit 'fast' does not parse: use a rate per second "
+                             "with K, M or G, e.g. bandwidth_limit=50M, or "
+                             "bandwidth_limit=none for no limit; nothing changed"),
+    ("bandwidth_limit=0", "bandwidth_limit '0' is out of range: from 1K to 1T per second, or "
+                          "none; nothing changed"),
+    ("bandwidth_limit=50X", "bandwidth_limit '50X' does not parse"),
+    ("blackout=8-18", "blackout window '8-18' does not parse: use HH:MM-HH:MM windows"),
+    ("blackout=25:00-06:00", "blackout window '25:00-06:00': hour must be in 0..23"),
+    ("blackout=08:00-08:00", "blackout window '08:00-08:00' is empty (start equals end)"),
+    ("bandwidth_limit=50M blackout=8-18", "blackout window '8-18' does not parse"),
+    ("speed=50M", "no parameter speed in group 'replication' (parameters: bandwidth_limit, "
+                  "blackout); nothing changed"),
+])
+def test_bad_settings_are_refused_and_nothing_changes(primary, cmdline, message):
+    before = (primary.state_dir / "site.json").read_text()
+    msg = refused(primary, f"{VOL} set replication {cmdline}")
+    assert msg.startswith(message) and msg.endswith("nothing changed")
+    assert (primary.state_dir / "site.json").read_text() == before
+    assert primary.fake.calls == [] and primary.applied == []
+
+
+def test_a_setting_the_transmitter_refuses_is_undone(primary):
+    primary.fake.refuse("set", "bandwidth_limit: must be positive bytes/s")
+    msg = refused(primary, f"{VOL} set replication bandwidth_limit=2M")
+    assert msg == ("the new settings refused by the transmitter of vol1: bandwidth_limit: "
+                   "must be positive bytes/s; nothing changed")
+    assert saved(primary.state_dir)["bandwidth_limit"] is None
+    assert primary.applied[-1]["vol1"]["bandwidth_limit"] is None
+
+
+def test_a_setting_with_the_transmitter_stopped_is_saved(primary):
+    primary.fake.not_running("set", "transmitter-vol1.sock")
+    out = primary.run(f"{VOL} set replication bandwidth_limit=1G")
+    assert saved(primary.state_dir)["bandwidth_limit"] == 1 << 30
+    assert "the settings take effect when it runs" in out
+
+
+def test_set_global_still_works_on_a_volume(primary):
+    primary.run(f"{VOL} set global auto_cd_after_create=false")
+    assert primary.shell.prefs["auto_cd_after_create"] is False
+
+
+def test_a_hand_configured_volume_is_changed_live_only_and_says_so(primary):
+    (primary.state_dir / "site.json").unlink()
+    out = primary.run(f"{VOL} pause")
+    assert primary.fake.calls == [("transmitter-vol1.sock", "pause", {})]
+    assert "changed live only, not saved" in out
+    assert "its settings are changed there" in refused(primary, f"{VOL} get replication")
+
+
+# --- help and completion -------------------------------------------------------------------
+
+
+def test_help_and_tab_completion(primary):
+    node = primary.root.get_node(VOL)
+    assert node.ui_complete_pause({}, "j", "what") == ["journal "]
+    assert node.ui_complete_resume({}, "", "what") == ["shipping", "journal"]
+    assert node.ui_complete_verify({}, "t", "repair") == ["true "]
+    assert node.ui_complete_set({"group": "replication"}, "b", "bandwidth_limit") == []
+    assert "bandwidth_limit=" in node.ui_complete_set({"group": "replication"}, "",
+                                                     "parameter")
+    assert node.ui_complete_set({"group": "replication"}, "", "blackout")[0] == "none"
+    assert "replication" in node.ui_complete_set({}, "r", "group")[0]
+    assert "Compares the DR copy" in primary.run(f"{VOL} help verify")
+    assert "what=journal" in primary.run(f"{VOL} help pause")
+    text = primary.run(f"{VOL} set replication")
+    assert "bandwidth_limit=bandwidth" in text and "blackout=blackout" in text
