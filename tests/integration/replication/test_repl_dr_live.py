@@ -215,9 +215,9 @@ def test_promote_rollback_invalidate_demote_with_the_receiver_running(pair):
     done = ctl(pair, "invalidate", volume="vol1")
     image_seq = done["invalidated_at_seq"]
     assert done["volume"] == vid and image_seq >= 200, done
-    v = wait_for(lambda: (v := volume(pair, site))["state"] == "inconsistent" and v, 20,
-                 "the full copy to begin")
-    assert v["last_consistent_seq"] == image_seq and v["link"]["connects"] > connects, v
+    v = wait_for(lambda: (v := volume(pair, site))["state"] == "inconsistent"
+                 and v["link"]["connects"] > connects and v, 20, "the full copy to begin")
+    assert v["last_consistent_seq"] == image_seq, v
     with pytest.raises(ControlError, match="inconsistent.*roll it back first.*nothing changed"):
         ctl(pair, "promote", volume="vol1")
     back = ctl(pair, "rollback", volume=vid)
