@@ -30,7 +30,8 @@ USAGE = """Usage: targetcli [--version|--help|CMD|--disable-daemon]
   CMD                 run one shell command line and exit, e.g. targetcli /replication status
   <nothing>           enter the configuration shell
   --disable-daemon    set the global preference auto_use_daemon=false
-Replication: /replication (info, status), /replication/peers, /replication/volumes.
+Replication: /replication (info, status), /replication/peers (create, delete, refresh),
+/replication/volumes (create, delete, status); saveconfig saves it beside LIO's.
 """
 
 
