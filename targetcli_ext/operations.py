@@ -127,8 +127,9 @@ class SiteOperations:
         peer = Peer(parse_name(name, "peer name"), parse_address(address),
                     parse_fingerprint(fingerprint_text))
         check_new_peer(self.store.load(), peer)
-        self.ensure_identity()
+        dc.check_replaceable(self.layout.receiver_toml)
         pem, why = self._fetch_checked(peer)
+        self.ensure_identity()          # the receiver presents it: made on the first pairing
         with self.store.locked():
             site = self.store.load()
             check_new_peer(site, peer)
