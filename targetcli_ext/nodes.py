@@ -16,6 +16,7 @@ from targetcli_ext.context import ReplicationContext
 from targetcli_ext.identity import ensure_certificate
 from targetcli_ext.model import ModelError, Peer
 from targetcli_ext.operations import Notes
+from targetcli_ext.replica_nodes import UIReplicas
 from targetcli_ext.volume_node import UIVolume
 
 
@@ -65,6 +66,7 @@ class UIReplication(UINode):
         self.ctx = ctx
         UIPeers(self)
         UIVolumes(self)
+        UIReplicas(self)
 
     def summary(self):
         try:
