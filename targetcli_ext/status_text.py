@@ -187,11 +187,17 @@ def _primary_view(name: str, tx: dict, h: dict | None, peer_names: dict[str, str
         v.link = state
 
     resync = tx.get("resync") or {}
+    admin_paused = tx.get("paused") is True or state == "paused:admin"
+    logging = None
+    if tx.get("volume_state") == "logging-to-bitmap":
+        since = tx.get("logging_since")
+        logging = "logging-to-bitmap" + (f" since {clock.when(since)}" if since else "")
     if resync.get("state") in _RESYNC_ACTIVE:
         v.replication = _resync_text(resync)
-    elif tx.get("volume_state") == "logging-to-bitmap":
-        since = tx.get("logging_since")
-        v.replication = "logging-to-bitmap" + (f" since {clock.when(since)}" if since else "")
+    elif admin_paused:          # the admin's pause first: it is why nothing ships
+        v.replication = "paused (by admin)" + (f", {logging}" if logging else "")
+    elif logging:
+        v.replication = logging
     elif state.startswith("paused"):
         v.replication = f"paused ({_pause_why(state)})"
     elif connected:
@@ -206,6 +212,9 @@ def _primary_view(name: str, tx: dict, h: dict | None, peer_names: dict[str, str
         if verify:
             v.details.append(verify)
             v.health = not _verify_differs(tx.get("verify") or {})
+        if admin_paused:        # nothing lacks at the DR yet, but nothing new ships
+            v.details.append(("do", _primary_advice(tx, state, address, name, True)))
+            v.health = None
         return v
     if not connected and link.get("last_error"):
         v.details.append(("reason" if state.startswith("refused") else "last error",
@@ -215,19 +224,20 @@ def _primary_view(name: str, tx: dict, h: dict | None, peer_names: dict[str, str
     if tx.get("behind_reason"):
         v.details.append(("why", tx["behind_reason"]))
     if tx.get("needs_resync"):
-        v.details.append(("needs resync", _needs_resync(tx, state)))
-    if tx.get("resync_blocked") and not state.startswith("refused"):
+        v.details.append(("needs resync", _needs_resync(tx, admin_paused, clock)))
+    if tx.get("resync_blocked") and not state.startswith("refused") and not admin_paused:
         v.details.append(("blocked", tx["resync_blocked"]))
     if journal_paused:
         v.details.append(("journal", _journal_paused_text(h or {})))
     if verify:
         v.details.append(verify)
-    todo = _primary_advice(tx, state, address, name)
+    todo = _primary_advice(tx, state, address, name, admin_paused)
     if todo:
         v.details.append(("do", todo))
     if journal_paused:
         v.details.append(("do", _journal_paused_advice(name)))
     catching_up = connected and not state.startswith("paused") and not journal_paused \
+        and not admin_paused \
         and not tx.get("resync_blocked") and tx.get("volume_state") != "unknown"
     v.health = None if catching_up else False
     return v
@@ -238,14 +248,19 @@ def _pause_why(state: str) -> str:
     return _PAUSE_WHY.get(why, why.replace("-", " ") or "by request")
 
 
-def _needs_resync(tx: dict, state: str) -> str:
+def _needs_resync(tx: dict, admin_paused: bool, clock: _Clock) -> str:
     """After a 'discard': the dropped records' regions are dirty until a resync ships them."""
-    dirty = tx.get("needs_resync_bytes", tx.get("dirty_bytes"))
+    dirty = tx.get("dirty_bytes")
     amount = "dirty regions" if not isinstance(dirty, int | float) else \
         f"{human_bytes(dirty)} dirty"
-    if state.startswith("paused"):
-        return f"{amount} (queued journal records discarded): run 'resume' or 'resync'"
-    return f"{amount} (queued journal records discarded): the resync ships them once connected"
+    discarded = tx.get("discarded") if isinstance(tx.get("discarded"), dict) else {}
+    records = discarded.get("records")
+    what = f"{records} queued journal records" if records is not None else \
+        "queued journal records"
+    at = f" at {clock.when(discarded['at'])}" if discarded.get("at") else ""
+    if admin_paused:
+        return f"{amount} ({what} discarded{at}): run 'resume' or 'resync'"
+    return f"{amount} ({what} discarded{at}): the resync ships them"
 
 
 def _verify_differs(verify: dict) -> bool:
@@ -315,17 +330,18 @@ def _resync_text(resync: dict) -> str:
     return f"resync {pct} ({state})"
 
 
-def _primary_advice(tx: dict, state: str, address: str | None, name: str) -> str | None:
+def _primary_advice(tx: dict, state: str, address: str | None, name: str,
+                    admin_paused: bool) -> str | None:
     if state.startswith("refused"):
         code = state.partition(":")[2]
         return _REFUSAL_ADVICE.get(code, "fix what the reason above says on the DR appliance "
                                          "(its receiver logs the refusal too)")
     if tx.get("volume_state") == "unknown":
         return "check that appliance-handler serves this volume and its journal is readable"
-    if state == "paused:admin" and tx.get("needs_resync"):
+    if admin_paused and tx.get("needs_resync"):
         return (f"run 'resume' in /replication/volumes/{name}: shipping starts again with a "
                 f"resync of the dirty regions")
-    if state == "paused:admin":
+    if admin_paused:
         return (f"shipping is paused by an admin and the journal fills meanwhile: run "
                 f"'resume' in /replication/volumes/{name} to ship again")
     if state.startswith("paused"):

@@ -139,8 +139,11 @@ class UIVolume(UINode):
             self.shell.log.info(f"Shipping of {self.name} is resumed (saved). Its transmitter "
                                 f"does not answer now: it ships once it runs "
                                 f"(systemctl start appliance-transmitter@{self.name}).")
+        elif isinstance(result, dict) and result.get("needs_resync"):
+            self.shell.log.info(f"Shipping of {self.name} is resumed (saved); a resync ships "
+                                f"the regions of the discarded records first.")
         else:
-            self.shell.log.info(f"Shipping of {self.name} is resumed{_said(result)}.")
+            self.shell.log.info(f"Shipping of {self.name} is resumed (saved).")
 
     def ui_complete_resume(self, parameters, text, current_param):
         return complete(list(WHAT), text) if current_param == "what" else []
@@ -154,7 +157,11 @@ class UIVolume(UINode):
         """
         self.assert_root()
         result = self._transmitter("resync", {}, what="the resync")
-        self.shell.log.info(f"Full resync of {self.name} requested{_said(result)}; "
+        r = result if isinstance(result, dict) else {}
+        dirty = r.get("dirty_bytes")
+        size = f" ({status_text.human_bytes(dirty)} dirty)" if isinstance(dirty, int) else ""
+        when = f", shipped {r['shipped']}" if r.get("shipped") else ""
+        self.shell.log.info(f"Full resync of {self.name}: every chunk is dirty{size}{when}; "
                             f"'status' shows its progress.")
 
     def ui_command_verify(self, repair="false"):
@@ -195,9 +202,19 @@ class UIVolume(UINode):
         """
         self.assert_root()
         result = self._transmitter("discard", {}, what="discard")
-        self.shell.log.info(f"Discarded the queued journal records of {self.name}"
-                            f"{_said(result)}. It needs a resync now: 'resume' ships the "
-                            f"dirty regions.")
+        r = result if isinstance(result, dict) else {}
+        if r.get("discarded_records") == 0 and not r.get("needs_resync"):
+            self.shell.log.info(f"No journal records of {self.name} were queued: nothing "
+                                f"discarded.")
+            return
+        records = r.get("discarded_records")
+        nbytes = r.get("discarded_bytes")
+        what = (f"{records} queued journal records" if records is not None
+                else "the queued journal records")
+        held = f" ({status_text.human_bytes(nbytes)} of journal freed)" \
+            if isinstance(nbytes, int) else ""
+        self.shell.log.info(f"Discarded {what} of {self.name}{held}. Their regions are dirty: "
+                            f"it needs a resync, which 'resume' starts.")
 
     # --- settings: set/get replication --------------------------------------------------
 

@@ -19,15 +19,15 @@ EXPECTED = {
 vol1 role:primary peer:dr (192.0.2.2:7700)
   link:connected replication:paused (by admin) journal:7% behind
     lag: 210 records, 840.0 KiB, recovery point 12m00s ago
-    why: 210 journal records are not acknowledged by the peer yet
+    why: shipping is paused by the admin (resume ships it): 210 journal records are not acknowledged by the peer yet
     do: shipping is paused by an admin and the journal fills meanwhile: run 'resume' in /replication/volumes/vol1 to ship again
 """,
     "needs_resync": """\
 vol1 role:primary peer:dr (192.0.2.2:7700)
-  link:connected replication:paused (by admin) journal:0% behind
+  link:connected replication:paused (by admin), logging-to-bitmap since 22:12:20 journal:0% behind
     lag: 0 records, 8.0 MiB, recovery point 12m00s ago
-    why: 8388608 bytes of dirty regions (logging to the bitmap) are not at the peer yet
-    needs resync: 8.0 MiB dirty (queued journal records discarded): run 'resume' or 'resync'
+    why: shipping is paused by the admin (resume ships it): 8388608 bytes of dirty regions (logging to the bitmap) are not at the peer yet; 210 journal records were discarded by the admin, so a resync must ship their regions
+    needs resync: 8.0 MiB dirty (210 queued journal records discarded at 22:12:20): run 'resume' or 'resync'
     do: run 'resume' in /replication/volumes/vol1: shipping starts again with a resync of the dirty regions
 """,
     "journal_paused": """\
@@ -104,12 +104,40 @@ def test_an_unreplicated_volume_with_its_journal_paused_says_so():
         "dirty regions are then resynced"]
 
 
-def test_a_discard_while_shipping_says_the_resync_follows():
+def test_after_resume_the_resync_ships_the_discarded_regions():
     snap = recorded("needs_resync")
-    snap["transmitters"]["vol1"]["link"]["state"] = "replicating"
-    text = render_status(snap, now=snap["now"], tz=dt.UTC)
-    assert ("    needs resync: 8.0 MiB dirty (queued journal records discarded): the resync "
-            "ships them once connected") in text.splitlines()
+    tx = snap["transmitters"]["vol1"]
+    tx["link"]["state"], tx["paused"], tx["resync_blocked"] = "replicating", False, None
+    tx["resync"].update(state="resyncing", total_bytes=8 << 20, done_bytes=2 << 20,
+                        bytes_per_s=1 << 20, eta_s=6)
+    lines = render_status(snap, now=snap["now"], tz=dt.UTC).splitlines()
+    assert lines[1] == ("  link:connected replication:resync 25.0% (1.0 MiB/s, ETA 6s) "
+                        "journal:0% behind")
+    assert ("    needs resync: 8.0 MiB dirty (210 queued journal records discarded at "
+            "22:12:20): the resync ships them") in lines
+    assert not [line for line in lines if line.startswith("    do:")]
+
+
+def test_paused_by_the_admin_while_the_link_is_down_says_paused_and_resume():
+    snap = recorded("paused_admin")
+    tx = snap["transmitters"]["vol1"]
+    tx["link"].update(state="reconnecting", last_error="OSError: [Errno 113] No route to host")
+    lines = render_status(snap, now=snap["now"], tz=dt.UTC).splitlines()
+    assert lines[1].startswith("  link:connecting since 22:01:20 replication:paused (by admin)")
+    assert lines[-1].startswith("    do: shipping is paused by an admin")
+
+
+def test_paused_with_nothing_to_ship_is_in_sync_and_says_resume():
+    snap = recorded("healthy")
+    tx = snap["transmitters"]["vol1"]
+    tx["link"]["state"], tx["paused"] = "paused:admin", True
+    [view] = volume_views(snap, now=snap["now"])
+    assert render_status(snap, now=snap["now"]).splitlines() == [
+        "vol1 role:primary peer:192.0.2.2:7700",
+        "  link:connected replication:paused (by admin) journal:2% in-sync",
+        "    do: shipping is paused by an admin and the journal fills meanwhile: run 'resume' "
+        "in /replication/volumes/vol1 to ship again"]
+    assert view.health is None
 
 
 def test_verify_running_failed_and_clean():

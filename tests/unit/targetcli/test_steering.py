@@ -91,12 +91,15 @@ def test_pause_saves_then_pauses_the_running_transmitter(primary):
 
 def test_resume_saves_then_resumes(primary):
     write_site(primary.state_dir, paused=True)
-    primary.fake.answers["resume"] = {"resync": "started"}
+    primary.fake.answers["resume"] = {"paused": False, "needs_resync": True}
     out = primary.run(f"{VOL} resume what=shipping")
     assert primary.fake.calls == [("transmitter-vol1.sock", "resume", {})]
     assert saved(primary.state_dir)["paused"] is False
     assert primary.applied[0]["vol1"]["paused"] is False
-    assert "Shipping of vol1 is resumed: resync started" in out
+    assert ("Shipping of vol1 is resumed (saved); a resync ships the regions of the "
+            "discarded records first.") in out
+    primary.fake.answers["resume"] = {"paused": False, "needs_resync": False}
+    assert "Shipping of vol1 is resumed (saved)." in primary.run(f"{VOL} resume")
 
 
 def test_pause_with_the_transmitter_stopped_is_saved_for_its_start(primary):
@@ -147,9 +150,12 @@ def test_what_must_be_shipping_or_journal(primary):
 
 
 def test_resync_asks_the_transmitter(primary):
+    primary.fake.answers["resync"] = {"resync": "every chunk dirty", "dirty_bytes": 10 << 30,
+                                      "shipped": "now"}
     out = primary.run(f"{VOL} resync")
     assert primary.fake.calls == [("transmitter-vol1.sock", "resync", {})]
-    assert "Full resync of vol1 requested; 'status' shows its progress." in out
+    assert ("Full resync of vol1: every chunk is dirty (10.0 GiB dirty), shipped now; "
+            "'status' shows its progress.") in out
 
 
 def test_verify_starts_and_says_so(primary):
@@ -176,15 +182,23 @@ def test_verify_refused_and_bad_repair(primary):
 
 
 def test_discard_refused_unless_paused_shows_the_reason(primary):
-    primary.fake.refuse("discard", "shipping is not paused: pause it first")
+    primary.fake.refuse("discard", "pause first: discard drops the records queued for the "
+                                   "peer and needs shipping paused (pause, then discard; "
+                                   "resume ships their regions by a resync); nothing changed")
     assert refused(primary, f"{VOL} discard") == (
-        "discard refused by the transmitter of vol1: shipping is not paused: pause it first; "
-        "nothing changed")
-    primary.fake.answers["discard"] = {"discarded_records": 210}
+        "discard refused by the transmitter of vol1: pause first: discard drops the records "
+        "queued for the peer and needs shipping paused (pause, then discard; resume ships "
+        "their regions by a resync); nothing changed")
+    primary.fake.answers["discard"] = {"discarded_records": 210, "discarded_bytes": 860160,
+                                       "acked_seq": 48224, "needs_resync": True,
+                                       "dirty_bytes": 8 << 20}
     out = primary.run(f"{VOL} discard")
     assert primary.fake.calls[-1] == ("transmitter-vol1.sock", "discard", {})
-    assert ("Discarded the queued journal records of vol1: discarded records 210. It needs "
-            "a resync now: 'resume' ships the dirty regions.") in out
+    assert ("Discarded 210 queued journal records of vol1 (840.0 KiB of journal freed). "
+            "Their regions are dirty: it needs a resync, which 'resume' starts.") in out
+    primary.fake.answers["discard"] = {"discarded_records": 0, "discarded_bytes": 0,
+                                       "acked_seq": 48224, "needs_resync": False}
+    assert "nothing discarded" in primary.run(f"{VOL} discard")
 
 
 def test_a_stopped_transmitter_is_named(primary):
