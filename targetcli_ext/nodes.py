@@ -76,8 +76,13 @@ class UIReplication(UINode):
         views = self.ctx.views()
         in_sync = sum(1 for v in views if v.in_sync)
         who = site.identity or "identity not created yet: run 'info'"
-        return (f"{who}, peers: {len(site.peers)}, volumes: {len(views)} "
-                f"({in_sync} in sync)", _health(views) if views else None)
+        pending = sum(1 for n in site.peers if self.ctx.certificate_pending(n) is not None)
+        peers = f"peers: {len(site.peers)}" + (
+            f" ({pending} certificate{'s' if pending > 1 else ''} not fetched yet)"
+            if pending else "")
+        health = _health(views) if views else None
+        return (f"{who}, {peers}, volumes: {len(views)} ({in_sync} in sync)",
+                False if pending else health)
 
     def ui_command_info(self):
         """

@@ -128,6 +128,7 @@ class SiteOperations:
                     parse_fingerprint(fingerprint_text))
         check_new_peer(self.store.load(), peer)
         dc.check_replaceable(self.layout.receiver_toml)
+        self._fetch_pending_first(notes)
         pem, why = self._fetch_checked(peer)
         self.ensure_identity()          # the receiver presents it: made on the first pairing
         with self.store.locked():
@@ -189,7 +190,19 @@ class SiteOperations:
             self.reload_receiver(notes)
         return fetched
 
+    def _fetch_pending_first(self, notes: Notes, skip: str | None = None) -> None:
+        """Before a change of the configuration: the certificates still pending are asked
+        for again (each unreachable peer costs its fetch timeout)."""
+        try:
+            pending = [n for n in self.store.load().peers
+                       if n != skip and self.certificate_pending(n) is not None]
+        except ModelError:
+            return              # the change itself reports the broken file
+        if pending:
+            self.fetch_pending(notes, pending)
+
     def unpair_peer(self, name: str, notes: Notes) -> Peer:
+        self._fetch_pending_first(notes, skip=name)
         with self.store.locked():
             site = self.store.load()
             peer = known_peer(site, name)
@@ -255,6 +268,7 @@ class SiteOperations:
     def add_replica(self, name: str, volume_uuid: str, mirror: str, size_bytes: object,
                     block_size: object, notes: Notes) -> None:
         replica = make_replica(name, volume_uuid, mirror, size_bytes, block_size)
+        self._fetch_pending_first(notes)
         self.ensure_identity()
         with self.store.locked():
             site = self.store.load()
@@ -269,6 +283,7 @@ class SiteOperations:
         self.reload_receiver(notes)
 
     def remove_replica(self, name: str, notes: Notes) -> None:
+        self._fetch_pending_first(notes)
         with self.store.locked():
             site = self.store.load()
             if name not in site.replicas:
@@ -329,8 +344,8 @@ class SiteOperations:
             return found
 
         check(self.store.load())
+        self._fetch_pending_first(notes)
         if self.certificate_pending(peer) is not None:
-            self.fetch_pending(notes, [peer])
             why = self.certificate_pending(peer)
             if why is not None:
                 raise ModelError(

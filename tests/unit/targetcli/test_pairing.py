@@ -190,3 +190,23 @@ def test_a_hand_written_receiver_toml_is_never_replaced(real_fetch, peer):
         sh.run(f"/replication/peers create name=dr address={peer.address} "
                f"fingerprint={peer.cert.fingerprint}")
     assert files(sh.state_dir) == before
+
+
+def test_a_pending_certificate_is_fetched_again_before_the_next_change(real_fetch, tmp_path,
+                                                                      peer):
+    sh = real_fetch()
+    port = free_port()
+    later = PeerServer(tmp_path / "later", port=0)
+    later.close()
+    sh.run(f"/replication/peers create name=dr2 address=127.0.0.1:{port} "
+           f"fingerprint={later.cert.fingerprint}")
+    back = PeerServer(tmp_path / "later", port=port)
+    try:
+        out = sh.run(f"/replication/peers create name=dr address={peer.address} "
+                     f"fingerprint={peer.cert.fingerprint}")
+    finally:
+        back.close()
+    assert "Fetched and pinned the certificate of peer dr2" in out
+    assert sorted(p.name for p in (sh.state_dir / "peers").iterdir()) == ["dr.pem", "dr2.pem"]
+    assert len(receiver_toml(sh)["tls"]["peers"]) == 2
+    assert "not fetched" not in sh.root.get_node("/replication").summary()[0]
