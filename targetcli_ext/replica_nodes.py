@@ -278,8 +278,11 @@ class UIReplica(UINode):
                 raise ExecutionError(f"the receiver does not answer ({err}): check "
                                      f"'systemctl status appliance-receiver'; nothing "
                                      f"changed") from err
+            said = str(err)
+            if said.startswith(f"{cmd} refused"):       # the receiver names the command
+                raise ExecutionError(nothing_changed(f"{self.name}: {said}")) from err
             raise ExecutionError(nothing_changed(
-                f"{cmd} of {self.name} refused by the receiver: {err}")) from err
+                f"{cmd} of {self.name} refused by the receiver: {said}")) from err
         self.ctx.snapshot(fresh=True)
         return result
 
@@ -326,7 +329,8 @@ def promote_text(name: str, uuid: str, result: object, size_bytes: int | None) -
         f"first stop its LUN (docs/failover.md, failback)",
     ]
     extra = {k: v for k, v in r.items() if k not in (
-        "volume", "promoted_at_seq", "generation", "former_primary", "mirror", "time")}
+        "volume", "promoted_at_seq", "generation", "former_primary", "mirror", "time",
+        "next_steps", "name")}
     if extra:
         lines.append("receiver said: " + json.dumps(extra, sort_keys=True, default=str))
     return "\n".join(lines)

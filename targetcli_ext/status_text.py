@@ -41,8 +41,8 @@ _REFUSAL_ADVICE = {
                         "docs/failover.md",
     "resync-needed": "the DR lacks records this site no longer holds: on the DR run the "
                      "'appliance-dr invalidate' the reason above names, for a full copy",
-    "no-space": "free space on the DR (its replica directory) or provision a replica on a "
-                "block device there (/replication/replicas on the DR)",
+    "no-space": "free space in the DR's replica directory, or make the replica on a block "
+                "device there ('/replication/replicas create' on the DR)",
 }
 
 # How a pause reads, by the word after "paused:" in the transmitter's link state.
@@ -134,8 +134,10 @@ def volume_views(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
     for name, h in handler.items():
         if h.get("uuid") not in seen:
             primaries.append(_unreplicated_view(name, h))
-    replicas = [_dr_view(uuid, r, clock) for uuid, r in
-                ((snapshot.get("receiver") or {}).get("volumes") or {}).items()]
+    receiver = snapshot.get("receiver") or {}
+    replicas = [_dr_view(uuid, r, clock) for uuid, r in (receiver.get("volumes") or {}).items()]
+    replicas += [_offer_view(o, clock) for o in receiver.get("refused_offers") or []
+                 if isinstance(o, dict)]
     _unique_replica_names(replicas)
     return sorted(primaries, key=lambda v: v.name) + sorted(replicas, key=lambda v: v.name)
 
@@ -375,6 +377,9 @@ def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
                    link_since=link.get("state_since"), in_sync=bool(r.get("in_sync")),
                    uuid=uuid)
     replica = r.get("state") or "unknown"
+    if r.get("busy"):
+        v.details.append(("busy", f"'{r['busy']}' is running on this replica (its link is "
+                                  f"closed meanwhile)"))
     if replica == "promoted":
         return _promoted_view(v, r, clock)
     if replica == "inconsistent" and r.get("inconsistent_since"):
@@ -408,6 +413,42 @@ def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
         v.health = False
     else:
         v.health = None         # connected and catching up
+    return v
+
+
+_OFFER_ADVICE = {
+    "no-space": "free space in the receiver's replica directory, or make the replica on a "
+                "block device: /replication/replicas create name={name} uuid={uuid} "
+                "mirror=/dev/<device> size_bytes={size}",
+    "unknown-volume": "this receiver provisions no replicas: make one on a block device "
+                      "(/replication/replicas create name={name} uuid={uuid} "
+                      "mirror=/dev/<device> size_bytes={size})",
+    "geometry": "the primary's volume cannot be replicated here as it is (the reason says "
+                "why)",
+    "provision-failed": "see the receiver's log (journalctl -u appliance-receiver) for why "
+                        "the replica could not be created",
+}
+
+
+def _offer_view(offer: dict, clock: _Clock) -> VolumeView:
+    """A volume a primary offered that this DR refused to provision (no replica exists)."""
+    uuid = offer.get("volume") or "unknown"
+    name = offer.get("name") or uuid
+    code = offer.get("code") or "refused"
+    v = VolumeView(name=name, role="dr", peer=offer.get("primary"), uuid=uuid,
+                   link=f"refused ({code})", link_since=offer.get("last_at"),
+                   replication="none (not provisioned)", in_sync=False, health=False)
+    if offer.get("reason"):
+        v.details.append(("reason", offer["reason"]))
+    count = offer.get("count")
+    if count:
+        v.details.append(("offers", f"{count} refused, the last from "
+                                    f"{offer.get('peer') or 'the primary'}"))
+    advice = _OFFER_ADVICE.get(code)
+    if advice:
+        size = offer.get("size_bytes")
+        v.details.append(("do", advice.format(name=name, uuid=uuid,
+                                              size=size if size is not None else "<bytes>")))
     return v
 
 

@@ -89,7 +89,7 @@ def test_promote_calls_the_receiver_and_prints_what_to_do_next(dr):
     mirror = f"/var/lib/appliance/replicas/{UUID}/mirror"
     sh.fake.answers["promote"] = {"volume": UUID, "promoted_at_seq": 48223, "generation": 2,
                                   "former_primary": "site-a", "mirror": mirror,
-                                  "time": 1699999700.0}
+                                  "time": 1699999700.0, "next_steps": "promoted: ..."}
     out = sh.run("/replication/replicas/vol1 promote")
     assert sh.fake.calls == [("receiver.sock", "promote", {"volume": UUID})]
     lines = out.splitlines()
@@ -98,6 +98,7 @@ def test_promote_calls_the_receiver_and_prints_what_to_do_next(dr):
     assert lines[1] == "'site-a' is fenced off: the receiver refuses it ('promoted')."
     assert (f"     /backstores/user:mirror create name=vol1 size=10737418240 "
             f"cfgstring=mirror={mirror};journal=/var/lib/appliance/journals/vol1.jnl") in lines
+    assert "receiver said" not in out
 
 
 def test_promote_refused_shows_the_reason_and_nothing_changed(dr):
@@ -128,6 +129,14 @@ def test_each_failover_command_calls_the_receiver(dr, cmd, answer, said):
     out = sh.run(f"/replication/replicas/vol1 {cmd}")
     assert sh.fake.calls == [("receiver.sock", cmd, {"volume": UUID})]
     assert said in out
+
+
+def test_a_refusal_worded_by_the_receiver_is_not_repeated(dr):
+    sh = dr()
+    sh.fake.answers["demote"] = ExecutionError(
+        f"demote refused: volume {UUID} is not promoted; nothing changed")
+    assert refused(sh, "/replication/replicas/vol1 demote") == (
+        f"vol1: demote refused: volume {UUID} is not promoted; nothing changed")
 
 
 def test_a_receiver_that_does_not_answer(dr):
@@ -203,3 +212,12 @@ def test_create_and_forget_a_replica_on_the_admins_device(dr):
     assert "/dev/vg0/r1 is left as it is" in out
     assert "r1" not in sh.ctx.store.load().replicas
     assert not [c for c in sh.fake.calls if c[1] == "forget"]
+
+
+def test_an_offer_the_receiver_refused_is_listed_red_with_what_to_do(dr):
+    sh = dr("dr_refused_offer", name=None)
+    lines = ls_lines(sh.run("/replication/replicas ls"))
+    assert lines["replicas"] == "Replicas: 1 (0 consistent and connected)"
+    assert lines["vol1"] == f"none (not provisioned), refused (no-space), behind, {UUID}"
+    assert sh.root.get_node("/replication/replicas/vol1").summary()[1] is False
+    assert "/replication/replicas create name=vol1" in sh.run("/replication/replicas status")

@@ -13,6 +13,9 @@ from targetcli_ext.status_text import render_status, verify_detail, volume_views
 
 PEERS = {"192.0.2.2:7700": "dr"}
 UUID = "6f1c2a52-8d1e-5b7a-9c3e-2f4b1d0e7a91"
+NO_SPACE = ("needs 10.3 GiB (mirror 10 GiB + journal 256 MiB + 1 MiB for its state), 4 GiB "
+            "free in /var/lib/appliance/replicas: free space or provision a replica on a block "
+            "device")
 
 EXPECTED = {
     "paused_admin": """\
@@ -41,10 +44,17 @@ vol1 role:primary peer:dr (192.0.2.2:7700)
     "refused_no_space": f"""\
 vol1 role:primary peer:dr (192.0.2.2:7700)
   link:refused (no-space) since 22:11:20 replication:stopped journal:0% behind
-    reason: Peer refused: no-space: cannot provision a replica of volume {UUID} in /var/lib/appliance/replicas: it needs 10737418240 bytes of mirror + 268435456 bytes of journal, 4294967296 bytes are free
+    reason: peer refused: no-space: {NO_SPACE}
     lag: 37 records, 148.0 KiB, recovery point 1m59s ago
     why: 37 journal records are not acknowledged by the peer yet
-    do: free space on the DR (its replica directory) or provision a replica on a block device there (/replication/replicas on the DR)
+    do: free space in the DR's replica directory, or make the replica on a block device there ('/replication/replicas create' on the DR)
+""",
+    "dr_refused_offer": f"""\
+vol1 role:dr primary:site-a
+  link:refused (no-space) since 22:13:00 replica:none (not provisioned) behind
+    reason: {NO_SPACE}
+    offers: 3 refused, the last from 192.0.2.1:51330
+    do: free space in the receiver's replica directory, or make the replica on a block device: /replication/replicas create name=vol1 uuid={UUID} mirror=/dev/<device> size_bytes=10737418240
 """,
     "dr_promoted": """\
 vol1 role:dr primary:site-a
@@ -70,6 +80,7 @@ def test_each_steering_state_reads_as_expected(state):
 @pytest.mark.parametrize("state, health", [
     ("paused_admin", False), ("needs_resync", False), ("journal_paused", False),
     ("refused_no_space", False), ("dr_promoted", None), ("verify_differs", False),
+    ("dr_refused_offer", False),
     ("healthy", True)])
 def test_ls_colour_of_each_state(state, health):
     """Green only when nothing needs the admin: a pause, a paused journal, a refusal and
