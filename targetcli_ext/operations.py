@@ -159,6 +159,7 @@ class SiteOperations:
             write_text_atomic(self.layout.peer_pem(name), pem)
             remove_durably(self.layout.peer_pending(name))
         else:
+            remove_durably(self.layout.peer_pem(name))       # never a stale pin
             write_text_atomic(self.layout.peer_pending(name), (why or "") + "\n")
 
     def fetch_pending(self, notes: Notes, names: list[str] | None = None) -> list[str]:
