@@ -60,9 +60,16 @@ class UIVolume(UINode):
 
     def summary(self):
         view = self._view()
-        if view is None:
-            return "no daemon reports this volume now: run 'refresh'", False
-        return view.summary(), view.health
+        if view is not None:
+            return view.summary(), view.health
+        try:
+            saved = self._saved_volume(required=False)
+        except ExecutionError:
+            saved = None
+        if saved is not None:
+            return (f"its transmitter does not answer: 'systemctl status "
+                    f"appliance-transmitter@{self.name}'", False)
+        return "no daemon reports this volume now: run 'refresh'", False
 
     # --- status -------------------------------------------------------------------------
 

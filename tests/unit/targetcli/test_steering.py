@@ -284,6 +284,14 @@ def test_a_hand_configured_volume_is_changed_live_only_and_says_so(primary):
     assert "its settings are changed there" in refused(primary, f"{VOL} get replication")
 
 
+def test_ls_of_a_saved_volume_whose_transmitter_does_not_answer(make_shell, daemons,
+                                                                tmp_path):
+    write_site(tmp_path / "replication")
+    sh = make_shell()
+    assert sh.root.get_node(VOL).summary() == (
+        "its transmitter does not answer: 'systemctl status appliance-transmitter@vol1'", False)
+
+
 # --- help and completion -------------------------------------------------------------------
 
 
@@ -301,3 +309,72 @@ def test_help_and_tab_completion(primary):
     assert "what=journal" in primary.run(f"{VOL} help pause")
     text = primary.run(f"{VOL} set replication")
     assert "bandwidth_limit=bandwidth" in text and "blackout=blackout" in text
+
+
+# --- over real control sockets ---------------------------------------------------------------
+
+
+@pytest.fixture
+def serving(tmp_path):
+    """Control servers (the daemons' own ControlServer) on real unix sockets."""
+    import asyncio
+    import threading
+
+    from appliance.control.server import ControlServer
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    servers = []
+
+    def serve(path: Path, commands: dict) -> None:
+        server = ControlServer(path, commands)
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+        servers.append(server)
+
+    yield serve
+    for server in servers:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def test_the_commands_reach_the_daemons_sockets(make_shell, daemons, tmp_path, serving):
+    """The shell's real caller: the transmitter's socket by the volume's name, the
+    handler's socket, JSON arguments, a CommandError's reason back as the message."""
+    from appliance.control.client import call
+    from appliance.control.server import CommandError
+
+    got: list[tuple[str, dict]] = []
+
+    def record(cmd, result):
+        def handler(args):
+            got.append((cmd, args))
+            return result
+        return handler
+
+    def refuse_discard(args):
+        raise CommandError("pause first: discard drops the records queued for the peer and "
+                           "needs shipping paused; nothing changed")
+
+    serving(tmp_path / "run" / "transmitter-vol1.sock", {
+        "status": lambda args: {}, "pause": record("pause", {"paused": True}),
+        "set": record("set", {"bandwidth_limit": 52428800.0, "blackout": []}),
+        "discard": refuse_discard})
+    serving(tmp_path / "handler.sock", {
+        "pause-journal": record("pause-journal", {"volume": "vol1", "changed": True})})
+    daemons.load("healthy")
+    write_site(tmp_path / "replication")
+    sh = make_shell(calls=call)
+    sh.ctx.apply_volume = lambda name: None
+    sh.run(f"{VOL} pause")
+    sh.run(f"{VOL} set replication bandwidth_limit=50M")
+    sh.run(f"{VOL} pause what=journal")
+    assert got == [("pause", {}), ("set", {"bandwidth_limit": 52428800.0, "blackout": []}),
+                   ("pause-journal", {"volume": "vol1"})]
+    assert refused(sh, f"{VOL} discard") == (
+        "discard refused by the transmitter of vol1: pause first: discard drops the records "
+        "queued for the peer and needs shipping paused; nothing changed")
+    (tmp_path / "handler.sock").unlink()          # the handler is not running
+    assert refused(sh, f"{VOL} resume what=journal").startswith(
+        "the handler does not answer (cannot talk to control socket")
