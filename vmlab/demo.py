@@ -1,7 +1,18 @@
-"""The demo: a primary and a DR appliance with a replicated user:mirror disk.
+"""The demo: a primary and a DR appliance replicating a disk, configured only through
+targetcli, and an application host writing files to it over iSCSI with CHAP.
 
-    python -m vmlab.demo            boots both, creates the disk, prints how to use it, waits for Ctrl-C
-    python -m vmlab.demo --check    the same, verifies, prints, powers off (used by the VM tests)
+    python -m vmlab.demo            boots the three VMs, sets everything up, prints how to use
+                                    it, waits for Ctrl-C
+    python -m vmlab.demo --check    the same, then verifies end to end and powers off: the DR
+                                    copy equals the primary byte for byte once converged, and
+                                    the DR copy, promoted, mounts on the host with every file
+                                    intact (exit 1 with the reason otherwise)
+
+Every step an admin takes is a targetcli command (printed as it runs): ``/replication info``
+on both appliances for their certificate fingerprints, ``/replication/peers create`` on both
+(TLS, each pins the other's certificate), the ``user:mirror`` backstore, target, LUN and an ACL
+with mutual CHAP for the host's initiator (no demo mode: authentication on, no generated ACLs),
+``/replication/volumes create backstore= peer=``, and ``saveconfig`` on both.
 
 Builds the appliance image first if its inputs changed (cached; see image/README.md).
 """
@@ -14,16 +25,22 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmlab import appliance as ap
 from vmlab import replication
 from vmlab.image import ImageError, ensure_image
 from vmlab.lab import Lab
-from vmlab.machine import MachineError, MachineSpec
+from vmlab.machine import Machine, MachineError, MachineSpec
 
 PRIMARY_ADDR = "192.168.77.11"
 DR_ADDR = "192.168.77.12"
+HOST_ADDR = "192.168.77.50"
+MNT = "/mnt/data"
+MANIFEST = "/root/files.sha256"
+CONVERGE_TIMEOUT_S = 300.0
 
 
 def pick_port(preferred: int) -> int:
@@ -40,69 +57,215 @@ def say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def instructions(lab: Lab, iqn: str, volume: replication.ReplicatedVolume) -> str:
-    primary, dr = lab.machines["primary"], lab.machines["dr"]
-    port = primary.ports[ap.ISCSI_PORT]
-    url = ap.libiscsi_url(port, iqn)
+@dataclass
+class Chain:
+    """The demo's three VMs and what was set up on them."""
+
+    primary: Machine
+    dr: Machine
+    host: Machine
+    lun: ap.LunSpec
+    iqn: str
+    chap: ap.Chap
+    device: str
+    volume_uuid: str
+    files_written: int = 0
+
+    @property
+    def size(self) -> int:
+        return replication.size_bytes(self.lun.size)
+
+    @property
+    def primary_mirror(self) -> str:
+        return f"{ap.STATE_DIR}/volumes/{self.lun.name}.img"
+
+    @property
+    def dr_mirror(self) -> str:
+        return f"{ap.STATE_DIR}/replicas/{self.volume_uuid}/mirror"
+
+
+def boot(lab: Lab, port: int) -> tuple[Machine, Machine, Machine]:
+    say("booting the primary, the DR appliance and the application host (software "
+        "emulation: a few minutes)")
+    primary, dr, host = lab.boot(
+        MachineSpec("primary", private_address=f"{PRIMARY_ADDR}/24", forwards={ap.ISCSI_PORT: port}),
+        MachineSpec("dr", private_address=f"{DR_ADDR}/24", forwards={ap.ISCSI_PORT: 0}),
+        ap.host_spec("host", f"{HOST_ADDR}/24", memory_mib=768),
+    )
+    return primary, dr, host
+
+
+def shell(machine: Machine, lines: list[str], log: Callable[[str], None] = say) -> list[ap.LineResult]:
+    """Run targetcli lines on an appliance, printing each as an admin would see it."""
+    results = ap.targetcli_batch(machine, lines)
+    for r in results:
+        log(f"{machine.name}: targetcli {r.describe()}")
+    return results
+
+
+def write_files(host: Machine, round_name: str, count: int, *, max_kib: int = 2048) -> None:
+    """count files of random content and sizes under MNT/<round_name>, synced, and their
+    SHA-256 added to the host's manifest."""
+    host.run(f"set -e; mkdir -p {MNT}/{round_name}; cd {MNT}; "
+             f"for i in $(seq 1 {count}); do "
+             f"  n=$(( ($(od -An -N2 -tu2 /dev/urandom) % {max_kib}) + 1 )); "
+             f"  head -c $((n * 1024)) /dev/urandom > {round_name}/file$i.bin; done; "
+             f"sync; sha256sum {round_name}/*.bin >> {MANIFEST}; sync", timeout=300)
+
+
+def build_chain(lab: Lab, *, size: str = "1G", journal_size: str = "128M", port: int = 0,
+                files: int = 24, log: Callable[[str], None] = say) -> Chain:
+    """Boot the three VMs and set up the replicated disk through targetcli only; the host
+    logs in with CHAP, makes ext4 and writes files."""
+    t0 = time.monotonic()
+    primary, dr, host = boot(lab, port)
+    log(f"three VMs up in {time.monotonic() - t0:.0f} s")
+
+    log("pairing the appliances (TLS: each pins the other's certificate fingerprint)")
+    replication.pair(primary, PRIMARY_ADDR, dr, DR_ADDR, say=log)
+
+    lun = ap.LunSpec("disk0", size=size, journal_size=journal_size)
+    chap = ap.lab_chap(host.name)
+    iqn = ap.target_iqn(primary.name, lun.name)
+    log(f"creating the {lun.size} user:mirror disk, its iSCSI target and the host's CHAP ACL")
+    shell(primary, [ap.backstore_line(lun), *ap.target_lines(iqn, lun, chap)], log)
+    log("replicating it to the DR appliance")
+    shell(primary, [f"/replication/volumes create backstore={lun.name} peer=dr"], log)
+    for machine in (primary, dr):
+        shell(machine, ["saveconfig"], log)
+    volume_uuid = str(replication.ReplicatedVolume(lun, "primary", "dr", DR_ADDR).uuid)
+
+    log("the host logs in with (mutual) CHAP, makes ext4 and writes files")
+    device = ap.host_login(host, PRIMARY_ADDR, iqn, chap=chap)
+    host.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", device],
+             timeout=600)
+    host.run(f"mkdir -p {MNT} && mount {device} {MNT} && : > {MANIFEST}")
+    chain = Chain(primary, dr, host, lun, iqn, chap, device, volume_uuid)
+    write_files(host, "round1", files)
+    chain.files_written += files
+    log(f"host wrote {files} files to {MNT} on {device} ({time.monotonic() - t0:.0f} s so far)")
+    print_status(chain, log)
+    return chain
+
+
+def print_status(chain: Chain, log: Callable[[str], None] = say) -> None:
+    for machine in (chain.primary, chain.dr):
+        log(f"{machine.name}: targetcli /replication status\n{replication.shell_status(machine)}")
+
+
+@dataclass(frozen=True)
+class Converged:
+    seconds: float          # from the host's unmount to the DR equal byte for byte
+    primary_status: str     # `targetcli /replication status` on each side at that moment
+    dr_status: str
+
+
+def converge(chain: Chain, log: Callable[[str], None] = say,
+             timeout: float = CONVERGE_TIMEOUT_S, *, remount: bool = True) -> Converged:
+    """The host unmounts (its writes are all on the primary), then the DR must equal the
+    primary byte for byte; both sides' status is taken then, before the host mounts again
+    (its mount writes the superblock: the DR is briefly behind again)."""
+    chain.host.run(f"umount {MNT}", timeout=120)
+    try:
+        took = replication.wait_converged(
+            chain.primary, chain.dr, primary_mirror=chain.primary_mirror,
+            dr_mirror=chain.dr_mirror, size=chain.size, volume=chain.lun.name,
+            timeout=timeout, say=log)
+        done = Converged(took, replication.shell_status(chain.primary),
+                         replication.shell_status(chain.dr))
+        log(f"converged: primary: targetcli /replication status\n{done.primary_status}")
+        log(f"converged: dr: targetcli /replication status\n{done.dr_status}")
+    finally:
+        if remount:
+            chain.host.run(f"mount {chain.device} {MNT}", timeout=120)
+    return done
+
+
+def replica_name(dr: Machine, volume: str, volume_uuid: str) -> str:
+    """The replica's node under /replication/replicas on the DR (named after the primary's
+    volume, or by uuid)."""
+    listing = ap.targetcli(dr, "ls", "/replication/replicas").text
+    for candidate in (volume, volume_uuid):
+        if f"o- {candidate} " in listing:
+            return candidate
+    raise MachineError(f"{dr.name}: /replication/replicas shows neither {volume} nor "
+                       f"{volume_uuid}:\n{listing}")
+
+
+def failover(chain: Chain, log: Callable[[str], None] = say, *, mounted: bool = True) -> None:
+    """Fail over to the DR through targetcli: promote the replica, serve it as a
+    user:mirror backstore with a new journal on a target with the host's CHAP ACL; the host
+    logs out of the primary, logs in to the DR and checks every file against its manifest."""
+    dr, host = chain.dr, chain.host
+    if mounted:
+        host.run(f"umount {MNT}", timeout=120)
+    ap.host_logout(host, PRIMARY_ADDR, chain.iqn)
+    name = replica_name(dr, chain.lun.name, chain.volume_uuid)
+    shell(dr, [f"/replication/replicas/{name} promote"], log)
+    served = ap.LunSpec(chain.lun.name, size=chain.lun.size, journal_size=chain.lun.journal_size)
+    cfg = (f"mirror={chain.dr_mirror};journal={ap.STATE_DIR}/journals/{served.name}-promoted.jnl;"
+           f"journal_size={served.journal_size}")
+    iqn = ap.target_iqn(dr.name, served.name)
+    shell(dr, [f"/backstores/user:mirror create name={served.name} size={chain.size} cfgstring={cfg}",
+               *ap.target_lines(iqn, served, chain.chap), "saveconfig"], log)
+    device = ap.host_login(host, DR_ADDR, iqn, chap=chain.chap)
+    host.run(f"mount -o ro {device} {MNT}", timeout=120)
+    try:
+        check = host.run(f"cd {MNT} && sha256sum --quiet -c {MANIFEST} && wc -l < {MANIFEST}",
+                         timeout=300, check=False)
+    finally:
+        host.run(f"umount {MNT}", timeout=120, check=False)
+    if check.rc != 0:
+        raise MachineError(f"files differ on the promoted DR copy: {check.describe()}")
+    log(f"promoted DR copy served as {iqn}, mounted by the host: all "
+        f"{check.text.strip()} files intact")
+
+
+def instructions(chain: Chain, lab: Lab) -> str:
+    primary, dr, host = chain.primary, chain.dr, chain.host
     py = sys.executable
-    name = volume.lun.name
+    name = chain.lun.name
+    port = primary.ports[ap.ISCSI_PORT]
     return f"""
 ================================================================================
- DR appliance demo: primary ({PRIMARY_ADDR}) and DR ({DR_ADDR}) on a private network
+ DR appliance demo: primary ({PRIMARY_ADDR}) -> DR ({DR_ADDR}), host ({HOST_ADDR})
 ================================================================================
- Replicated disk: {volume.lun.size} user:mirror backstore '{name}' on the primary,
- iSCSI target {iqn}, forwarded to 127.0.0.1:{port} on this machine.
-
- Attach from this machine with libiscsi (package libiscsi-bin):
-   iscsi-inq {url}
-   iscsi-readcapacity16 {url}
-   iscsi-ls -s iscsi://127.0.0.1:{port}
-
- Attach with open-iscsi (package open-iscsi; the target advertises its VM-internal
- address, so add the node by hand instead of using discovery):
-   iscsiadm -m node -o new -T {iqn} -p 127.0.0.1:{port}
-   iscsiadm -m node -T {iqn} -p 127.0.0.1:{port} --login
-   lsblk    # a new {volume.lun.size} disk, vendor LIO-ORG, model {name}
+ Replicated disk: {chain.lun.size} user:mirror backstore '{name}' on the primary, iSCSI target
+ {chain.iqn} (forwarded to 127.0.0.1:{port}), open only to the host's initiator
+ {chain.chap.initiator} with mutual CHAP; the host has it mounted on {MNT}.
 
  targetcli on each appliance (serial console, root shell; Ctrl-] leaves):
    {py} -m vmlab.console {primary.dir}      then: targetcli
    {py} -m vmlab.console {dr.dir}           then: targetcli
  or one command at a time:
-   {py} -m vmlab.console {primary.dir} -- targetcli ls
+   {py} -m vmlab.console {primary.dir} -- targetcli /replication status
+   {py} -m vmlab.console {dr.dir} -- targetcli /replication status
+   {py} -m vmlab.console {primary.dir} -- targetcli /replication/volumes/{name} pause
+   {py} -m vmlab.console {primary.dir} -- targetcli /replication/volumes/{name} resume
 
- Watch replication (the DR side shows "waiting" until the link is up):
-   {py} -m vmlab.console {primary.dir} -- appliancectl --socket /run/appliance/transmitter-{name}.sock status
-   {py} -m vmlab.console {dr.dir} -- appliancectl --socket /run/appliance/receiver.sock status
-   {py} -m vmlab.console {primary.dir} -- journalctl -u appliance-transmitter@{name} -n 20
-   {py} -m vmlab.console {dr.dir} -- journalctl -u appliance-receiver -n 20
+ Write more on the host, then watch the DR catch up:
+   {py} -m vmlab.console {host.dir} -- sh -c 'head -c 50M /dev/urandom > {MNT}/more.bin; sync'
+
+ From this machine, libiscsi needs the host's initiator name and CHAP secret:
+   iscsi-inq -i {chain.chap.initiator} \\
+     iscsi://{chain.chap.userid}%{chain.chap.password}@127.0.0.1:{port}/{chain.iqn}/0
+ (without them the target refuses the login)
 
  Console logs: {primary.console_log}
                {dr.console_log}
+               {host.console_log}
 ================================================================================
 """
 
 
-def verify(lab: Lab, iqn: str, volume: replication.ReplicatedVolume) -> list[str]:
-    """What works right now, checked for real; returns the problems found."""
-    primary, dr = lab.machines["primary"], lab.machines["dr"]
-    problems = []
-    port = primary.ports[ap.ISCSI_PORT]
-    ap.wait_portal(port, iqn, timeout=60)
-    capacity = ap.libiscsi("iscsi-readcapacity16", ap.libiscsi_url(port, iqn))
-    expected = replication.size_bytes(volume.lun.size)
-    if f"Total size:{expected}" not in capacity:
-        problems.append(f"the host sees the wrong size (expected {expected}):\n{capacity}")
-    else:
-        say(f"host view through libiscsi: {expected} bytes, as configured")
-    listing = ap.targetcli(primary, "ls", "/backstores/user:mirror").text
-    if volume.lun.name not in listing:
-        problems.append(f"targetcli on the primary does not list {volume.lun.name}:\n{listing}")
-    ap.targetcli(dr, "ls", "/")
-    tx = replication.status(primary, f"/run/appliance/transmitter-{volume.lun.name}.sock")
-    rx = replication.status(dr, "/run/appliance/receiver.sock")
-    say(f"transmitter on the primary: {tx}")
-    say(f"receiver on the DR appliance: {rx}")
-    return problems
+def check(chain: Chain, log: Callable[[str], None] = say) -> None:
+    """--check: the DR converges byte for byte, the target refuses an initiator without the
+    credentials, and the promoted DR copy mounts with every file intact."""
+    port = chain.primary.ports[ap.ISCSI_PORT]
+    refusal = ap.libiscsi_refused(port, chain.iqn, initiator=chain.chap.initiator)
+    log(f"an initiator without the CHAP secret is refused: {refusal.strip().splitlines()[-1]}")
+    converge(chain, log, remount=False)
+    failover(chain, log, mounted=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,33 +276,25 @@ def run(args: argparse.Namespace) -> int:
     workdir = args.workdir
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    port = pick_port(args.port)
-    with Lab(image, workdir=workdir, logs_dir=workdir / "logs",
-             say=lambda m: say(m)) as lab:
-        say("booting primary and DR appliances (software emulation: about a minute or two)")
-        primary, dr = lab.boot(
-            MachineSpec("primary", private_address=f"{PRIMARY_ADDR}/24", forwards={ap.ISCSI_PORT: port}),
-            MachineSpec("dr", private_address=f"{DR_ADDR}/24", forwards={ap.ISCSI_PORT: 0}),
-        )
-        lun = ap.LunSpec("disk0", size=args.size, journal_size=args.journal_size)
-        say(f"creating the replicated disk through targetcli on the primary ({lun.size})")
-        iqn = ap.create_lun(primary, lun)
-        volume = replication.ReplicatedVolume(lun, primary="primary", dr="dr", dr_address=DR_ADDR)
-        say("configuring replication primary -> DR")
-        replication.configure(primary, dr, volume)
-        problems = verify(lab, iqn, volume)
-        print(instructions(lab, iqn, volume), flush=True)
-        for problem in problems:
-            say(f"PROBLEM: {problem}")
+    port = pick_port(args.port) if args.port else 0
+    with Lab(image, workdir=workdir, logs_dir=workdir / "logs", say=say) as lab:
+        chain = build_chain(lab, size=args.size, journal_size=args.journal_size, port=port)
+        print(instructions(chain, lab), flush=True)
         if args.check:
-            return 1 if problems else 0
-        for machine in (primary, dr):
+            try:
+                check(chain)
+            except MachineError as err:
+                say(f"PROBLEM: {err}")
+                return 1
+            say(f"check passed in {time.monotonic() - t0:.0f} s")
+            return 0
+        for machine in (chain.primary, chain.dr, chain.host):
             machine.release_agent()  # so `python -m vmlab.console DIR -- CMD` can use it
         say("VMs are running; press Ctrl-C to power them off")
         try:
             while True:
                 time.sleep(5)
-                for machine in (primary, dr):
+                for machine in (chain.primary, chain.dr, chain.host):
                     if machine.proc.poll() is not None:
                         say(f"{machine.name} stopped (qemu exit {machine.proc.returncode})")
                         return 1
@@ -151,11 +306,11 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vmlab.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="verify, print, power off, exit")
+    parser.add_argument("--check", action="store_true", help="verify end to end, power off, exit")
     parser.add_argument("--size", default="1G", help="size of the replicated disk (default 1G)")
     parser.add_argument("--journal-size", default="128M", help="its journal (default 128M)")
     parser.add_argument("--port", type=int, default=3260,
-                        help="host loopback port for the primary's iSCSI portal (if free)")
+                        help="host loopback port for the primary's iSCSI portal (if free; 0: any)")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/dr-appliance-demo"),
                         help="VM disks, sockets and logs (recreated on each run)")
     args = parser.parse_args(argv)
