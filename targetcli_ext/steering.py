@@ -18,7 +18,7 @@ from appliance.control.client import ControlError, call
 
 UNREACHABLE = "cannot talk to control socket"
 
-_BANDWIDTH = re.compile(r"(?P<n>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[KMGT]?)(?:I?B)?(?:/S)?")
+_BANDWIDTH = re.compile(r"(?P<n>-?[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[KMGT]?)(?:I?B)?(?:/S)?")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 BANDWIDTH_MIN = 1 << 10          # 1K/s: anything slower never ships a batch in useful time
 BANDWIDTH_MAX = 1 << 40          # 1T/s: more is a typo, no link is that fast

@@ -240,6 +240,8 @@ def test_set_blackout_and_none(primary):
     ("bandwidth_limit=0", "bandwidth_limit '0' is out of range: from 1K to 1T per second, or "
                           "none; nothing changed"),
     ("bandwidth_limit=50X", "bandwidth_limit '50X' does not parse"),
+    ("bandwidth_limit=-5", "bandwidth_limit '-5' is out of range"),
+    ("bandwidth_limit=2T", "bandwidth_limit '2T' is out of range"),
     ("blackout=8-18", "blackout window '8-18' does not parse: use HH:MM-HH:MM windows"),
     ("blackout=25:00-06:00", "blackout window '25:00-06:00': hour must be in 0..23"),
     ("blackout=08:00-08:00", "blackout window '08:00-08:00' is empty (start equals end)"),
