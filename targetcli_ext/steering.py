@@ -42,7 +42,8 @@ def call_daemon(ctx, socket: Path, cmd: str, **args) -> object:
 def nothing_changed(text: str) -> str:
     """A refusal's message, ending with "nothing changed" once (daemons may say it already)."""
     text = str(text).rstrip(" .;")
-    return text if text.endswith("nothing changed") else f"{text}; nothing changed"
+    said = text.rstrip(")").endswith("nothing changed")     # "; nothing changed" or "(...)"
+    return text if said else f"{text}; nothing changed"
 
 
 def unreachable(err: Exception) -> bool:

@@ -266,6 +266,13 @@ def test_a_setting_the_transmitter_refuses_is_undone(primary):
     assert primary.applied[-1]["vol1"]["bandwidth_limit"] is None
 
 
+def test_a_refusal_that_says_nothing_changed_is_not_repeated(primary):
+    primary.fake.refuse("set", "set: bandwidth_limit: must be positive bytes/s, got 0 "
+                               "(nothing changed)")
+    assert refused(primary, f"{VOL} set replication bandwidth_limit=2M").endswith(
+        "got 0 (nothing changed)")
+
+
 def test_a_setting_with_the_transmitter_stopped_is_saved(primary):
     primary.fake.not_running("set", "transmitter-vol1.sock")
     out = primary.run(f"{VOL} set replication bandwidth_limit=1G")
