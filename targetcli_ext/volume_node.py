@@ -108,14 +108,14 @@ class UIVolume(UINode):
         if what == "journal":
             self._journal("pause-journal", "paused")
             return
-        result = self._persist_and_apply({"paused": True}, "pause", {},
-                                         what="pausing shipping")
+        result, saved = self._persist_and_apply({"paused": True}, "pause", {},
+                                                what="pausing shipping")
         if result is None:
             self.shell.log.info(f"Shipping of {self.name} is paused (saved). Its transmitter "
                                 f"does not answer now: it starts paused.")
         else:
-            self.shell.log.info(f"Shipping of {self.name} is paused (saved); host writes "
-                                f"queue in the journal. 'resume' ships again.")
+            self.shell.log.info(f"Shipping of {self.name} is paused{_saved(saved)}; host "
+                                f"writes queue in the journal. 'resume' ships again.")
 
     def ui_complete_pause(self, parameters, text, current_param):
         return complete(list(WHAT), text) if current_param == "what" else []
@@ -140,17 +140,17 @@ class UIVolume(UINode):
         if what == "journal":
             self._journal("resume-journal", "resumed")
             return
-        result = self._persist_and_apply({"paused": False}, "resume", {},
-                                         what="resuming shipping")
+        result, saved = self._persist_and_apply({"paused": False}, "resume", {},
+                                                what="resuming shipping")
         if result is None:
             self.shell.log.info(f"Shipping of {self.name} is resumed (saved). Its transmitter "
                                 f"does not answer now: it ships once it runs "
                                 f"(systemctl start appliance-transmitter@{self.name}).")
         elif isinstance(result, dict) and result.get("needs_resync"):
-            self.shell.log.info(f"Shipping of {self.name} is resumed (saved); a resync ships "
-                                f"the regions of the discarded records first.")
+            self.shell.log.info(f"Shipping of {self.name} is resumed{_saved(saved)}; a resync "
+                                f"ships the regions of the discarded records first.")
         else:
-            self.shell.log.info(f"Shipping of {self.name} is resumed (saved).")
+            self.shell.log.info(f"Shipping of {self.name} is resumed{_saved(saved)}.")
 
     def ui_complete_resume(self, parameters, text, current_param):
         return complete(list(WHAT), text) if current_param == "what" else []
@@ -257,7 +257,7 @@ class UIVolume(UINode):
                     self.get_group_param("replication", param)["type"])(text)
             except ValueError as err:
                 raise ExecutionError(str(err)) from err
-        result = self._persist_and_apply(changes, "set", None, what="the new settings")
+        result, _ = self._persist_and_apply(changes, "set", None, what="the new settings")
         for param, value in changes.items():
             shown = self.get_type_method(self.get_group_param("replication", param)["type"])(
                 value, reverse=True)
@@ -385,16 +385,17 @@ class UIVolume(UINode):
                                 f"meanwhile are resynced.")
 
     def _persist_and_apply(self, changes: dict, cmd: str, args: dict | None, *,
-                           what: str) -> object | None:
+                           what: str) -> tuple[object | None, bool]:
         """Save ``changes`` (site.json, then the transmitter's TOML), then send ``cmd`` to
         the running transmitter (``args`` None: the settings, as saved). Returns its result,
         or None when the transmitter does not answer (the saved configuration takes effect
         when it starts). A refusal restores what was saved. A volume whose transmitter was
-        configured by hand (not in site.json) is changed live only, and the shell says so."""
+        configured by hand (not in site.json) is changed live only, and the shell says so.
+        The second value says whether the change was saved."""
         store = self.ctx.store
         old = self._saved_volume(required=False)
         if old is None:
-            return self._live_only(changes, cmd, args, what=what)
+            return self._live_only(changes, cmd, args, what=what), False
         try:
             new = store.update_volume(self.name, **changes)
         except ModelError as err:
@@ -419,12 +420,12 @@ class UIVolume(UINode):
             result = call_daemon(self.ctx, self._transmitter_socket(), cmd, **args)
         except ExecutionError as err:
             if unreachable(err):
-                return None
+                return None, True
             undo()
             raise ExecutionError(nothing_changed(
                 f"{what} refused by the transmitter of {self.name}: {err}")) from err
         self.ctx.snapshot(fresh=True)
-        return result if result is not None else {}
+        return (result if result is not None else {}), True
 
     def _live_only(self, changes: dict, cmd: str, args: dict | None, *,
                    what: str) -> object:
@@ -436,6 +437,10 @@ class UIVolume(UINode):
                                f"transmitter is configured by hand): changed live only, not "
                                f"saved; its TOML file still says what a restart does.")
         return result if result is not None else {}
+
+
+def _saved(saved: bool) -> str:
+    return " (saved)" if saved else ""
 
 
 def _said(result: object) -> str:

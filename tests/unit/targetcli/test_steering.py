@@ -289,7 +289,7 @@ def test_a_hand_configured_volume_is_changed_live_only_and_says_so(primary):
     (primary.state_dir / "site.json").unlink()
     out = primary.run(f"{VOL} pause")
     assert primary.fake.calls == [("transmitter-vol1.sock", "pause", {})]
-    assert "changed live only, not saved" in out
+    assert "changed live only, not saved" in out and "(saved)" not in out
     assert "its settings are changed there" in refused(primary, f"{VOL} get replication")
 
 
