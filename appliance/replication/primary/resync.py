@@ -43,8 +43,9 @@ from appliance import storage
 from appliance.replication import wire
 from appliance.replication.digest import region_digest
 from appliance.replication.link import run_blocking
+from appliance.replication.primary.steering import DiscardState
 from appliance.statefile import write_json_atomic
-from appliance.volume.resync import ResyncSnapshot, ResyncSource, region_extent
+from appliance.volume.resync import ResyncSnapshot, region_extent
 
 if TYPE_CHECKING:
     from appliance.journal import JournalReader, VolumeFiles
@@ -150,20 +151,16 @@ class ResyncDriver:
         self._reply_event = asyncio.Event()
         self._next_rid = 0
         self.busy = asyncio.Lock()      # one resync or repair at a time
-        self._bitmap_io = storage.open_file(files.bitmap)
-        self._mirror: storage.BlockIO | None = None
-        try:
-            self._mirror = storage.open_file(files.mirror)
-            self.source = ResyncSource(self._bitmap_io)
-        except BaseException:
-            self.close()
-            raise
+        self.files = files
+        # The transmitter's one writer of the bitmap's request slot (it outlives the session).
+        self.source = shared.bitmap_requests(files)
+        self._mirror: storage.BlockIO | None = storage.open_file(files.mirror)
         self.pending_repair = PendingRepair(Path(files.bitmap))
 
     def close(self) -> None:
-        self._bitmap_io.close()
         if self._mirror is not None:
             self._mirror.close()
+            self._mirror = None
 
     # --- frames from the receiver (called by the session's receive loop) ---------------
 
@@ -207,9 +204,22 @@ class ResyncDriver:
         while True:
             snap = await run_blocking(self.source.snapshot)
             if snap.runs:
-                await self.resync(snap, resume=resume)
+                await self.control.shipping_allowed()   # not while the admin paused it
+                await self.resync(await run_blocking(self.source.snapshot), resume=resume)
                 resume = False
+            elif self.shared.discard is not None and not snap.logging:
+                await self._discard_shipped()
             await asyncio.sleep(0.2)
+
+    async def _discard_shipped(self) -> None:
+        """A pending discard is done once the peer holds every discarded seq (placeholders)
+        and a resync has shipped the chunks (bitmap clean, writer journaling)."""
+        discard = self.shared.discard
+        if discard is not None and self.control.peer_durable >= discard.to_seq:
+            await run_blocking(DiscardState.remove, self.files.bitmap)
+            self.shared.discard = None
+            log.warning("volume %s: the regions of the %d discarded records reached the peer; "
+                        "no resync is needed any more", self.cfg.volume_uuid, discard.records)
 
     def interrupted(self) -> None:
         """The session ended (link lost) with a resync under way: say so in the status."""
@@ -279,6 +289,8 @@ class ResyncDriver:
                             "and will not be sent", self.cfg.volume_uuid, superseded)
             await self._begin(begin, superseded)
             progress.state = "resyncing"
+            if superseded is None:
+                await self._placeholders()
             # A repair cut short is finished inside this resync (its regions are not dirty).
             leftover = await run_blocking(self.pending_repair.load)
             if leftover:
@@ -299,11 +311,31 @@ class ResyncDriver:
                                                self.cfg.resync_region_bytes), snap)
             head = await self._end()
             await run_blocking(self.pending_repair.done)
+            await self._discard_shipped()
             log.warning("volume %s: resync shipped %d bytes (%d skipped as identical); "
                         "peer consistent once seq %d is applied", self.cfg.volume_uuid,
                         progress.done_bytes, progress.skipped_bytes, head)
         finally:
             control.records_paused = False
+
+    async def _placeholders(self) -> None:
+        """Seqs a discard dropped that the peer lacks go now (it is inconsistent, its undo
+        log on) as one-block UNMAPs inside a dirty chunk, which a region then overwrites:
+        the first chunk dirty now (none was cleared since the discard marked them, because
+        regions ship only after the placeholders are acknowledged)."""
+        discard = self.shared.discard
+        if discard is None or self.control.peer_durable >= discard.to_seq:
+            return
+        snap = await run_blocking(self.source.snapshot)
+        if not snap.runs:       # (cannot happen; never leave a placeholder unshipped over)
+            await run_blocking(lambda: self.source.mark(
+                [(0, 1)], timeout=self.cfg.resync_clear_timeout_s))
+            snap = await run_blocking(self.source.snapshot)
+        lba = snap.runs[0][0] * snap.chunk_size // self.cfg.block_size
+        log.warning("volume %s: sending seqs %d..%d, discarded here, as placeholders the "
+                    "resync overwrites", self.cfg.volume_uuid, self.control.peer_durable + 1,
+                    discard.to_seq)
+        await self.control.send_placeholders(lba)
 
     def _superseded_to(self, snap: ResyncSnapshot) -> int | None:
         """The last seq a full copy supersedes: ``overflow_seq``, while the writer logs to
@@ -340,6 +372,7 @@ class ResyncDriver:
         progress.total_bytes += sum(r.length for r in regions)
         clear_pending: int | None = None
         for i in range(0, len(regions), WINDOW):
+            await self.control.shipping_allowed()       # the admin's pause, a blackout
             window = regions[i : i + WINDOW]
             datas = await run_blocking(lambda w=window: [self.read(r.offset, r.length)
                                                          for r in w])
@@ -374,8 +407,7 @@ class ResyncDriver:
         log.warning("volume %s: the peer needs a full copy (it lacks seqs up to %d, which our "
                     "journal no longer holds); marking every chunk", self.cfg.volume_uuid,
                     self.reader.acked_seq)
-        rid = await run_blocking(self.source.request_mark_all)
-        await self._wait_processed(rid)
+        await run_blocking(lambda: self.source.mark_all(timeout=self.cfg.resync_clear_timeout_s))
 
     async def _wait_processed(self, request_id: int) -> None:
         await run_blocking(lambda: self.source.wait_processed(

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from appliance.journal import JournalReader, RecordsGone
+from appliance.journal import JournalReader, OpKind, RecordsGone
 from appliance.replication import wire
-from appliance.replication.config import TransmitterConfig, in_window
+from appliance.replication.config import TransmitterConfig
 from appliance.replication.handshake import Welcome
 from appliance.replication.link import FrameLink, run_blocking
 from appliance.replication.primary.pacing import AckRate, batch_limit
@@ -40,6 +39,8 @@ IDLE_POLL_MAX_S = 0.05
 # How often an idle link looks at the journal's recorded volume size (an online resize with
 # no write beyond the old end yet still reaches the peer within this).
 SIZE_CHECK_S = 5.0
+# Placeholders of discarded seqs per BATCH frame (a record header each, no data).
+PLACEHOLDERS_PER_BATCH = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,11 @@ class PeerRefused(Exception):
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class SessionEnded(Exception):
+    """The transmitter ended the session on purpose (a discard needs the journal to itself);
+    it reconnects at once."""
 
 
 class TxSession:
@@ -83,6 +89,12 @@ class TxSession:
         # catch-up, not one per ACK on the ACK path). A crash in between only means the
         # next session starts lower and the peer drops what it already holds.
         self.peer_durable = reader.acked_seq
+        discard = shared.discard
+        if discard is not None and welcome.last_seq < min(discard.to_seq, reader.acked_seq):
+            # A discard dropped seqs the peer lacks: they go as placeholders inside the
+            # resync (send_placeholders), and no record after them before that.
+            self.peer_durable = self.highest_sent = max(welcome.last_seq,
+                                                        discard.from_seq - 1)
         self._ack_due = asyncio.Event()
         self.heartbeat_s = min(self.cfg.heartbeat_s, welcome.heartbeat_s)
         self._acked = asyncio.Event()
@@ -90,17 +102,15 @@ class TxSession:
         self._last_ack = time.monotonic()
         self._next_size_check = time.monotonic() + SIZE_CHECK_S
         self.welcome = welcome
-        # On a thin link smaller batches keep the flow (and the token bucket) smooth.
-        limit = self.cfg.bandwidth_limit
-        self.batch_bytes = (self.cfg.batch_bytes if limit is None
-                            else min(self.cfg.batch_bytes, max(64 * 1024, int(limit / 8))))
-        # ... and on any slow path, a batch holds at most a short slice of link time.
+        # (On a thin link smaller batches keep the flow smooth: Pacing.batch_bytes, live.)
+        # On any slow path, a batch holds at most a short slice of link time.
         self.ack_rate = AckRate()
         # The resync driver pauses record shipping while regions go out. A peer waiting for
         # a full copy gets no record before it: the copy contains them (superseded).
         self.records_paused = welcome.inconsistent
         self.resync: ResyncDriver | None = None
         self._extra: list[asyncio.Task] = []    # verify runs
+        self._ending = asyncio.Event()
         if shared.files is not None:
             self.resync = ResyncDriver(self, shared, cfg, link, reader, welcome, shared.files)
 
@@ -113,7 +123,7 @@ class TxSession:
         if self.resync is not None and self.welcome.full_copy:
             await self.resync.request_full_copy()
         tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop()),
-                 asyncio.create_task(self._persist_acks())]
+                 asyncio.create_task(self._persist_acks()), asyncio.create_task(self._ended())]
         if self.welcome.primary_state:
             tasks.append(asyncio.create_task(self._report_state()))
         if self.resync is not None:
@@ -130,6 +140,15 @@ class TxSession:
             await asyncio.gather(*tasks, *self._extra, return_exceptions=True)
             if self.resync is not None:
                 self.resync.close()
+
+    def end(self, why: str) -> None:
+        """End the session (run raises SessionEnded); the transmitter reconnects."""
+        self._why_ended = why
+        self._ending.set()
+
+    async def _ended(self) -> None:
+        await self._ending.wait()
+        raise SessionEnded(self._why_ended)
 
     async def _report_state(self) -> None:
         """Tell the peer what the primary holds that it may lack, so that the DR's status
@@ -167,15 +186,49 @@ class TxSession:
         while self.shared.inflight:
             await asyncio.sleep(0.01)
 
+    async def shipping_allowed(self) -> None:
+        while (hold := self.shared.hold()) is not None:
+            self.shared.link_status.set_state(hold)
+            await asyncio.sleep(0.05)
+
+    def _placeholders_owed(self) -> bool:
+        discard = self.shared.discard
+        return discard is not None and self.peer_durable < discard.to_seq
+
+    async def send_placeholders(self, lba: int) -> None:
+        discard, counters = self.shared.discard, self.shared.counters
+        while discard is not None and self.peer_durable < discard.to_seq:
+            start = self.peer_durable + 1
+            for first in range(start, discard.to_seq + 1, PLACEHOLDERS_PER_BATCH):
+                last = min(discard.to_seq, first + PLACEHOLDERS_PER_BATCH - 1)
+                now = time.time_ns()
+                recs = [wire.WireRecord(seq, now, int(OpKind.UNMAP), lba, 1, b"")
+                        for seq in range(first, last + 1)]
+                await self.link.send_parts(FT.BATCH, wire.batch_parts(
+                    self.cfg.volume_uuid, self.cfg.generation, recs))
+                self._last_sent = time.monotonic()
+                self.highest_sent = max(self.highest_sent, last)
+                counters.sent_seq = max(counters.sent_seq, last)
+                self.shared.inflight.add(last, 0, now)
+            deadline = time.monotonic() + 3 * self.cfg.dead_after_s
+            while self.peer_durable < discard.to_seq and time.monotonic() < deadline:
+                self._acked.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._acked.wait(), self.heartbeat_s)
+            if self.peer_durable < discard.to_seq:
+                log.warning("volume %s: placeholders not acknowledged; sending them again from "
+                            "seq %d", self.cfg.volume_uuid, self.peer_durable + 1)
+                self.shared.inflight.clear()
+
     async def _send_loop(self) -> None:
         shared, counters = self.shared, self.shared.counters
         idle = IDLE_POLL_MIN_S
         while True:
-            if self.cfg.blackout and in_window(dt.datetime.now().time(), self.cfg.blackout):
-                shared.link_status.set_state("paused:blackout-window")
-                await self._idle(1.0)
+            if (hold := shared.hold()) is not None:     # the admin's pause, a blackout window
+                shared.link_status.set_state(hold)
+                await self._idle(0.05)
                 continue
-            if self.records_paused:
+            if self.records_paused or self._placeholders_owed():
                 await self._idle(0.02)
                 continue
             shared.link_status.set_state("replicating")
@@ -189,7 +242,9 @@ class TxSession:
             seq = self.next_seq
             try:
                 counters.head_seq, batch = await run_blocking(
-                    self._read_batch, seq, batch_limit(self.batch_bytes, self.ack_rate.rate()))
+                    self._read_batch, seq,
+                    batch_limit(shared.pacing.batch_bytes(self.cfg.batch_bytes),
+                                self.ack_rate.rate()))
             except RecordsGone as err:
                 raise PeerRefused(f"journal no longer holds seq {seq}: a resync is "
                                   f"needed ({err})") from err
@@ -273,6 +328,10 @@ class TxSession:
         if seq <= self.peer_durable or seq > self.highest_sent + 1:
             raise wire.BadFrame(f"peer asked to resend from {seq}, outside "
                                 f"{self.peer_durable + 1}..{self.highest_sent + 1}")
+        if self._placeholders_owed() and seq > self.peer_durable:
+            log.info("volume %s: peer asked to resend from seq %d, a discarded seq: its "
+                     "placeholders go again", self.cfg.volume_uuid, seq)
+            return
         if seq >= self.next_seq:
             log.info("volume %s: peer asked to resend from seq %d, already resending from %d",
                      self.cfg.volume_uuid, seq, self.next_seq)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from appliance.journal import VolumeFiles
 from appliance.replication.primary.progress import ResyncProgress, VerifyReport
+from appliance.replication.primary.steering import BitmapRequests, DiscardState, Pacing
 from appliance.replication.status import LinkStatus, RateMeter, TransmitterCounters
 
 
@@ -66,15 +67,51 @@ class TxShared:
     files_problem: str | None = None
     # The peer's last WELCOME asked for a full copy or the end of an interrupted resync.
     peer_needs_resync: bool = False
+    # The admin's steering (control socket): shipping paused, pacing in effect, the records
+    # dropped by a discard that the peer may still lack (None: no discard pending).
+    paused: bool = False
+    pacing: Pacing = field(default_factory=lambda: Pacing(None, []))
+    discard: DiscardState | None = None
+    # The one writer of the bitmap's request slot (opened once the bitmap is known).
+    requests: BitmapRequests | None = None
+
+    def hold(self) -> str | None:
+        """Why shipping (records and regions) waits now, as the link state; None: it may go."""
+        if self.paused:
+            return "paused:admin"
+        if self.pacing.in_blackout():
+            return "paused:blackout-window"
+        return None
+
+    def bitmap_requests(self, files: VolumeFiles) -> BitmapRequests:
+        """The request writer of ``files.bitmap`` (reopened if the volume names another)."""
+        if self.requests is None or self.requests.path != files.bitmap:
+            self.close_requests()
+            self.requests = BitmapRequests(files.bitmap)
+        return self.requests
+
+    def close_requests(self) -> None:
+        if self.requests is not None:
+            self.requests.close()
+            self.requests = None
 
 
 class ShippingControl(Protocol):
     """What resync and verify may do to the session's record shipping."""
 
     records_paused: bool
+    peer_durable: int       # highest seq the peer acknowledged as durable in this session
 
     def supersede_to(self, seq: int) -> None:
         """Records up to ``seq`` are contained in a full copy: never send them."""
 
     async def window_empty(self) -> None:
         """Return once everything sent has been acknowledged."""
+
+    async def shipping_allowed(self) -> None:
+        """Return once neither the admin's pause nor a blackout window holds shipping."""
+
+    async def send_placeholders(self, lba: int) -> None:
+        """Inside a resync, after RESYNC_BEGIN: send the seqs a discard dropped that the peer
+        lacks, as one-block UNMAPs at ``lba`` (in a dirty chunk), until it acknowledged
+        them all."""

@@ -28,7 +28,7 @@ def transmitter_status(cfg: TransmitterConfig, shared: TxShared, view: VolumeVie
     behind = behind_reason(shared, view, lag_records)
     age = recovery_point_age(shared, view, oldest_unacked, lag_records)
     return {
-        "role": "transmitter", "identity": cfg.identity,
+        "role": "transmitter", "identity": cfg.identity, "name": cfg.name,
         "volume_uuid": str(cfg.volume_uuid), "peer": "{}:{}".format(*cfg.peer),
         "size_bytes": shared.volume_bytes,
         "link": shared.link_status.as_dict(), **counters.__dict__, "head_seq": head,
@@ -42,7 +42,11 @@ def transmitter_status(cfg: TransmitterConfig, shared: TxShared, view: VolumeVie
         "lag_bytes_in_flight": inflight_bytes,
         "recovery_point_age_s": age, "lag_seconds": age,
         "throughput_bytes_per_s": round(shared.rate.rate()),
-        "bandwidth_limit": cfg.bandwidth_limit,
+        # The admin's steering: shipping paused, pacing in effect (config, then 'set'), and
+        # a discard whose regions a resync has not shipped yet.
+        "paused": shared.paused, **shared.pacing.as_dict(),
+        "needs_resync": shared.discard is not None,
+        "discarded": shared.discard.as_dict() if shared.discard is not None else None,
         "resync": shared.resync.as_dict(),
         "verify": shared.verify.as_dict(),
     }
@@ -50,17 +54,29 @@ def transmitter_status(cfg: TransmitterConfig, shared: TxShared, view: VolumeVie
 
 def behind_reason(shared: TxShared, view: VolumeView, lag_records: int) -> str | None:
     """Why the peer may lack writes the primary holds; None only when it lacks none."""
+    reason = _behind(shared, view, lag_records)
+    if reason is not None and shared.paused:
+        return f"shipping is paused by the admin (resume ships it): {reason}"
+    return reason
+
+
+def _behind(shared: TxShared, view: VolumeView, lag_records: int) -> str | None:
     state = shared.link_status.state
     if view.error is not None:
         return f"the volume's files cannot be read: {view.error}"
     if view.volume_state == LOGGING_TO_BITMAP or view.dirty_bytes:
+        why = (f"; {shared.discard.records} journal records were discarded by the admin, so "
+               f"a resync must ship their regions" if shared.discard is not None else "")
         return (f"{view.dirty_bytes} bytes of dirty regions (logging to the bitmap) are not "
-                f"at the peer yet")
+                f"at the peer yet{why}")
+    if shared.discard is not None:
+        return (f"{shared.discard.records} journal records were discarded by the admin: the "
+                f"peer lacks them until a resync has shipped their regions")
     if lag_records:
         return f"{lag_records} journal records are not acknowledged by the peer yet"
     if shared.inflight:
         return "records in flight"
-    if state != "replicating":
+    if state != "replicating" and not (state.startswith("paused:") and connected(shared)):
         return f"the link is not replicating (state {state})"
     if shared.resync.state != "idle":
         return f"resync {shared.resync.state}"
@@ -80,10 +96,17 @@ def resync_blocked(shared: TxShared, view: VolumeView, *, connected: bool) -> st
             "handler older than that); restart appliance-handler so it names them")
     if link.state.startswith("refused"):
         return f"the peer refuses this volume ({link.state}): {link.last_error}"
+    if shared.paused:
+        return "shipping is paused by the admin (resume ships the dirty regions)"
     if not connected:
         last = f"; last error: {link.last_error}" if link.last_error else ""
         return f"waiting for the link to the peer (state {link.state}{last})"
     return None
+
+
+def connected(shared: TxShared) -> bool:
+    """A link that holds shipping (paused:*) is up: only a session sets those states."""
+    return shared.link_status.connects > shared.link_status.disconnects
 
 
 def recovery_point_age(shared: TxShared, view: VolumeView, oldest_unacked: OldestUnacked,

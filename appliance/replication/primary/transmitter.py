@@ -25,7 +25,7 @@ from appliance.daemon_entry import (
     run,
     stop_event_on_signals,
 )
-from appliance.journal import JournalError, JournalReader
+from appliance.journal import JournalError, JournalReader, VolumeFiles
 from appliance.replication import wire
 from appliance.replication.config import (
     ConfigError,
@@ -39,13 +39,20 @@ from appliance.replication.handshake import (
     Hello,
     Welcome,
 )
-from appliance.replication.link import FrameLink, LinkClosed, TokenBucket, run_blocking
-from appliance.replication.primary.session import PeerRefused, TxSession
+from appliance.replication.link import FrameLink, LinkClosed, run_blocking
+from appliance.replication.primary.session import PeerRefused, SessionEnded, TxSession
 from appliance.replication.primary.shared import TxShared
 from appliance.replication.primary.status_report import (
     PRIMARY_REPORT_FIELDS,
     resync_blocked,
     transmitter_status,
+)
+from appliance.replication.primary.steering import (
+    BitmapRequests,
+    DiscardState,
+    Pacing,
+    chunk_runs,
+    parse_settings,
 )
 from appliance.replication.primary.volume_size import VolumeResized, journal_volume_bytes
 from appliance.replication.primary.volume_watch import (
@@ -70,14 +77,19 @@ class Transmitter:
     def __init__(self, cfg: TransmitterConfig) -> None:
         self.cfg = cfg
         # The size the journal records (it follows online resizes), read for every HELLO.
-        self.shared = TxShared(volume_bytes=cfg.size_bytes)
+        self.shared = TxShared(volume_bytes=cfg.size_bytes, paused=cfg.paused,
+                               pacing=Pacing(cfg.bandwidth_limit, cfg.blackout))
         self.session: TxSession | None = None
         self._tls = TlsSide(cfg.tls, server=False) if cfg.tls is not None else None
-        self._limiter = TokenBucket(cfg.bandwidth_limit) if cfg.bandwidth_limit else None
         self.reader: JournalReader | None = None
-        self.control = ControlServer(cfg.control_socket, {"status": self.status,
-                                                          "verify": self.start_verify})
+        self.control = ControlServer(cfg.control_socket, {
+            "status": self.status, "verify": self.start_verify, "pause": self.pause,
+            "resume": self.resume, "set": self.set_pacing, "resync": self.full_resync,
+            "discard": self.discard})
         self._stop = asyncio.Event()
+        # Held by a session from its connection to its end, and by a discard: a discard
+        # needs the journal's acknowledged seq to itself.
+        self._exclusive = asyncio.Lock()
         # What the primary holds that the peer may lack, as last read from the volume.
         self.watch = VolumeWatch(cfg.journal, cfg.volume_uuid)
         self.view = VolumeView()
@@ -93,6 +105,140 @@ class Transmitter:
     def status(self, args: dict) -> dict:
         return transmitter_status(self.cfg, self.shared, self.view, self._oldest_unacked,
                                   connected=self.session is not None)
+
+    # --- steering (the shell's pause, resume, set, resync, discard) -------------------------
+
+    def pause(self, args: dict) -> dict:
+        """Control command: stop shipping records and regions; the link stays up (heartbeats
+        and PRIMARY_STATE reports, so the DR says it is behind and why)."""
+        _no_arguments("pause", args)
+        if not self.shared.paused:
+            self.shared.paused = True
+            log.warning("volume %s: shipping paused by the admin", self.cfg.volume_uuid)
+        return {"paused": True}
+
+    def resume(self, args: dict) -> dict:
+        """Control command: ship again (after a discard, the resync of the dirty regions)."""
+        _no_arguments("resume", args)
+        if self.shared.paused:
+            self.shared.paused = False
+            log.warning("volume %s: shipping resumed by the admin%s", self.cfg.volume_uuid,
+                        "; the resync ships the regions of the discarded records"
+                        if self.shared.discard else "")
+        return {"paused": False, "needs_resync": self.shared.discard is not None}
+
+    def set_pacing(self, args: dict) -> dict:
+        """Control command: {"bandwidth_limit": bytes/s or null, "blackout": ["08:00-18:00"]},
+        either or both, checked as in the configuration file, applied to the live link."""
+        settings = parse_settings(args)
+        self.shared.pacing.apply(settings)
+        now = self.shared.pacing.as_dict()
+        log.warning("volume %s: pacing set by the admin: %s", self.cfg.volume_uuid,
+                    ", ".join(f"{k} {now[k]}" for k in settings))
+        return now
+
+    async def full_resync(self, args: dict) -> dict:
+        """Control command: every chunk dirty (the handler's mark request, as for a peer
+        that asks for a full copy); the resync ships them once connected."""
+        _no_arguments("resync", args)
+        files = self._files_or_refuse("resync")
+        requests = self.shared.bitmap_requests(files)
+        timeout = self.cfg.resync_clear_timeout_s
+        try:
+            await run_blocking(lambda: requests.mark_all(timeout=timeout))
+        except TimeoutError as err:
+            raise CommandError(f"the handler did not mark the volume dirty within {timeout:g} s "
+                               f"({err}); check that appliance-handler serves this volume (the "
+                               f"request stays and is handled when it does)") from err
+        except UNREADABLE as err:
+            raise CommandError(f"cannot mark the volume dirty: {type(err).__name__}: {err} "
+                               f"(nothing changed)") from err
+        log.warning("volume %s: full resync asked for by the admin: every chunk is dirty",
+                    self.cfg.volume_uuid)
+        await self._look_at_volume()
+        return {"resync": "every chunk dirty", "dirty_bytes": self.view.dirty_bytes,
+                "shipped": "now" if self.session is not None and not self.shared.paused
+                else "once connected and not paused"}
+
+    async def discard(self, args: dict) -> dict:
+        """Control command: drop the records queued for the peer (paused only). Their
+        chunks are marked dirty first, durably; then the acknowledged seq passes them, which
+        frees their journal space. The volume then needs a resync (resume ships it)."""
+        _no_arguments("discard", args)
+        if not self.shared.paused:
+            raise CommandError("pause first: discard drops the records queued for the peer "
+                               "and needs shipping paused (pause, then discard; resume ships "
+                               "their regions by a resync); nothing changed")
+        files = self._files_or_refuse("discard")
+        if self.session is not None:
+            self.session.end("discard")     # the journal's acknowledged seq to ourselves
+        async with self._exclusive:
+            if not self.shared.paused:
+                raise CommandError("shipping was resumed meanwhile: pause first; nothing "
+                                   "changed")
+            requests = self.shared.bitmap_requests(files)
+            reader = await run_blocking(self._open_reader)
+            try:
+                result = await run_blocking(self._discard, reader, requests, files)
+            except TimeoutError as err:
+                raise CommandError(
+                    f"the handler did not mark the regions of the queued records dirty in "
+                    f"time ({err}): nothing was discarded, the records stay queued; check "
+                    f"that appliance-handler serves this volume") from err
+            except UNREADABLE as err:
+                raise CommandError(f"discard failed before the records were dropped: "
+                                   f"{type(err).__name__}: {err}; they stay queued") from err
+        await self._look_at_volume()
+        return {**result, "needs_resync": self.shared.discard is not None,
+                "dirty_bytes": self.view.dirty_bytes}
+
+    def _discard(self, reader: JournalReader, requests: BitmapRequests,
+                 files: VolumeFiles) -> dict:
+        """(In a worker thread, no session running.) Mark the chunks of every record above
+        the acknowledged seq dirty, until the writer logs to the bitmap and every record up
+        to its overflow_seq is marked; persist the discard; acknowledge."""
+        acked, bs = reader.acked_seq, self.cfg.block_size
+        backlog = reader.backlog_bytes(acked + 1)
+        covered = acked
+        timeout = self.cfg.resync_clear_timeout_s
+        for _ in range(100):
+            extents = []
+            while records := reader.read(covered + 1, 4 << 20):
+                extents += [(r.op.lba, r.op.nblocks) for r in records]
+                covered = records[-1].seq
+            if covered == acked:
+                return {"discarded_records": 0, "discarded_bytes": 0, "acked_seq": acked}
+            header = requests.header()
+            if extents:
+                requests.mark(chunk_runs(extents, bs, header.chunk_size, header.num_chunks),
+                              timeout=timeout)
+            snap = requests.snapshot()
+            if snap.logging and covered >= snap.overflow_seq:
+                break       # the writer journals nothing more: every record is marked
+            time.sleep(0.01)
+        else:
+            raise TimeoutError(f"the journal kept growing past seq {covered} although the "
+                               f"writer was asked to log to the bitmap")
+        state = DiscardState(acked + 1, covered, covered - acked, backlog, time.time())
+        if self.shared.discard is not None:
+            state = self.shared.discard.merged(state)
+        state.save(files.bitmap)            # before the acknowledgement: never a gap unknown
+        self.shared.discard = state
+        reader.acknowledge(covered)
+        self.shared.counters.acked_seq = covered
+        log.warning("volume %s: discarded by the admin: %d journal records (seqs %d..%d, %d "
+                    "journal bytes) will not be shipped; their regions are dirty in the bitmap "
+                    "and a resync ships them after resume", self.cfg.volume_uuid,
+                    covered - acked, acked + 1, covered, backlog)
+        return {"discarded_records": covered - acked, "discarded_bytes": backlog,
+                "acked_seq": covered}
+
+    def _files_or_refuse(self, what: str) -> VolumeFiles:
+        if self.shared.files is None:
+            raise CommandError(f"{what} needs the volume's bitmap: " + (
+                self.shared.files_problem or "the volume's journal names no mirror and bitmap")
+                + "; nothing changed")
+        return self.shared.files
 
     def primary_report(self) -> dict:
         """What the DR needs to say truthfully whether it is behind (PRIMARY_STATE)."""
@@ -136,6 +282,10 @@ class Transmitter:
                     log.info("volume %s: %s; reconnecting to tell the peer", self.cfg.volume_uuid,
                              err)
                     continue
+                except SessionEnded as err:
+                    log.info("volume %s: session ended for a %s; reconnecting",
+                             self.cfg.volume_uuid, err)
+                    continue
                 except PeerRefused as err:
                     self._failed(_refusal_message(err), logging.ERROR)
                 except TlsRefused as err:     # a certificate not pinned (or not trusted)
@@ -164,6 +314,7 @@ class Transmitter:
             self.watch.close()
             if self.reader is not None:
                 self.reader.close()
+            self.shared.close_requests()
             await self.control.close()
 
     # --- the volume's own state -----------------------------------------------------------
@@ -200,13 +351,26 @@ class Transmitter:
             self.watch.close()
             return
         try:
-            shared.files = resolve_files(published, self.cfg.mirror, self.cfg.bitmap,
-                                         "transmitter config")
+            files = resolve_files(published, self.cfg.mirror, self.cfg.bitmap,
+                                  "transmitter config")
+            if files is not None and files != shared.files:
+                shared.discard = self._pending_discard(files)
+            shared.files = files
             shared.files_problem = None
         except FilesMismatch as err:
             if shared.files_problem != str(err):
                 log.error("volume %s: %s", self.cfg.volume_uuid, err)
             shared.files, shared.files_problem = None, str(err)
+
+    def _pending_discard(self, files: VolumeFiles) -> DiscardState | None:
+        """A discard whose seqs the peer may still lack (it survives restarts)."""
+        try:
+            return DiscardState.load(files.bitmap)
+        except (OSError, ValueError) as err:
+            # Without it the next HELLO starts after the discarded seqs: the peer refuses
+            # that (resync-needed) rather than diverging, and says what to do.
+            log.error("volume %s: %s", self.cfg.volume_uuid, err)
+            return None
 
     def _log_changes(self, old: VolumeView, new: VolumeView) -> None:
         vol = self.cfg.volume_uuid
@@ -235,6 +399,10 @@ class Transmitter:
         return self.reader
 
     async def _session(self) -> None:
+        async with self._exclusive:
+            await self._connected_session()
+
+    async def _connected_session(self) -> None:
         reader = await asyncio.to_thread(self._open_reader)
         await asyncio.to_thread(self.find_files)
         self.shared.counters.acked_seq = reader.acked_seq
@@ -254,12 +422,14 @@ class Transmitter:
             if tls is not None and tls.refused(err):
                 raise TlsRefused(tls.failure(err)) from err
             raise
-        link = FrameLink(stream_in, stream_out, limiter=self._limiter)
+        link = FrameLink(stream_in, stream_out, limiter=self.shared.pacing.limiter)
+        established = False
         try:
             if tls is not None:
                 tls.check(link.ssl_object())    # only the pinned certificates
             welcome = await self._handshake(link, reader, tls)
             self.link.connects += 1
+            established = True
             self.link.peer = link.peer
             self.link.set_state("replicating")
             log.info("volume %s: connected to %s (%s) at seq %d%s", self.cfg.volume_uuid,
@@ -271,16 +441,20 @@ class Transmitter:
         finally:
             self.session = None
             self.shared.inflight.clear()
-            if self.link.state == "replicating":
+            if established:
                 self.link.disconnects += 1
             await link.close()
 
     async def _handshake(self, link: FrameLink, reader: JournalReader,
                          tls: Handshake | None = None) -> Welcome:
+        first_seq = reader.acked_seq + 1
+        if self.shared.discard is not None:     # the discarded seqs go as placeholders
+            first_seq = min(first_seq, self.shared.discard.from_seq)
         hello = Hello(identity=self.cfg.identity, volume_uuid=self.cfg.volume_uuid,
                       size_bytes=self.shared.volume_bytes, block_size=self.cfg.block_size,
-                      generation=self.cfg.generation, first_seq=reader.acked_seq + 1,
-                      compression=COMPRESSIONS if self.cfg.compression else ())
+                      generation=self.cfg.generation, first_seq=first_seq,
+                      compression=COMPRESSIONS if self.cfg.compression else (),
+                      name=self.cfg.name)
         await link.send_json(FT.HELLO, hello.to_dict())
         try:
             frame = await link.recv(self.cfg.dead_after_s)
@@ -308,6 +482,12 @@ class Transmitter:
         self.shared.counters.applied_seq = welcome.applied_seq
         self.shared.peer_needs_resync = welcome.inconsistent or welcome.full_copy
         return welcome
+
+
+def _no_arguments(command: str, args: dict) -> None:
+    if args:
+        raise CommandError(f"{command} takes no arguments (got {', '.join(sorted(args))}); "
+                           f"nothing changed")
 
 
 def _refusal_message(err: PeerRefused) -> str:
