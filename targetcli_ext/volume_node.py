@@ -78,7 +78,12 @@ class UIVolume(UINode):
         Shows this volume's role, peer, link, replication state, journal fill and whether
         the DR copy is in sync; if not, what it lacks, why and what to do.
         """
-        self.shell.con.display(self.ctx.render({self.name}).rstrip("\n"))
+        view = self._view(fresh=True)
+        if view is None:
+            self.shell.con.display(f"{self.name}: {self.summary()[0]}")
+            return
+        self.shell.con.display(status_text.render_volume(view, now=self.ctx.clock(),
+                                                         tz=self.ctx.tz))
 
     # --- steering -----------------------------------------------------------------------
 
@@ -303,10 +308,10 @@ class UIVolume(UINode):
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _view(self) -> status_text.VolumeView | None:
+    def _view(self, fresh: bool = False) -> status_text.VolumeView | None:
         """This volume as the daemons report it (a DR replica of the same name is another
         volume: /replication/replicas)."""
-        for view in self.ctx.views():
+        for view in self.ctx.views(fresh):
             if view.name == self.name and view.role != "dr":
                 return view
         return None

@@ -293,6 +293,19 @@ def test_a_hand_configured_volume_is_changed_live_only_and_says_so(primary):
     assert "its settings are changed there" in refused(primary, f"{VOL} get replication")
 
 
+def test_status_of_a_volume_is_its_primary_block_only(make_shell, daemons, tmp_path):
+    """An appliance that is the primary of vol1 and the DR of another site's vol1: the
+    volume's status shows its own block; the replica is under /replication/replicas."""
+    from recorded_states import recorded
+    snap = daemons.load("healthy")
+    snap["receiver"] = recorded("dr_promoted")["receiver"]
+    write_site(tmp_path / "replication")
+    sh = make_shell()
+    assert sh.run(f"{VOL} status") == (
+        "vol1 role:primary peer:dr (192.0.2.2:7700)\n"
+        "  link:connected replication:replicating journal:2% in-sync\n")
+
+
 def test_ls_of_a_saved_volume_whose_transmitter_does_not_answer(make_shell, daemons,
                                                                 tmp_path):
     write_site(tmp_path / "replication")
