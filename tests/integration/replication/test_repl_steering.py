@@ -55,6 +55,7 @@ def test_pause_holds_records_both_sides_say_why_and_resume_converges(pair):
                   and v["primary_report"]["head_seq"] >= 60 and v, 20,
                   "the primary's report to reach the DR")
     assert rx["in_sync"] is False and "not applied here" in rx["behind_reason"], rx
+    assert rx["name"] == "vol-a", rx        # the HELLO's name
     time.sleep(1.0)     # held, not merely slow: nothing reaches the DR while paused
     assert rx_volume(pair, site)["durable_seq"] == 0, rx_volume(pair, site)
     assert status(site.control)["records_sent"] == 0
@@ -149,8 +150,19 @@ def test_resync_reships_the_whole_volume(pair):
             f.write(b"\xee" * 512)
     assert read(remote) != read(site.mirror)
     before = status(site.control)["resync"]
+    # Asked for while paused: marked at once, shipped only after resume.
+    tx_call(site, "pause")
     result = tx_call(site, "resync")
-    assert result["dirty_bytes"] == 2048 * 512 and result["shipped"] == "now", result
+    assert result["dirty_bytes"] == 2048 * 512, result
+    assert result["shipped"] == "once connected and not paused", result
+    st = wait_for(lambda: (s := status(site.control))["dirty_bytes"] == 2048 * 512 and s, 10,
+                  "the transmitter to see every chunk dirty")
+    assert "paused by the admin" in st["resync_blocked"], st
+    assert "paused by the admin" in st["behind_reason"] and not st["in_sync"], st
+    time.sleep(1.0)
+    assert status(site.control)["resync"]["total_bytes"] == before["total_bytes"]
+    assert rx_volume(pair, site)["state"] == "consistent", "a paused resync began"
+    tx_call(site, "resume")
     wait_for(lambda: (r := status(site.control)["resync"])["completed"] > before["completed"]
              and r["state"] == "idle", 30, "the full resync to complete")
     converge(pair, site)
