@@ -173,8 +173,12 @@ def create(state_dir: Path, hello: Hello, journal_size: int) -> ProvisionedSpec:
     spec = ProvisionedSpec(hello.volume_uuid, hello.size_bytes, hello.block_size,
                            hello.identity, hello.name, journal_size, time.time())
     path = spec_path(state_dir, hello.volume_uuid)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, spec.to_json())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, spec.to_json())
+    except BaseException:
+        discard_new(state_dir, hello.volume_uuid)      # it held nothing before (checked)
+        raise
     return spec
 
 

@@ -173,12 +173,16 @@ class Receiver(ReceiverAdmin):
                   binding=None, receiver_identity=self.cfg.identity,
                   heartbeat_s=self.cfg.heartbeat_s)
             state_dir = self.cfg.state_dir
-            spec = await asyncio.to_thread(provisioned.create, state_dir, hello,
-                                           self.cfg.provision_journal_size)
+            created = False
             try:
+                spec = await asyncio.to_thread(provisioned.create, state_dir, hello,
+                                               self.cfg.provision_journal_size)
+                created = True
                 replica = await asyncio.to_thread(Replica, spec.replica_config(state_dir))
             except (OSError, ReplicaError, JournalError) as err:
-                await asyncio.to_thread(provisioned.discard_new, state_dir, hello.volume_uuid)
+                if created:
+                    await asyncio.to_thread(provisioned.discard_new, state_dir,
+                                            hello.volume_uuid)
                 if isinstance(err, OSError) and err.errno == errno.ENOSPC:
                     raise Refused("no-space", f"creating the replica of {geometry} in "
                                               f"{state_dir} failed: {err.strerror}: free space "
@@ -248,9 +252,9 @@ class Receiver(ReceiverAdmin):
         try:
             if slot is None:
                 slot = await self._offered(hello, cert_names)
-            self._admit(hello, cert_names, slot)
-            if slot.busy is not None:
+            if slot.busy is not None:       # (its replica is closed meanwhile)
                 raise slot.busy_refusal()
+            self._admit(hello, cert_names, slot)
         except Refused as err:
             await self._refuse(link, peer, hello, err, self.slots.get(hello.volume_uuid))
             return
