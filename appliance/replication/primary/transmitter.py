@@ -170,9 +170,8 @@ class Transmitter:
                                "and needs shipping paused (pause, then discard; resume ships "
                                "their regions by a resync); nothing changed")
         files = self._files_or_refuse("discard")
-        if self.session is not None:
-            self.session.end("discard")     # the journal's acknowledged seq to ourselves
-        async with self._exclusive:
+        await self._end_sessions_and_hold("discard")
+        try:
             if not self.shared.paused:
                 raise CommandError("shipping was resumed meanwhile: pause first; nothing "
                                    "changed")
@@ -188,9 +187,23 @@ class Transmitter:
             except UNREADABLE as err:
                 raise CommandError(f"discard failed before the records were dropped: "
                                    f"{type(err).__name__}: {err}; they stay queued") from err
+        finally:
+            self._exclusive.release()
         await self._look_at_volume()
         return {**result, "needs_resync": self.shared.discard is not None,
                 "dirty_bytes": self.view.dirty_bytes}
+
+    async def _end_sessions_and_hold(self, why: str) -> None:
+        """Take the journal for ourselves: end the session (also one that connects while we
+        wait) until the lock is ours. The caller releases it."""
+        while True:
+            if self.session is not None:
+                self.session.end(why)
+            try:
+                await asyncio.wait_for(self._exclusive.acquire(), 0.2)
+                return
+            except TimeoutError:
+                continue
 
     def _discard(self, reader: JournalReader, requests: BitmapRequests,
                  files: VolumeFiles) -> dict:
