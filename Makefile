@@ -35,9 +35,12 @@ test-integration: venv system-packages
 test-vm: venv system-packages
 	$(BIN)/python -m pytest tests/vm
 
-# Main job: the appliance pair with a replicated disk (installs, builds the image, boots VMs).
+# Main job: the appliance pair with a replicated disk and an application host, configured
+# through targetcli (installs, builds the image, boots VMs). `make demo DEMO_ARGS=--check`
+# verifies it end to end (byte-for-byte DR copy, promoted copy mounted) and powers off.
+DEMO_ARGS ?=
 demo: venv system-packages
-	$(BIN)/python -m vmlab.demo
+	$(BIN)/python -m vmlab.demo $(DEMO_ARGS)
 
 # Appliance image alone (cached under /var/cache/dr-appliance; see image/README.md).
 image: venv system-packages
