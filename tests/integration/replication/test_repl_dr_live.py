@@ -137,6 +137,42 @@ def test_no_space_is_refused_with_the_numbers_and_nothing_is_created(pair):
     assert tx.running()
 
 
+@pytest.fixture
+def small_fs(tmp_path):
+    """An 8 MiB tmpfs (root only), unmounted afterwards."""
+    mnt = tmp_path / "small-fs"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def test_on_a_small_file_system_what_does_not_fit_is_refused_and_what_fits_converges(
+        pair, small_fs):
+    """state_dir on an 8 MiB file system, 2 MiB journals: a 16 MiB volume is refused with the
+    free space the file system really has, a 2 MiB one beside it is provisioned."""
+    pair.rx_state = small_fs / "replicas"
+    start_rx(pair, [], provision=True, journal=2 << 20)
+    big, small = pair.site("site-a", blocks=32768), pair.site("site-c", blocks=4096)
+    write_all(pair, big, 50)
+    write_all(pair, small, 200)
+    pair.transmitter(big).start()
+    error = link_state(big, "refused:no-space")["link"]["last_error"]
+    assert "needs 19 MiB (mirror 16 MiB + journal 2 MiB + 1 MiB for its state), 8 MiB " in error
+    assert f"free in {pair.rx_state}: free space or provision a replica on a block " \
+           f"device" in error, error
+    pair.transmitter(small).start()
+    converge(pair, small)
+    assert sorted(p.name for p in pair.rx_state.iterdir()) == [str(small.uuid)]
+    assert [o["code"] for o in pair.rx_status()["refused_offers"]] == ["no-space"]
+    print("refused:", error)
+
+
 def test_reload_adds_and_removes_a_volume_while_the_other_session_stays_up(pair):
     a, c = pair.site("site-a", blocks=2048), pair.site("site-c", blocks=2048)
     rx = start_rx(pair, [a])
