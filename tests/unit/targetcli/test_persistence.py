@@ -12,7 +12,14 @@ import tomllib
 from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
-from conftest import FakeCalls, FakeRTSRoot, FakeUnits, mirror_backstore, shell_config, unreachable
+from shell_fakes import (
+    FakeCalls,
+    FakeRTSRoot,
+    FakeUnits,
+    mirror_backstore,
+    shell_config,
+    unreachable,
+)
 
 from appliance.replication.config import receiver_config, transmitter_config
 from targetcli_ext import restore

@@ -13,7 +13,7 @@ import tomllib
 
 import pytest
 from configshell_fb import ExecutionError
-from conftest import mirror_backstore
+from shell_fakes import mirror_backstore
 
 from appliance.replication.config import transmitter_config
 from appliance.volume.identity import mirror_volume_uuid
@@ -109,7 +109,7 @@ def test_a_4k_backstore_gives_its_block_size(sh, lio, tmp_path):
                               "string 'mirror/journal=/j' does not parse: missing 'mirror="),
 ])
 def test_bad_input_is_refused_naming_what_to_fix_and_nothing_changes(sh, lio, args, message):
-    from conftest import FakeStorageObject, unreachable
+    from shell_fakes import FakeStorageObject, unreachable
     sh.run("/replication/volumes create backstore=vol1 peer=dr")
     sh.ctx.fetch = unreachable
     sh.run("/replication/peers create name=later address=192.0.2.9:7700 fingerprint=SHA256:"
