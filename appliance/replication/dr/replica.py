@@ -337,7 +337,11 @@ class Replica(ReplicaResync):
         skipped on the mirror."""
         with self._apply_lock:
             self._drain()
-            if (self._unsynced_bytes >= self.cfg.mirror_sync_bytes or
+            # A resync's consistent point just applied: sync now, since the image is only
+            # declared consistent after a sync, and an idle link may bring no further batch.
+            reached = (self.inconsistent_since is not None and self.consistent_at is not None
+                       and self.counters.applied_seq >= self.consistent_at)
+            if (reached or self._unsynced_bytes >= self.cfg.mirror_sync_bytes or
                     time.monotonic() - self._last_mirror_sync >= self.cfg.mirror_sync_interval_s):
                 self.sync_mirror()
 

@@ -249,3 +249,22 @@ def test_the_replica_shrinks_with_its_primary_after_applying_what_it_holds(tmp_p
     r = Replica(c)
     assert r.size_bytes == BLOCKS * 256
     r.close()
+
+
+def test_reaching_the_resync_consistent_point_is_declared_without_waiting_for_more_records(
+        tmp_path):
+    """The records up to RESYNC_END's seq arrive after it and the link then goes idle: the
+    apply that reaches that seq declares the image consistent (the periodic mirror sync is an
+    hour away here and no further batch comes)."""
+    r = Replica(cfg(tmp_path))
+    r.bind(HELLO, 40, full_copy=True)
+    r.begin_resync()
+    r.write_region(4096, b"\x05" * 512)
+    r.end_resync(42)
+    r.commit([rec(41, 0, 1)])
+    r.apply_pending()
+    assert r.binding().inconsistent, "seq 42 is not applied yet"
+    r.commit([rec(42, 0, 2)])
+    r.apply_pending()
+    assert r.binding().inconsistent is False
+    r.close()
