@@ -27,8 +27,8 @@ from pathlib import Path
 
 from appliance.config_file import ConfigError
 from appliance.replication.config import receiver_config, transmitter_config
+from appliance.statefile import write_text_atomic
 from targetcli_ext.backstores import MirrorBackstore
-from targetcli_ext.files import write_text_atomic
 from targetcli_ext.identity import CERT_FILE, KEY_FILE
 from targetcli_ext.model import ModelError, Site, Volume
 

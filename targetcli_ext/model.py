@@ -36,7 +36,7 @@ from pathlib import Path
 
 from appliance.config_file import ConfigError
 from appliance.replication.config import transmitter_config
-from targetcli_ext.files import write_text_atomic
+from appliance.statefile import write_text_atomic
 
 DEFAULT_STATE_DIR = Path("/var/lib/appliance/replication")
 SITE_FILE = "site.json"

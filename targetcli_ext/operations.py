@@ -21,6 +21,7 @@ from configshell_fb import ExecutionError
 
 from appliance.replication.pairing import CertificateFetchError, fetch_certificate
 from appliance.replication.tls import fingerprint
+from appliance.statefile import remove_durably, write_text_atomic
 from targetcli_ext import daemon_config as dc
 from targetcli_ext.backstores import (
     MirrorBackstore,
@@ -29,7 +30,6 @@ from targetcli_ext.backstores import (
     mirror_backstores,
     rtslib_storage_objects,
 )
-from targetcli_ext.files import remove_durably, write_text_atomic
 from targetcli_ext.identity import ensure_certificate
 from targetcli_ext.model import (
     ModelError,

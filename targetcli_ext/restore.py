@@ -34,9 +34,9 @@ from pathlib import Path
 
 from appliance import __version__
 from appliance.replication.tls import fingerprint
+from appliance.statefile import remove_durably, write_text_atomic
 from targetcli_ext import daemon_config as dc
 from targetcli_ext.config import SAVED_FILE, ShellConfig
-from targetcli_ext.files import remove_durably, write_text_atomic
 from targetcli_ext.model import ModelError, Site, site_from_json
 from targetcli_ext.operations import Notes
 from targetcli_ext.units import UnitError, transmitter_unit
