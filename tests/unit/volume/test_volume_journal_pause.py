@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from test_volume_crash import MAX_BLOCKS, NUM_BLOCKS, Driver
-from volume_harness import BS, Peer, Rig, block_data, read_all
+from volume_harness import BS, Peer, PowerCut, Rig, arm, block_data, read_all
 
 from appliance.journal import OpKind, WriteOp
 from appliance.volume import (
@@ -201,26 +201,6 @@ def test_a_version_2_bitmap_is_opened_and_rewritten_as_version_3():
 
 
 # -- power cuts ------------------------------------------------------------------------
-
-class PowerCut(Exception):
-    """Raised in place of the n-th write or sync: the power goes before it happens."""
-
-
-def arm(m: SimMachine, after: int) -> list[int]:
-    """Cut the power at the `after`-th write/sync from now (counted, also when not reached)."""
-    seen = [0]
-    take = m._take_fault
-
-    def counting(name: str, op: str) -> None:
-        if op != "read":
-            seen[0] += 1
-            if seen[0] == after:
-                raise PowerCut(f"power cut before {op} #{after} on {name}")
-        take(name, op)
-
-    m._take_fault = counting
-    return seen
-
 
 def prepared(policy: FlushPolicy, paused: bool) -> Driver:
     """A volume with history: flushed and cached writes, some shipped; paused if asked,

@@ -7,7 +7,7 @@ import random
 import uuid
 
 import pytest
-from volume_harness import BS, Peer, Rig, block_data, read_all
+from volume_harness import BS, Peer, PowerCut, Rig, arm, block_data, read_all
 
 from appliance.journal import InvalidRequest, JournalMismatch, OpKind, WriteOp
 from appliance.journal.header import load_superblock, read_header
@@ -105,26 +105,6 @@ def test_a_fixed_size_mirror_too_small_to_grow_is_refused_untouched():
 # -- power cuts ------------------------------------------------------------------------
 
 OLD, NEW_BIG, NEW_SMALL = 256, 640, 96
-
-
-class PowerCut(Exception):
-    """Raised in place of the n-th write or sync: the power goes before it happens."""
-
-
-def arm(m: SimMachine, after: int) -> list[int]:
-    """Cut the power at the `after`-th write/sync from now (counted, also when not reached)."""
-    seen = [0]
-    take = m._take_fault
-
-    def counting(name: str, op: str) -> None:
-        if op != "read":
-            seen[0] += 1
-            if seen[0] == after:
-                raise PowerCut(f"power cut before {op} #{after} on {name}")
-        take(name, op)
-
-    m._take_fault = counting
-    return seen
 
 
 def recorded_blocks(m: SimMachine, vol_uuid: uuid.UUID) -> int:

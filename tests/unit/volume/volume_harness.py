@@ -188,3 +188,23 @@ class Peer:
             image[off:off + length] = mirror[off:off + length]
         src.close()
         return bytes(image)
+
+
+class PowerCut(Exception):
+    """Raised in place of the n-th write or sync: the power goes before it happens."""
+
+
+def arm(m: SimMachine, after: int) -> list[int]:
+    """Cut the power at the `after`-th write/sync from now (counted, also when not reached)."""
+    seen = [0]
+    take = m._take_fault
+
+    def counting(name: str, op: str) -> None:
+        if op != "read":
+            seen[0] += 1
+            if seen[0] == after:
+                raise PowerCut(f"power cut before {op} #{after} on {name}")
+        take(name, op)
+
+    m._take_fault = counting
+    return seen
