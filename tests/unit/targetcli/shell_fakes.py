@@ -55,6 +55,7 @@ if not hasattr(inspect, "getargspec"):
 
 import targetcli.ui_backstore
 import targetcli.ui_root
+from configshell_fb import ExecutionError
 from recorded_states import recorded
 from rtslib_fb import RTSLibError
 
@@ -298,3 +299,25 @@ def shell_config(tmp_path: Path) -> ShellConfig:
 @pytest.fixture
 def sh(make_shell) -> Shell:
     return make_shell()
+
+
+class FakeDaemons:
+    """The daemons' control sockets, as ``ctx.call(socket, cmd, **args)`` reaches them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict]] = []
+        self.answers: dict[str, object] = {}
+
+    def __call__(self, socket, cmd: str, **args):
+        self.calls.append((Path(socket).name, cmd, args))
+        answer = self.answers.get(cmd, {})
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def refuse(self, cmd: str, reason: str) -> None:
+        self.answers[cmd] = ExecutionError(reason)
+
+    def not_running(self, cmd: str, socket: str) -> None:
+        self.answers[cmd] = ExecutionError(f"cannot talk to control socket /run/appliance/"
+                                           f"{socket}: [Errno 2] No such file or directory")

@@ -6,28 +6,15 @@ printed (docs/failover.md)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from configshell_fb import ExecutionError
 from recorded_states import recorded
+from shell_fakes import FakeDaemons
 
 from targetcli_ext.replica_nodes import UIReplicas, promote_text
 
 UUID = "6f1c2a52-8d1e-5b7a-9c3e-2f4b1d0e7a91"
-
-
-class FakeReceiver:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, dict]] = []
-        self.answers: dict[str, object] = {}
-
-    def __call__(self, socket, cmd: str, **args):
-        self.calls.append((Path(socket).name, cmd, args))
-        answer = self.answers.get(cmd, {})
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
 
 @pytest.fixture
@@ -37,7 +24,7 @@ def dr(make_shell, daemons):
         if name is not None:
             snap["receiver"]["volumes"][UUID]["name"] = name
         sh = make_shell()
-        sh.fake = FakeReceiver()
+        sh.fake = FakeDaemons()
         sh.ctx.call = sh.fake
         replication = sh.root.get_node("/replication")
         if "replicas" not in {c.name for c in replication.children}:

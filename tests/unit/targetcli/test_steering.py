@@ -14,31 +14,10 @@ from pathlib import Path
 
 import pytest
 from configshell_fb import ExecutionError
+from shell_fakes import FakeDaemons
 
 FP = "SHA256:" + ":".join(["5E"] * 32)
 MIB = 1 << 20
-
-
-class FakeDaemons:
-    """The daemons' control sockets, as ``ctx.call(socket, cmd, **args)`` reaches them."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, dict]] = []
-        self.answers: dict[str, object] = {}
-
-    def __call__(self, socket, cmd: str, **args):
-        self.calls.append((Path(socket).name, cmd, args))
-        answer = self.answers.get(cmd, {})
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def refuse(self, cmd: str, reason: str) -> None:
-        self.answers[cmd] = ExecutionError(reason)
-
-    def not_running(self, cmd: str, socket: str) -> None:
-        self.answers[cmd] = ExecutionError(f"cannot talk to control socket /run/appliance/"
-                                           f"{socket}: [Errno 2] No such file or directory")
 
 
 def write_site(state_dir: Path, **settings) -> None:
