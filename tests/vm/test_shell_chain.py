@@ -230,6 +230,9 @@ def test_journal_pause_and_resume(chain):
     assert '"journal_paused": true' in json.dumps(handler), json.dumps(handler)[:3000]
     demo.write_files(host, "journal-paused", 4)
     chain.files_written += 4
+    text = rp.shell_status(primary)
+    say(f"primary while journaling is paused:\n{text}")
+    assert "journal:paused" in text, text
     demo.shell(primary, [f"{node} resume what=journal"], say)
     done = demo.converge(chain, say)
     say(f"journal resumed: the dirty regions resynced, converged in {done.seconds:.0f} s")
