@@ -239,6 +239,10 @@ class TxSession:
                     await asyncio.wait_for(self._acked.wait(), self.heartbeat_s)
                 await self._heartbeat_if_due()
                 continue
+            if self.next_seq <= self.peer_durable:
+                # A RESEND rewound us, then an ACK crossing it showed the peer holds these
+                # already: the journal may have reclaimed them since (RecordsGone).
+                self.next_seq = self.peer_durable + 1
             seq = self.next_seq
             try:
                 counters.head_seq, batch = await run_blocking(
@@ -246,6 +250,8 @@ class TxSession:
                     batch_limit(shared.pacing.batch_bytes(self.cfg.batch_bytes),
                                 self.ack_rate.rate()))
             except RecordsGone as err:
+                if seq <= self.peer_durable:
+                    continue        # acknowledged while we read: nothing lost, go on after it
                 raise PeerRefused(f"journal no longer holds seq {seq}: a resync is "
                                   f"needed ({err})") from err
             if seq != self.next_seq:

@@ -3,7 +3,9 @@
 It reads the journal with a ``JournalReader`` (its own process; it never touches host I/O),
 starting at the acknowledged seq persisted in the journal, sends batches with a bounded window
 of unacknowledged bytes, and calls ``reader.acknowledge`` only for seqs the receiver reported
-durable. Any failure (refusal, dead link, bad frame, peer restart) drops the link and
+durable (or that the admin's ``discard`` dropped after marking their regions dirty). Its
+control socket also takes the admin's steering: pause, resume, set, resync, discard, verify
+(docs/protocol.md, "Steering the transmitter"). Any failure (refusal, dead link, bad frame, peer restart) drops the link and
 reconnects with jittered exponential backoff; the next session starts again from the persisted
 acknowledged seq, and the receiver ignores what it already holds, so resends are harmless.
 """
