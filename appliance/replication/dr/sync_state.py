@@ -22,10 +22,11 @@ class PrimaryReport:
     head_seq: int               # newest seq durable in the primary's journal
     volume_state: str           # journaling | logging-to-bitmap | unknown
     dirty_bytes: int            # bytes of dirty regions not at the peer yet
-    lag_bytes: int              # journal bytes not acknowledged + dirty bytes
+    lag_bytes: int | None       # journal bytes not acknowledged + dirty bytes (None: unknown)
     logging_since: float | None
     recovery_point_age_s: float | None
     received_at: float          # time.monotonic() on arrival
+    behind_reason: str | None = None    # the primary's own words for why the DR is behind
 
     @classmethod
     def from_dict(cls, d: object, received_at: float) -> PrimaryReport:
@@ -40,20 +41,27 @@ class PrimaryReport:
                 raise BadReport(f"PRIMARY_STATE field {key!r} is {value!r}")
             return value
 
+        def text(key: str) -> str | None:
+            value = d.get(key)
+            if value is not None and not isinstance(value, str):
+                raise BadReport(f"PRIMARY_STATE field {key!r} is {value!r}")
+            return value
+
         state = d.get("volume_state")
         if not isinstance(state, str):
             raise BadReport(f"PRIMARY_STATE field 'volume_state' is {state!r}")
         return cls(head_seq=number("head_seq", int), volume_state=state,
-                   dirty_bytes=number("dirty_bytes", int), lag_bytes=number("lag_bytes", int),
+                   dirty_bytes=number("dirty_bytes", int), lag_bytes=number("lag_bytes", int, True),
                    logging_since=number("logging_since", (int, float), True),
                    recovery_point_age_s=number("recovery_point_age_s", (int, float), True),
-                   received_at=received_at)
+                   received_at=received_at, behind_reason=text("behind_reason"))
 
     def as_dict(self) -> dict:
         return {"head_seq": self.head_seq, "volume_state": self.volume_state,
                 "dirty_bytes": self.dirty_bytes, "lag_bytes": self.lag_bytes,
                 "logging_since": self.logging_since,
                 "recovery_point_age_s": self.recovery_point_age_s,
+                "behind_reason": self.behind_reason,
                 "age_s": round(time.monotonic() - self.received_at, 3)}
 
 
@@ -89,6 +97,8 @@ def dr_sync_status(replica: dict, link_state: str, link_since: float,
                   f"({report.volume_state}) not shipped here yet")
     elif lag_records > 0:
         reason = f"{lag_records} records the primary holds are not applied here yet"
+    if reason is not None and fresh and report is not None and report.behind_reason:
+        reason += f" (the primary says: {report.behind_reason})"
     return {"in_sync": reason is None, "behind_reason": reason, "lag_records": lag_records,
             "lag_bytes": 0 if reason is None else lag_bytes,
             "primary_report": report.as_dict() if report is not None else None}

@@ -122,3 +122,19 @@ def test_the_watch_reports_files_it_cannot_read_yet_instead_of_failing(tmp_path)
     view = watch.poll(0, files, 1 << 20)
     assert view.volume_state == "unknown" and "no valid header" in view.error
     watch.close()
+
+
+def test_a_report_with_unknown_lag_bytes_is_taken_and_the_primarys_reason_is_passed_on():
+    """A primary whose journal cannot be read yet sends lag_bytes null (unknown): taken, not
+    a broken link; the DR then says behind in the primary's own words too."""
+    rep = PrimaryReport.from_dict({"head_seq": 140, "volume_state": "journaling",
+                                   "dirty_bytes": 0, "lag_bytes": None,
+                                   "behind_reason": "shipping is paused by the admin"},
+                                  time.monotonic())
+    got = verdict(rep=rep)
+    assert got["in_sync"] is False and got["lag_bytes"] is None
+    assert "40 records" in got["behind_reason"]
+    assert "the primary says: shipping is paused by the admin" in got["behind_reason"]
+    with pytest.raises(BadReport):
+        PrimaryReport.from_dict({"head_seq": 1, "volume_state": "journaling", "dirty_bytes": 0,
+                                 "lag_bytes": 0, "behind_reason": 7}, 0.0)
