@@ -203,7 +203,9 @@ class ResyncDriver:
             resume = False
         while True:
             snap = await run_blocking(self.source.snapshot)
-            if snap.runs:
+            # Not while the admin paused journaling: a resync makes the DR inconsistent until
+            # it ends, and it cannot end while writes go on to the bitmap; resume starts it.
+            if snap.runs and not snap.journal_paused:
                 await self.control.shipping_allowed()   # not while the admin paused it
                 await self.resync(await run_blocking(self.source.snapshot), resume=resume)
                 resume = False

@@ -98,6 +98,9 @@ def resync_blocked(shared: TxShared, view: VolumeView, *, connected: bool) -> st
         return f"the peer refuses this volume ({link.state}): {link.last_error}"
     if shared.paused:
         return "shipping is paused by the admin (resume ships the dirty regions)"
+    if view.journal_paused and not shared.peer_needs_resync:
+        return ("journaling is paused by the admin: the DR keeps its consistent image until "
+                "'resume what=journal' (then the dirty regions are shipped)")
     if not connected:
         last = f"; last error: {link.last_error}" if link.last_error else ""
         return f"waiting for the link to the peer (state {link.state}{last})"

@@ -71,6 +71,7 @@ class VolumeView:
     head_seq: int = 0                       # newest seq the writer published as durable
     backlog_bytes: int = 0                  # journal bytes from the acked seq to that head
     error: str | None = None                # why the files could not be read
+    journal_paused: bool = False            # the admin paused journaling (docs/volume.md)
 
 
 class VolumeWatch:
@@ -105,7 +106,7 @@ class VolumeWatch:
             volume_state=LOGGING_TO_BITMAP if snap.logging else JOURNALING,
             dirty_bytes=max(0, dirty),
             logging_since=snap.logging_since_ns / 1e9 if snap.logging_since_ns else None,
-            head_seq=head, backlog_bytes=backlog)
+            head_seq=head, backlog_bytes=backlog, journal_paused=snap.journal_paused)
 
     def _journal_reader(self) -> JournalReader:
         if self._reader is None:

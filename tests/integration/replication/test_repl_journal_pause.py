@@ -1,6 +1,7 @@
 """The admin's pause of journaling with the real transmitter and receiver: while paused the
-writes reach the DR only through the bitmap resync, which never switches the volume back to
-journaling; after resume the volume journals again and the DR converges byte for byte."""
+writes go to the mirror and the bitmap, no resync runs (the DR keeps its consistent image and
+says it is behind); after resume the dirty regions are resynced, the volume journals again
+and the DR converges byte for byte."""
 
 from __future__ import annotations
 
@@ -43,31 +44,34 @@ def test_paused_journal_is_resynced_but_stays_paused_until_resume_then_converges
         assert st["journal"]["next_seq"] == head, "a paused journal took records"
         assert st["state"] == LOGGING_TO_BITMAP and st["journal_paused"]
 
-        # The transmitter resyncs the dirty regions and clears them; then it waits for the
-        # writer, which must stay paused (the admin's pause wins over the clear protocol).
-        wait_for(lambda: vol.status()["dirty_chunks"] == 0
-                 and status(site.control)["resync"]["state"] == "waiting-for-writer",
-                 60, "the resync to ship the paused writes and wait for the writer")
+        # No resync while paused: it would leave the DR inconsistent for the whole pause.
+        # The DR keeps its consistent image and says it is behind; the transmitter says why.
+        wait_for(lambda: (s := status(site.control))["dirty_bytes"] > 0
+                 and "journaling is paused" in (s["resync_blocked"] or ""),
+                 30, "the transmitter to say the paused writes wait for resume")
         vol.service()
         st = vol.status()
         assert st["state"] == LOGGING_TO_BITMAP and st["journal_paused"], st
         assert st["logging_reason"] == "paused by admin"
-        assert rx_volume()["state"] == "inconsistent"      # a resync window, reported
+        assert st["dirty_chunks"] > 0, "a resync ran while journaling was paused"
+        assert status(site.control)["resync"]["state"] == "idle"
+        dr = wait_for(lambda: (v := rx_volume())["in_sync"] is False and v, 30,
+                      "the DR to say it is behind")
+        assert dr["state"] == "consistent"
 
         assert vol.resume_journal()
-        wait_for(lambda: vol.state == JOURNALING, 30, "journaling again after resume")
+
+        def journaling_again() -> bool:
+            vol.service()       # the writer answers the resync's clear request
+            return vol.state == JOURNALING
+        wait_for(journaling_again, 60, "the resync after resume, then journaling again",
+                 interval=0.1)
+        head = vol.status()["journal"]["next_seq"]
         write(30)
         assert vol.status()["journal"]["next_seq"] == head + 30, "resumed journal took no records"
-
-        def consistent_again() -> bool:
-            # The host keeps writing, as hosts do: the receiver notices that the resync's
-            # consistent point is applied only when it next syncs its mirror, which it does
-            # not do on an idle link (a receiver limit, not the pause's).
-            write(1)
-            return (rx_volume()["state"] == "consistent"
-                    and status(site.control)["resync"]["state"] == "idle")
-        wait_for(consistent_again, 60, "the resync to end and the DR to be consistent",
-                 interval=0.1)
+        wait_for(lambda: rx_volume()["state"] == "consistent"
+                 and status(site.control)["resync"]["state"] == "idle",
+                 60, "the resync to end and the DR to be consistent", interval=0.1)
         vol.flush()
         converge(pair, site)
         assert (pair.replica_dir(site.uuid) / "mirror").read_bytes()[:site.blocks * BLOCK] \
