@@ -39,8 +39,8 @@ _REFUSAL_ADVICE = {
                       "replica, or re-pair it on the DR",
     "stale-generation": "this volume is older than the DR's copy (a failover happened): see "
                         "docs/failover.md",
-    "resync-needed": "the DR lacks records this site no longer holds: on the DR run the "
-                     "'appliance-dr invalidate' the reason above names, for a full copy",
+    "resync-needed": "the DR lacks records this site no longer holds: on the DR run "
+                     "'invalidate' in /replication/replicas/<volume>, for a full copy",
     "no-space": "free space in the DR's replica directory, or make the replica on a block "
                 "device there ('/replication/replicas create' on the DR)",
 }
@@ -402,9 +402,9 @@ def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
     if r.get("behind_reason"):
         v.details.append(("why", r["behind_reason"]))
     if replica == "inconsistent":
-        v.details.append(("do", f"let the resync finish; to fail over before it does, stop "
-                                f"the receiver and run 'appliance-dr --config <receiver.toml> "
-                                f"rollback {uuid}' for the last consistent image"))
+        v.details.append(("do", f"let the resync finish; to fail over before it does, run "
+                                f"'rollback' in /replication/replicas/{v.name} for the last "
+                                f"consistent image"))
         v.health = None if state == "connected" else False
     elif state != "connected":
         v.details.append(("do", "check on the primary that its transmitter for this volume "

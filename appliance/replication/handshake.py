@@ -207,8 +207,10 @@ def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
             raise Refused("resync-needed", f"volume {spec.uuid}: receiver holds up to seq "
                                            f"{binding.last_seq} but the primary starts at "
                                            f"{hello.first_seq}; records in between are gone. "
-                                           f"Run 'appliance-dr invalidate {spec.uuid}' on the "
-                                           f"receiver to start a full copy")
+                                           f"On the DR, 'invalidate' the replica "
+                                           f"(/replication/replicas in targetcli, or "
+                                           f"'appliance-dr invalidate {spec.uuid}') to start "
+                                           f"a full copy")
         last_seq, applied = binding.last_seq, binding.applied_seq
         full_copy = binding.full_copy
     comp = next((c for c in hello.compression if c in COMPRESSIONS), None)

@@ -140,9 +140,9 @@ def promotion_refusal(volume: uuid.UUID, *, inconsistent: bool, has_journal: boo
     """Why a replica cannot be promoted, or None (the one place of these rules)."""
     if inconsistent:
         return (f"volume {volume} is inconsistent (a resync or full copy was under way): roll "
-                f"it back first (rollback: 'appliance-dr rollback {volume}' with the receiver "
-                f"stopped, or the receiver's rollback command) to restore its last consistent "
-                f"image, then promote")
+                f"it back first ('rollback' in /replication/replicas/<name> of targetcli, or "
+                f"'appliance-dr rollback {volume}' with the receiver stopped) to restore its "
+                f"last consistent image, then promote")
     if not has_journal and image_seq is None:
         return (f"volume {volume} has never held a replicated image (no journal, no image): "
                 f"nothing to promote")

@@ -68,7 +68,7 @@ vol1 role:primary peer:dr (192.0.2.2:7700)
   link:connected replica:inconsistent since 21:48:20 (resync under way) behind
     lag: 0 records, 768.0 MiB, recovery point 26m40s ago
     why: inconsistent: a resync is under way (rollback gives the last consistent image)
-    do: let the resync finish; to fail over before it does, stop the receiver and run 'appliance-dr --config <receiver.toml> rollback {UUID}' for the last consistent image
+    do: let the resync finish; to fail over before it does, run 'rollback' in /replication/replicas/{UUID} for the last consistent image
 """,
     "dr_healthy": f"""\
 {UUID} role:dr primary:site-a (192.0.2.1:51324)
