@@ -74,7 +74,9 @@ def configure(primary: Machine, dr: Machine, volume: ReplicatedVolume) -> None:
     """Write both sides' configuration to their state disks and start the services
     (they restart by themselves until the other side and the journal exist)."""
     dr.write_file(f"{STATE_DIR}/replication/receiver.toml", volume.receiver_toml().encode(), "0600")
-    dr.run(["systemctl", "start", "appliance-receiver.service"], timeout=60, check=False)
+    # restart, not start: the boot's restore step already runs a receiver on every appliance
+    # (from the shell's generated receiver.toml, no volumes), which must read this file
+    dr.run(["systemctl", "restart", "appliance-receiver.service"], timeout=60, check=False)
     primary.write_file(f"{STATE_DIR}/replication/transmitter-{volume.lun.name}.toml",
                        volume.transmitter_toml().encode(), "0600")
     primary.run(["systemctl", "start", "appliance-restore.service"], timeout=60, check=False)
@@ -208,6 +210,16 @@ def wait_for(what: str, predicate, timeout: float, interval: float = 2.0, detail
         time.sleep(interval)
 
 
+def unit_logs(machine: Machine, units: list[str], lines: int = 40) -> str:
+    """The last lines each unit logged (for a failure's message)."""
+    out = []
+    for unit in units:
+        result = machine.run(["journalctl", "--no-pager", "-o", "short-monotonic", "-n", str(lines),
+                              "-u", unit], timeout=30, check=False)
+        out.append(f"--- {machine.name}: journalctl -u {unit} (last {lines})\n{result.text.rstrip()}")
+    return "\n".join(out)
+
+
 def file_digest(machine: Machine, path: str, size: int, timeout: float = 300.0) -> str:
     """SHA-256 of the first size bytes of a file or device in the VM."""
     result = machine.run(f"head -c {size} '{path}' | sha256sum", timeout=timeout)
@@ -224,7 +236,9 @@ def wait_converged(primary: Machine, dr: Machine, *, primary_mirror: str, dr_mir
     wait_for(f"the transmitter of {volume} in sync with nothing left to ship",
              lambda: (s := daemon_status(primary, sock)) and s.get("in_sync") is True
              and not s.get("lag_records") and not s.get("lag_bytes"),
-             timeout, detail=lambda: f"its status: {shell_status(primary)}")
+             timeout, detail=lambda: f"its status: {shell_status(primary)}\n"
+             f"{unit_logs(primary, [f'appliance-transmitter@{volume}', 'appliance-handler'])}\n"
+             f"{unit_logs(dr, ['appliance-receiver'])}")
     deadline = t0 + timeout
     while True:
         here, there = file_digest(primary, primary_mirror, size), file_digest(dr, dr_mirror, size)
