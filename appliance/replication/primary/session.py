@@ -99,6 +99,8 @@ class TxSession:
         self.heartbeat_s = min(self.cfg.heartbeat_s, welcome.heartbeat_s)
         self._acked = asyncio.Event()
         self._last_sent = time.monotonic()
+        # Since when an ACK is awaited: the last ACK, or the moment something went in flight
+        # after nothing was (an idle spell is no ACK overdue).
         self._last_ack = time.monotonic()
         self._next_size_check = time.monotonic() + SIZE_CHECK_S
         self.welcome = welcome
@@ -209,7 +211,7 @@ class TxSession:
                 self._last_sent = time.monotonic()
                 self.highest_sent = max(self.highest_sent, last)
                 counters.sent_seq = max(counters.sent_seq, last)
-                self.shared.inflight.add(last, 0, now)
+                self._in_flight(last, 0, now)
             deadline = time.monotonic() + 3 * self.cfg.dead_after_s
             while self.peer_durable < discard.to_seq and time.monotonic() < deadline:
                 self._acked.clear()
@@ -270,7 +272,7 @@ class TxSession:
             if seq == self.next_seq:
                 # (Unless a RESEND rewound us while the frame went out: then the rewind
                 # stands, and this batch goes again with the rest.)
-                shared.inflight.add(batch.last_seq, batch.nbytes, batch.first_ts)
+                self._in_flight(batch.last_seq, batch.nbytes, batch.first_ts)
                 self.next_seq = batch.last_seq + 1
             counters.sent_seq = max(counters.sent_seq, batch.last_seq)
             counters.records_sent += batch.count
@@ -278,6 +280,16 @@ class TxSession:
             counters.batches_sent += 1
             counters.wire_bytes_sent += self.link.bytes_sent - before
             shared.rate.add(batch.nbytes)
+
+    def _in_flight(self, last_seq: int, nbytes: int, first_ts: int) -> None:
+        """A batch up to ``last_seq`` went out: it is in flight until an ACK covers it. Not if
+        an ACK already did (it crossed a resend: the peer holds these from the first copy and
+        does not acknowledge a batch of duplicates), or the window would never empty."""
+        if last_seq <= self.peer_durable:
+            return
+        if not self.shared.inflight:
+            self._last_ack = time.monotonic()     # the ACK is awaited from now on
+        self.shared.inflight.add(last_seq, nbytes, first_ts)
 
     def _read_batch(self, seq: int, max_bytes: int) -> tuple[int, _OutBatch | None]:
         """In a worker thread (one hop per batch, off the event loop): the journal head, and
