@@ -176,14 +176,19 @@ def test_discard_is_refused_unless_paused_frees_the_journal_and_never_loses_a_wr
     site = pair.site("site-a", extra='name = "vol-a"\n')
     pair.serve(site)
     w = pair.writer(site, 50, linger=True).start()
+    # The writer's 50 ops first: two zero-filled mirrors would "converge" at once.
+    wait_for(lambda: len(read_log(site.log)) >= 50 and writer_state(w) == "journaling", 20,
+             "the writer")
     pair.transmitter(site).start()
     converge(pair, site)
-    wait_for(lambda: writer_state(w) == "journaling", 20, "the writer")
     w.stop()
+    before = status(site.control)
     with pytest.raises(ControlError, match="pause first") as err:
         tx_call(site, "discard")
     assert "nothing changed" in str(err.value)
-    assert status(site.control)["link"]["state"] == "replicating"
+    after = status(site.control)
+    assert (after["paused"], after["needs_resync"], after["acked_seq"]) == \
+        (False, False, before["acked_seq"]), after
 
     # Queue records the peer does not get.
     tx_call(site, "pause")
