@@ -17,13 +17,8 @@ from targetcli_ext.identity import ensure_certificate
 from targetcli_ext.model import ModelError, Peer
 from targetcli_ext.operations import Notes
 from targetcli_ext.replica_nodes import UIReplicas
+from targetcli_ext.steering import complete
 from targetcli_ext.volume_node import UIVolume
-
-
-def _complete(candidates: list[str], text: str) -> list[str]:
-    """configshell's convention: a single match gets a trailing space."""
-    found = [c for c in candidates if c.startswith(text)]
-    return [found[0] + " "] if len(found) == 1 else found
 
 
 def _changed(node, what, *args):
@@ -189,9 +184,9 @@ class UIPeers(UINode):
 
     def ui_complete_create(self, parameters, text, current_param):
         if current_param == "fingerprint":
-            return _complete(["SHA256:"], text)
+            return complete(["SHA256:"], text)
         if current_param == "address":
-            return _complete([f"{text}:7700"] if text and ":" not in text else [], text)
+            return complete([f"{text}:7700"] if text and ":" not in text else [], text)
         return []
 
     def ui_command_delete(self, name):
@@ -212,7 +207,7 @@ class UIPeers(UINode):
     def ui_complete_delete(self, parameters, text, current_param):
         if current_param != "name":
             return []
-        return _complete(sorted(child.name for child in self.children), text)
+        return complete(sorted(child.name for child in self.children), text)
 
 
 class UIPeer(UINode):
@@ -317,13 +312,13 @@ class UIVolumes(UINode):
 
     def ui_complete_create(self, parameters, text, current_param):
         if current_param == "backstore":
-            return _complete(self.ctx.replicable_backstores(), text)
+            return complete(self.ctx.replicable_backstores(), text)
         if current_param == "peer":
             try:
                 peers = sorted(self.ctx.store.load().peers)
             except ModelError:
                 return []
-            return _complete(peers, text)
+            return complete(peers, text)
         return []
 
     def ui_command_delete(self, name):
@@ -347,6 +342,6 @@ class UIVolumes(UINode):
         if current_param != "name":
             return []
         try:
-            return _complete(sorted(self.ctx.store.load().volumes), text)
+            return complete(sorted(self.ctx.store.load().volumes), text)
         except ModelError:
             return []
