@@ -1,6 +1,6 @@
 """What the /replication nodes share: the site store, the daemons' status and the clock, the
 daemons' units and control sockets, and the operations that change the site
-(``targetcli_ext/operations.py``).
+(``targetcli_ext/operations.py``; the exporter's: ``targetcli_ext/monitoring.py``).
 
 Everything that reaches outside the process is injectable for the unit tests: ``units`` (a
 ``Units`` with its ``systemctl`` runner), ``caller`` (a daemon's control socket),
@@ -27,12 +27,13 @@ from targetcli_ext import daemons, status_text
 from targetcli_ext.backstores import StorageObjects
 from targetcli_ext.config import ShellConfig
 from targetcli_ext.model import ModelError, SiteStore
+from targetcli_ext.monitoring import MonitoringOperations
 from targetcli_ext.operations import Fetcher, SiteOperations
 from targetcli_ext.status_text import VolumeView
 from targetcli_ext.units import Units
 
 
-class ReplicationContext(SiteOperations):
+class ReplicationContext(SiteOperations, MonitoringOperations):
     def __init__(self, config: ShellConfig, *,
                  collect: Callable[[], dict] | None = None,
                  clock: Callable[[], float] = time.time,

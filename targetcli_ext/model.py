@@ -1,4 +1,5 @@
-"""The site's persistent replication model: identity, listen address, peers, volumes, replicas.
+"""The site's persistent replication model: identity, listen address, peers, volumes, replicas
+and the monitoring settings (the exporter's address and port, the alert thresholds, the webhook).
 
 One small JSON file (``site.json``, 0600, replaced atomically) in a state directory passed in
 (default ``/var/lib/appliance/replication``). The shell alone writes it; the daemons never read
@@ -6,18 +7,26 @@ it: the shell renders their TOML files from it (``targetcli_ext/daemon_config.py
 change is validated first and applied as load-modify-save under a lock: input that does not
 parse is refused with a message naming what to fix, and nothing changes.
 
-Format (version 2; version 1 files, which have no volumes and replicas, still load)::
+Format (version 3; version 1 files, which have no volumes and replicas, and version 2 files,
+which have no monitoring, still load: what is missing takes its defaults)::
 
-    {"version": 2, "identity": "site-a", "listen": "0.0.0.0:7700",
+    {"version": 3, "identity": "site-a", "listen": "0.0.0.0:7700",
      "peers": {"dr": {"address": "192.0.2.2:7700", "fingerprint": "SHA256:AB:...:EF"}},
      "volumes": {"vol1": {"backstore": "vol1", "peer": "dr", "paused": false,
                           "bandwidth_limit": null, "blackout": []}},
      "replicas": {"r1": {"uuid": "...", "mirror": "/dev/vg/r1", "size_bytes": 1073741824,
-                         "block_size": 512}}}
+                         "block_size": 512}},
+     "monitoring": {"address": "127.0.0.1", "port": 9477, "interval": 2.0,
+                    "alerts": {"journal_high_water_percent": 80.0,
+                               "journal_clear_percent": 70.0,
+                               "recovery_point_age_s": 300.0, "link_down_s": 60.0},
+                    "webhook": null}}
 
 ``volumes`` are replicated from this appliance (a ``user:mirror`` backstore each, shipped to
 a peer); ``replicas`` are replicas this appliance receives into a block device its admin made
 (a replica a primary offers without one is provisioned by the receiver under its state_dir).
+``monitoring`` is what the shell renders as the exporter's ``exporter.toml`` (``webhook``: null,
+or ``{"url", "timeout_s", "queue_size"}``).
 """
 
 from __future__ import annotations
@@ -29,20 +38,35 @@ import json
 import os
 import re
 import socket
+import urllib.parse
 import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from appliance.config_file import ConfigError
+from appliance.config_file import ConfigError, field_default
+from appliance.exporter.config import (
+    MAX_INTERVAL,
+    MAX_QUEUE,
+    MAX_WEBHOOK_TIMEOUT,
+    MIN_INTERVAL,
+    AlertThresholds,
+    ExporterConfig,
+    WebhookConfig,
+)
 from appliance.replication.config import transmitter_config
 from appliance.statefile import write_text_atomic
 
 DEFAULT_STATE_DIR = Path("/var/lib/appliance/replication")
 SITE_FILE = "site.json"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 DEFAULT_LISTEN = "0.0.0.0:7700"
+# The exporter's defaults are its own (appliance/exporter/config.py): loopback unless the admin
+# names an address, never all interfaces by default (the metrics name volumes and peers).
+DEFAULT_EXPORTER_ADDRESS: str = field_default(ExporterConfig, "address")
+DEFAULT_EXPORTER_PORT: int = field_default(ExporterConfig, "port")
+DEFAULT_EXPORTER_INTERVAL: float = field_default(ExporterConfig, "interval")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -181,6 +205,131 @@ def check_settings(name: str, *, paused: bool, bandwidth_limit: float | None,
         raise ModelError(str(err)) from err
 
 
+# --- monitoring settings (the exporter's; ranges as appliance/exporter/config.py) ----------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?", re.IGNORECASE)
+_SECONDS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%?")
+_NONE = ("none", "off", "null")
+
+
+def _number(value: object) -> float | None:
+    """A number given as one (site.json), not a bool."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def parse_duration(value: object, what: str) -> float:
+    """Seconds from ``300``, ``60s``, ``5m``, ``1h``, ``500ms`` (or a number); more than 0."""
+    how = f"give seconds or a duration with s, m or h, e.g. {what}=60s or {what}=5m"
+    seconds = _number(value)
+    if seconds is None:
+        m = _DURATION.fullmatch(str(value).strip())
+        if not m:
+            raise ModelError(f"{what}={value!r} does not parse: {how}")
+        seconds = float(m.group(1)) * _SECONDS[(m.group(2) or "").lower()]
+    if seconds <= 0:
+        raise ModelError(f"{what}={value!r} must be more than 0 seconds: {how}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as the admin types it: ``5m``, ``90s``, ``1h``, ``0.5s``."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def parse_percent(value: object, what: str) -> float:
+    """A percentage from ``80``, ``80%``, ``72.5`` (or a number); its range is the caller's."""
+    number = _number(value)
+    if number is None:
+        m = _PERCENT.fullmatch(str(value).strip())
+        if not m:
+            raise ModelError(f"{what}={value!r} is not a percentage: give a number, e.g. "
+                             f"{what}=80")
+        number = float(m.group(1))
+    return number
+
+
+def parse_port(value: object, what: str = "port") -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ModelError(f"{what}={value!r} is not a port: give a number from 1 to 65535, "
+                         f"e.g. {what}={DEFAULT_EXPORTER_PORT}")
+    return int(text)
+
+
+def parse_count(value: object, what: str) -> int:
+    """A whole number (its range is the caller's)."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit():
+        raise ModelError(f"{what}={value!r} is not a whole number: give e.g. {what}=1000")
+    return int(text)
+
+
+def parse_ip(value: object, what: str = "address") -> str:
+    """An IP address (IPv6 with or without brackets), normalised. Whether this host has it is
+    checked where it is set (a bind, targetcli_ext/monitoring.py), not when site.json loads."""
+    text = str(value or "").strip()
+    try:
+        return str(ipaddress.ip_address(text.removeprefix("[").removesuffix("]")))
+    except ValueError as err:
+        raise ModelError(f"{what}={value!r} is not an IP address: give an address of this "
+                         f"appliance, e.g. its management address, or {what}=127.0.0.1 "
+                         f"(this appliance only)") from err
+
+
+def parse_webhook_url(value: object, what: str = "webhook") -> str | None:
+    """An http(s) URL with a host, or None for ``none`` (no webhook)."""
+    how = f"give http(s)://host[:port]/path, e.g. {what}=https://ops.example/hook, or {what}=none"
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.lower() in _NONE:
+        return None
+    if not text or any(c.isspace() or not c.isprintable() for c in text):
+        raise ModelError(f"{what}={value!r} does not parse (empty, or spaces or control "
+                         f"characters): {how}")
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a port that is no number or out of range
+    except ValueError as err:
+        raise ModelError(f"{what}={value!r} does not parse ({err}): {how}") from err
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ModelError(f"{what}={value!r} is not an http:// or https:// URL: {how}")
+    if not parts.hostname:
+        raise ModelError(f"{what}={value!r} has no host: {how}")
+    return text
+
+
+def check_monitoring(m: Monitoring, names: dict[str, str]) -> None:
+    """The ranges the exporter accepts (appliance/exporter/config.py), each refusal naming the
+    setting by ``names`` (the shell's parameter, or site.json's key)."""
+    a = m.alerts
+    high, clear = names["journal_high_water_percent"], names["journal_clear_percent"]
+    if not MIN_INTERVAL <= m.interval <= MAX_INTERVAL:
+        raise ModelError(f"{names['interval']}={format_duration(m.interval)} is out of range: "
+                         f"from {MIN_INTERVAL:g}s to {MAX_INTERVAL:g}s between evaluations")
+    if not 1 <= a.journal_high_water_percent <= 100:
+        raise ModelError(f"{high}={a.journal_high_water_percent:g} is out of range: give a "
+                         f"percentage from 1 to 100")
+    if not 0 <= a.journal_clear_percent <= a.journal_high_water_percent - 1:
+        raise ModelError(f"{clear}={a.journal_clear_percent:g} must be at least 1 below "
+                         f"{high} ({a.journal_high_water_percent:g}): the alert clears when "
+                         f"the journal drains below it; give 0 to "
+                         f"{a.journal_high_water_percent - 1:g}")
+    if m.webhook is not None:
+        if not m.webhook.timeout_s <= MAX_WEBHOOK_TIMEOUT:
+            raise ModelError(f"{names['timeout_s']}={format_duration(m.webhook.timeout_s)} is "
+                             f"out of range: at most {MAX_WEBHOOK_TIMEOUT:g}s")
+        if not 1 <= m.webhook.queue_size <= MAX_QUEUE:
+            raise ModelError(f"{names['queue_size']}={m.webhook.queue_size} is out of range: "
+                             f"from 1 to {MAX_QUEUE} undelivered alerts")
+
+
 # --- the model ----------------------------------------------------------------------------
 
 
@@ -271,6 +420,139 @@ def make_replica(name: str, volume_uuid: object, mirror: object, size_bytes: obj
     return Replica(name, vid, mirror, size, bs)
 
 
+# The exporter's thresholds and webhook are the exporter's own types (one set of defaults).
+Alerts = AlertThresholds
+Webhook = WebhookConfig
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """What the exporter is told (exporter.toml): where it listens, how often it evaluates the
+    alerts, their thresholds, and the webhook (None: no webhook)."""
+
+    address: str = DEFAULT_EXPORTER_ADDRESS
+    port: int = DEFAULT_EXPORTER_PORT
+    interval: float = DEFAULT_EXPORTER_INTERVAL
+    alerts: Alerts = field(default_factory=Alerts)
+    webhook: Webhook | None = None
+
+    @property
+    def listen(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+    def to_dict(self) -> dict:
+        webhook = None if self.webhook is None else {
+            "url": self.webhook.url, "timeout_s": self.webhook.timeout_s,
+            "queue_size": self.webhook.queue_size}
+        return {"address": self.address, "port": self.port, "interval": self.interval,
+                "alerts": self.alerts.as_dict(), "webhook": webhook}
+
+    @classmethod
+    def from_dict(cls, d: object) -> Monitoring:
+        """site.json's ``monitoring`` (absent: the defaults)."""
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise ModelError("'monitoring' is not an object")
+        names = {k: f"monitoring.{v}" for k, v in _JSON_NAMES.items()}
+        raw_alerts = d.get("alerts") if d.get("alerts") is not None else {}
+        if not isinstance(raw_alerts, dict):
+            raise ModelError("'monitoring.alerts' is not an object")
+        defaults = Alerts()
+        alerts = Alerts(
+            journal_high_water_percent=parse_percent(raw_alerts.get(
+                "journal_high_water_percent", defaults.journal_high_water_percent),
+                names["journal_high_water_percent"]),
+            journal_clear_percent=parse_percent(raw_alerts.get(
+                "journal_clear_percent", defaults.journal_clear_percent),
+                names["journal_clear_percent"]),
+            recovery_point_age_s=parse_duration(raw_alerts.get(
+                "recovery_point_age_s", defaults.recovery_point_age_s),
+                names["recovery_point_age_s"]),
+            link_down_s=parse_duration(raw_alerts.get("link_down_s", defaults.link_down_s),
+                                       names["link_down_s"]))
+        m = cls(address=parse_ip(d.get("address", DEFAULT_EXPORTER_ADDRESS), names["address"]),
+                port=parse_port(d.get("port", DEFAULT_EXPORTER_PORT), names["port"]),
+                interval=parse_duration(d.get("interval", DEFAULT_EXPORTER_INTERVAL),
+                                        names["interval"]),
+                alerts=alerts, webhook=_webhook_from_dict(d.get("webhook"), names))
+        check_monitoring(m, names)
+        return m
+
+
+def _webhook_from_dict(raw: object, names: dict[str, str]) -> Webhook | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ModelError("'monitoring.webhook' is neither null nor an object")
+    url = parse_webhook_url(raw.get("url"), names["url"])
+    if url is None:
+        raise ModelError(f"{names['url']} is missing: give the URL, or make "
+                         f"'monitoring.webhook' null")
+    defaults = Webhook(url)
+    return Webhook(url, parse_duration(raw.get("timeout_s", defaults.timeout_s),
+                                       names["timeout_s"]),
+                   parse_count(raw.get("queue_size", defaults.queue_size), names["queue_size"]))
+
+
+# site.json's keys and the shell's parameters (/replication/monitoring), by Monitoring field.
+_JSON_NAMES = {"address": "address", "port": "port", "interval": "interval",
+               "journal_high_water_percent": "alerts.journal_high_water_percent",
+               "journal_clear_percent": "alerts.journal_clear_percent",
+               "recovery_point_age_s": "alerts.recovery_point_age_s",
+               "link_down_s": "alerts.link_down_s", "url": "webhook.url",
+               "timeout_s": "webhook.timeout_s", "queue_size": "webhook.queue_size"}
+SHELL_NAMES = {"address": "address", "port": "port", "interval": "interval",
+               "journal_high_water_percent": "journal_high_water",
+               "journal_clear_percent": "journal_clear",
+               "recovery_point_age_s": "recovery_point_age", "link_down_s": "link_down",
+               "url": "webhook", "timeout_s": "webhook_timeout", "queue_size": "webhook_queue"}
+EXPORTER_SETTINGS = ("address", "port", "interval")
+ALERT_SETTINGS = ("journal_high_water", "journal_clear", "recovery_point_age", "link_down",
+                  "webhook", "webhook_timeout", "webhook_queue")
+
+
+def changed_monitoring(m: Monitoring, changes: dict[str, object]) -> Monitoring:
+    """``m`` with the shell's parameters (``EXPORTER_SETTINGS``, ``ALERT_SETTINGS``) parsed
+    and checked together (journal_clear against journal_high_water); ModelError naming the
+    parameter and what to give otherwise."""
+    unknown = sorted(set(changes) - set(EXPORTER_SETTINGS) - set(ALERT_SETTINGS))
+    if unknown:
+        raise ModelError(f"{', '.join(unknown)}: not a monitoring setting (exporter: "
+                         f"{', '.join(EXPORTER_SETTINGS)}; alerts: {', '.join(ALERT_SETTINGS)})")
+    new, alerts = m, m.alerts
+    if "address" in changes:
+        new = replace(new, address=parse_ip(changes["address"]))
+    if "port" in changes:
+        new = replace(new, port=parse_port(changes["port"]))
+    if "interval" in changes:
+        new = replace(new, interval=parse_duration(changes["interval"], "interval"))
+    for param, key, parse in (("journal_high_water", "journal_high_water_percent", parse_percent),
+                              ("journal_clear", "journal_clear_percent", parse_percent),
+                              ("recovery_point_age", "recovery_point_age_s", parse_duration),
+                              ("link_down", "link_down_s", parse_duration)):
+        if param in changes:
+            alerts = replace(alerts, **{key: parse(changes[param], param)})
+    webhook = new.webhook
+    if "webhook" in changes:
+        url = parse_webhook_url(changes["webhook"])
+        webhook = None if url is None else (
+            replace(webhook, url=url) if webhook is not None else Webhook(url))
+    for param in ("webhook_timeout", "webhook_queue"):
+        if param in changes and webhook is None:
+            raise ModelError(f"{param}: no webhook is set; give webhook=https://... with it")
+    if "webhook_timeout" in changes:
+        webhook = replace(webhook, timeout_s=parse_duration(changes["webhook_timeout"],
+                                                            "webhook_timeout"))
+    if "webhook_queue" in changes:
+        webhook = replace(webhook, queue_size=parse_count(changes["webhook_queue"],
+                                                          "webhook_queue"))
+    new = replace(new, alerts=alerts, webhook=webhook)
+    check_monitoring(new, SHELL_NAMES)
+    return new
+
+
 @dataclass(frozen=True)
 class Site:
     identity: str | None = None        # None until first use: then the host name
@@ -278,12 +560,14 @@ class Site:
     peers: dict[str, Peer] = field(default_factory=dict)
     volumes: dict[str, Volume] = field(default_factory=dict)
     replicas: dict[str, Replica] = field(default_factory=dict)
+    monitoring: Monitoring = field(default_factory=Monitoring)
 
     def to_dict(self) -> dict:
         return {"version": FORMAT_VERSION, "identity": self.identity, "listen": self.listen,
                 "peers": {n: p.to_dict() for n, p in sorted(self.peers.items())},
                 "volumes": {n: v.to_dict() for n, v in sorted(self.volumes.items())},
-                "replicas": {n: r.to_dict() for n, r in sorted(self.replicas.items())}}
+                "replicas": {n: r.to_dict() for n, r in sorted(self.replicas.items())},
+                "monitoring": self.monitoring.to_dict()}
 
     def volumes_of_peer(self, peer: str) -> list[str]:
         return sorted(n for n, v in self.volumes.items() if v.peer == peer)
@@ -320,7 +604,8 @@ class Site:
                                      f"which is not paired")
             replicas = {n: Replica.from_dict(n, r) for n, r in _table(d, "replicas").items()}
             return cls(identity=identity, listen=parse_address(d.get("listen", ""), "listen"),
-                       peers=peers, volumes=volumes, replicas=replicas)
+                       peers=peers, volumes=volumes, replicas=replicas,
+                       monitoring=Monitoring.from_dict(d.get("monitoring")))
         except ModelError as err:
             raise ModelError(f"{where}: {err}{fix}") from err
 
@@ -343,6 +628,11 @@ def site_from_json(text: str, where: Path) -> Site:
 
 def site_to_json(site: Site) -> str:
     return json.dumps(site.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def host_identity() -> str:
+    """The identity of a site that has none yet: the host name's first label."""
+    return parse_name(socket.gethostname().split(".")[0], "host name")
 
 
 class SiteStore:
@@ -371,8 +661,7 @@ class SiteStore:
         with self.locked():
             site = self.load()
             if site.identity is None:
-                host = socket.gethostname().split(".")[0]
-                site = replace(site, identity=parse_name(host, "host name"))
+                site = replace(site, identity=host_identity())
                 self.save(site)
             return site
 

@@ -2,7 +2,8 @@
 
 ``appliance-receiver.service`` runs on every appliance with an identity (peers fetch its
 certificate to pair, and a primary connects to it); ``appliance-transmitter@<volume>.service``
-runs per replicated volume. The runner is injectable: the unit tests have no systemd.
+runs per replicated volume; ``appliance-exporter.service`` on every appliance (the Prometheus
+endpoint and the alerts). The runner is injectable: the unit tests have no systemd.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 
 RECEIVER_UNIT = "appliance-receiver.service"
+EXPORTER_UNIT = "appliance-exporter.service"
 
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess]
 
@@ -62,3 +64,16 @@ class Units:
 
     def is_active(self, unit: str) -> bool:
         return self._systemctl("is-active", unit).returncode == 0
+
+    def log_lines(self, unit: str, since: float, count: int = 20) -> list[str]:
+        """The last lines the unit's own processes wrote to the journal since ``since``
+        (epoch seconds): what a daemon said before it exited (systemd's lines about the unit
+        are left out). Empty when the journal cannot be read."""
+        try:
+            done = self._runner(["journalctl", f"_SYSTEMD_UNIT={unit}", f"--since=@{int(since)}",
+                                 "--output=cat", "--no-pager", f"--lines={count}"])
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            return []
+        if done.returncode != 0:
+            return []
+        return [line for line in (done.stdout or "").splitlines() if line.strip()]

@@ -75,7 +75,7 @@ def test_create_takes_everything_from_the_backstore_and_starts_the_transmitter(s
     assert doc["identity"] == json.loads((sh.state_dir / "site.json").read_text())["identity"]
     assert sh.units.log == [("start", "appliance-transmitter@vol1.service")]
     site = json.loads((sh.state_dir / "site.json").read_text())
-    assert site["version"] == 2
+    assert site["version"] == 3
     assert site["volumes"] == {"vol1": {"backstore": "vol1", "peer": "dr", "paused": False,
                                         "bandwidth_limit": None, "blackout": []}}
     assert [c.name for c in sh.root.get_node("/replication/volumes").children] == ["vol1"]
