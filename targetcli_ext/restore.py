@@ -16,6 +16,9 @@ configuration is restored and the handler runs):
 5. the receiver is started (or reloaded), and each volume's transmitter started when its
    backstore is in LIO (otherwise a line says which backstore is missing). A hand-written
    transmitter-<name>.toml is started too, as before the shell managed them.
+6. exporter.toml is rendered (always: the defaults when site.json has no monitoring; kept as
+   it is when site.json cannot be read or the file was written by hand) and
+   appliance-exporter.service started, or restarted when its file changed.
 
 Idempotent: run again, it changes nothing that is right. Exit 1 only for a saved file that
 cannot be read (the message names it and what to do); every other problem is a log line and
@@ -110,7 +113,9 @@ def restore(ctx, notes: Notes) -> ModelError | None:
         ctx.fetch_pending(notes)
         site = ctx.store.load()
     except (ModelError, OSError) as err:
-        notes.warning(f"Cannot use the site configuration: {err}; nothing is started.")
+        notes.warning(f"Cannot use the site configuration: {err}; only the exporter is "
+                      f"started (its alerts say what does not run).")
+        _restore_exporter(ctx, None, notes)
         return broken or (err if isinstance(err, ModelError) else ModelError(str(err)))
     try:
         if ctx.write_receiver(notes):
@@ -120,7 +125,18 @@ def restore(ctx, notes: Notes) -> ModelError | None:
     if layout.receiver_toml.exists():
         ctx.reload_receiver(notes)
     _restore_transmitters(ctx, site, notes)
+    _restore_exporter(ctx, site, notes)
     return broken
+
+
+def _restore_exporter(ctx, site: Site | None, notes: Notes) -> None:
+    try:
+        changed = ctx.write_exporter(site, notes)
+    except (ModelError, OSError) as err:
+        notes.warning(f"exporter.toml not written: {err}")
+        changed = False
+    if ctx.layout.exporter_toml.exists():
+        ctx.start_exporter(changed, notes)
 
 
 def _restore_certificates(site: Site, certs: dict[str, str], layout, notes: Notes) -> None:
@@ -191,8 +207,8 @@ def main(argv: Sequence[str] | None = None, config: ShellConfig | None = None,
     parser = argparse.ArgumentParser(
         prog="appliance-replication-restore",
         description="Restore the replication configuration saved by targetcli's saveconfig "
-                    "(replication.json) and start the receiver and the volumes' "
-                    "transmitters. Run at boot after LIO's restore and the handler.")
+                    "(replication.json) and start the receiver, the volumes' transmitters "
+                    "and the exporter. Run at boot after LIO's restore and the handler.")
     parser.add_argument("--saved", type=Path, help="the saved file (default: "
                         "APPLIANCE_SAVED_CONFIG or /etc/rtslib-fb-target/replication.json)")
     parser.add_argument("--fetch-timeout", type=float, default=5.0,

@@ -15,14 +15,16 @@ import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
 REPLICATION_UNITS = ["appliance-receiver.service", "appliance-transmitter@.service"]
+EXPORTER_UNIT = "appliance-exporter.service"
 # /proc/devices block groups a DR mirror may live on: LVM and dm-crypt, virtio, SCSI/SATA,
 # NVMe and other extended-major disks, md RAID, loop.
 BLOCK_GROUPS = ["device-mapper", "virtblk", "sd", "blkext", "md", "loop"]
 PSEUDO = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
 
 
-def service_settings(name: str) -> dict[str, list[str]]:
-    """[Service] keys -> values in order; an empty assignment resets a list, as in systemd."""
+def service_settings(name: str, want: str = "[Service]") -> dict[str, list[str]]:
+    """[Service] (or ``want``) keys -> values in order; an empty assignment resets a list, as
+    in systemd."""
     settings: dict[str, list[str]] = {}
     section = None
     for line in (UNITS / name).read_text().splitlines():
@@ -33,7 +35,7 @@ def service_settings(name: str) -> dict[str, list[str]]:
             section = line
             continue
         key, _, value = line.partition("=")
-        if section == "[Service]":
+        if section == want:
             settings[key] = [] if value == "" else [*settings.get(key, []), value]
     return settings
 
@@ -94,7 +96,7 @@ def test_the_rest_of_the_hardening_stays(unit):
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
-def test_systemd_reads_every_setting_of_the_replication_units(tmp_path):
+def test_systemd_reads_every_setting_of_the_replication_and_exporter_units(tmp_path):
     """A setting systemd cannot read (an unknown key, a device pattern or syscall group it does
     not know) is only a warning naming the file and line, so the test asserts there is none;
     what this machine's systemd lacks as dependencies is not this test's business."""
@@ -106,20 +108,66 @@ def test_systemd_reads_every_setting_of_the_replication_units(tmp_path):
     (tmp_path / "appliance-transmitter@vol1.service").write_text(
         (tmp_path / "appliance-transmitter@.service").read_text())
     out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "appliance-receiver.service"),
-                          str(tmp_path / "appliance-transmitter@vol1.service")],
+                          str(tmp_path / "appliance-transmitter@vol1.service"),
+                          str(tmp_path / EXPORTER_UNIT)],
                          capture_output=True, text=True,
                          env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"})
     names = ("appliance-receiver.service:", "appliance-transmitter@.service:",
-             "appliance-transmitter@vol1.service:")
+             "appliance-transmitter@vol1.service:", f"{EXPORTER_UNIT}:")
     unread = [line for line in out.stderr.splitlines()
               if line.removeprefix(f"{tmp_path}/").startswith(names)]
     assert unread == []
 
 
-@pytest.mark.parametrize("unit", [*REPLICATION_UNITS, "appliance-handler.service"])
+@pytest.mark.parametrize("unit", [*REPLICATION_UNITS, "appliance-handler.service",
+                                  EXPORTER_UNIT])
 def test_a_configuration_error_is_not_restarted_forever(unit):
     """The daemons exit 2 on a configuration error (appliance/daemon_entry.py): restarting
     every few seconds cannot fix it, and would bury the one line that says what to fix."""
     settings = service_settings(unit)
     assert last(settings, "Restart") == "always"
     assert "2" in last(settings, "RestartPreventExitStatus").split()
+
+
+# --- the exporter -------------------------------------------------------------------------
+
+
+def test_the_exporter_runs_the_file_the_shell_writes_where_the_exporter_keeps_its_state():
+    """The paths of the unit are the shell's (targetcli_ext Layout) and the exporter's own
+    defaults (appliance/exporter/config.py): a unit and a renderer that disagree would run an
+    exporter on a file nobody writes, or one whose alerts.json it may not write."""
+    from appliance.exporter.config import ExporterConfig
+    from targetcli_ext.config import ShellConfig
+    layout = ShellConfig().layout
+    s = service_settings(EXPORTER_UNIT)
+    unit = service_settings(EXPORTER_UNIT, "[Unit]")
+    assert last(s, "ExecStart").split() == ["/opt/appliance/bin/appliance-exporter", "--config",
+                                            str(layout.exporter_toml)]
+    assert last(unit, "ConditionPathExists") == str(layout.exporter_toml)
+    defaults = ExporterConfig()
+    assert Path("/var/lib") / last(s, "StateDirectory") == layout.exporter_dir == \
+        defaults.state_dir
+    assert Path("/run") / last(s, "RuntimeDirectory") == layout.run_dir == defaults.run_dir
+    assert last(s, "RuntimeDirectoryPreserve") == "yes"     # the daemons' sockets live there
+    assert "appliance-state.service" in last(unit, "Requires")
+
+
+def test_the_exporter_is_enabled_on_the_image():
+    """image/build.py enables every unit with an [Install] section (templates aside)."""
+    assert service_settings(EXPORTER_UNIT, "[Install]") == {"WantedBy": ["multi-user.target"]}
+
+
+def test_the_exporter_is_confined_to_sockets_and_its_state():
+    s = service_settings(EXPORTER_UNIT)
+    assert "ReadWritePaths" not in s            # writable: its runtime and state directories
+    assert last(s, "StateDirectoryMode") == "0700"
+    assert last(s, "PrivateDevices") == "yes"
+    assert last(s, "CapabilityBoundingSet") == "CAP_NET_BIND_SERVICE"
+    assert set(last(s, "RestrictAddressFamilies").split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    assert s["SystemCallFilter"] == ["@system-service"]
+    for key, value in [("ProtectSystem", "strict"), ("ProtectHome", "yes"),
+                       ("PrivateTmp", "yes"), ("NoNewPrivileges", "yes"),
+                       ("ProtectKernelModules", "yes"), ("ProtectKernelTunables", "yes"),
+                       ("ProtectControlGroups", "yes"), ("RestrictNamespaces", "yes"),
+                       ("MemoryDenyWriteExecute", "yes"), ("Restart", "always")]:
+        assert last(s, key) == value, key

@@ -27,6 +27,7 @@ from targetcli_ext.context import ReplicationContext
 from targetcli_ext.identity import ensure_certificate
 
 RECEIVER = "appliance-receiver.service"
+EXPORTER = "appliance-exporter.service"
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,8 @@ def test_restore_on_a_blank_state_disk_brings_everything_back(primary, tmp_path,
     tx = tomllib.loads((state / "transmitter-vol1.toml").read_text())
     transmitter_config(tx, "transmitter-vol1.toml")
     assert tx["peer_identity"] == "dr-site"
-    assert units.log == [("start", RECEIVER), ("start", "appliance-transmitter@vol1.service")]
+    assert units.log == [("start", RECEIVER), ("start", "appliance-transmitter@vol1.service"),
+                         ("start", EXPORTER)]
     assert "Restored the replication configuration from" in out
     assert "Started appliance-transmitter@vol1.service." in out
 
@@ -126,7 +128,7 @@ def test_a_volume_whose_backstore_is_gone_is_said_and_not_started(primary, tmp_p
     assert rc == 0, err
     assert "warning: Volume vol1: backstore 'vol1' does not exist" in out
     assert "its transmitter is not started" in out
-    assert units.log == [("start", RECEIVER)]
+    assert units.log == [("start", RECEIVER), ("start", EXPORTER)]
 
 
 def test_first_boot_makes_the_identity_and_runs_a_receiver_that_pins_nobody(tmp_path, lio):
@@ -138,7 +140,7 @@ def test_first_boot_makes_the_identity_and_runs_a_receiver_that_pins_nobody(tmp_
     rx = tomllib.loads((state / "receiver.toml").read_text())
     receiver_config(rx, "receiver.toml")
     assert rx["tls"]["peers"] == [] and rx["provision"] is True
-    assert units.log == [("start", RECEIVER)]
+    assert units.log == [("start", RECEIVER), ("start", EXPORTER)]
     assert "No saved replication configuration" in out
 
 
@@ -150,7 +152,7 @@ def test_a_broken_saved_file_exits_1_naming_it_and_runs_what_is_there(tmp_path, 
     rc, out, err = run_restore(ctx)
     assert rc == 1
     assert f"replication restore: {saved} is not JSON" in err
-    assert units.log == [("start", RECEIVER)]
+    assert units.log == [("start", RECEIVER), ("start", EXPORTER)]
 
 
 def test_pending_certificates_are_fetched_at_boot(primary, tmp_path, peer_cert):
@@ -177,7 +179,8 @@ def test_hand_written_files_are_kept_and_started(tmp_path, lio):
     assert rc == 0, err
     assert (state / "receiver.toml").read_text() == 'identity = "by-hand"\n'
     assert "receiver.toml was written by hand: kept as it is" in out
-    assert units.log == [("start", RECEIVER), ("start", "appliance-transmitter@lab.service")]
+    assert units.log == [("start", RECEIVER), ("start", "appliance-transmitter@lab.service"),
+                         ("start", EXPORTER)]
 
 
 def test_a_format_1_site_file_loads(tmp_path):
