@@ -157,19 +157,23 @@ def handler_signals(vols: dict, th: AlertThresholds, daemon: str) -> Iterator[Si
             continue
         journal = vol.get("journal") or {}
         pct = journal.get("percent")
+        high, clear = th.journal_high_water_percent, th.journal_clear_percent
         if isinstance(pct, int | float):
-            high, clear = th.journal_high_water_percent, th.journal_clear_percent
             holds = True if pct >= high else False if pct < clear else None
             yield Signal("JournalHighWater", name, None, daemon, holds,
                          f"journal of {name} is {pct:.0f}% full (high water {high:g}%, "
                          f"clears below {clear:g}%)")
-        state = vol.get("state")
-        if state in ("journaling", LOGGING_TO_BITMAP):
-            yield _bitmap_signal(name, daemon, state, vol.get("logging_since"),
-                                 vol.get("alert"))
+        else:
+            yield Signal("JournalHighWater", name, None, daemon, None,
+                         f"journal of {name}: fill unknown")
+        yield _bitmap_signal(name, daemon, vol.get("state"), vol.get("logging_since"),
+                             vol.get("alert"))
 
 
-def _bitmap_signal(name: str, daemon: str, state: str, since, why) -> Signal:
+def _bitmap_signal(name: str, daemon: str, state, since, why) -> Signal:
+    if state not in ("journaling", LOGGING_TO_BITMAP):
+        return Signal("LoggingToBitmap", name, None, daemon, None,
+                      f"{name}: volume state {state!r} unknown")
     if state != LOGGING_TO_BITMAP:
         return Signal("LoggingToBitmap", name, None, daemon, False,
                       f"{name} journals its writes again")
@@ -185,17 +189,20 @@ def transmitter_signals(name: str, s: dict, th: AlertThresholds, daemon: str,
     peer = str(s.get("peer") or "") or None
     link = s.get("link") or {}
     state = link.get("state") or ""
-    if bitmap and s.get("volume_state") in ("journaling", LOGGING_TO_BITMAP):
-        yield _bitmap_signal(name, daemon, s["volume_state"], s.get("logging_since"), None)
+    if bitmap:
+        yield _bitmap_signal(name, daemon, s.get("volume_state"), s.get("logging_since"), None)
     age = s.get("recovery_point_age_s")
+    limit = th.recovery_point_age_s
     if isinstance(age, int | float):
-        limit = th.recovery_point_age_s
         yield Signal("RecoveryPointAge", name, peer, daemon, age > limit,
-                     f"recovery point of {name} at {peer} is {age:.0f} s old (threshold "
+                     f"recovery point of {name} at {peer} is {age:.1f} s old (threshold "
                      f"{limit:g} s): {s.get('behind_reason') or 'the DR is behind'}"
                      if age > limit else
-                     f"recovery point of {name} at {peer} is {age:.0f} s old, within "
+                     f"recovery point of {name} at {peer} is {age:.1f} s old, within "
                      f"{limit:g} s")
+    else:
+        yield Signal("RecoveryPointAge", name, peer, daemon, None,
+                     f"recovery point of {name} at {peer}: age unknown")
     up = tx_link_up(s)
     last = f"; last error: {link['last_error']}" if link.get("last_error") else ""
     yield Signal("LinkDown", name, peer, daemon, not up,
@@ -207,20 +214,21 @@ def transmitter_signals(name: str, s: dict, th: AlertThresholds, daemon: str,
                  f"{peer} refuses {name} ({state}): {link.get('last_error') or 'no reason'}"
                  if refused else f"{peer} accepts {name} again")
     resync = (s.get("resync") or {}).get("state")
-    if isinstance(resync, str):
-        begun = resync in RESYNC_BEGUN
-        yield Signal("DrInconsistent", name, peer, daemon, begun,
-                     f"the DR image of {name} at {peer} is inconsistent while a resync runs "
-                     f"(resync {resync}; a failover now needs a rollback)" if begun else
-                     f"the DR image of {name} at {peer} is consistent again")
+    begun = resync in RESYNC_BEGUN
+    yield Signal("DrInconsistent", name, peer, daemon,
+                 begun if isinstance(resync, str) else None,
+                 f"the DR image of {name} at {peer} is inconsistent while a resync runs "
+                 f"(resync {resync}; a failover now needs a rollback)" if begun else
+                 f"the DR image of {name} at {peer} is consistent again")
+    # Only a finished verify says anything; one running (or failed) leaves the alert as is.
     verify = s.get("verify") or {}
-    if verify.get("state") == "done":
-        differing = list(verify.get("differing") or [])
-        differs = bool(differing) and not verify.get("repaired")
-        yield Signal("VerifyDiffers", name, peer, daemon, differs,
-                     f"online verify of {name} found {len(differing)} regions that differ "
-                     f"at {peer} (run verify with repair)" if differs else
-                     f"online verify of {name} finds no difference at {peer}")
+    differing = list(verify.get("differing") or [])
+    differs = bool(differing) and not verify.get("repaired")
+    yield Signal("VerifyDiffers", name, peer, daemon,
+                 differs if verify.get("state") == "done" else None,
+                 f"online verify of {name} found {len(differing)} regions that differ "
+                 f"at {peer} (run verify with repair)" if differs else
+                 f"online verify of {name} finds no difference at {peer}")
 
 
 def receiver_signals(status: dict, th: AlertThresholds, daemon: str) -> Iterator[Signal]:
@@ -230,13 +238,13 @@ def receiver_signals(status: dict, th: AlertThresholds, daemon: str) -> Iterator
         name = rx_volume_label(uuid, v)
         peer = v.get("primary") or None
         state = v.get("state")
-        if state in ("consistent", "inconsistent", "promoted"):
-            bad = state == "inconsistent"
-            yield Signal("DrInconsistent", name, peer, daemon, bad,
-                         f"replica {name} is inconsistent since "
-                         f"{_fmt_time(v.get('inconsistent_since'))} (a resync is under way; "
-                         f"rollback gives the last consistent image)" if bad else
-                         f"replica {name} is {state}")
+        bad = state == "inconsistent"
+        yield Signal("DrInconsistent", name, peer, daemon,
+                     bad if state in ("consistent", "inconsistent", "promoted") else None,
+                     f"replica {name} is inconsistent since "
+                     f"{_fmt_time(v.get('inconsistent_since'))} (a resync is under way; "
+                     f"rollback gives the last consistent image)" if bad else
+                     f"replica {name} is {state}")
         if state == "promoted":
             yield Signal("LinkDown", name, peer, daemon, False, f"replica {name} is promoted")
             yield Signal("PeerRefused", name, peer, daemon, False,

@@ -124,11 +124,20 @@ class Exporter:
             alerts = self.engine.alerts()
             evaluated_at, errors = self.evaluated_at, dict(self.errors)
         return {"role": "exporter", "version": appliance.__version__, "identity": self.identity,
-                "listen": self.cfg.listen, "evaluated_at": evaluated_at,
+                "listen": self.listen, "evaluated_at": evaluated_at,
                 "evaluations": self.evaluations, "interval": self.cfg.interval,
                 "alerts": alerts, "thresholds": self.cfg.alerts.as_dict(),
                 "webhook": self.webhook.status() if self.webhook is not None else None,
                 "errors": errors}
+
+    @property
+    def listen(self) -> str:
+        """``address:port`` the endpoint is bound to (the configured one until then)."""
+        server = self.http
+        if server is None:
+            return self.cfg.listen
+        host, port = server.server_address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     # --- the alert loop ---------------------------------------------------------------------
 
@@ -197,7 +206,7 @@ class Exporter:
                 self.webhook.start()
             await self.control.start()
             log.info("serving metrics on http://%s/metrics, control socket %s, alerts every "
-                     "%g s", self.cfg.listen, self.cfg.control_socket, self.cfg.interval)
+                     "%g s", self.listen, self.cfg.control_socket, self.cfg.interval)
             await self._loop(stop)
         finally:
             await self.control.close()

@@ -1,0 +1,51 @@
+"""Shared by the exporter's unit tests: recorded daemon states as the daemons' answers."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from appliance.control.site_status import Answer
+
+STATES = Path(__file__).resolve().parents[1] / "targetcli" / "states"
+RECORDED = sorted(p.stem for p in STATES.glob("*.json") if p.stem != "exporter_alerts")
+
+# The handler's `io` entry (spec: 16 bounds, 17 non-cumulative counts).
+BOUNDS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+          1.0, 2.5, 5.0, 10.0]
+
+
+def recorded(name: str) -> dict:
+    return json.loads((STATES / f"{name}.json").read_text())
+
+
+def io_entry(counts: list[int] | None = None) -> dict:
+    counts = counts or [0, 3, 5, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+    return {"read_ops": 10, "read_bytes": 40960, "write_ops": 7, "write_bytes": 28672,
+            "other_ops": 3, "latency_bounds_s": list(BOUNDS), "latency_counts": counts,
+            "latency_sum_s": 11.5, "latency_count": sum(counts)}
+
+
+def answers(snap: dict, *, silent: tuple[str, ...] = ()) -> list[Answer]:
+    """The answers behind a snapshot; daemons named in ``silent`` ("handler", "receiver",
+    "transmitter vol1") have a socket but give no status."""
+    snap = copy.deepcopy(snap)
+    out: list[Answer] = []
+
+    def add(daemon: str, name: str | None, status: dict | None) -> None:
+        label = f"{daemon} {name}" if name else daemon
+        if label in silent:
+            out.append(Answer(daemon, name, Path(f"/run/{label}.sock"), None, "timed out"))
+        elif status is not None:
+            out.append(Answer(daemon, name, Path(f"/run/{label}.sock"), status))
+
+    add("handler", None, snap.get("handler"))
+    add("receiver", None, snap.get("receiver"))
+    for name, status in snap.get("transmitters", {}).items():
+        add("transmitter", name, status)
+    for label in silent:                 # silent daemons the snapshot does not hold
+        if not any(a.label == label for a in out):
+            daemon, _, name = label.partition(" ")
+            add(daemon, name or None, None)
+    return out
