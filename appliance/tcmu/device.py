@@ -12,9 +12,11 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from time import monotonic_ns
 from typing import Any, Protocol
 
 from appliance.tcmu import layout
+from appliance.tcmu.io_stats import KIND_BY_OPCODE, IoStats
 from appliance.tcmu.ring import CommandRing, Completion
 from appliance.tcmu.transport import RingTransport
 
@@ -60,6 +62,7 @@ class TcmuDevice:
         self._poll_interval = poll_interval
         self._stop = threading.Event()
         self.stats = DeviceStats()
+        self.io = IoStats()     # the status's `io`: kept across ring resets, not across opens
 
     def stop(self) -> None:
         self._stop.set()
@@ -98,17 +101,24 @@ class TcmuDevice:
         self.ring.close()
 
     def _serve(self, requests: list[layout.CmdRequest]) -> None:
+        fetched_ns = monotonic_ns()     # a command's latency: from here to its completion
         region = self.transport.region
         make_command = self._make_command
+        kinds = KIND_BY_OPCODE
+        ops, nbytes = [0, 0, 0], [0, 0, 0]     # by io_stats READ, WRITE, OTHER; added once
         views: list[memoryview] = []
         cmds = []
         for req in requests:
             iovecs = req.iovecs
+            kind = kinds[req.cdb[0]]
+            ops[kind] += 1
             if len(iovecs) == 1:          # the usual case: no list comprehension to run
                 base, length = iovecs[0]
                 bufs = [region[base: base + length]]
+                nbytes[kind] += length
             else:
                 bufs = [region[base: base + length] for base, length in iovecs]
+                nbytes[kind] += sum(length for _, length in iovecs)
             views += bufs
             if req.bidi_count:
                 split = len(bufs) - req.bidi_count
@@ -147,6 +157,10 @@ class TcmuDevice:
         stats.commands += len(requests)
         if len(requests) > stats.max_batch:
             stats.max_batch = len(requests)
+        # Counted once the completions are in the ring (a batch lost to a ring reset comes back
+        # BUSY, is retried and counted then) and before the poke: whoever has seen a command
+        # complete finds it in the status.
+        self.io.add_batch(ops, nbytes, len(requests), monotonic_ns() - fetched_ns)
         self.transport.poke()
 
     def _safe_completion(self, req: layout.CmdRequest, cmd: Any, result: Any) -> Completion:

@@ -223,10 +223,12 @@ class DeviceManager:
         return -errno.EOPNOTSUPP
 
     def status(self) -> dict:
-        """Every served device by backstore name: its config string and its volume's state."""
+        """Every served device by backstore name: its config string, its volume's state and
+        its I/O counters since it was opened (`io`, docs/tcmu.md "I/O counters")."""
         with self._lock:
             served = list(self.devices.values())
-        return {dev.name.name: self._device_status(dev) for dev in served}
+        return {dev.name.name: {**self._device_status(dev), "io": dev.device.io.snapshot()}
+                for dev in served}
 
     @staticmethod
     def _device_status(dev: ServedDevice) -> dict:
