@@ -47,6 +47,13 @@ def probe_bind(address: str, port: int) -> None:
         sock.bind((address, port))
 
 
+def _text(path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
 def listen_of(text: object) -> tuple[str, int] | None:
     """``address:port`` / ``[v6]:port`` as the exporter reports its ``listen``."""
     host, sep, port = str(text or "").rpartition(":")
@@ -162,7 +169,7 @@ class MonitoringOperations:
             doc = dc.exporter_document(new_site, self.layout, self._handler_socket())
             dc.check_exporter(doc, path)
             dc.check_replaceable(path)
-            before = path.read_text() if path.exists() else None
+            before = _text(path), _text(self.store.path)
             self.store.save(new_site)
             changed = dc.write_generated(path, doc)
         if not changed and running is not None and self._answers_on(new):
@@ -180,24 +187,23 @@ class MonitoringOperations:
         if why is None:
             notes.info(f"Restarted {EXPORTER_UNIT}: metrics at http://{new.listen}/metrics.")
             return new
-        self._undo(site, new, before)
+        self._undo(new, before)
         again = self._restart_previous(old, running is not None)
         raise ModelError(f"the exporter did not start with the new settings: {why}; the "
                          f"previous settings are restored{again}")
 
-    def _undo(self, site: Site, new: Monitoring, before: str | None) -> None:
-        """site.json's monitoring (and an identity made for the change) and exporter.toml as
-        they were, unless another shell changed them since."""
-        path = self.layout.exporter_toml
+    def _undo(self, new: Monitoring, before: tuple[str | None, str | None]) -> None:
+        """exporter.toml and site.json as they were (byte for byte), unless another shell
+        changed the settings since."""
         with self.store.locked():
-            now = self.store.load()
-            if now.monitoring != new:
+            if self.store.load().monitoring != new:
                 return
-            self.store.save(replace(now, monitoring=site.monitoring, identity=site.identity))
-            if before is None:
-                remove_durably(path)
-            else:
-                write_text_atomic(path, before)
+            for path, text in zip((self.layout.exporter_toml, self.store.path), before,
+                                  strict=True):
+                if text is None:
+                    remove_durably(path)
+                else:
+                    write_text_atomic(path, text)
 
     def _restart_previous(self, old: Monitoring, was_running: bool) -> str:
         """The exporter back on the previous settings; what to add to the refusal."""

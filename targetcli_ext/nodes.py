@@ -15,6 +15,7 @@ from appliance import __version__ as appliance_version
 from targetcli_ext.context import ReplicationContext
 from targetcli_ext.identity import ensure_certificate
 from targetcli_ext.model import ModelError, Peer
+from targetcli_ext.monitoring_node import UIMonitoring
 from targetcli_ext.operations import Notes
 from targetcli_ext.replica_nodes import UIReplicas
 from targetcli_ext.steering import complete
@@ -53,7 +54,7 @@ class UIReplication(UINode):
     """
     Replication of this appliance's volumes to a peer appliance at another site: the
     site's identity and certificate ('info'), the paired peers, the replicated volumes and
-    their status ('status').
+    their status ('status'), the metrics endpoint and alerts (monitoring).
     """
 
     def __init__(self, parent, ctx: ReplicationContext) -> None:
@@ -62,6 +63,7 @@ class UIReplication(UINode):
         UIPeers(self)
         UIVolumes(self)
         UIReplicas(self)
+        UIMonitoring(self)
 
     def summary(self):
         try:

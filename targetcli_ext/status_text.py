@@ -15,7 +15,16 @@ why (the daemon's own ``behind_reason``, never reworded) and what to do. Times a
 The snapshot is a plain dict (``daemons.collect`` builds it from the control sockets)::
 
     {"handler": {...} | None, "receiver": {...} | None,
-     "transmitters": {"<socket name>": {...}}, "errors": {"<what>": "<why>"}}
+     "transmitters": {"<socket name>": {...}}, "exporter": {...} | None,
+     "errors": {"<what>": "<why>"}}
+
+After the volumes, the exporter's active alerts (docs/monitoring.md)::
+
+    alerts: 1 active (exporter on 127.0.0.1:9477)
+      warning JournalHighWater since 22:10:00: journal of vol1 is 85% full (high water 80%)
+
+An appliance whose exporter does not run says nothing about alerts (its socket absent); one
+whose exporter does not answer lists it with the other daemons that do not answer.
 """
 
 from __future__ import annotations
@@ -86,6 +95,9 @@ def render_status(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
     if not views and not errors:
         blocks.append("no replicated volumes: no handler, transmitter or receiver answers "
                       "on this appliance")
+    alerts = render_alerts(snapshot.get("exporter"), now=now, tz=tz)
+    if alerts:
+        blocks.append(alerts)
     for what, why in sorted(errors.items()):
         blocks.append(f"{what}: not answering: {why}\n"
                       f"    do: check that it runs ('systemctl status' of its unit) and its "
@@ -112,6 +124,39 @@ def render_volume(v: VolumeView, *, now: float, tz: dt.tzinfo | None = None) -> 
     lines = [head, "  " + " ".join(tokens)]
     lines += [f"    {label}: {text}" for label, text in v.details]
     return "\n".join(lines)
+
+
+def render_alerts(exporter: dict | None, *, now: float, tz: dt.tzinfo | None = None,
+                  webhook: bool = True) -> str | None:
+    """The exporter's active alerts, one line each, and (``webhook``) its webhook when it
+    fails to deliver; None when no exporter answered (then nothing is said)."""
+    if not isinstance(exporter, dict):
+        return None
+    clock = _Clock(now, tz)
+    alerts = [a for a in exporter.get("alerts") or [] if isinstance(a, dict)]
+    where = f" (exporter on {exporter['listen']})" if exporter.get("listen") else ""
+    lines = [f"alerts: {len(alerts)} active{where}" if alerts else f"alerts: none{where}"]
+    for a in sorted(alerts, key=lambda a: (a.get("since") or 0, a.get("alert") or "")):
+        since = f" since {clock.when(a['since'])}" if a.get("since") else ""
+        lines.append(f"  {a.get('severity') or 'alert'} {a.get('alert') or 'unnamed'}{since}: "
+                     f"{a.get('message') or 'no message'}")
+    hook = webhook_trouble(exporter.get("webhook")) if webhook else None
+    if hook:
+        lines.append(f"  webhook: {hook}")
+    return "\n".join(lines)
+
+
+def webhook_trouble(webhook: object) -> str | None:
+    """What keeps alerts from reaching the webhook (its last error, what waits, what was
+    dropped), None when it delivers or there is none."""
+    if not isinstance(webhook, dict) or not (webhook.get("last_error") or webhook.get("dropped")):
+        return None
+    text = f"{webhook.get('queued') or 0} events waiting for {webhook.get('url')}"
+    if webhook.get("last_error"):
+        text += f" (last error: {webhook['last_error']})"
+    if webhook.get("dropped"):
+        text += f"; {webhook['dropped']} dropped, the queue was full"
+    return text
 
 
 # --- joining the daemons' views -----------------------------------------------------------
@@ -477,6 +522,12 @@ def _promoted_view(v: VolumeView, r: dict, clock: _Clock) -> VolumeView:
 
 
 # --- units --------------------------------------------------------------------------------
+
+
+def when(epoch: float, *, now: float, tz: dt.tzinfo | None = None) -> str:
+    """A moment as the status shows it: the time of day if it is ``now``'s day, else date
+    and time."""
+    return _Clock(now, tz).when(epoch)
 
 
 def human_bytes(n: float) -> str:

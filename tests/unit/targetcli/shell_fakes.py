@@ -59,13 +59,14 @@ from configshell_fb import ExecutionError
 from recorded_states import recorded
 from rtslib_fb import RTSLibError
 
+from appliance.control.client import ControlError
 from appliance.replication.pairing import CertificateFetchError
 from targetcli_ext.config import ShellConfig
 from targetcli_ext.context import ReplicationContext
 from targetcli_ext.daemons import DaemonSockets
 from targetcli_ext.main import ApplianceShell
 from targetcli_ext.root import ApplianceRoot
-from targetcli_ext.units import UnitError, Units
+from targetcli_ext.units import EXPORTER_UNIT, UnitError, Units
 
 # --- the fake rtslib tree ----------------------------------------------------------------
 
@@ -174,6 +175,8 @@ class FakeUnits(Units):
         self.active: set[str] = set()
         self.log: list[tuple[str, str]] = []
         self.failing: dict[str, str] = {}          # unit -> what systemctl says
+        self.journal: dict[str, list[str]] = {}    # unit -> what its process wrote
+        self.on_start: dict[str, object] = {}      # unit -> called when it (re)starts
 
     @staticmethod
     def _refuse(args):
@@ -186,7 +189,7 @@ class FakeUnits(Units):
 
     def start(self, unit: str) -> None:
         self._do("start", unit)
-        self.active.add(unit)
+        self._run(unit)
 
     def stop(self, unit: str) -> None:
         self._do("stop", unit)
@@ -194,10 +197,57 @@ class FakeUnits(Units):
 
     def restart(self, unit: str) -> None:
         self._do("restart", unit)
+        self._run(unit)
+
+    def _run(self, unit: str) -> None:
         self.active.add(unit)
+        if unit in self.on_start:
+            self.on_start[unit](unit)
 
     def is_active(self, unit: str) -> bool:
         return unit in self.active
+
+    def log_lines(self, unit: str, since: float, count: int = 20) -> list[str]:
+        return self.journal.get(unit, [])[-count:]
+
+
+class FakeExporter:
+    """appliance-exporter as systemd runs it under FakeUnits: each (re)start reads
+    exporter.toml with the exporter's own parser; ``refuse(config)`` returning a line makes
+    that start fail (the process exits after writing the line to the journal). Its control
+    socket answers ``status`` with what it runs with (docs/monitoring.md)."""
+
+    def __init__(self, units: FakeUnits, path: Path) -> None:
+        self.units, self.path = units, path
+        self.config = None
+        self.alerts: list[dict] = []
+        self.refuse = lambda config: None
+        self.starts = 0
+        units.on_start[EXPORTER_UNIT] = self._started
+
+    def _started(self, unit: str) -> None:
+        from appliance.exporter.config import load_exporter_config
+        self.starts += 1
+        config = load_exporter_config(self.path)
+        why = self.refuse(config)
+        if why:
+            self.config = None
+            self.units.active.discard(unit)
+            self.units.journal.setdefault(unit, []).append(why)
+            return
+        self.config = config
+
+    def status(self, args=None) -> dict:
+        if self.config is None or EXPORTER_UNIT not in self.units.active:
+            raise ControlError(f"cannot talk to control socket {self.path.parent}/exporter.sock"
+                               f": [Errno 111] Connection refused")
+        c = self.config
+        hook = None if c.webhook is None else {
+            "url": c.webhook.url, "queued": 0, "delivered": 0, "failed_attempts": 0,
+            "dropped": 0, "last_error": None, "last_delivered_at": None}
+        return {"role": "exporter", "version": "test", "listen": c.listen,
+                "evaluated_at": 1700000000.0, "interval": c.interval, "alerts": self.alerts,
+                "thresholds": c.alerts.as_dict(), "webhook": hook, "errors": {}}
 
 
 class FakeCalls:
@@ -213,6 +263,8 @@ class FakeCalls:
         reply = self.replies.get(cmd, {})
         if isinstance(reply, Exception):
             raise reply
+        if callable(reply):                 # a fake daemon answering from its state
+            return reply(args)
         return reply
 
 
