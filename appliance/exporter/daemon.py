@@ -180,8 +180,8 @@ class Exporter:
 
     def start_http(self) -> None:
         self.http = bind_http(self.cfg, self.registry)
-        threading.Thread(target=self.http.serve_forever, name="metrics-http",
-                         daemon=True).start()
+        threading.Thread(target=self.http.serve_forever, args=(0.1,),   # stops within 0.1 s
+                         name="metrics-http", daemon=True).start()
 
     def stop_http(self) -> None:
         if self.http is not None:
