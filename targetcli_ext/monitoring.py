@@ -36,6 +36,7 @@ from targetcli_ext.model import (
 from targetcli_ext.units import EXPORTER_UNIT, UnitError, Units
 
 Probe = Callable[[str, int], None]
+EXPORTER_PROGRAM = "appliance-exporter"
 
 
 def probe_bind(address: str, port: int) -> None:
@@ -113,8 +114,12 @@ class MonitoringOperations:
                 break
             self.sleep(self.exporter_poll_s)
         said = self.units.log_lines(EXPORTER_UNIT, since)
-        return f"{seen}: {said[-1]}" if said else \
-            f"{seen} (see 'journalctl -u {EXPORTER_UNIT}')"
+        # Its own line on exiting is "appliance-exporter: <what to fix>" (as every daemon's:
+        # appliance/daemon_entry.py); else whatever it said last.
+        own = [line for line in said if line.startswith(f"{EXPORTER_PROGRAM}: ")]
+        if own or said:
+            return f"{seen}: {(own or said)[-1]}"
+        return f"{seen} (see 'journalctl -u {EXPORTER_UNIT}')"
 
     # --- checks -------------------------------------------------------------------------
 
