@@ -100,10 +100,12 @@ class UIMonitoring(UINode):
     # --- ls -----------------------------------------------------------------------------
 
     def _status(self, fresh: bool = False) -> dict | None:
-        """The exporter's status: from the daemons' snapshot when it carries it, else asked."""
-        snap = self.ctx.snapshot(fresh)
-        if "exporter" in snap and not fresh:
-            return snap["exporter"] if isinstance(snap["exporter"], dict) else None
+        """The exporter's status: asked (``fresh``), else from the daemons' snapshot when it
+        carries it (one round of calls for a whole ``ls``)."""
+        if not fresh:
+            snap = self.ctx.snapshot()
+            if "exporter" in snap:
+                return snap["exporter"] if isinstance(snap["exporter"], dict) else None
         return self.ctx.exporter_status()
 
     def summary(self):
@@ -291,10 +293,11 @@ def status_lines(status: dict, *, now: float, tz: dt.tzinfo | None = None) -> st
     if isinstance(hook, dict):
         last = hook.get("last_delivered_at")
         at = f" (the last at {status_text.when(last, now=now, tz=tz)})" if last else ""
+        failed = hook.get("failed_attempts") or 0
         lines.append(f"webhook: {hook.get('url')}: {hook.get('delivered') or 0} delivered{at}, "
-                     f"{hook.get('queued') or 0} waiting, {hook.get('failed_attempts') or 0} "
-                     f"failed attempts, {hook.get('dropped') or 0} dropped; last error: "
-                     f"{hook.get('last_error') or 'none'}")
+                     f"{hook.get('queued') or 0} waiting, {failed} failed "
+                     f"attempt{'' if failed == 1 else 's'}, {hook.get('dropped') or 0} dropped; "
+                     f"last error: {hook.get('last_error') or 'none'}")
     else:
         lines.append("webhook: none ('set alerts webhook=https://...' to post alerts)")
     for what, why in sorted((status.get("errors") or {}).items()):

@@ -151,7 +151,8 @@ def webhook_trouble(webhook: object) -> str | None:
     dropped), None when it delivers or there is none."""
     if not isinstance(webhook, dict) or not (webhook.get("last_error") or webhook.get("dropped")):
         return None
-    text = f"{webhook.get('queued') or 0} events waiting for {webhook.get('url')}"
+    queued = webhook.get("queued") or 0
+    text = f"{queued} event{'' if queued == 1 else 's'} waiting for {webhook.get('url')}"
     if webhook.get("last_error"):
         text += f" (last error: {webhook['last_error']})"
     if webhook.get("dropped"):
