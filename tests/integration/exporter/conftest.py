@@ -43,8 +43,8 @@ BS = 512
 NAME = "vol1"                   # the backstore's name, the transmitter's socket's, the HELLO's
 
 
-def write10(lba: int, nblocks: int) -> bytes:
-    return struct.pack(">BBIBHB", 0x2A, 0, lba, 0, nblocks, 0)
+def write10(lba: int, nblocks: int, *, fua: bool = False) -> bytes:
+    return struct.pack(">BBIBHB", 0x2A, 0x08 if fua else 0, lba, 0, nblocks, 0)
 
 
 def read10(lba: int, nblocks: int) -> bytes:
@@ -96,15 +96,17 @@ class Handler:
         self.thread.start()
         assert started.wait(30), "the handler did not start within 30 s"
         assert self.error is None, f"the handler failed: {self.error!r}"
+        assert self.daemon.manager.devices, "the handler serves no device (see its log)"
 
     def status(self) -> dict:
         return status(self.config.control_socket)["volumes"][NAME]
 
-    def write(self, lba: int, data: bytes) -> float:
-        """One WRITE(10) through the ring; returns its latency in seconds."""
+    def write(self, lba: int, data: bytes, *, fua: bool = False) -> float:
+        """One WRITE(10) through the ring (``fua``: durable when it completes, a journal
+        commit with its fdatasync); returns its latency in seconds."""
         started = time.perf_counter()
-        (res,) = self.kernel.wait_for([self.kernel.submit(write10(lba, len(data) // BS), data)],
-                                      timeout=30)
+        cdb = write10(lba, len(data) // BS, fua=fua)
+        (res,) = self.kernel.wait_for([self.kernel.submit(cdb, data)], timeout=30)
         took = time.perf_counter() - started
         assert res.status == 0, f"WRITE at {lba} failed: {res.status:#x} {res.sense!r}"
         return took
@@ -223,3 +225,28 @@ def chain_factory(tmp_path):
             chain.handler.close()
             if chain.journal is not None:
                 chain.journal.close()
+
+
+class StubDaemon:
+    """A control socket answering ``status`` with ``states`` in turn (a daemon whose state
+    changes at every question), on its own event loop in a thread."""
+
+    def __init__(self, path: Path, states: list[dict]) -> None:
+        from appliance.control.server import ControlServer
+
+        self.calls = 0
+
+        def answer(_args: dict) -> dict:
+            self.calls += 1
+            return states[self.calls % len(states)]
+        self.server = ControlServer(path, {"status": answer})
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="stub", daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
