@@ -74,8 +74,9 @@ class MonitoringOperations:
     units: Units
     clock: Callable[[], float]
     _monotonic: Callable[[], float]
-    # How long a restarted exporter may take to answer (imports prometheus_client, binds).
-    exporter_start_timeout_s: float = 15.0
+    # How long a restarted exporter may take to answer (imports prometheus_client, binds; an
+    # emulated VM is slow). An exporter that exits is seen at once (its unit is not active).
+    exporter_start_timeout_s: float = 30.0
     exporter_poll_s: float = 0.2
     probe: Probe = staticmethod(probe_bind)
     sleep: Callable[[float], None] = staticmethod(time.sleep)
