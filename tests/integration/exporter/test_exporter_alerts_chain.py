@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NAME, StubDaemon
+from exporter_chain import NAME, StubDaemon
 from exporter_servers import DeadWebhook, WebhookReceiver
 from repl_harness import status, wait_for
 

@@ -9,10 +9,10 @@ import os
 import random
 
 import pytest
-from conftest import BS, NAME
+from exporter_chain import BS, NAME
+from exporter_fakes import REFERENCE
 from prometheus_client.parser import text_string_to_metric_families
 from repl_harness import status, wait_for
-from test_exporter_metrics import REFERENCE
 
 from appliance import __version__
 from appliance.control.client import call

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import yaml
-from test_exporter_metrics import REFERENCE
+from exporter_fakes import REFERENCE
 
 from appliance.exporter.alerts import KINDS
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 
 import pytest
-from exporter_fakes import RECORDED, answers, io_entry, recorded
+from exporter_fakes import RECORDED, REFERENCE, answers, io_entry, recorded
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.openmetrics import parser as om_parser
@@ -16,39 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from appliance import __version__
 from appliance.exporter.metrics import SiteCollector
 
-G, C, H = "gauge", "counter", "histogram"
-# Every family (as the text parser names it: counters without _total) and its type.
-REFERENCE = {
-    "appliance_build_info": G, "appliance_handler_up": G, "appliance_receiver_up": G,
-    "appliance_transmitter_up": G,
-    # handler
-    "appliance_journal_capacity_bytes": G, "appliance_journal_used_bytes": G,
-    "appliance_journal_records": G, "appliance_journal_overflows": C,
-    "appliance_read_ops": C, "appliance_read_bytes": C, "appliance_write_ops": C,
-    "appliance_write_bytes": C, "appliance_other_ops": C, "appliance_command_latency_seconds": H,
-    # transmitter
-    "appliance_head_sequence": G, "appliance_sent_sequence": G,
-    "appliance_acknowledged_sequence": G, "appliance_applied_sequence": G,
-    "appliance_lag_records": G, "appliance_lag_bytes": G, "appliance_lag_seconds": G,
-    "appliance_recovery_point_age_seconds": G, "appliance_dirty_bytes": G,
-    "appliance_in_sync": G, "appliance_link_up": G, "appliance_replication_state": G,
-    "appliance_resync_total_bytes": G, "appliance_resync_remaining_bytes": G,
-    "appliance_verify_differing_regions": G,
-    "appliance_records_sent": C, "appliance_payload_bytes_sent": C,
-    "appliance_wire_bytes_sent": C, "appliance_batches_sent": C, "appliance_resends": C,
-    "appliance_link_connects": C, "appliance_link_disconnects": C,
-    # receiver
-    "appliance_dr_durable_sequence": G, "appliance_dr_applied_sequence": G,
-    "appliance_dr_consistent_sequence": G, "appliance_dr_generation": G,
-    "appliance_dr_lag_records": G, "appliance_dr_lag_seconds": G,
-    "appliance_dr_records_received": C, "appliance_dr_payload_bytes_received": C,
-    "appliance_dr_rejected_batches": C, "appliance_dr_duplicate_records": C,
-    "appliance_dr_resend_requests": C, "appliance_dr_refusals": C,
-    # the exporter itself
-    "appliance_exporter_alerts_active": G, "appliance_exporter_webhook_queued": G,
-    "appliance_exporter_webhook_delivered": C, "appliance_exporter_webhook_failed_attempts": C,
-    "appliance_exporter_webhook_dropped": C,
-}
 WEBHOOK = {"url": "http://h/", "queued": 2, "delivered": 3, "failed_attempts": 1, "dropped": 0,
            "last_error": None, "last_delivered_at": None}
 
