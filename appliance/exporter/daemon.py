@@ -56,6 +56,12 @@ class StartError(Exception):
     be made); the one-line message says what and what to do."""
 
 
+# How long a management address that is not (yet) on this appliance is waited for at start,
+# and how often its bind is retried meanwhile.
+ADDRESS_WAIT_S = 120.0
+ADDRESS_RETRY_S = 1.0
+
+
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format, *args):
         pass                                # a scrape every few seconds is no news
@@ -99,8 +105,11 @@ class Exporter:
 
     def __init__(self, cfg: ExporterConfig, *, journal: JournalSender | None = None,
                  ask: Callable[[], list[Answer]] | None = None,
-                 webhook: WebhookSender | None = None, clock: Callable[[], float] = time.time):
+                 webhook: WebhookSender | None = None, clock: Callable[[], float] = time.time,
+                 address_wait_s: float = ADDRESS_WAIT_S):
         self.cfg = cfg
+        self.address_wait_s = address_wait_s
+        self._waited_for_address = False
         self.identity = cfg.identity or socket.gethostname()
         sockets = DaemonSockets(handler=cfg.handler_socket, run_dir=cfg.run_dir)
         self.ask = ask or (lambda: ask_daemons(sockets, timeout=SOCKET_TIMEOUT_S,
@@ -183,6 +192,29 @@ class Exporter:
         threading.Thread(target=self.http.serve_forever, args=(0.1,),   # stops within 0.1 s
                          name="metrics-http", daemon=True).start()
 
+    async def _start_http_once_the_address_exists(self, stop: asyncio.Event) -> bool:
+        """At boot the management address may come up after the exporter starts (DHCP,
+        appliance-netconf): wait for it up to ``address_wait_s`` instead of failing at once
+        (a restart loop would reach systemd's start limit). Any other bind error, or an
+        address still missing after the wait, is a StartError. False: stopped meanwhile."""
+        deadline = time.monotonic() + self.address_wait_s
+        while True:
+            try:
+                self.start_http()
+                return True
+            except StartError as err:
+                missing = getattr(err.__cause__, "errno", None) == errno.EADDRNOTAVAIL
+                if not missing or time.monotonic() >= deadline:
+                    raise
+                if not self._waited_for_address:
+                    log.warning("%s; waiting up to %g s for it to come up", err,
+                                self.address_wait_s)
+                    self._waited_for_address = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), ADDRESS_RETRY_S)
+            if stop.is_set():
+                return False
+
     def stop_http(self) -> None:
         if self.http is not None:
             self.http.shutdown()
@@ -200,7 +232,8 @@ class Exporter:
                              f"{err.strerror or err}") from err
         with self._lock:
             self.engine.load()
-        self.start_http()
+        if not await self._start_http_once_the_address_exists(stop):
+            return                          # stopped while waiting: a normal end
         try:
             if self.webhook is not None:
                 self.webhook.start()

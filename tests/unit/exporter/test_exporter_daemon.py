@@ -4,8 +4,10 @@ alerts reaching the journal and a loopback webhook, and the start failures a per
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import socket
+import time
 
 import pytest
 from exporter_fakes import answers, recorded
@@ -152,3 +154,36 @@ def test_site_status_asks_the_exporter_too_but_not_for_itself(tmp_path):
     assert snap["exporter"]["role"] == "exporter" and snap["exporter"]["alerts"] == []
     assert snap["handler"] is None and snap["transmitters"] == {} and snap["errors"] == {}
     assert without == []
+
+
+def test_a_missing_address_is_waited_for_a_bounded_time(tmp_path, caplog):
+    """At boot the management address may come up late: the exporter waits for it (bounded),
+    warns once, and then fails with the same one-line reason."""
+    cfg = ExporterConfig(address="192.0.2.77", port=9477, state_dir=tmp_path / "state",
+                         run_dir=tmp_path / "run")
+    exporter = daemon.Exporter(cfg, ask=lambda: [], address_wait_s=1.2)
+    started = time.monotonic()
+    with caplog.at_level("WARNING"), pytest.raises(daemon.StartError,
+                                                   match="192.0.2.77 is not an address"):
+        asyncio.run(exporter.run(asyncio.Event()))
+    waited = time.monotonic() - started
+    assert 1.2 <= waited < 5, f"waited {waited:.1f} s for the address (bound: 1.2 s)"
+    warnings = [r.getMessage() for r in caplog.records if "waiting up to" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert not (tmp_path / "run" / "exporter.sock").exists()
+
+
+def test_a_stop_ends_the_wait_for_the_address(tmp_path):
+    cfg = ExporterConfig(address="192.0.2.77", port=9477, state_dir=tmp_path / "state",
+                         run_dir=tmp_path / "run")
+    exporter = daemon.Exporter(cfg, ask=lambda: [], address_wait_s=60)
+
+    async def stop_soon() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.3, stop.set)
+        await exporter.run(stop)
+
+    started = time.monotonic()
+    asyncio.run(stop_soon())                # a normal end, no error
+    assert time.monotonic() - started < 5
+    assert exporter.http is None and not (tmp_path / "run" / "exporter.sock").exists()
