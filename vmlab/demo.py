@@ -10,7 +10,9 @@ targetcli, and an application host writing files to it over iSCSI with CHAP.
 
 Every step an admin takes is a targetcli command (printed as it runs): ``/replication info``
 on both appliances for their certificate fingerprints, ``/replication/peers create`` on both
-(TLS, each pins the other's certificate), the ``user:mirror`` backstore, target, LUN and an ACL
+(TLS, each pins the other's certificate), ``/replication/monitoring set exporter address=``
+on both (metrics and alerts on the management address, forwarded to this machine), the
+``user:mirror`` backstore, target, LUN and an ACL
 with mutual CHAP for the host's initiator (no demo mode: authentication on, no generated ACLs),
 ``/replication/volumes create backstore= peer=``, and ``saveconfig`` on both.
 
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmlab import appliance as ap
-from vmlab import replication
+from vmlab import monitoring, replication
 from vmlab.image import ImageError, ensure_image
 from vmlab.lab import Lab
 from vmlab.machine import Machine, MachineError, MachineSpec
@@ -88,8 +90,10 @@ def boot(lab: Lab, port: int) -> tuple[Machine, Machine, Machine]:
     say("booting the primary, the DR appliance and the application host (software "
         "emulation: a few minutes)")
     primary, dr, host = lab.boot(
-        MachineSpec("primary", private_address=f"{PRIMARY_ADDR}/24", forwards={ap.ISCSI_PORT: port}),
-        MachineSpec("dr", private_address=f"{DR_ADDR}/24", forwards={ap.ISCSI_PORT: 0}),
+        MachineSpec("primary", private_address=f"{PRIMARY_ADDR}/24",
+                    forwards={ap.ISCSI_PORT: port, monitoring.EXPORTER_PORT: 0}),
+        MachineSpec("dr", private_address=f"{DR_ADDR}/24",
+                    forwards={ap.ISCSI_PORT: 0, monitoring.EXPORTER_PORT: 0}),
         ap.host_spec("host", f"{HOST_ADDR}/24", memory_mib=768),
     )
     return primary, dr, host
@@ -123,6 +127,9 @@ def build_chain(lab: Lab, *, size: str = "1G", journal_size: str = "128M", port:
 
     log("pairing the appliances (TLS: each pins the other's certificate fingerprint)")
     replication.pair(primary, PRIMARY_ADDR, dr, DR_ADDR, say=log)
+    log("metrics and alerts on each appliance's management address")
+    for machine in (primary, dr):
+        shell(machine, [monitoring.set_management_address_line()], log)
 
     lun = ap.LunSpec("disk0", size=size, journal_size=journal_size)
     chap = ap.lab_chap(host.name)
@@ -242,6 +249,12 @@ def instructions(chain: Chain, lab: Lab) -> str:
    {py} -m vmlab.console {dr.dir} -- targetcli /replication status
    {py} -m vmlab.console {primary.dir} -- targetcli /replication/volumes/{name} pause
    {py} -m vmlab.console {primary.dir} -- targetcli /replication/volumes/{name} resume
+   {py} -m vmlab.console {primary.dir} -- targetcli /replication/monitoring status
+
+ Metrics (Prometheus text; each exporter listens on its appliance's management address
+ {monitoring.MGMT_ADDR}:{monitoring.EXPORTER_PORT}, forwarded here):
+   curl -s {monitoring.metrics_url(primary)}
+   curl -s {monitoring.metrics_url(dr)}
 
  Write more on the host, then watch the DR catch up:
    {py} -m vmlab.console {host.dir} -- sh -c 'head -c 50M /dev/urandom > {MNT}/more.bin; sync'

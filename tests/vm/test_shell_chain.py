@@ -7,6 +7,11 @@ user:mirror disk, its target and a mutual-CHAP ACL for the host, ``/replication/
 create``, ``saveconfig``; the host logs in with CHAP, makes ext4 and writes files. Then:
 
 - the DR converges byte for byte (SHA-256 of both mirrors);
+- issue 16: each exporter, moved to its management address by the setup's
+  ``/replication/monitoring set exporter``, runs under its unit and listens there only; a scrape
+  during replication shows the DR's applied sequence rising; a journal pause raises the
+  LoggingToBitmap alert once (status text, the journal's MESSAGE_ID) and the resume clears it
+  once; after the reboot both exporters answer again on the saved address;
 - an initiator without the credentials (or with a wrong secret) is refused;
 - an interactive targetcli session on a terminal: help text, Tab completion, ``ls``;
 - every bad input of issue 15 item 7 is refused, naming what to fix, with nothing changed; a
@@ -32,8 +37,10 @@ import time
 
 import pytest
 
+from appliance.exporter.alerts import KINDS
 from vmlab import appliance as ap
 from vmlab import demo
+from vmlab import monitoring as mon
 from vmlab import replication as rp
 from vmlab.demo import DR_ADDR, MNT, PRIMARY_ADDR, Chain
 from vmlab.machine import Machine
@@ -88,6 +95,61 @@ def test_dr_converges_byte_for_byte(chain):
         assert "link:connected" in text and "in-sync" in text, text
     assert done.primary_status.startswith(f"{VOLUME} role:primary peer:dr"), done.primary_status
     assert "role:dr primary:primary" in done.dr_status, done.dr_status
+
+
+def test_exporter_on_the_management_address_shows_the_dr_applying(chain):
+    """Issue 16 on the image: each appliance's exporter, moved to its management address by
+    ``/replication/monitoring set exporter`` during the setup, runs under its hardened unit,
+    listens there only, and a scrape (parsed by prometheus_client) during replication shows
+    the DR's applied sequence rising."""
+    primary, dr, host = chain.primary, chain.dr, chain.host
+    listen = f"{mon.MGMT_ADDR}:{mon.EXPORTER_PORT}"
+    for machine in (primary, dr):
+        active = machine.run(["systemctl", "is-active", "appliance-exporter.service"],
+                             check=False).text.strip()
+        assert active == "active", rp.unit_logs(machine, ["appliance-exporter.service"])
+        sockets = machine.run(["ss", "-ltnH", f"sport = :{mon.EXPORTER_PORT}"]).text.split()
+        assert listen in sockets and not any(s.startswith(("0.0.0.0:", "*:", "[::]:"))
+                                             for s in sockets), sockets
+        info = ap.targetcli(machine, "/replication/monitoring", "info").text
+        say(f"{machine.name}: /replication/monitoring info\n{info}")
+        assert f"listen:   {listen}" in info, info
+
+    fams = mon.families(mon.scrape(primary))
+    vp = {"volume": VOLUME, "peer": f"{DR_ADDR}:7700"}
+    types = {name: fams[name].type for name in fams}
+    expected = {"appliance_build_info": "gauge", "appliance_handler_up": "gauge",
+                "appliance_journal_capacity_bytes": "gauge", "appliance_write_ops": "counter",
+                "appliance_command_latency_seconds": "histogram",
+                "appliance_acknowledged_sequence": "gauge", "appliance_link_up": "gauge",
+                "appliance_replication_state": "gauge",
+                "appliance_payload_bytes_sent": "counter"}
+    assert {n: types.get(n) for n in expected} == expected, types
+    assert mon.sample(fams, "appliance_journal_capacity_bytes", volume=VOLUME) > 0
+    assert mon.sample(fams, "appliance_write_ops", "appliance_write_ops_total", volume=VOLUME) > 0
+    assert mon.sample(fams, "appliance_link_up", **vp) == 1.0, fams["appliance_link_up"].samples
+    assert mon.sample(fams, "appliance_replication_state", **vp,
+                      appliance_replication_state="replicating") == 1.0
+
+    def dr_applied() -> float | None:
+        return mon.sample(mon.families(mon.scrape(dr)), "appliance_dr_applied_sequence",
+                          volume=VOLUME, peer="primary")
+
+    before = dr_applied()
+    assert before is not None and before > 0, mon.scrape(dr)[:3000]
+    seen = [before]
+    writer = threading.Thread(target=demo.write_files, args=(host, "scraped", 8), daemon=True)
+    writer.start()
+    try:
+        rp.wait_for("the DR's applied sequence rising in two scrapes while the host writes",
+                    lambda: (seen.append(dr_applied() or 0) or len(set(seen)) >= 3), 240,
+                    interval=1.0, detail=lambda: f"applied seqs scraped: {seen}")
+    finally:
+        writer.join(timeout=600)
+    chain.files_written += 8
+    assert not writer.is_alive(), "the host's writes did not finish within 600 s"
+    say(f"DR applied sequence scraped during replication: {seen}")
+    assert seen == sorted(seen) and seen[-1] > before, seen
 
 
 def test_chap_refuses_an_initiator_without_the_credentials(chain):
@@ -233,11 +295,26 @@ def test_journal_pause_and_resume(chain):
     text = rp.shell_status(primary)
     say(f"primary while journaling is paused:\n{text}")
     assert "journal:paused" in text, text
+    # the exporter's alert: in the status an admin reads, and in the journal with its id
+    kind = KINDS["LoggingToBitmap"]
+    text = rp.wait_for("the LoggingToBitmap alert in targetcli /replication status",
+                       lambda: "LoggingToBitmap" in (t := rp.shell_status(primary)) and t, 60,
+                       detail=lambda: rp.shell_status(primary))
+    say(f"primary's status with the alert:\n{text}")
+    raised = rp.wait_for("the raised alert in the journal with its MESSAGE_ID",
+                         lambda: mon.journal_entries(primary, kind.raised_id), 60)
     demo.shell(primary, [f"{node} resume what=journal"], say)
     done = demo.converge(chain, say)
     say(f"journal resumed: the dirty regions resynced, converged in {done.seconds:.0f} s")
     assert "in-sync" in done.primary_status and "journal:paused" not in done.primary_status, \
         done.primary_status
+    cleared = rp.wait_for("the cleared alert in the journal with its MESSAGE_ID",
+                          lambda: mon.journal_entries(primary, kind.cleared_id), 60)
+    for entry in (*raised, *cleared):
+        say(f"journal: {entry.get('SYSLOG_IDENTIFIER')} {entry.get('MESSAGE')}")
+    assert len(raised) == 1 and len(cleared) == 1, (raised, cleared)   # once each
+    assert raised[0].get("VOLUME") == VOLUME, raised[0]
+    assert "LoggingToBitmap" not in rp.shell_status(primary)
 
 
 # --------------------------------------------------------------------------- persistence
@@ -273,6 +350,9 @@ def test_saveconfig_reboot_both_and_replication_resumes(chain):
     chain.files_written += 6
     done = demo.converge(chain, say)
     say(f"after the reboot of both appliances: converged in {done.seconds:.0f} s")
+    for machine in (primary, dr):       # the saved monitoring settings came back with them
+        fams = mon.families(mon.scrape(machine))
+        assert mon.sample(fams, "appliance_build_info") == 1.0, sorted(fams)
     assert "in-sync" in done.primary_status and "in-sync" in done.dr_status, \
         f"{done.primary_status}\n{done.dr_status}"
 
