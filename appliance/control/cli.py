@@ -75,6 +75,8 @@ def _status_text(socket: str | None, timeout: float) -> str:
         snapshot = daemons.collect(config.sockets, timeout=timeout)
     else:
         result = call(socket, "status", timeout=timeout)
+        if isinstance(result, dict) and result.get("role") == "exporter":   # alerts only
+            return status_text.render_alerts(result, now=time.time()) + "\n"
         try:
             snapshot = daemons.snapshot_of(result, Path(socket))
         except ValueError as err:

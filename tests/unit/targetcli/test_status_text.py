@@ -212,3 +212,15 @@ def test_appliancectl_call_still_needs_a_socket(capsys):
     with pytest.raises(SystemExit):
         cli.main(["call", "verify"])
     assert "call needs --socket" in capsys.readouterr().err
+
+
+def test_appliancectl_status_of_the_exporter_lists_its_alerts(tmp_path, serving, capsys,
+                                                             monkeypatch):
+    exporter = recorded("exporter_alerts")["exporter"]
+    sock = serving(tmp_path / "run" / "exporter.sock", exporter)
+    monkeypatch.setenv("APPLIANCE_REPLICATION_DIR", str(tmp_path / "none"))
+    assert cli.main(["--socket", str(sock), "status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"alerts: {len(exporter['alerts'])} active (exporter on 127.0.0.1:9477)"
+    assert [line.split()[1] for line in lines[1:len(exporter["alerts"]) + 1]] == \
+        [a["alert"] for a in exporter["alerts"]]
