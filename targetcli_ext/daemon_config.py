@@ -154,7 +154,8 @@ def transmitter_document(site: Site, volume: Volume, backstore: MirrorBackstore,
     cfg = backstore.config
     doc: dict = {
         "identity": site.identity, "name": volume.name,
-        "peer": peer.address, "peer_identity": certificate_identity(pem),
+        "peer": peer.address, "peer_name": peer.name,
+        "peer_identity": certificate_identity(pem),
         "journal": cfg.journal, "mirror": cfg.mirror, "bitmap": cfg.bitmap_path,
         "volume_uuid": str(backstore.uuid), "size_bytes": backstore.size_bytes,
         "block_size": backstore.block_size,

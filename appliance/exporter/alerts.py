@@ -34,6 +34,7 @@ from appliance.exporter.metrics import (
     rx_link_up,
     rx_volume_label,
     tx_link_up,
+    tx_peer,
 )
 from appliance.statefile import write_json_atomic
 
@@ -186,7 +187,7 @@ def _bitmap_signal(name: str, daemon: str, state, since, why) -> Signal:
 def transmitter_signals(name: str, s: dict, th: AlertThresholds, daemon: str,
                         *, bitmap: bool) -> Iterator[Signal]:
     """``bitmap``: also LoggingToBitmap (when the handler does not report the volume)."""
-    peer = str(s.get("peer") or "") or None
+    peer = tx_peer(s) or None
     link = s.get("link") or {}
     state = link.get("state") or ""
     if bitmap:

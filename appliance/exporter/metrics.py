@@ -63,6 +63,12 @@ def _path(*keys: str) -> Callable[[dict], object]:
 
 # --- the transmitter's volume (labels volume, peer) ----------------------------------------
 
+def tx_peer(s: dict) -> str:
+    """The DR as its admin named it (/replication/peers), else its address (a transmitter
+    configured by hand)."""
+    return str(s.get("peer_name") or s.get("peer") or "")
+
+
 def tx_link_up(s: dict) -> bool:
     """Connected: replicating, or held by a pause with the link up (a link that is down says
     connecting/reconnecting also while paused: docs/protocol.md, "Steering")."""
@@ -344,7 +350,7 @@ def _handler(out: Families, status: dict) -> None:
 
 
 def _transmitter(out: Families, name: str, status: dict) -> None:
-    labels = [name, str(status.get("peer") or "")]
+    labels = [name, tx_peer(status)]
     for spec in TRANSMITTER:
         out.add(spec, VP, labels, status)
     out.states(labels, tx_states(status))

@@ -118,7 +118,7 @@ TRANSMITTER_KEYS = {
     "size_bytes": int, "block_size": int, "generation": int, "bandwidth_limit": float,
     "blackout": list[str], "batch_bytes": int, "window_bytes": int, "backoff_max_s": float,
     "mirror": str, "bitmap": str, "resync_skip_matching": bool, "resync_region_bytes": int,
-    "resync_clear_timeout_s": float, "name": str, "paused": bool}
+    "resync_clear_timeout_s": float, "name": str, "peer_name": str, "paused": bool}
 
 
 def parse_hostport(text: str, key: str, where: Where) -> tuple[str, int]:
@@ -245,6 +245,7 @@ class TransmitterConfig:
     resync_region_bytes: int = 1 << 20
     resync_clear_timeout_s: float = 30.0
     name: str = ""                      # the volume's name as its admin knows it (backstore)
+    peer_name: str = ""                 # the peer's name as its admin knows it (/replication/peers)
     paused: bool = False                # start with shipping paused (the shell's 'pause')
 
 
@@ -348,6 +349,7 @@ def transmitter_config(raw: dict, where: str = "transmitter config") -> Transmit
         resync_region_bytes=region,
         resync_clear_timeout_s=positive("resync_clear_timeout_s"),
         name=setting(d, "name", TransmitterConfig, top),
+        peer_name=setting(d, "peer_name", TransmitterConfig, top),
         paused=setting(d, "paused", TransmitterConfig, top))
 
 

@@ -30,6 +30,7 @@ def transmitter_status(cfg: TransmitterConfig, shared: TxShared, view: VolumeVie
     return {
         "role": "transmitter", "identity": cfg.identity, "name": cfg.name,
         "volume_uuid": str(cfg.volume_uuid), "peer": "{}:{}".format(*cfg.peer),
+        "peer_name": cfg.peer_name or None,
         "size_bytes": shared.volume_bytes,
         "link": shared.link_status.as_dict(), **counters.__dict__, "head_seq": head,
         "in_sync": behind is None, "behind_reason": behind,

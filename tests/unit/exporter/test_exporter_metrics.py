@@ -224,3 +224,12 @@ def test_a_failing_ask_still_answers_the_scrape():
     registry.register(SiteCollector(broken))
     fams = families(generate_latest(registry).decode())
     assert list(fams) == ["appliance_build_info"]
+
+
+def test_the_peer_label_is_the_name_the_admin_gave_it():
+    snap = recorded("healthy")
+    snap["transmitters"]["vol1"]["peer_name"] = "dr"
+    fams = families(scrape(answers(snap)))
+    assert value(fams, "appliance_link_up", volume="vol1", peer="dr") == 1
+    assert not [s for f in fams.values() for s in f.samples
+                if s.labels.get("peer") == "192.0.2.2:7700"]

@@ -69,6 +69,7 @@ def test_create_takes_everything_from_the_backstore_and_starts_the_transmitter(s
     assert doc["volume_uuid"] == want_uuid
     assert (doc["size_bytes"], doc["block_size"]) == (64 << 20, 512)
     assert doc["peer"] == "192.0.2.2:7700" and doc["peer_identity"] == "dr-site"
+    assert doc["peer_name"] == "dr"     # the metrics and alerts name the peer so
     assert doc["name"] == "vol1" and doc["paused"] is False
     assert doc["control_socket"] == str(tmp_path / "run" / "transmitter-vol1.sock")
     assert doc["tls"]["peers"] == [str(sh.state_dir / "peers" / "dr.pem")]
