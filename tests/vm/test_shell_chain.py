@@ -116,7 +116,7 @@ def test_exporter_on_the_management_address_shows_the_dr_applying(chain):
         assert f"listen:   {listen}" in info, info
 
     fams = mon.families(mon.scrape(primary))
-    vp = {"volume": VOLUME, "peer": f"{DR_ADDR}:7700"}
+    vp = {"volume": VOLUME, "peer": "dr"}      # the peer as paired (/replication/peers)
     types = {name: fams[name].type for name in fams}
     expected = {"appliance_build_info": "gauge", "appliance_handler_up": "gauge",
                 "appliance_journal_capacity_bytes": "gauge", "appliance_write_ops": "counter",
