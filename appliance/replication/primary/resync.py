@@ -40,15 +40,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance import storage
+from appliance.journal import JournalReader
 from appliance.replication import wire
 from appliance.replication.digest import region_digest
 from appliance.replication.link import run_blocking
+from appliance.replication.primary.host_view import HostView
 from appliance.replication.primary.steering import DiscardState
 from appliance.statefile import write_json_atomic
 from appliance.volume.resync import ResyncSnapshot, region_extent
 
 if TYPE_CHECKING:
-    from appliance.journal import JournalReader, VolumeFiles
+    from appliance.journal import VolumeFiles
     from appliance.replication.config import TransmitterConfig
     from appliance.replication.handshake import Welcome
     from appliance.replication.link import FrameLink
@@ -155,9 +157,13 @@ class ResyncDriver:
         # The transmitter's one writer of the bitmap's request slot (it outlives the session).
         self.source = shared.bitmap_requests(files)
         self._mirror: storage.BlockIO | None = storage.open_file(files.mirror)
+        # (Its journal readers open at the first read.)
+        self._host_view = HostView(self._mirror, lambda: JournalReader(
+            cfg.journal, volume_uuid=cfg.volume_uuid))
         self.pending_repair = PendingRepair(Path(files.bitmap))
 
     def close(self) -> None:
+        self._host_view.close()
         if self._mirror is not None:
             self._mirror.close()
             self._mirror = None
@@ -360,11 +366,28 @@ class ResyncDriver:
         return seq
 
     def read(self, offset: int, length: int) -> bytes:
-        buf = bytearray(length)
+        return self.read_regions([(offset, length)])[0][0]
+
+    def read_regions(self, regions: list[tuple[int, int]]) -> tuple[list[bytes], int]:
+        """The regions as the host reads them, and the journal head ``H`` they are the image
+        at (``host_view.py``), rather than the bare mirror file, which with the write cache
+        on lacks writes the peer has already applied and acknowledged.
+
+        A region shipped after RESYNC_BEGIN must contain every record the peer applied
+        before it (``_begin`` waits until none is in flight; they are never sent again).
+        Records above the peer's are sent after RESYNC_END and applied over the region again,
+        which changes nothing (in order, each a pure overwrite), so any image at a head
+        ``H >= acked`` is right. The bitmap resync and the full copy read only while chunks
+        are dirty, i.e. while the writer logs to the bitmap (it journals again only with a
+        clean bitmap; a chunk is cleared only after its region was read and acknowledged):
+        entering that mode commits the overlay, and the mode keeps none, so the mirror was
+        already the host's image there and nothing changes for them. A verify repair (and a
+        repair cut short, shipped again inside a resync) reads while the writer journals:
+        the bare mirror lacked the cached writes there (docs/protocol.md, "Online verify").
+        """
         if self._mirror is None:
             raise ValueError("the resync driver is closed")
-        self._mirror.pread_into(offset, memoryview(buf))
-        return bytes(buf)
+        return self._host_view.read(regions)
 
     async def _ship(self, regions: list[Region], snap: ResyncSnapshot | None = None) -> None:
         """Ship regions a window at a time. With ``snap``, each window's completed chunks are
@@ -376,8 +399,8 @@ class ResyncDriver:
         for i in range(0, len(regions), WINDOW):
             await self.control.shipping_allowed()       # the admin's pause, a blackout
             window = regions[i : i + WINDOW]
-            datas = await run_blocking(lambda w=window: [self.read(r.offset, r.length)
-                                                         for r in w])
+            datas, _ = await run_blocking(lambda w=window: self.read_regions(
+                [(r.offset, r.length) for r in w]))
             send = list(range(len(window)))
             if self.cfg.resync_skip_matching:
                 send = await self.compare([(r.offset, r.length, region_digest(d))

@@ -1,10 +1,12 @@
 """Online verify: compare the primary and DR mirrors region by region by hash, while
 replication runs.
 
-For a window of regions the transmitter reads the primary mirror, notes the journal head ``H``
-afterwards, waits until the peer has acknowledged everything up to ``H`` (so those records were
-sent before the HASHES frame and the peer applies them before comparing), then sends the
-hashes. Writes that race with the check can make a region look different for a moment, so a
+For a window of regions the transmitter reads the primary's image as the host sees it at a
+journal head ``H`` (the mirror file with the journal's records above the mirror checkpoint
+applied over it: with the write cache on, the file lacks writes the handler still caches and
+the peer already holds; ``host_view.py``), waits until the peer has acknowledged everything up
+to ``H`` (so those records were sent before the HASHES frame and the peer applies them before
+comparing), then sends the hashes. Writes that race with the check can make a region look different for a moment, so a
 differing region is checked again (up to ``rechecks`` times); only regions that differ every
 time are reported. With ``repair`` they are then shipped through the resync path (the DR says
 ``inconsistent`` and keeps undo data until the repair has been applied).
@@ -61,9 +63,10 @@ async def verify(driver: ResyncDriver, report: VerifyReport, *, region_bytes: in
 
 async def _check_window(driver: ResyncDriver, window: list[tuple[int, int]]
                         ) -> list[tuple[int, int]]:
-    datas = await run_blocking(lambda: [driver.read(offset, length) for offset, length in window])
+    # The image the host reads at head H, cached writes included (host_view.py): the mirror
+    # file alone lacks those the handler holds in its overlay, which the peer has applied.
+    datas, head = await run_blocking(lambda: driver.read_regions(window))
     reader = driver.reader
-    head = await run_blocking(lambda: reader.durable_seq - 1)
     while reader.acked_seq < head:      # records <= head are ahead of the hashes
         await asyncio.sleep(0.01)
     hashes = [(offset, length, region_digest(data))
