@@ -46,7 +46,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from appliance.journal import JournalCorrupt, Record, RecordsGone
+from appliance.journal import JournalCorrupt, Record, RecordsGone, WriteOp
 from appliance.volume.pending import PendingWrites
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ if TYPE_CHECKING:
     from appliance.storage import BlockIO
 
 _ATTEMPTS = 5               # reads started over because the writer reclaimed under them
-_READ_BYTES = 4 << 20       # journal bytes per reader call
+_READ_BYTES = 4 << 20       # journal bytes per scan call
+_FETCH_BYTES = 256 << 10    # per re-read (the records wanted are usually few and apart)
 
 
 class Spans:
@@ -118,7 +119,7 @@ class HostView:
                 mark = self._scan.writer_checkpoint().mirror_durable_seq
                 datas = [self._read_mirror(offset, length) for offset, length in regions]
                 try:
-                    head, records = self._records_touching(spans, mark)
+                    head, ops = self._records_touching(spans, mark)
                 except (RecordsGone, JournalCorrupt):
                     # The writer moved its checkpoint on and reclaimed what we read after
                     # ``mark``: the mirror holds those records now, so read again. If the
@@ -127,7 +128,7 @@ class HostView:
                             self._scan.writer_checkpoint().mirror_durable_seq == mark):
                         raise
                     continue
-                self._apply(records, regions, datas, bs)
+                self._apply(ops, head, regions, datas, bs)
                 return [bytes(d) for d in datas], head
         raise AssertionError("unreachable")     # (the last attempt returns or raises)
 
@@ -136,8 +137,8 @@ class HostView:
         self._mirror.pread_into(offset, memoryview(buf))
         return buf
 
-    def _records_touching(self, spans: Spans, mark: int) -> tuple[int, list[Record]]:
-        """Journal head, and the records of (mark, head] that touch ``spans``, in order."""
+    def _records_touching(self, spans: Spans, mark: int) -> tuple[int, list[WriteOp]]:
+        """Journal head, and the writes of (mark, head] that touch ``spans``, in order."""
         try:
             return self._scan_and_fetch(spans, mark)
         except BaseException:
@@ -145,42 +146,49 @@ class HostView:
             self._indexed_to = 0
             raise
 
-    def _scan_and_fetch(self, spans: Spans, mark: int) -> tuple[int, list[Record]]:
+    def _scan_and_fetch(self, spans: Spans, mark: int) -> tuple[int, list[WriteOp]]:
         index = self._index
         del index[:bisect.bisect_right(index, (mark, 1 << 62, 0))]    # on the mirror now
         self._indexed_to = max(self._indexed_to, mark)
         older = [seq for seq, lo, hi in index if spans.touches(lo, hi)]
-        fresh: list[Record] = []
+        fresh: list[WriteOp] = []
         assert self._scan is not None
         while batch := self._scan.read(self._indexed_to + 1, _READ_BYTES, views=True):
             for record in batch:
                 op = record.op
                 index.append((record.seq, op.lba, op.lba + op.nblocks))
                 if spans.touches(op.lba, op.lba + op.nblocks):
-                    fresh.append(record)
+                    fresh.append(_own(record))
             self._indexed_to = batch[-1].seq
         return self._indexed_to, self._fetch_records(older) + fresh
 
-    def _fetch_records(self, seqs: list[int]) -> list[Record]:
-        """The records of these seqs (ascending), read again."""
+    def _fetch_records(self, seqs: list[int]) -> list[WriteOp]:
+        """The writes of these seqs (ascending), read again."""
         assert self._fetch is not None
         wanted, got = set(seqs), {}
         for seq in seqs:
             if seq in got:
                 continue
-            for record in self._fetch.read(seq, _READ_BYTES, views=True):
+            for record in self._fetch.read(seq, _FETCH_BYTES, views=True):
                 if record.seq in wanted:
-                    got[record.seq] = record
+                    got[record.seq] = _own(record)
             if seq not in got:
                 raise RecordsGone(f"the journal no longer holds seq {seq} where it did")
         return [got[seq] for seq in seqs]
 
-    def _apply(self, records: list[Record], regions: Sequence[tuple[int, int]],
+    def _apply(self, ops: list[WriteOp], head: int, regions: Sequence[tuple[int, int]],
                datas: list[bytearray], bs: int) -> None:
-        if not records:
+        if not ops:
             return
         overlay = PendingWrites(bs)
-        overlay.add([record.op for record in records], records[-1].seq)
+        overlay.add(ops, head)
         for (offset, length), data in zip(regions, datas, strict=True):
             overlay.overlay(offset // bs, length // bs, [memoryview(data)])
-        self.records_applied += len(records)
+        self.records_applied += len(ops)
+
+
+def _own(record: Record) -> WriteOp:
+    """The write with its data copied out of the reader's buffer (a view keeps the whole
+    read of up to ``_READ_BYTES`` alive; the overlay would copy it anyway)."""
+    op = record.op
+    return WriteOp(op.kind, op.lba, op.nblocks, bytes(op.data))
