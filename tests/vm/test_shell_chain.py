@@ -285,6 +285,8 @@ def test_pause_resume_and_discard(chain):
 def test_journal_pause_and_resume(chain):
     primary, host = chain.primary, chain.host
     node = f"/replication/volumes/{VOLUME}"
+    kind = KINDS["LoggingToBitmap"]     # also raised and cleared by the discard test before
+    earlier = {i: len(mon.journal_entries(primary, i)) for i in (kind.raised_id, kind.cleared_id)}
     demo.shell(primary, [f"{node} pause what=journal"], say)
     handler = json.loads(primary.run(["appliancectl", "--socket", "/run/appliance-handler/handler.sock",
                                       "status", "--json"]).text)
@@ -296,24 +298,25 @@ def test_journal_pause_and_resume(chain):
     say(f"primary while journaling is paused:\n{text}")
     assert "journal:paused" in text, text
     # the exporter's alert: in the status an admin reads, and in the journal with its id
-    kind = KINDS["LoggingToBitmap"]
     text = rp.wait_for("the LoggingToBitmap alert in targetcli /replication status",
                        lambda: "LoggingToBitmap" in (t := rp.shell_status(primary)) and t, 60,
                        detail=lambda: rp.shell_status(primary))
     say(f"primary's status with the alert:\n{text}")
-    raised = rp.wait_for("the raised alert in the journal with its MESSAGE_ID",
-                         lambda: mon.journal_entries(primary, kind.raised_id), 60)
+    rp.wait_for("the raised alert in the journal with its MESSAGE_ID",
+                lambda: mon.journal_entries(primary, kind.raised_id)[earlier[kind.raised_id]:], 60)
     demo.shell(primary, [f"{node} resume what=journal"], say)
     done = demo.converge(chain, say)
     say(f"journal resumed: the dirty regions resynced, converged in {done.seconds:.0f} s")
     assert "in-sync" in done.primary_status and "journal:paused" not in done.primary_status, \
         done.primary_status
     cleared = rp.wait_for("the cleared alert in the journal with its MESSAGE_ID",
-                          lambda: mon.journal_entries(primary, kind.cleared_id), 60)
+                          lambda: mon.journal_entries(primary, kind.cleared_id)[earlier[kind.cleared_id]:],
+                          60)
+    raised = mon.journal_entries(primary, kind.raised_id)[earlier[kind.raised_id]:]
     for entry in (*raised, *cleared):
         say(f"journal: {entry.get('SYSLOG_IDENTIFIER')} {entry.get('MESSAGE')}")
     assert len(raised) == 1 and len(cleared) == 1, (raised, cleared)   # once each
-    assert raised[0].get("VOLUME") == VOLUME, raised[0]
+    assert raised[0].get("VOLUME") == VOLUME and "paused" in raised[0]["MESSAGE"], raised[0]
     assert "LoggingToBitmap" not in rp.shell_status(primary)
 
 
