@@ -115,7 +115,10 @@ def test_exporter_on_the_management_address_shows_the_dr_applying(chain):
         say(f"{machine.name}: /replication/monitoring info\n{info}")
         assert f"listen:   {listen}" in info, info
 
-    fams = mon.families(mon.scrape(primary))
+    scraped = mon.scrape(primary)
+    say("primary's scrape (samples):\n" + "\n".join(
+        line for line in scraped.splitlines() if line and not line.startswith("#")))
+    fams = mon.families(scraped)
     vp = {"volume": VOLUME, "peer": "dr"}      # the peer as paired (/replication/peers)
     types = {name: fams[name].type for name in fams}
     expected = {"appliance_build_info": "gauge", "appliance_handler_up": "gauge",
