@@ -37,7 +37,7 @@ def emit_record(sb: Superblock, journal_uuid_bytes: bytes, planned: Placement,
             timestamp_ns=timestamp_ns, tail_seq=tail_seq,
             synced_seq=synced_seq, prev_crc=head.prev_crc, data_crc=0,
             data_bytes=0, entries=())
-        bufs.append(meta)
+        bufs.append(memoryview(meta))   # BlockIO.pwritev takes bytes or memoryviews
         # The pad is not followed by its blank blocks: the next record starts a segment,
         # and links to the last BATCH record, as the pad does.
         return ChainPoint((planned.block + planned.record_blocks) % total, head.seq,
@@ -55,7 +55,7 @@ def emit_record(sb: Superblock, journal_uuid_bytes: bytes, planned: Placement,
         timestamp_ns=timestamp_ns, tail_seq=tail_seq, synced_seq=synced_seq,
         prev_crc=head.prev_crc, data_crc=data_crc, data_bytes=size, n_ops=len(ops),
         flat_entries=list(chain.from_iterable(map(_entry_of, ops))))
-    bufs.append(meta)
+    bufs.append(memoryview(meta))
     bufs.extend(filter(None, datas))  # UNMAP carries no bytes: no empty iovec
     if size % JBLOCK:
         bufs.append(_ZERO_BLOCK[: JBLOCK - size % JBLOCK])

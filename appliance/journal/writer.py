@@ -122,7 +122,9 @@ class Journal:
                     self._publish()  # a clean close leaves the exact head in the slot
                     self._io.sync()
             finally:
-                io, self._io = self._io, None
+                io = self._io
+                # Closed: every method checks _check_open() before it touches the file.
+                self._io = None  # type: ignore[assignment]
                 io.close()
 
     def __enter__(self) -> Journal:
@@ -319,17 +321,16 @@ class Journal:
         if from_seq >= end:
             return
         found = segment_holding(self._area, from_seq, self._newest_segment())
-        if found is None or found[1] is None:
+        segment, meta = found if found is not None else (self._newest_segment(), None)
+        if meta is None:
             self._refresh_acked()
             if from_seq < self.tail_seq:
                 raise RecordsGone(f"records from seq {from_seq} were reclaimed and "
                                   f"overwritten (the tail is at seq {self.tail_seq})")
-            segment = found[0] if found else self._newest_segment()
             raise JournalCorrupt(
                 f"seq {from_seq} is still held (tail {self.tail_seq}) but the segment that "
                 f"holds it has no intact first record",
                 position=self.sb.block_offset(segment * self.sb.segment_blocks))
-        segment, meta = found
         walker = Walker(self._area, ChainPoint(segment * self.sb.segment_blocks, meta.first_seq, 0),
                         check_first_link=False)
         seq = meta.first_seq

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from appliance.scsi import admin, caw, provisioning, rw, sense
 from appliance.scsi.command import ScsiCommand, ScsiResult
-from appliance.scsi.context import QUEUED, Context, Handler, WriteBatch
+from appliance.scsi.context import Context, Handler, Queued, WriteBatch
 from appliance.scsi.fastpath import FAST_HANDLERS
 from appliance.scsi.identity import DiskIdentity, DiskLimits
 
@@ -98,7 +98,7 @@ class ScsiDisk:
         for index, cmd in enumerate(cmds):
             ctx.index = index
             outcome = self._run_one(ctx, cmd)
-            if outcome is not QUEUED:
+            if not isinstance(outcome, Queued):     # QUEUED: the group commit answers
                 results[index] = outcome
         batch.commit()
         self.group_commits += batch.commits
@@ -106,7 +106,7 @@ class ScsiDisk:
         return [result if result is not None else missing("no result").result()
                 for result in results]
 
-    def _run_one(self, ctx: Context, cmd: ScsiCommand) -> object:
+    def _run_one(self, ctx: Context, cmd: ScsiCommand) -> ScsiResult | Queued:
         cdb = cmd.cdb
         # The fast route for plain READ/WRITE (10)/(16) (fastpath.py); it declines (None)
         # anything unusual, and a pending unit attention, to the generic route below.
@@ -122,7 +122,7 @@ class ScsiDisk:
                     return outcome
         return self._run_generic(ctx, cmd)
 
-    def _run_generic(self, ctx: Context, cmd: ScsiCommand) -> object:
+    def _run_generic(self, ctx: Context, cmd: ScsiCommand) -> ScsiResult | Queued:
         """Decode and dispatch through HANDLERS; every failure becomes status + sense."""
         cdb = bytes(cmd.cdb)
         try:

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from appliance.tcmu import layout
+from appliance.tcmu.errors import RingError
 
 _OP_MASK = layout.OP_MASK
 _OP_CMD = layout.OP_CMD
@@ -30,9 +31,7 @@ _OP_PAD = layout.OP_PAD
 _HEAD_WORD = layout.MB_CMD_HEAD // 4
 _TAIL_WORD = layout.MB_CMD_TAIL // 4
 
-
-class RingError(RuntimeError):
-    """The ring holds something the protocol does not allow; the device must be reset."""
+__all__ = ["Completion", "CommandRing", "RingError"]
 
 
 class Completion(NamedTuple):

@@ -66,7 +66,9 @@ class PendingWrites:
         # Runs for every cached host write: locals instead of repeated attribute lookups.
         shift, kept, by_stripe = self._shift, self._ops, self._by_stripe
         nbytes = self.nbytes
+        offsets: Sequence[int] = () if data_offsets is None else data_offsets
         reference = self._reference_bytes if data_offsets is not None else None
+        data: bytes | memoryview | JournalSpan
         for i, op in enumerate(ops):
             index = len(kept)
             kind, lba, nblocks, data = op.kind, op.lba, op.nblocks, op.data
@@ -75,11 +77,12 @@ class PendingWrites:
             elif type(data) is JournalSpan:
                 pass
             elif reference is not None and kind is _WRITE and len(data) >= reference:
-                data = JournalSpan(data_offsets[i], len(data))
+                data = JournalSpan(offsets[i], len(data))
             else:
                 data = bytes(data)
-            kept.append(WriteOp(kind, lba, nblocks, data))
-            nbytes += len(data) if type(data) is not JournalSpan else data.length
+            # A span stands in for the data here (WriteOp.data is typed for the API's callers).
+            kept.append(WriteOp(kind, lba, nblocks, data))  # type: ignore[arg-type]
+            nbytes += data.length if isinstance(data, JournalSpan) else len(data)
             first, last = lba >> shift, (lba + nblocks - 1) >> shift
             if last - first >= MAX_INDEXED_STRIPES:
                 self._wide.append(index)

@@ -256,7 +256,7 @@ class Volume:
         twice (docs/volume.md, "Direct I/O")."""
         if not self._direct or payload < self.config.overlay_span_bytes:
             return False
-        if not (self._journal.io.writes_direct and self._mirror.io.writes_direct):
+        if not (_writes_direct(self._journal.io) and _writes_direct(self._mirror.io)):
             return False    # a file refused direct I/O since: spans again
         large = self._large_write_blocks
         return any(op.kind is OpKind.WRITE and op.nblocks >= large for op in ops)
@@ -508,6 +508,13 @@ def _first_mismatch(current: bytes | bytearray, verify: memoryview) -> int | Non
                 if current[i] != verify[i]:
                     return i
     return None
+
+
+def _writes_direct(io: BlockIO) -> bool:
+    """Whether a file that took `enable_direct` still writes large buffers directly (a
+    FileBlockIO says so; BlockIO itself does not declare the attribute)."""
+    direct: bool = getattr(io, "writes_direct")  # noqa: B009 - not part of BlockIO
+    return direct
 
 
 def _enable_direct(ios: Sequence[BlockIO], min_bytes: int) -> bool:
