@@ -4,6 +4,7 @@ and the logged workload whose every write can be recognised on the remote mirror
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -173,6 +174,24 @@ def module_proc(name: str, module: str, config: Path, logdir: Path,
 
 def status(sock: Path) -> dict:
     return call(sock, "status", timeout=2.0)
+
+
+def appliancectl(sock: Path, *args: str) -> dict:
+    """appliancectl as an admin runs it (its own process), its JSON answer."""
+    out = subprocess.run([PY, "-m", "appliance.control.cli", "--socket", str(sock), *args],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def run_verify(site, *, region_bytes: int, repair: bool) -> dict:
+    """An online verify of the site's volume through appliancectl, until it ends; its
+    report. Checks it set out over the whole volume."""
+    started = appliancectl(site.control, "call", "verify",
+                           json.dumps({"region_bytes": region_bytes, "repair": repair}))
+    assert started["started"] and started["regions"] == -(-site.blocks * 512 // region_bytes)
+    return wait_for(lambda: (v := status(site.control)["verify"])["state"] in ("done", "failed")
+                    and v, 60, "the verify to finish")
 
 
 # --- the logged workload -------------------------------------------------------------------

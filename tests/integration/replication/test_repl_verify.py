@@ -3,30 +3,13 @@ regions damaged behind the receiver's back are reported exactly, and repaired on
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 
 import pytest
-from repl_harness import PY, REPO, converge, read_log, status, wait_for
+from repl_harness import converge, read_log, run_verify, status, wait_for
 
 pytestmark = pytest.mark.integration
 REGION = 64 * 1024
-
-
-def appliancectl(sock, *args: str) -> dict:
-    out = subprocess.run([PY, "-m", "appliance.control.cli", "--socket", str(sock), *args],
-                         cwd=REPO, capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def run_verify(site, repair: bool) -> dict:
-    started = appliancectl(site.control, "call", "verify",
-                           json.dumps({"region_bytes": REGION, "repair": repair}))
-    assert started["started"] and started["regions"] == site.blocks * 512 // REGION
-    return wait_for(lambda: (v := status(site.control)["verify"])["state"] in ("done", "failed")
-                    and v, 60, "the verify to finish")
 
 
 def test_verify_reports_damaged_regions_and_repairs_them(pair):
@@ -39,7 +22,7 @@ def test_verify_reports_damaged_regions_and_repairs_them(pair):
     pair.transmitter(site).start()
     wait_for(lambda: status(site.control)["link"]["state"] == "replicating", 20, "link up")
 
-    report = run_verify(site, repair=False)          # online: the writer is still writing
+    report = run_verify(site, region_bytes=REGION, repair=False)          # online: the writer is still writing
     assert report["state"] == "done", report
     assert report["differing"] == [], f"a clean pair verified different: {report}"
     assert len(read_log(site.log)) < 2500, "the verify was meant to overlap the writes"
@@ -55,14 +38,14 @@ def test_verify_reports_damaged_regions_and_repairs_them(pair):
             os.pwrite(fd, b"\xde\xad" * 256, off)
     finally:
         os.close(fd)
-    report = run_verify(site, repair=False)
+    report = run_verify(site, region_bytes=REGION, repair=False)
     assert report["differing"] == [3 * REGION, 40 * REGION], report
     assert report["regions_checked"] == site.blocks * 512 // REGION
 
-    report = run_verify(site, repair=True)
+    report = run_verify(site, region_bytes=REGION, repair=True)
     assert report["repaired"] and report["differing"] == [3 * REGION, 40 * REGION], report
     converge(pair, site)
     wait_for(lambda: pair.rx_status()["volumes"][str(site.uuid)]["state"] == "consistent", 20,
              "the DR to be consistent after the repair")
-    assert run_verify(site, repair=False)["differing"] == []
+    assert run_verify(site, region_bytes=REGION, repair=False)["differing"] == []
     w.stop()

@@ -9,12 +9,10 @@ commit of the overlay), with the real transmitter and receiver processes."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 
 import pytest
-from repl_harness import PY, REPO, status, wait_for
+from repl_harness import run_verify, status, wait_for
 
 from appliance.journal import OpKind, WriteOp
 from appliance.volume import FlushPolicy, Volume, VolumeConfig
@@ -22,21 +20,6 @@ from appliance.volume import FlushPolicy, Volume, VolumeConfig
 pytestmark = pytest.mark.integration
 REGION = 64 * 1024
 BS = 512
-
-
-def appliancectl(sock, *args: str) -> dict:
-    out = subprocess.run([PY, "-m", "appliance.control.cli", "--socket", str(sock), *args],
-                         cwd=REPO, capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def run_verify(site, repair: bool) -> dict:
-    started = appliancectl(site.control, "call", "verify",
-                           json.dumps({"region_bytes": REGION, "repair": repair}))
-    assert started["started"]
-    return wait_for(lambda: (v := status(site.control)["verify"])["state"] in ("done", "failed")
-                    and v, 60, "the verify to finish")
 
 
 def open_cached_volume(site) -> Volume:
@@ -113,7 +96,7 @@ def test_verify_finds_no_difference_in_writes_the_host_has_not_flushed(pair):
     site = pair.site("site-a", resync=True)
     vol = start_with_cached_writes(pair, site)
     try:
-        report = run_verify(site, repair=False)
+        report = run_verify(site, region_bytes=REGION, repair=False)
         assert report["state"] == "done", report
         assert report["differing"] == [], (
             f"verify reported regions of writes the host has not flushed (regions "
@@ -137,7 +120,7 @@ def test_a_repair_ships_what_the_host_reads_not_the_older_mirror_bytes(pair):
                 os.pwrite(fd, b"\xde\xad" * 256, off + 1024)
         finally:
             os.close(fd)
-        report = run_verify(site, repair=True)
+        report = run_verify(site, region_bytes=REGION, repair=True)
         assert report["state"] == "done" and report["repaired"], report
         wait_for(lambda: pair.rx_status()["volumes"][str(site.uuid)]["state"] == "consistent",
                  20, "the DR to be consistent after the repair")
@@ -160,6 +143,6 @@ def test_a_repair_ships_what_the_host_reads_not_the_older_mirror_bytes(pair):
             raise AssertionError(f"after the repair the DR differs from the host in regions "
                                  f"{bad} (verify reported {report['differing']})") from None
         assert report["differing"] == damaged, report
-        assert run_verify(site, repair=False)["differing"] == []
+        assert run_verify(site, region_bytes=REGION, repair=False)["differing"] == []
     finally:
         vol.close()
