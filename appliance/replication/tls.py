@@ -197,8 +197,19 @@ class Handshake:
         return (f"the {self.side.peer} presented certificate {fp}, which is not pinned here "
                 f"(pinned: {pins})")
 
+    def finished(self) -> None:
+        """The handshake is over: drop the message hook. OpenSSL calls it for every record
+        header and content type of the whole connection, not just the handshake's, and
+        Python's wrapper turns each call into enum objects: with 16 KiB records that cost
+        more CPU per GiB than the AES itself (docs/protocol.md, "Data path"). With the
+        context's hook gone, CPython's C callback returns at once for this connection."""
+        with contextlib.suppress(AttributeError, TypeError):
+            self.context._msg_callback = None  # type: ignore[attr-defined]
+
     def check(self, ssl_object) -> None:
-        """After the handshake: with pins, the peer's certificate must be one of them."""
+        """After the handshake: with pins, the peer's certificate must be one of them.
+        (Called once the handshake succeeded, on both sides: the hook goes first.)"""
+        self.finished()
         if self.side.pins is None:
             return
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
