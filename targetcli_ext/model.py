@@ -32,6 +32,7 @@ or ``{"url", "timeout_s", "queue_size"}``).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import ipaddress
 import json
@@ -142,8 +143,15 @@ def parse_fingerprint(text: str) -> str:
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-_RATE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?(?:/s)?", re.IGNORECASE)
+_BANDWIDTH = re.compile(r"(?P<n>-?[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[KMGT]?)(?:I?B)?(?:/S)?")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+BANDWIDTH_MIN = 1 << 10          # 1K/s: anything slower never ships a batch in useful time
+BANDWIDTH_MAX = 1 << 40          # 1T/s: more is a typo, no link is that fast
+_WINDOW = re.compile(r"([0-9]{1,2}):([0-9]{2})-([0-9]{1,2}):([0-9]{2})")
+
+# The volume settings' parsers: the only ones, for what the admin types in the shell and for
+# what site.json holds (numbers and lists there, as the shell saved them). ModelError says
+# what to give; the shell adds that nothing changed.
 
 
 def parse_bool(value: object, what: str) -> bool:
@@ -152,40 +160,83 @@ def parse_bool(value: object, what: str) -> bool:
     text = str(value).strip().lower()
     if text in _TRUE or text in _FALSE:
         return text in _TRUE
-    raise ModelError(f"{what}={value!r} is not true or false")
+    raise ModelError(f"{what}={value!r} is neither true nor false: use {what}=true or "
+                     f"{what}=false")
 
 
 def parse_bandwidth(value: object) -> float | None:
-    """bytes/s: a number (``12500000``, ``10M`` = 10 MiB/s, ``500K``), or none/off/unlimited
-    for no limit. Whether it is in range is the transmitter's rule (``check_settings``)."""
-    if value is None or isinstance(value, bool):
-        return None if value is None else value        # a bool: refused by the rule
-    if isinstance(value, int | float):
-        return float(value)
-    text = str(value).strip()
-    if text.lower() in ("", "none", "off", "unlimited", "null"):
+    """Bytes per second from ``50M``, ``1.5G``, ``800K``, ``12500000`` (K, M, G, T are
+    powers of 1024, as the status prints KiB, MiB, GiB; ``MB``, ``MiB``, ``M/s`` read the
+    same) or a number, from 1K to 1T per second; None for ``none`` (no limit)."""
+    how = ("use a rate per second with K, M or G, e.g. bandwidth_limit=50M, or "
+           "bandwidth_limit=none for no limit")
+    if value is None:
         return None
-    m = _RATE.fullmatch(text)
-    if not m:
-        raise ModelError(f"bandwidth_limit={text!r} does not parse: give bytes per second, "
-                         f"e.g. bandwidth_limit=12500000 or 10M (MiB/s), or none for no limit")
-    return float(m.group(1)) * _RATE_UNITS[m.group(2).upper()]
+    if isinstance(value, bool):
+        raise ModelError(f"bandwidth_limit {value!r} is not a rate: {how}")
+    if isinstance(value, int | float):
+        rate = float(value)
+    else:
+        raw = str(value).strip()
+        if raw.lower() in ("none", "off", "unlimited"):
+            return None
+        m = _BANDWIDTH.fullmatch(raw.upper())
+        if not m:
+            raise ModelError(f"bandwidth_limit {value!r} does not parse: {how}")
+        rate = float(m.group("n")) * _UNITS[m.group("unit")]
+    if not BANDWIDTH_MIN <= rate <= BANDWIDTH_MAX:
+        raise ModelError(f"bandwidth_limit {value!r} is out of range: from "
+                         f"{format_bandwidth(BANDWIDTH_MIN)} to "
+                         f"{format_bandwidth(BANDWIDTH_MAX)} per second, or none")
+    return float(round(rate))
+
+
+def format_bandwidth(value: float | None) -> str:
+    """The setting as the admin typed it: the largest unit it is a whole multiple of."""
+    if value is None:
+        return "none"
+    n = round(value)
+    for unit in ("T", "G", "M", "K"):
+        if n % _UNITS[unit] == 0:
+            return f"{n // _UNITS[unit]}{unit}"
+    return str(n)
 
 
 def parse_blackout(value: object) -> tuple[str, ...]:
-    """Windows of local time when nothing is shipped: ``08:00-18:00`` or several separated
-    by commas (or a list), ``none`` for none. Each window is checked by the transmitter's
-    rule (``check_settings``)."""
+    """Windows without shipping, local time: ``08:00-18:00`` or several comma-separated
+    (``22:00-06:00`` wraps midnight), or a list of them; ``none`` for no window.
+    Normalised to HH:MM-HH:MM."""
+    how = ("use HH:MM-HH:MM windows in local time, comma-separated, e.g. "
+           "blackout=08:00-18:00,20:00-22:00, or blackout=none")
     if value is None:
         return ()
     if isinstance(value, list | tuple):
-        items = [str(v).strip() for v in value]
+        parts = [str(v).strip() for v in value]
     else:
-        text = str(value).strip()
-        if text.lower() in ("", "none", "off", "[]"):
+        raw = str(value).strip()
+        if not raw:
+            raise ModelError(f"blackout is empty: {how}")
+        if raw.lower() in ("none", "off"):
             return ()
-        items = [w.strip() for w in text.split(",")]
-    return tuple(w for w in items if w)
+        parts = [part.strip() for part in raw.split(",")]
+    windows = []
+    for part in parts:
+        m = _WINDOW.fullmatch(part)
+        if not m:
+            raise ModelError(f"blackout window {part!r} does not parse: {how}")
+        h1, m1, h2, m2 = (int(g) for g in m.groups())
+        try:
+            start, end = dt.time(h1, m1), dt.time(h2, m2)
+        except ValueError as err:
+            raise ModelError(f"blackout window {part!r}: {err}; {how}") from err
+        if start == end:
+            raise ModelError(f"blackout window {part!r} is empty (start equals end): {how}")
+        windows.append(f"{start:%H:%M}-{end:%H:%M}")
+    return tuple(windows)
+
+
+def format_blackout(windows: tuple[str, ...] | list[str] | None) -> str:
+    return ",".join(windows) if windows else "none"
 
 
 def check_settings(name: str, *, paused: bool, bandwidth_limit: float | None,

@@ -18,12 +18,12 @@ from configshell_fb import ExecutionError
 from targetcli.ui_node import UINode
 
 from targetcli_ext import status_text
-from targetcli_ext.model import ModelError
+from targetcli_ext.model import ModelError, parse_bool
 from targetcli_ext.steering import (
     call_daemon,
     complete,
     nothing_changed,
-    parse_bool,
+    shell_value,
     unreachable,
 )
 
@@ -231,7 +231,7 @@ class UIReplica(UINode):
         forget remove_data=true
         """
         self.assert_root()
-        remove = parse_bool(remove_data, "remove_data")
+        remove = shell_value(parse_bool, remove_data, "remove_data")
         own = self._admin_made()
         if own is not None:          # on the admin's device: out of receiver.toml, data kept
             if remove:

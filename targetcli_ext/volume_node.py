@@ -20,16 +20,19 @@ from configshell_fb import ExecutionError
 from targetcli.ui_node import UINode
 
 from targetcli_ext import status_text
-from targetcli_ext.model import ModelError
-from targetcli_ext.steering import (
-    call_daemon,
-    complete,
+from targetcli_ext.model import (
+    ModelError,
     format_bandwidth,
     format_blackout,
-    nothing_changed,
     parse_bandwidth,
     parse_blackout,
     parse_bool,
+)
+from targetcli_ext.steering import (
+    call_daemon,
+    complete,
+    nothing_changed,
+    shell_value,
     transmitter_socket,
     unreachable,
 )
@@ -188,7 +191,7 @@ class UIVolume(UINode):
         verify repair=true
         """
         self.assert_root()
-        repair = parse_bool(repair, "repair")
+        repair = shell_value(parse_bool, repair, "repair")
         result = self._transmitter("verify", {"repair": repair}, what="verify")
         if isinstance(result, dict) and result.get("started"):
             regions = result.get("regions")
@@ -286,8 +289,6 @@ class UIVolume(UINode):
             return format_bandwidth(value)
         if value is None:
             return ["none", "10M", "50M", "100M", "1G"] if enum else "RATE|none"
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
         try:
             return parse_bandwidth(value)
         except ValueError as err:
@@ -299,10 +300,8 @@ class UIVolume(UINode):
             return format_blackout(value)
         if value is None:
             return ["none", "08:00-18:00", "22:00-06:00"] if enum else "HH:MM-HH:MM,...|none"
-        if isinstance(value, list | tuple):
-            value = ",".join(value) or "none"
         try:
-            return parse_blackout(value)
+            return list(parse_blackout(value))
         except ValueError as err:
             raise ValueError(f"{err}; nothing changed") from err
 

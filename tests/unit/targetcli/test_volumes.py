@@ -228,14 +228,16 @@ def test_settings_change_through_update_volume_and_apply_volume(sh):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"bandwidth_limit": -5}, "volume vol1: bandwidth_limit must be positive bytes/s, got -5"),
-    ({"bandwidth_limit": "fast"}, "bandwidth_limit='fast' does not parse"),
-    ({"blackout": "8-18"}, "volume vol1: blackout window '8-18' must look like '08:00-18:00'"),
-    ({"paused": "maybe"}, "paused='maybe' is not true or false"),
+    ({"bandwidth_limit": -5}, "bandwidth_limit -5 is out of range: from 1K to 1T per second"),
+    ({"bandwidth_limit": "fast"}, "bandwidth_limit 'fast' does not parse: use a rate per second"),
+    ({"bandwidth_limit": True}, "bandwidth_limit True is not a rate"),
+    ({"blackout": "8-18"}, "blackout window '8-18' does not parse: use HH:MM-HH:MM windows"),
+    ({"blackout": ["08:00-08:00"]}, "blackout window '08:00-08:00' is empty"),
+    ({"paused": "maybe"}, "paused='maybe' is neither true nor false: use paused=true"),
     ({"mode": "sync"}, "mode: not a volume setting (settings: paused, bandwidth_limit, "
                        "blackout)"),
 ])
-def test_settings_out_of_range_are_refused_by_the_transmitters_rules(sh, changes, message):
+def test_settings_out_of_range_are_refused_naming_what_to_give(sh, changes, message):
     sh.run("/replication/volumes create backstore=vol1 peer=dr")
     before = files(sh.state_dir)
     with pytest.raises(ModelError) as refused:
