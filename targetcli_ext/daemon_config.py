@@ -109,10 +109,19 @@ class Layout:
 def certificate_identity(pem: Path) -> str:
     """The name a certificate proves, as the transmitter checks it (``peer_identity``): its
     first DNS subjectAltName, else its subject CN (identity.py makes both the identity)."""
+    # ssl decodes a certificate only once loaded as a trust anchor: the site certificates
+    # identity.py makes are self-signed CA certificates (openssl req -x509), as TLS pins them.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        decoded = ssl._ssl._test_decode_cert(str(pem))  # type: ignore[attr-defined]
+        context.load_verify_locations(cafile=str(pem))
     except (ssl.SSLError, OSError) as err:
         raise ModelError(f"cannot read the pinned certificate {pem}: {err}") from err
+    loaded = context.get_ca_certs()
+    if len(loaded) != 1:
+        raise ModelError(f"the pinned certificate {pem} holds {len(loaded)} self-signed "
+                         f"certificates, not one: the peer needs a certificate made by "
+                         f"'/replication info'")
+    decoded = loaded[0]
     dns = [v for kind, v in decoded.get("subjectAltName", ()) if kind == "DNS"]
     if dns:
         return dns[0]

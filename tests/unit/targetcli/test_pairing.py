@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ssl
 import stat
+import subprocess
 import tomllib
 
 import pytest
@@ -15,6 +16,7 @@ from peer_server import PeerServer, free_port
 from appliance.replication.config import receiver_config
 from appliance.replication.pairing import CertificateFetchError, fetch_certificate
 from targetcli_ext.daemon_config import HEADER, certificate_identity
+from targetcli_ext.model import ModelError
 
 RECEIVER = "appliance-receiver.service"
 
@@ -210,3 +212,15 @@ def test_a_pending_certificate_is_fetched_again_before_the_next_change(real_fetc
     assert sorted(p.name for p in (sh.state_dir / "peers").iterdir()) == ["dr.pem", "dr2.pem"]
     assert len(receiver_toml(sh)["tls"]["peers"]) == 2
     assert "not fetched" not in sh.root.get_node("/replication").summary()[0]
+
+
+def test_a_pinned_certificate_not_made_by_replication_info_is_named(tmp_path):
+    """A leaf certificate (CA:FALSE) is not one identity.py makes: refused, naming the file."""
+    pem, key = tmp_path / "leaf.pem", tmp_path / "leaf.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                    str(pem), "-days", "2", "-subj", "/CN=leaf", "-addext",
+                    "basicConstraints=critical,CA:FALSE"], check=True, capture_output=True)
+    with pytest.raises(ModelError, match=f"the pinned certificate {pem} holds 0 self-signed "
+                                         f"certificates, not one"):
+        certificate_identity(pem)
