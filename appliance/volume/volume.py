@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from appliance.compiled import mypyc_attr
 from appliance.journal import InvalidRequest, JournalFull, OpKind, WriteOp
 from appliance.journal.resize import set_volume_blocks
 from appliance.volume import bitmap_format, journal_link, resizing, scatter
@@ -37,6 +38,9 @@ JOURNALING = "journaling"
 LOGGING_TO_BITMAP = "logging-to-bitmap"
 
 
+# Compiled (appliance/compiled.py), a class admits interpreted subclasses only if it says so:
+# the SCSI tests record what the disk asks of its volume with one (tests/unit/scsi/conftest.py).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Volume:
     """One volume: journal + mirror + overflow bitmap. Thread-safe (one lock per volume)."""
 

@@ -19,14 +19,20 @@ MAX_BLOCKS = LIMITS.max_transfer_bytes // BLOCK
 OPCODES = {0x28: 10, 0x2A: 10, 0x88: 16, 0x8A: 16}
 
 
-class GenericDisk(ScsiDisk):
-    """A ScsiDisk that never takes the fast route."""
+class GenericDisk:
+    """A ScsiDisk that never takes the fast route. A wrapper, not a subclass: compiled
+    (docs/compiled.md), ScsiDisk admits no interpreted subclass; its fast table is a module
+    global, which the compiled code looks up at every command as the interpreted code does."""
+
+    def __init__(self, *args):
+        self.disk = ScsiDisk(*args)
+        self.volume = self.disk.volume
 
     def execute(self, cmds):
         saved = disk_module.FAST_HANDLERS
         disk_module.FAST_HANDLERS = {}
         try:
-            return super().execute(cmds)
+            return self.disk.execute(cmds)
         finally:
             disk_module.FAST_HANDLERS = saved
 
