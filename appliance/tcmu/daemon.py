@@ -35,7 +35,7 @@ from pathlib import Path
 
 from dbus_fast import BusType
 
-from appliance import checksum
+from appliance import checksum, compiled
 from appliance.config_file import ConfigError, Where, check_table
 from appliance.control.server import CommandError, ControlServer
 from appliance.daemon_entry import LEVELS, argument_parser, run, stop_event_on_signals
@@ -174,9 +174,10 @@ class HandlerDaemon:
                                       else BusType.SESSION)
             else:
                 await self.dbus.start(bus_address=cfg.dbus)
+        # Which form of the I/O path runs (docs/compiled.md): the image ships it compiled.
         log.info("appliance-handler serving %d device(s), ready %.1f s after exec "
-                 "(CRC32C: %s)", len(self.manager.devices), _process_age(),
-                 checksum.IMPLEMENTATION)
+                 "(CRC32C: %s), hot path %s", len(self.manager.devices), _process_age(),
+                 checksum.IMPLEMENTATION, compiled.describe())
 
     def _adopt_existing(self) -> None:
         for minor, uio_name in scan_uio(self.config.sysfs_class_uio).items():

@@ -81,6 +81,10 @@ def test_daemon_serves_dbus_and_stops_on_sigterm(tmp_path: Path, bus_address: st
         err = proc.stderr.read()
         # netlink is unavailable on this host kernel (no target_core_user): a warning, not a crash
         assert "appliance-handler stopped" in err
+        # The ready line says which form of the hot path runs (docs/compiled.md): the source
+        # tree's, here (the image's handler says "hot path compiled (N modules)").
+        ready = [line for line in err.splitlines() if "after exec" in line and "ready" in line]
+        assert ready and ready[-1].endswith("hot path interpreted"), err
     finally:
         if proc.poll() is None:
             proc.kill()
