@@ -39,6 +39,10 @@ class ShellConfig:
     lock_file: Path = Path("/var/run/targetcli.lock")
     prefs_dir: str = "~/.targetcli"
     status_timeout_s: float = 3.0
+    # A command a daemon carries out before it answers (pause-journal flushes the cached
+    # writes, rollback applies the undo log, promote and demote sync the replica): it may take
+    # long on a busy appliance, and a timeout would report a failure while it goes on.
+    command_timeout_s: float = 300.0
     # Fetching a peer's certificate to pair with it: how long to wait for its receiver.
     fetch_timeout_s: float = 5.0
     saved_config: Path = DEFAULT_SAVED_CONFIG

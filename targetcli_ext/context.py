@@ -54,9 +54,15 @@ class ReplicationContext(SiteOperations, MonitoringOperations):
     def call(self, socket_path: Path | str, cmd: str, **args: object) -> object:
         """Ask a daemon over its control socket; ExecutionError with the daemon's reason
         (or why it cannot be reached) when it refuses."""
+        return self._ask(socket_path, cmd, args, self.config.command_timeout_s)
+
+    def status_of(self, socket_path: Path | str) -> object:
+        """One daemon's status, waited for as briefly as the whole status is."""
+        return self._ask(socket_path, "status", {}, self.config.status_timeout_s)
+
+    def _ask(self, socket_path: Path | str, cmd: str, args: dict, timeout: float) -> object:
         try:
-            return self._caller(Path(socket_path), cmd, args,
-                                timeout=self.config.status_timeout_s)
+            return self._caller(Path(socket_path), cmd, args, timeout=timeout)
         except ControlError as err:
             raise ExecutionError(str(err)) from err
         except ValueError as err:       # a reply that is not JSON

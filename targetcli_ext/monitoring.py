@@ -89,7 +89,7 @@ class MonitoringOperations:
     def exporter_status(self) -> dict | None:
         """The running exporter's status (docs/monitoring.md), None when it does not answer."""
         try:
-            status = self.call(self.layout.exporter_socket, "status")  # type: ignore[attr-defined]
+            status = self.status_of(self.layout.exporter_socket)  # type: ignore[attr-defined]
         except ExecutionError:
             return None
         return status if isinstance(status, dict) else None

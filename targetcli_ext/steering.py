@@ -25,7 +25,7 @@ def call_daemon(ctx, socket: Path, cmd: str, **args) -> object:
     if own is not None:
         return own(socket, cmd, **args)
     try:
-        return call(socket, cmd, args, timeout=ctx.config.status_timeout_s)
+        return call(socket, cmd, args, timeout=ctx.config.command_timeout_s)
     except ControlError as err:
         raise ExecutionError(str(err)) from err
     except ValueError as err:            # a reply that is not JSON

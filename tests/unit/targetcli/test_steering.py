@@ -379,3 +379,24 @@ def test_the_commands_reach_the_daemons_sockets(make_shell, daemons, tmp_path, s
     (tmp_path / "handler.sock").unlink()          # the handler is not running
     assert refused(sh, f"{VOL} resume what=journal").startswith(
         "the handler does not answer (cannot talk to control socket")
+
+
+def test_a_command_waits_as_long_as_the_daemon_works_a_status_briefly(tmp_path):
+    """pause-journal, rollback, promote answer once done: a status timeout would report a
+    failure while they go on. A status is waited for briefly (the whole status asks many)."""
+    from targetcli_ext.config import ShellConfig
+    from targetcli_ext.context import ReplicationContext
+
+    waited: list[tuple[str, float]] = []
+
+    def caller(path, cmd, args=None, *, timeout):
+        waited.append((cmd, timeout))
+        return {}
+
+    config = ShellConfig(state_dir=tmp_path)
+    ctx = ReplicationContext(config, collect=lambda: {}, caller=caller)
+    ctx.call(tmp_path / "handler.sock", "pause-journal", volume="vol1")
+    ctx.status_of(tmp_path / "exporter.sock")
+    assert waited == [("pause-journal", config.command_timeout_s),
+                      ("status", config.status_timeout_s)]
+    assert config.command_timeout_s >= 60 > config.status_timeout_s
