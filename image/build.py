@@ -7,10 +7,19 @@ CI reruns on one machine reuse it):
 1. **base** (mmdebstrap, ~90-150 s): Debian packages from ``packages.txt``, pruned kernel
    modules, initramfs, and a venv ``/opt/appliance`` holding the PyPI dependencies of
    ``pyproject.toml``. Key: package list, ``customize-base.sh``, apt sources, dependencies.
-2. **image** (~20-40 s): the base plus our wheel (``pip wheel --no-deps .``), the units of
-   ``systemd/`` and the files of ``overlay/``, written to an ext4 root file system
-   (``appliance.raw``, ``appliance.qcow2``) with ``vmlinuz`` and ``initrd.img`` beside it for
-   direct kernel boot. Key: base key plus every file that ends up in the guest.
+2. **image** (~20-40 s, plus ~40 s to compile the hot path): the base plus our wheel
+   (``pip wheel --no-deps .``), the hot path compiled by mypyc for the image's own Python
+   (below), the units of ``systemd/`` and the files of ``overlay/``, written to an ext4 root
+   file system (``appliance.raw``, ``appliance.qcow2``) with ``vmlinuz`` and ``initrd.img``
+   beside it for direct kernel boot. Key: base key plus every file that ends up in the guest.
+
+The hot path (``appliance.compiled.HOT_MODULES``, docs/compiled.md) is turned into C on this
+machine by the pinned mypyc (``tools/compile.py generate``) and compiled inside **builder**
+(``builder-<key>/``, cached, ~90 s fresh): a Debian chroot from the same mirror holding the
+same ``python3.11`` as the base, its headers and gcc, so the extension modules are built
+against exactly the interpreter the image runs (checked: a different ``python3.11`` package
+refuses the build). They are copied beside the .py files in the image's venv, which Python
+then imports instead; ``/usr/lib/appliance/compiled.json`` says what was compiled.
 
 Prints the image directory (or its manifest with ``--json``). Needs root (mmdebstrap, chroot).
 """
@@ -40,6 +49,13 @@ GUEST_PYTHON = ("3.11", "cp311")
 # Files of the repository that end up inside the guest (host-only lab code is left out of
 # the key so that editing the lab does not rebuild the image; the wheel still carries it).
 GUEST_SOURCE_GLOBS = ("appliance/**/*", "targetcli_ext/**/*", "vmlab/agent.py", "pyproject.toml")
+# What turns the hot path into extension modules (its output ends up in the guest).
+COMPILE_TOOL = "tools/compile.py"
+# The builder chroot: the image's python3 plus what compiling against it needs. setuptools
+# drives the compiler (tools/compile.py build), as it does on a developer machine.
+BUILDER_PACKAGES = ("python3", "python3-dev", "python3-setuptools", "gcc", "libc6-dev")
+# Debian packages that are the guest's interpreter: the builder must hold the same versions.
+PYTHON_PACKAGES = (f"python{GUEST_PYTHON[0]}-minimal", f"libpython{GUEST_PYTHON[0]}-stdlib")
 UNIT_SUFFIXES = (".service", ".socket", ".target", ".timer", ".path")
 # Debian units the appliance needs that Debian does not enable by itself.
 EXTRA_ENABLED_UNITS = ("systemd-networkd.service",)
@@ -147,9 +163,17 @@ def base_key(paths: BuildPaths) -> str:
     return h.hexdigest()[:16]
 
 
+def builder_key(paths: BuildPaths, python_versions: dict[str, str]) -> str:
+    h = hashlib.sha256(b"builder-v1\0")
+    h.update("\n".join(BUILDER_PACKAGES).encode() + b"\0")
+    h.update("\n".join(debian_sources()).encode() + b"\0")
+    h.update(json.dumps(python_versions, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
 def image_key(paths: BuildPaths, base: str) -> str:
-    h = hashlib.sha256(b"image-v1\0" + base.encode())
-    files: list[Path] = [Path(__file__).resolve()]
+    h = hashlib.sha256(b"image-v2\0" + base.encode())
+    files: list[Path] = [Path(__file__).resolve(), paths.repo / COMPILE_TOOL]
     for pattern in GUEST_SOURCE_GLOBS:
         files += paths.repo.glob(pattern)
     files += (paths.repo / "systemd").rglob("*")
@@ -225,6 +249,93 @@ def build_base(paths: BuildPaths, key: str) -> Path:
     os.rename(tmp, out)
     log(f"base {key}: built in {time.monotonic() - t0:.0f} s")
     return out
+
+
+def package_versions(rootfs: Path, packages: Iterable[str]) -> dict[str, str]:
+    """Installed Debian versions in a root file system (dpkg's database, read from here)."""
+    versions = {}
+    for package in packages:
+        proc = subprocess.run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f",
+                               "${Version}", package], capture_output=True, text=True)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            raise BuildError(f"{package} is not installed in {rootfs}")
+        versions[package] = proc.stdout.strip()
+    return versions
+
+
+def build_builder(paths: BuildPaths, python_versions: dict[str, str]) -> Path:
+    """The chroot the hot path is compiled in: the base's python3 with its headers and gcc."""
+    key = builder_key(paths, python_versions)
+    out = paths.cache / f"builder-{key}"
+    if (out / "done").exists():
+        log(f"builder {key}: cached")
+        return out
+    tmp = paths.cache / f"builder-{key}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.monotonic()
+    log(f"builder {key}: mmdebstrap {', '.join(BUILDER_PACKAGES)} (about 90 s)")
+    run(["mmdebstrap", "--quiet", "--mode=root", "--variant=essential",
+         "--include=" + ",".join(BUILDER_PACKAGES),
+         *[f"--dpkgopt=path-exclude={p}" for p in ("/usr/share/man/*", "/usr/share/doc/*",
+                                                     "/usr/share/locale/*")],
+         DEBIAN_SUITE, str(tmp / "rootfs"), *debian_sources()], "mmdebstrap of the builder")
+    got = package_versions(tmp / "rootfs", python_versions)
+    if got != python_versions:
+        raise BuildError(f"the builder got {got} from the mirror but the image has "
+                         f"{python_versions}: the mirror moved since the base was built; "
+                         f"rebuild the base (remove {paths.cache}/base-*)")
+    (tmp / "done").write_text(key + "\n")
+    os.rename(tmp, out)
+    log(f"builder {key}: built in {time.monotonic() - t0:.0f} s")
+    return out
+
+
+def guest_python(rootfs: Path) -> tuple[str, str]:
+    """(version, SOABI) of the image venv's interpreter."""
+    proc = run(["chroot", str(rootfs), "/opt/appliance/bin/python", "-c",
+                "import sys, sysconfig; print(sys.version.split()[0], "
+                "sysconfig.get_config_var('SOABI'))"], "asking the image's Python its ABI",
+               stdout=subprocess.PIPE, text=True)
+    version, soabi = proc.stdout.split()
+    return version, soabi
+
+
+def compile_hot_path(paths: BuildPaths, builder: Path, rootfs: Path, work: Path) -> dict:
+    """mypyc's C for the hot path (generated here), compiled in the builder chroot for the
+    image's Python, installed beside the .py files of the image's venv."""
+    t0 = time.monotonic()
+    tool = paths.repo / COMPILE_TOOL
+    run([sys.executable, str(tool), "generate", "--out", str(work)],
+        "generating the hot path's C with mypyc (pip install -e '.[compile]')", quiet=True)
+    inside = builder / "rootfs" / "build"
+    shutil.rmtree(inside, ignore_errors=True)
+    try:
+        shutil.copytree(work / "src", inside / "src")
+        shutil.copy2(tool, inside / "compile.py")
+        run(["chroot", str(builder / "rootfs"), "/usr/bin/python3", "/build/compile.py", "build",
+             "--src", "/build/src", "--dest", "/build/out"],
+            "compiling the hot path in the builder", quiet=True)
+        info = json.loads((inside / "out" / "compiled.json").read_text())
+        version, soabi = guest_python(rootfs)
+        if (info["python"], info["soabi"]) != (version, soabi):
+            raise BuildError(f"the hot path was compiled for Python {info['python']} "
+                             f"({info['soabi']}) but the image runs {version} ({soabi})")
+        site = sorted((rootfs / "opt/appliance/lib").glob("python3*/site-packages"))[-1]
+        for built in (inside / "out").rglob("*.so"):
+            target = site / built.relative_to(inside / "out")
+            if target.parent != site and not target.with_name(
+                    target.name.split(".")[0] + ".py").is_file():
+                raise BuildError(f"{target.relative_to(rootfs)}: no .py beside it in the "
+                                 "image (the wheel and the hot module list disagree)")
+            shutil.copy2(built, target)
+        shutil.copy2(inside / "out" / "compiled.json", rootfs / "usr/lib/appliance/compiled.json")
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
+    info["compile_seconds"] = round(time.monotonic() - t0, 1)
+    log(f"hot path: {len(info['modules'])} modules compiled by mypyc {info['mypy']} for "
+        f"Python {info['python']} in {info['compile_seconds']:.0f} s")
+    return info
 
 
 def build_wheel(paths: BuildPaths, dest: Path) -> Path:
@@ -304,7 +415,7 @@ def make_ext4(rootfs: Path, raw: Path, key: str) -> int:
     return size_mib
 
 
-def build_image(paths: BuildPaths, base: Path, key: str, version: str) -> Path:
+def build_image(paths: BuildPaths, base: Path, builder: Path, key: str, version: str) -> Path:
     out = paths.cache / f"image-{key}"
     if (out / "manifest.json").exists():
         log(f"image {key}: cached")
@@ -324,6 +435,7 @@ def build_image(paths: BuildPaths, base: Path, key: str, version: str) -> Path:
     run(["cp", "-a", f"{paths.image_src / 'overlay'}/.", str(rootfs)], "copying the overlay")
     enabled = install_units(paths, rootfs)
     write_release(rootfs, version, key)
+    hot_path = compile_hot_path(paths, builder, rootfs, tmp / "compile")
     size_mib = make_ext4(rootfs, tmp / "appliance.raw", key)
     shutil.rmtree(rootfs)
     run(["qemu-img", "convert", "-q", "-O", "qcow2", str(tmp / "appliance.raw"),
@@ -338,6 +450,7 @@ def build_image(paths: BuildPaths, base: Path, key: str, version: str) -> Path:
         "image_build_seconds": round(time.monotonic() - t0, 1),
         "base_build_seconds": float((base / "build-seconds").read_text()),
         "kernel_cmdline": "root=LABEL=appliance-root ro console=ttyS0,115200 net.ifnames=0",
+        "hot_path": hot_path,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     os.rename(tmp, out)
@@ -353,7 +466,7 @@ def prune(cache: Path, keep: set[Path], now: float | None = None) -> None:
     now = time.time() if now is None else now
     for stale in cache.glob("*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
-    for prefix in ("base-", "image-"):
+    for prefix in ("base-", "builder-", "image-"):
         entries = sorted((p for p in cache.glob(prefix + "*") if not p.name.endswith(".tmp")),
                          key=lambda p: p.stat().st_mtime, reverse=True)
         for old in entries[KEEP_BUILDS:]:
@@ -370,10 +483,12 @@ def ensure_image(paths: BuildPaths) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         bkey = base_key(paths)
         base = build_base(paths, bkey)
-        image = build_image(paths, base, image_key(paths, bkey), project_version(paths.repo))
-        os.utime(base)
-        os.utime(image)
-        prune(paths.cache, {base, image})
+        builder = build_builder(paths, package_versions(base / "rootfs", PYTHON_PACKAGES))
+        image = build_image(paths, base, builder, image_key(paths, bkey),
+                            project_version(paths.repo))
+        for used in (base, builder, image):
+            os.utime(used)
+        prune(paths.cache, {base, builder, image})
         return image
 
 
