@@ -9,28 +9,32 @@ into a fresh bytes object copied into a StreamReader's buffer and copied out aga
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import deque
 
 from appliance.replication import wire
+from appliance.replication.buffers import BufferPool
 
 _STAGING = 256 * 1024        # headers and small frames are received here
-_DIRECT = _STAGING // 2      # a frame body larger than this is received into its own buffer
+_DIRECT = 64 * 1024          # a frame body larger than this is received into its own buffer
 _COMPACT_BELOW = 64 * 1024   # move a partial frame to the front when less room is left
 _HIGH_WATER = 8 * 1024 * 1024  # stop reading while this many received bytes wait for recv()
-_SPARES = 8                  # recent in-place buffers kept, to be reused once released
-_SPARE_MAX = 4 * 1024 * 1024   # (not bigger ones)
-ROUND = 64 * 1024           # in-place buffers are sized in these steps, so they fit again
+# Page-aligned body buffers kept for reuse per link: what the receiver's pipeline holds at
+# full speed (frames in flight, committed records waiting for the mirror).
+_POOL_BYTES = 64 * 1024 * 1024
+_TRIM_EVERY_S = 5.0          # an idle link gives back the buffers it no longer uses
+ROUND = 64 * 1024           # frame buffers are sized in these steps, so they fit again
 
 
 class Inbound(asyncio.BufferedProtocol):
     """The receiving half of a FrameLink, as the transport's protocol.
 
     Small frames (and every header) land in one reused staging buffer and are copied out
-    (they are small). A frame whose body is larger than ``_DIRECT`` gets a buffer of its own,
-    which the transport fills directly; it is handed to the consumer as is, never reused
-    (a BATCH's records are views into it until they are applied). After such a frame the next
-    read asks for a header only, so the body after it is again read in place.
+    (they are small). A frame whose body is larger than ``_DIRECT`` gets a page-aligned
+    buffer of its own (``buffers.BufferPool``: reused once nothing refers to it), which the
+    transport fills directly; it is handed to the consumer as is (a BATCH's records are
+    views into it until they are applied, and the replica's direct writes read them from
+    there). After such a frame the next read asks for a header only, so the body after it
+    is again read in place.
 
     Frames are queued complete but unverified (``recv`` checks the payload CRC); a header
     that fails to parse stops reading and is reported after the frames before it. It also
@@ -45,12 +49,13 @@ class Inbound(asyncio.BufferedProtocol):
         self._view = memoryview(self._staging)
         self._start = self._end = 0      # unparsed bytes: _staging[_start:_end]
         self._head: tuple[wire.FrameType, int, int] | None = None  # the frame being received
-        self._body: bytearray | None = None   # its own buffer, while being filled in place
+        self._body: memoryview | None = None  # its own buffer, while being filled in place
         self._need = 0                        # (the body and trailer: the buffer may be longer)
         self._filled = 0
-        self._spares: deque[bytearray] = deque(maxlen=_SPARES)
+        self.pool = BufferPool(_POOL_BYTES)
+        self._trimmer: asyncio.TimerHandle | None = None
         self._header_only = False        # the last frame was a direct one: read a header next
-        self.frames: deque[tuple[wire.FrameType, int, int, bytes | bytearray]] = deque()
+        self.frames: deque[tuple[wire.FrameType, int, int, bytes | memoryview]] = deque()
         self._queued = 0
         self._reading_paused = False
         self.failure: wire.WireError | None = None
@@ -78,7 +83,7 @@ class Inbound(asyncio.BufferedProtocol):
         finally:
             self._waiter = None
 
-    def pop(self) -> tuple[wire.FrameType, int, int, bytes | bytearray]:
+    def pop(self) -> tuple[wire.FrameType, int, int, bytes | memoryview]:
         frame = self.frames.popleft()
         self._queued -= HEADER_AND_TRAILER + frame[2]
         if self._reading_paused and self._queued <= _HIGH_WATER // 2 and not self.lost:
@@ -100,10 +105,16 @@ class Inbound(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._trimmer = self._loop.call_later(_TRIM_EVERY_S, self._trim)
+
+    def _trim(self) -> None:
+        self.pool.trim()
+        if not self.lost:
+            self._trimmer = self._loop.call_later(_TRIM_EVERY_S, self._trim)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._body is not None:
-            return memoryview(self._body)[self._filled : self._need]
+            return self._body[self._filled : self._need]
         if self._start == self._end:
             self._start = self._end = 0
             if self._header_only:
@@ -129,6 +140,9 @@ class Inbound(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost, self.lost_error = True, exc
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+        self.pool.clear()
         self._wake()
         while self._drain_waiters:
             waiter = self._drain_waiters.popleft()
@@ -179,7 +193,12 @@ class Inbound(asyncio.BufferedProtocol):
             begin = self._start + wire.HEADER_SIZE
             if avail - wire.HEADER_SIZE >= need:
                 self._start = begin + need
-                self._complete(bytes(view[begin : begin + need]), direct=False)
+                if need > _DIRECT:      # (page-aligned as if it had been read in place)
+                    body = self._body_buffer(need)
+                    body[:] = view[begin : begin + need]
+                else:
+                    body = bytes(view[begin : begin + need])
+                self._complete(body, direct=False)
                 continue
             if need > _DIRECT:
                 got = self._end - begin
@@ -189,22 +208,12 @@ class Inbound(asyncio.BufferedProtocol):
                 self._start = self._end = 0
             return
 
-    def _body_buffer(self, need: int) -> bytearray:
-        """A buffer of at least ``need`` bytes for a body read in place: a recent one that
-        nothing refers to any more, else a new one. A frame's payload and every view of it
-        (records waiting to be made durable and applied) hold a reference to the buffer, so
-        a buffer referred to only by the spares list (and this loop, and ``getrefcount``'s
-        argument) cannot be seen by anyone: refilling it saves zero-filling fresh memory,
-        page faults included, for every large frame."""
-        for buf in self._spares:
-            if len(buf) >= need and sys.getrefcount(buf) <= UNSHARED_REFS:
-                return buf
-        buf = bytearray(-(-need // ROUND) * ROUND)
-        if len(buf) <= _SPARE_MAX:
-            self._spares.append(buf)
-        return buf
+    def _body_buffer(self, need: int) -> memoryview:
+        """A page-aligned buffer for a body read in place (a free one of the pool, else a
+        new one), as a view of exactly ``need`` bytes."""
+        return memoryview(self.pool.take(need))[:need]
 
-    def _complete(self, body: bytes | bytearray, *, direct: bool) -> None:
+    def _complete(self, body: bytes | memoryview, *, direct: bool) -> None:
         ftype, flags, length = self._head
         self._head = None
         self._header_only = direct
@@ -221,7 +230,9 @@ class Inbound(asyncio.BufferedProtocol):
 
 
 HEADER_AND_TRAILER = wire.HEADER_SIZE + wire.TRAILER_SIZE
-UNSHARED_REFS = 3   # see Inbound._body_buffer (checked by tests/unit/replication/test_link*)
+# A send buffer referred to by its owner's attribute only (and getrefcount's argument and the
+# caller's name) is free (checked by tests/unit/replication/test_link_send.py).
+UNSHARED_REFS = 3
 
 
 def take_over(reader: asyncio.StreamReader, transport: asyncio.Transport) -> Inbound:

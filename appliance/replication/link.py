@@ -42,6 +42,29 @@ async def run_blocking(fn, *args):
         raise
 
 
+# Over TLS, a frame up to this size is joined into one buffer (one TLS record); in a larger
+# one, buffers under _SMALL are joined with their neighbours, so that a small piece (the frame
+# header, a batch's head, the padding between records) does not travel as a record of its own.
+_JOIN_BELOW = 64 * 1024
+_SMALL = 16 * 1024
+
+
+def _coalesced(parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    out: list[bytes | memoryview] = []
+    small: list[bytes | memoryview] = []
+    for part in parts:
+        if len(part) < _SMALL:
+            small.append(part)
+            continue
+        if small:
+            out.append(b"".join(small))
+            small = []
+        out.append(part)
+    if small:
+        out.append(b"".join(small))
+    return out
+
+
 class LinkClosed(ConnectionError):
     """The peer closed the connection (cleanly or not) or went silent past the deadline."""
 
@@ -91,6 +114,8 @@ class FrameLink:
         self._decompressor = zstandard.ZstdDecompressor()
         addr = writer.get_extra_info("peername")
         self.peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        self._tls = writer.get_extra_info("ssl_object") is not None
+        self.frames_received = 0
         self.bytes_sent = 0
         self.bytes_received = 0
         self.payload_bytes_sent = 0   # before compression
@@ -105,26 +130,40 @@ class FrameLink:
     async def send(self, ftype: wire.FrameType, payload: bytes | memoryview = b"") -> None:
         await self.send_parts(ftype, [payload])
 
-    async def send_parts(self, ftype: wire.FrameType, parts: list[bytes | memoryview]) -> None:
-        """Send one frame whose payload is the concatenation of ``parts`` (one copy, into the
-        frame itself). The frame goes to the transport in one write: one TLS record run and
-        one send, not one per part (a record header would otherwise travel alone)."""
-        flags = 0
+    async def send_parts(self, ftype: wire.FrameType, parts: list[bytes | memoryview],
+                         *, head_crc: bool = False) -> None:
+        """Send one frame whose payload is the concatenation of ``parts``. ``head_crc``: the
+        payload is a bulk one (``wire.batch_parts``, ``wire.region_parts``) whose data its
+        own CRCs cover, so the frame's CRC covers its head (``wire.FLAG_HEAD_CRC``) unless it
+        goes compressed.
+
+        Over TLS the parts go to the TLS layer as they are, each encrypted straight from its
+        buffer (the journal's read buffer, for a BATCH) in one call; a plain socket gets the
+        frame in one buffer, reused (Python 3.11's socket transport would join the parts
+        into a new one). Either way the frame leaves in one send when the socket takes it."""
+        flags = wire.FLAG_HEAD_CRC if head_crc else 0
         raw_len = sum(len(p) for p in parts)
         if self._compressor is not None and ftype in (wire.FrameType.BATCH, wire.FrameType.REGION):
             payload = parts[0] if len(parts) == 1 else b"".join(parts)
             packed = self._compressor.compress(payload)
             if len(packed) < raw_len:
                 parts, flags = [packed], wire.FLAG_ZSTD
-        frame = self._assemble(wire.frame_parts(ftype, parts, flags))
-        size = len(frame)
+        fparts = wire.frame_parts(ftype, parts, flags)
+        size = HEADER_AND_TRAILER + sum(len(p) for p in parts)
         if self._limiter is not None:
             await self._limiter.take(size)
         try:
-            # (A view: what the socket does not take at once is then copied once into the
-            # transport's buffer, not sliced into a new bytes object first.)
-            self._transport.write(frame)
-            del frame       # (the buffer is free for the next frame once the transport is)
+            if self._tls and size > _JOIN_BELOW:
+                self._transport.writelines(_coalesced(fparts))
+            elif self._tls:
+                self._transport.write(b"".join(fparts))
+            else:
+                # (A view: what the socket does not take at once is then copied once into
+                # the transport's buffer, not sliced into a new bytes object first.)
+                frame = self._assemble(fparts)
+                self._transport.write(frame)
+                del frame   # (the buffer is free for the next frame once the transport is)
+            del fparts, parts
             await self._inbound.drain()
         except (ConnectionError, OSError) as err:
             raise LinkClosed(f"send to {self.peer} failed: {err}") from err
@@ -149,6 +188,19 @@ class FrameLink:
             at += n
         return view[:size]
 
+    async def refuse_legacy(self, code: str, reason: str) -> None:
+        """A REFUSE in the previous frame version, for a peer that speaks only that one (it
+        would not parse ours): it logs the reason and says ``refused:CODE``, as for any
+        refusal, instead of seeing a connection dropped without a word."""
+        frame = wire.encode_frame(wire.FrameType.REFUSE,
+                                  wire.encode_json({"code": code, "reason": reason}),
+                                  version=wire.LEGACY_VERSION)
+        try:
+            self._transport.write(frame)
+            await self._inbound.drain()
+        except (ConnectionError, OSError) as err:
+            raise LinkClosed(f"send to {self.peer} failed: {err}") from err
+
     async def send_json(self, ftype: wire.FrameType, obj: dict) -> None:
         await self.send(ftype, wire.encode_json(obj))
 
@@ -168,11 +220,13 @@ class FrameLink:
                 raise LinkClosed(f"no frame from {self.peer} for {timeout:.1f} s "
                                  f"({inbound.partial() or 'header'})") from err
         ftype, flags, length, body = inbound.pop()
-        # (A view: a BATCH is not copied again. Read-only, like the bytes it used to be.)
-        view = memoryview(body).toreadonly()
+        # (A view: a BATCH is not copied again. A large frame's is writable: the page-aligned
+        # buffer it was received into, which the replica's direct writes read from.)
+        view = memoryview(body)
         payload = view[:length]
-        wire.check_payload(payload, view[length : length + wire.TRAILER_SIZE])
+        wire.check_payload(payload, view[length : length + wire.TRAILER_SIZE], flags)
         self.bytes_received += HEADER_AND_TRAILER + length
+        self.frames_received += 1
         if flags & wire.FLAG_ZSTD:
             try:
                 payload = self._decompressor.decompress(payload, max_output_size=wire.MAX_PAYLOAD)
@@ -187,6 +241,12 @@ class FrameLink:
         what = inbound.partial()
         if what is not None:
             return LinkClosed(f"{self.peer} closed in the middle of a frame ({what})")
+        if not self.frames_received and self.bytes_sent:
+            # A peer that does not speak our frame version closes without a word (one that
+            # knows version 1 only logs BadVersion); a newer one answers with a REFUSE.
+            return LinkClosed(f"{self.peer} closed the connection without answering (a peer "
+                              f"that does not speak frame version {wire.WIRE_VERSION} does "
+                              f"so: its log says why)")
         return LinkClosed(f"{self.peer} closed the connection")
 
     async def close(self) -> None:

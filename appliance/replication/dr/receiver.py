@@ -223,6 +223,13 @@ class Receiver(ReceiverAdmin):
         link = FrameLink(reader, writer)
         try:
             await self._handshake_and_run(link, peer, cert_names)
+        except wire.BadVersion as err:
+            self._refuse_log(peer, f"{type(err).__name__}: {err}")
+            if err.version == wire.LEGACY_VERSION and not link.frames_received:
+                await link.refuse_legacy("version", f"frame version {err.version} is not "
+                                         f"spoken here: receiver {self.cfg.identity!r} "
+                                         f"speaks version {wire.WIRE_VERSION}; upgrade the "
+                                         f"primary's appliance software")
         except (wire.WireError, HandshakeError) as err:
             self._refuse_log(peer, f"{type(err).__name__}: {err}")
         except LinkClosed as err:

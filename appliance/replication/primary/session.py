@@ -207,7 +207,7 @@ class TxSession:
                 recs = [wire.WireRecord(seq, now, int(OpKind.UNMAP), lba, 1, b"")
                         for seq in range(first, last + 1)]
                 await self.link.send_parts(FT.BATCH, wire.batch_parts(
-                    self.cfg.volume_uuid, self.cfg.generation, recs))
+                    self.cfg.volume_uuid, self.cfg.generation, recs), head_crc=True)
                 self._last_sent = time.monotonic()
                 self.highest_sent = max(self.highest_sent, last)
                 counters.sent_seq = max(counters.sent_seq, last)
@@ -267,7 +267,7 @@ class TxSession:
             idle = IDLE_POLL_MIN_S
             before = self.link.bytes_sent
             self.highest_sent = max(self.highest_sent, batch.last_seq)
-            await self.link.send_parts(FT.BATCH, batch.parts)
+            await self.link.send_parts(FT.BATCH, batch.parts, head_crc=True)
             self._last_sent = time.monotonic()
             if seq == self.next_seq:
                 # (Unless a RESEND rewound us while the frame went out: then the rewind

@@ -38,7 +38,8 @@ class ScriptedPeer:
         self.inbox: asyncio.Queue[wire.Frame] = asyncio.Queue()
         self.on_batch = None
 
-    async def send_parts(self, ftype: wire.FrameType, parts: list) -> None:
+    async def send_parts(self, ftype: wire.FrameType, parts: list, *,
+                         head_crc: bool = False) -> None:
         if ftype is FT.BATCH:
             batch = wire.decode_batch(b"".join(bytes(p) for p in parts))
             self.batches.append([r.seq for r in batch.records])
