@@ -12,6 +12,13 @@ JSON state file written by atomic rename (``replica_state.py``).
 The replica journal is also acknowledged here (nothing ships it further), so reclaimable =
 mirror-durable on this side.
 
+Large writes to the journal and the mirror go direct (O_DIRECT, ``appliance/direct_io.py``)
+where the file system takes it: the records are views of the page-aligned buffers they were
+received into (frame version 2 puts whole pages of data on page boundaries), so the disk
+reads them from there, with no copy into the page cache (that copy, twice per byte, was most
+of the receiver's system time: docs/protocol.md, "Data path"). Elsewhere, and for anything
+small or unaligned, the writes stay buffered; durability is the same fdatasync either way.
+
 All methods block (disk I/O) and run in worker threads. Two may run at once per volume, so
 that the mirror writes of one run overlap the journal write and fdatasync of the next:
 ``commit`` (journal only) and everything else (mirror, state, undo), which holds
@@ -50,6 +57,9 @@ from appliance.replication.wire import WireRecord
 
 log = logging.getLogger(__name__)
 
+# Writes of at least this much go direct where they can (smaller ones are not worth it).
+DIRECT_MIN_BYTES = 64 * 1024
+
 
 class Replica(ReplicaResync):
     """The DR copy of one volume (its resync window: ``ReplicaResync``)."""
@@ -68,6 +78,8 @@ class Replica(ReplicaResync):
             path.parent.mkdir(parents=True, exist_ok=True)
         preallocate(cfg.paths.mirror, self.spec.size_bytes)
         self._mirror = storage.open_file(cfg.paths.mirror, create_size=self.spec.size_bytes)
+        _enable_direct(self._mirror)
+        self._direct_journal: Journal | None = None   # the journal direct writes were set for
         self._unsynced_bytes = 0
         # Durable, not yet on the mirror: commit appends on the right, _drain pops on the left.
         self._unapplied: deque[list[WireRecord]] = deque()
@@ -259,6 +271,9 @@ class Replica(ReplicaResync):
     def commit(self, run: list[WireRecord]) -> int:
         """Append a contiguous run (starting at durable_seq + 1) and make it durable."""
         journal = self._bound_journal()
+        if journal is not self._direct_journal:     # (a new one: created, or a full copy's)
+            _enable_direct(journal.io)
+            self._direct_journal = journal
         if run[0].seq != journal.next_seq:
             raise ReplicaError(f"run starts at seq {run[0].seq}, journal expects "
                                f"{journal.next_seq}")
@@ -408,8 +423,14 @@ class Replica(ReplicaResync):
             self._mirror.pread_into(offset, memoryview(buf))
             return bytes(buf)
 
+    def direct_io(self) -> dict:
+        """Whether large writes go direct, per file (False where the file system refused)."""
+        journal = None if self.journal is None else self.journal.io
+        return {"journal": _writes_direct(journal), "mirror": _writes_direct(self._mirror)}
+
     def status(self) -> dict:
         return {"volume_uuid": str(self.spec.uuid), "name": self.name, "primary": self.primary,
+                "direct_io": self.direct_io(),
                 "generation": self.generation, "size_bytes": self.size_bytes,
                 "full_copy_pending": self.full_copy_pending,
                 "state": "promoted" if self.promoted is not None else
@@ -473,3 +494,14 @@ class Replica(ReplicaResync):
             if self.journal is not None:
                 self.journal.close()
             self._mirror.close()
+
+
+def _enable_direct(io) -> bool:
+    """Large aligned writes to ``io`` bypass the page cache from now on, where its file system
+    allows (a simulated disk has no such mode): False otherwise, and they stay buffered."""
+    enable = getattr(io, "enable_direct", None)
+    return bool(enable is not None and enable(DIRECT_MIN_BYTES))
+
+
+def _writes_direct(io) -> bool:
+    return bool(getattr(io, "writes_direct", False))
