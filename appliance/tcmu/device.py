@@ -23,6 +23,7 @@ from appliance.tcmu.transport import RingTransport
 log = logging.getLogger(__name__)
 
 SAM_STAT_CHECK_CONDITION = 0x02
+_new_tuple = tuple.__new__
 # HARDWARE ERROR / INTERNAL TARGET FAILURE: what a command gets if the executor itself fails.
 _INTERNAL_FAILURE_SENSE = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 0x0A, 0, 0, 0, 0, 0x44, 0x00, 0, 0, 0, 0])
 
@@ -33,9 +34,15 @@ class CommandExecutor(Protocol):
     def execute(self, cmds: Sequence[Any]) -> list[Any]: ...
 
 
-def _scsi_command_class() -> Callable[..., Any]:
+def _load_scsi_command_class() -> Callable[..., Any]:
     from appliance.scsi import ScsiCommand
     return ScsiCommand
+
+
+# Called when a device is made without a command class. A variable, not the def itself, so
+# that replacing it (the ring's unit tests run without the SCSI package) also works when this
+# module is compiled: mypyc binds calls to a def at compile time (docs/compiled.md).
+_scsi_command_class: Callable[[], Callable[..., Any]] = _load_scsi_command_class
 
 
 @dataclass(slots=True)
@@ -141,7 +148,9 @@ class TcmuDevice:
                 plain_good = result.status == 0 and result.read_len is None
             except AttributeError:      # None (executor failed) or an unusable result
                 plain_good = False
-            completions.append(Completion(req.cmd_id, 0) if plain_good
+            # Completion(req.cmd_id, 0), without the NamedTuple's generated __new__ (whose
+            # frame stays interpreted code even when this module is compiled).
+            completions.append(_new_tuple(Completion, (req.cmd_id, 0, b"", None)) if plain_good
                                else self._safe_completion(req, cmd, result))
         self.ring.complete(completions)
         # The kernel frees the data blocks only when it handles the poke below; release first so

@@ -81,6 +81,7 @@ _IOVEC = struct.Struct("<QQ")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _ZERO_SENSE = bytes(SENSE_BUFFERSIZE)
+_new_tuple = tuple.__new__
 
 
 class LayoutError(ValueError):
@@ -225,7 +226,10 @@ def read_cmd_request(region: memoryview, off: int, region_size: int,
         cdb_len = _CDB_LEN_BY_GROUP[opcode >> 5]
     if cdb_off + cdb_len > region_size:
         raise LayoutError(f"cmd {cmd_id}: CDB at {cdb_off:#x} runs past the region")
-    return CmdRequest(cmd_id, bytes(region[cdb_off: cdb_off + cdb_len]), iovecs, bidi_cnt)
+    # tuple.__new__ is what CmdRequest(...) ends in, without the generated __new__'s frame
+    # (which stays interpreted code even when this module is compiled).
+    return _new_tuple(CmdRequest,
+                      (cmd_id, bytes(region[cdb_off: cdb_off + cdb_len]), iovecs, bidi_cnt))
 
 
 def write_cmd_request(region: memoryview, off: int, *, cmd_id: int, cdb: bytes,

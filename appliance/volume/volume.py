@@ -183,7 +183,10 @@ class Volume:
 
     # -- reads ------------------------------------------------------------------------
     def read_into(self, lba: int, nblocks: int, bufs: Sequence[memoryview]) -> None:
-        check_range(lba, nblocks, self.num_blocks, self._max_blocks)
+        # The usual read passes inline; check_range says what is wrong with any other.
+        if not (type(lba) is int and type(nblocks) is int and lba >= 0
+                and 0 < nblocks <= self._max_blocks and lba + nblocks <= self.num_blocks):
+            check_range(lba, nblocks, self.num_blocks, self._max_blocks)
         if ((bufs[0].nbytes if len(bufs) == 1 else scatter.total_length(bufs))
                 != nblocks * self.block_size):
             raise InvalidRequest(f"read of {nblocks} blocks into buffers of "
