@@ -6,9 +6,16 @@ from __future__ import annotations
 from appliance.journal import OpKind, Record, WriteOp
 from appliance.replication.wire import WireRecord
 
+# (A lookup, not OpKind(kind): an enum call per record costs about a microsecond.)
+_KINDS = {int(kind): kind for kind in OpKind}
+
 
 def to_write_op(rec: WireRecord) -> WriteOp:
-    return WriteOp(OpKind(rec.kind), rec.lba, rec.nblocks, rec.data)
+    try:
+        kind = _KINDS[rec.kind]
+    except KeyError:
+        kind = OpKind(rec.kind)     # raises the enum's own ValueError
+    return WriteOp(kind, rec.lba, rec.nblocks, rec.data)
 
 
 def from_journal(rec: Record) -> WireRecord:

@@ -112,6 +112,8 @@ class TxSession:
         self.records_paused = welcome.inconsistent
         self.resync: ResyncDriver | None = None
         self._extra: list[asyncio.Task] = []    # verify runs
+        # The journal read started for the next batch while one is sent: (seq, limit, future).
+        self._ahead: tuple[int, int, asyncio.Future] | None = None
         self._ending = asyncio.Event()
         if shared.files is not None:
             self.resync = ResyncDriver(self, shared, cfg, link, reader, welcome, shared.files)
@@ -140,6 +142,9 @@ class TxSession:
             for task in [*tasks, *self._extra]:
                 task.cancel()
             await asyncio.gather(*tasks, *self._extra, return_exceptions=True)
+            if self._ahead is not None:     # (no read may outlive the session: the next one
+                await asyncio.gather(self._ahead[2], return_exceptions=True)  # reads too)
+                self._ahead = None
             if self.resync is not None:
                 self.resync.close()
 
@@ -246,11 +251,10 @@ class TxSession:
                 # already: the journal may have reclaimed them since (RecordsGone).
                 self.next_seq = self.peer_durable + 1
             seq = self.next_seq
+            limit = batch_limit(shared.pacing.batch_bytes(self.cfg.batch_bytes),
+                                self.ack_rate.rate())
             try:
-                counters.head_seq, batch = await run_blocking(
-                    self._read_batch, seq,
-                    batch_limit(shared.pacing.batch_bytes(self.cfg.batch_bytes),
-                                self.ack_rate.rate()))
+                counters.head_seq, batch = await self._read(seq, limit)
             except RecordsGone as err:
                 if seq <= self.peer_durable:
                     continue        # acknowledged while we read: nothing lost, go on after it
@@ -267,6 +271,8 @@ class TxSession:
             idle = IDLE_POLL_MIN_S
             before = self.link.bytes_sent
             self.highest_sent = max(self.highest_sent, batch.last_seq)
+            # The next batch is read from the journal while this one is encrypted and sent.
+            self._read_ahead(batch.last_seq + 1, limit)
             await self.link.send_parts(FT.BATCH, batch.parts, head_crc=True)
             self._last_sent = time.monotonic()
             if seq == self.next_seq:
@@ -280,6 +286,24 @@ class TxSession:
             counters.batches_sent += 1
             counters.wire_bytes_sent += self.link.bytes_sent - before
             shared.rate.add(batch.nbytes)
+
+    async def _read(self, seq: int, limit: int) -> tuple[int, _OutBatch | None]:
+        """The journal head and the batch from ``seq``: the read started ahead for it, else a
+        new one. One read at a time: the reader keeps a cursor (a read ahead for another seq,
+        which a RESEND made stale, is waited for and dropped)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead_seq, ahead_limit, future = ahead
+            if (ahead_seq, ahead_limit) == (seq, limit):
+                return await future
+            with contextlib.suppress(Exception):
+                await future
+        return await run_blocking(self._read_batch, seq, limit)
+
+    def _read_ahead(self, seq: int, limit: int) -> None:
+        if self._ahead is None:
+            self._ahead = (seq, limit, asyncio.ensure_future(
+                run_blocking(self._read_batch, seq, limit)))
 
     def _in_flight(self, last_seq: int, nbytes: int, first_ts: int) -> None:
         """A batch up to ``last_seq`` went out: it is in flight until an ACK covers it. Not if
