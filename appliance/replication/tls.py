@@ -201,7 +201,7 @@ class Handshake:
         """The handshake is over: drop the message hook. OpenSSL calls it for every record
         header and content type of the whole connection, not just the handshake's, and
         Python's wrapper turns each call into enum objects: with 16 KiB records that cost
-        more CPU per GiB than the AES itself (docs/protocol.md, "Data path"). With the
+        about as much CPU per GiB as the AES itself (docs/protocol.md, "Data path"). With the
         context's hook gone, CPython's C callback returns at once for this connection."""
         with contextlib.suppress(AttributeError, TypeError):
             self.context._msg_callback = None  # type: ignore[attr-defined]
