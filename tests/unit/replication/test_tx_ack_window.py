@@ -89,6 +89,24 @@ async def until(cond, timeout: float, what: str) -> None:
         await asyncio.sleep(0.005)
 
 
+def run_with_session(tx: TxSession, vol: Volume, scenario) -> None:
+    """Run ``scenario(run)`` (``run``: the session's task) while the session runs; then stop
+    the session and close what the test opened, whatever the scenario did."""
+    async def go() -> None:
+        run = asyncio.create_task(tx.run())
+        try:
+            await scenario(run)
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+
+    try:
+        asyncio.run(go())
+    finally:
+        tx.reader.close()
+        vol.close()
+
+
 def test_an_ack_crossing_a_resent_batch_leaves_nothing_in_flight(tmp_path):
     """The peer's ACK of a batch arrives while the batch goes out again after a resend: the
     peer holds it (and will not acknowledge the duplicate), so it is not in flight. A resync
@@ -104,32 +122,23 @@ def test_an_ack_crossing_a_resent_batch_leaves_nothing_in_flight(tmp_path):
             peer.ack(seqs[-1])
             await until(lambda: tx.peer_durable == seqs[-1], 5, "the ACK to be taken")
 
-    async def go() -> None:
+    async def scenario(run: asyncio.Task) -> None:
         peer.on_batch = crossing_ack
-        run = asyncio.create_task(tx.run())
+        await until(lambda: len(peer.batches) == 2, 10, "the overdue-ACK resend")
+        assert peer.batches == [[1, 2, 3], [1, 2, 3]]
+        assert tx.shared.counters.resends == 1
+        await asyncio.sleep(0.05)       # the send loop goes on after the second copy
+        # What the resync's _begin does after its drain: pause records, wait for the window.
+        tx.records_paused = True
         try:
-            await until(lambda: len(peer.batches) == 2, 10, "the overdue-ACK resend")
-            assert peer.batches == [[1, 2, 3], [1, 2, 3]]
-            assert tx.shared.counters.resends == 1
-            await asyncio.sleep(0.05)       # the send loop goes on after the second copy
-            # What the resync's _begin does after its drain: pause records, wait for the window.
-            tx.records_paused = True
-            try:
-                await asyncio.wait_for(tx.window_empty(), 3)
-            except TimeoutError:
-                raise AssertionError(
-                    f"the window never empties: {list(tx.shared.inflight._batches)} in flight "
-                    f"although the peer acknowledged seq {tx.peer_durable}") from None
-            assert run.done() is False
-        finally:
-            run.cancel()
-            await asyncio.gather(run, return_exceptions=True)
+            await asyncio.wait_for(tx.window_empty(), 3)
+        except TimeoutError:
+            raise AssertionError(
+                f"the window never empties: {list(tx.shared.inflight._batches)} in flight "
+                f"although the peer acknowledged seq {tx.peer_durable}") from None
+        assert run.done() is False
 
-    try:
-        asyncio.run(go())
-    finally:
-        tx.reader.close()
-        vol.close()
+    run_with_session(tx, vol, scenario)
 
 
 def test_the_first_batch_after_an_idle_spell_is_not_resent_at_once(tmp_path):
@@ -139,25 +148,16 @@ def test_the_first_batch_after_an_idle_spell_is_not_resent_at_once(tmp_path):
     peer = ScriptedPeer()
     tx = session(tmp_path, peer, dead_after_s=0.3)      # resend after 0.9 s without an ACK
 
-    async def go() -> None:
-        run = asyncio.create_task(tx.run())
-        try:
-            await asyncio.sleep(1.2)            # idle: no record, no ACK
-            write(vol, 1)
-            await until(lambda: peer.batches, 5, "the batch of the new write")
-            await asyncio.sleep(0.3)            # well within the delay; no ACK yet
-            assert peer.batches == [[1]], (
-                f"resent {tx.shared.counters.resends} time(s) without waiting for its ACK: "
-                f"{peer.batches}")
-            assert tx.shared.counters.resends == 0
-            peer.ack(1)
-            await until(lambda: not tx.shared.inflight, 5, "the ACK to empty the window")
-        finally:
-            run.cancel()
-            await asyncio.gather(run, return_exceptions=True)
+    async def scenario(_run: asyncio.Task) -> None:
+        await asyncio.sleep(1.2)            # idle: no record, no ACK
+        write(vol, 1)
+        await until(lambda: peer.batches, 5, "the batch of the new write")
+        await asyncio.sleep(0.3)            # well within the delay; no ACK yet
+        assert peer.batches == [[1]], (
+            f"resent {tx.shared.counters.resends} time(s) without waiting for its ACK: "
+            f"{peer.batches}")
+        assert tx.shared.counters.resends == 0
+        peer.ack(1)
+        await until(lambda: not tx.shared.inflight, 5, "the ACK to empty the window")
 
-    try:
-        asyncio.run(go())
-    finally:
-        tx.reader.close()
-        vol.close()
+    run_with_session(tx, vol, scenario)
