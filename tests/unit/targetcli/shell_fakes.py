@@ -273,6 +273,13 @@ def unreachable(address: str, timeout: float) -> bytes:
     raise CertificateFetchError(f"cannot connect to {address}: unreachable from the tests")
 
 
+def refused(sh, cmdline: str) -> str:
+    """The shell's refusal of ``cmdline`` (an ExecutionError), as the admin reads it."""
+    with pytest.raises(ExecutionError) as info:
+        sh.run(cmdline)
+    return str(info.value)
+
+
 # --- the shell ---------------------------------------------------------------------------
 
 

@@ -18,8 +18,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from configshell_fb import ExecutionError
-from shell_fakes import FakeExporter
+from shell_fakes import FakeExporter, refused
 
 from appliance.exporter.config import load_exporter_config
 from targetcli_ext.units import EXPORTER_UNIT
@@ -64,12 +63,6 @@ def state(sh) -> dict:
 
 def saved(sh) -> dict:
     return json.loads((sh.state_dir / "site.json").read_text())["monitoring"]
-
-
-def refused(sh, cmdline: str) -> str:
-    with pytest.raises(ExecutionError) as info:
-        sh.run(cmdline)
-    return str(info.value)
 
 
 # --- setting ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import re
 import pytest
 from configshell_fb import ExecutionError
 from recorded_states import recorded
-from shell_fakes import FakeDaemons
+from shell_fakes import FakeDaemons, refused
 
 from targetcli_ext.replica_nodes import UIReplicas, promote_text
 
@@ -36,12 +36,6 @@ def dr(make_shell, daemons):
 def ls_lines(out: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in
             (re.search(r"o- (\S+) \.+ \[(.*)\]$", line) for line in out.splitlines()) if m}
-
-
-def refused(sh, cmdline: str) -> str:
-    with pytest.raises(ExecutionError) as info:
-        sh.run(cmdline)
-    return str(info.value)
 
 
 def test_replicas_are_named_by_the_primarys_volume_name_or_uuid(dr):

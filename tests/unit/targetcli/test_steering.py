@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from configshell_fb import ExecutionError
-from shell_fakes import FakeDaemons
+from shell_fakes import FakeDaemons, refused
 
 FP = "SHA256:" + ":".join(["5E"] * 32)
 MIB = 1 << 20
@@ -49,12 +48,6 @@ def primary(make_shell, daemons, tmp_path):
 
 
 VOL = "/replication/volumes/vol1"
-
-
-def refused(sh, cmdline: str) -> str:
-    with pytest.raises(ExecutionError) as info:
-        sh.run(cmdline)
-    return str(info.value)
 
 
 # --- pause / resume -----------------------------------------------------------------------
