@@ -12,10 +12,12 @@ mapped, when the WWN is final; a restarted handler finds it at once. Without thi
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.control import sync_events
 from appliance.tcmu.cfgstring import MirrorConfig
 from appliance.tcmu.configfs import BackstoreControl
 from appliance.tcmu.discovery import TcmuName
@@ -35,6 +37,7 @@ class VolumeBackend:
     volume: Any
     executor: Any
     size_bytes: int
+    acks: AckListener | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, config: MirrorConfig, size_bytes: int, serial: str | None = None,
@@ -61,7 +64,7 @@ class VolumeBackend:
             volume.close()
             raise
         executor = disk if serial or read_serial is None else _LazySerialDisk(disk, read_serial)
-        return cls(volume, executor, size_bytes)
+        return cls(volume, executor, size_bytes, AckListener.start(volume))
 
     def resize(self, size_bytes: int) -> None:
         """Grow/shrink the volume, then the disk reports CAPACITY DATA HAS CHANGED."""
@@ -74,6 +77,10 @@ class VolumeBackend:
 
     def set_write_cache(self, enabled: bool) -> None:
         self.volume.write_cache_enabled = enabled
+
+    def set_sync(self, settings: Any) -> bool:
+        """The admin's replication mode (a SyncSettings); False if it already was so."""
+        return self.volume.set_sync(settings)
 
     def set_journal_paused(self, paused: bool) -> bool:
         """The admin pauses (or resumes) journaling; False if it already was (not)."""
@@ -93,7 +100,49 @@ class VolumeBackend:
                 and st["state"] == "journaling"}
 
     def close(self) -> None:
+        if self.acks is not None:
+            self.acks.stop()
         self.volume.close()
+
+
+class AckListener:
+    """The volume's end of the sync events (appliance/control/sync_events.py): a thread that
+    hands the transmitter's ACKED events to the volume's sync gate, and the gate's nudge
+    that tells the transmitter a write waits."""
+
+    def __init__(self, volume: Any, events: sync_events.SyncEvents) -> None:
+        self.volume = volume
+        self.events = events
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"acks-{volume.uuid}")
+
+    @classmethod
+    def start(cls, volume: Any) -> AckListener | None:
+        try:
+            events = sync_events.SyncEvents(volume.uuid, sync_events.HANDLER)
+        except OSError as err:
+            log.warning("volume %s: no sync events (%s): a write in a synchronous mode learns "
+                        "of the DR's acknowledgements only from the journal, when its "
+                        "fall-back time runs out", volume.uuid, err)
+            return None
+        listener = cls(volume, events)
+        volume.sync.set_nudge(lambda seq: events.send(sync_events.Kind.WRITTEN, seq))
+        listener._thread.start()
+        return listener
+
+    def _run(self) -> None:
+        while True:
+            event = self.events.receive()
+            if event is None or event[0] is sync_events.Kind.STOP:
+                return
+            if event[0] is sync_events.Kind.ACKED:
+                self.volume.sync.note_acked(event[1])
+
+    def stop(self) -> None:
+        self.volume.sync.set_nudge(None)
+        self.events.wake()
+        self._thread.join(timeout=5)
+        self.events.close()
 
 
 class _LazySerialDisk:

@@ -32,6 +32,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from dbus_fast import BusType
 
@@ -48,6 +49,7 @@ from appliance.tcmu.events import DeviceEvent, TcmuGenlCmd
 from appliance.tcmu.manager import BackendFactory, DeviceManager, TransportOpener
 from appliance.tcmu.netlink import NetlinkError, TcmuNetlink
 from appliance.tcmu.uio import UioDevice, read_uio_info
+from appliance.volume.sync_mode import DEFAULT_FALLBACK_S, SyncSettings, SyncSettingsError
 
 log = logging.getLogger("appliance.handler")
 
@@ -236,11 +238,13 @@ def _process_age() -> float:
 def control_server(daemon: HandlerDaemon) -> ControlServer:
     """The handler's control socket: `status` shows every volume it serves, and what each
     holds that its peer has not acknowledged (also when no transmitter runs);
-    `pause-journal` / `resume-journal` {"volume": "<backstore name>"} steer journaling."""
+    `pause-journal` / `resume-journal` {"volume": "<backstore name>"} steer journaling;
+    `set-sync` {"volume", "mode", "fallback_s", "hold"} sets the replication mode."""
     return ControlServer(daemon.config.control_socket, {
         "status": lambda args: {"role": "handler", "volumes": daemon.manager.status()},
         "pause-journal": lambda args: _journal_pause(daemon, "pause-journal", args, True),
         "resume-journal": lambda args: _journal_pause(daemon, "resume-journal", args, False),
+        "set-sync": lambda args: _set_sync(daemon, args),
     })
 
 
@@ -248,15 +252,48 @@ async def _journal_pause(daemon: HandlerDaemon, cmd: str, args: dict, paused: bo
     """pause-journal / resume-journal: the volume's status entry plus ``volume`` and
     ``changed`` (False: it already was; the call is idempotent). Runs in a worker thread: it
     makes the mirror durable (fdatasync) before the bitmap header records the pause."""
-    usage = f'{cmd} takes {{"volume": "<backstore name>"}}; nothing changed'
-    unknown = sorted(set(args) - {"volume"})
+    name = _volume_argument(cmd, args, (), '{"volume": "<backstore name>"}')
+    result = await _on_volume(daemon, cmd, name, daemon.manager.set_journal_paused, paused)
+    if result["changed"]:
+        log.warning("volume %s: the admin %s journaling (%s)", name,
+                    "paused" if paused else "resumed", cmd)
+    return result
+
+
+async def _set_sync(daemon: HandlerDaemon, args: dict) -> dict:
+    """set-sync: the volume's replication mode, saved by the handler in the volume's bitmap
+    header (docs/volume.md, "Synchronous modes"); its status entry with ``changed``."""
+    shape = ('{"volume": "<backstore name>", "mode": "async|sync|sync-on-flush", '
+             '"fallback_s": <seconds>, "hold": <bool>}')
+    name = _volume_argument("set-sync", args, ("mode", "fallback_s", "hold"), shape)
+    if "mode" not in args:
+        raise CommandError(f"missing the mode: set-sync takes {shape}; nothing changed")
+    try:
+        settings = SyncSettings.parse(args["mode"], args.get("fallback_s", DEFAULT_FALLBACK_S),
+                                      args.get("hold", False))
+    except SyncSettingsError as err:
+        raise CommandError(f"{err}; nothing changed") from None
+    return await _on_volume(daemon, "set-sync", name, daemon.manager.set_sync, settings)
+
+
+def _volume_argument(cmd: str, args: dict, others: tuple[str, ...], shape: str) -> str:
+    """The "volume" argument of a command that takes ``others`` besides it."""
+    usage = f"{cmd} takes {shape}; nothing changed"
+    unknown = sorted(set(args) - {"volume", *others})
     if unknown:
         raise CommandError(f"unknown argument {', '.join(map(repr, unknown))}: {usage}")
     name = args.get("volume")
     if not isinstance(name, str) or not name:
         raise CommandError(f"missing the volume's name: {usage}")
+    return name
+
+
+async def _on_volume(daemon: HandlerDaemon, cmd: str, name: str,
+                     change: Callable[[str, Any], dict], value: Any) -> dict:
+    """Run a manager change of one volume in a worker thread, with the errors an admin
+    reads."""
     try:
-        result = await asyncio.to_thread(daemon.manager.set_journal_paused, name, paused)
+        return await asyncio.to_thread(change, name, value)
     except LookupError:
         served = daemon.manager.names()
         raise CommandError(
@@ -267,10 +304,6 @@ async def _journal_pause(daemon: HandlerDaemon, cmd: str, args: dict, paused: bo
         log.exception("%s %s failed", cmd, name)
         raise CommandError(f"{cmd} of {name} failed: {err}; check the handler's log "
                            "(the volume's state is in status)") from err
-    if result["changed"]:
-        log.warning("volume %s: the admin %s journaling (%s)", name,
-                    "paused" if paused else "resumed", cmd)
-    return result
 
 
 async def _serve(daemon: HandlerDaemon) -> None:

@@ -21,6 +21,7 @@ from appliance.tcmu.events import DeviceEvent
 from appliance.tcmu.ring import RingError
 from appliance.tcmu.transport import RingTransport
 from appliance.volume.errors import NoSpaceError
+from appliance.volume.sync_mode import SyncSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Backend(Protocol):
     def resize(self, size_bytes: int) -> None: ...
     def set_write_cache(self, enabled: bool) -> None: ...
     def set_journal_paused(self, paused: bool) -> bool: ...
+    def set_sync(self, settings: SyncSettings) -> bool: ...
     def status(self) -> dict: ...
     def close(self) -> None: ...
 
@@ -245,11 +247,19 @@ class DeviceManager:
         pause-journal / resume-journal). Returns its status entry with ``changed`` (False:
         it already was). Raises LookupError if no served device has that name. Under the
         lock, so the device cannot be removed meanwhile."""
+        return self._change(name, lambda backend: backend.set_journal_paused(paused))
+
+    def set_sync(self, name: str, settings: SyncSettings) -> dict:
+        """The admin's replication mode of the volume of backstore `name`;
+        its status entry with ``changed``, as `set_journal_paused`."""
+        return self._change(name, lambda backend: backend.set_sync(settings))
+
+    def _change(self, name: str, change: Callable[[Backend], bool]) -> dict:
         with self._lock:
             dev = next((d for d in self.devices.values() if d.name.name == name), None)
             if dev is None:
                 raise LookupError(name)
-            changed = dev.backend.set_journal_paused(paused)
+            changed = change(dev.backend)
             return {"volume": name, "changed": changed, **self._device_status(dev)}
 
     def log_state(self) -> None:

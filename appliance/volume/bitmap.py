@@ -182,6 +182,23 @@ class DirtyBitmap:
         self._publish(flags=flags | (fmt.FLAG_JOURNAL_PAUSED if paused else 0))
         self._io.sync()
 
+    @property
+    def sync_flags(self) -> int:
+        """The admin's replication mode bits (``fmt.SYNC_FLAGS``) and its fall-back in ms."""
+        return self._header.flags & fmt.SYNC_FLAGS
+
+    @property
+    def sync_fallback_ms(self) -> int:
+        return self._header.sync_fallback_ms
+
+    def set_sync(self, flags: int, fallback_ms: int) -> None:
+        """Persist the replication mode (``fmt.SYNC_FLAGS`` bits) durably, one header write."""
+        if flags & ~fmt.SYNC_FLAGS or not 0 <= fallback_ms < 1 << 32:
+            raise ValueError(f"sync flags {flags:#x} or fall-back {fallback_ms} ms invalid")
+        self._publish(flags=(self._header.flags & ~fmt.SYNC_FLAGS) | flags,
+                      sync_fallback_ms=fallback_ms)
+        self._io.sync()
+
     def resize(self, num_chunks: int) -> None:
         """Change the chunk count (the volume was resized), durably. New chunks start clean;
         bits of chunks beyond a new end are dropped (the journal's superblock already says

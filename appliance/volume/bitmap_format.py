@@ -32,9 +32,10 @@ BITS_OFFSET = 4 * SLOT_SIZE
 HEADER_MAGIC = b"DRBITMAP"
 REQUEST_MAGIC = b"DRBMCLR1"         # "clear these chunks, shipped as read after seen_gen"
 MARK_MAGIC = b"DRBMMRK1"            # "mark these chunks dirty" (a full copy to a new peer)
-# Header versions: 2 added logging_since_ns, 3 added flags and logging_reason. Versions 1
-# and 2 are still read (the missing fields as 0); the next header write is version 3.
-HEADER_VERSION = 3
+# Header versions: 2 added logging_since_ns, 3 added flags and logging_reason, 4 the
+# replication mode's fall-back time. Versions 1 to 3 are still read (the missing fields as 0);
+# the next header write is version 4.
+HEADER_VERSION = 4
 # Requests kept their layout: a resyncer of an earlier release still talks to this writer.
 REQUEST_VERSION = 2
 
@@ -43,6 +44,12 @@ MODE_LOGGING = 1
 
 # Header flags.
 FLAG_JOURNAL_PAUSED = 1     # the admin paused journaling: stay in logging-to-bitmap until resumed
+# The admin's replication mode (appliance/volume/sync_mode.py; neither bit: async) and its
+# opt-in to hold writes rather than fall back to async.
+FLAG_SYNC = 2
+FLAG_SYNC_ON_FLUSH = 4
+FLAG_SYNC_HOLD = 8
+SYNC_FLAGS = FLAG_SYNC | FLAG_SYNC_ON_FLUSH | FLAG_SYNC_HOLD
 
 # Why the writer logs to the bitmap (header field logging_reason; 0 while journaling, and in
 # headers of versions 1 and 2, where it is unknown).
@@ -65,11 +72,12 @@ PAUSED_TEXT = "paused by admin"
 
 # magic, version, generation, volume uuid, chunk size, chunks, incarnation,
 # completed batch generation, mode, overflow seq, processed request id, logging since (ns),
-# flags, logging reason
-_HEADER = struct.Struct("<8sIQ16sIQQQIQQQII")
+# flags, logging reason, sync fall-back (ms)
+_HEADER = struct.Struct("<8sIQ16sIQQQIQQQIII")
+_HEADER_V3 = struct.Struct("<8sIQ16sIQQQIQQQII")  # without the sync fall-back
 _HEADER_V2 = struct.Struct("<8sIQ16sIQQQIQQQ")    # without flags and logging reason
 _HEADER_V1 = struct.Struct("<8sIQ16sIQQQIQQ")     # without logging since either
-_LAYOUTS = {HEADER_VERSION: _HEADER, 2: _HEADER_V2, 1: _HEADER_V1}
+_LAYOUTS = {HEADER_VERSION: _HEADER, 3: _HEADER_V3, 2: _HEADER_V2, 1: _HEADER_V1}
 # magic, version, generation, incarnation, request id, batch generation seen, range count
 _REQUEST = struct.Struct("<8sIQQQQI")
 _RANGE = struct.Struct("<QI")
@@ -99,6 +107,7 @@ class BitmapHeader:
     logging_since_ns: int = 0
     flags: int = 0            # FLAG_JOURNAL_PAUSED (version 3; 0 in older headers)
     logging_reason: int = 0   # REASON_* why it logs to the bitmap (version 3; 0: unknown)
+    sync_fallback_ms: int = 0  # the replication mode's fall-back time (version 4; 0: default)
 
     @property
     def journal_paused(self) -> bool:
@@ -163,7 +172,7 @@ def encode_header(header: BitmapHeader) -> bytes:
         HEADER_MAGIC, HEADER_VERSION, header.generation, header.volume_uuid.bytes,
         header.chunk_size, header.num_chunks, header.incarnation, header.completed_gen,
         header.mode, header.overflow_seq, header.processed_request, header.logging_since_ns,
-        header.flags, header.logging_reason))
+        header.flags, header.logging_reason, header.sync_fallback_ms))
 
 
 def decode_header(slot: bytes | memoryview) -> BitmapHeader | None:
@@ -181,9 +190,9 @@ def decode_header(slot: bytes | memoryview) -> BitmapHeader | None:
         raise BitmapFormatError(f"bitmap format version {version} is not supported "
                                 f"(this software reads versions 1 to {HEADER_VERSION})")
     (_, _, gen, vol, chunk, chunks, inc, done, mode, ovf, proc, *rest) = layout.unpack(body)
-    since, flags, reason = (*rest, 0, 0, 0)[:3]
+    since, flags, reason, fallback = (*rest, 0, 0, 0, 0)[:4]
     return BitmapHeader(gen, uuid.UUID(bytes=vol), chunk, chunks, inc, done, mode, ovf, proc,
-                        since, flags, reason)
+                        since, flags, reason, fallback)
 
 
 def encode_request(request: BitmapRequest) -> bytes:

@@ -28,6 +28,7 @@ from appliance.volume.errors import MediumError, VolumeError
 from appliance.volume.mirror import Mirror
 from appliance.volume.pending import PendingWrites
 from appliance.volume.requests import check_ops, check_range, split_batch
+from appliance.volume.sync_mode import SyncGate, SyncSettings, from_header, to_header
 from appliance.volume.ticker import Ticker
 
 if TYPE_CHECKING:
@@ -69,6 +70,12 @@ class Volume:
         self._overflows = 0
         self._closed = False
         self._ticker: Ticker | None = None
+        usage = journal.usage()
+        self._head_seq = usage.next_seq - 1     # the newest journaled seq
+        self.sync = SyncGate(from_header(bitmap.sync_flags, bitmap.sync_fallback_ms),
+                             acked_seq=usage.acked_seq,
+                             read_acked=lambda: journal_link.acked_seq(journal),
+                             journaling=lambda: not bitmap.logging, name=str(config.uuid))
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
@@ -179,6 +186,7 @@ class Volume:
                 "mirror_durable_seq": self._applier.durable_seq,
                 "pending_bytes": self._pending.nbytes,
                 "background_error": self._ticker.last_error if self._ticker else None,
+                "sync": self.sync.status(),
             }
 
     # -- reads ------------------------------------------------------------------------
@@ -207,18 +215,27 @@ class Volume:
     # -- writes -----------------------------------------------------------------------
     def submit(self, ops: Sequence[WriteOp], *, fua: bool = False) -> None:
         """One group commit: one journal append, at most one journal fdatasync, then the
-        mirror writes. Returns when the writes are readable (and durable if fua or WCE off)."""
+        mirror writes. Returns when the writes are readable (and durable if fua or WCE off),
+        and, in a synchronous mode, durable at the DR (``self.sync``, outside the lock)."""
+        with self._lock:
+            seq = self._submit_locked(ops, fua)
+        self.sync.after_write(seq, durable=fua or not self._wce)
+
+    def _submit_locked(self, ops: Sequence[WriteOp], fua: bool) -> int | None:
+        """The local part of submit; the batch's last journal seq, None if any of it went to
+        the dirty bitmap."""
         payload = check_ops(ops, block_size=self.block_size, num_blocks=self.num_blocks,
                             max_transfer_blocks=self._max_blocks)
-        with self._lock:
-            self._check_open()
-            try:
-                self._service_if_due()
-                rest = ops if self._bitmap.logging else self._journal_write(ops, fua, payload)
-                if rest:
-                    self._bitmap_write(rest, fua)
-            except OSError as err:
-                raise MediumError("write", f"write failed: {err}") from err
+        self._check_open()
+        try:
+            self._service_if_due()
+            rest = ops if self._bitmap.logging else self._journal_write(ops, fua, payload)
+            if rest:
+                self._bitmap_write(rest, fua)
+                return None
+            return self._head_seq
+        except OSError as err:
+            raise MediumError("write", f"write failed: {err}") from err
 
     def _journal_write(self, ops: Sequence[WriteOp], fua: bool,
                        payload: int) -> Sequence[WriteOp]:
@@ -240,6 +257,7 @@ class Volume:
                 rest = ops[start:]
                 break
             appended.append((group, seqs[-1], offsets))
+            self._head_seq = seqs[-1]
         if cache and not rest:
             for group, last, offsets in appended:
                 self._pending.add(group, last, offsets)
@@ -296,10 +314,28 @@ class Volume:
         bm.finish_batch(gen)
 
     def flush(self) -> None:
-        """SYNCHRONIZE CACHE: everything submitted so far is durable when this returns."""
+        """SYNCHRONIZE CACHE: everything submitted so far is durable when this returns (at
+        the DR too in a synchronous mode)."""
         with self._lock:
             self._check_open()
             self._make_durable("flush")
+            head = None if self._bitmap.logging else self._head_seq
+        self.sync.after_flush(head)
+
+    def set_sync(self, settings: SyncSettings) -> bool:
+        """The admin's replication mode, durably in the bitmap header, then live. False if it
+        was already so."""
+        with self._lock:
+            self._check_open()
+            if settings == self.sync.settings:
+                return False
+            flags, fallback_ms = to_header(settings)
+            try:
+                self._bitmap.set_sync(flags, fallback_ms)
+            except OSError as err:
+                raise MediumError("write", f"saving the replication mode failed: {err}") \
+                    from err
+        return self.sync.configure(settings)
 
     def _make_durable(self, what: str) -> None:
         """Everything submitted so far durable: in bitmap mode the marks are already synced,
@@ -328,8 +364,9 @@ class Volume:
             mismatch = _first_mismatch(current, verify)
             if mismatch is not None:
                 return mismatch
-            self.submit([WriteOp(OpKind.WRITE, lba, nblocks, data)], fua=fua)
-            return None
+            seq = self._submit_locked([WriteOp(OpKind.WRITE, lba, nblocks, data)], fua)
+        self.sync.after_write(seq, durable=fua or not self._wce)
+        return None
 
     def resize(self, num_blocks: int) -> None:
         """Grow or shrink the volume to `num_blocks` (a DEV_SIZE reconfiguration).

@@ -95,6 +95,8 @@ class TxSession:
             # resync (send_placeholders), and no record after them before that.
             self.peer_durable = self.highest_sent = max(welcome.last_seq,
                                                         discard.from_seq - 1)
+        if shared.handler is not None:
+            shared.handler.acknowledged(self.peer_durable)
         self._ack_due = asyncio.Event()
         self.heartbeat_s = min(self.cfg.heartbeat_s, welcome.heartbeat_s)
         self._acked = asyncio.Event()
@@ -354,8 +356,15 @@ class TxSession:
             self._last_ack = time.monotonic()
 
     async def _idle(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the handler says a write waits for the DR."""
         await self._heartbeat_if_due()
-        await asyncio.sleep(seconds)
+        handler = self.shared.handler
+        if handler is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(handler.written.wait(), seconds)
+        handler.written.clear()
 
     async def _heartbeat_if_due(self) -> None:
         if time.monotonic() - self._last_sent >= self.heartbeat_s:
@@ -409,6 +418,8 @@ class TxSession:
                 if durable > self.peer_durable:
                     self.peer_durable = durable
                     self._ack_due.set()
+                    if self.shared.handler is not None:
+                        self.shared.handler.acknowledged(durable)
                 acked = self.shared.inflight.acknowledge(durable)
                 if acked:
                     self.ack_rate.add(acked)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from appliance.journal import VolumeFiles
+from appliance.replication.primary.handler_events import HandlerEvents
 from appliance.replication.primary.progress import ResyncProgress, VerifyReport
 from appliance.replication.primary.steering import BitmapRequests, DiscardState, Pacing
 from appliance.replication.status import LinkStatus, RateMeter, TransmitterCounters
@@ -74,6 +75,8 @@ class TxShared:
     discard: DiscardState | None = None
     # The one writer of the bitmap's request slot (opened once the bitmap is known).
     requests: BitmapRequests | None = None
+    # Events with the volume's handler for the synchronous modes (None until run).
+    handler: HandlerEvents | None = None
 
     def hold(self) -> str | None:
         """Why shipping (records and regions) waits now, as the link state; None: it may go."""

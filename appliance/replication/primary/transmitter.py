@@ -42,6 +42,7 @@ from appliance.replication.handshake import (
     Welcome,
 )
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
+from appliance.replication.primary.handler_events import HandlerEvents
 from appliance.replication.primary.session import PeerRefused, SessionEnded, TxSession
 from appliance.replication.primary.shared import TxShared
 from appliance.replication.primary.status_report import (
@@ -284,6 +285,8 @@ class Transmitter:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def run(self) -> None:
+        self.shared.handler = HandlerEvents(self.cfg.volume_uuid)
+        self.shared.handler.start()
         await self._look_at_volume()        # status has the volume's state from the start
         await self.control.start()
         watching = asyncio.create_task(self._watch_volume())
@@ -330,6 +333,7 @@ class Transmitter:
             if self.reader is not None:
                 self.reader.close()
             self.shared.close_requests()
+            self.shared.handler.close()
             await self.control.close()
 
     # --- the volume's own state -----------------------------------------------------------

@@ -65,17 +65,18 @@ class Calls:
 
 
 class RecordingVolume(Volume):
-    """A Volume that records the submit / flush calls the disk makes while `calls` is set;
-    the real methods still run. A subclass, not a patched instance: the compiled Volume's
+    """A Volume that records the write batches (submit, or compare and write: both commit
+    through _submit_locked) and flush calls the disk makes while `calls` is set; the real
+    methods still run. A subclass, not a patched instance: the compiled Volume's
     methods cannot be replaced on an instance, and the compiled disk calls them natively
     (docs/compiled.md, "Testing both forms")."""
 
     calls: Calls | None = None
 
-    def submit(self, ops, *, fua=False):
+    def _submit_locked(self, ops, fua):
         if self.calls is not None:
             self.calls.submits.append((list(ops), fua))
-        return super().submit(ops, fua=fua)
+        return super()._submit_locked(ops, fua)
 
     def flush(self):
         if self.calls is not None:

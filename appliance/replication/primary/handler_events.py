@@ -1,0 +1,64 @@
+"""The transmitter's end of the sync events with the volume's handler
+(appliance/control/sync_events.py): the DR's durable seq goes to the handler as soon as an ACK
+brings it (a write waiting in a synchronous mode completes), and the handler's "a write waits
+for seq" wakes the send loop at once instead of at its next idle poll."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from appliance.control import sync_events
+
+log = logging.getLogger("appliance.transmitter")
+
+
+class HandlerEvents:
+    def __init__(self, volume_uuid: uuid.UUID) -> None:
+        self.written = asyncio.Event()      # the handler waits for a record: ship now
+        self.durable = 0                    # the DR's durable seq as last told
+        self.nudges = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        try:
+            self._events: sync_events.SyncEvents | None = sync_events.SyncEvents(
+                volume_uuid, sync_events.TRANSMITTER)
+        except OSError as err:
+            log.warning("volume %s: no sync events with the handler (%s): writes in a "
+                        "synchronous mode learn of the DR's acknowledgements only from the "
+                        "journal, when their fall-back time runs out", volume_uuid, err)
+            self._events = None
+
+    @property
+    def available(self) -> bool:
+        return self._events is not None
+
+    def start(self) -> None:
+        """Listen (on the running loop)."""
+        if self._events is not None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._events.fileno(), self._on_readable)
+
+    def acknowledged(self, seq: int) -> None:
+        """The DR holds every seq up to ``seq`` durably."""
+        if seq > self.durable:
+            self.durable = seq
+            if self._events is not None:
+                self._events.send(sync_events.Kind.ACKED, seq)
+
+    def _on_readable(self) -> None:
+        assert self._events is not None
+        while (event := self._events.receive(block=False)) is not None:
+            if event[0] is sync_events.Kind.WRITTEN:
+                self.nudges += 1
+                self.written.set()
+                if self.durable:
+                    # (A handler that restarted learns where the DR is.)
+                    self._events.send(sync_events.Kind.ACKED, self.durable)
+
+    def close(self) -> None:
+        if self._events is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._events.fileno())
+            self._events.close()
+            self._events = None
