@@ -112,7 +112,8 @@ class SyncGate:
         self._latest = 0                    # newest journaled seq a write or flush saw
         self._degraded_since: float | None = None
         self._degraded_reason: str | None = None
-        self._rearm_at = 0                  # degraded: caught up once acked reaches this
+        # Degraded: caught up once acked reaches this (None: no acknowledgement came since).
+        self._rearm_at: int | None = None
         self._holding_since: float | None = None
         self._waits = 0
         self._wait_seconds = 0.0
@@ -151,15 +152,17 @@ class SyncGate:
                 return
             self._acked = seq
             self._cond.notify_all()
-            if (self._degraded_since is not None and seq >= self._rearm_at
-                    and self._journaling()):
+            if self._degraded_since is None:
+                return
+            # Caught up: the DR holds everything written, or everything written when the
+            # previous acknowledgement came (the backlog is one round of them at most).
+            if self._journaling() and (seq >= self._latest or (
+                    self._rearm_at is not None and seq >= self._rearm_at)):
                 log.warning("volume %s: the DR caught up (seq %d): %s again", self._name,
                             seq, self._settings.mode.value)
                 self._clear_degraded()
                 return
-            # Caught up next time once the DR holds what was written up to now: the backlog
-            # is then at most one round of acknowledgements.
-            self._rearm_at = max(self._latest, seq)
+            self._rearm_at = self._latest
 
     @property
     def acked_seq(self) -> int:
@@ -244,7 +247,7 @@ class SyncGate:
             return
         self._degraded_since = time.time()
         self._degraded_reason = why
-        self._rearm_at = self._latest
+        self._rearm_at = None
         self._fallbacks += 1
         self._cond.notify_all()
         log.warning("volume %s: %s degraded to async: %s; host writes complete locally until "

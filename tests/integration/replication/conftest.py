@@ -155,14 +155,14 @@ class Pair:
     def writer(self, site: Site, ops: int, *, pause: float = 0.0, seed: int = 1,
                journal_size: int = 8 << 20, linger: bool = False,
                full_resync: bool = False, blocks: int | None = None,
-               resize_to: int | None = None) -> Proc:
+               resize_to: int | None = None, extra: tuple[str, ...] = ()) -> Proc:
         p = Proc(f"writer-{site.name}",
                  [PY, str(HERE / "repl_writer.py"), "--volume-dir", str(site.dir),
                   "--uuid", str(site.uuid), "--blocks", str(blocks or site.blocks), "--log",
                   str(site.log), "--ops", str(ops), "--pause", str(pause), "--seed", str(seed),
                   "--journal-size", str(journal_size)] + (["--linger"] if linger else [])
                  + (["--full-resync"] if full_resync else [])
-                 + (["--resize-to", str(resize_to)] if resize_to else []),
+                 + (["--resize-to", str(resize_to)] if resize_to else []) + list(extra),
                  self.root / f"writer-{site.name}.log")
         self.procs.append(p)
         return p

@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from repl_harness import LoggedOp, random_op, read_log
 
 from appliance.journal import OpKind, WriteOp
+from appliance.tcmu.backend import AckListener
 from appliance.volume import ResizeRefused, Volume, VolumeConfig
+from appliance.volume.sync_mode import SyncSettings
 
 KIND = {"W": OpKind.WRITE, "S": OpKind.WRITE_SAME, "U": OpKind.UNMAP}
 
@@ -71,6 +73,16 @@ def main() -> int:
     p.add_argument("--resize-to", type=int, default=None,
                    help="resize the volume (from --blocks) to this many blocks first, online "
                         "like a DEV_SIZE reconfiguration; the ops then address the new size")
+    p.add_argument("--sync-mode", default=None,
+                   help="set the volume's replication mode first (async, sync, "
+                        "sync-on-flush); the writer then listens for the transmitter's "
+                        "acknowledgements like the handler")
+    p.add_argument("--fallback", type=float, default=2.0, help="with --sync-mode: seconds")
+    p.add_argument("--done-log", type=Path, default=None,
+                   help="append 'index kind' once an op (W/S/U) or a flush (F) completed")
+    p.add_argument("--flush-every", type=int, default=0,
+                   help="a SYNCHRONIZE CACHE after every N ops (else at random, 5%%)")
+    p.add_argument("--fua-share", type=float, default=0.1, help="share of FUA writes")
     p.add_argument("--linger", action="store_true",
                    help="after the ops, keep servicing the volume (resync clear requests, "
                         "return to journaling) until SIGTERM, like an idle handler")
@@ -83,6 +95,11 @@ def main() -> int:
     ns.log.write_text("".join(f"{o.index} {o.kind} {o.lba} {o.nblocks}\n" for o in done))
     rng = random.Random(ns.seed * 7919 + len(done))
     vol = Volume.open(volume_config(ns.volume_dir, ns.uuid, ns.blocks, ns.journal_size))
+    acks = None
+    if ns.sync_mode:
+        vol.set_sync(SyncSettings.parse(ns.sync_mode, ns.fallback))
+        acks = AckListener.start(vol)
+    done_log = open(ns.done_log, "a", buffering=1) if ns.done_log else None  # noqa: SIM115
     try:
         if ns.full_resync:
             vol.start_full_resync()
@@ -97,9 +114,14 @@ def main() -> int:
                 op = random_op(rng, index, blocks)
                 log.write(f"{op.index} {op.kind} {op.lba} {op.nblocks}\n")
                 log.flush()
-                vol.submit([to_write_op(op)], fua=rng.random() < 0.1)
-                if rng.random() < 0.05:
+                fua = rng.random() < ns.fua_share
+                vol.submit([to_write_op(op)], fua=fua)
+                if done_log:
+                    done_log.write(f"{op.index} {'FUA' if fua else op.kind}\n")
+                if (index % ns.flush_every == 0) if ns.flush_every else rng.random() < 0.05:
                     vol.flush()
+                    if done_log:
+                        done_log.write(f"{op.index} F\n")
                 if ns.pause:
                     time.sleep(ns.pause)
         vol.flush()
@@ -113,6 +135,8 @@ def main() -> int:
             time.sleep(0.02)
         print("writer: status " + json.dumps(vol.status(), default=str), flush=True)
     finally:
+        if acks is not None:
+            acks.stop()
         vol.close()
     print(f"writer: log holds {ns.ops} ops", flush=True)
     return 0
