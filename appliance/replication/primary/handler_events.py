@@ -33,6 +33,10 @@ class HandlerEvents:
     def available(self) -> bool:
         return self._events is not None
 
+    def as_dict(self) -> dict:
+        return {"available": self.available, "acked_sent": self.durable,
+                "nudges": self.nudges}
+
     def start(self) -> None:
         """Listen (on the running loop)."""
         if self._events is not None:

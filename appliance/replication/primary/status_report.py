@@ -50,6 +50,8 @@ def transmitter_status(cfg: TransmitterConfig, shared: TxShared, view: VolumeVie
         "discarded": shared.discard.as_dict() if shared.discard is not None else None,
         "resync": shared.resync.as_dict(),
         "verify": shared.verify.as_dict(),
+        # The events of the synchronous modes with the volume's handler (None before run).
+        "handler_events": shared.handler.as_dict() if shared.handler is not None else None,
     }
 
 
