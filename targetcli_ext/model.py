@@ -57,6 +57,13 @@ from appliance.exporter.config import (
 )
 from appliance.replication.config import transmitter_config
 from appliance.statefile import write_text_atomic
+from appliance.volume.sync_mode import (
+    MAX_FALLBACK_S,
+    MIN_FALLBACK_S,
+    MODE_NAMES,
+    SyncSettings,
+    SyncSettingsError,
+)
 
 DEFAULT_STATE_DIR = Path("/var/lib/appliance/replication")
 SITE_FILE = "site.json"
@@ -254,6 +261,73 @@ def check_settings(name: str, *, paused: bool, bandwidth_limit: float | None,
         transmitter_config(raw, where=f"volume {name}")
     except ConfigError as err:
         raise ModelError(str(err)) from err
+
+
+# --- the replication mode (the handler's; docs/volume.md, "Synchronous modes") ------------
+# Not in site.json: the handler keeps it in the volume's bitmap header, as a journal pause.
+# The ranges and names are the handler's own (appliance/volume/sync_mode.py: one place per rule).
+
+SYNC_SETTINGS = ("mode", "fallback", "hold")
+
+
+def parse_sync_mode(value: object) -> str:
+    """``async``, ``sync`` or ``sync-on-flush``."""
+    text = str(value).strip().lower()
+    if text not in MODE_NAMES:
+        choices = [f"mode={m}" for m in MODE_NAMES]
+        raise ModelError(f"mode={value!r} is not a replication mode: give "
+                         f"{', '.join(choices[:-1])} or {choices[-1]}")
+    return text
+
+
+def parse_fallback(value: object) -> float:
+    """Seconds a write waits for the DR before the volume falls back to async: ``500ms``,
+    ``5s``, ``1m`` (or a number of seconds), from 10 ms to 1 h."""
+    how = (f"give a duration from {format_fallback(MIN_FALLBACK_S)} to "
+           f"{format_fallback(MAX_FALLBACK_S)} with ms, s or m, e.g. fallback=5s or "
+           f"fallback=500ms")
+    if isinstance(value, bool) or (_number(value) is None
+                                   and not _DURATION.fullmatch(str(value).strip())):
+        raise ModelError(f"fallback={value!r} is not a duration: {how}")
+    try:
+        seconds = parse_duration(value, "fallback")
+    except ModelError:                  # parses, but is 0
+        seconds = 0.0
+    if not MIN_FALLBACK_S <= seconds <= MAX_FALLBACK_S:
+        raise ModelError(f"fallback={value!r} is out of range: {how}")
+    return seconds
+
+
+def changed_sync(current: dict | None, changes: dict[str, object]) -> SyncSettings:
+    """The settings ``set sync`` asks the handler for: the shell's parameters
+    (``SYNC_SETTINGS``) parsed, the others kept from ``current`` (the handler's ``sync``
+    status entry; None when it has none). ModelError names the parameter and what to give."""
+    unknown = sorted(set(changes) - set(SYNC_SETTINGS))
+    if unknown:
+        raise ModelError(f"no parameter {', '.join(unknown)} in group 'sync' (parameters: "
+                         f"{', '.join(SYNC_SETTINGS)})")
+    current = current or {}
+    mode = parse_sync_mode(changes["mode"]) if "mode" in changes else current.get("mode")
+    if mode is None:
+        raise ModelError("the handler reports no replication mode for this volume: give "
+                         "mode= with the others, e.g. mode=sync fallback=10s hold=false")
+    fallback = parse_fallback(changes["fallback"]) if "fallback" in changes \
+        else current.get("fallback_s", SyncSettings.fallback_s)
+    hold = parse_bool(changes["hold"], "hold") if "hold" in changes \
+        else current.get("hold", SyncSettings.hold)
+    try:
+        return SyncSettings.parse(mode, fallback, hold)
+    except SyncSettingsError as err:     # what the handler reported does not parse
+        raise ModelError(f"{err}; give mode, fallback and hold together") from err
+
+
+def format_fallback(seconds: float | None) -> str:
+    """A fall-back time as the admin types it: ``500ms``, ``5s``, ``1m``."""
+    if seconds is None:
+        return "unknown"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return format_duration(seconds)
 
 
 # --- monitoring settings (the exporter's; ranges as appliance/exporter/config.py) ----------

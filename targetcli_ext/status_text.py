@@ -32,6 +32,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from appliance.volume.sync_mode import DEGRADED
+
 _RESYNC_ACTIVE = ("draining", "resyncing", "waiting-for-writer", "repairing", "interrupted")
 
 # What to do about a refusal, by the receiver's refusal code (appliance/replication/handshake).
@@ -71,6 +73,7 @@ class VolumeView:
     replication: str = ""
     journal: str | None = None         # "41%" (primary only, from the handler)
     in_sync: bool | None = None
+    mode: str | None = None            # the handler's replication mode unless async
     details: list[tuple[str, str]] = field(default_factory=list)   # (label, text)
     health: bool | None = None         # True healthy, None catching up, False needs action
 
@@ -81,6 +84,8 @@ class VolumeView:
             parts.append(self.link)
         if self.replication:
             parts.append(self.replication)
+        if self.mode:
+            parts.append(self.mode.split(" ")[0])
         if self.in_sync is not None:
             parts.append("in sync" if self.in_sync else "behind")
         return ", ".join(parts)
@@ -117,6 +122,8 @@ def render_volume(v: VolumeView, *, now: float, tz: dt.tzinfo | None = None) -> 
         tokens.append(link)
     if v.replication:
         tokens.append(f"{'replica' if v.role == 'dr' else 'replication'}:{v.replication}")
+    if v.mode:
+        tokens.append(f"mode:{v.mode}")
     if v.journal is not None:
         tokens.append(f"journal:{v.journal}")
     if v.in_sync is not None:
@@ -179,7 +186,7 @@ def volume_views(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
         primaries.append(_primary_view(name, tx, h, peer_names, clock))
     for name, h in handler.items():
         if h.get("uuid") not in seen:
-            primaries.append(_unreplicated_view(name, h))
+            primaries.append(_unreplicated_view(name, h, clock))
     receiver = snapshot.get("receiver") or {}
     replicas = [_dr_view(uuid, r, clock) for uuid, r in (receiver.get("volumes") or {}).items()]
     replicas += [_offer_view(o, clock) for o in receiver.get("refused_offers") or []
@@ -217,6 +224,13 @@ def _lag(records: int | None, nbytes: int | None, age: float | None) -> str:
 
 def _primary_view(name: str, tx: dict, h: dict | None, peer_names: dict[str, str],
                   clock: _Clock) -> VolumeView:
+    v = _replication_view(name, tx, h, peer_names, clock)
+    _add_sync(v, (h or {}).get("sync"), clock)
+    return v
+
+
+def _replication_view(name: str, tx: dict, h: dict | None, peer_names: dict[str, str],
+                      clock: _Clock) -> VolumeView:
     link = tx.get("link") or {}
     state = link.get("state") or "unknown"
     address = tx.get("peer")
@@ -289,6 +303,57 @@ def _primary_view(name: str, tx: dict, h: dict | None, peer_names: dict[str, str
         and not tx.get("resync_blocked") and tx.get("volume_state") != "unknown"
     v.health = None if catching_up else False
     return v
+
+
+def _add_sync(v: VolumeView, sync: object, clock: _Clock) -> None:
+    """The handler's replication mode (its ``sync`` entry; docs/volume.md, "Synchronous
+    modes"): a token unless async; a fall-back to async, or writes held for the DR, also
+    say why and what to do."""
+    if not isinstance(sync, dict) or sync.get("mode") in (None, "async"):
+        return
+    mode = sync["mode"]
+    effective = sync.get("effective") or mode
+    since = sync.get("degraded_since")
+    v.mode = effective
+    facts = []                  # before the advice: what is the case, then what to do
+    if effective == DEGRADED:
+        if isinstance(since, int | float):
+            v.mode += f" since {clock.when(since)}"
+        why = sync.get("degraded_reason") or "no reason given"
+        facts.append(("degraded", f"{mode} fell back to async: {why}; host writes complete "
+                                  f"without waiting for the DR until it has caught up, then "
+                                  f"{mode} again by itself"))
+        if v.health is True:
+            v.health = None
+    holding = sync.get("holding_since")
+    if isinstance(holding, int | float):
+        facts.append(("holding", f"host writes wait for the DR since {clock.when(holding)}: "
+                                 f"it has not acknowledged them and hold=true allows no "
+                                 f"fall-back"))
+        v.details.append(("do", f"bring the DR or the link back; or run 'set sync hold=false' "
+                                f"in /replication/volumes/{v.name} to let writes fall back to "
+                                f"async after the fallback time"))
+        v.health = False
+    first_do = next((i for i, (label, _) in enumerate(v.details) if label == "do"),
+                    len(v.details))
+    v.details[first_do:first_do] = facts
+
+
+def sync_effective(sync: dict, *, now: float, tz: dt.tzinfo | None = None) -> str:
+    """The mode in effect, as 'get sync' shows it: ``sync``, ``sync-degraded since 22:10:00:
+    <reason>``, ``sync, holding writes since 22:10:00 ...``."""
+    clock = _Clock(now, tz)
+    effective = str(sync.get("effective") or sync.get("mode") or "unknown")
+    since = sync.get("degraded_since")
+    if effective == DEGRADED:
+        at = f" since {clock.when(since)}" if isinstance(since, int | float) else ""
+        why = sync.get("degraded_reason")
+        return f"{effective}{at}" + (f": {why}" if why else "")
+    holding = sync.get("holding_since")
+    if isinstance(holding, int | float):
+        return (f"{effective}, holding writes since {clock.when(holding)} (the DR has not "
+                f"acknowledged them)")
+    return effective
 
 
 def _pause_why(state: str) -> str:
@@ -400,9 +465,10 @@ def _primary_advice(tx: dict, state: str, address: str | None, name: str,
     return None
 
 
-def _unreplicated_view(name: str, h: dict) -> VolumeView:
+def _unreplicated_view(name: str, h: dict, clock: _Clock) -> VolumeView:
     v = VolumeView(name=name, role="unreplicated", journal=_journal(h), uuid=h.get("uuid"),
                    replication="none (no transmitter answers for this volume)")
+    _add_sync(v, h.get("sync"), clock)
     if h.get("alert"):
         v.details.append(("alert", h["alert"]))
     if h.get("journal_paused"):

@@ -8,7 +8,7 @@ persisted first: ``pause``/``resume`` of shipping and the ``replication`` settin
 ``site.json`` and the transmitter's generated TOML (``SiteStore.update_volume`` +
 ``ReplicationContext.apply_volume``), then live to the transmitter; a daemon's refusal undoes
 the saved change, so a refused command changes nothing. The handler persists a journal pause
-itself.
+itself, and the replication mode (the ``sync`` group: targetcli_ext/volume_sync.py).
 """
 
 from __future__ import annotations
@@ -36,16 +36,18 @@ from targetcli_ext.steering import (
     transmitter_socket,
     unreachable,
 )
+from targetcli_ext.volume_sync import SyncGroup
 
 WHAT = ("shipping", "journal")
 SETTINGS = ("bandwidth_limit", "blackout")
 
 
-class UIVolume(UINode):
+class UIVolume(SyncGroup, UINode):
     """
     One replicated volume: 'status' shows its block of the replication status; 'pause',
     'resume', 'resync', 'verify' and 'discard' steer its replication with the daemons
-    running; 'set replication' / 'get replication' its bandwidth limit and blackout windows.
+    running; 'set replication' / 'get replication' its bandwidth limit and blackout windows;
+    'set sync' / 'get sync' its replication mode (async, sync, sync-on-flush).
     """
 
     def __init__(self, name: str, parent) -> None:
@@ -60,6 +62,7 @@ class UIVolume(UINode):
             "Windows of local time when nothing is shipped (writes queue in the journal), "
             "HH:MM-HH:MM, comma-separated, e.g. 08:00-18:00; 'none' for none. Applied live "
             "and saved.")
+        self._define_sync_group()
 
     def summary(self):
         view = self._view()
@@ -238,19 +241,35 @@ class UIVolume(UINode):
         Sets configuration parameters of a group. 'set replication' changes this volume's
         replication settings: each value is checked, then saved (site.json and the
         transmitter's configuration) and applied live; a value refused by the shell or the
-        transmitter changes nothing. 'set global' sets the shell's preferences. Run with
-        just a group name to list its parameters.
+        transmitter changes nothing. 'set sync' sets its replication mode: the handler
+        applies it live and saves it itself; a parameter not given keeps its value. 'set
+        global' sets the shell's preferences. Run with just a group name to list its
+        parameters.
+
+        mode=async: a write completes once it is local; the DR follows (the default).
+        mode=sync: a write completes once the DR holds it durably too.
+        mode=sync-on-flush: ordinary writes as async; a FUA write or a SYNCHRONIZE CACHE
+        completes once the DR holds everything written before it.
+        fallback=5s: the longest a write waits for the DR; then the volume runs async
+        (sync-degraded) until the DR has caught up. hold=true: never fall back (host
+        writes wait while the DR does not answer).
 
         EXAMPLE
         =======
         set replication bandwidth_limit=50M
         set replication blackout=08:00-18:00,20:00-22:00
         set replication bandwidth_limit=none blackout=none
+        set sync mode=sync fallback=5s hold=false
+        set sync mode=sync-on-flush fallback=500ms
+        set sync mode=async
 
         SEE ALSO
         ========
         get
         """
+        if group == "sync" and parameter:
+            self._set_sync(parameter)
+            return None
         if group != "replication" or not parameter:
             return UINode.ui_command_set(self, group, **parameter)
         self.assert_root()
@@ -273,6 +292,29 @@ class UIVolume(UINode):
         if result is None:
             self.shell.log.info(f"Saved. The transmitter of {self.name} does not answer now: "
                                 f"the settings take effect when it runs.")
+
+    def ui_command_get(self, group=None, *parameter):
+        """
+        Gets the value of configuration parameters of a group. 'get replication' shows the
+        saved bandwidth limit and blackout windows; 'get sync' the replication mode the
+        handler runs with (mode, fallback, hold) and the mode in effect (effective:
+        sync-degraded after a fall-back, since when and why). Run with no group to list
+        the groups.
+
+        EXAMPLE
+        =======
+        get replication
+        get sync
+        get sync mode effective
+
+        SEE ALSO
+        ========
+        set
+        """
+        if group == "sync":
+            self._get_sync(parameter)
+            return None
+        return UINode.ui_command_get(self, group, *parameter)
 
     def ui_setgroup_replication(self, parameter, value):
         """configshell's setter of group 'replication' (``set`` above does the work)."""
@@ -364,18 +406,7 @@ class UIVolume(UINode):
         return result
 
     def _journal(self, cmd: str, done: str) -> None:
-        vol = self._saved_volume(required=False)
-        backstore = getattr(vol, "backstore", None) or self.name
-        sock = Path(self.ctx.config.sockets.handler)
-        try:
-            result = call_daemon(self.ctx, sock, cmd, volume=backstore)
-        except ExecutionError as err:
-            if unreachable(err):
-                raise ExecutionError(f"the handler does not answer ({err}): check "
-                                     f"'systemctl status appliance-handler'; nothing "
-                                     f"changed") from err
-            raise ExecutionError(nothing_changed(f"{cmd} refused by the handler: {err}")) \
-                from err
+        result = self._handler(cmd, volume=self._backstore())
         self.ctx.snapshot(fresh=True)
         if isinstance(result, dict) and result.get("changed") is False:
             self.shell.log.info(f"Journaling of {self.name} was already {done}: nothing "
