@@ -88,6 +88,11 @@ class Layout:
         (/var/lib/appliance/exporter, the unit's StateDirectory)."""
         return self.state_dir.parent / "exporter"
 
+    @property
+    def reports_dir(self) -> Path:
+        """The transmitters' lost-write reports (docs/failover.md)."""
+        return self.state_dir / "reports"
+
     def transmitter_toml(self, volume: str) -> Path:
         return self.state_dir / f"transmitter-{volume}.toml"
 
@@ -170,6 +175,7 @@ def transmitter_document(site: Site, volume: Volume, backstore: MirrorBackstore,
         "block_size": backstore.block_size,
         "control_socket": str(layout.transmitter_socket(volume.name)),
         "paused": volume.paused, "blackout": list(volume.blackout),
+        "report_dir": str(layout.reports_dir),
     }
     if volume.bandwidth_limit is not None:
         doc["bandwidth_limit"] = float(volume.bandwidth_limit)

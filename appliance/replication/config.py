@@ -52,6 +52,7 @@ Transmitter (``appliance-transmitter --config tx-<uuid>.toml``)::
     mirror = "/var/lib/appliance/volumes/<uuid>/mirror"
     bitmap = "/var/lib/appliance/volumes/<uuid>/bitmap"
     resync_skip_matching = false                     # initial sync of pre-seeded disks
+    report_dir = "/var/lib/appliance/replication/reports"   # lost-write reports (optional)
     # optional tuning, all positive: heartbeat_s, dead_after_s (as the receiver's),
     # batch_bytes, window_bytes (bytes in flight), backoff_max_s (reconnect),
     # resync_region_bytes (a multiple of block_size up to 16 MiB), resync_clear_timeout_s;
@@ -118,7 +119,8 @@ TRANSMITTER_KEYS = {
     "size_bytes": int, "block_size": int, "generation": int, "bandwidth_limit": float,
     "blackout": list[str], "batch_bytes": int, "window_bytes": int, "backoff_max_s": float,
     "mirror": str, "bitmap": str, "resync_skip_matching": bool, "resync_region_bytes": int,
-    "resync_clear_timeout_s": float, "name": str, "peer_name": str, "paused": bool}
+    "resync_clear_timeout_s": float, "name": str, "peer_name": str, "paused": bool,
+    "report_dir": str}
 
 
 def parse_hostport(text: str, key: str, where: Where) -> tuple[str, int]:
@@ -219,6 +221,9 @@ class ReceiverConfig:
     provision_journal_size: int = 256 << 20
 
 
+DEFAULT_REPORT_DIR = Path("/var/lib/appliance/replication/reports")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TransmitterConfig:
     identity: str
@@ -247,6 +252,17 @@ class TransmitterConfig:
     name: str = ""                      # the volume's name as its admin knows it (backstore)
     peer_name: str = ""                 # the peer's name as its admin knows it (/replication/peers)
     paused: bool = False                # start with shipping paused (the shell's 'pause')
+    # Where the lost-write report goes once a promoted DR refuses us (docs/failover.md);
+    # None: beside the journal (a journal on a block device: DEFAULT_REPORT_DIR).
+    report_dir: Path | None = None
+
+    @property
+    def lost_write_dir(self) -> Path:
+        if self.report_dir is not None:
+            return self.report_dir
+        if str(self.journal).startswith("/dev/"):
+            return DEFAULT_REPORT_DIR
+        return self.journal.parent
 
 
 def _timing(d: dict, owner: type, where: Where) -> tuple[float, float]:
@@ -350,7 +366,8 @@ def transmitter_config(raw: dict, where: str = "transmitter config") -> Transmit
         resync_clear_timeout_s=positive("resync_clear_timeout_s"),
         name=setting(d, "name", TransmitterConfig, top),
         peer_name=setting(d, "peer_name", TransmitterConfig, top),
-        paused=setting(d, "paused", TransmitterConfig, top))
+        paused=setting(d, "paused", TransmitterConfig, top),
+        report_dir=path("report_dir"))
 
 
 def load_toml(path: Path) -> dict:

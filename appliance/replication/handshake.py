@@ -21,12 +21,14 @@ class HandshakeError(ValueError):
 
 
 class Refused(Exception):
-    """The receiver refuses this primary/volume. ``code`` is stable, ``reason`` is for humans."""
+    """The receiver refuses this primary/volume. ``code`` is stable, ``reason`` is for humans,
+    ``details`` machine-readable facts sent with the REFUSE (``promoted_at_seq``)."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, details: dict | None = None) -> None:
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+        self.details = details or {}
 
 
 def _get(d: dict, key: str, typ: type | tuple[type, ...]):
@@ -187,7 +189,8 @@ def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
                                   f"(generation {binding.generation}): its mirror is now served "
                                   f"by a primary there and takes no records from "
                                   f"{hello.identity!r} (generation {hello.generation}); to make "
-                                  f"this site the DR of the new primary, see docs/failover.md")
+                                  f"this site the DR of the new primary, see docs/failover.md",
+                      {"promoted_at_seq": binding.promoted_at_seq})
     if binding.primary is not None and binding.primary != hello.identity:
         raise Refused("bound-to-other", f"volume {spec.uuid} is bound to primary "
                                         f"{binding.primary!r}; {hello.identity!r} refused")

@@ -143,7 +143,7 @@ class Receiver(ReceiverAdmin):
                          block_size=hello.block_size, count=offer["count"] + 1,
                          last_at=time.time())
             self.offers[hello.volume_uuid] = offer
-        await link.send_json(FT.REFUSE, {"code": err.code, "reason": err.reason})
+        await link.send_json(FT.REFUSE, {**err.details, "code": err.code, "reason": err.reason})
 
     def _admit(self, hello: Hello, cert_names: set[str] | None, slot: VolumeSlot | None):
         return admit(hello, cert_names=cert_names,

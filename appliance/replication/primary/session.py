@@ -56,11 +56,13 @@ class _OutBatch:
 
 class PeerRefused(Exception):
     """The receiver sent REFUSE or ERROR; the message is its reason, ``code`` the REFUSE code
-    (None for an ERROR or a local refusal)."""
+    (None for an ERROR or a local refusal), ``details`` the REFUSE's other fields."""
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None,
+                 details: dict | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.details = details or {}
 
 
 class SessionEnded(Exception):

@@ -77,6 +77,8 @@ class TxShared:
     requests: BitmapRequests | None = None
     # Events with the volume's handler for the synchronous modes (None until run).
     handler: HandlerEvents | None = None
+    # The summary of the lost-write report, once a promoted DR refused us (lost_writes.py).
+    lost_writes: dict | None = None
 
     def hold(self) -> str | None:
         """Why shipping (records and regions) waits now, as the link state; None: it may go."""

@@ -52,6 +52,7 @@ def transmitter_status(cfg: TransmitterConfig, shared: TxShared, view: VolumeVie
         "verify": shared.verify.as_dict(),
         # The events of the synchronous modes with the volume's handler (None before run).
         "handler_events": shared.handler.as_dict() if shared.handler is not None else None,
+        "lost_writes": shared.lost_writes,
     }
 
 

@@ -42,6 +42,7 @@ from appliance.replication.handshake import (
     Welcome,
 )
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
+from appliance.replication.primary import lost_writes
 from appliance.replication.primary.handler_events import HandlerEvents
 from appliance.replication.primary.session import PeerRefused, SessionEnded, TxSession
 from appliance.replication.primary.shared import TxShared
@@ -306,6 +307,8 @@ class Transmitter:
                     continue
                 except PeerRefused as err:
                     self._failed(_refusal_message(err), logging.ERROR)
+                    if err.code == "promoted":
+                        await self._report_lost_writes(err.details.get("promoted_at_seq"))
                 except TlsRefused as err:     # a certificate not pinned (or not trusted)
                     self.link.set_state("refused:certificate")
                     self._failed(f"TLS: {err}", logging.ERROR)
@@ -408,6 +411,48 @@ class Transmitter:
     def stop(self) -> None:
         self._stop.set()
 
+    async def _report_lost_writes(self, promoted_at_seq: object) -> None:
+        """The DR was promoted at ``promoted_at_seq``: list what this journal holds beyond it
+        (docs/failover.md, "What a failover lost"), once per promotion."""
+        if isinstance(promoted_at_seq, bool) or not isinstance(promoted_at_seq, int):
+            return          # a receiver of an earlier release: its reason names the seq
+        done = self.shared.lost_writes
+        if done is not None and done.get("promoted_at_seq") == promoted_at_seq:
+            return
+        try:
+            summary = await asyncio.to_thread(self._write_lost_writes, promoted_at_seq)
+        except (OSError, JournalError) as err:
+            log.error("volume %s: the lost-write report could not be written: %s: %s",
+                      self.cfg.volume_uuid, type(err).__name__, err)
+            return
+        self.shared.lost_writes = summary
+        log.error("volume %s: the DR was promoted at seq %d; %d writes (%d bytes) and %d dirty "
+                  "regions of this volume never reached it: %s", self.cfg.volume_uuid,
+                  promoted_at_seq, summary["writes"], summary["bytes"],
+                  summary["dirty_regions"], summary["text"])
+
+    def _write_lost_writes(self, promoted_at_seq: int) -> dict:
+        cfg = self.cfg
+        directory, name = cfg.lost_write_dir, cfg.name or str(cfg.volume_uuid)
+        found = lost_writes.existing(directory, name, promoted_at_seq)
+        if found is not None:
+            return found
+        report = lost_writes.LostWriteReport(
+            volume=name, volume_uuid=str(cfg.volume_uuid), block_size=cfg.block_size,
+            promoted_at_seq=promoted_at_seq, promoted_by=cfg.peer_identity,
+            head_seq=promoted_at_seq, written_at=time.time())
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = lost_writes.stem(directory, name, promoted_at_seq).with_suffix(".data")
+        lost_writes.collect(self._open_reader(), report, data_out=data)
+        if data.stat().st_size:
+            report.data_file = str(data)
+        else:
+            data.unlink()
+        if self.shared.files is not None:
+            report.dirty_regions = self.watch.dirty_regions(self.shared.files,
+                                                            self.shared.volume_bytes)
+        return report.summary(lost_writes.write(report, directory))
+
     def _failed(self, message: str, level: int) -> None:
         self.link.error(message)
         log.log(level, "volume %s: %s", self.cfg.volume_uuid, message)
@@ -485,7 +530,8 @@ class Transmitter:
         if frame.type is FT.REFUSE:
             body = wire.decode_json(frame.payload)
             self.link.set_state(f"refused:{body.get('code')}")
-            raise PeerRefused(f"{body.get('code')}: {body.get('reason')}", body.get("code"))
+            raise PeerRefused(f"{body.get('code')}: {body.get('reason')}", body.get("code"),
+                              body)
         if frame.type is not FT.WELCOME:
             raise wire.BadFrame(f"expected WELCOME, got {frame.type.name}")
         welcome = Welcome.from_dict(wire.decode_json(frame.payload))

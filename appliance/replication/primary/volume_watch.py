@@ -108,6 +108,12 @@ class VolumeWatch:
             logging_since=snap.logging_since_ns / 1e9 if snap.logging_since_ns else None,
             head_seq=head, backlog_bytes=backlog, journal_paused=snap.journal_paused)
 
+    def dirty_regions(self, files: VolumeFiles, volume_bytes: int) -> list[tuple[int, int]]:
+        """(byte offset, length) of every dirty region of the bitmap: written, not shipped."""
+        snap = self._source(files.bitmap).snapshot()
+        return [region_extent(snap.chunk_size, first, count, volume_bytes)
+                for first, count in snap.runs]
+
     def _journal_reader(self) -> JournalReader:
         if self._reader is None:
             self._reader = JournalReader(self.journal, volume_uuid=self.volume_uuid)
