@@ -33,6 +33,7 @@ from appliance.exporter.metrics import (
     RESYNC_BEGUN,
     rx_link_up,
     rx_volume_label,
+    sync_degraded,
     tx_link_up,
     tx_peer,
 )
@@ -69,6 +70,8 @@ KINDS = {k.name: k for k in (
               "181e4320597543dd86a265081b82e02a", "87d5990832284b5481fb0cf3af991ec2"),
     AlertKind("StatusUnavailable", "warning",
               "56b192f0b6484affbe979548f368b5da", "e80f0e5b02374108a9ea88b89c214202"),
+    AlertKind("SyncDegraded", "warning",
+              "91d047ad5a454f519d41204a3ce7c1dd", "7fe92faf1aff4f618fb69dc00ecc1dcc"),
 )}
 
 Key = tuple[str, str | None, str | None, str | None]   # alert, volume, peer, daemon subject
@@ -169,6 +172,24 @@ def handler_signals(vols: dict, th: AlertThresholds, daemon: str) -> Iterator[Si
                          f"journal of {name}: fill unknown")
         yield _bitmap_signal(name, daemon, vol.get("state"), vol.get("logging_since"),
                              vol.get("alert"))
+        if isinstance(vol.get("sync"), dict):
+            yield _sync_signal(name, daemon, vol["sync"])
+
+
+def _sync_signal(name: str, daemon: str, sync: dict) -> Signal:
+    """SyncDegraded: a synchronous mode fell back to async (docs/volume.md, "Synchronous
+    modes"); the handler returns to the mode by itself once the DR has caught up."""
+    mode = sync.get("mode")
+    degraded = sync_degraded(sync)
+    if not degraded:
+        return Signal("SyncDegraded", name, None, daemon, degraded,
+                      f"{name} is no longer degraded (mode {mode})" if degraded is False else
+                      f"{name}: replication mode {sync.get('effective')!r} unknown")
+    return Signal("SyncDegraded", name, None, daemon, True,
+                  f"{name} fell back from {mode} to async at "
+                  f"{_fmt_time(sync.get('degraded_since'))}: "
+                  f"{sync.get('degraded_reason') or 'no reason given'}; host writes complete "
+                  f"without waiting for the DR until it has caught up")
 
 
 def _bitmap_signal(name: str, daemon: str, state, since, why) -> Signal:

@@ -226,6 +226,41 @@ HANDLER = [
 ]
 LATENCY = "command_latency_seconds"
 
+# The replication mode (the handler's ``sync`` entry; docs/volume.md, "Synchronous modes").
+SYNC_MODES = ("async", "sync", "sync-on-flush")
+SYNC_DEGRADED = "sync-degraded"
+
+
+def sync_degraded(sync: dict) -> bool | None:
+    """Fallen back to async (a synchronous mode the DR did not keep up with)."""
+    effective = sync.get("effective")
+    if effective == SYNC_DEGRADED:
+        return True
+    return False if effective in SYNC_MODES else None
+
+
+def sync_holding(sync: dict) -> bool | None:
+    """Host writes held for the DR (hold set, the DR silent past the fall-back time)."""
+    if "holding_since" not in sync:
+        return None
+    return isinstance(sync.get("holding_since"), int | float)
+
+
+SYNC = [
+    Spec("sync_degraded", "gauge", "1 while a volume in a synchronous mode has fallen back to "
+         "async (sync-degraded) because the DR did not acknowledge in time.", sync_degraded),
+    Spec("sync_holding", "gauge", "1 while host writes wait for the DR past the fall-back "
+         "time (hold is set: no fall-back).", sync_holding),
+    Spec("sync_fallback_seconds", "gauge", "The longest a write waits for the DR before the "
+         "volume falls back to async.", _path("fallback_s")),
+    Spec("sync_waits_total", "counter", "Writes and flushes that waited for the DR's "
+         "acknowledgement.", _path("waits")),
+    Spec("sync_wait_seconds_total", "counter", "Time writes and flushes spent waiting for the "
+         "DR's acknowledgement.", _path("wait_seconds")),
+    Spec("sync_fallbacks_total", "counter", "Times the volume fell back to async.",
+         _path("fallbacks")),
+]
+
 
 def _number(value) -> float | None:
     if isinstance(value, bool):
@@ -278,6 +313,14 @@ class Families:
             PREFIX + "replication_state", "Replication state of a volume (one state set per "
             "volume and peer; several states may be on).", labels=VP)).add_metric(
             list(labels), states)
+
+    def sync_mode(self, labels: Sequence[str], mode: object) -> None:
+        if mode not in SYNC_MODES or not self._first("sync_mode", labels):
+            return
+        self._family("sync_mode", lambda: StateSetMetricFamily(
+            PREFIX + "sync_mode", "Replication mode the admin set for a volume (one state "
+            "on); appliance_sync_degraded says whether it is in effect.", labels=V)).add_metric(
+            list(labels), {m: m == mode for m in SYNC_MODES})
 
     def histogram(self, labels: Sequence[str], io: dict) -> None:
         buckets = latency_buckets(io)
@@ -347,6 +390,11 @@ def _handler(out: Families, status: dict) -> None:
             out.add(spec, V, [name], vol)
         if isinstance(vol.get("io"), dict):
             out.histogram([name], vol["io"])
+        sync = vol.get("sync")
+        if isinstance(sync, dict):
+            out.sync_mode([name], sync.get("mode"))
+            for spec in SYNC:
+                out.add(spec, V, [name], sync)
 
 
 def _transmitter(out: Families, name: str, status: dict) -> None:

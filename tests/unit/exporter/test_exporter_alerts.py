@@ -38,9 +38,10 @@ def journal_at(percent: float) -> dict:
 def test_message_ids_are_fixed_128_bit_and_all_distinct():
     ids = [i for k in KINDS.values() for i in (k.raised_id, k.cleared_id)]
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
-    assert len(set(ids)) == len(ids) == 16
+    assert len(set(ids)) == len(ids) == 18
     assert set(KINDS) == {"JournalHighWater", "RecoveryPointAge", "LinkDown", "LoggingToBitmap",
-                          "DrInconsistent", "PeerRefused", "VerifyDiffers", "StatusUnavailable"}
+                          "DrInconsistent", "PeerRefused", "VerifyDiffers", "StatusUnavailable",
+                          "SyncDegraded"}
     assert KINDS["LinkDown"].raised_id == "b9154f0560f64ad2b26717b5475541db"   # never changes
 
 

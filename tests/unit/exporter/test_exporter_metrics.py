@@ -74,7 +74,7 @@ def test_each_recorded_state_parses_with_one_sample_per_label_set(state):
         assert [k for k, n in keys.items() if n > 1] == []
         for s in fam.samples:
             assert set(s.labels) <= {"volume", "peer", "version", "le",
-                                     "appliance_replication_state"}, s
+                                     "appliance_replication_state", "appliance_sync_mode"}, s
     assert value(fams, "appliance_build_info", version=__version__) == 1
     assert value(fams, "appliance_exporter_alerts_active") == 1
     for name in snap["transmitters"]:
