@@ -24,6 +24,12 @@ that the mirror writes of one run overlap the journal write and fdatasync of the
 ``commit`` (journal only) and everything else (mirror, state, undo), which holds
 ``_apply_lock``. The journal itself is only ever touched under ``_journal_lock``; the lock
 order is apply, then journal.
+
+With a retention window set (``retention_settings.py``), the applier saves each record's
+before-image in the retention log (``retention.py``) and syncs it before the mirror write,
+so any point of the window can be recovered as a separate image (``recover.py``) while
+replication goes on. The window holds primary images only: it starts anew when the mirror
+changes outside the records (a resync, a full copy, a resize).
 """
 
 from __future__ import annotations
@@ -34,12 +40,14 @@ import os
 import threading
 import time
 from collections import deque
+from pathlib import Path
 
 from appliance import storage
 from appliance.journal import Journal, JournalFull, JournalReader
 from appliance.journal.resize import set_volume_blocks
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.dr.apply import apply_records, check_record
+from appliance.replication.dr.recover import recover_image
 from appliance.replication.dr.replica_errors import ReplicaError
 from appliance.replication.dr.replica_files import extend_file, preallocate
 from appliance.replication.dr.replica_resync import ReplicaResync
@@ -49,6 +57,12 @@ from appliance.replication.dr.replica_state import (
     ReplicaStateError,
     promotion_refusal,
 )
+from appliance.replication.dr.retention import (
+    Point,
+    RetentionLog,
+    segment_bytes_for,
+)
+from appliance.replication.dr.retention_settings import RetentionSettings
 from appliance.replication.dr.undo import UndoLog
 from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec
 from appliance.replication.records import from_journal, to_write_op
@@ -106,6 +120,9 @@ class Replica(ReplicaResync):
         self._undo: UndoLog | None = None
         self._state = ReplicaState()        # state.json as last loaded or saved
         self._load_state()
+        self._retention: RetentionLog | None = None
+        if self.retention_settings.enabled and self.promoted is None:
+            self._retention = self._open_retention(self.retention_settings)
         if self.inconsistent_since is not None and self.consistent_seq is not None:
             self._undo = UndoLog(cfg.paths.undo)
         # A promotion that crashed before it set the journal aside must not redo it again
@@ -116,7 +133,8 @@ class Replica(ReplicaResync):
                 self._acker = JournalReader(cfg.paths.journal, volume_uuid=self.spec.uuid)
                 self._redo()
             except BaseException:     # e.g. an I/O error in the redo: release the files
-                for handle in (self._acker, self._undo, self.journal, self._mirror):
+                for handle in (self._acker, self._undo, self._retention, self.journal,
+                               self._mirror):
                     if handle is not None:
                         handle.close()
                 raise
@@ -228,6 +246,7 @@ class Replica(ReplicaResync):
             old = self.size_bytes
             if self.journal is None or size_bytes == old:
                 return
+            self._restart_retention(f"resized from {old} to {size_bytes} bytes")
             if size_bytes > old:
                 extend_file(self._mirror.fileno(), size_bytes)
             else:
@@ -359,6 +378,7 @@ class Replica(ReplicaResync):
             if (reached or self._unsynced_bytes >= self.cfg.mirror_sync_bytes or
                     time.monotonic() - self._last_mirror_sync >= self.cfg.mirror_sync_interval_s):
                 self.sync_mirror()
+            self.prune_retention()
 
     def _drain(self) -> None:
         bs = self.spec.block_size
@@ -372,6 +392,7 @@ class Replica(ReplicaResync):
                     for rec in run:
                         self._undo.save(self._mirror, rec.lba * bs, rec.nblocks * bs)
                     self._undo.sync()
+                self._retain(run)
                 nbytes = apply_records(self._mirror, run, bs)
                 self._unsynced_bytes += nbytes
                 self._unapplied.popleft()
@@ -440,6 +461,7 @@ class Replica(ReplicaResync):
                 "last_consistent_seq": self.consistent_seq, "consistent_at_seq": self.consistent_at,
                 "resync_bytes_received": self.resync_bytes,
                 "undo_bytes": 0 if self._undo is None else self._undo.saved_bytes,
+                "retention": self.retention_status(),
                 "lag_records": self.durable_seq - self.applied_seq,
                 "lag_seconds": self._lag_seconds(),
                 "throughput_bytes_per_s": round(self.rate.rate()),
@@ -451,6 +473,100 @@ class Replica(ReplicaResync):
         if last is None or self.durable_seq == self.applied_seq:
             return 0.0
         return round(max(0.0, (time.time_ns() - last) / 1e9), 3)
+
+    # --- retention (point in time) --------------------------------------------------------
+
+    @property
+    def retention_settings(self) -> RetentionSettings:
+        return RetentionSettings(self._state.retain_s, self._state.retain_bytes)
+
+    def _open_retention(self, settings: RetentionSettings) -> RetentionLog:
+        # Segments of ~1/16 of the window (by size, and by age: a new one every 1/16 of
+        # retain_s), so that pruning keeps the window within about 1/16 of what was set.
+        return RetentionLog(self.cfg.paths.state.parent / "retention",
+                            segment_bytes=segment_bytes_for(settings.retain_bytes),
+                            roll_after_s=settings.retain_s / 16)
+
+    def _retain(self, run: list[WireRecord]) -> None:
+        """(Apply lock.) Save the run's before-images durably, before the mirror write."""
+        if self._retention is None:
+            return
+        if self.inconsistent_since is not None:
+            # A resync's regions are no primary image: no window until it is consistent.
+            if self._retention.newest is not None:
+                self._retention.clear()
+            return
+        self._retention.follow(self.applied_point())
+        self._retention.save(self._mirror, run, self.spec.block_size)
+        self._retention.sync()
+
+    def applied_point(self) -> Point:
+        """The image the mirror holds: the seq applied and its primary timestamp (0 when
+        unknown: after a restart, before anything was applied)."""
+        ts = self.counters.last_applied_ns
+        if ts is None and self._retention is not None:
+            newest = self._retention.newest
+            if newest is not None and newest.seq == self.applied_seq:
+                ts = newest.ts_ns
+        return Point(self.applied_seq, ts or 0)
+
+    def _restart_retention(self, why: str) -> None:
+        """(Apply lock.) The mirror changes outside the records: the window starts anew."""
+        if self._retention is not None and self._retention.newest is not None:
+            self._retention.clear()
+            log.warning("volume %s: %s: the retention window starts anew", self.spec.uuid, why)
+
+    def begin_resync(self, superseded_to_seq: int | None = None) -> None:
+        with self._apply_lock:
+            self._restart_retention("a resync begins")
+            super().begin_resync(superseded_to_seq)
+
+    def prune_retention(self) -> None:
+        if self._retention is not None:
+            st = self.retention_settings
+            self._retention.prune(retain_s=st.retain_s, retain_bytes=st.retain_bytes)
+
+    def set_retention(self, settings: RetentionSettings) -> dict:
+        """Set the window live and save it in state.json; off removes the retention log.
+        A window turned on starts at the next record applied."""
+        with self._apply_lock:
+            if self.promoted is not None and settings.enabled:
+                raise ReplicaError(f"volume {self.spec.uuid} is promoted (served as a primary "
+                                   f"here): no retention window on a primary's LUN")
+            if self._retention is not None:
+                self._retention.close()
+                if not settings.enabled:
+                    self._retention.remove()
+                self._retention = None
+            self._state = dataclasses.replace(self._state, retain_s=settings.retain_s,
+                                              retain_bytes=settings.retain_bytes)
+            self._save_state()
+            if settings.enabled:
+                self._retention = self._open_retention(settings)
+                self.prune_retention()
+            log.warning("volume %s: retention %s", self.spec.uuid, settings.describe())
+            return self.retention_status()
+
+    def retention_status(self) -> dict:
+        """The settings and the recoverable range (oldest and newest seq and primary time)."""
+        st = self.retention_settings
+        out: dict = {**st.as_dict(), "enabled": st.enabled, "bytes": 0, "segments": 0,
+                     "oldest": None, "newest": None}
+        ret = self._retention
+        if ret is None or self.inconsistent_since is not None or self.journal is None:
+            return out
+        summary = ret.summary()
+        if summary["oldest"] is None:
+            return out | {"bytes": summary["bytes"], "segments": summary["segments"]}
+        newest = self.applied_point()
+        if ret.newest is not None and ret.newest.seq < newest.seq:
+            return out | {"bytes": summary["bytes"], "segments": summary["segments"]}
+        return out | summary | {"newest": newest.as_dict()}
+
+    def recover(self, at: str, out_dir: Path | None = None) -> dict:
+        """The primary's image at a point of the window as a separate file (``recover.py``),
+        while replication goes on."""
+        return recover_image(self, at, out_dir or self.cfg.paths.state.parent)
 
     # --- failover -----------------------------------------------------------------------
 
@@ -491,6 +607,8 @@ class Replica(ReplicaResync):
                 self._acker.close()
             if self._undo is not None:
                 self._undo.close()
+            if self._retention is not None:
+                self._retention.close()
             if self.journal is not None:
                 self.journal.close()
             self._mirror.close()

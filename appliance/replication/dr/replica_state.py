@@ -6,7 +6,8 @@ temporary file, fsync it, rename, fsync the directory), so a crash leaves the ol
 state, never a mix. ``load`` refuses a file it cannot trust (not JSON, a field of the wrong type,
 a format version it does not know) with ``ReplicaStateError`` naming the file and what to do.
 
-Format versions: 2 added ``name`` (the volume's name on its primary, from its HELLO); 1
+Format versions: 3 added ``retain_s`` and ``retain_bytes`` (the retention window,
+``retention_settings.py``; 0 = off, which is what older files mean); 2 added ``name`` (the volume's name on its primary, from its HELLO); 1
 carries ``format_version`` (read as 2 with no name); a file without it (format 0) was written
 before the field existed, holds the same fields and is read as it always was, ignoring keys no
 longer used (the first releases wrote ``mirror_durable_seq``).
@@ -23,7 +24,7 @@ from typing import Any
 
 from appliance.statefile import write_json_atomic
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _VERSION_KEY = "format_version"
 _PAIR_ANEW = ("remove the replica's files in that directory to pair it anew (its primary then "
               "sends a full copy)")
@@ -69,6 +70,8 @@ class ReplicaState:
     promoted: PromotionMark | None = None
     demoted_from: PromotionMark | None = None
     name: str = ""                          # the volume's name on its primary ("" unknown)
+    retain_s: float = 0.0                   # retention window by age (0: no limit)
+    retain_bytes: int = 0                   # retention window by size (0: no limit)
 
     @classmethod
     def load(cls, path: Path) -> ReplicaState | None:
@@ -99,7 +102,8 @@ class ReplicaState:
                 "detached_image_seq": self.detached_image_seq,
                 "promoted": None if self.promoted is None else self.promoted.as_dict(),
                 "demoted_from": None if self.demoted_from is None
-                else self.demoted_from.as_dict(), "name": self.name}
+                else self.demoted_from.as_dict(), "name": self.name,
+                "retain_s": self.retain_s, "retain_bytes": self.retain_bytes}
 
     @classmethod
     def from_json(cls, d: object) -> ReplicaState:
@@ -132,7 +136,9 @@ class ReplicaState:
             detached_image_seq=_opt_int(d, "detached_image_seq"),
             promoted=None if promoted is None else PromotionMark.from_dict(promoted),
             demoted_from=None if demoted is None else PromotionMark.from_dict(demoted),
-            name=_opt_str(d, "name") or "")
+            name=_opt_str(d, "name") or "",
+            retain_s=_opt_float(d, "retain_s") or 0.0,
+            retain_bytes=_opt_int(d, "retain_bytes") or 0)
 
 
 def promotion_refusal(volume: uuid.UUID, *, inconsistent: bool, has_journal: bool,
