@@ -6,6 +6,13 @@ its control socket (``receiver.sock``) with ``{"volume": <uuid>}``; the receiver
 volume's session first, leaves the others alone, and refuses with the reason when the step is
 unsafe (docs/failover.md). A refusal changes nothing.
 
+Each replica node also has the point-in-time commands (docs/failover.md, "Point in time"):
+the ``retention`` group (``set retention retain=24h max=200G``, ``get retention``: applied
+live by the receiver's ``set-retention`` and saved in the replica's state.json, not in
+site.json), ``recover at=...`` (the receiver's ``recover``: an image file of that point
+beside the replica, while it goes on replicating), and the recoverable range in ``status``
+and ``info``.
+
 The coordinator adds ``UIReplicas(self)`` to ``UIReplication``: the parent node carries the
 ``ReplicationContext`` as ``parent.ctx``.
 """
@@ -17,6 +24,14 @@ import json
 from configshell_fb import ExecutionError
 from targetcli.ui_node import UINode
 
+from appliance.replication.dr.retention import iso_time
+from appliance.replication.dr.retention_settings import (
+    RetentionSettingsError,
+    format_duration,
+    format_size,
+    parse_retain,
+    parse_size,
+)
 from targetcli_ext import status_text
 from targetcli_ext.model import ModelError, parse_bool
 from targetcli_ext.steering import (
@@ -28,6 +43,18 @@ from targetcli_ext.steering import (
 )
 
 JOURNAL_DIR = "/var/lib/appliance/journals"
+
+# The 'retention' group: parameter -> (the receiver's key, configshell type, description).
+RETENTION = {
+    "retain": ("retain_s", "retainage",
+               "How far back points stay recoverable, e.g. 24h, 7d, 90m; none: no limit by "
+               "age. Applied live by the receiver and saved with the replica."),
+    "max": ("retain_bytes", "retainsize",
+            "The most disk the retained before-images take, e.g. 200G (powers of 1024); "
+            "none: no limit by size. With both none, retention is off."),
+}
+WINDOW = ("window", "window", "The points recoverable now: oldest and newest seq and primary "
+                              "time (UTC), and the disk the window takes.")
 
 
 def _replica_views(ctx, fresh: bool = False) -> list[status_text.VolumeView]:
@@ -119,6 +146,9 @@ class UIReplica(UINode):
         UINode.__init__(self, name, parent)
         self.ctx = parent.ctx
         self.uuid = uuid
+        for param, (_, kind, description) in RETENTION.items():
+            self.define_config_group_param("retention", param, kind, description)
+        self.define_config_group_param("retention", *WINDOW, writable=False)
 
     def _view(self, fresh: bool = False) -> status_text.VolumeView | None:
         for view in _replica_views(self.ctx, fresh):
@@ -153,15 +183,161 @@ class UIReplica(UINode):
             return
         self.shell.con.display(status_text.render_volume(view, now=self.ctx.clock(),
                                                          tz=self.ctx.tz))
+        retention = self._status().get("retention")
+        if isinstance(retention, dict):
+            self.shell.con.display(f"  retention:{retention_text(retention)}")
 
     def ui_command_info(self):
-        """Shows the replica's uuid, name, primary, size and generation."""
+        """Shows the replica's uuid, name, primary, size, generation and retention window."""
         st = self._status()
+        retention = st.get("retention")
         rows = [("name", self.name), ("uuid", self.uuid), ("primary", st.get("primary")),
                 ("state", st.get("state")), ("size", st.get("size_bytes")),
-                ("generation", st.get("generation"))]
+                ("generation", st.get("generation")),
+                ("retention", retention_text(retention).strip() if isinstance(retention, dict)
+                 else None)]
         for key, value in rows:
             self.shell.con.display(f"{key + ':':<13}{'unknown' if value is None else value}")
+
+    # --- point in time: the retention group, recover ------------------------------------
+
+    def ui_command_set(self, group=None, **parameter):
+        """
+        Sets configuration parameters of a group. 'set retention' sets how much of this
+        replica's history the DR keeps recoverable (docs/failover.md, "Point in time"):
+        retain= by age, max= by size (the window is whichever is shorter); none for no
+        limit, both none for off (the default). The receiver applies it live (replication
+        goes on) and keeps it with the replica; a value refused changes nothing. A window
+        turned on starts with the next write the replica applies. 'set global' sets the
+        shell's preferences. Run with just a group name to list its parameters.
+
+        EXAMPLE
+        =======
+        set retention retain=24h max=200G
+        set retention max=none
+        set retention retain=none max=none
+
+        SEE ALSO
+        ========
+        get recover
+        """
+        if group != "retention" or not parameter:
+            return UINode.ui_command_set(self, group, **parameter)
+        self.assert_root()
+        unknown = sorted(set(parameter) - set(RETENTION))
+        if unknown:
+            raise ExecutionError(f"no parameter {', '.join(unknown)} in group 'retention' "
+                                 f"(parameters: {', '.join(RETENTION)}); nothing changed")
+        args = {}
+        for param, text in parameter.items():
+            parse = parse_retain if param == "retain" else parse_size
+            try:
+                args[RETENTION[param][0]] = parse(text, param)
+            except RetentionSettingsError as err:
+                raise ExecutionError(nothing_changed(str(err))) from err
+        result = self._receiver("set-retention", **args)
+        window = result.get("retention") if isinstance(result, dict) else None
+        for param in parameter:
+            shown = _setting(param, window if isinstance(window, dict) else
+                             {RETENTION[param][0]: args[RETENTION[param][0]]})
+            self.shell.con.display(f"Parameter {param} is now '{shown}'.")
+        if isinstance(window, dict):
+            self.shell.log.info(f"Retention of {self.name}:{retention_text(window)}")
+        return None
+
+    def ui_command_get(self, group=None, *parameter):
+        """
+        Gets the value of configuration parameters of a group. 'get retention' shows this
+        replica's retention settings (retain, max) and the window recoverable now (window:
+        oldest and newest seq and primary time, in UTC). Run with no group to list the
+        groups.
+
+        EXAMPLE
+        =======
+        get retention
+        get retention window
+
+        SEE ALSO
+        ========
+        set recover
+        """
+        if group != "retention":
+            return UINode.ui_command_get(self, group, *parameter)
+        names = [*RETENTION, WINDOW[0]]
+        unknown = [p for p in parameter if p not in names]
+        if unknown:
+            raise ExecutionError(f"no parameter {', '.join(unknown)} in group 'retention' "
+                                 f"(parameters: {', '.join(names)})")
+        window = self._retention_status()
+        for param in parameter or names:
+            if param == WINDOW[0]:
+                self.shell.con.display(f"window={_window(window)} [ro]")
+            else:
+                self.shell.con.display(f"{param}={_setting(param, window)}")
+        return None
+
+    def ui_setgroup_retention(self, parameter, value):
+        """configshell's setter of group 'retention' (``set`` above does the work)."""
+        self.ui_command_set("retention", **{parameter: value})
+
+    def ui_getgroup_retention(self, parameter):
+        window = self._retention_status()
+        return _window(window) if parameter == WINDOW[0] else _setting(parameter, window)
+
+    def ui_type_retainage(self, value=None, enum=False, reverse=False):
+        """A duration with s, m, h or d, or none."""
+        if reverse:
+            return "none" if not value else format_duration(float(value))
+        if value is None:
+            return ["none", "1h", "24h", "7d"] if enum else "DURATION|none"
+        return value            # parsed in set (parse_retain), which names the parameter
+
+    def ui_type_retainsize(self, value=None, enum=False, reverse=False):
+        """A size with K, M, G or T (powers of 1024), or none."""
+        if reverse:
+            return "none" if not value else format_size(int(value))
+        if value is None:
+            return ["none", "10G", "100G", "1T"] if enum else "SIZE|none"
+        return value
+
+    def ui_type_window(self, value=None, enum=False, reverse=False):
+        return value if value is not None or not enum else []
+
+    def _retention_status(self) -> dict:
+        window = (self.ctx.snapshot(fresh=True).get("receiver") or {}).get("volumes", {})
+        window = (window.get(self.uuid) or {}).get("retention")
+        if not isinstance(window, dict):
+            raise ExecutionError(f"the receiver does not report {self.name}'s retention now "
+                                 f"(not running, or an older release): check 'systemctl "
+                                 f"status appliance-receiver'")
+        return window
+
+    def ui_command_recover(self, at=None):
+        """
+        Writes the primary's image at a point of this replica's retention window to a file
+        beside the replica (recovered-<seq>.img, read-only), while replication goes on:
+        at=seq:<n> for the image after that write, or at=<UTC time> (ISO 8601, e.g.
+        2026-12-07T05:10:00Z) for the image after the last write at or before it. 'get
+        retention window' shows what can be recovered; a point outside it is refused with
+        the range. Prints how to look at the image through LIO (read-only) and how to
+        remove it afterwards.
+
+        EXAMPLE
+        =======
+        recover at=seq:48120
+        recover at=2026-12-07T05:10:00Z
+
+        SEE ALSO
+        ========
+        get set
+        """
+        self.assert_root()
+        if not at:
+            raise ExecutionError("say which point: recover at=seq:<n> or at=<UTC time>, e.g. "
+                                 "at=2026-12-07T05:10:00Z ('get retention window' shows the "
+                                 "range); nothing changed")
+        result = self._receiver("recover", at=at)
+        self.shell.con.display(recover_text(self.name, result))
 
     # --- failover -----------------------------------------------------------------------
 
@@ -285,6 +461,54 @@ class UIReplica(UINode):
                 f"{cmd} of {self.name} refused by the receiver: {said}")) from err
         self.ctx.snapshot(fresh=True)
         return result
+
+
+def _setting(param: str, window: dict) -> str:
+    value = window.get(RETENTION[param][0])
+    if not value:
+        return "none"
+    return format_duration(float(value)) if param == "retain" else format_size(int(value))
+
+
+def _point(point: object) -> str:
+    if not isinstance(point, dict):
+        return "?"
+    shown = point.get("time_utc")
+    if not shown and isinstance(point.get("time"), int | float):
+        shown = iso_time(round(point["time"] * 1e9))
+    return f"seq {point.get('seq')} ({shown or 'time unknown'})"
+
+
+def _window(window: dict) -> str:
+    if not window.get("enabled"):
+        return "none (retention is off)"
+    if not window.get("oldest") or not window.get("newest"):
+        return "none yet (it starts with the next write applied, once the replica is " \
+               "consistent)"
+    return (f"{_point(window['oldest'])} to {_point(window['newest'])}, "
+            f"{_mib(int(window.get('bytes') or 0))} on disk")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
+def retention_text(window: dict) -> str:
+    """' retain=24h max=200G, recoverable seq a (t) to seq b (t), n bytes on disk'."""
+    if not window.get("enabled"):
+        return " off"
+    return (f" retain={_setting('retain', window)} max={_setting('max', window)}, "
+            f"recoverable: {_window(window)}")
+
+
+def recover_text(name: str, result: object) -> str:
+    """What a recover wrote and what the admin does next (the receiver's next_steps)."""
+    r = result if isinstance(result, dict) else {}
+    lines = [f"Recovered {name} at seq {r.get('seq')} ({r.get('time_utc') or 'time unknown'}, "
+             f"primary clock): {r.get('path')}"]
+    if r.get("next_steps"):
+        lines.append(str(r["next_steps"]).rstrip("\n"))
+    return "\n".join(lines)
 
 
 def _run_operation(node, operation, *args) -> object:

@@ -5,6 +5,9 @@
     appliance-dr --config /var/lib/appliance/replication/receiver.toml invalidate <volume uuid or name>
     appliance-dr --config /var/lib/appliance/replication/receiver.toml promote <volume uuid or name>
     appliance-dr --config /var/lib/appliance/replication/receiver.toml demote <volume uuid or name>
+    appliance-dr --config ... recover <volume uuid or name> --at seq:1234
+    appliance-dr --config ... recover <volume uuid or name> --at 2026-12-07T05:10:00Z
+    appliance-dr --config ... retention <volume uuid or name> --retain 24h --max 200G
 
 ``state`` reads each replica's state file: consistent (and up to which seq) or inconsistent
 since when (a resync was under way). ``rollback`` is the failover step for an inconsistent
@@ -20,6 +23,12 @@ mirror, and the replica is durably marked promoted with its epoch raised, so its
 served as a LUN on this site; from then on the receiver refuses the old primary (``promoted``)
 and never writes that mirror again. ``demote`` undoes the mark once the volume's primary runs
 on the other site again, making the mirror a DR replica that the new primary re-syncs.
+
+``recover`` writes the primary's image at a point of the replica's retention window (by
+sequence number, or the last write at or before a UTC time) to ``recovered-<seq>.img``
+beside the replica, and says how to look at it; ``retention`` sets that window (by age and
+size; ``none`` for no limit, both none for off). ``state`` shows each replica's window: its
+settings and the oldest and newest recoverable points (docs/failover.md, "Point in time").
 
 The replicas are the receiver's ``[[volume]]`` tables and those it provisioned under its
 state_dir (``provisioned.py``); a volume is named by uuid or by its name. The operations are
@@ -47,10 +56,19 @@ from appliance.replication.dr.operations import (
     find,
     perform,
     promote_next_steps,
+    recover_offline,
+    set_retention_offline,
 )
 from appliance.replication.dr.provisioned import ProvisionedSpec, replica_configs
 from appliance.replication.dr.replica import ReplicaError
 from appliance.replication.dr.replica_state import ReplicaState, ReplicaStateError
+from appliance.replication.dr.retention import RetentionError, read_summary
+from appliance.replication.dr.retention_settings import (
+    RetentionSettings,
+    RetentionSettingsError,
+    parse_retain,
+    parse_size,
+)
 from appliance.volume.identity import mirror_volume_uuid
 
 __all__ = ["main", "mirror_volume_uuid", "promote_next_steps"]   # (the tests import these)
@@ -76,7 +94,22 @@ def replica_state(cfg: ReplicaConfig, spec: ProvisionedSpec | None = None) -> di
         out["image_seq"] = st.detached_image_seq
     if st.promoted is not None:
         out |= {"state": "promoted", "promoted": st.promoted.as_dict()}
+    out["retention"] = retention_state(cfg, st)
     return out
+
+
+def retention_state(cfg: ReplicaConfig, st: ReplicaState) -> dict:
+    """The window as the files say (the receiver, if running, may have applied more)."""
+    settings = RetentionSettings(st.retain_s, st.retain_bytes)
+    out: dict = {**settings.as_dict(), "enabled": settings.enabled, "bytes": 0, "segments": 0,
+                 "oldest": None, "newest": None}
+    if not settings.enabled or st.inconsistent_since is not None or st.promoted is not None:
+        return out
+    try:
+        summary = read_summary(cfg.paths.state.parent / "retention")
+    except (OSError, RetentionError) as err:
+        return out | {"error": str(err)}
+    return out if summary is None else out | summary
 
 
 def ensure_receiver_stopped(control_socket: Path, cfg: ReplicaConfig) -> None:
@@ -88,7 +121,8 @@ def ensure_receiver_stopped(control_socket: Path, cfg: ReplicaConfig) -> None:
     else:
         raise DrToolError(f"the receiver is running (it answers on {control_socket}): use its "
                           f"control commands (appliancectl --socket {control_socket} call "
-                          f"<promote|demote|rollback|invalidate> '{{\"volume\": "
+                          f"<promote|demote|rollback|invalidate|recover|set-retention> "
+                          f"'{{\"volume\": "
                           f"\"{cfg.spec.uuid}\"}}'), or stop it first: systemctl stop "
                           f"appliance-receiver")
     if cfg.paths.journal.exists():
@@ -123,6 +157,16 @@ def find_volume(found: list[tuple[ReplicaConfig, ProvisionedSpec | None]],
         raise DrToolError(str(err)) from err
 
 
+def _settings(cfg: ReplicaConfig, retain: str | None, size: str | None) -> RetentionSettings:
+    if retain is None and size is None:
+        raise DrToolError("give --retain and/or --max (e.g. --retain 24h --max 200G; none: no "
+                          "limit)")
+    st = ReplicaState.load(cfg.paths.state) or ReplicaState()
+    return RetentionSettings(
+        st.retain_s if retain is None else parse_retain(retain, "--retain"),
+        st.retain_bytes if size is None else parse_size(size, "--max"))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argument_parser("appliance-dr", __doc__, config_help="the receiver's TOML config",
                         raw_description=True)
@@ -138,6 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demote", help="make a promoted replica a DR replica again, once its "
                                       "mirror is no longer served here (receiver stopped)")
     d.add_argument("volume", help="volume uuid or name")
+    rc = sub.add_parser("recover", help="write the image at a point of the retention window "
+                                        "to recovered-<seq>.img beside the replica (receiver "
+                                        "stopped)")
+    rc.add_argument("volume", help="volume uuid or name")
+    rc.add_argument("--at", required=True,
+                    help="seq:<n>, or a UTC time such as 2026-12-07T05:10:00Z")
+    rt = sub.add_parser("retention", help="set the retention window (receiver stopped)")
+    rt.add_argument("volume", help="volume uuid or name")
+    rt.add_argument("--retain", default=None, help="by age: 24h, 7d, ...; none: no limit")
+    rt.add_argument("--max", default=None, help="by size: 200G, ...; none: no limit")
     ns = p.parse_args(argv)
 
     def act(rx: ReceiverConfig) -> int:
@@ -148,8 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             cfg = find_volume(found, ns.volume)
             ensure_receiver_stopped(rx.control_socket, cfg)
-            outcome = perform(ns.action, cfg)
-        except (DrToolError, ReplicaError, ReplicaStateError) as err:
+            if ns.action == "recover":
+                outcome = recover_offline(cfg, ns.at)
+            elif ns.action == "retention":
+                outcome = set_retention_offline(cfg, _settings(cfg, ns.retain, ns.max))
+            else:
+                outcome = perform(ns.action, cfg)
+        except (DrToolError, ReplicaError, ReplicaStateError, RetentionSettingsError) as err:
             print(f"appliance-dr: {err}", file=sys.stderr)
             return 1
         print(json.dumps(outcome.result))

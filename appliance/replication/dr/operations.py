@@ -1,4 +1,7 @@
-"""The DR admin's operations on one replica: promote, demote, rollback, invalidate.
+"""The DR admin's operations on one replica: promote, demote, rollback, invalidate; and,
+with the receiver stopped, recover a point of its retention window and set that window
+(``recover_offline``, ``set_retention_offline``: with it running, its control commands
+``recover`` and ``set-retention`` do the same without stopping replication).
 
 One place for both ways of running them: ``appliance-dr`` with the receiver stopped, and the
 receiver's control commands while it runs (it closes that volume's session and holds new ones
@@ -25,6 +28,7 @@ from appliance.replication.dr.promotion import (
     demote,
     promote,
 )
+from appliance.replication.dr.replica import Replica
 from appliance.replication.dr.replica_errors import ReplicaError
 from appliance.replication.dr.replica_offline import (
     check_invalidate,
@@ -33,6 +37,7 @@ from appliance.replication.dr.replica_offline import (
     roll_back_to_consistent,
 )
 from appliance.replication.dr.replica_state import ReplicaState
+from appliance.replication.dr.retention_settings import RetentionSettings
 from appliance.volume.identity import mirror_volume_uuid
 
 ACTIONS = ("promote", "demote", "rollback", "invalidate")
@@ -93,6 +98,31 @@ def perform(action: str, cfg: ReplicaConfig) -> Outcome:
         result = {"demoted_keeping_generation": demote(cfg)}
     return Outcome({"volume": str(cfg.spec.uuid), **result, "mirror": str(cfg.paths.mirror)},
                    hint)
+
+
+def recover_offline(cfg: ReplicaConfig, at: str) -> Outcome:
+    """The image at point ``at`` of a closed replica's retention window, as a file beside
+    it (opening the replica redoes its journal first). ReplicaError when refused."""
+    replica = Replica(cfg)
+    try:
+        out = replica.recover(at)
+    finally:
+        replica.close()
+    hint = out.pop("next_steps")
+    return Outcome(out, hint)
+
+
+def set_retention_offline(cfg: ReplicaConfig, settings: RetentionSettings) -> Outcome:
+    """Set a closed replica's retention window (saved in its state.json)."""
+    replica = Replica(cfg)
+    try:
+        if replica.journal is None and replica.primary is None:
+            raise ReplicaError(f"volume {cfg.spec.uuid} was never paired with a primary: "
+                               f"nothing to retain yet")
+        out = replica.set_retention(settings)
+    finally:
+        replica.close()
+    return Outcome({"volume": str(cfg.spec.uuid), "retention": out})
 
 
 def find(replicas: dict[uuid.UUID, tuple[ReplicaConfig, str]], text: str) -> ReplicaConfig:

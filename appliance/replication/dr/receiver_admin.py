@@ -19,6 +19,17 @@
   ``remove_data`` every file of it). Returns ``{"volume", "name", "removed": [paths],
   "kept": [paths]}``. A ``[[volume]]`` replica is refused: remove it from the configuration.
 
+- ``set-retention`` {"volume", "retain_s", "retain_bytes"}: the replica's retention window
+  (docs/failover.md, "Point in time"), by age (seconds, or a duration such as "24h") and/or
+  size (bytes, or "200G"); 0 or "none" for no limit, both 0 for off. A key not given keeps
+  its value. Applied live (the link stays up) and saved in state.json. Returns the settings
+  and the recoverable range, as ``status`` shows them under ``retention``.
+- ``recover`` {"volume", "at"}: the primary's image at a point of the window (``at``:
+  "seq:<n>" or an ISO 8601 UTC time) written to ``recovered-<seq>.img`` beside the replica,
+  while it goes on replicating (``recover.py``). Returns the path, the seq and primary time
+  it represents, and ``next_steps`` (how to look at it through LIO, and remove it). While it
+  runs, the operations above are refused on that volume (they close the replica).
+
 Refusals raise ``CommandError`` with the reason and "nothing changed".
 """
 
@@ -46,6 +57,10 @@ from appliance.replication.dr.provisioned import ProvisionedSpec
 from appliance.replication.dr.replica import Replica
 from appliance.replication.dr.replica_errors import ReplicaError
 from appliance.replication.dr.replica_state import ReplicaStateError
+from appliance.replication.dr.retention_settings import (
+    RetentionSettings,
+    RetentionSettingsError,
+)
 from appliance.replication.handshake import Refused
 from appliance.replication.status import LinkStatus
 from appliance.replication.tls import NO_PEER_PAIRED, TlsConfigError, TlsSide
@@ -72,6 +87,7 @@ class VolumeSlot:
         self.primary_report: PrimaryReport | None = None   # the primary's latest report
         self.busy: str | None = None        # the admin operation running (replica closed)
         self.snapshot: dict | None = None   # its status from before that operation
+        self.recovering: str | None = None  # the point a recover is copying (replica open)
 
     @property
     def cfg(self) -> ReplicaConfig:
@@ -113,6 +129,7 @@ class ReceiverAdmin:
         def operation(action: str):
             return lambda args: self._operation(action, args)
         return {"reload": self.reload, "forget": self.forget,
+                "set-retention": self.set_retention, "recover": self.recover,
                 **{action: operation(action) for action in operations.ACTIONS}}
 
     # --- volumes and holding them ------------------------------------------------------
@@ -137,6 +154,9 @@ class ReceiverAdmin:
         if slot.busy is not None:
             raise CommandError(f"volume {vol}: {slot.busy} is running on it; try again once it "
                                f"ends; nothing changed")
+        if slot.recovering is not None:
+            raise CommandError(f"volume {vol}: a recover at {slot.recovering} is copying its "
+                               f"mirror; try again once it ends; nothing changed")
         slot.snapshot = self.volume_status(slot)
         slot.busy = why
         try:
@@ -184,6 +204,54 @@ class ReceiverAdmin:
         if outcome.next_steps:
             return {**outcome.result, "next_steps": outcome.next_steps}
         return outcome.result
+
+    # --- retention: set-retention, recover ---------------------------------------------
+
+    async def set_retention(self, args: dict) -> dict:
+        _args(args, {"volume", "retain_s", "retain_bytes"})
+        slot = self.find_slot(args)
+        vol = slot.cfg.spec.uuid
+        if "retain_s" not in args and "retain_bytes" not in args:
+            raise CommandError('give retain_s and/or retain_bytes, e.g. {"volume": ..., '
+                               '"retain_s": "24h", "retain_bytes": "200G"} (0 or "none": no '
+                               'limit; both 0: retention off); nothing changed')
+        if slot.busy is not None:
+            raise CommandError(f"volume {vol}: {slot.busy} is running on it; try again once it "
+                               f"ends; nothing changed")
+        try:
+            settings = RetentionSettings.from_args(args, slot.replica.retention_settings)
+            out = await asyncio.to_thread(slot.replica.set_retention, settings)
+        except RetentionSettingsError as err:
+            raise CommandError(f"set-retention refused: {err}; nothing changed") from err
+        except _REFUSED as err:
+            raise CommandError(f"set-retention refused: {err}; nothing changed") from err
+        log.warning("volume %s: retention set by the admin: %s", vol, settings.describe())
+        return {"volume": str(vol), "name": slot.name, "retention": out}
+
+    async def recover(self, args: dict) -> dict:
+        _args(args, {"volume", "at"})
+        slot = self.find_slot(args)
+        vol = slot.cfg.spec.uuid
+        at = args.get("at")
+        if not isinstance(at, str) or not at:
+            raise CommandError('say which point: {"volume": ..., "at": "seq:<n>" or '
+                               '"2026-12-07T05:10:00Z"}; nothing changed')
+        if slot.busy is not None:
+            raise CommandError(f"volume {vol}: {slot.busy} is running on it; try again once it "
+                               f"ends; nothing changed")
+        if slot.recovering is not None:
+            raise CommandError(f"volume {vol}: a recover at {slot.recovering} is running; "
+                               f"one at a time per volume; nothing changed")
+        slot.recovering = at
+        try:
+            out = await asyncio.to_thread(slot.replica.recover, at)
+        except _REFUSED as err:
+            raise CommandError(f"recover refused: {err}; nothing changed") from err
+        finally:
+            slot.recovering = None
+        log.warning("volume %s: recovered the image after seq %d to %s (replication went on)",
+                    vol, out["seq"], out["path"])
+        return out
 
     # --- forget ---------------------------------------------------------------------------
 

@@ -121,6 +121,7 @@ class Replica(ReplicaResync):
         self._state = ReplicaState()        # state.json as last loaded or saved
         self._load_state()
         self._retention: RetentionLog | None = None
+        self._last_age_prune = 0.0
         if self.retention_settings.enabled and self.promoted is None:
             self._retention = self._open_retention(self.retention_settings)
         if self.inconsistent_since is not None and self.consistent_seq is not None:
@@ -555,6 +556,9 @@ class Replica(ReplicaResync):
         ret = self._retention
         if ret is None or self.inconsistent_since is not None or self.journal is None:
             return out
+        if st.retain_s and time.monotonic() - self._last_age_prune >= 1.0:
+            self._last_age_prune = time.monotonic()    # an idle link applies nothing:
+            self.prune_retention()                     # the window still ages here
         summary = ret.summary()
         if summary["oldest"] is None:
             return out | {"bytes": summary["bytes"], "segments": summary["segments"]}

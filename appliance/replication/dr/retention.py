@@ -81,7 +81,8 @@ class Point:
     ts_ns: int
 
     def as_dict(self) -> dict:
-        return {"seq": self.seq, "time": self.ts_ns / 1e9 if self.ts_ns else None}
+        return {"seq": self.seq, "time": self.ts_ns / 1e9 if self.ts_ns else None,
+                "time_utc": iso_time(self.ts_ns) if self.ts_ns else None}
 
 
 @dataclass(slots=True)
@@ -442,10 +443,12 @@ def describe_range(oldest: Point, newest: Point) -> str:
 
 
 def iso_time(ts_ns: int | None) -> str:
-    """A primary timestamp as UTC ISO 8601 (microseconds)."""
+    """A primary timestamp as UTC ISO 8601, rounded up to the microsecond: recovering at the
+    time shown for a point gives that point (unless the next write is within the same
+    microsecond)."""
     if not ts_ns:
         return "time unknown"
-    whole, frac = divmod(ts_ns, 1_000_000_000)
+    whole, frac = divmod(-(-ts_ns // 1000) * 1000, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{frac // 1000:06d}Z"
 
 
