@@ -82,6 +82,9 @@ class VolumeBackend:
         """The admin's replication mode (a SyncSettings); False if it already was so."""
         return self.volume.set_sync(settings)
 
+    def sync_settings(self) -> Any:
+        return self.volume.sync.settings
+
     def set_journal_paused(self, paused: bool) -> bool:
         """The admin pauses (or resumes) journaling; False if it already was (not)."""
         return self.volume.pause_journal() if paused else self.volume.resume_journal()

@@ -49,7 +49,7 @@ from appliance.tcmu.events import DeviceEvent, TcmuGenlCmd
 from appliance.tcmu.manager import BackendFactory, DeviceManager, TransportOpener
 from appliance.tcmu.netlink import NetlinkError, TcmuNetlink
 from appliance.tcmu.uio import UioDevice, read_uio_info
-from appliance.volume.sync_mode import DEFAULT_FALLBACK_S, SyncSettings, SyncSettingsError
+from appliance.volume.sync_mode import SyncSettings, SyncSettingsError
 
 log = logging.getLogger("appliance.handler")
 
@@ -268,12 +268,12 @@ async def _set_sync(daemon: HandlerDaemon, args: dict) -> dict:
     name = _volume_argument("set-sync", args, ("mode", "fallback_s", "hold"), shape)
     if "mode" not in args:
         raise CommandError(f"missing the mode: set-sync takes {shape}; nothing changed")
-    try:
-        settings = SyncSettings.parse(args["mode"], args.get("fallback_s", DEFAULT_FALLBACK_S),
-                                      args.get("hold", False))
-    except SyncSettingsError as err:
-        raise CommandError(f"{err}; nothing changed") from None
-    return await _on_volume(daemon, "set-sync", name, daemon.manager.set_sync, settings)
+
+    def settings_from(current: SyncSettings) -> SyncSettings:
+        """What is not given stays as it is."""
+        return SyncSettings.parse(args["mode"], args.get("fallback_s", current.fallback_s),
+                                  args.get("hold", current.hold))
+    return await _on_volume(daemon, "set-sync", name, daemon.manager.set_sync, settings_from)
 
 
 def _volume_argument(cmd: str, args: dict, others: tuple[str, ...], shape: str) -> str:
@@ -294,6 +294,8 @@ async def _on_volume(daemon: HandlerDaemon, cmd: str, name: str,
     reads."""
     try:
         return await asyncio.to_thread(change, name, value)
+    except SyncSettingsError as err:
+        raise CommandError(f"{err}; nothing changed") from None
     except LookupError:
         served = daemon.manager.names()
         raise CommandError(

@@ -36,6 +36,7 @@ class Backend(Protocol):
     def set_write_cache(self, enabled: bool) -> None: ...
     def set_journal_paused(self, paused: bool) -> bool: ...
     def set_sync(self, settings: SyncSettings) -> bool: ...
+    def sync_settings(self) -> SyncSettings: ...
     def status(self) -> dict: ...
     def close(self) -> None: ...
 
@@ -249,10 +250,12 @@ class DeviceManager:
         lock, so the device cannot be removed meanwhile."""
         return self._change(name, lambda backend: backend.set_journal_paused(paused))
 
-    def set_sync(self, name: str, settings: SyncSettings) -> dict:
-        """The admin's replication mode of the volume of backstore `name`;
+    def set_sync(self, name: str, settings: Callable[[SyncSettings], SyncSettings]) -> dict:
+        """The admin's replication mode of the volume of backstore `name`, made from its
+        current one by ``settings`` (which may raise SyncSettingsError: nothing changed);
         its status entry with ``changed``, as `set_journal_paused`."""
-        return self._change(name, lambda backend: backend.set_sync(settings))
+        return self._change(name, lambda backend: backend.set_sync(
+            settings(backend.sync_settings())))
 
     def _change(self, name: str, change: Callable[[Backend], bool]) -> dict:
         with self._lock:

@@ -201,22 +201,26 @@ class SyncGate:
         if nudge is not None:
             nudge(seq)
         started = time.monotonic()
-        deadline = started + self._settings.fallback_s
+        recheck: float | None = None        # holding: when to look at the journal again
         with self._cond:
             while self._acked < seq and self._settings.mode is not SyncMode.ASYNC:
-                hold = self._settings.hold
-                if self._degraded_since is not None and not hold:
+                # Settings are read afresh on every wake-up: a shorter fallback, or hold
+                # switched off, applies to a write that already waits (configure notifies).
+                settings = self._settings
+                if self._degraded_since is not None and not settings.hold:
                     break                      # degraded meanwhile by another waiter
                 now = time.monotonic()
+                deadline = (recheck if settings.hold and recheck is not None
+                            else started + settings.fallback_s)
                 if now >= deadline:
                     if self._check_slot(seq):
                         break
-                    if not hold:
+                    if not settings.hold:
                         self._degrade(f"the DR did not acknowledge the {what} (seq {seq}) "
-                                      f"within {self._settings.fallback_s:.3g} s")
+                                      f"within {settings.fallback_s:.3g} s")
                         break
                     self._hold(seq, now - started)
-                    deadline = now + HOLD_RECHECK_S
+                    recheck = now + HOLD_RECHECK_S
                     continue
                 self._cond.wait(deadline - now)
             self._holding_since = None
@@ -239,7 +243,7 @@ class SyncGate:
     def _hold(self, seq: int, waited: float) -> None:
         if self._holding_since is None:
             self._holding_since = time.time()
-        log.warning("volume %s: holding writes for %.0f s: the DR has not acknowledged seq "
+        log.warning("volume %s: holding writes for %.1f s: the DR has not acknowledged seq "
                     "%d (hold is set: no fall-back to async)", self._name, waited, seq)
 
     def _degrade(self, why: str) -> None:

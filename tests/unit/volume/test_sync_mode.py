@@ -156,3 +156,18 @@ def test_settings_round_trip_through_the_bitmap_header(settings):
 
 def test_a_header_from_before_modes_reads_as_async():
     assert from_header(fmt.FLAG_JOURNAL_PAUSED, 0) == SyncSettings()
+
+
+def test_a_shorter_fallback_reaches_a_write_that_already_waits():
+    g, _, _ = gate("sync", 30.0)
+    threading.Timer(0.1, g.configure, (SyncSettings.parse("sync", 0.2),)).start()
+    assert timed(g.after_write, 1, durable=False) < 2.0
+    assert g.status()["effective"] == "sync-degraded"
+
+
+def test_hold_switched_off_releases_held_writes_at_once(monkeypatch):
+    monkeypatch.setattr("appliance.volume.sync_mode.HOLD_RECHECK_S", 30.0)
+    g, _, _ = gate("sync", 0.05, hold=True)
+    threading.Timer(0.3, g.configure, (SyncSettings.parse("sync", 0.05),)).start()
+    assert timed(g.after_write, 1, durable=False) < 2.0
+    assert g.status()["effective"] == "sync-degraded"

@@ -117,7 +117,8 @@ def test_set_sync_gates_completions_on_the_drs_acknowledgement_and_survives_a_re
             assert st["effective"] == "sync" and st["waits"] == 1 and st["fallbacks"] == 0
             assert tx.nudged == [2], tx.nudged           # the write's seq, at once
 
-            await ctl("set-sync", volume="vol1", mode="sync-on-flush", fallback_s=5)
+            kept = await ctl("set-sync", volume="vol1", mode="sync-on-flush")
+            assert (kept["sync"]["fallback_s"], kept["sync"]["hold"]) == (5.0, False), kept
             assert await asyncio.to_thread(timed, kernel, write10(16, 8), block) < ACK_DELAY_S
             assert await asyncio.to_thread(timed, kernel, SYNC_CACHE10) >= ACK_DELAY_S
             assert await asyncio.to_thread(
