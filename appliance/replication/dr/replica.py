@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 
 # Writes of at least this much go direct where they can (smaller ones are not worth it).
 DIRECT_MIN_BYTES = 64 * 1024
+# The most bytes of records whose before-images are saved with one fdatasync of the
+# retention log (a backlog of runs waiting for the mirror).
+RETAIN_BATCH_BYTES = 16 << 20
 
 
 class Replica(ReplicaResync):
@@ -121,6 +124,7 @@ class Replica(ReplicaResync):
         self._state = ReplicaState()        # state.json as last loaded or saved
         self._load_state()
         self._retention: RetentionLog | None = None
+        self._retained_to = 0       # the before-images up to this seq are saved and synced
         self._last_age_prune = 0.0
         if self.retention_settings.enabled and self.promoted is None:
             self._retention = self._open_retention(self.retention_settings)
@@ -393,7 +397,8 @@ class Replica(ReplicaResync):
                     for rec in run:
                         self._undo.save(self._mirror, rec.lba * bs, rec.nblocks * bs)
                     self._undo.sync()
-                self._retain(run)
+                if self._retention is not None and self._retained_to < run[-1].seq:
+                    self._retain_queued()
                 nbytes = apply_records(self._mirror, run, bs)
                 self._unsynced_bytes += nbytes
                 self._unapplied.popleft()
@@ -488,18 +493,28 @@ class Replica(ReplicaResync):
                             segment_bytes=segment_bytes_for(settings.retain_bytes),
                             roll_after_s=settings.retain_s / 16)
 
-    def _retain(self, run: list[WireRecord]) -> None:
-        """(Apply lock.) Save the run's before-images durably, before the mirror write."""
-        if self._retention is None:
-            return
+    def _retain_queued(self) -> None:
+        """(Apply lock.) Save the before-images of the runs queued for the mirror durably,
+        before any of them is written there: all the runs queued (up to RETAIN_BATCH_BYTES)
+        at once, so that a backlog costs one fdatasync of the log, not one per run."""
+        assert self._retention is not None
         if self.inconsistent_since is not None:
             # A resync's regions are no primary image: no window until it is consistent.
             if self._retention.newest is not None:
                 self._retention.clear()
+            self._retained_to = self._unapplied[-1][-1].seq
             return
+        batch: list[WireRecord] = []
+        size = 0
+        for run in self._unapplied:
+            if batch and size >= RETAIN_BATCH_BYTES:
+                break
+            batch.extend(run)
+            size += sum(rec.nblocks for rec in run) * self.spec.block_size
         self._retention.follow(self.applied_point())
-        self._retention.save(self._mirror, run, self.spec.block_size)
+        self._retention.save(self._mirror, batch, self.spec.block_size)
         self._retention.sync()
+        self._retained_to = batch[-1].seq
 
     def applied_point(self) -> Point:
         """The image the mirror holds: the seq applied and its primary timestamp (0 when
@@ -542,6 +557,7 @@ class Replica(ReplicaResync):
             self._state = dataclasses.replace(self._state, retain_s=settings.retain_s,
                                               retain_bytes=settings.retain_bytes)
             self._save_state()
+            self._retained_to = self.applied_seq
             if settings.enabled:
                 self._retention = self._open_retention(settings)
                 self.prune_retention()

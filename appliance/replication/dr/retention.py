@@ -532,6 +532,7 @@ def _before_images(mirror: Mirror, run: list[WireRecord], block_size: int,
     """(record, offset, old contents, last piece) for the run's records above ``skip_to``:
     the mirror's contents, with the bytes of earlier records of the run laid over them
     (the mirror does not hold those yet)."""
+    _read_ahead(mirror, [rec for rec in run if rec.seq > skip_to], block_size)
     touched: set[int] = set()
     earlier: list[WireRecord] = []
     for rec in run:
@@ -548,6 +549,19 @@ def _before_images(mirror: Mirror, run: list[WireRecord], block_size: int,
                 yield rec, start + rel, bytes(buf), rel + n == length
         touched.update(blocks)
         earlier.append(rec)
+
+
+def _read_ahead(mirror: Mirror, records: list[WireRecord], block_size: int) -> None:
+    """Ask the kernel for every range the batch overwrites at once, so that the disk reads
+    them in parallel rather than one random read after another (bench/retention: 2 to 4
+    times the apply rate of 4 KiB random writes whose old contents are not cached)."""
+    fileno = getattr(mirror, "fileno", None)
+    if fileno is None or len(records) < 2:
+        return
+    fd = fileno()
+    for rec in records:
+        os.posix_fadvise(fd, rec.lba * block_size, rec.nblocks * block_size,
+                         os.POSIX_FADV_WILLNEED)
 
 
 def _lay_over(buf: bytearray, at: int, records: list[WireRecord], block_size: int) -> None:

@@ -251,6 +251,8 @@ def test_read_summary_of_a_closed_log(tmp_path):
     log, _ = window(10, tmp_path, segment_bytes=2048)
     log.close()
     summary = retention.read_summary(tmp_path / "retention")
-    assert summary["oldest"] == {"seq": 0, "time": 1e-9}
-    assert summary["newest"] == {"seq": 10, "time": 10.0}
+    assert summary["oldest"] == {"seq": 0, "time": 1e-9,
+                                 "time_utc": "1970-01-01T00:00:00.000001Z"}
+    assert summary["newest"] == {"seq": 10, "time": 10.0,
+                                 "time_utc": "1970-01-01T00:00:10.000000Z"}
     assert summary["segments"] > 1

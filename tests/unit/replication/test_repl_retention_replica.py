@@ -211,3 +211,25 @@ def test_the_window_survives_a_crash_and_the_redo(tmp_path):
         r.recover(f"seq:{seq}")
         assert (tmp_path / str(VOL) / f"recovered-{seq}.img").read_bytes() == w.images[seq]
     r.close()
+
+
+def test_a_backlog_of_runs_is_saved_with_one_sync_and_every_point_is_exact(tmp_path,
+                                                                            monkeypatch):
+    """Runs committed faster than they are applied: their before-images (overlapping across
+    runs) are saved together before the first of them reaches the mirror."""
+    from appliance.replication.dr.retention import RetentionLog
+    r = Replica(cfg(tmp_path))
+    r.bind(HELLO, 0)
+    r.set_retention(RetentionSettings(3600, 0))
+    w = Workload()
+    syncs = []
+    real_sync = RetentionLog.sync
+    monkeypatch.setattr(RetentionLog, "sync", lambda self: (syncs.append(1), real_sync(self)))
+    for _ in range(4):
+        r.commit(w.run(6))
+    r.apply_pending()
+    assert r.applied_seq == 24 and len(syncs) == 1
+    for seq in (0, 5, 6, 13, 23):
+        r.recover(f"seq:{seq}")
+        assert (tmp_path / str(VOL) / f"recovered-{seq}.img").read_bytes() == w.images[seq]
+    r.close()
