@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
 from repl_harness import (
+    PY,
+    REPO,
     appliancectl,
     converge,
     image_after,
@@ -32,6 +35,11 @@ OPS = 1500
 
 def rx_call(pair, cmd: str, **args) -> dict:
     return appliancectl(pair.rx_control, "call", cmd, json.dumps(args))
+
+
+def dr_tool(config, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "appliance.replication.dr.dr_tool", "--config", str(config),
+                           *args], capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
 def window(pair, site) -> dict:
@@ -59,7 +67,7 @@ def check_image(path: Path, site, seq: int) -> None:
 def test_recover_points_of_the_window_by_seq_and_time_and_the_window_ages(pair):
     rng = random.Random(18)
     site = pair.site("site-a", blocks=4096)
-    pair.serve(site)
+    rx = pair.serve(site)
     vol = str(site.uuid)
     # Refused naming the key; then a window of RETAIN_S seconds, before the first contact.
     with pytest.raises(ControlError, match="retain_s='soon' does not parse"):
@@ -133,3 +141,21 @@ def test_recover_points_of_the_window_by_seq_and_time_and_the_window_ages(pair):
     assert f"to seq {OPS} (" in said and said.endswith("nothing changed")
     out = rx_call(pair, "recover", volume=vol, at=f"seq:{oldest['seq']}")
     check_image(Path(out["path"]), site, oldest["seq"])
+
+    # appliance-dr: refused while the receiver runs; with it stopped, the window from the
+    # files, a recovery, and retention turned off.
+    refused = dr_tool(pair.rx_config, "recover", vol, "--at", f"seq:{OPS - 1}")
+    assert refused.returncode == 1 and "the receiver is running" in refused.stderr, refused
+    rx.stop()
+    state = json.loads(dr_tool(pair.rx_config, "state").stdout)[0]["retention"]
+    assert state["enabled"] and state["retain_s"] == RETAIN_S, state
+    assert state["newest"]["seq"] == OPS and state["oldest"]["seq"] >= oldest["seq"], state
+    done = dr_tool(pair.rx_config, "recover", vol, "--at", f"seq:{OPS - 1}")
+    assert done.returncode == 0, done.stderr
+    assert "losetup --find --show --read-only" in done.stderr
+    check_image(Path(json.loads(done.stdout)["path"]), site, OPS - 1)
+    off = dr_tool(pair.rx_config, "retention", vol, "--retain", "none", "--max", "none")
+    assert off.returncode == 0, off.stderr
+    assert not (replica_dir / "retention").exists()
+    state = json.loads(dr_tool(pair.rx_config, "state").stdout)[0]["retention"]
+    assert state["enabled"] is False and state["oldest"] is None, state
