@@ -54,3 +54,17 @@ def test_the_table_shows_each_row_against_local_and_the_added_latencies(bench):
     assert bench.added(rows, "tls") == {"per_write_us": 2820.0, "per_flush_us": 3000.0}
     assert bench.percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.0
     assert bench.percentile([], 99) is None
+
+
+def test_rounds_report_medians_and_every_fall_back(bench):
+    first = {"sync (tls)": row(3000.0, 600.0, 4000, fallbacks=0, fell_back={})}
+    second = {"sync (tls)": row(2000.0, 500.0, 6000, fallbacks=1,
+                                fell_back={"qd1": {"fallbacks": 1, "reason": "no ACK"}})}
+    third = {"sync (tls)": row(2500.0, 900.0, 5000, fallbacks=0, fell_back={})}
+    merged = bench.median_rows([first, second, third])["sync (tls)"]
+    assert (merged["qd1_write_p50_us"], merged["qd1_flush_p50_us"]) == (2500.0, 600.0)
+    assert merged["qd32_iops"] == 5000 and merged["fallbacks"] == 1
+    assert merged["fell_back"] == {"round 2: qd1": {"fallbacks": 1, "reason": "no ACK"}}
+    assert bench.parse_args(["--rounds", "3"]).rounds == 3
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--rounds", "0"])
