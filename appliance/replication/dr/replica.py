@@ -125,6 +125,7 @@ class Replica(ReplicaResync):
         self._load_state()
         self._retention: RetentionLog | None = None
         self._retained_to = 0       # the before-images up to this seq are saved and synced
+        self.retention_error: str | None = None     # the last failure of the log, if any
         self._last_age_prune = 0.0
         if self.retention_settings.enabled and self.promoted is None:
             self._retention = self._open_retention(self.retention_settings)
@@ -511,9 +512,19 @@ class Replica(ReplicaResync):
                 break
             batch.extend(run)
             size += sum(rec.nblocks for rec in run) * self.spec.block_size
-        self._retention.follow(self.applied_point())
-        self._retention.save(self._mirror, batch, self.spec.block_size)
-        self._retention.sync()
+        try:
+            self._retention.follow(self.applied_point())
+            self._retention.save(self._mirror, batch, self.spec.block_size)
+            self._retention.sync()
+            self.retention_error = None
+        except OSError as err:
+            # Keeping up matters more than the window: give the window up (no point of it
+            # could be trusted now) and apply; the next batch tries to start one anew.
+            self._retention.clear()
+            self.retention_error = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {err}"
+            log.error("volume %s: the retention log failed (%s): the window is dropped and "
+                      "starts anew once it can be written; replication goes on",
+                      self.spec.uuid, err)
         self._retained_to = batch[-1].seq
 
     def applied_point(self) -> Point:
@@ -568,7 +579,7 @@ class Replica(ReplicaResync):
         """The settings and the recoverable range (oldest and newest seq and primary time)."""
         st = self.retention_settings
         out: dict = {**st.as_dict(), "enabled": st.enabled, "bytes": 0, "segments": 0,
-                     "oldest": None, "newest": None}
+                     "oldest": None, "newest": None, "error": self.retention_error}
         ret = self._retention
         if ret is None or self.inconsistent_since is not None or self.journal is None:
             return out

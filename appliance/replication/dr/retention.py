@@ -32,6 +32,7 @@ restart, before any record was applied).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import struct
@@ -243,27 +244,34 @@ class RetentionLog:
 
     def save(self, mirror: Mirror, run: list[WireRecord], block_size: int) -> int:
         """Append the before-images of the run's records not saved yet (not synced: call
-        ``sync`` before the mirror is written). Returns the bytes of data saved."""
-        saved = 0
+        ``sync`` before the mirror is written). Returns the bytes of data saved. The old
+        contents are read without the lock (readers such as ``status`` never wait for the
+        disk); each entry is appended under it."""
         with self._lock:
             if self._newest is None:
                 raise RetentionError(f"retention log {self.dir} has no window (follow first)")
-            skip_to = self._newest.seq
-            for rec, offset, data, is_last in _before_images(mirror, run, block_size, skip_to):
-                if rec.seq != self._newest.seq + 1 and offset == rec.lba * block_size:
-                    raise RetentionError(f"retention log {self.dir}: record {rec.seq} does not "
-                                         f"follow seq {self._newest.seq}")
-                self._maybe_roll(offset == rec.lba * block_size)
-                flags = LAST_PIECE if is_last else 0
-                fields = _ENTRY.pack(_ENTRY_MAGIC, flags, rec.seq, rec.timestamp_ns, offset,
-                                     len(data), 0)[:-4]
-                crc = crc32c(fields + data)
-                os.writev(self._fd, [fields, struct.pack("<I", crc), data])
+            newest = self._newest
+        saved = 0
+        for rec, offset, data, is_last in _before_images(mirror, run, block_size, newest.seq):
+            first = offset == rec.lba * block_size
+            if first and rec.seq != newest.seq + 1:
+                raise RetentionError(f"retention log {self.dir}: record {rec.seq} does not "
+                                     f"follow seq {newest.seq}")
+            fields = _ENTRY.pack(_ENTRY_MAGIC, LAST_PIECE if is_last else 0, rec.seq,
+                                 rec.timestamp_ns, offset, len(data), 0)[:-4]
+            crc = struct.pack("<I", crc32c(fields + data))
+            with self._lock:
+                self._maybe_roll(first)
+                wrote = os.writev(self._fd, [fields, crc, data])
+                if wrote != _ENTRY.size + len(data):   # (a full disk): never half an entry
+                    os.ftruncate(self._fd, self._segments[-1].size)
+                    raise OSError(errno.ENOSPC, f"retention log {self._segments[-1].path}: "
+                                                f"short write ({wrote} bytes)")
                 self._segments[-1].size += _ENTRY.size + len(data)
-                saved += len(data)
                 self._pending = True
                 if is_last:
-                    self._newest = Point(rec.seq, rec.timestamp_ns)
+                    newest = self._newest = Point(rec.seq, rec.timestamp_ns)
+            saved += len(data)
         return saved
 
     def _maybe_roll(self, record_start: bool) -> None:

@@ -233,3 +233,31 @@ def test_a_backlog_of_runs_is_saved_with_one_sync_and_every_point_is_exact(tmp_p
         r.recover(f"seq:{seq}")
         assert (tmp_path / str(VOL) / f"recovered-{seq}.img").read_bytes() == w.images[seq]
     r.close()
+
+
+def test_a_retention_log_that_cannot_be_written_drops_the_window_not_replication(
+        tmp_path, monkeypatch):
+    import errno
+
+    from appliance.replication.dr.retention import RetentionLog
+    r = Replica(cfg(tmp_path))
+    r.bind(HELLO, 0)
+    r.set_retention(RetentionSettings(3600, 0))
+    w = Workload()
+    feed(r, w, 2)
+    real_save = RetentionLog.save
+
+    def full(self, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(RetentionLog, "save", full)
+    feed(r, w, 2)
+    assert r.applied_seq == 20 and r.read_mirror(0, BLOCKS * 512) == w.images[20]
+    st = r.status()["retention"]
+    assert st["oldest"] is None and "No space left on device" in st["error"]
+    monkeypatch.setattr(RetentionLog, "save", real_save)
+    feed(r, w, 2)                           # the disk has room again: a new window
+    st = r.status()["retention"]
+    assert st["oldest"]["seq"] == 20 and st["newest"]["seq"] == 30 and st["error"] is None
+    r.recover("seq:25")
+    assert (tmp_path / str(VOL) / "recovered-25.img").read_bytes() == w.images[25]
+    r.close()
