@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from appliance import compiled
 from vmlab import appliance as ap
 from vmlab.machine import Machine, MachineSpec, kvm_usable
 
@@ -71,6 +72,14 @@ def test_handler_checksums_with_the_faster_crc32c_of_this_cpu(appliance):
     ready = appliance.run(f"journalctl -u {HANDLER_UNIT} -o cat --no-pager | "
                           "grep -E 'ready .* after exec' | tail -1", check=False).text
     assert f"(CRC32C: {expected})" in ready, ready
+
+
+def test_handler_runs_the_compiled_hot_path_the_image_built(appliance):
+    # The image compiles the hot modules against its own Python (docs/compiled.md): every
+    # one of them must have been imported compiled, none left interpreted.
+    ready = appliance.run(f"journalctl -u {HANDLER_UNIT} -o cat --no-pager | "
+                          "grep -E 'ready .* after exec' | tail -1", check=False).text
+    assert f"hot path compiled ({len(compiled.HOT_MODULES)} modules)" in ready, ready
 
 
 @pytest.mark.parametrize(("cfgstring", "message"), [

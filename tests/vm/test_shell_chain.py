@@ -17,6 +17,10 @@ create``, ``saveconfig``; the host logs in with CHAP, makes ext4 and writes file
 - every bad input of issue 15 item 7 is refused, naming what to fix, with nothing changed; a
   wrong fingerprint is refused by each side's pairing;
 - pause (the DR is behind while paused), discard (needs a resync), resume (converges);
+- issue 17: ``set sync mode=sync`` from the shell: the host's synced writes wait for the DR;
+  with the DR's receiver stopped they stall once for the fall-back time, the volume says
+  ``sync-degraded`` (status text, the SyncDegraded alert) and returns to ``sync`` by itself once
+  the receiver is back; ``sync-on-flush`` is left set and survives the reboot below;
 - ``saveconfig``, both appliances rebooted: replication resumes with no other step;
 - last, the demo's ``--check`` failover: the DR replica promoted through targetcli, served on
   a target of the DR, mounted by the host with every file intact.
@@ -323,6 +327,59 @@ def test_journal_pause_and_resume(chain):
     assert "LoggingToBitmap" not in rp.shell_status(primary)
 
 
+HANDLER_SOCK = "/run/appliance-handler/handler.sock"
+
+
+def handler_sync(machine: Machine) -> dict:
+    """The handler's sync status of the volume (its mode, effective mode and waits)."""
+    status = json.loads(machine.run(["appliancectl", "--socket", HANDLER_SOCK, "status",
+                                     "--json"]).text)
+    return status["volumes"][VOLUME]["sync"]
+
+
+def test_sync_mode_falls_back_when_the_dr_is_gone_and_returns(chain):
+    primary, dr, host = chain.primary, chain.dr, chain.host
+    node = f"/replication/volumes/{VOLUME}"
+    demo.shell(primary, [f"{node} set sync mode=sync fallback=5s"], say)
+    before = handler_sync(primary)
+    assert before["mode"] == "sync" and before["fallback_s"] == 5.0, before
+    demo.write_files(host, "sync", 3)
+    chain.files_written += 3
+    during = handler_sync(primary)
+    say(f"handler in sync mode after the host's writes: {during}")
+    assert during["effective"] == "sync" and during["waits"] > before["waits"], during
+    assert during["fallbacks"] == before["fallbacks"], during
+    text = rp.shell_status(primary)
+    assert "mode:sync" in text and "sync-degraded" not in text, text
+
+    dr.run("systemctl stop appliance-receiver", timeout=120)
+    t0 = time.monotonic()
+    demo.write_files(host, "sync-dr-gone", 2)
+    chain.files_written += 2
+    stalled = time.monotonic() - t0
+    degraded = rp.wait_for("the volume saying sync-degraded with the DR's receiver stopped",
+                           lambda: (st := handler_sync(primary))["effective"] == "sync-degraded"
+                           and st, 60, detail=lambda: rp.shell_status(primary))
+    say(f"DR gone: the host's writes took {stalled:.1f} s; {degraded}")
+    assert degraded["fallbacks"] == before["fallbacks"] + 1, degraded
+    text = rp.wait_for("SyncDegraded in targetcli /replication status",
+                       lambda: "SyncDegraded" in (t := rp.shell_status(primary)) and t, 60,
+                       detail=lambda: rp.shell_status(primary))
+    say(f"primary while degraded:\n{text}")
+    assert "sync-degraded" in text, text
+
+    dr.run("systemctl start appliance-receiver", timeout=120)
+    rp.wait_for("sync again once the DR caught up",
+                lambda: handler_sync(primary)["effective"] == "sync", 180,
+                detail=lambda: rp.shell_status(primary))
+    done = demo.converge(chain, say)
+    assert "in-sync" in done.primary_status and "sync-degraded" not in done.primary_status, \
+        done.primary_status
+    # Left set for the reboot test: the handler keeps it across the reboot.
+    demo.shell(primary, [f"{node} set sync mode=sync-on-flush fallback=10s"], say)
+    assert handler_sync(primary)["mode"] == "sync-on-flush"
+
+
 # --------------------------------------------------------------------------- persistence
 
 
@@ -356,6 +413,7 @@ def test_saveconfig_reboot_both_and_replication_resumes(chain):
     chain.files_written += 6
     done = demo.converge(chain, say)
     say(f"after the reboot of both appliances: converged in {done.seconds:.0f} s")
+    assert handler_sync(primary)["mode"] == "sync-on-flush", handler_sync(primary)
     for machine in (primary, dr):       # the saved monitoring settings came back with them
         fams = mon.families(mon.scrape(machine))
         assert mon.sample(fams, "appliance_build_info") == 1.0, sorted(fams)
