@@ -172,8 +172,8 @@ def recover_image(replica: Replica, at: str, out_dir: Path) -> dict:
 def _check_window(replica: Replica, ret, epoch: int) -> None:
     if replica._retention is not ret or ret.epoch != epoch:
         raise ReplicaError(f"volume {replica.spec.uuid}: the retention window started anew "
-                           f"during the recovery (a resync, a resize, or retention was set "
-                           f"again): recover again")
+                           f"during the recovery (a resync, a resize, or retention turned "
+                           f"off): recover again")
 
 
 def _copy(mirror: Path, fd: int, size: int) -> None:

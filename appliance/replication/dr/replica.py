@@ -58,6 +58,7 @@ from appliance.replication.dr.replica_state import (
     promotion_refusal,
 )
 from appliance.replication.dr.retention import (
+    SEGMENTS_PER_WINDOW,
     Point,
     RetentionLog,
     segment_bytes_for,
@@ -492,7 +493,7 @@ class Replica(ReplicaResync):
         # retain_s), so that pruning keeps the window within about 1/16 of what was set.
         return RetentionLog(self.cfg.paths.state.parent / "retention",
                             segment_bytes=segment_bytes_for(settings.retain_bytes),
-                            roll_after_s=settings.retain_s / 16)
+                            roll_after_s=settings.retain_s / SEGMENTS_PER_WINDOW)
 
     def _retain_queued(self) -> None:
         """(Apply lock.) Save the before-images of the runs queued for the mirror durably,
@@ -560,18 +561,21 @@ class Replica(ReplicaResync):
             if self.promoted is not None and settings.enabled:
                 raise ReplicaError(f"volume {self.spec.uuid} is promoted (served as a primary "
                                    f"here): no retention window on a primary's LUN")
-            if self._retention is not None:
-                self._retention.close()
-                if not settings.enabled:
-                    self._retention.remove()
+            if self._retention is not None and not settings.enabled:
+                self._retention.remove()
                 self._retention = None
             self._state = dataclasses.replace(self._state, retain_s=settings.retain_s,
                                               retain_bytes=settings.retain_bytes)
             self._save_state()
-            self._retained_to = self.applied_seq
-            if settings.enabled:
+            if settings.enabled and self._retention is None:
+                self._retained_to = self.applied_seq
                 self._retention = self._open_retention(settings)
-                self.prune_retention()
+            elif settings.enabled:
+                # The same window goes on (a recovery under way keeps its pin): only its
+                # segment sizes follow the new settings.
+                self._retention.segment_bytes = segment_bytes_for(settings.retain_bytes)
+                self._retention.roll_after_s = settings.retain_s / SEGMENTS_PER_WINDOW
+            self.prune_retention()
             log.warning("volume %s: retention %s", self.spec.uuid, settings.describe())
             return self.retention_status()
 

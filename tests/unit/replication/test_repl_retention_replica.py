@@ -261,3 +261,23 @@ def test_a_retention_log_that_cannot_be_written_drops_the_window_not_replication
     r.recover("seq:25")
     assert (tmp_path / str(VOL) / "recovered-25.img").read_bytes() == w.images[25]
     r.close()
+
+
+def test_changing_the_settings_keeps_the_window_and_a_shorter_one_prunes_it(tmp_path):
+    r = Replica(cfg(tmp_path))
+    r.bind(HELLO, 0)
+    r.set_retention(RetentionSettings(0, 4 << 20))      # segments of 1 MiB
+    w = Workload()
+    feed(r, w, 100, per_run=10)                         # about 2.3 MiB of before-images
+    before = r.status()["retention"]
+    assert before["oldest"]["seq"] == 0 and before["segments"] >= 2
+    ret = r._retention
+    month = 30 * 86400                  # (the workload is stamped a few days ago)
+    after = r.set_retention(RetentionSettings(month, 0))     # by age now: nothing to prune
+    assert r._retention is ret and after["oldest"] == before["oldest"]
+    after = r.set_retention(RetentionSettings(month, 1 << 20))
+    assert after["oldest"]["seq"] > 0 and after["bytes"] <= 1 << 20
+    r.recover(f"seq:{after['oldest']['seq']}")
+    assert (tmp_path / str(VOL) / f"recovered-{after['oldest']['seq']}.img").read_bytes() == \
+        w.images[after["oldest"]["seq"]]
+    r.close()
