@@ -111,7 +111,7 @@ class Receiver(ReceiverAdmin):
             return {**(slot.snapshot or {}), "link": slot.link.as_dict(), "busy": slot.busy}
         replica = slot.replica.status()
         return {**replica, "name": slot.name, "provisioned": slot.provisioned is not None,
-                "busy": None, "link": slot.link.as_dict(),
+                "busy": None, "recovering": slot.recovering, "link": slot.link.as_dict(),
                 **dr_sync_status(replica, slot.link.state, slot.link.state_since,
                                  slot.primary_report, stale_after_s=self.report_stale_after_s)}
 

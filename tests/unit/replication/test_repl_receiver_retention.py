@@ -86,6 +86,7 @@ def test_operations_wait_for_a_recover_in_progress(tmp_path, monkeypatch):
             replica.apply_pending()
         job = asyncio.create_task(ctl(rx, "recover", volume=str(A), at="seq:1"))
         await asyncio.to_thread(copying.wait, 10)
+        assert (await ctl(rx, "status"))["volumes"][str(A)]["recovering"] == "seq:1"
         with pytest.raises(ControlError, match="a recover at seq:1 is copying its mirror"):
             await ctl(rx, "promote", volume=str(A))
         with pytest.raises(ControlError, match="a recover at seq:1 is running; one at a time"):
@@ -96,5 +97,6 @@ def test_operations_wait_for_a_recover_in_progress(tmp_path, monkeypatch):
         with open(out["path"], "rb") as f:
             image = f.read()
         assert image[512:1024] == b"\x01" * 512 and image[1024:2048] == bytes(1024)
-        assert (await ctl(rx, "status"))["volumes"][str(A)]["state"] == "consistent"
+        st = (await ctl(rx, "status"))["volumes"][str(A)]
+        assert st["state"] == "consistent" and st["recovering"] is None
     run(tmp_path, body)
