@@ -7,7 +7,6 @@ mode survives a handler restart, and bad settings are refused with nothing chang
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import struct
 import threading
@@ -15,15 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_daemon_assembly import _fake_system
-from test_journal_pause import _run_handler
+from one_volume_handler import one_volume
 
 from appliance.control import sync_events
 from appliance.control.client import ControlError, call
-from appliance.tcmu import cfgstring
 from appliance.tcmu.daemon import HandlerDaemon
-from appliance.tcmu.sim import SimConfig, SimKernel
-from appliance.volume.identity import mirror_volume_uuid
+from appliance.tcmu.sim import SimKernel
 
 pytestmark = pytest.mark.integration
 
@@ -72,18 +68,12 @@ def timed(kernel: SimKernel, cdb: bytes, data: bytes = b"") -> float:
 
 def test_set_sync_gates_completions_on_the_drs_acknowledgement_and_survives_a_restart(
         tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    cfg = f"mirror/mirror={data_dir}/m.img;journal={data_dir}/j.jnl;journal_size=64M"
-    config = dataclasses.replace(_fake_system(tmp_path, cfg),
-                                 control_socket=tmp_path / "handler.sock")
-    ring = tmp_path / "ring"
-    kernel = SimKernel(ring, SimConfig(ring_bytes=1 << 20, data_blocks=256))
-    vol_uuid = mirror_volume_uuid(cfgstring.parse_config(cfg).mirror)
+    vol1 = one_volume(tmp_path)
+    kernel, vol_uuid = vol1.kernel, vol1.volume_uuid
     block = os.urandom(4096)
 
     async def ctl(cmd: str, **args) -> dict:
-        return await asyncio.to_thread(call, config.control_socket, cmd, args)
+        return await asyncio.to_thread(call, vol1.socket, cmd, args)
 
     async def sync_status() -> dict:
         return (await ctl("status"))["volumes"]["vol1"]["sync"]
@@ -143,7 +133,7 @@ def test_set_sync_gates_completions_on_the_drs_acknowledgement_and_survives_a_re
                           hold=True))["changed"] is False
 
     try:
-        _run_handler(config, ring, first_life)
-        _run_handler(config, ring, second_life)
+        vol1.run(first_life)
+        vol1.run(second_life)
     finally:
         kernel.close()

@@ -5,19 +5,17 @@ class, one latency sample per command; a handler restart (a new open) starts at 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import struct
 from pathlib import Path
 
 import pytest
-from test_daemon_assembly import _fake_system
-from test_journal_pause import _run_handler
+from one_volume_handler import one_volume
 
 from appliance.control.client import call
 from appliance.tcmu.daemon import HandlerDaemon
 from appliance.tcmu.io_stats import LATENCY_BOUNDS_S
-from appliance.tcmu.sim import SimConfig, SimKernel
+from appliance.tcmu.sim import SimKernel
 
 pytestmark = pytest.mark.integration
 
@@ -67,13 +65,8 @@ def _caw(kernel: SimKernel) -> tuple[str, bytes, bytes, int]:
 
 
 def test_status_io_counts_a_known_workload_exactly(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    cfg = f"mirror/mirror={data_dir}/m.img;journal={data_dir}/j.jnl;journal_size=64M"
-    config = dataclasses.replace(_fake_system(tmp_path, cfg),
-                                 control_socket=tmp_path / "handler.sock")
-    ring = tmp_path / "ring"
-    kernel = SimKernel(ring, SimConfig(ring_bytes=1 << 20, data_blocks=1024))
+    vol1 = one_volume(tmp_path, data_blocks=1024)
+    kernel = vol1.kernel
     commands = [*workload(), _caw(kernel)]
     statuses: dict[str, dict] = {}
 
@@ -89,19 +82,19 @@ def test_status_io_counts_a_known_workload_exactly(tmp_path: Path) -> None:
             assert res.status == 0, f"{kind} {cdb.hex()} failed: {res.status:#x} {res.sense!r}"
 
     async def first_life(daemon: HandlerDaemon) -> None:
-        statuses["before"] = await asyncio.to_thread(call, config.control_socket, "status")
+        statuses["before"] = await asyncio.to_thread(call, vol1.socket, "status")
         await asyncio.to_thread(send_all)
-        statuses["after"] = await asyncio.to_thread(call, config.control_socket, "status")
+        statuses["after"] = await asyncio.to_thread(call, vol1.socket, "status")
 
     async def second_life(daemon: HandlerDaemon) -> None:
         (res,) = await asyncio.to_thread(kernel.wait_for, [kernel.submit(rw(0x28, 0, 4), b"",
                                                                           4 * BS)])
         assert res.status == 0
-        statuses["restarted"] = await asyncio.to_thread(call, config.control_socket, "status")
+        statuses["restarted"] = await asyncio.to_thread(call, vol1.socket, "status")
 
     try:
-        _run_handler(config, ring, first_life)
-        _run_handler(config, ring, second_life)
+        vol1.run(first_life)
+        vol1.run(second_life)
     finally:
         kernel.close()
 

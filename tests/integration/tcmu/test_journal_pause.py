@@ -6,25 +6,21 @@ end it, and after resume-journal the volume journals again once the resync has s
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from test_daemon_assembly import _fake_system
+from one_volume_handler import one_volume
 
 from appliance.control.client import ControlError, call
 from appliance.journal import JournalReader
 from appliance.storage import open_file
 from appliance.tcmu import cfgstring
-from appliance.tcmu.daemon import HandlerConfig, HandlerDaemon, control_server
-from appliance.tcmu.sim import SimConfig, SimKernel
-from appliance.tcmu.sim_uio import SimUio
+from appliance.tcmu.daemon import HandlerDaemon
+from appliance.tcmu.sim import SimKernel
 from appliance.volume import ResyncSource
-from appliance.volume.identity import mirror_volume_uuid
 
 pytestmark = pytest.mark.integration
 
@@ -38,38 +34,10 @@ def _write(kernel: SimKernel, lba: int, data: bytes) -> None:
     assert result.status == 0, f"WRITE at {lba} failed: status {result.status:#x}"
 
 
-def _run_handler(config: HandlerConfig, ring: Path,
-                 body: Callable[[HandlerDaemon], Awaitable[None]]) -> None:
-    """One life of the handler: start it and its control socket, run `body`, stop both."""
-    daemon = HandlerDaemon(config, open_transport=lambda minor, name: SimUio(ring))
-
-    async def life() -> None:
-        await daemon.start()
-        control = control_server(daemon)
-        await control.start()
-        try:
-            await body(daemon)
-        finally:
-            await control.close()
-
-    try:
-        asyncio.run(life())
-    finally:
-        daemon.shutdown()
-
-
 def test_pause_journal_survives_a_restart_beats_the_resync_and_resume_journals_again(
         tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    cfg = f"mirror/mirror={data_dir}/m.img;journal={data_dir}/j.jnl;journal_size=64M"
-    mirror_cfg = cfgstring.parse_config(cfg)
-    config = dataclasses.replace(_fake_system(tmp_path, cfg),
-                                 control_socket=tmp_path / "handler.sock")
-    sock = config.control_socket
-    ring = tmp_path / "ring"
-    kernel = SimKernel(ring, SimConfig(ring_bytes=1 << 20, data_blocks=256))
-    vol_uuid = mirror_volume_uuid(mirror_cfg.mirror)
+    vol1 = one_volume(tmp_path)
+    mirror_cfg, kernel, sock, vol_uuid = vol1.mirror, vol1.kernel, vol1.socket, vol1.volume_uuid
     paused_data = {2048: os.urandom(4096), 4096: os.urandom(8192)}    # chunks 16 and 32
 
     async def ctl(cmd: str, **args) -> dict:
@@ -141,7 +109,7 @@ def test_pause_journal_survives_a_restart_beats_the_resync_and_resume_journals_a
         assert (await volume_status())["journal"]["next_seq"] == 3, "resume did not journal"
 
     try:
-        _run_handler(config, ring, first_life)
+        vol1.run(first_life)
         mirror = Path(mirror_cfg.mirror).read_bytes()
         for lba, data in paused_data.items():
             assert mirror[lba * 512:lba * 512 + len(data)] == data, f"write at {lba} lost"
@@ -149,7 +117,7 @@ def test_pause_journal_survives_a_restart_beats_the_resync_and_resume_journals_a
             snap = ResyncSource(io).snapshot()
         assert snap.runs == ((2048 * 512 // CHUNK, 1), (4096 * 512 // CHUNK, 1))
         assert snap.journal_paused and snap.logging_reason == "paused by admin"
-        _run_handler(config, ring, second_life)           # the restart: still paused
+        vol1.run(second_life)           # the restart: still paused
     finally:
         kernel.close()
 

@@ -9,19 +9,16 @@ classes over a fake rtslib tree) with the real control-socket client."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import pytest
 from configshell_fb import ExecutionError
-from test_daemon_assembly import _fake_system
-from test_journal_pause import _run_handler
+from one_volume_handler import one_volume
 
 from appliance.control.client import call
 from appliance.tcmu.daemon import HandlerDaemon
-from appliance.tcmu.sim import SimConfig, SimKernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit" / "targetcli"))
 
@@ -45,19 +42,14 @@ def write_site(state_dir: Path) -> None:
 
 def test_set_sync_through_the_shell_reaches_the_handler_and_survives_its_restart(
         tmp_path: Path, request) -> None:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    cfg = f"mirror/mirror={data_dir}/m.img;journal={data_dir}/j.jnl;journal_size=64M"
-    config = dataclasses.replace(_fake_system(tmp_path, cfg),
-                                 control_socket=tmp_path / "handler.sock")
-    ring = tmp_path / "ring"
-    kernel = SimKernel(ring, SimConfig(ring_bytes=1 << 20, data_blocks=256))
+    vol1 = one_volume(tmp_path)
+    kernel = vol1.kernel
     write_site(tmp_path / "replication")
     sh = request.getfixturevalue("make_shell")(calls=call)    # the real client
-    assert Path(sh.ctx.config.sockets.handler) == config.control_socket
+    assert Path(sh.ctx.config.sockets.handler) == vol1.socket
 
     def handler_sync() -> dict:
-        return call(config.control_socket, "status", {})["volumes"]["vol1"]["sync"]
+        return call(vol1.socket, "status", {})["volumes"]["vol1"]["sync"]
 
     def shell(cmdline: str) -> str:
         return sh.run(cmdline)
@@ -94,8 +86,8 @@ def test_set_sync_through_the_shell_reaches_the_handler_and_survives_its_restart
         assert (now["mode"], now["fallback_s"]) == ("async", 2.0), now
 
     try:
-        _run_handler(config, ring, first_life)
-        _run_handler(config, ring, second_life)         # the bitmap header kept it
+        vol1.run(first_life)
+        vol1.run(second_life)         # the bitmap header kept it
     finally:
         kernel.close()
     msg = refusal(f"{VOL} set sync mode=sync")            # no handler runs now
