@@ -12,7 +12,7 @@ import logging
 from enum import IntEnum
 
 from appliance.scsi.command import ScsiResult, Status
-from appliance.volume import InvalidRequest, MediumError
+from appliance.volume import InvalidRequest, MediumError, SyncAborted
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,11 @@ def result_for_exception(exc: BaseException, cdb: bytes = b"") -> ScsiResult:
         # SPC-4 annex D: 11/00 for a failed read, 0C/00 for a failed write.
         err = unrecovered_read_error() if exc.kind == "read" else write_error()
         log.warning("medium error in %s: %s", what, exc)
+    elif isinstance(exc, SyncAborted):
+        # ABORTED COMMAND, I/O PROCESS TERMINATED (SPC-4 annex D: 00/06): retried by the
+        # host (Linux scsi_check_sense: NEEDS_RETRY), then by the restarted handler.
+        err = ScsiError(SenseKey.ABORTED_COMMAND, 0x00, 0x06, str(exc))
+        log.warning("%s released: %s", what, exc)
     elif isinstance(exc, InvalidRequest):
         # We range-check before calling the Volume, so this means the volume shrank under
         # us (a resize racing the command): the LBA is out of range now.

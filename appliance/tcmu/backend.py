@@ -102,6 +102,10 @@ class VolumeBackend:
                 "peer_holds_everything": not_acked == 0 and dirty == 0
                 and st["state"] == "journaling"}
 
+    def stopping(self) -> None:
+        """The device loop stops: release writes waiting for the DR (SyncAborted)."""
+        self.volume.sync.close()
+
     def close(self) -> None:
         if self.acks is not None:
             self.acks.stop()

@@ -6,6 +6,7 @@ from appliance.volume.errors import (
     BitmapError,
     MediumError,
     NoSpaceError,
+    SyncAborted,
     VolumeConfigError,
     VolumeError,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "Volume",
     "VolumeConfig",
     "NoSpaceError",
+    "SyncAborted",
     "VolumeConfigError",
     "VolumeError",
     "WriteOp",

@@ -28,3 +28,9 @@ class MediumError(VolumeError):
             raise ValueError(f"MediumError kind must be 'read' or 'write', not {kind!r}")
         super().__init__(message)
         self.kind = kind
+
+
+class SyncAborted(VolumeError):
+    """A write waiting for the DR (a synchronous mode) was released because its device stops:
+    it is local, not known durable at the DR, so it must not complete as GOOD; the host
+    retries it (docs/volume.md, "Synchronous modes")."""

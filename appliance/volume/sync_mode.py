@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from appliance.volume import bitmap_format as fmt
+from appliance.volume.errors import SyncAborted
 
 log = logging.getLogger("appliance.volume")
 
@@ -119,6 +120,15 @@ class SyncGate:
         self._wait_seconds = 0.0
         self._max_wait_s = 0.0
         self._fallbacks = 0
+        self._closed = False
+
+    def close(self) -> None:
+        """The device stops: writes waiting now, and any after, fail with SyncAborted (they
+        are not known durable at the DR; the host retries them), so no loop thread outlives
+        its device waiting for an acknowledgement."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     # -- wiring ---------------------------------------------------------------------------
     def set_nudge(self, nudge: Callable[[int], None] | None) -> None:
@@ -189,6 +199,9 @@ class SyncGate:
 
     def _await(self, seq: int | None, what: str) -> None:
         with self._cond:
+            if self._closed:
+                raise SyncAborted(f"the device stops: {what} (seq {seq}) not acknowledged by "
+                                  "the DR")
             if seq is None:
                 self._degrade("the volume logs writes to the dirty bitmap (the DR gets them "
                               "only with the resync)")
@@ -204,6 +217,9 @@ class SyncGate:
         recheck: float | None = None        # holding: when to look at the journal again
         with self._cond:
             while self._acked < seq and self._settings.mode is not SyncMode.ASYNC:
+                if self._closed:
+                    raise SyncAborted(f"the device stops: {what} (seq {seq}) not "
+                                      "acknowledged by the DR")
                 # Settings are read afresh on every wake-up: a shorter fallback, or hold
                 # switched off, applies to a write that already waits (configure notifies).
                 settings = self._settings

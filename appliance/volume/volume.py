@@ -109,6 +109,7 @@ class Volume:
                 self._applier.checkpoint_end(mark)
 
     def close(self) -> None:
+        self.sync.close()             # nothing may wait for the DR on a closed volume
         if self._ticker is not None:
             self._ticker.stop()
         with self._lock:

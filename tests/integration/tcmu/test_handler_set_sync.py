@@ -125,15 +125,30 @@ def test_set_sync_gates_completions_on_the_drs_acknowledgement_and_survives_a_re
         assert await asyncio.to_thread(timed, kernel, write10(40, 8), block) < 0.5
         await ctl("set-sync", volume="vol1", mode="sync-on-flush", fallback_s=2.5, hold=True)
 
+    held: list[int] = []
+
     async def second_life(daemon: HandlerDaemon) -> None:
         st = await sync_status()
         assert (st["mode"], st["fallback_s"], st["hold"]) == ("sync-on-flush", 2.5, True), st
         assert st["effective"] == "sync-on-flush"
         assert (await ctl("set-sync", volume="vol1", mode="sync-on-flush", fallback_s=2.5,
                           hold=True))["changed"] is False
+        # A FUA write held for a DR that never answers, then the handler stops.
+        held.append(kernel.submit(write10(48, 8, fua=True), block))
+        deadline = time.monotonic() + 10
+        while (await sync_status())["holding_since"] is None:
+            assert time.monotonic() < deadline, "the write was never held"
+            await asyncio.sleep(0.05)
 
     try:
         vol1.run(first_life)
+        started = time.monotonic()
         vol1.run(second_life)
+        # The stop released it, as ABORTED COMMAND / I/O PROCESS TERMINATED (the host
+        # retries), never as GOOD: the DR does not hold it.
+        assert time.monotonic() - started < 20
+        result = kernel.wait_for(held, timeout=5)[0]
+        assert result.status == 0x02, result
+        assert (result.sense[2] & 0x0F, result.sense[12], result.sense[13]) == (0x0B, 0, 6)
     finally:
         kernel.close()

@@ -51,6 +51,9 @@ class FakeBackend:
     def set_write_cache(self, enabled: bool) -> None:
         self.log.append(f"wce={int(enabled)}")
 
+    def stopping(self) -> None:
+        self.log.append("backend stopping")
+
     def close(self) -> None:
         self.log.append("backend closed")
 

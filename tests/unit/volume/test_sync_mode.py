@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from appliance.volume import SyncAborted
 from appliance.volume import bitmap_format as fmt
 from appliance.volume.sync_mode import (
     SyncGate,
@@ -171,3 +172,14 @@ def test_hold_switched_off_releases_held_writes_at_once(monkeypatch):
     threading.Timer(0.3, g.configure, (SyncSettings.parse("sync", 0.05),)).start()
     assert timed(g.after_write, 1, durable=False) < 2.0
     assert g.status()["effective"] == "sync-degraded"
+
+
+def test_closing_releases_a_held_write_with_an_error_never_as_done():
+    g, _, _ = gate("sync", 0.05, hold=True)
+    threading.Timer(0.2, g.close).start()
+    started = time.monotonic()
+    with pytest.raises(SyncAborted, match=r"device stops: write \(seq 1\)"):
+        g.after_write(1, durable=False)
+    assert time.monotonic() - started < 2.0
+    with pytest.raises(SyncAborted):
+        g.after_flush(1)
