@@ -47,9 +47,11 @@ class Promotion:
     former_primary: str | None
     mirror: Path             # serve this through a user:mirror backstore, with a NEW journal
     time: float
+    at_time: float | None = None    # the primary's clock at at_seq (None: not known)
 
     def as_dict(self) -> dict:
         return {"volume": str(self.volume_uuid), "promoted_at_seq": self.at_seq,
+                "promoted_at_time": self.at_time,
                 "generation": self.generation, "former_primary": self.former_primary,
                 "mirror": str(self.mirror), "time": self.time}
 
@@ -69,7 +71,7 @@ def promote(cfg: ReplicaConfig) -> Promotion:
             replica.close()
     _set_journal_aside(cfg, mark.at_seq)
     return Promotion(cfg.spec.uuid, mark.at_seq, mark.generation, mark.former_primary,
-                     cfg.paths.mirror, mark.time)
+                     cfg.paths.mirror, mark.time, mark.at_time)
 
 
 def check_promote(cfg: ReplicaConfig) -> ReplicaState:

@@ -43,7 +43,7 @@ from collections import deque
 from pathlib import Path
 
 from appliance import storage
-from appliance.journal import Journal, JournalFull, JournalReader
+from appliance.journal import Journal, JournalError, JournalFull, JournalReader
 from appliance.journal.resize import set_volume_blocks
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.dr.apply import apply_records, check_record
@@ -620,18 +620,35 @@ class Replica(ReplicaResync):
                                        image_seq=self.detached_image_seq)
             if reason:
                 raise ReplicaError(reason)
+            at_time = None      # the primary's clock at at_seq, where known
             if self.journal is not None:
                 self.sync_mirror()
                 at_seq = self.applied_seq
+                at_time = (self.applied_point().ts_ns or self._primary_ns_of(at_seq)) / 1e9 \
+                    or None
             else:
                 at_seq = self.detached_image_seq     # rolled back / invalidated, not re-paired
             self.generation += 1
-            self.promoted = {"at_seq": at_seq, "generation": self.generation, "time": now,
+            self.promoted = {"at_seq": at_seq, "at_time": at_time,
+                             "generation": self.generation, "time": now,
                              "former_primary": self.primary}
             self._save_state()
             log.warning("volume %s: promoted at seq %d (generation %d); primary %r is fenced off",
                         self.spec.uuid, at_seq, self.generation, self.primary)
             return self.promoted
+
+    def _primary_ns_of(self, seq: int) -> int:
+        """The primary's timestamp of ``seq`` from the replica journal, which still holds an
+        applied record until its segment is overwritten; 0 when it no longer does."""
+        if self.journal is None or seq < 1:
+            return 0
+        try:
+            record = next(iter(self.journal.records(seq)), None)
+        except JournalError as err:
+            log.info("volume %s: the time of seq %d is no longer in the replica journal (%s)",
+                     self.spec.uuid, seq, err)
+            return 0
+        return record.timestamp_ns if record is not None and record.seq == seq else 0
 
     def close(self) -> None:
         try:

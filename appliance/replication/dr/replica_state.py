@@ -42,9 +42,13 @@ class PromotionMark:
     generation: int              # the raised epoch
     time: float
     former_primary: str | None   # the primary fenced off by the promotion
+    # The primary's clock when it wrote at_seq (the consistent point's time); None where the
+    # replica did not know it (nothing applied since its last start and no retention window).
+    at_time: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"at_seq": self.at_seq, "former_primary": self.former_primary,
+        return {"at_seq": self.at_seq, "at_time": self.at_time,
+                "former_primary": self.former_primary,
                 "generation": self.generation, "time": self.time}
 
     @classmethod
@@ -52,7 +56,8 @@ class PromotionMark:
         if not isinstance(d, dict):
             raise TypeError(f"a promotion record must be an object, not {d!r}")
         return cls(at_seq=_int(d, "at_seq"), generation=_int(d, "generation"),
-                   time=_float(d, "time"), former_primary=_opt_str(d, "former_primary"))
+                   time=_float(d, "time"), former_primary=_opt_str(d, "former_primary"),
+                   at_time=_opt_float(d, "at_time"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ compared with the writer's own log, with their data."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,8 @@ def test_the_old_primary_lists_exactly_the_writes_the_promoted_dr_never_had(pair
     promoted = call(pair.rx_control, "promote", {"volume": "vol1"}, timeout=60)
     at = promoted["promoted_at_seq"]
     assert 50 <= at < OPS, promoted
+    at_time = promoted["promoted_at_time"]      # the consistent point on the primary's clock
+    assert at_time is not None and time.time() - 120 < at_time <= time.time(), promoted
     # The DR's image: the primary's after exactly `at` writes (one write, one seq).
     remote = read(pair.replica_dir(site.uuid) / "mirror")
     assert remote == bytes(image_after(ops[:at], len(remote)))
@@ -52,6 +55,7 @@ def test_the_old_primary_lists_exactly_the_writes_the_promoted_dr_never_had(pair
     body = json.loads(Path(summary["json"]).read_text())
     lost = ops[at:]
     assert [w["seq"] for w in body["writes"]] == list(range(at + 1, OPS + 1))
+    assert at_time <= body["writes"][0]["time"], (at_time, body["writes"][0])
     kinds = {"W": "WRITE", "S": "WRITE SAME", "U": "UNMAP"}
     data = Path(body["data_file"]).read_bytes()
     for entry, op in zip(body["writes"], lost, strict=True):
