@@ -214,6 +214,19 @@ def _journal(h: dict | None) -> str | None:
     return text + " (high water)" if journal.get("high_water") else text
 
 
+def _lost_writes(lost: dict) -> str:
+    """The old primary's lost-write report, once a promoted DR refused it (docs/failover.md,
+    "What a failover lost")."""
+    writes = lost.get("writes") or 0
+    text = f"{writes} writes ({human_bytes(lost.get('bytes') or 0)})"
+    if writes:
+        text += f", seqs {lost.get('first_seq')}-{lost.get('last_seq')},"
+    if lost.get("dirty_regions"):
+        text += f" and {lost['dirty_regions']} regions written while logging to the bitmap,"
+    return (f"{text} never reached the DR, which was promoted at seq "
+            f"{lost.get('promoted_at_seq')}; listed with their data in {lost.get('text')}")
+
+
 def _lag(records: int | None, nbytes: int | None, age: float | None) -> str:
     rec = "unknown records" if records is None else f"{records} records"
     size = "bytes unknown" if nbytes is None else human_bytes(nbytes)
@@ -281,6 +294,8 @@ def _replication_view(name: str, tx: dict, h: dict | None, peer_names: dict[str,
     if not connected and link.get("last_error"):
         v.details.append(("reason" if state.startswith("refused") else "last error",
                           link["last_error"]))
+    if isinstance(tx.get("lost_writes"), dict):
+        v.details.append(("lost writes", _lost_writes(tx["lost_writes"])))
     v.details.append(("lag", _lag(tx.get("lag_records"), tx.get("lag_bytes"),
                                   tx.get("recovery_point_age_s"))))
     if tx.get("behind_reason"):

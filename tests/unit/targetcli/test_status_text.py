@@ -37,6 +37,7 @@ vol1 role:primary peer:dr (192.0.2.2:7700)
 vol1 role:primary peer:dr (192.0.2.2:7700)
   link:refused (promoted) since 22:11:20 replication:stopped journal:0% behind
     reason: fenced off: the peer promoted its replica of this volume (a failover), so this primary replicates nothing more; host I/O here is unaffected. To make this site the DR of the new primary see docs/failover.md. Peer refused: promoted: volume 6f1c2a52-8d1e-5b7a-9c3e-2f4b1d0e7a91 was promoted on receiver 'dr' at seq 48223 (generation 2)
+    lost writes: 37 writes (148.0 KiB), seqs 48224-48260, never reached the DR, which was promoted at seq 48223; listed with their data in /var/lib/appliance/replication/reports/lost-writes-vol1-promoted-at-48223.txt
     lag: 37 records, 148.0 KiB, recovery point 1m59s ago
     why: 37 journal records are not acknowledged by the peer yet
     do: the DR site failed over (promoted its replica): this site replicates nothing more; to make it the DR of the new primary see docs/failover.md
