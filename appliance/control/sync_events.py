@@ -11,7 +11,9 @@ One Unix datagram socket per end, in the abstract namespace, named after the vol
 no file to create or clean up, and it vanishes with the process that bound it. The
 abstract namespace has no file permissions, so every datagram's sender is checked with
 SCM_CREDENTIALS: only our own user is believed (a forged ACKED would complete writes the DR
-does not hold). A datagram is 16 bytes: magic, kind, seq.
+does not hold). A datagram is 32 bytes: magic, kind, seq and the uuid of the journal the seq
+belongs to: a volume whose journal was made anew (same mirror, same volume uuid, seqs from 1
+again) ignores what a transmitter of the old journal says.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from enum import IntEnum
 
 log = logging.getLogger("appliance.sync_events")
 
-_MESSAGE = struct.Struct("<4sIQ")
-_MAGIC = b"ASE1"
+_MESSAGE = struct.Struct("<4sIQ16s")
+_MAGIC = b"ASE2"
 _CREDS = struct.Struct("iII")        # struct ucred: pid, uid, gid
 # A send that finds the other end's queue full waits at most this long, then drops the
 # event: the next one carries a newer seq, and a waiting write re-reads the journal's
@@ -78,10 +80,10 @@ class SyncEvents:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, kind: Kind, seq: int) -> bool:
+    def send(self, kind: Kind, seq: int, journal: uuid.UUID) -> bool:
         """Send to the other end; False if it is not there (not running) or did not take it."""
         try:
-            self._sender.sendto(_MESSAGE.pack(_MAGIC, kind, seq), self._peer)
+            self._sender.sendto(_MESSAGE.pack(_MAGIC, kind, seq, journal.bytes), self._peer)
             return True
         except (ConnectionRefusedError, FileNotFoundError):
             return False
@@ -90,7 +92,7 @@ class SyncEvents:
             log.debug("sync event %s %d to %s dropped: %s", kind.name, seq, self._peer, err)
             return False
 
-    def receive(self, *, block: bool = True) -> tuple[Kind, int] | None:
+    def receive(self, *, block: bool = True) -> tuple[Kind, int, uuid.UUID] | None:
         """The next event from a process of our own user; None when non-blocking and none
         is queued. Datagrams from anyone else, or malformed, are dropped and logged."""
         while True:
@@ -103,7 +105,7 @@ class SyncEvents:
             if event is not None:
                 return event
 
-    def _parse(self, data: bytes, ancdata: list) -> tuple[Kind, int] | None:
+    def _parse(self, data: bytes, ancdata: list) -> tuple[Kind, int, uuid.UUID] | None:
         uid = next((_CREDS.unpack(bytes(cdata[:_CREDS.size]))[1]
                     for level, ctype, cdata in ancdata
                     if level == socket.SOL_SOCKET and ctype == socket.SCM_CREDENTIALS), None)
@@ -115,17 +117,17 @@ class SyncEvents:
             log.warning("sync event socket of volume %s: dropped a %d-byte datagram",
                         self.volume_uuid, len(data))
             return None
-        magic, kind, seq = _MESSAGE.unpack(data)
+        magic, kind, seq, journal = _MESSAGE.unpack(data)
         if magic != _MAGIC or kind not in Kind._value2member_map_:
             log.warning("sync event socket of volume %s: dropped a datagram that is not ours",
                         self.volume_uuid)
             return None
-        return Kind(kind), seq
+        return Kind(kind), seq, uuid.UUID(bytes=journal)
 
     def wake(self) -> None:
         """Wake a thread blocked in receive (it gets STOP)."""
         with contextlib.suppress(OSError):
-            self._sender.sendto(_MESSAGE.pack(_MAGIC, Kind.STOP, 0), self._own)
+            self._sender.sendto(_MESSAGE.pack(_MAGIC, Kind.STOP, 0, bytes(16)), self._own)
 
     def close(self) -> None:
         self._sender.close()

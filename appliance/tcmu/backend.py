@@ -133,7 +133,8 @@ class AckListener:
                         "fall-back time runs out", volume.uuid, err)
             return None
         listener = cls(volume, events)
-        volume.sync.set_nudge(lambda seq: events.send(sync_events.Kind.WRITTEN, seq))
+        journal = volume.journal_uuid
+        volume.sync.set_nudge(lambda seq: events.send(sync_events.Kind.WRITTEN, seq, journal))
         listener._thread.start()
         return listener
 
@@ -142,8 +143,13 @@ class AckListener:
             event = self.events.receive()
             if event is None or event[0] is sync_events.Kind.STOP:
                 return
-            if event[0] is sync_events.Kind.ACKED:
-                self.volume.sync.note_acked(event[1])
+            kind, seq, journal = event
+            if kind is sync_events.Kind.ACKED and journal == self.volume.journal_uuid:
+                self.volume.sync.note_acked(seq)
+            elif kind is sync_events.Kind.ACKED:
+                log.info("volume %s: ignored an acknowledgement of journal %s (this volume's "
+                         "is %s): a transmitter of an earlier journal", self.volume.uuid,
+                         journal, self.volume.journal_uuid)
 
     def stop(self) -> None:
         self.volume.sync.set_nudge(None)

@@ -52,6 +52,7 @@ class Volume:
         self.num_blocks = config.num_blocks
         self.uuid = config.uuid
         self._journal = journal
+        self.journal_uuid = journal.sb.journal_uuid     # what the DR's acknowledgements name
         self._mirror = mirror
         self._bitmap = bitmap
         self._lock = threading.RLock()

@@ -18,6 +18,7 @@ class HandlerEvents:
     def __init__(self, volume_uuid: uuid.UUID) -> None:
         self.written = asyncio.Event()      # the handler waits for a record: ship now
         self.durable = 0                    # the DR's durable seq as last told
+        self.journal: uuid.UUID | None = None   # the journal those seqs are of (the session's)
         self.nudges = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         try:
@@ -43,22 +44,28 @@ class HandlerEvents:
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self._events.fileno(), self._on_readable)
 
+    def use_journal(self, journal: uuid.UUID) -> None:
+        """The seqs from now on are of this journal (a session opened its reader)."""
+        if journal != self.journal:
+            self.journal, self.durable = journal, 0
+
     def acknowledged(self, seq: int) -> None:
         """The DR holds every seq up to ``seq`` durably."""
         if seq > self.durable:
             self.durable = seq
-            if self._events is not None:
-                self._events.send(sync_events.Kind.ACKED, seq)
+            if self._events is not None and self.journal is not None:
+                self._events.send(sync_events.Kind.ACKED, seq, self.journal)
 
     def _on_readable(self) -> None:
         assert self._events is not None
         while (event := self._events.receive(block=False)) is not None:
-            if event[0] is sync_events.Kind.WRITTEN:
+            kind, _, journal = event
+            if kind is sync_events.Kind.WRITTEN and journal == self.journal:
                 self.nudges += 1
                 self.written.set()
                 if self.durable:
                     # (A handler that restarted learns where the DR is.)
-                    self._events.send(sync_events.Kind.ACKED, self.durable)
+                    self._events.send(sync_events.Kind.ACKED, self.durable, journal)
 
     def close(self) -> None:
         if self._events is not None:

@@ -98,6 +98,7 @@ class TxSession:
             self.peer_durable = self.highest_sent = max(welcome.last_seq,
                                                         discard.from_seq - 1)
         if shared.handler is not None:
+            shared.handler.use_journal(reader.sb.journal_uuid)
             shared.handler.acknowledged(self.peer_durable)
         self._ack_due = asyncio.Event()
         self.heartbeat_s = min(self.cfg.heartbeat_s, welcome.heartbeat_s)

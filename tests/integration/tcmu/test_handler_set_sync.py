@@ -11,6 +11,7 @@ import os
 import struct
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -45,13 +46,13 @@ class FakeTransmitter:
 
     def _run(self) -> None:
         while (event := self.events.receive()) is not None:
-            kind, seq = event
+            kind, seq, journal = event
             if kind is sync_events.Kind.STOP:
                 return
             if kind is sync_events.Kind.WRITTEN:
                 self.nudged.append(seq)
                 threading.Timer(ACK_DELAY_S, self.events.send,
-                                (sync_events.Kind.ACKED, seq)).start()
+                                (sync_events.Kind.ACKED, seq, journal)).start()
 
     def close(self) -> None:
         self.events.wake()
@@ -101,6 +102,8 @@ def test_set_sync_gates_completions_on_the_drs_acknowledgement_and_survives_a_re
         try:
             changed = await ctl("set-sync", volume="vol1", mode="sync", fallback_s=5)
             assert changed["changed"] is True and changed["sync"]["mode"] == "sync"
+            # A transmitter of another journal (one made anew since) is not believed.
+            tx.events.send(sync_events.Kind.ACKED, 10**9, uuid.uuid4())
             waited = await asyncio.to_thread(timed, kernel, write10(8, 8), block)
             assert ACK_DELAY_S <= waited < 5, waited     # completed on the ACK, not before
             st = await sync_status()
