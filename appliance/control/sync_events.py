@@ -32,10 +32,13 @@ log = logging.getLogger("appliance.sync_events")
 _MESSAGE = struct.Struct("<4sIQ16s")
 _MAGIC = b"ASE2"
 _CREDS = struct.Struct("iII")        # struct ucred: pid, uid, gid
-# A send that finds the other end's queue full waits at most this long, then drops the
-# event: the next one carries a newer seq, and a waiting write re-reads the journal's
-# persisted acknowledgement before it falls back.
-SEND_TIMEOUT_S = 0.05
+
+
+class Sent(IntEnum):
+    """What became of a send."""
+    SENT = 0
+    ABSENT = 1     # no other end (not running)
+    FULL = 2       # its queue is full: try again later with the newest news
 
 
 class Kind(IntEnum):
@@ -72,25 +75,29 @@ class SyncEvents:
                 raise OSError(err.errno, f"another {role} of volume {volume_uuid} is running "
                                          "(its sync event socket is bound)") from None
             raise
-        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self._sender.settimeout(SEND_TIMEOUT_S)
+        # Never blocks: a full queue on the other end (net.unix.max_dgram_qlen datagrams, 10
+        # by default) must not stall a device thread or an event loop. send() says so, and
+        # the sender of ACKED tries again (HandlerEvents); a lost WRITTEN costs at most the
+        # transmitter's idle poll.
+        self._sender = socket.socket(socket.AF_UNIX,
+                                     socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
         self._uid = os.getuid()
         self.dropped = 0
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, kind: Kind, seq: int, journal: uuid.UUID) -> bool:
-        """Send to the other end; False if it is not there (not running) or did not take it."""
+    def send(self, kind: Kind, seq: int, journal: uuid.UUID) -> Sent:
+        """Send to the other end, never blocking (``dropped`` counts the FULL ones)."""
         try:
             self._sender.sendto(_MESSAGE.pack(_MAGIC, kind, seq, journal.bytes), self._peer)
-            return True
+            return Sent.SENT
         except (ConnectionRefusedError, FileNotFoundError):
-            return False
-        except (TimeoutError, BlockingIOError, OSError) as err:
+            return Sent.ABSENT
+        except OSError as err:          # BlockingIOError: the queue is full
             self.dropped += 1
-            log.debug("sync event %s %d to %s dropped: %s", kind.name, seq, self._peer, err)
-            return False
+            log.debug("sync event %s %d to %s not taken: %s", kind.name, seq, self._peer, err)
+            return Sent.FULL
 
     def receive(self, *, block: bool = True) -> tuple[Kind, int, uuid.UUID] | None:
         """The next event from a process of our own user; None when non-blocking and none

@@ -10,7 +10,14 @@ import uuid
 import pytest
 
 from appliance.control import sync_events
-from appliance.control.sync_events import HANDLER, TRANSMITTER, Kind, SyncEvents, address
+from appliance.control.sync_events import (
+    HANDLER,
+    TRANSMITTER,
+    Kind,
+    Sent,
+    SyncEvents,
+    address,
+)
 
 JOURNAL = uuid.UUID(int=42)
 
@@ -26,9 +33,9 @@ def ends():
 
 def test_events_go_both_ways_with_their_journal(ends):
     handler, transmitter = ends
-    assert transmitter.send(Kind.ACKED, 7, JOURNAL)
+    assert transmitter.send(Kind.ACKED, 7, JOURNAL) is Sent.SENT
     assert handler.receive() == (Kind.ACKED, 7, JOURNAL)
-    assert handler.send(Kind.WRITTEN, 8, JOURNAL)
+    assert handler.send(Kind.WRITTEN, 8, JOURNAL) is Sent.SENT
     assert transmitter.receive(block=False) == (Kind.WRITTEN, 8, JOURNAL)
     assert transmitter.receive(block=False) is None
 
@@ -36,7 +43,7 @@ def test_events_go_both_ways_with_their_journal(ends):
 def test_no_other_end_is_not_an_error():
     lone = SyncEvents(uuid.uuid4(), HANDLER)
     try:
-        assert lone.send(Kind.WRITTEN, 1, JOURNAL) is False
+        assert lone.send(Kind.WRITTEN, 1, JOURNAL) is Sent.ABSENT
     finally:
         lone.close()
 
@@ -75,3 +82,14 @@ def test_a_datagram_from_another_user_is_not_believed(ends, caplog):
     transmitter.send(Kind.ACKED, 3, JOURNAL)          # then the real one
     assert handler.receive() == (Kind.ACKED, 3, JOURNAL)
     assert "dropped a datagram from uid 65534" in caplog.text
+
+
+def test_a_full_queue_never_blocks_the_sender(ends):
+    handler, transmitter = ends
+    results = [transmitter.send(Kind.ACKED, seq, JOURNAL) for seq in range(1, 2001)]
+    assert results[0] is Sent.SENT and results[-1] is Sent.FULL     # the queue is bounded
+    assert transmitter.dropped == results.count(Sent.FULL)
+    taken = []
+    while (event := handler.receive(block=False)) is not None:
+        taken.append(event[1])
+    assert taken == list(range(1, len(taken) + 1))                  # in order, none lost

@@ -12,6 +12,9 @@ import uuid
 from appliance.control import sync_events
 
 log = logging.getLogger("appliance.transmitter")
+# A handler whose event queue is full (its listener thread was starved) gets the newest
+# acknowledgement again this much later: it is the one a waiting write needs.
+RETRY_S = 0.002
 
 
 class HandlerEvents:
@@ -21,6 +24,7 @@ class HandlerEvents:
         self.journal: uuid.UUID | None = None   # the journal those seqs are of (the session's)
         self.nudges = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._retry: asyncio.TimerHandle | None = None
         try:
             self._events: sync_events.SyncEvents | None = sync_events.SyncEvents(
                 volume_uuid, sync_events.TRANSMITTER)
@@ -53,8 +57,18 @@ class HandlerEvents:
         """The DR holds every seq up to ``seq`` durably."""
         if seq > self.durable:
             self.durable = seq
-            if self._events is not None and self.journal is not None:
-                self._events.send(sync_events.Kind.ACKED, seq, self.journal)
+            if self._retry is None:     # else the pending retry sends the newest
+                self._tell_acked()
+
+    def _tell_acked(self) -> None:
+        """Send the newest acknowledgement; if the handler's queue is full, again shortly
+        (one retry pending at a time, always with the newest seq)."""
+        self._retry = None
+        if self._events is None or self.journal is None:
+            return
+        sent = self._events.send(sync_events.Kind.ACKED, self.durable, self.journal)
+        if sent is sync_events.Sent.FULL and self._loop is not None:
+            self._retry = self._loop.call_later(RETRY_S, self._tell_acked)
 
     def _on_readable(self) -> None:
         assert self._events is not None
@@ -63,11 +77,14 @@ class HandlerEvents:
             if kind is sync_events.Kind.WRITTEN and journal == self.journal:
                 self.nudges += 1
                 self.written.set()
-                if self.durable:
+                if self.durable and self._retry is None:
                     # (A handler that restarted learns where the DR is.)
-                    self._events.send(sync_events.Kind.ACKED, self.durable, journal)
+                    self._tell_acked()
 
     def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._events is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self._events.fileno())
