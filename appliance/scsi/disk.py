@@ -51,6 +51,11 @@ HANDLERS: dict[int, Handler] = _handlers()
 # never reaches us: the kernel answers it (target_core_device.c `passthrough_parse_cdb`).
 UA_EXEMPT = frozenset({0x12, 0x03, 0xA0})
 
+# Commands whose completion a synchronous mode may make wait for the DR: every command that
+# writes the volume, and SYNCHRONIZE CACHE (docs/volume.md, "Synchronous modes").
+SYNC_GATED = frozenset({0x35, 0x91, 0x41, 0x93, 0x42, 0x89, *rw.WRITE_OPCODES,
+                        *rw.WRITE_AND_VERIFY_OPCODES})
+
 
 class ScsiDisk:
     """The SBC disk a host sees, backed by a Volume. One instance per TCMU device."""
@@ -89,12 +94,16 @@ class ScsiDisk:
 
     def execute(self, cmds: Sequence[ScsiCommand]) -> list[ScsiResult]:
         """Run a batch in order; consecutive writes are coalesced into one Volume.submit
-        (one group commit). A read overlapping a queued write commits the group first."""
+        (one group commit). A read overlapping a queued write commits the group first.
+        In a synchronous mode the batch waits for the DR once, at its end, for all its
+        writes and flushes (SyncGate.defer)."""
         results: list[ScsiResult | None] = [None] * len(cmds)
         batch = WriteBatch(self.volume, results)
         ctx = Context(self.volume, self.identity, self.limits, self.wce_default, batch,
                       max_transfer_blocks=self._max_transfer_blocks,
                       pop_unit_attention=self._pop_unit_attention)
+        gate = self.volume.sync
+        gate.defer()
         for index, cmd in enumerate(cmds):
             ctx.index = index
             outcome = self._run_one(ctx, cmd)
@@ -102,6 +111,15 @@ class ScsiDisk:
                 results[index] = outcome
         batch.commit()
         self.group_commits += batch.commits
+        try:
+            gate.settle()
+        except Exception as exc:    # the DR's wait failed: no write or flush may say GOOD
+            failed = sense.result_for_exception(exc)
+            for index, cmd in enumerate(cmds):
+                done = results[index]
+                if (done is not None and done.status == 0 and cmd.cdb[:1]
+                        and cmd.cdb[0] in SYNC_GATED):
+                    results[index] = failed
         missing = sense.internal_target_failure
         return [result if result is not None else missing("no result").result()
                 for result in results]

@@ -121,6 +121,8 @@ class SyncGate:
         self._max_wait_s = 0.0
         self._fallbacks = 0
         self._closed = False
+        # A batch of commands defers its waits to its end (defer/settle), per thread.
+        self._batch = threading.local()
 
     def close(self) -> None:
         """The device stops: writes waiting now, and any after, fail with SyncAborted (they
@@ -179,6 +181,19 @@ class SyncGate:
         return self._acked
 
     # -- the gate -------------------------------------------------------------------------
+    def defer(self) -> None:
+        """Until ``settle``, this thread's writes and flushes only note the seq they need:
+        a batch of commands (ScsiDisk.execute) waits once, for the highest, instead of one
+        round trip to the DR per flush or write group in it."""
+        self._batch.needs = 0
+
+    def settle(self) -> None:
+        """End a deferral: wait for what the batch's writes and flushes needed (SyncAborted
+        if the device stops meanwhile)."""
+        needs = self._batch.__dict__.pop("needs", 0)
+        if needs:
+            self._await(needs, "batch")
+
     def after_write(self, seq: int | None, *, durable: bool) -> None:
         """A write batch is local; ``seq`` its last journal seq, None if it went to the dirty
         bitmap. ``durable``: FUA or write cache off (a commit point for sync-on-flush)."""
@@ -186,7 +201,7 @@ class SyncGate:
         if mode is SyncMode.ASYNC:
             return
         if mode is SyncMode.SYNC or durable:
-            self._await(seq, "write")
+            self._need(seq, "write")
         elif seq is not None:
             with self._cond:
                 self._latest = max(self._latest, seq)
@@ -195,7 +210,16 @@ class SyncGate:
         """SYNCHRONIZE CACHE is durable locally; ``head_seq`` the newest journaled seq, None
         while the volume logs to the dirty bitmap."""
         if self._settings.mode is not SyncMode.ASYNC:
-            self._await(head_seq, "flush")
+            self._need(head_seq, "flush")
+
+    def _need(self, seq: int | None, what: str) -> None:
+        batch = self._batch.__dict__
+        if "needs" in batch and seq is not None:
+            batch["needs"] = max(batch["needs"], seq)
+            with self._cond:
+                self._latest = max(self._latest, seq)
+        else:
+            self._await(seq, what)      # (seq None degrades at once: nothing to wait for)
 
     def _await(self, seq: int | None, what: str) -> None:
         with self._cond:

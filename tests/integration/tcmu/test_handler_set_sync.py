@@ -112,11 +112,25 @@ def test_set_sync_gates_completions_on_the_drs_acknowledgement_and_survives_a_re
 
             kept = await ctl("set-sync", volume="vol1", mode="sync-on-flush")
             assert (kept["sync"]["fallback_s"], kept["sync"]["hold"]) == (5.0, False), kept
+            # Commands fetched together wait for the DR once, for the highest seq any of
+            # them needs: two flushes and a FUA write, one round trip.
+            waits = (await sync_status())["waits"]
+            started = time.monotonic()
+            with kernel.plugged():
+                tickets = [kernel.submit(write10(56, 8), block), kernel.submit(SYNC_CACHE10),
+                           kernel.submit(write10(64, 8), block), kernel.submit(SYNC_CACHE10),
+                           kernel.submit(write10(72, 8, fua=True), block)]
+            results = await asyncio.to_thread(kernel.wait_for, tickets, 20)
+            took = time.monotonic() - started
+            assert all(r.status == 0 for r in results), results
+            assert ACK_DELAY_S <= took < 2 * ACK_DELAY_S, took
+            assert (await sync_status())["waits"] == waits + 1
+            tx.nudged.clear()
             assert await asyncio.to_thread(timed, kernel, write10(16, 8), block) < ACK_DELAY_S
             assert await asyncio.to_thread(timed, kernel, SYNC_CACHE10) >= ACK_DELAY_S
             assert await asyncio.to_thread(
                 timed, kernel, write10(24, 8, fua=True), block) >= ACK_DELAY_S
-            assert tx.nudged == [2, 3, 4], tx.nudged
+            assert tx.nudged == [6, 7], tx.nudged
         finally:
             tx.close()
 

@@ -183,3 +183,34 @@ def test_closing_releases_a_held_write_with_an_error_never_as_done():
     assert time.monotonic() - started < 2.0
     with pytest.raises(SyncAborted):
         g.after_flush(1)
+
+
+def test_a_deferred_batch_waits_once_for_the_highest_seq_it_needs():
+    g, nudges, _ = gate("sync-on-flush", 5.0)
+    g.defer()
+    assert timed(g.after_write, 1, durable=False) < 0.05      # not a commit point
+    assert timed(g.after_flush, 1) < 0.05                     # noted, not waited
+    assert timed(g.after_write, 3, durable=True) < 0.05
+    assert timed(g.after_flush, 3) < 0.05
+    assert nudges == [] and g.status()["waits"] == 0
+    ack_later(g, 3, 0.1)
+    assert 0.08 <= timed(g.settle) < 2.0
+    assert nudges == [3] and g.status()["waits"] == 1
+    assert timed(g.settle) < 0.05                             # nothing deferred any more
+    g.defer()
+    g.close()
+    g.after_flush(4)
+    with pytest.raises(SyncAborted, match="batch"):
+        g.settle()
+
+
+def test_deferral_is_per_thread():
+    g, _, _ = gate("sync", 0.3)
+    g.defer()                                    # this thread defers ...
+    waited: list[float] = []
+    other = threading.Thread(target=lambda: waited.append(timed(g.after_write, 1,
+                                                                 durable=False)))
+    other.start()                                # ... another does not
+    other.join(5)
+    assert waited and waited[0] >= 0.3
+    g.settle()
