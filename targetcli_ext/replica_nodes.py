@@ -39,6 +39,7 @@ from targetcli_ext.steering import (
     complete,
     nothing_changed,
     shell_value,
+    show_group,
     unreachable,
 )
 
@@ -263,17 +264,10 @@ class UIReplica(UINode):
         """
         if group != "retention":
             return UINode.ui_command_get(self, group, *parameter)
-        names = [*RETENTION, WINDOW[0]]
-        unknown = [p for p in parameter if p not in names]
-        if unknown:
-            raise ExecutionError(f"no parameter {', '.join(unknown)} in group 'retention' "
-                                 f"(parameters: {', '.join(names)})")
-        window = self._retention_status()
-        for param in parameter or names:
-            if param == WINDOW[0]:
-                self.shell.con.display(f"window={_window(window)} [ro]")
-            else:
-                self.shell.con.display(f"{param}={_setting(param, window)}")
+        def values():
+            window = self._retention_status()
+            return lambda p: _window(window) if p == WINDOW[0] else _setting(p, window)
+        show_group(self, "retention", [*RETENTION, WINDOW[0]], parameter, values, WINDOW[0])
         return None
 
     def ui_setgroup_retention(self, parameter, value):

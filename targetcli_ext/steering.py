@@ -9,6 +9,7 @@ inject it); a context without it (an older one) calls the socket directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from configshell_fb import ExecutionError
@@ -70,3 +71,18 @@ def complete(candidates: list[str], text: str) -> list[str]:
     """configshell's convention: a single match gets a trailing space."""
     found = [c for c in candidates if c.startswith(text)]
     return [found[0] + " "] if len(found) == 1 else found
+
+
+def show_group(node, group: str, names: list[str], parameter: tuple[str, ...],
+               values: Callable[[], Callable[[str], str]], readonly: str) -> None:
+    """``get <group> [parameter...]`` of a group whose values a daemon holds: the names are
+    checked first, then ``values()`` asks the daemon once and gives each one's text;
+    ``readonly`` is shown with configshell's ``[ro]``."""
+    unknown = [p for p in parameter if p not in names]
+    if unknown:
+        raise ExecutionError(f"no parameter {', '.join(unknown)} in group '{group}' "
+                             f"(parameters: {', '.join(names)})")
+    value_of = values()
+    for param in parameter or names:
+        shown = f"{param}={value_of(param)}"
+        node.shell.con.display(shown + " [ro]" if param == readonly else shown)

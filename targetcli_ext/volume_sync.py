@@ -26,7 +26,7 @@ from targetcli_ext.model import (
     parse_fallback,
     parse_sync_mode,
 )
-from targetcli_ext.steering import call_daemon, nothing_changed, unreachable
+from targetcli_ext.steering import call_daemon, nothing_changed, show_group, unreachable
 
 # (parameter, type, description) in the order 'set sync' lists them; 'effective' is
 # read-only (the handler's state, not a setting).
@@ -93,17 +93,11 @@ class SyncGroup:
                                    f"instead.")
 
     def _get_sync(self, parameter: tuple[str, ...]) -> None:
-        names = [p for p, _, _ in PARAMETERS] + [EFFECTIVE[0]]
-        unknown = [p for p in parameter if p not in names]
-        if unknown:
-            raise ExecutionError(f"no parameter {', '.join(unknown)} in group 'sync' "
-                                 f"(parameters: {', '.join(names)})")
-        entry = self._handler_sync()
-        for param in parameter or names:
-            if param == EFFECTIVE[0]:
-                self.shell.con.display(f"{param}={self._effective(entry)} [ro]")
-            else:
-                self.shell.con.display(f"{param}={_shown(param, entry)}")
+        def values():
+            entry = self._handler_sync()
+            return lambda p: self._effective(entry) if p == EFFECTIVE[0] else _shown(p, entry)
+        show_group(self, "sync", [p for p, _, _ in PARAMETERS] + [EFFECTIVE[0]], parameter,
+                   values, EFFECTIVE[0])
 
     def ui_setgroup_sync(self, parameter, value):
         """configshell's setter of group 'sync' (``set`` does the work)."""
