@@ -21,6 +21,13 @@ create``, ``saveconfig``; the host logs in with CHAP, makes ext4 and writes file
   with the DR's receiver stopped they stall once for the fall-back time, the volume says
   ``sync-degraded`` (status text, the SyncDegraded alert) and returns to ``sync`` by itself once
   the receiver is back; ``sync-on-flush`` is left set and survives the reboot below;
+- issue 18, point in time: ``set retention retain=1h`` on the DR's replica, two rounds of files
+  (the second overwrites and deletes some of the first), ``recover at=seq:`` the point between
+  them; the image equals the DR's mirror at that point byte for byte, served read-only as the
+  printed next steps say (read-only loop device, ``/backstores/block ... readonly=true``, a
+  target of the DR), the host's ``fsck.ext4 -n`` finds it clean and, mounted ``ro,noload``, it
+  holds every file as it was then and none written after; a point before the window is
+  refused with the range; then all of it removed and retention turned off again;
 - ``saveconfig``, both appliances rebooted: replication resumes with no other step;
 - last, the demo's ``--check`` failover: the DR replica promoted through targetcli, served on
   a target of the DR, mounted by the host with every file intact.
@@ -46,7 +53,7 @@ from vmlab import appliance as ap
 from vmlab import demo
 from vmlab import monitoring as mon
 from vmlab import replication as rp
-from vmlab.demo import DR_ADDR, MNT, PRIMARY_ADDR, Chain
+from vmlab.demo import DR_ADDR, MANIFEST, MNT, PRIMARY_ADDR, Chain
 from vmlab.machine import Machine
 from vmlab.shell_session import Step, prompt, pty_session
 
@@ -378,6 +385,122 @@ def test_sync_mode_falls_back_when_the_dr_is_gone_and_returns(chain):
     # Left set for the reboot test: the handler keeps it across the reboot.
     demo.shell(primary, [f"{node} set sync mode=sync-on-flush fallback=10s"], say)
     assert handler_sync(primary)["mode"] == "sync-on-flush"
+
+
+def round_digests(host: Machine, round_name: str, root: str = MNT) -> dict[str, str]:
+    """{path under root: SHA-256} of a round's files, as the host reads them now."""
+    lines = host.run(f"cd {root} && sha256sum {round_name}/*.bin").text.splitlines()
+    return {path: digest for digest, path in (line.split(maxsplit=1) for line in lines)}
+
+
+def window_at_applied(dr: Machine, volume_uuid: str) -> dict | None:
+    """The replica's retention window (receiver status) once its newest point is the seq
+    the mirror has applied; None before."""
+    replica = rp.replica_of(dr, volume_uuid) or {}
+    window = replica.get("retention") or {}
+    newest = window.get("newest") or {}
+    return window if newest.get("seq") is not None and newest["seq"] == replica.get("applied_seq") \
+        else None
+
+
+def test_recover_a_point_in_time_and_mount_it_read_only(chain):
+    """Issue 18 on real LIO: the DR keeps a window; the image recovered at the point between
+    two rounds of the host's files is that point's file system, clean, served read-only."""
+    dr, host = chain.dr, chain.host
+    name = demo.replica_name(dr, VOLUME, chain.volume_uuid)
+    node = f"/replication/replicas/{name}"
+    demo.shell(dr, [f"{node} set retention retain=1h"], say)
+    text = demo.shell(dr, [f"{node} get retention"], say)[-1].stdout
+    assert "retain=1h" in text and "max=none" in text, text
+
+    # round a, then the point: the host unmounted, the DR equal to the primary
+    demo.write_files(host, "pit-a", 6)
+    chain.files_written += 6
+    then = round_digests(host, "pit-a")
+    host.run(f"cp {MANIFEST} /root/pit-a.sha256")     # every file as it is at the point
+    demo.converge(chain, say, remount=False)
+    try:
+        window = rp.wait_for(
+            "the DR's retention window reaching its applied seq after convergence",
+            lambda: window_at_applied(dr, chain.volume_uuid), 60,
+            detail=lambda: json.dumps(rp.replica_of(dr, chain.volume_uuid))[:3000])
+        point = window["newest"]["seq"]
+        image_then = rp.file_digest(dr, chain.dr_mirror, chain.size)
+    finally:
+        host.run(f"mount {chain.device} {MNT}", timeout=120)
+    say(f"point: seq {point} ({window['newest'].get('time_utc')}), window from seq "
+        f"{window['oldest']['seq']}; the DR's mirror then: sha256 {image_then[:16]}...")
+    assert window["oldest"]["seq"] < point, window
+
+    # round b, and round a changed: one file overwritten, one deleted (the manifest follows,
+    # for the failover check at the end)
+    demo.write_files(host, "pit-b", 4)
+    host.run(f"set -e; cd {MNT}; head -c 65536 /dev/urandom > pit-a/file1.bin; rm pit-a/file2.bin; "
+             f"sed -i -e '/ pit-a\\/file[12]\\.bin$/d' {MANIFEST}; "
+             f"sha256sum pit-a/file1.bin >> {MANIFEST}; sync")
+    chain.files_written += 4 - 1
+    demo.converge(chain, say)
+
+    text = demo.shell(dr, [f"{node} get retention window"], say)[-1].stdout
+    assert f"window=seq {window['oldest']['seq']} (" in text, text
+    refused = ap.targetcli_lines(dr, [f"{node} recover at=seq:1"], keep_going=True)[-1]
+    say(f"a point before the window: {refused.describe()}")
+    assert refused.refused and "outside the retention window" in refused.message \
+        and f"recoverable: seq {window['oldest']['seq']} (" in refused.message \
+        and "nothing changed" in refused.message, refused.describe()
+
+    out = demo.shell(dr, [f"{node} recover at=seq:{point}"], say)[-1].stdout
+    path = f"{chain.dr_mirror.rsplit('/', 1)[0]}/recovered-{point}.img"
+    assert f"Recovered {name} at seq {point} (" in out and path in out, out
+    # the printed next steps, as an admin follows them
+    losetup = re.search(r"^\s*(losetup --find --show --read-only \S+)", out, re.M)
+    create = re.search(r"^\s*(/backstores/block create name=(\S+) dev=/dev/loopN readonly=true)\s*$",
+                       out, re.M)
+    remove = re.search(r"^\s*(/backstores/block delete \S+); losetup -d /dev/loopN; rm (\S+)\s*$",
+                       out, re.M)
+    assert losetup and create and remove and remove.group(2) == path, out
+    assert dr.run(["stat", "-c", "%a", path]).text.strip() == "400"
+    assert rp.file_digest(dr, path, chain.size) == image_then, \
+        f"{path} differs from the DR's mirror at seq {point}"
+    loop = dr.run(losetup.group(1)).text.strip()
+    assert re.fullmatch(r"/dev/loop\d+", loop), loop
+    backstore = create.group(2)
+    lun = ap.LunSpec(backstore, backstore="block")
+    iqn = ap.target_iqn(dr.name, backstore)
+    demo.shell(dr, [create.group(1).replace("/dev/loopN", loop),
+                    *ap.target_lines(iqn, lun, chain.chap)], say)
+    device = ap.host_login(host, DR_ADDR, iqn, chap=chain.chap)
+    pit_mnt = "/mnt/pit"
+    try:
+        fsck = host.run(["fsck.ext4", "-n", "-f", device], timeout=300, check=False)
+        say(f"host: fsck.ext4 -n -f {device}: exit {fsck.rc}\n{fsck.text.strip()}")
+        assert fsck.rc == 0, fsck.describe()
+        host.run(f"mkdir -p {pit_mnt} && mount -o ro,noload {device} {pit_mnt}", timeout=120)
+        try:
+            check = host.run(f"cd {pit_mnt} && sha256sum --quiet -c /root/pit-a.sha256 && "
+                             f"wc -l < /root/pit-a.sha256", timeout=300, check=False)
+            assert check.rc == 0, f"files differ from the point's: {check.describe()}"
+            recovered = round_digests(host, "pit-a", pit_mnt)
+            assert recovered == then, f"pit-a at the point: {then}\nrecovered: {recovered}"
+            after = host.run(f"ls -A {pit_mnt}").text.split()
+            assert "pit-b" not in after, after
+            say(f"recovered seq {point}, mounted read-only on the host: all "
+                f"{check.text.strip()} files of the point intact, pit-a as written, no pit-b")
+        finally:
+            host.run(f"umount {pit_mnt}", timeout=120, check=False)
+    finally:
+        ap.host_logout(host, DR_ADDR, iqn)
+        host.run(["iscsiadm", "-m", "node", "-T", iqn, "-p", DR_ADDR, "-o", "delete"], check=False)
+
+    # removed as the printed text says (the target first: it holds the backstore)
+    demo.shell(dr, [f"/iscsi delete {iqn}", remove.group(1)], say)
+    dr.run(f"losetup -d {loop} && rm {path}")
+    left = dr.run(f"losetup -a; ls {path}", check=False).text
+    assert path not in left, left
+    assert backstore not in ap.targetcli(dr, "ls", "/backstores").text
+    demo.shell(dr, [f"{node} set retention retain=none max=none"], say)
+    text = demo.shell(dr, [f"{node} get retention window"], say)[-1].stdout
+    assert "retention is off" in text, text
 
 
 # --------------------------------------------------------------------------- persistence
