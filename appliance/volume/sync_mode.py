@@ -100,12 +100,11 @@ class SyncGate:
     Thread-safe: the device thread waits in ``after_write`` / ``after_flush``, the event
     listener calls ``note_acked``, the control socket ``configure`` and ``status``."""
 
-    def __init__(self, settings: SyncSettings, *, acked_seq: int,
-                 read_acked: Callable[[], int], journaling: Callable[[], bool],
-                 name: str = "") -> None:
+    def __init__(self, settings: SyncSettings, *, read_acked: Callable[[], int],
+                 journaling: Callable[[], bool], name: str = "") -> None:
         self._settings = settings
-        self._acked = acked_seq
         self._read_acked = read_acked       # the transmitter's slot in the journal
+        self._acked = read_acked()
         self._journaling = journaling
         self._name = name
         self._cond = threading.Condition()
@@ -200,37 +199,41 @@ class SyncGate:
         mode = self._settings.mode
         if mode is SyncMode.ASYNC:
             return
+        self._written(seq)
         if mode is SyncMode.SYNC or durable:
             self._need(seq, "write")
-        elif seq is not None:
-            with self._cond:
-                self._latest = max(self._latest, seq)
 
     def after_flush(self, head_seq: int | None) -> None:
         """SYNCHRONIZE CACHE is durable locally; ``head_seq`` the newest journaled seq, None
         while the volume logs to the dirty bitmap."""
         if self._settings.mode is not SyncMode.ASYNC:
+            self._written(head_seq)
             self._need(head_seq, "flush")
+
+    def _written(self, seq: int | None) -> None:
+        """The newest journaled seq seen (what "caught up" is measured against)."""
+        if seq is not None:
+            with self._cond:
+                self._latest = max(self._latest, seq)
 
     def _need(self, seq: int | None, what: str) -> None:
         batch = self._batch.__dict__
         if "needs" in batch and seq is not None:
             batch["needs"] = max(batch["needs"], seq)
-            with self._cond:
-                self._latest = max(self._latest, seq)
         else:
             self._await(seq, what)      # (seq None degrades at once: nothing to wait for)
+
+    def _aborted(self, what: str, seq: int | None) -> SyncAborted:
+        return SyncAborted(f"the device stops: {what} (seq {seq}) not acknowledged by the DR")
 
     def _await(self, seq: int | None, what: str) -> None:
         with self._cond:
             if self._closed:
-                raise SyncAborted(f"the device stops: {what} (seq {seq}) not acknowledged by "
-                                  "the DR")
+                raise self._aborted(what, seq)
             if seq is None:
                 self._degrade("the volume logs writes to the dirty bitmap (the DR gets them "
                               "only with the resync)")
                 return
-            self._latest = max(self._latest, seq)
             if self._acked >= seq or (self._degraded_since is not None
                                       and not self._settings.hold):
                 return
@@ -242,8 +245,7 @@ class SyncGate:
         with self._cond:
             while self._acked < seq and self._settings.mode is not SyncMode.ASYNC:
                 if self._closed:
-                    raise SyncAborted(f"the device stops: {what} (seq {seq}) not "
-                                      "acknowledged by the DR")
+                    raise self._aborted(what, seq)
                 # Settings are read afresh on every wake-up: a shorter fallback, or hold
                 # switched off, applies to a write that already waits (configure notifies).
                 settings = self._settings

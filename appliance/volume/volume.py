@@ -71,10 +71,7 @@ class Volume:
         self._overflows = 0
         self._closed = False
         self._ticker: Ticker | None = None
-        usage = journal.usage()
-        self._head_seq = usage.next_seq - 1     # the newest journaled seq
         self.sync = SyncGate(from_header(bitmap.sync_flags, bitmap.sync_fallback_ms),
-                             acked_seq=usage.acked_seq,
                              read_acked=lambda: journal_link.acked_seq(journal),
                              journaling=lambda: not bitmap.logging, name=str(config.uuid))
 
@@ -235,7 +232,7 @@ class Volume:
             if rest:
                 self._bitmap_write(rest, fua)
                 return None
-            return self._head_seq
+            return self._journal.next_seq - 1
         except OSError as err:
             raise MediumError("write", f"write failed: {err}") from err
 
@@ -259,7 +256,6 @@ class Volume:
                 rest = ops[start:]
                 break
             appended.append((group, seqs[-1], offsets))
-            self._head_seq = seqs[-1]
         if cache and not rest:
             for group, last, offsets in appended:
                 self._pending.add(group, last, offsets)
@@ -321,7 +317,7 @@ class Volume:
         with self._lock:
             self._check_open()
             self._make_durable("flush")
-            head = None if self._bitmap.logging else self._head_seq
+            head = None if self._bitmap.logging else self._journal.next_seq - 1
         self.sync.after_flush(head)
 
     def set_sync(self, settings: SyncSettings) -> bool:

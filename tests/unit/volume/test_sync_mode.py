@@ -27,12 +27,12 @@ class Slot:
         self.journaling = True
 
 
-def gate(mode: str, fallback: float = 0.2, *, hold: bool = False, acked: int = 0,
+def gate(mode: str, fallback: float = 0.2, *, hold: bool = False,
          slot: Slot | None = None) -> tuple[SyncGate, list[int], Slot]:
     slot = slot or Slot()
     nudges: list[int] = []
-    g = SyncGate(SyncSettings.parse(mode, fallback, hold), acked_seq=acked,
-                 read_acked=lambda: slot.seq, journaling=lambda: slot.journaling, name="t")
+    g = SyncGate(SyncSettings.parse(mode, fallback, hold), read_acked=lambda: slot.seq,
+                 journaling=lambda: slot.journaling, name="t")
     g.set_nudge(nudges.append)
     return g, nudges, slot
 
