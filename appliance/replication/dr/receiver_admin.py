@@ -151,12 +151,7 @@ class ReceiverAdmin:
         the body; then the replica reopened (with ``reopen_with`` if given), unless the body
         dropped the slot."""
         vol = slot.cfg.spec.uuid
-        if slot.busy is not None:
-            raise CommandError(f"volume {vol}: {slot.busy} is running on it; try again once it "
-                               f"ends; nothing changed")
-        if slot.recovering is not None:
-            raise CommandError(f"volume {vol}: a recover at {slot.recovering} is copying its "
-                               f"mirror; try again once it ends; nothing changed")
+        _refuse_if_occupied(slot, "is copying its mirror; try again once it ends")
         slot.snapshot = self.volume_status(slot)
         slot.busy = why
         try:
@@ -236,12 +231,7 @@ class ReceiverAdmin:
         if not isinstance(at, str) or not at:
             raise CommandError('say which point: {"volume": ..., "at": "seq:<n>" or '
                                '"2026-12-07T05:10:00Z"}; nothing changed')
-        if slot.busy is not None:
-            raise CommandError(f"volume {vol}: {slot.busy} is running on it; try again once it "
-                               f"ends; nothing changed")
-        if slot.recovering is not None:
-            raise CommandError(f"volume {vol}: a recover at {slot.recovering} is running; "
-                               f"one at a time per volume; nothing changed")
+        _refuse_if_occupied(slot, "is running; one at a time per volume")
         slot.recovering = at
         try:
             out = await asyncio.to_thread(slot.replica.recover, at)
@@ -340,3 +330,15 @@ class ReceiverAdmin:
                "unchanged": len(self.slots) - len(added) - len(changed)}
         log.warning("configuration %s reloaded: %s", path, out)
         return out
+
+
+def _refuse_if_occupied(slot: VolumeSlot, recovering: str) -> None:
+    """CommandError when an operation (``busy``) or a recover holds the volume; ``recovering``
+    says what the running recover means for this command."""
+    vol = slot.cfg.spec.uuid
+    if slot.busy is not None:
+        raise CommandError(f"volume {vol}: {slot.busy} is running on it; try again once it "
+                           f"ends; nothing changed")
+    if slot.recovering is not None:
+        raise CommandError(f"volume {vol}: a recover at {slot.recovering} {recovering}; "
+                           f"nothing changed")
