@@ -117,7 +117,6 @@ def _records(reader: JournalReader, start: int, report: LostWriteReport) -> Iter
 def write(report: LostWriteReport, directory: Path) -> dict[str, str]:
     """``<volume>-promoted-at-<seq>.json`` and ``.txt`` in ``directory`` (made durable: this
     is the only record of what was lost once a failback overwrites the volume)."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     base = stem(directory, report.volume, report.promoted_at_seq)
     paths = {"json": str(base.with_suffix(".json")), "text": str(base.with_suffix(".txt"))}
     body = asdict(report)
@@ -160,7 +159,9 @@ def _write_durably(path: Path, text: str) -> None:
 
 
 def _private(path: Path, mode: str):
-    """A file only root reads: the lost writes are the application's data."""
+    """A file only root reads (in a directory only root enters): the lost writes are the
+    application's data."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), mode)
 
 

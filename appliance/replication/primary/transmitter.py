@@ -441,7 +441,6 @@ class Transmitter:
             volume=name, volume_uuid=str(cfg.volume_uuid), block_size=cfg.block_size,
             promoted_at_seq=promoted_at_seq, promoted_by=cfg.peer_identity,
             head_seq=promoted_at_seq, written_at=time.time())
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = lost_writes.stem(directory, name, promoted_at_seq).with_suffix(".data")
         lost_writes.collect(self._open_reader(), report, data_out=data)
         if data.stat().st_size:
