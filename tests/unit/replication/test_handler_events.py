@@ -4,8 +4,10 @@ whose queue was full, and a nudge of another journal wakes nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 from appliance.control.sync_events import HANDLER, Kind, Sent, SyncEvents
 from appliance.replication.primary.handler_events import HandlerEvents
@@ -13,14 +15,24 @@ from appliance.replication.primary.handler_events import HandlerEvents
 JOURNAL = uuid.UUID(int=5)
 
 
+@contextlib.asynccontextmanager
+async def both_ends() -> AsyncIterator[tuple[SyncEvents, HandlerEvents]]:
+    """A handler's end and a started transmitter's end of one volume, shipping JOURNAL."""
+    vol = uuid.uuid4()
+    handler = SyncEvents(vol, HANDLER)
+    tx = HandlerEvents(vol)
+    tx.start()
+    tx.use_journal(JOURNAL)
+    try:
+        yield handler, tx
+    finally:
+        tx.close()
+        handler.close()
+
+
 def test_the_newest_acknowledgement_reaches_a_handler_whose_queue_was_full():
     async def scenario() -> list[int]:
-        vol = uuid.uuid4()
-        handler = SyncEvents(vol, HANDLER)
-        tx = HandlerEvents(vol)
-        tx.start()
-        tx.use_journal(JOURNAL)
-        try:
+        async with both_ends() as (handler, tx):
             seq = 0
             while True:                       # fill the handler's queue
                 seq += 1
@@ -37,9 +49,6 @@ def test_the_newest_acknowledgement_reaches_a_handler_whose_queue_was_full():
                     got.append(event[1])
                 await asyncio.sleep(0.001)
             return got
-        finally:
-            tx.close()
-            handler.close()
 
     got = asyncio.run(scenario())
     assert got == sorted(got) and got[-1] - got[-2] > 1      # the backlog was coalesced
@@ -47,20 +56,12 @@ def test_the_newest_acknowledgement_reaches_a_handler_whose_queue_was_full():
 
 def test_a_nudge_of_another_journal_wakes_nothing():
     async def scenario() -> tuple[bool, bool]:
-        vol = uuid.uuid4()
-        handler = SyncEvents(vol, HANDLER)
-        tx = HandlerEvents(vol)
-        tx.start()
-        tx.use_journal(JOURNAL)
-        try:
+        async with both_ends() as (handler, tx):
             assert handler.send(Kind.WRITTEN, 3, uuid.uuid4()) is Sent.SENT
             await asyncio.sleep(0.05)
             stale = tx.written.is_set()
             assert handler.send(Kind.WRITTEN, 3, JOURNAL) is Sent.SENT
             await asyncio.wait_for(tx.written.wait(), 5)
             return stale, tx.written.is_set()
-        finally:
-            tx.close()
-            handler.close()
 
     assert asyncio.run(scenario()) == (False, True)
