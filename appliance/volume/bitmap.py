@@ -25,6 +25,7 @@ from appliance.volume.errors import BitmapError
 
 if TYPE_CHECKING:
     from appliance.storage import BlockIO
+    from appliance.volume.promotion_base import PromotionBase
 
 SECTOR = 512
 # Beyond this many remembered chunk touches, forget them all and raise the floor instead:
@@ -199,6 +200,17 @@ class DirtyBitmap:
                       sync_fallback_ms=fallback_ms)
         self._io.sync()
 
+    @property
+    def base(self) -> PromotionBase | None:
+        """The promoted image this volume's changes are counted from (None: not known)."""
+        return self._header.base
+
+    def set_base(self, base: PromotionBase | None) -> None:
+        """Persist the promotion base durably, one header write (every later header write
+        keeps it: ``_publish`` replaces only the fields it is given)."""
+        self._publish(base=base)
+        self._io.sync()
+
     def resize(self, num_chunks: int) -> None:
         """Change the chunk count (the volume was resized), durably. New chunks start clean;
         bits of chunks beyond a new end are dropped (the journal's superblock already says
@@ -349,7 +361,7 @@ class DirtyBitmap:
             if sector is not None:
                 start = prev = sector
 
-    def _publish(self, **changes: int) -> None:
+    def _publish(self, **changes: object) -> None:
         new = dataclasses.replace(self._header, generation=self._header.generation + 1,
                                   **changes)
         self._io.pwritev(fmt.HEADER_OFFSETS[self._next_slot], [fmt.encode_header(new)])

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from appliance.checksum import crc32c
+from appliance.volume.promotion_base import PromotionBase
 
 SLOT_SIZE = 4096
 HEADER_OFFSETS = (0, SLOT_SIZE)
@@ -33,9 +34,9 @@ HEADER_MAGIC = b"DRBITMAP"
 REQUEST_MAGIC = b"DRBMCLR1"         # "clear these chunks, shipped as read after seen_gen"
 MARK_MAGIC = b"DRBMMRK1"            # "mark these chunks dirty" (a full copy to a new peer)
 # Header versions: 2 added logging_since_ns, 3 added flags and logging_reason, 4 the
-# replication mode's fall-back time. Versions 1 to 3 are still read (the missing fields as 0);
-# the next header write is version 4.
-HEADER_VERSION = 4
+# replication mode's fall-back time, 5 the promotion base (promotion_base.py). Versions 1 to 4
+# are still read (the missing fields as 0, no base); the next header write is version 5.
+HEADER_VERSION = 5
 # Requests kept their layout: a resyncer of an earlier release still talks to this writer.
 REQUEST_VERSION = 2
 
@@ -72,12 +73,16 @@ PAUSED_TEXT = "paused by admin"
 
 # magic, version, generation, volume uuid, chunk size, chunks, incarnation,
 # completed batch generation, mode, overflow seq, processed request id, logging since (ns),
-# flags, logging reason, sync fall-back (ms)
-_HEADER = struct.Struct("<8sIQ16sIQQQIQQQIII")
+# flags, logging reason, sync fall-back (ms), promotion base: lineage (all zero: none), seq,
+# generation, promoted (ns)
+_HEADER = struct.Struct("<8sIQ16sIQQQIQQQIII16sQQQ")
+_HEADER_V4 = struct.Struct("<8sIQ16sIQQQIQQQIII")  # without the promotion base
 _HEADER_V3 = struct.Struct("<8sIQ16sIQQQIQQQII")  # without the sync fall-back
 _HEADER_V2 = struct.Struct("<8sIQ16sIQQQIQQQ")    # without flags and logging reason
 _HEADER_V1 = struct.Struct("<8sIQ16sIQQQIQQ")     # without logging since either
-_LAYOUTS = {HEADER_VERSION: _HEADER, 3: _HEADER_V3, 2: _HEADER_V2, 1: _HEADER_V1}
+# The fields versions 2 to 5 added, as an older header reads them.
+_LATER_FIELDS = (0, 0, 0, 0, bytes(16), 0, 0, 0)
+_LAYOUTS = {HEADER_VERSION: _HEADER, 4: _HEADER_V4, 3: _HEADER_V3, 2: _HEADER_V2, 1: _HEADER_V1}
 # magic, version, generation, incarnation, request id, batch generation seen, range count
 _REQUEST = struct.Struct("<8sIQQQQI")
 _RANGE = struct.Struct("<QI")
@@ -108,6 +113,9 @@ class BitmapHeader:
     flags: int = 0            # FLAG_JOURNAL_PAUSED (version 3; 0 in older headers)
     logging_reason: int = 0   # REASON_* why it logs to the bitmap (version 3; 0: unknown)
     sync_fallback_ms: int = 0  # the replication mode's fall-back time (version 4; 0: default)
+    # The promoted image this volume's changes are counted from (version 5; None: the bitmap
+    # and journal say nothing about an image before them).
+    base: PromotionBase | None = None
 
     @property
     def journal_paused(self) -> bool:
@@ -168,11 +176,16 @@ def _unseal(slot: bytes | memoryview, length: int) -> bytes | None:
 
 
 def encode_header(header: BitmapHeader) -> bytes:
+    base = header.base
+    lineage, seq, generation, promoted_ns = (
+        (bytes(16), 0, 0, 0) if base is None
+        else (base.lineage.bytes, base.seq, base.generation, base.promoted_ns))
     return _seal(_HEADER.pack(
         HEADER_MAGIC, HEADER_VERSION, header.generation, header.volume_uuid.bytes,
         header.chunk_size, header.num_chunks, header.incarnation, header.completed_gen,
         header.mode, header.overflow_seq, header.processed_request, header.logging_since_ns,
-        header.flags, header.logging_reason, header.sync_fallback_ms))
+        header.flags, header.logging_reason, header.sync_fallback_ms,
+        lineage, seq, generation, promoted_ns))
 
 
 def decode_header(slot: bytes | memoryview) -> BitmapHeader | None:
@@ -190,9 +203,12 @@ def decode_header(slot: bytes | memoryview) -> BitmapHeader | None:
         raise BitmapFormatError(f"bitmap format version {version} is not supported "
                                 f"(this software reads versions 1 to {HEADER_VERSION})")
     (_, _, gen, vol, chunk, chunks, inc, done, mode, ovf, proc, *rest) = layout.unpack(body)
-    since, flags, reason, fallback = (*rest, 0, 0, 0, 0)[:4]
+    since, flags, reason, fallback, lineage, seq, generation, promoted_ns = (
+        *rest, *_LATER_FIELDS[len(rest):])
+    base = None if not any(lineage) else PromotionBase(uuid.UUID(bytes=lineage), seq,
+                                                       generation, promoted_ns)
     return BitmapHeader(gen, uuid.UUID(bytes=vol), chunk, chunks, inc, done, mode, ovf, proc,
-                        since, flags, reason, fallback)
+                        since, flags, reason, fallback, base)
 
 
 def encode_request(request: BitmapRequest) -> bytes:

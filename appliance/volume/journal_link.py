@@ -21,6 +21,7 @@ from appliance.storage import open_file
 from appliance.volume import bitmap_format
 from appliance.volume.bitmap import DirtyBitmap
 from appliance.volume.errors import NoSpaceError, VolumeConfigError
+from appliance.volume.promotion_base import PromotionBase, read_marker, remove_marker
 
 if TYPE_CHECKING:
     from appliance.storage import BlockIO
@@ -44,7 +45,9 @@ def open_parts(config: VolumeConfig) -> Parts:
     opened: list = []
     check_space(config)
     # Read before the mirror is opened (which may create it).
-    mirror_had_data = config.mirror_io is None and mirror_holds_data(config.mirror_path)
+    mirror_existed = config.mirror_io is None and config.mirror_path is not None \
+        and os.path.exists(config.mirror_path)
+    mirror_had_data = mirror_existed and mirror_holds_data(config.mirror_path)
     try:
         mirror = config.mirror_io or open_file(config.mirror_path,
                                                create_size=config.volume_bytes)
@@ -72,11 +75,19 @@ def open_parts(config: VolumeConfig) -> Parts:
             opened.append(bitmap)
             return bitmap
 
-        if mirror_had_data and not existing:
-            # The marks must be durable before the journal exists (see adopt_mirror); a
-            # journal that cannot be created then leaves them behind, which loses nothing.
+        # A promoted mirror (promote left a marker beside it), even one without data extents:
+        # its image is the marker's base, whatever it holds.
+        base = read_marker(config.mirror_path, config.volume_bytes) \
+            if mirror_existed and not existing else None
+        if (mirror_had_data or base is not None) and not existing:
+            # The base or the marks must be durable before the journal exists (see
+            # adopt_promoted_mirror, adopt_mirror); a journal that cannot be created then
+            # leaves them behind, which loses nothing.
             bitmap = open_bitmap()
-            adopt_mirror(bitmap, config)
+            if base is not None:
+                adopt_promoted_mirror(bitmap, base, config)
+            else:
+                adopt_mirror(bitmap, config)
             journal = _open_journal(target, existing, config)
             opened.append(journal)
         else:
@@ -133,6 +144,35 @@ def adopt_mirror(bitmap: DirtyBitmap, config: VolumeConfig) -> None:
                 config.mirror_path, config.journal_path)
     bitmap.set_mode(True, 0, reason=bitmap_format.REASON_ADOPTED_MIRROR)
     bitmap.mark_all()
+    # Every chunk is dirty now: no image before the journal is assumed, and a marker that
+    # could not be trusted is not read again.
+    bitmap.set_base(None)
+    if config.mirror_path is not None:
+        remove_marker(config.mirror_path)
+
+
+def adopt_promoted_mirror(bitmap: DirtyBitmap, base: PromotionBase,
+                          config: VolumeConfig) -> None:
+    """A new journal over a mirror that ``promote`` left a marker beside: the mirror holds
+    exactly the image the marker names, so nothing is marked; the bitmap header records that
+    base (the transmitter names it to its peer, which either holds it or asks for a full copy),
+    and from now on the bitmap and journal hold exactly what this site changes.
+
+    Order, for a power cut at any point: the base durable, then the marker removed durably,
+    then (the caller) the journal created. A cut before the journal exists finds no journal:
+    with the marker still there it adopts again; without it, it marks every chunk (safe, only
+    slower). The marker never outlives the adoption, so it is never taken again over a mirror
+    this site has written since."""
+    if bitmap.logging:
+        # A bitmap left from an earlier life of this volume: its dirty chunks stay dirty
+        # (shipping them again costs only time), its overflow seq belongs to a journal gone.
+        bitmap.set_mode(True, 0)
+    bitmap.set_base(base)
+    remove_marker(config.mirror_path)
+    log.warning("volume %s: adopted the promoted image of volume %s at seq %d (generation "
+                "%d) from mirror %s: no chunk marked; a failback to the old site copies only "
+                "what changes here from now on (and what that site never shipped)",
+                config.uuid, base.lineage, base.seq, base.generation, config.mirror_path)
 
 
 def _missing_bytes(path: str | os.PathLike[str] | None, full_size: int) -> tuple[int, str | None]:

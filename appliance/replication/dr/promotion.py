@@ -13,6 +13,11 @@ next ``promote`` redoes again, idempotently, from the journal's mirror-durable c
 crash after it leaves a promoted replica whose journal may still be in place, which opening
 ignores and the next ``promote`` sets aside.
 
+Between the state write and setting the journal aside, ``promote`` leaves a *promotion base
+marker* beside the mirror (``appliance/volume/promotion_base.py``): the handler that serves the
+mirror with a new journal records that base instead of marking every chunk, so its bitmap and
+journal then hold exactly what the new primary changes, and a failback copies only that.
+
 ``demote`` is the swap back: once the volume's primary runs elsewhere again and this site's
 mirror is no longer served here, the replica becomes an unbound DR replica over the same
 mirror. Its generation stays the promoted one, so a transmitter of an older epoch (the primary
@@ -33,6 +38,7 @@ from appliance.replication.config import ReplicaConfig
 from appliance.replication.dr.replica import Replica, ReplicaError
 from appliance.replication.dr.replica_state import PromotionMark, ReplicaState, promotion_refusal
 from appliance.storage import sync_dir
+from appliance.volume.promotion_base import PromotionBase, remove_marker, write_marker
 
 log = logging.getLogger("appliance.replication.dr.replica")
 
@@ -63,15 +69,36 @@ def promote(cfg: ReplicaConfig) -> Promotion:
     image. Promoting a promoted replica again finishes what a crash interrupted and returns the
     same record."""
     mark = check_promote(cfg).promoted
+    # A repeat writes the marker again only while this promotion has not set the journal
+    # aside: after that its marker was durable, and the handler may have taken it over and
+    # written the mirror since (a marker written again would then describe an image the
+    # mirror no longer holds).
+    leave_marker = mark is None or cfg.paths.journal.exists()
     if mark is None:
         replica = Replica(cfg)          # opening redoes the journal onto the mirror
         try:
             mark = PromotionMark.from_dict(replica.mark_promoted(time.time()))
         finally:
             replica.close()
+    if leave_marker:
+        _leave_base_marker(cfg, mark)
     _set_journal_aside(cfg, mark.at_seq)
     return Promotion(cfg.spec.uuid, mark.at_seq, mark.generation, mark.former_primary,
                      cfg.paths.mirror, mark.time, mark.at_time)
+
+
+def _leave_base_marker(cfg: ReplicaConfig, mark: PromotionMark) -> None:
+    """The image the mirror holds now, beside it for the handler (after the mark is durable:
+    the mirror is final). A marker that cannot be written costs a full compare by hash at
+    failback, never the promotion."""
+    base = PromotionBase(cfg.spec.uuid, mark.at_seq, mark.generation, int(mark.time * 1e9))
+    try:
+        write_marker(cfg.paths.mirror, base, size_bytes=cfg.spec.size_bytes)
+    except OSError as err:
+        log.warning("volume %s: promoted, but the promotion base marker beside %s cannot be "
+                    "written (%s): the new primary will mark every chunk, and a failback "
+                    "then compares the whole volume by hash", cfg.spec.uuid, cfg.paths.mirror,
+                    err)
 
 
 def check_promote(cfg: ReplicaConfig) -> ReplicaState:
@@ -104,6 +131,7 @@ def demote(cfg: ReplicaConfig) -> int:
     primary whose contact it awaits must use at least this one."""
     st = check_demote(cfg)
     generation = st.generation
+    remove_marker(cfg.paths.mirror)     # a replica's mirror again, no longer a base to adopt
     dataclasses.replace(st, primary=None, promoted=None, demoted_from=st.promoted,
                         inconsistent_since=None, consistent_seq=None, consistent_at=None,
                         full_copy_pending=False, detached_image_seq=None

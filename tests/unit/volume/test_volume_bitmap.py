@@ -86,8 +86,8 @@ def test_a_version_1_header_is_read_with_an_unknown_logging_since():
     assert fmt.decode_header(fmt._seal(v1)) == h
     assert fmt.decode_header(fmt.encode_header(h)) == h
     future = bytearray(fmt.encode_header(h))
-    future[8:12] = (5).to_bytes(4, "little")
-    with pytest.raises(fmt.BitmapFormatError, match="version 5"):
+    future[8:12] = (6).to_bytes(4, "little")
+    with pytest.raises(fmt.BitmapFormatError, match="version 6"):
         fmt.decode_header(fmt._seal(bytes(future[:fmt._HEADER.size])))
 
 
