@@ -9,6 +9,7 @@ typed in again by the admin: the config string is parsed by the handler's own pa
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -82,3 +83,24 @@ def find_mirror_backstore(objects: Iterable[object], name: str) -> MirrorBacksto
                          f"{usable})")
     raise ModelError(f"backstore {name!r} does not exist: give the name of a backstore under "
                      f"/backstores/user:mirror (there: {usable})")
+
+
+def backstores_using(objects: Iterable[object], *paths: str) -> list[str]:
+    """The ``user:mirror`` backstores whose journal or mirror is one of ``paths`` (the same
+    file, also through another name): a handler serves them, so no receiver may write them."""
+    found = []
+    for name, b in sorted(mirror_backstores(objects).items()):
+        if isinstance(b, MirrorBackstore) and any(
+                _same_file(mine, other) for mine in (b.config.journal, b.config.mirror)
+                for other in paths):
+            found.append(name)
+    return found
+
+
+def _same_file(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -26,6 +26,7 @@ from appliance.control.client import call as control_call
 from targetcli_ext import daemons, status_text
 from targetcli_ext.backstores import StorageObjects
 from targetcli_ext.config import ShellConfig
+from targetcli_ext.failback import FailbackOperations
 from targetcli_ext.model import ModelError, SiteStore
 from targetcli_ext.monitoring import MonitoringOperations
 from targetcli_ext.operations import Fetcher, SiteOperations
@@ -33,7 +34,7 @@ from targetcli_ext.status_text import VolumeView
 from targetcli_ext.units import Units
 
 
-class ReplicationContext(SiteOperations, MonitoringOperations):
+class ReplicationContext(SiteOperations, FailbackOperations, MonitoringOperations):
     def __init__(self, config: ShellConfig, *,
                  collect: Callable[[], dict] | None = None,
                  clock: Callable[[], float] = time.time,

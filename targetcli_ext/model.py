@@ -25,6 +25,9 @@ which have no monitoring, still load: what is missing takes its defaults)::
 ``volumes`` are replicated from this appliance (a ``user:mirror`` backstore each, shipped to
 a peer); ``replicas`` are replicas this appliance receives into a block device its admin made
 (a replica a primary offers without one is provisioned by the receiver under its state_dir).
+A replica may also carry ``allowed_primaries`` (identities) and ``failback_journal`` (this
+site's old journal of that mirror, after a failback: docs/failover.md); both are absent unless
+set, so files without them read and write as before.
 ``monitoring`` is what the shell renders as the exporter's ``exporter.toml`` (``webhook``: null,
 or ``{"url", "timeout_s", "queue_size"}``).
 """
@@ -499,38 +502,65 @@ class Volume:
 
 @dataclass(frozen=True)
 class Replica:
-    """A replica this appliance receives into a block device (or file) its admin made."""
+    """A replica this appliance receives into a block device (or file) its admin made.
+
+    ``failback_journal``: this site's journal from when it was the primary of that mirror (a
+    failback onto its old mirror, docs/failover.md): the receiver proves from it what the
+    mirror holds beyond the promoted image, so only what changed is copied.
+    ``allowed_primaries``: the identities the receiver admits for it (empty: the first
+    primary that connects binds it)."""
 
     name: str
     uuid: str
     mirror: str
     size_bytes: int
     block_size: int = 512
+    allowed_primaries: tuple[str, ...] = ()
+    failback_journal: str | None = None
 
     def to_dict(self) -> dict:
-        return {"uuid": self.uuid, "mirror": self.mirror, "size_bytes": self.size_bytes,
-                "block_size": self.block_size}
+        d: dict = {"uuid": self.uuid, "mirror": self.mirror, "size_bytes": self.size_bytes,
+                   "block_size": self.block_size}
+        if self.allowed_primaries:                  # absent unless set: older files unchanged
+            d["allowed_primaries"] = list(self.allowed_primaries)
+        if self.failback_journal is not None:
+            d["failback_journal"] = self.failback_journal
+        return d
 
     @classmethod
     def from_dict(cls, name: str, d: object) -> Replica:
         if not isinstance(d, dict):
             raise ModelError(f"replica {name!r} is not an object")
+        allowed = d.get("allowed_primaries", [])
+        if not isinstance(allowed, list):
+            raise ModelError(f"replica {name!r}: allowed_primaries is not a list")
         return make_replica(name, d.get("uuid", ""), d.get("mirror", ""),
-                            d.get("size_bytes"), d.get("block_size", 512))
+                            d.get("size_bytes"), d.get("block_size", 512),
+                            allowed_primaries=allowed,
+                            failback_journal=d.get("failback_journal"))
+
+
+def parse_path(value: object, what: str, example: str) -> str:
+    """An absolute path without '..' (a device or a file the daemons open)."""
+    text = str(value or "")
+    if not text.startswith("/") or ".." in text.split("/"):
+        raise ModelError(f"{what} {text!r} must be an absolute path ({example})")
+    return text
 
 
 def make_replica(name: str, volume_uuid: object, mirror: object, size_bytes: object,
-                 block_size: object = 512) -> Replica:
+                 block_size: object = 512, *, allowed_primaries: object = (),
+                 failback_journal: object = None) -> Replica:
     name = parse_name(name, "replica name")
+    if volume_uuid is None or str(volume_uuid) == "":
+        raise ModelError("uuid is missing: give the volume uuid of the primary that will "
+                         "replicate into it")
     try:
         vid = str(uuidlib.UUID(str(volume_uuid)))
     except ValueError as err:
         raise ModelError(f"uuid {volume_uuid!r} is not a uuid: give the volume uuid the "
                          f"primary's '/replication/volumes/<name> info' shows") from err
-    mirror = str(mirror or "")
-    if not mirror.startswith("/") or ".." in mirror.split("/"):
-        raise ModelError(f"mirror {mirror!r} must be an absolute path (a block device such as "
-                         f"/dev/vg/replica, or a file)")
+    mirror = parse_path(mirror, "mirror", "a block device such as /dev/vg/replica, or a file")
     try:
         bs = int(str(block_size))
         size = int(str(size_bytes))
@@ -542,7 +572,16 @@ def make_replica(name: str, volume_uuid: object, mirror: object, size_bytes: obj
     if size <= 0 or size % bs:
         raise ModelError(f"size_bytes={size} must be a positive multiple of block_size {bs}: "
                          f"the primary volume's size")
-    return Replica(name, vid, mirror, size, bs)
+    allowed = tuple(parse_name(str(p), "allowed primary") for p in allowed_primaries or ())
+    journal = None
+    if failback_journal is not None and str(failback_journal) != "":
+        journal = parse_path(failback_journal, "failback_journal",
+                             "this site's journal from when it was the primary of that "
+                             "mirror, e.g. /var/lib/appliance/journals/vol1.jnl")
+        if journal == mirror:
+            raise ModelError(f"failback_journal {journal!r} is the mirror itself: give the "
+                             f"journal of the backstore that served {mirror}")
+    return Replica(name, vid, mirror, size, bs, allowed, journal)
 
 
 # The exporter's thresholds and webhook are the exporter's own types (one set of defaults).
@@ -870,6 +909,14 @@ def check_new_peer(site: Site, peer: Peer) -> None:
         if other.fingerprint == peer.fingerprint:
             raise ModelError(f"fingerprint {peer.fingerprint} is already paired as "
                              f"peer {other.name!r}: one peer, one name")
+
+
+def check_new_replica(site: Site, replica: Replica) -> None:
+    if replica.name in site.replicas:
+        raise ModelError(f"replica name {replica.name!r} is in use: choose another")
+    for other in site.replicas.values():
+        if other.uuid == replica.uuid:
+            raise ModelError(f"volume {replica.uuid} already has replica {other.name!r}")
 
 
 def check_peer_unused(site: Site, name: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from configshell_fb import ExecutionError
 
@@ -26,6 +27,7 @@ from targetcli_ext import daemon_config as dc
 from targetcli_ext.backstores import (
     MirrorBackstore,
     StorageObjects,
+    backstores_using,
     find_mirror_backstore,
     mirror_backstores,
     rtslib_storage_objects,
@@ -34,10 +36,12 @@ from targetcli_ext.identity import ensure_certificate
 from targetcli_ext.model import (
     ModelError,
     Peer,
+    Replica,
     Site,
     SiteStore,
     Volume,
     check_new_peer,
+    check_new_replica,
     check_peer_unused,
     known_peer,
     known_volume,
@@ -267,21 +271,42 @@ class SiteOperations:
     # --- replicas (a DR's replicas on the admin's block devices) -------------------------
 
     def add_replica(self, name: str, volume_uuid: str, mirror: str, size_bytes: object,
-                    block_size: object, notes: Notes) -> None:
-        replica = make_replica(name, volume_uuid, mirror, size_bytes, block_size)
+                    block_size: object, notes: Notes, *,
+                    failback_journal: str | None = None) -> Replica:
+        """A replica on the admin's device; with ``failback_journal`` a failback onto this
+        site's old mirror (docs/failover.md): that journal and mirror must be served by no
+        backstore any more."""
+        replica = make_replica(name, volume_uuid, mirror, size_bytes, block_size,
+                               failback_journal=failback_journal)
+        if replica.failback_journal is not None:
+            self.check_failback_files(replica.mirror, replica.failback_journal)
         self._fetch_pending_first(notes)
         self.ensure_identity()
         with self.store.locked():
             site = self.store.load()
-            if replica.name in site.replicas:
-                raise ModelError(f"replica name {replica.name!r} is in use: choose another")
-            for other in site.replicas.values():
-                if other.uuid == replica.uuid:
-                    raise ModelError(f"volume {replica.uuid} already has replica "
-                                     f"{other.name!r}")
+            check_new_replica(site, replica)
             new = replace(site, replicas={**site.replicas, replica.name: replica})
             self._write_receiver_with(new)
         self.reload_receiver(notes)
+        return replica
+
+    def check_failback_files(self, mirror: str, journal: str) -> None:
+        """The old journal exists and no backstore serves it or the mirror: a handler holds
+        them while its backstore exists, and the receiver must be the only writer."""
+        if not Path(journal).exists():
+            raise ModelError(f"failback_journal {journal!r} does not exist: give this site's "
+                             f"journal from when it was the primary of {mirror} (the "
+                             f"journal= of its old backstore's cfgstring)")
+        try:
+            users = backstores_using(self.storage_objects(), mirror, journal)
+        except Exception as err:        # rtslib: LIO's configuration cannot be read
+            raise ModelError(f"cannot read LIO's backstores to check that none serves "
+                             f"{mirror} or {journal}: {err}") from err
+        if users:
+            raise ModelError(f"backstore user:mirror/{users[0]} still serves {mirror} or "
+                             f"{journal} (its handler holds them): delete "
+                             f"/backstores/user:mirror/{users[0]} first (the hosts lose that "
+                             f"LUN; the files stay)")
 
     def remove_replica(self, name: str, notes: Notes) -> None:
         self._fetch_pending_first(notes)

@@ -19,11 +19,13 @@ The coordinator adds ``UIReplicas(self)`` to ``UIReplication``: the parent node 
 
 from __future__ import annotations
 
+import functools
 import json
 
 from configshell_fb import ExecutionError
 from targetcli.ui_node import UINode
 
+from appliance.replication.dr.failback_admission import KEEP_CHOICES
 from appliance.replication.dr.retention import iso_time
 from appliance.replication.dr.retention_settings import (
     RetentionSettingsError,
@@ -32,6 +34,7 @@ from appliance.replication.dr.retention_settings import (
     parse_retain,
     parse_size,
 )
+from appliance.volume.identity import mirror_volume_uuid
 from targetcli_ext import status_text
 from targetcli_ext.model import ModelError, parse_bool
 from targetcli_ext.steering import (
@@ -78,7 +81,20 @@ class UIReplicas(UINode):
     def refresh(self):
         self._children = set()
         for view in _replica_views(self.ctx, fresh=True):
-            UIReplica(view.name, view.uuid or view.name, self)
+            UIReplica(self._name_of(view), view.uuid or view.name, self)
+
+    def _name_of(self, view: status_text.VolumeView) -> str:
+        """The primary's volume name; before its first contact (the receiver knows no name
+        yet), the name the admin gave it here (site.json), else its uuid."""
+        if view.name != view.uuid:
+            return view.name
+        try:
+            replicas = self.ctx.store.load().replicas
+        except ModelError:
+            return view.name
+        taken = {v.name for v in _replica_views(self.ctx)}
+        mine = next((r.name for r in replicas.values() if r.uuid == view.uuid), None)
+        return mine if mine is not None and mine not in taken else view.name
 
     def summary(self):
         views = _replica_views(self.ctx)
@@ -89,7 +105,8 @@ class UIReplicas(UINode):
             False if any(_replica_health(v) is False for v in views) else None
         return f"Replicas: {len(views)} ({good} consistent and connected)", health
 
-    def ui_command_create(self, name, uuid, mirror, size_bytes, block_size="512"):
+    def ui_command_create(self, name, uuid, mirror, size_bytes, block_size="512",
+                          failback_journal=None):
         """
         Receives a primary's volume into a block device (or file) made here by the admin,
         instead of a replica the receiver provisions in its directory: uuid is the volume's
@@ -97,17 +114,28 @@ class UIReplicas(UINode):
         size and block size must equal the primary volume's. The receiver takes it live
         (the other replicas' sessions stay up).
 
+        failback_journal: after a failover, this site's OLD journal of that mirror (from
+        when this site was its primary; its backstore deleted first): the receiver proves
+        from it what the mirror holds, so the new primary copies only what changed.
+        '/replication/volumes/<name> failback' does all of this for a volume the shell
+        replicated.
+
         EXAMPLE
         =======
         create name=vol1 uuid=6f1c2a52-... mirror=/dev/vg0/vol1-replica size_bytes=10737418240
+        create name=vol1 uuid=... mirror=/dev/vg0/vol1 size_bytes=10737418240 failback_journal=/var/lib/appliance/journals/vol1.jnl
         """
         self.assert_root()
         add = getattr(self.ctx, "add_replica", None)
         if add is None:
             raise ExecutionError("this shell cannot configure replicas yet; nothing changed")
-        _run_operation(self, add, name, uuid, mirror, size_bytes, block_size)
+        if failback_journal:
+            add = functools.partial(add, failback_journal=failback_journal)
+        run_operation(self, add, name, uuid, mirror, size_bytes, block_size)
         self.refresh()
-        self.shell.log.info(f"Created replica {name} of volume {uuid} on {mirror}.")
+        self.shell.log.info(f"Created replica {name} of volume {uuid} on {mirror}"
+                            + (f", failback from journal {failback_journal}"
+                               if failback_journal else "") + ".")
 
     def ui_command_status(self):
         """
@@ -388,6 +416,51 @@ class UIReplica(UINode):
         at = f" (its image at seq {seq} is kept until then)" if seq is not None else ""
         self.shell.log.info(f"{self.name}: the primary's next contact is a full copy{at}.")
 
+    def ui_command_resolve(self, keep=None):
+        """
+        After a split brain in a failback (this site was written after the promotion, and
+        the new primary has written since; 'status' shows it with the report of both change
+        sets), says which side wins:
+
+        keep=new-primary: the new primary's image; its next contact copies over this site's
+        writes made since the promotion, which are kept with their data in a lost-write
+        report first.
+
+        keep=this-site: this site's writes; this mirror takes nothing from the new primary,
+        which stays refused (docs/failover.md, split brain).
+
+        Refused, with nothing changed, when no split brain was found.
+
+        EXAMPLE
+        =======
+        resolve keep=new-primary
+        resolve keep=this-site
+        """
+        self.assert_root()
+        if keep not in KEEP_CHOICES:
+            given = "missing" if keep is None else f"{keep!r} is not a choice"
+            raise ExecutionError(f"keep is {given}: give keep=new-primary (the new primary's "
+                                 f"image wins) or keep=this-site (this site's writes win); "
+                                 f"nothing changed")
+        primary = self._status().get("primary") or "the new primary"
+        result = self._receiver("resolve", keep=keep)
+        report = result.get("report") if isinstance(result, dict) else None
+        seen = f" (both change sets: {report})" if report else ""
+        if keep == "new-primary":
+            self.shell.log.info(
+                f"Split brain of {self.name} resolved: {primary}'s image wins{seen}. Its "
+                f"transmitter retries by itself; at its next contact this site's writes since "
+                f"the promotion are kept with their data in a lost-write report, then copied "
+                f"over with what {primary} changed. 'status' shows the copy.")
+        else:
+            self.shell.log.info(
+                f"Split brain of {self.name} resolved: this site's writes win{seen}. This "
+                f"mirror takes nothing from {primary}, which stays refused ('split-brain'); "
+                f"see docs/failover.md for making this site's image the primary again.")
+
+    def ui_complete_resolve(self, parameters, text, current_param):
+        return complete(list(KEEP_CHOICES), text) if current_param == "keep" else []
+
     def ui_command_forget(self, remove_data="false"):
         """
         Stops receiving this replica: the receiver drops its session and configuration.
@@ -408,7 +481,7 @@ class UIReplica(UINode):
                 raise ExecutionError(f"{self.name} is on {own.mirror}, a device the admin "
                                      f"made: forget keeps its data (remove_data=false), wipe "
                                      f"it yourself if you must; nothing changed")
-            _run_operation(self, self.ctx.remove_replica, own.name)
+            run_operation(self, self.ctx.remove_replica, own.name)
             self.shell.log.info(f"Forgot replica {self.name} ({self.uuid}); {own.mirror} is "
                                 f"left as it is.")
             return self._gone()
@@ -505,7 +578,7 @@ def recover_text(name: str, result: object) -> str:
     return "\n".join(lines)
 
 
-def _run_operation(node, operation, *args) -> object:
+def run_operation(node, operation, *args) -> object:
     """One of the context's site operations, its notes logged; refused: nothing changed."""
     from targetcli_ext.operations import Notes
     notes = Notes()
@@ -535,16 +608,26 @@ def promote_text(name: str, uuid: str, result: object, size_bytes: int | None) -
                      f"('promoted').")
     backstore = name if name != uuid else f"vol-{uuid[:8]}"
     size = size_bytes if size_bytes is not None else "<size_bytes>"
+    old = name if name != uuid else "<volume>"
+    # The uuid the handler gives a backstore over that mirror path (the rule is the
+    # handler's own): the old site's failback names it.
+    new_uuid = mirror_volume_uuid(mirror) if r.get("mirror") else "<its uuid>"
+    former = r.get("former_primary") or "the old primary"
     lines += [
         "Next:",
-        "  1. serve the mirror with a NEW journal (never the replica's): the handler marks "
-        "every chunk dirty for the next peer",
+        "  1. serve the mirror with a NEW journal (never the replica's): the handler takes "
+        "over the promoted image from the marker beside the mirror and records only what "
+        "changes from now on",
         f"     /backstores/user:mirror create name={backstore} size={size} "
         f"cfgstring=mirror={mirror};journal={JOURNAL_DIR}/{backstore}.jnl",
+        f"     (that volume's uuid: {new_uuid})",
         "  2. export it to the hosts (iSCSI target, LUN, ACLs) as on the primary site",
-        f"  3. once the old primary site is back, replicate back to it: "
-        f"/replication/volumes create backstore={backstore} peer=<old primary>; there, "
-        f"first stop its LUN (docs/failover.md, failback)",
+        f"  3. once {former}'s site is back, make it the DR over its old mirror: there, "
+        f"delete /backstores/user:mirror/{old}, then /replication/volumes/{old} failback "
+        f"uuid={new_uuid}",
+        f"  4. then here: /replication/volumes create backstore={backstore} peer=<that "
+        f"site>: only what changed on either side is copied back (docs/failover.md, "
+        f"failback)",
     ]
     extra = {k: v for k, v in r.items() if k not in (
         "volume", "promoted_at_seq", "generation", "former_primary", "mirror", "time",

@@ -39,7 +39,13 @@ _RESYNC_ACTIVE = ("draining", "resyncing", "waiting-for-writer", "repairing", "i
 # What to do about a refusal, by the receiver's refusal code (appliance/replication/handshake).
 _REFUSAL_ADVICE = {
     "promoted": "the DR site failed over (promoted its replica): this site replicates nothing "
-                "more; to make it the DR of the new primary see docs/failover.md",
+                "more; to make it the DR of the new primary: delete "
+                "/backstores/user:mirror/{name}, then 'failback uuid=<the new primary's "
+                "volume uuid>' in /replication/volumes/{name} (docs/failover.md)",
+    "split-brain": "the DR (the old primary site) was written after the promotion too: "
+                   "nothing is copied until its admin decides: there, 'status' of the "
+                   "replica names the report, then 'resolve keep=new-primary' (this site "
+                   "wins) or 'resolve keep=this-site' in /replication/replicas/{name}",
     "identity": "the DR does not accept this site's identity or certificate: pair the sites "
                 "again with the fingerprints '/replication info' shows on each",
     "unknown-volume": "the DR has no replica configured for this volume: add it on the DR",
@@ -463,7 +469,7 @@ def _primary_advice(tx: dict, state: str, address: str | None, name: str,
     if state.startswith("refused"):
         code = state.partition(":")[2]
         return _REFUSAL_ADVICE.get(code, "fix what the reason above says on the DR appliance "
-                                         "(its receiver logs the refusal too)")
+                                         "(its receiver logs the refusal too)").format(name=name)
     if tx.get("volume_state") == "unknown":
         return "check that appliance-handler serves this volume and its journal is readable"
     if admin_paused and tx.get("needs_resync"):
@@ -509,11 +515,16 @@ def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
                                   f"closed meanwhile)"))
     if replica == "promoted":
         return _promoted_view(v, r, clock)
+    failback = r.get("failback") if isinstance(r.get("failback"), dict) else None
+    under_way = "failback under way" if failback and failback.get("state") in (
+        "copying", "full-copy") else "resync under way"
     if replica == "inconsistent" and r.get("inconsistent_since"):
         v.replication = (f"inconsistent since {clock.when(r['inconsistent_since'])} "
-                         f"(resync under way)")
+                         f"({under_way})")
     else:
         v.replication = replica
+    if failback:
+        return _failback_view(v, r, failback, replica, state)
     if v.in_sync:
         v.health = True
         return v
@@ -540,6 +551,70 @@ def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
         v.health = False
     else:
         v.health = None         # connected and catching up
+    return v
+
+
+def _failback_view(v: VolumeView, r: dict, fb: dict, replica: str, link: str) -> VolumeView:
+    """A replica over this site's old mirror, after the new primary's first contact: what it
+    found (dr/failback_admission.py), and what the admin does about it."""
+    primary = r.get("primary") or "the new primary"
+    found = fb.get("state")
+    if v.in_sync:
+        v.health = True
+    elif link == "connected":
+        v.health = None
+    if found == "split-brain":
+        v.replication += " (failback: split brain)"
+        first = fb.get("first_after_promotion")
+        since = f", the first at seq {first[0]}" if isinstance(first, list | tuple) and first \
+            else ""
+        ours = f"{fb.get('written_after_promotion')} writes{since}" \
+            if fb.get("written_after_promotion") else "writes to its bitmap"
+        v.details.append(("failback", f"split brain: this site took {ours} after the "
+                                      f"promotion (seq {fb.get('base_seq')}), and {primary} "
+                                      f"has written since: nothing is copied until you decide"))
+        if fb.get("report"):
+            v.details.append(("report", f"both change sets: {fb['report']}"))
+        keep = fb.get("keep") or r.get("split_brain_keep")
+        if keep == "this-site":
+            v.details.append(("resolved", f"this site's writes win: this mirror takes "
+                                          f"nothing from {primary}"))
+            v.health = None
+            return v
+        v.details.append(("do", f"read the report, then in /replication/replicas/{v.name}: "
+                                f"'resolve keep=new-primary' ({primary}'s image wins; this "
+                                f"site's writes are kept with their data in a lost-write "
+                                f"report first) or 'resolve keep=this-site' (this mirror "
+                                f"takes nothing from {primary})"))
+        v.health = False
+        return v
+    if found == "full-copy":
+        v.details.append(("failback", f"full copy: this site cannot prove what its old mirror "
+                                      f"holds ({fb.get('reason') or 'no reason given'}), so "
+                                      f"{primary} copies the whole volume"))
+    elif found == "copying":
+        extent = f"{fb.get('extents', 0)} extents ({human_bytes(fb.get('bytes') or 0)})"
+        what = (f"this site's old mirror holds the promoted image (seq {fb.get('base_seq')}) "
+                f"plus {extent} written here since ({fb.get('records', 0)} journal records)")
+        if replica == "inconsistent":
+            got = r.get("resync_bytes_received")
+            so_far = f"; {human_bytes(got)} received so far" if got else ""
+            v.details.append(("failback", f"copying from {primary}: {what}: only those and "
+                                          f"what {primary} changed are copied{so_far}"))
+        else:
+            v.details.append(("failback", f"copied: {what}; those and what {primary} changed "
+                                          f"were copied"))
+        if fb.get("lost_writes"):
+            v.details.append(("lost writes", f"this site's writes {primary} never had, with "
+                                             f"their data: {fb['lost_writes']}"))
+    if replica == "inconsistent":
+        v.details.append(("do", "let the failback finish: the mirror is inconsistent until "
+                                "then, with no earlier image to roll back to ('status' on "
+                                f"{primary} shows the progress and ETA)"))
+    elif not v.in_sync and link != "connected":
+        v.details.append(("do", f"check on {primary} that its transmitter for this volume "
+                                f"runs and can reach this appliance"))
+        v.health = False
     return v
 
 

@@ -20,6 +20,7 @@ from configshell_fb import ExecutionError
 from targetcli.ui_node import UINode
 
 from targetcli_ext import status_text
+from targetcli_ext.failback import failback_text
 from targetcli_ext.model import (
     ModelError,
     format_bandwidth,
@@ -28,6 +29,7 @@ from targetcli_ext.model import (
     parse_blackout,
     parse_bool,
 )
+from targetcli_ext.replica_nodes import run_operation
 from targetcli_ext.steering import (
     call_daemon,
     complete,
@@ -233,6 +235,41 @@ class UIVolume(SyncGroup, UINode):
             if isinstance(nbytes, int) else ""
         self.shell.log.info(f"Discarded {what} of {self.name}{held}. Their regions are dirty: "
                             f"it needs a resync, which 'resume' starts.")
+
+    # --- failback -------------------------------------------------------------------------
+
+    def ui_command_failback(self, uuid=None):
+        """
+        After a failover: makes this site the DR of the promoted peer over this volume's
+        OLD mirror, so that only what changed is copied back (docs/failover.md). uuid is
+        the new primary's volume uuid (the line 'promote' printed on the promoted site).
+
+        Stops this volume's transmitter and removes it (as 'delete' in
+        /replication/volumes), and makes a replica of the same name under
+        /replication/replicas: this mirror, its size and block size, this volume's old
+        journal as failback_journal (from it the receiver proves what the mirror holds
+        beyond the promoted image), and the peer's identity as the only primary admitted.
+        The receiver takes it live; then the peer's transmitter connects and 'status' of
+        the replica shows the failback.
+
+        Refused, with nothing changed, while the backstore still exists (its handler holds
+        the journal and mirror): delete /backstores/user:mirror/<name> first.
+
+        EXAMPLE
+        =======
+        failback uuid=6f1c2a52-8d1e-5b7a-9c3e-2f4b1d0e7a91
+        """
+        self.assert_root()
+        done = run_operation(self, self.ctx.failback_volume, self.name, uuid)
+        self.shell.con.display(failback_text(done))
+        parent = self.parent
+        parent.remove_child(self)
+        replicas = next((c for c in parent.parent.children if c.name == "replicas"), None)
+        if replicas is not None:
+            replicas.refresh()
+        if getattr(self.shell, "_current_node", None) is self:
+            return parent               # the shell stood on the volume that is gone
+        return None
 
     # --- settings: set/get replication --------------------------------------------------
 

@@ -187,9 +187,10 @@ def test_create_and_forget_a_replica_on_the_admins_device(dr):
     assert "nothing changed" in refused(
         sh, f"/replication/replicas create name=r2 uuid={UUID} mirror=/dev/vg0/r2 "
             f"size_bytes=10737418240")
-    assert "keeps its data" in refused(sh, f"/replication/replicas/{UUID} forget "
-                                           f"remove_data=true")
-    out = sh.run(f"/replication/replicas/{UUID} forget")
+    # Before the primary's first contact the receiver knows no name: the node is named as
+    # the admin named the replica here.
+    assert "keeps its data" in refused(sh, "/replication/replicas/r1 forget remove_data=true")
+    out = sh.run("/replication/replicas/r1 forget")
     assert "/dev/vg0/r1 is left as it is" in out
     assert "r1" not in sh.ctx.store.load().replicas
     assert not [c for c in sh.fake.calls if c[1] == "forget"]

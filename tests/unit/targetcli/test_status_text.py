@@ -40,7 +40,7 @@ vol1 role:primary peer:dr (192.0.2.2:7700)
     lost writes: 37 writes (148.0 KiB), seqs 48224-48260, never reached the DR, which was promoted at seq 48223; listed with their data in /var/lib/appliance/replication/reports/lost-writes-vol1-promoted-at-48223.txt
     lag: 37 records, 148.0 KiB, recovery point 1m59s ago
     why: 37 journal records are not acknowledged by the peer yet
-    do: the DR site failed over (promoted its replica): this site replicates nothing more; to make it the DR of the new primary see docs/failover.md
+    do: the DR site failed over (promoted its replica): this site replicates nothing more; to make it the DR of the new primary: delete /backstores/user:mirror/vol1, then 'failback uuid=<the new primary's volume uuid>' in /replication/volumes/vol1 (docs/failover.md)
 """,
     "resync": """\
 vol1 role:primary peer:dr (192.0.2.2:7700)
