@@ -84,19 +84,26 @@ class ReplicationContext(SiteOperations, FailbackOperations, MonitoringOperation
         except ModelError:
             return {}
 
+    def replica_names(self) -> dict[str, str]:
+        """The names of the replicas the admin made here, by uuid (none if site.json is bad)."""
+        try:
+            return {r.uuid: r.name for r in self.store.load().replicas.values()}
+        except ModelError:
+            return {}
+
     def views(self, fresh: bool = False) -> list[VolumeView]:
         return status_text.volume_views(self.snapshot(fresh), now=self.clock(), tz=self.tz,
-                                        peer_names=self.peer_names())
+                                        peer_names=self.peer_names(),
+                                        replica_names=self.replica_names())
 
     def render(self, names: set[str] | None = None) -> str:
         """The status text of every volume, or of those named."""
         snap = self.snapshot(fresh=True)
         if names is None:
             return status_text.render_status(snap, now=self.clock(), tz=self.tz,
-                                             peer_names=self.peer_names())
-        views = [v for v in status_text.volume_views(snap, now=self.clock(), tz=self.tz,
-                                                     peer_names=self.peer_names())
-                 if v.name in names]
+                                             peer_names=self.peer_names(),
+                                             replica_names=self.replica_names())
+        views = [v for v in self.views() if v.name in names]
         if not views:
             return f"no volume {', '.join(sorted(names))} answers now: run 'refresh'\n"
         return "\n".join(status_text.render_volume(v, now=self.clock(), tz=self.tz)

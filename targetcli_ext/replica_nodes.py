@@ -81,20 +81,7 @@ class UIReplicas(UINode):
     def refresh(self):
         self._children = set()
         for view in _replica_views(self.ctx, fresh=True):
-            UIReplica(self._name_of(view), view.uuid or view.name, self)
-
-    def _name_of(self, view: status_text.VolumeView) -> str:
-        """The primary's volume name; before its first contact (the receiver knows no name
-        yet), the name the admin gave it here (site.json), else its uuid."""
-        if view.name != view.uuid:
-            return view.name
-        try:
-            replicas = self.ctx.store.load().replicas
-        except ModelError:
-            return view.name
-        taken = {v.name for v in _replica_views(self.ctx)}
-        mine = next((r.name for r in replicas.values() if r.uuid == view.uuid), None)
-        return mine if mine is not None and mine not in taken else view.name
+            UIReplica(view.name, view.uuid or view.name, self)
 
     def summary(self):
         views = _replica_views(self.ctx)

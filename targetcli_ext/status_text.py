@@ -98,9 +98,11 @@ class VolumeView:
 
 
 def render_status(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
-                  peer_names: dict[str, str] | None = None) -> str:
+                  peer_names: dict[str, str] | None = None,
+                  replica_names: dict[str, str] | None = None) -> str:
     """The whole status: one block per volume, then daemons that did not answer."""
-    views = volume_views(snapshot, now=now, tz=tz, peer_names=peer_names)
+    views = volume_views(snapshot, now=now, tz=tz, peer_names=peer_names,
+                         replica_names=replica_names)
     blocks = [render_volume(v, now=now, tz=tz) for v in views]
     errors = snapshot.get("errors") or {}
     if not views and not errors:
@@ -177,9 +179,12 @@ def webhook_trouble(webhook: object) -> str | None:
 
 
 def volume_views(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
-                 peer_names: dict[str, str] | None = None) -> list[VolumeView]:
+                 peer_names: dict[str, str] | None = None,
+                 replica_names: dict[str, str] | None = None) -> list[VolumeView]:
     """Primary volumes (a transmitter, joined with the handler's entry of the same uuid),
-    handler volumes no transmitter answers for, then the DR's replicas; each sorted by name."""
+    handler volumes no transmitter answers for, then the DR's replicas; each sorted by name.
+    ``replica_names``: the names the admin gave replicas here (site.json), by uuid, for those
+    whose primary has not told the receiver its volume's name yet."""
     handler = (snapshot.get("handler") or {}).get("volumes") or {}
     by_uuid = {h.get("uuid"): (name, h) for name, h in handler.items()}
     peer_names = peer_names or {}
@@ -194,7 +199,9 @@ def volume_views(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
         if h.get("uuid") not in seen:
             primaries.append(_unreplicated_view(name, h, clock))
     receiver = snapshot.get("receiver") or {}
-    replicas = [_dr_view(uuid, r, clock) for uuid, r in (receiver.get("volumes") or {}).items()]
+    replicas = [_dr_view(uuid, r if r.get("name") or uuid not in (replica_names or {})
+                         else {**r, "name": replica_names[uuid]}, clock)
+                for uuid, r in (receiver.get("volumes") or {}).items()]
     replicas += [_offer_view(o, clock) for o in receiver.get("refused_offers") or []
                  if isinstance(o, dict)]
     _unique_replica_names(replicas)
@@ -557,7 +564,7 @@ def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
 def _failback_view(v: VolumeView, r: dict, fb: dict, replica: str, link: str) -> VolumeView:
     """A replica over this site's old mirror, after the new primary's first contact: what it
     found (dr/failback_admission.py), and what the admin does about it."""
-    primary = r.get("primary") or "the new primary"
+    primary = r.get("primary") or fb.get("new_primary") or "the new primary"
     found = fb.get("state")
     if v.in_sync:
         v.health = True

@@ -119,6 +119,13 @@ def test_failback_retires_the_transmitter_and_receives_into_the_old_mirror(site_
     assert "Receiver reloaded." in out
     assert old_uuid not in out                    # the uuids differ: no warning
     assert "disk0" not in {c.name for c in site_a.root.get_node("/replication/volumes").children}
+    # The receiver reports it without a name until the new primary's first contact: the
+    # shell names it as site.json does.
+    site_a.daemons.snapshot = {"handler": None, "transmitters": {}, "errors": {}, "receiver": {
+        "volumes": {NEW: {"name": "", "state": "consistent", "failback": None,
+                          "link": {"state": "idle"}}}}}
+    site_a.run("/replication/replicas refresh")
+    assert site_a.run("/replication/replicas/disk0 status").startswith("disk0 role:dr\n")
 
 
 def test_after_saveconfig_a_boot_keeps_the_replica_and_starts_no_transmitter(site_a, lio):
