@@ -34,6 +34,9 @@ Receiver (``appliance-receiver --config receiver.toml``)::
     journal_size = 268435456
     allowed_primaries = ["site-a"]   # optional; empty = the first primary binds the volume
     mirror = "/dev/vg/lv"            # optional; default <state_dir>/<uuid>/mirror
+    failback_journal = "/var/lib/appliance/journals/vol1.jnl"   # optional, with mirror: this
+                                     # site's journal from when it was the primary of that
+                                     # mirror; a failback then copies only what changed
 
 Transmitter (``appliance-transmitter --config tx-<uuid>.toml``)::
 
@@ -94,6 +97,9 @@ class ReplicaConfig:
     journal_size: int = 256 << 20
     mirror_sync_interval_s: float = 1.0
     mirror_sync_bytes: int = 64 * 1024 * 1024
+    # Failback onto this site's old mirror: the journal it had as a primary, from which the
+    # receiver proves what the mirror holds (dr/failback.py); None: a full copy.
+    failback_journal: Path | None = None
 
 
 def replica_paths(state_dir: Path, volume_uuid: uuid.UUID) -> ReplicaPaths:
@@ -113,7 +119,7 @@ RECEIVER_KEYS = {**_LINK_KEYS, "listen": str, "state_dir": str, "volume": list[d
                  "provision": bool, "provision_journal_size": int}
 MIN_JOURNAL_SIZE = 1 << 20      # of a replica journal ([[volume]] or provisioned)
 VOLUME_KEYS = {"uuid": str, "size_bytes": int, "block_size": int, "journal_size": int,
-               "allowed_primaries": list[str], "mirror": str}
+               "allowed_primaries": list[str], "mirror": str, "failback_journal": str}
 TRANSMITTER_KEYS = {
     **_LINK_KEYS, "peer": str, "peer_identity": str, "journal": str, "volume_uuid": str,
     "size_bytes": int, "block_size": int, "generation": int, "bandwidth_limit": float,
@@ -290,7 +296,12 @@ def _replica(v: dict, state_dir: Path, where: Where) -> ReplicaConfig:
         paths = ReplicaPaths(paths.journal, Path(v["mirror"]), paths.state, paths.undo)
     jsize = _journal_size(setting(v, "journal_size", ReplicaConfig, where), "journal_size",
                           where)
-    return ReplicaConfig(VolumeSpec(vid, size, bs, allowed), paths, jsize)
+    failback = Path(v["failback_journal"]) if "failback_journal" in v else None
+    if failback is not None and "mirror" not in v:
+        raise where.error("failback_journal", "needs 'mirror' too: the old mirror that "
+                                              "journal belongs to")
+    return ReplicaConfig(VolumeSpec(vid, size, bs, allowed), paths, jsize,
+                         failback_journal=failback)
 
 
 def receiver_config(raw: dict, where: str = "receiver config") -> ReceiverConfig:

@@ -53,6 +53,14 @@ class Hello:
     # The volume's name on the primary (its backstore), for the DR's status and provisioning;
     # "" when the primary has none (older transmitters send no name at all).
     name: str = ""
+    # The image this primary's journal starts from when it is not a blank disk: a promoted
+    # replica's (``PromotionBase.to_dict()``; docs/failover.md, minimal failback). A receiver
+    # meeting it at first contact must hold that image (the old primary, which proves it) or
+    # take a full copy: records from seq 1 alone would miss it.
+    base: dict | None = None
+    # What this primary changed since ``base`` ({"head_seq", "dirty_bytes"}), for the DR's
+    # report of a split brain.
+    changed: dict | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -73,7 +81,9 @@ class Hello:
                     size_bytes=_get(d, "size_bytes", int), block_size=_get(d, "block_size", int),
                     generation=_get(d, "generation", int), first_seq=_get(d, "first_seq", int),
                     compression=tuple(comp), protocol=_get(d, "protocol", int),
-                    name=_get(d, "name", str) if "name" in d else "")
+                    name=_get(d, "name", str) if "name" in d else "",
+                    base=_get(d, "base", dict) if d.get("base") is not None else None,
+                    changed=_get(d, "changed", dict) if d.get("changed") is not None else None)
         if len(hello.name) > MAX_NAME or any(not c.isprintable() for c in hello.name):
             raise HandshakeError(f"handshake field 'name' must be at most {MAX_NAME} printable "
                                  f"characters: {hello.name!r}")
@@ -101,6 +111,10 @@ class Welcome:
     # The receiver takes PRIMARY_STATE frames (its status then says whether it is behind the
     # primary). Absent from older receivers: the transmitter then sends none.
     primary_state: bool = False
+    # Minimal failback: the receiver holds the primary's ``base`` image plus these extents
+    # (lba, blocks) it wrote beyond it; the primary marks them dirty and copies them after its
+    # records. Repeated at every contact until RESYNC_BEGIN arrives. None: no failback.
+    failback_extents: list | None = None
     protocol: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict:
@@ -118,7 +132,18 @@ class Welcome:
                    full_copy=bool(d.get("full_copy", False)),
                    supersede=d.get("supersede") is True,
                    primary_state=d.get("primary_state") is True,
+                   failback_extents=_extents(d.get("failback_extents")),
                    protocol=_get(d, "protocol", int))
+
+
+def _extents(value: object) -> list[tuple[int, int]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+            isinstance(e, list | tuple) and len(e) == 2
+            and all(type(v) is int and v >= 0 for v in e) for e in value):
+        raise HandshakeError("failback_extents must be a list of [lba, blocks]")
+    return [(lba, n) for lba, n in value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +169,9 @@ class VolumeBinding:
     # Set once the DR site promoted this replica (failover): the seq of the image it was
     # promoted with. Its mirror is a primary's LUN from then on and takes no records.
     promoted_at_seq: int | None = None
+    # A failback under way: the extents this replica holds beyond the primary's base, until
+    # RESYNC_BEGIN (see Welcome.failback_extents).
+    failback_extents: list | None = None
 
 
 def _check_geometry(hello: Hello, spec: VolumeSpec, binding: VolumeBinding) -> None:
@@ -167,9 +195,12 @@ def _check_geometry(hello: Hello, spec: VolumeSpec, binding: VolumeBinding) -> N
 
 def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
           binding: VolumeBinding | None, receiver_identity: str, heartbeat_s: float,
-          allow_compression: bool = True) -> Welcome:
+          allow_compression: bool = True,
+          base_extents: list[tuple[int, int]] | None = None) -> Welcome:
     """Decide whether to accept ``hello``. ``cert_names`` is None only on a link without TLS;
-    ``spec`` and ``binding`` are None for a volume the receiver does not know."""
+    ``spec`` and ``binding`` are None for a volume the receiver does not know.
+    ``base_extents``: the receiver proved it holds the HELLO's ``base`` image plus these
+    extents (None: it cannot, so a primary with a base gets a full copy)."""
     binding = binding or VolumeBinding(primary=None, generation=0, last_seq=None, applied_seq=0)
     if hello.protocol != PROTOCOL_VERSION:
         raise Refused("version", f"protocol {hello.protocol} not supported "
@@ -205,6 +236,12 @@ def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
         # replica was rolled back): the replica starts at that seq and gets a full copy.
         last_seq = applied = hello.first_seq - 1
         full_copy = hello.first_seq != 1
+        # From seq 1 too when the journal starts from a promoted image (not a blank disk),
+        # unless this replica proved it holds that image: then a failback copies the extents.
+        failback = None
+        if hello.base is not None and not full_copy:
+            full_copy = base_extents is None
+            failback = base_extents
     else:
         if hello.first_seq > binding.last_seq + 1:
             raise Refused("resync-needed", f"volume {spec.uuid}: receiver holds up to seq "
@@ -216,11 +253,13 @@ def admit(hello: Hello, *, cert_names: set[str] | None, spec: VolumeSpec | None,
                                            f"a full copy")
         last_seq, applied = binding.last_seq, binding.applied_seq
         full_copy = binding.full_copy
+        failback = binding.failback_extents
     comp = next((c for c in hello.compression if c in COMPRESSIONS), None)
     return Welcome(identity=receiver_identity, last_seq=last_seq, applied_seq=applied,
                    compression=comp if allow_compression else None, heartbeat_s=heartbeat_s,
-                   inconsistent=binding.inconsistent or full_copy, full_copy=full_copy,
-                   supersede=True, primary_state=True)
+                   inconsistent=binding.inconsistent or full_copy or failback is not None,
+                   full_copy=full_copy, supersede=True, primary_state=True,
+                   failback_extents=failback)
 
 
 class JumpRefused(ValueError):

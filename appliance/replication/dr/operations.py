@@ -58,15 +58,16 @@ def promote_next_steps(p: Promotion, size_bytes: int) -> str:
     return (f"promoted: {p.mirror} holds the primary's image after seq {p.at_seq}; "
             f"{p.former_primary!r} is fenced off (refused with 'promoted').\n"
             f"next:\n"
-            f"  1. serve it with a NEW journal (the handler then marks every chunk for the "
-            f"next peer):\n"
+            f"  1. serve it with a NEW journal (the handler adopts the promotion's base "
+            f"left beside the mirror and marks nothing):\n"
             f"     /backstores/user:mirror create name=<name> size={size_bytes} "
             f"cfgstring=mirror={p.mirror};journal=<new journal path>\n"
             f"  2. its transmitter: volume_uuid = {mirror_volume_uuid(p.mirror)} (derived from "
             f"the mirror path), generation = {p.generation}, mirror + bitmap, "
             f"resync_skip_matching = true, peer = the old primary site once it is back\n"
             f"  3. failback on the old primary site: stop its LUN and transmitter, run a "
-            f"receiver whose [[volume]] mirror is its old mirror (docs/failover.md)\n")
+            f"receiver whose [[volume]] mirror is its old mirror and failback_journal its old "
+            f"journal: only what changed is copied back (docs/failover.md)\n")
 
 
 _CHECKS: dict[str, Callable[[ReplicaConfig], ReplicaState]] = {

@@ -34,7 +34,7 @@ from appliance.replication.config import (
     load_toml,
     receiver_config,
 )
-from appliance.replication.dr import provisioned
+from appliance.replication.dr import failback_admission, provisioned
 from appliance.replication.dr.provisioned import replica_configs
 from appliance.replication.dr.receiver_admin import ReceiverAdmin, VolumeSlot
 from appliance.replication.dr.replica import Replica, ReplicaError
@@ -145,12 +145,13 @@ class Receiver(ReceiverAdmin):
             self.offers[hello.volume_uuid] = offer
         await link.send_json(FT.REFUSE, {**err.details, "code": err.code, "reason": err.reason})
 
-    def _admit(self, hello: Hello, cert_names: set[str] | None, slot: VolumeSlot | None):
+    def _admit(self, hello: Hello, cert_names: set[str] | None, slot: VolumeSlot | None,
+               base_extents: list[tuple[int, int]] | None = None):
         return admit(hello, cert_names=cert_names,
                      spec=slot.replica.current_spec() if slot else None,
                      binding=slot.replica.binding() if slot else None,
                      receiver_identity=self.cfg.identity, heartbeat_s=self.cfg.heartbeat_s,
-                     allow_compression=self.cfg.compression)
+                     allow_compression=self.cfg.compression, base_extents=base_extents)
 
     async def _offered(self, hello: Hello, cert_names: set[str] | None) -> VolumeSlot:
         """A volume without a slot: with ``provision`` on, create its replica (refused with
@@ -283,12 +284,17 @@ class Receiver(ReceiverAdmin):
                 if self.slots.get(hello.volume_uuid) is not slot:
                     raise Refused("unknown-volume", f"volume {hello.volume_uuid} was removed "
                                                     f"from receiver {self.cfg.identity!r}")
-                welcome = self._admit(hello, cert_names, slot)
+                self._admit(hello, cert_names, slot)       # (the cheap refusals first)
+                # A failback proves what this site's mirror holds (reads its old journal).
+                extents = await run_blocking(
+                    lambda: failback_admission.base_extents(slot.replica, hello))
+                welcome = self._admit(hello, cert_names, slot, extents)
             except Refused as err:
                 await self._refuse(link, peer, hello, err, self.slots.get(hello.volume_uuid))
                 return
-            await run_blocking(lambda: slot.replica.bind(hello, welcome.last_seq,
-                                                         full_copy=welcome.full_copy))
+            await run_blocking(lambda: slot.replica.bind(
+                hello, welcome.last_seq, full_copy=welcome.full_copy,
+                failback_extents=welcome.failback_extents))
             if welcome.compression:
                 link.enable_compression()
             await link.send_json(FT.WELCOME, welcome.to_dict())

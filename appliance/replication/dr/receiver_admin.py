@@ -30,6 +30,11 @@
   it represents, and ``next_steps`` (how to look at it through LIO, and remove it). While it
   runs, the operations above are refused on that volume (they close the replica).
 
+- ``resolve`` {"volume", "keep"}: after a split brain in a failback (this site written after
+  the promotion; ``dr/failback_admission.py``), which side wins: "new-primary" (the primary's
+  next contact copies over this site's writes, which the lost-write report keeps with their
+  data) or "this-site" (this mirror never takes the failback). Saved in state.json.
+
 Refusals raise ``CommandError`` with the reason and "nothing changed".
 """
 
@@ -53,6 +58,7 @@ from appliance.replication.config import (
     receiver_config,
 )
 from appliance.replication.dr import operations, provisioned
+from appliance.replication.dr.failback_admission import KEEP_CHOICES
 from appliance.replication.dr.provisioned import ProvisionedSpec
 from appliance.replication.dr.replica import Replica
 from appliance.replication.dr.replica_errors import ReplicaError
@@ -130,6 +136,7 @@ class ReceiverAdmin:
             return lambda args: self._operation(action, args)
         return {"reload": self.reload, "forget": self.forget,
                 "set-retention": self.set_retention, "recover": self.recover,
+                "resolve": self.resolve,
                 **{action: operation(action) for action in operations.ACTIONS}}
 
     # --- volumes and holding them ------------------------------------------------------
@@ -242,6 +249,27 @@ class ReceiverAdmin:
         log.warning("volume %s: recovered the image after seq %d to %s (replication went on)",
                     vol, out["seq"], out["path"])
         return out
+
+    # --- resolve a split brain -------------------------------------------------------------
+
+    async def resolve(self, args: dict) -> dict:
+        _args(args, {"volume", "keep"})
+        slot = self.find_slot(args)
+        keep = args.get("keep")
+        if keep not in KEEP_CHOICES:
+            raise CommandError(f"keep must be one of {', '.join(KEEP_CHOICES)}, not {keep!r}; "
+                               f"nothing changed")
+        found = slot.replica.failback_status or {}
+        if found.get("state") != "split-brain":
+            raise CommandError(f"volume {slot.name}: no split brain was found at its primary's "
+                               f"last contact (state {found.get('state', 'unknown')}); nothing "
+                               f"changed")
+        async with slot.lock:
+            await asyncio.to_thread(slot.replica.keep_after_split_brain, keep)
+        log.warning("volume %s: split brain resolved by the admin: %s wins", slot.cfg.spec.uuid,
+                    keep)
+        return {"volume": str(slot.cfg.spec.uuid), "name": slot.name, "keep": keep,
+                "report": found.get("report")}
 
     # --- forget ---------------------------------------------------------------------------
 

@@ -117,6 +117,11 @@ class Replica(ReplicaResync):
         # a rollback or an invalidate): kept recoverable through the full copy that follows.
         self.detached_image_seq: int | None = None
         self.resync_bytes = 0
+        # A failback onto this mirror: what it holds beyond the primary's base, until
+        # RESYNC_BEGIN (dr/failback.py), and the admin's choice after a split brain.
+        self.failback_extents: list[tuple[int, int]] | None = None
+        self.split_brain_keep: str | None = None
+        self.failback_status: dict | None = None    # what the last first contact found
         # Set by a failover promotion (``promotion.py``): {"at_seq", "generation", "time",
         # "former_primary"}. The mirror is a primary's LUN from then on: this object never
         # writes to it again, and admission refuses every transmitter (the fence).
@@ -164,6 +169,8 @@ class Replica(ReplicaResync):
         self.consistent_at = st.consistent_at
         self.full_copy_pending = st.full_copy_pending
         self.detached_image_seq = st.detached_image_seq
+        self.failback_extents = st.failback_extents
+        self.split_brain_keep = st.split_brain_keep
         self.promoted = None if st.promoted is None else st.promoted.as_dict()
 
     def _save_state(self) -> None:
@@ -174,6 +181,7 @@ class Replica(ReplicaResync):
             consistent_seq=self.consistent_seq, consistent_at=self.consistent_at,
             full_copy_pending=self.full_copy_pending,
             detached_image_seq=self.detached_image_seq,
+            failback_extents=self.failback_extents, split_brain_keep=self.split_brain_keep,
             promoted=None if self.promoted is None else PromotionMark.from_dict(self.promoted))
         self._state.save(self.cfg.paths.state)
 
@@ -183,7 +191,8 @@ class Replica(ReplicaResync):
                              inconsistent=self.inconsistent_since is not None,
                              full_copy=self.full_copy_pending,
                              promoted_at_seq=None if self.promoted is None
-                             else self.promoted["at_seq"])
+                             else self.promoted["at_seq"],
+                             failback_extents=self.failback_extents)
 
     @property
     def mirror_durable_seq(self) -> int:
@@ -197,15 +206,19 @@ class Replica(ReplicaResync):
     def applied_seq(self) -> int:
         return self.counters.applied_seq
 
-    def bind(self, hello: Hello, last_seq: int, *, full_copy: bool = False) -> None:
+    def bind(self, hello: Hello, last_seq: int, *, full_copy: bool = False,
+             failback_extents: list[tuple[int, int]] | None = None) -> None:
         """Persist who owns this volume; create the journal at first contact. With
-        ``full_copy`` (history before ``last_seq`` is missing) the replica says so durably
-        *before* its journal exists, so no restart can make it look complete."""
+        ``full_copy`` (history before ``last_seq`` is missing) or ``failback_extents`` (this
+        mirror holds the primary's base plus those) the replica says durably that it is
+        inconsistent *before* its journal exists, so no restart can make it look complete."""
         if self.promoted is not None:       # admission refuses first; never write onto it
             raise ReplicaError(f"volume {self.spec.uuid} was promoted at seq "
                                f"{self.promoted['at_seq']}: it takes no primary")
         if self.journal is None and full_copy:
             self._await_full_copy(last_seq)
+        elif self.journal is None and failback_extents is not None:
+            self._await_failback(failback_extents)
         if self.journal is None:
             self.cfg.paths.journal.parent.mkdir(parents=True, exist_ok=True)
             fresh = preallocate(self.cfg.paths.journal, self.cfg.journal_size)
@@ -286,6 +299,23 @@ class Replica(ReplicaResync):
                     "needed; %s", self.spec.uuid, missing_to,
                     "no consistent image to keep" if self.consistent_seq is None else
                     f"the image at seq {self.consistent_seq} is kept recoverable (undo log)")
+
+    def _await_failback(self, extents: list[tuple[int, int]]) -> None:
+        """Inconsistent from now until the failback's resync ends: the primary's records land
+        over this site's own writes first. No undo log: the image before is the old
+        lineage's, which the lost-write report keeps (dr/failback_admission.py)."""
+        self.inconsistent_since = time.time()
+        self.consistent_seq = self.consistent_at = None
+        self.failback_extents = list(extents)
+        self._save_state()
+        log.warning("volume %s: failback onto this site's old mirror: inconsistent until the "
+                    "primary has copied its changes and the %d extents this site wrote "
+                    "beyond its base", self.spec.uuid, len(extents))
+
+    def keep_after_split_brain(self, keep: str) -> None:
+        """The admin's choice after a split brain (failback_admission.KEEP_CHOICES)."""
+        self.split_brain_keep = keep
+        self._save_state()
 
     # --- the data path ------------------------------------------------------------------
 
@@ -470,6 +500,7 @@ class Replica(ReplicaResync):
                 "resync_bytes_received": self.resync_bytes,
                 "undo_bytes": 0 if self._undo is None else self._undo.saved_bytes,
                 "retention": self.retention_status(),
+                "failback": self.failback_status,
                 "lag_records": self.durable_seq - self.applied_seq,
                 "lag_seconds": self._lag_seconds(),
                 "throughput_bytes_per_s": round(self.rate.rate()),

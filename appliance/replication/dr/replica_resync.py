@@ -44,6 +44,7 @@ class ReplicaResync:
     consistent_seq: int | None
     consistent_at: int | None
     full_copy_pending: bool
+    failback_extents: list[tuple[int, int]] | None
     detached_image_seq: int | None
     resync_bytes: int
     applied_seq: int
@@ -70,6 +71,7 @@ class ReplicaResync:
                 self.inconsistent_since = time.time()
                 self.consistent_seq = self.applied_seq
             self.full_copy_pending = False
+            self.failback_extents = None        # the primary has marked them (it said BEGIN)
             self.consistent_at = None
             self._save_state()
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from appliance.statefile import write_json_atomic
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _VERSION_KEY = "format_version"
 _PAIR_ANEW = ("remove the replica's files in that directory to pair it anew (its primary then "
               "sends a full copy)")
@@ -77,6 +77,11 @@ class ReplicaState:
     name: str = ""                          # the volume's name on its primary ("" unknown)
     retain_s: float = 0.0                   # retention window by age (0: no limit)
     retain_bytes: int = 0                   # retention window by size (0: no limit)
+    # A failback onto this site's old mirror (dr/failback.py): the extents it holds beyond
+    # the new primary's base, until RESYNC_BEGIN; and the admin's choice after a split brain
+    # ("new-primary": copy over this site's writes, "this-site": never).
+    failback_extents: list[tuple[int, int]] | None = None
+    split_brain_keep: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> ReplicaState | None:
@@ -108,7 +113,10 @@ class ReplicaState:
                 "promoted": None if self.promoted is None else self.promoted.as_dict(),
                 "demoted_from": None if self.demoted_from is None
                 else self.demoted_from.as_dict(), "name": self.name,
-                "retain_s": self.retain_s, "retain_bytes": self.retain_bytes}
+                "retain_s": self.retain_s, "retain_bytes": self.retain_bytes,
+                "failback_extents": None if self.failback_extents is None
+                else [list(e) for e in self.failback_extents],
+                "split_brain_keep": self.split_brain_keep}
 
     @classmethod
     def from_json(cls, d: object) -> ReplicaState:
@@ -143,7 +151,17 @@ class ReplicaState:
             demoted_from=None if demoted is None else PromotionMark.from_dict(demoted),
             name=_opt_str(d, "name") or "",
             retain_s=_opt_float(d, "retain_s") or 0.0,
-            retain_bytes=_opt_int(d, "retain_bytes") or 0)
+            retain_bytes=_opt_int(d, "retain_bytes") or 0,
+            failback_extents=_extents(d.get("failback_extents")),
+            split_brain_keep=_opt_str(d, "split_brain_keep"))
+
+
+def _extents(value: object) -> list[tuple[int, int]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise TypeError(f"failback_extents must be a list, not {value!r}")
+    return [(int(lba), int(n)) for lba, n in value]
 
 
 def promotion_refusal(volume: uuid.UUID, *, inconsistent: bool, has_journal: bool,

@@ -21,6 +21,9 @@ class ResyncProgress:
     # Full copy to a peer without the history: journal records it contains, never sent.
     superseded_records: int = 0
     superseded_to_seq: int = 0
+    # Failback onto the old primary's mirror: what it holds of its own beyond our base,
+    # marked to copy back (its extents, rounded to our chunks).
+    failback_marked_bytes: int = 0
     rate: RateMeter = field(default_factory=RateMeter, repr=False)
 
     def as_dict(self) -> dict:

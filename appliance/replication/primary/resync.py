@@ -45,7 +45,7 @@ from appliance.replication import wire
 from appliance.replication.digest import region_digest
 from appliance.replication.link import run_blocking
 from appliance.replication.primary.host_view import HostView
-from appliance.replication.primary.steering import DiscardState
+from appliance.replication.primary.steering import DiscardState, chunk_runs
 from appliance.statefile import write_json_atomic
 from appliance.volume.resync import ResyncSnapshot, region_extent
 
@@ -433,6 +433,24 @@ class ResyncDriver:
                     "journal no longer holds); marking every chunk", self.cfg.volume_uuid,
                     self.reader.acked_seq)
         await run_blocking(lambda: self.source.mark_all(timeout=self.cfg.resync_clear_timeout_s))
+
+    async def mark_failback(self, extents: list[tuple[int, int]]) -> None:
+        """A failback onto the old primary's mirror (docs/failover.md): it holds the image
+        our journal starts from plus these extents (lba, blocks) of its own. They go to the
+        bitmap durably before anything is sent, so the resync copies them after the records
+        (what we changed since the promotion); nothing else is read in full."""
+        def mark() -> int:
+            header = self.source.header()
+            runs = chunk_runs(extents, self.cfg.block_size, header.chunk_size,
+                              header.num_chunks)
+            if runs:
+                self.source.mark(runs, timeout=self.cfg.resync_clear_timeout_s)
+            return sum(count for _, count in runs) * header.chunk_size
+        marked = await run_blocking(mark)
+        self.progress.failback_marked_bytes = marked
+        log.warning("volume %s: failback: the peer holds our base image plus %d extents of its "
+                    "own; %d bytes marked to copy back after our records", self.cfg.volume_uuid,
+                    len(extents), marked)
 
     async def _wait_processed(self, request_id: int) -> None:
         await run_blocking(lambda: self.source.wait_processed(

@@ -131,6 +131,8 @@ class TxSession:
                                  or "the volume's journal names no mirror and bitmap"))
         if self.resync is not None and self.welcome.full_copy:
             await self.resync.request_full_copy()
+        elif self.resync is not None and self.welcome.failback_extents is not None:
+            await self.resync.mark_failback(self.welcome.failback_extents)
         tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop()),
                  asyncio.create_task(self._persist_acks()), asyncio.create_task(self._ended())]
         if self.welcome.primary_state:

@@ -28,7 +28,7 @@ from appliance.daemon_entry import (
     stop_event_on_signals,
 )
 from appliance.journal import JournalError, JournalReader, VolumeFiles
-from appliance.replication import wire
+from appliance.replication import lost_writes, wire
 from appliance.replication.config import (
     ConfigError,
     TransmitterConfig,
@@ -42,7 +42,6 @@ from appliance.replication.handshake import (
     Welcome,
 )
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
-from appliance.replication.primary import lost_writes
 from appliance.replication.primary.handler_events import HandlerEvents
 from appliance.replication.primary.session import PeerRefused, SessionEnded, TxSession
 from appliance.replication.primary.shared import TxShared
@@ -513,11 +512,12 @@ class Transmitter:
         first_seq = reader.acked_seq + 1
         if self.shared.discard is not None:     # the discarded seqs go as placeholders
             first_seq = min(first_seq, self.shared.discard.from_seq)
+        base, changed = await run_blocking(self._journal_base, reader)
         hello = Hello(identity=self.cfg.identity, volume_uuid=self.cfg.volume_uuid,
                       size_bytes=self.shared.volume_bytes, block_size=self.cfg.block_size,
                       generation=self.cfg.generation, first_seq=first_seq,
                       compression=COMPRESSIONS if self.cfg.compression else (),
-                      name=self.cfg.name)
+                      name=self.cfg.name, base=base, changed=changed)
         await link.send_json(FT.HELLO, hello.to_dict())
         try:
             frame = await link.recv(self.cfg.dead_after_s)
@@ -546,6 +546,22 @@ class Transmitter:
         self.shared.counters.applied_seq = welcome.applied_seq
         self.shared.peer_needs_resync = welcome.inconsistent or welcome.full_copy
         return welcome
+
+
+    def _journal_base(self, reader: JournalReader) -> tuple[dict | None, dict | None]:
+        """The promoted image this volume's journal starts from (the handler adopted a
+        promoted mirror: its bitmap header says so), and what changed since, for the HELLO;
+        (None, None) for a journal that starts from a blank disk or a fully marked one."""
+        files = self.shared.files
+        if files is None:
+            return None, None
+        requests = self.shared.bitmap_requests(files)
+        base = requests.header().base
+        if base is None:
+            return None, None
+        snap = requests.snapshot()
+        return base.to_dict(), {"head_seq": reader.durable_seq - 1,
+                                "dirty_bytes": snap.dirty_chunks * snap.chunk_size}
 
 
 def _no_arguments(command: str, args: dict) -> None:

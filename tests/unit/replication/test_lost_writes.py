@@ -10,8 +10,8 @@ from pathlib import Path
 from test_repl_config import tx
 
 from appliance.journal import Journal, JournalReader, OpKind, WriteOp
+from appliance.replication import lost_writes
 from appliance.replication.config import DEFAULT_REPORT_DIR, transmitter_config
-from appliance.replication.primary import lost_writes
 
 VOL = uuid.UUID(int=7)
 

@@ -109,3 +109,33 @@ def test_hello_dict_round_trip_and_validation():
     assert Welcome.from_dict(w.to_dict()) == w
     with pytest.raises(HandshakeError, match="compression"):
         Welcome.from_dict({**w.to_dict(), "compression": "lz4"})
+
+
+BASE = {"lineage": str(uuid.UUID(int=9)), "seq": 200, "generation": 2, "promoted_ns": 1}
+
+
+def test_a_journal_that_starts_from_a_promoted_image_needs_a_replica_that_proves_it():
+    # Records from seq 1 alone would miss the promoted image: without proof, a full copy.
+    w = admit(hello(base=BASE), cert_names={"site-a"}, spec=SPEC, binding=NEW,
+              receiver_identity="site-b", heartbeat_s=1.0)
+    assert (w.full_copy, w.inconsistent, w.failback_extents) == (True, True, None)
+    # The old primary proved it holds the base plus two extents: it gets only those.
+    w = admit(hello(base=BASE), cert_names={"site-a"}, spec=SPEC, binding=NEW,
+              receiver_identity="site-b", heartbeat_s=1.0, base_extents=[(8, 2), (64, 16)])
+    assert (w.full_copy, w.inconsistent, w.failback_extents) == (False, True, [(8, 2), (64, 16)])
+    assert Welcome.from_dict(w.to_dict()) == w
+    # ... repeated at every contact until RESYNC_BEGIN (the replica keeps them).
+    pending = VolumeBinding("site-a", 1, 0, 0, inconsistent=True, failback_extents=[(8, 2)])
+    assert run(hello(base=BASE), binding=pending).failback_extents == [(8, 2)]
+    # A primary without a base is today's journal replay; a later contact ignores the base.
+    assert run(hello()).failback_extents is None and not run(hello()).full_copy
+    bound = VolumeBinding("site-a", 1, 5, 5)
+    w = run(hello(base=BASE, first_seq=3), binding=bound)
+    assert (w.full_copy, w.failback_extents) == (False, None)
+
+
+def test_hello_carries_the_base_and_a_welcome_refuses_malformed_extents():
+    h = hello(base=BASE, changed={"head_seq": 20, "dirty_bytes": 0})
+    assert Hello.from_dict(h.to_dict()) == h
+    with pytest.raises(HandshakeError, match="failback_extents"):
+        Welcome.from_dict({**run(hello()).to_dict(), "failback_extents": [[1, -2]]})

@@ -85,7 +85,7 @@ def test_settings_are_saved_in_state_json_and_old_files_mean_off(tmp_path):
     r.set_retention(RetentionSettings(3600, 64 << 20))
     r.close()
     saved = json.loads((tmp_path / str(VOL) / "state.json").read_text())
-    assert saved["format_version"] == 3
+    assert saved["format_version"] == 4
     assert (saved["retain_s"], saved["retain_bytes"]) == (3600, 64 << 20)
     r = Replica(cfg(tmp_path))
     assert r.retention_settings == RetentionSettings(3600, 64 << 20)

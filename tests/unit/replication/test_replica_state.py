@@ -29,7 +29,8 @@ FULL = ReplicaState(volume_uuid=VOL, primary="site-a", generation=3,
                     promoted=PromotionMark(at_seq=57, generation=3, time=1700000100.5,
                                            former_primary="site-b"),
                     demoted_from=PromotionMark(at_seq=12, generation=2, time=1600000000.0,
-                                               former_primary=None))
+                                               former_primary=None),
+                    failback_extents=[(8, 2), (64, 128)], split_brain_keep="new-primary")
 # Exactly what the replica wrote before the format carried a version (format 0).
 FORMAT_0 = {"volume_uuid": str(VOL), "primary": "site-a", "generation": 2,
             "inconsistent_since": None, "consistent_seq": None, "consistent_at": None,

@@ -121,8 +121,8 @@ def write(report: LostWriteReport, directory: Path) -> dict[str, str]:
     paths = {"json": str(base.with_suffix(".json")), "text": str(base.with_suffix(".txt"))}
     body = asdict(report)
     body["lost_bytes"] = report.lost_bytes
-    _write_durably(Path(paths["json"]), json.dumps(body, indent=1) + "\n")
-    _write_durably(Path(paths["text"]), table(report))
+    write_durably(Path(paths["json"]), json.dumps(body, indent=1) + "\n")
+    write_durably(Path(paths["text"]), table(report))
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -149,7 +149,7 @@ def existing(directory: Path, volume: str, promoted_at_seq: int) -> dict | None:
     return report.summary({"json": str(path), "text": str(path.with_suffix(".txt"))})
 
 
-def _write_durably(path: Path, text: str) -> None:
+def write_durably(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with _private(tmp, "w") as out:
         out.write(text)
