@@ -52,6 +52,7 @@ class Failback:
     peer_identity: str
     old_uuid: str
     transmitter_file: Path
+    identity: str               # this site's, as the peer knows it
 
 
 class FailbackOperations:
@@ -63,8 +64,9 @@ class FailbackOperations:
         vol = known_volume(site, name)
         if not volume_uuid:
             raise ModelError(f"uuid is missing: give the volume uuid of the new primary of "
-                             f"{name} (the line 'promote' printed on the promoted site), "
-                             f"e.g. failback uuid=6f1c2a52-...")
+                             f"{name} (the line 'promote' printed on the promoted site; there "
+                             f"'/replication/volumes/<name> info' shows it too), e.g. failback "
+                             f"uuid=6f1c2a52-...")
         try:
             new_uuid = str(uuidlib.UUID(str(volume_uuid)))
         except ValueError as err:
@@ -103,7 +105,8 @@ class FailbackOperations:
                           f"new primary serves its mirror under the same path ({old.mirror}); "
                           f"otherwise its transmitter is offered a new replica instead")
         self.reload_receiver(notes)
-        return Failback(vol, replica, peer, identity, str(old.volume_uuid), path)
+        return Failback(vol, replica, peer, identity, str(old.volume_uuid), path,
+                        self.store.load().identity or "this site")
 
     def _restart_transmitter(self, name: str, notes) -> None:
         try:
@@ -185,7 +188,7 @@ def failback_text(fb: Failback) -> str:
         f"failback_journal {r.failback_journal}; only {fb.peer_identity!r} is admitted",
         "Next:",
         f"  1. on {fb.peer.name}: /replication/volumes create backstore=<its backstore> "
-        f"peer=<this site>: its transmitter connects here, and this site proves from "
+        f"peer=<its name for {fb.identity}>: its transmitter connects here, and this site proves from "
         f"{r.failback_journal} what its mirror holds beyond the promoted image, so only what "
         f"changed on either side is copied",
         f"  2. here: '/replication/replicas/{r.name} status' shows the failback: copying (the "

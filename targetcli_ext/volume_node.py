@@ -93,6 +93,32 @@ class UIVolume(SyncGroup, UINode):
         self.shell.con.display(status_text.render_volume(view, now=self.ctx.clock(),
                                                          tz=self.ctx.tz))
 
+    def ui_command_info(self):
+        """
+        Shows the volume's uuid (what the DR's 'replicas create uuid=' and, after a
+        failover, the old site's 'failback uuid=' take), its backstore, journal and mirror,
+        and its peer.
+        """
+        view = self._view(fresh=True)
+        saved = self._saved_volume(required=False)
+        backstore_name = saved.backstore if saved is not None else self.name
+        try:
+            found = self.ctx.backstore(backstore_name)
+        except ModelError:
+            found = None
+        uuid = view.uuid if view is not None and view.uuid else (
+            str(found.uuid) if found is not None else None)
+        rows = [("name", self.name), ("uuid", uuid),
+                ("backstore", f"user:mirror/{backstore_name}" if found is not None
+                 else f"{backstore_name} (not in LIO now)"),
+                ("journal", found.config.journal if found is not None else None),
+                ("mirror", found.config.mirror if found is not None else None),
+                ("size", found.size_bytes if found is not None else None),
+                ("peer", saved.peer if saved is not None else
+                 (view.peer if view is not None and view.peer else "none (not replicated)"))]
+        for key, value in rows:
+            self.shell.con.display(f"{key + ':':<13}{'unknown' if value is None else value}")
+
     # --- steering -----------------------------------------------------------------------
 
     def ui_command_pause(self, what="shipping"):

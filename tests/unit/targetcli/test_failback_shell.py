@@ -398,3 +398,14 @@ def test_help_and_completion_of_resolve(dr):
     node = sh.root.get_node("/replication/replicas/disk0")
     assert node.ui_complete_resolve({}, "n", "keep") == ["new-primary "]
     assert "split brain" in sh.run("/replication/replicas/disk0 help resolve")
+
+
+def test_info_shows_the_uuid_the_other_site_names(site_a, lio):
+    vols = site_a.vols
+    lines = site_a.run("/replication/volumes/disk0 info").splitlines()
+    assert f"uuid:        {mirror_volume_uuid(f'{vols}/disk0.img')}" in lines
+    assert f"journal:     {vols}/disk0.jnl" in lines
+    assert "peer:        b" in lines
+    delete_backstore(site_a, lio)
+    lines = site_a.run("/replication/volumes/disk0 info").splitlines()
+    assert "backstore:   disk0 (not in LIO now)" in lines
