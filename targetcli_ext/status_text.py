@@ -599,7 +599,7 @@ def _failback_view(v: VolumeView, r: dict, fb: dict, replica: str, link: str) ->
         v.details.append(("failback", f"full copy: this site cannot prove what its old mirror "
                                       f"holds ({fb.get('reason') or 'no reason given'}), so "
                                       f"{primary} copies the whole volume"))
-    elif found == "copying":
+    elif found in ("copying", "done"):
         extent = f"{fb.get('extents', 0)} extents ({human_bytes(fb.get('bytes') or 0)})"
         what = (f"this site's old mirror holds the promoted image (seq {fb.get('base_seq')}) "
                 f"plus {extent} written here since ({fb.get('records', 0)} journal records)")

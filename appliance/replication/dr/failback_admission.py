@@ -47,7 +47,8 @@ def base_extents(replica: Replica, hello: Hello) -> list[tuple[int, int]] | None
         plan = failback.plan(base, journal=cfg.failback_journal, mirror=cfg.paths.mirror,
                              block_size=replica.spec.block_size)
     except failback.BaseUnproven as err:
-        replica.failback_status = {"state": "full-copy", "reason": str(err)}
+        replica.failback_status = {"state": "full-copy", "reason": str(err),
+                                   "new_primary": hello.identity}
         log.warning("volume %s: this site cannot prove that its mirror holds the image the new "
                     "primary started from, so it gets a full copy: %s", replica.spec.uuid, err)
         return None
@@ -56,6 +57,8 @@ def base_extents(replica: Replica, hello: Hello) -> list[tuple[int, int]] | None
     if plan.split_brain and replica.split_brain_keep != "new-primary":
         path = write_split_brain(directory, name, plan, hello, replica.spec.block_size)
         replica.failback_status = {"state": "split-brain", "report": str(path),
+                                   "new_primary": hello.identity,
+                                   "keep": replica.split_brain_keep,
                                    **plan.summary(replica.spec.block_size)}
         if replica.split_brain_keep == "this-site":
             raise Refused("split-brain", f"volume {name}: the admin kept this site's writes "
@@ -68,6 +71,8 @@ def base_extents(replica: Replica, hello: Hello) -> list[tuple[int, int]] | None
     report = keep_lost_writes(directory, name, plan, hello, cfg.failback_journal,
                               replica.spec.block_size)
     replica.failback_status = {"state": "copying", "lost_writes": report,
+                               "new_primary": hello.identity,
+                               "keep": replica.split_brain_keep,
                                **plan.summary(replica.spec.block_size)}
     log.warning("volume %s: failback from %s: this mirror holds its image after seq %d plus %d "
                 "extents (%d bytes) written here since; only those and what the primary "

@@ -266,6 +266,7 @@ class ReceiverAdmin:
                                f"changed")
         async with slot.lock:
             await asyncio.to_thread(slot.replica.keep_after_split_brain, keep)
+            slot.replica.failback_status = {**found, "keep": keep}
         log.warning("volume %s: split brain resolved by the admin: %s wins", slot.cfg.spec.uuid,
                     keep)
         return {"volume": str(slot.cfg.spec.uuid), "name": slot.name, "keep": keep,

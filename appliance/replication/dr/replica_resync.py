@@ -45,6 +45,7 @@ class ReplicaResync:
     consistent_at: int | None
     full_copy_pending: bool
     failback_extents: list[tuple[int, int]] | None
+    failback_status: dict | None
     detached_image_seq: int | None
     resync_bytes: int
     applied_seq: int
@@ -167,6 +168,8 @@ class ReplicaResync:
                      self.spec.uuid, self.counters.applied_seq, self.resync_bytes)
             self.inconsistent_since = self.consistent_seq = self.consistent_at = None
             self.detached_image_seq = None
+            if self.failback_status and self.failback_status.get("state") == "copying":
+                self.failback_status = {**self.failback_status, "state": "done"}
             self._save_state()
             if self._undo is not None:
                 self._undo.remove()

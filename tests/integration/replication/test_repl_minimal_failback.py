@@ -60,7 +60,7 @@ class Failover:
     """Site A with SHIPPED writes at B and UNSHIPPED more, stopped cleanly; B promoted and
     serving its mirror with a new journal (a writer that keeps the volume open)."""
 
-    def __init__(self, pair, *, after_promotion: int = 0) -> None:
+    def __init__(self, pair, *, after_promotion: int = 0, slow: bool = False) -> None:
         self.pair = pair
         site_a = self.site_a = pair.site("site-a", blocks=BLOCKS, resync=True)
         self.vol = str(site_a.uuid)
@@ -90,9 +90,10 @@ class Failover:
         (d / "mirror").symlink_to(self.replica_mirror)
         self.site_b = dataclasses.replace(
             pair.site("site-b", blocks=BLOCKS, vol=site_a.uuid, identity="dr-site",
-                      cert="dr-site", port=self.port_a, resync=True,
+                      cert="dr-site", port=self.port_a, resync=True, compression=not slow,
                       extra=f'generation = {self.promoted["generation"]}\n'
-                            f'peer_identity = "site-a"\n'),
+                            f'peer_identity = "site-a"\n'
+                            + ("bandwidth_limit = 150000\n" if slow else "")),
             dir=d, log=pair.root / "writelog-site-b")
         _fix_site_b_config(self.site_b)
         self.w_b = pair.writer(self.site_b, 20, seed=4, linger=True).start()
@@ -190,7 +191,8 @@ def test_failback_copies_only_the_new_primarys_changes_and_the_old_sites_own(pai
         if op.kind != "U":
             assert data[w["data_offset"]:w["data_offset"] + w["data_bytes"]] == op.data()
     failback = f.a_volume()["failback"]
-    assert failback["state"] == "copying" and failback["records"] == len(beyond), failback
+    assert failback["state"] == "done" and failback["records"] == len(beyond), failback
+    assert failback["new_primary"] == "dr-site", failback
     assert f.a_volume()["state"] == "consistent"
 
 
@@ -232,3 +234,34 @@ def test_a_split_brain_is_reported_and_copies_nothing_until_the_admin_decides(pa
     ops_a = read_log(f.site_a.log)
     body = json.loads(next(f.rx_a_state.glob(f"{f.vol}/lost-writes-*.json")).read_text())
     assert len(body["writes"]) == len(ops_a) - SHIPPED + 2     # two restarts: two repeats
+
+
+@pytest.mark.parametrize("victim", ["receiver", "transmitter"])
+def test_a_failback_killed_mid_way_resumes_and_still_copies_only_what_changed(pair, victim):
+    f = Failover(pair, slow=True)       # A's chunks take about 6 s
+    ops_a = read_log(f.site_a.log)
+    rx_a = f.start_receiver_a()
+    tx_b = pair.transmitter(f.site_b).start()
+    # Killed in the middle of the copy of A's extents.
+    wait_for(lambda: status(f.site_b.control)["resync"]["state"] == "resyncing", 30,
+             "the failback's copy under way")
+    assert f.a_volume()["state"] == "inconsistent"
+    (rx_a if victim == "receiver" else tx_b).kill9()
+    (rx_a if victim == "receiver" else tx_b).start()
+    if victim == "receiver":
+        wait_for(lambda: rx_a.running() and status(f.rx_a_control), 20, "A's receiver again")
+    try:
+        wait_for(lambda: resync_done(f.site_b.control, f.rx_a_control, f.vol), 60,
+                 "the failback to complete after the kill")
+        wait_for(lambda: read(f.site_a.mirror) == read(f.replica_mirror), 20,
+                 "site A's mirror to equal the new primary's")
+    except AssertionError:
+        print(pair.logs())
+        raise
+    r = status(f.site_b.control)["resync"]
+    f.w_b.stop()
+    assert read(f.replica_mirror) == overlay(f.image_b, read_log(f.site_b.log))
+    # Whatever the kill interrupted, only A's own extents were marked (again, if asked again).
+    assert r["failback_marked_bytes"] in (0, chunk_bytes(ops_a[SHIPPED - 1:])), r
+    header, snap = bitmap_state(f.site_b.dir / "bitmap")
+    assert snap.dirty_chunks == 0, snap

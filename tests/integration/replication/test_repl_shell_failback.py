@@ -163,7 +163,7 @@ def test_the_shell_fails_back_onto_the_old_mirror_copying_only_what_changed(fail
     found = a_replica(f)["failback"]
     # The writer's restart submits its last op again (idempotent), so A's journal holds one
     # record more beyond the base than the new ops.
-    assert found["state"] == "copying" and found["records"] in (UNSHIPPED, UNSHIPPED + 1), found
+    assert found["state"] == "done" and found["records"] in (UNSHIPPED, UNSHIPPED + 1), found
     # A's writes B never had are in the lost-write report, with their data.
     lost = json.loads(Path(found["lost_writes"]).with_suffix(".json").read_text())
     assert [w["seq"] for w in lost["writes"]] == \
