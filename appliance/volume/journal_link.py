@@ -18,8 +18,9 @@ from appliance.journal.format import (
 )
 from appliance.journal.header import load_superblock, read_header
 from appliance.storage import open_file
-from appliance.volume import bitmap_format
+from appliance.volume import bitmap_format, group_layout
 from appliance.volume.bitmap import DirtyBitmap
+from appliance.volume.concat_io import open_mirror
 from appliance.volume.errors import NoSpaceError, VolumeConfigError
 from appliance.volume.promotion_base import PromotionBase, read_marker, remove_marker
 
@@ -49,8 +50,8 @@ def open_parts(config: VolumeConfig) -> Parts:
         and os.path.exists(config.mirror_path)
     mirror_had_data = mirror_existed and mirror_holds_data(config.mirror_path)
     try:
-        mirror = config.mirror_io or open_file(config.mirror_path,
-                                               create_size=config.volume_bytes)
+        mirror = config.mirror_io or open_mirror(config.mirror_path,
+                                                 create_size=config.volume_bytes)
         opened.append(mirror)
         if mirror.size() < config.volume_bytes:
             raise VolumeConfigError(f"mirror holds {mirror.size()} bytes, the volume needs "
@@ -117,6 +118,8 @@ def mirror_holds_data(path: str | os.PathLike[str] | None) -> bool:
     created sparse by us and never written has none), or any block device."""
     if path is None or not os.path.exists(path):
         return False
+    if group_layout.is_layout_path(path):       # a group: any member's data counts
+        return any(mirror_holds_data(m.mirror) for m in group_layout.load(path).members)
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         return True
@@ -196,7 +199,10 @@ def check_space(config: VolumeConfig) -> None:
     only move the failure to the host's writes (MEDIUM ERROR once ENOSPC hits), which is what
     an admin least wants to find out in production. We do not overcommit."""
     needs: dict[int, tuple[int, str]] = {}      # st_dev -> (bytes, directory)
-    for path, size in ((None if config.mirror_io else config.mirror_path, config.volume_bytes),
+    # (A group's members are checked when each joins, not as one file here.)
+    mirror = None if config.mirror_io or group_layout.is_layout_path(config.mirror_path) \
+        else config.mirror_path
+    for path, size in ((mirror, config.volume_bytes),
                        (None if config.journal_io else config.journal_path, config.journal_size),
                        (None if config.bitmap_io else config.bitmap_path,
                         bitmap_format.file_size(config.num_chunks))):

@@ -34,6 +34,8 @@ from typing import Any, Protocol
 from appliance.replication.dr.replica_errors import ReplicaError
 from appliance.replication.dr.retention import Point, RetentionError, RetentionLog, iso_time
 from appliance.storage import sync_dir
+from appliance.volume import group_layout
+from appliance.volume.concat_io import open_mirror
 
 
 class Replica(Protocol):
@@ -177,7 +179,17 @@ def _check_window(replica: Replica, ret, epoch: int) -> None:
 
 
 def _copy(mirror: Path, fd: int, size: int) -> None:
-    """The mirror's first ``size`` bytes to ``fd`` (at its start), copied by the kernel."""
+    """The mirror's first ``size`` bytes to ``fd`` (at its start), copied by the kernel (a
+    group's members through their concatenation: one image of the group's address space)."""
+    if group_layout.is_layout_path(mirror):
+        with open_mirror(mirror) as io:
+            done = 0
+            while done < size:
+                chunk = bytearray(min(_COPY_CHUNK, size - done))
+                io.pread_into(done, memoryview(chunk))
+                os.pwrite(fd, chunk, done)
+                done += len(chunk)
+        return
     src = os.open(mirror, os.O_RDONLY | os.O_CLOEXEC)
     try:
         done = 0

@@ -42,7 +42,6 @@ import time
 from collections import deque
 from pathlib import Path
 
-from appliance import storage
 from appliance.journal import Journal, JournalError, JournalFull, JournalReader
 from appliance.journal.resize import set_volume_blocks
 from appliance.replication.config import ReplicaConfig
@@ -69,6 +68,7 @@ from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec
 from appliance.replication.records import from_journal, to_write_op
 from appliance.replication.status import RateMeter, ReceiverVolumeCounters
 from appliance.replication.wire import WireRecord
+from appliance.volume.concat_io import ConcatBlockIO, mirror_files, open_mirror
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,9 @@ class Replica(ReplicaResync):
         self._acker: JournalReader | None = None
         for path in (cfg.paths.mirror, cfg.paths.journal, cfg.paths.state):
             path.parent.mkdir(parents=True, exist_ok=True)
-        preallocate(cfg.paths.mirror, self.spec.size_bytes)
-        self._mirror = storage.open_file(cfg.paths.mirror, create_size=self.spec.size_bytes)
+        for path, size in mirror_files(cfg.paths.mirror, self.spec.size_bytes):
+            preallocate(path, size)
+        self._mirror = open_mirror(cfg.paths.mirror, create_size=self.spec.size_bytes)
         _enable_direct(self._mirror)
         self._direct_journal: Journal | None = None   # the journal direct writes were set for
         self._unsynced_bytes = 0
@@ -266,6 +267,9 @@ class Replica(ReplicaResync):
             old = self.size_bytes
             if self.journal is None or size_bytes == old:
                 return
+            if isinstance(self._mirror, ConcatBlockIO):
+                raise ReplicaError(f"volume {self.spec.uuid} is a consistency group: its size "
+                                   f"follows its members' layout, not a resize")
             self._restart_retention(f"resized from {old} to {size_bytes} bytes")
             if size_bytes > old:
                 extend_file(self._mirror.fileno(), size_bytes)

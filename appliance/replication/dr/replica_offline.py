@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from appliance import storage
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.dr.replica import Replica, ReplicaError
 from appliance.replication.dr.replica_state import ReplicaState
 from appliance.replication.dr.undo import roll_back
+from appliance.volume.concat_io import open_mirror
 
 log = logging.getLogger("appliance.replication.dr.replica")
 
@@ -31,7 +31,7 @@ def roll_back_to_consistent(cfg: ReplicaConfig) -> int:
     st = check_rollback(cfg)
     if st.consistent_seq is None:       # check_rollback refused it
         raise ReplicaError(f"volume {cfg.spec.uuid} has no consistent image")
-    mirror = storage.open_file(cfg.paths.mirror)
+    mirror = open_mirror(cfg.paths.mirror)
     try:
         restored = roll_back(cfg.paths.undo, mirror)
     finally:

@@ -47,6 +47,7 @@ from appliance.replication.link import run_blocking
 from appliance.replication.primary.host_view import HostView
 from appliance.replication.primary.steering import DiscardState, chunk_runs
 from appliance.statefile import write_json_atomic
+from appliance.volume.concat_io import open_mirror
 from appliance.volume.resync import ResyncSnapshot, region_extent
 
 if TYPE_CHECKING:
@@ -156,7 +157,7 @@ class ResyncDriver:
         self.files = files
         # The transmitter's one writer of the bitmap's request slot (it outlives the session).
         self.source = shared.bitmap_requests(files)
-        self._mirror: storage.BlockIO | None = storage.open_file(files.mirror)
+        self._mirror: storage.BlockIO | None = open_mirror(files.mirror)
         # (Its journal readers open at the first read.)
         self._host_view = HostView(self._mirror, lambda: JournalReader(
             cfg.journal, volume_uuid=cfg.volume_uuid))

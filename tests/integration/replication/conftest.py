@@ -73,7 +73,8 @@ class Pair:
 
     def write_rx_config(self, *, tls: bool = True, compression: bool = True,
                         allowed: dict[uuid.UUID, list[str]] | None = None,
-                        dead_after_s: float = 3.0) -> None:
+                        dead_after_s: float = 3.0,
+                        mirrors: dict[uuid.UUID, Path] | None = None) -> None:
         top = ['identity = "dr-site"', f'listen = "{self.rx_host}:{self.port}"',
                f'state_dir = "{self.rx_state}"', f'control_socket = "{self.rx_control}"',
                "heartbeat_s = 0.5", f"dead_after_s = {dead_after_s}",
@@ -84,6 +85,8 @@ class Pair:
         for vid, blocks in self.volumes:
             vols += ["[[volume]]", f'uuid = "{vid}"', f"size_bytes = {blocks * BLOCK}",
                      f"block_size = {BLOCK}", f"journal_size = {4 << 20}"]
+            if mirrors and vid in mirrors:
+                vols.append(f'mirror = "{mirrors[vid]}"')
             if allowed and vid in allowed:
                 vols.append("allowed_primaries = [" +
                             ", ".join(f'"{a}"' for a in allowed[vid]) + "]")
