@@ -90,17 +90,7 @@ class VolumeBackend:
         return self.volume.pause_journal() if paused else self.volume.resume_journal()
 
     def status(self) -> dict:
-        """The volume's state, and what it holds that the peer has not acknowledged: also
-        visible when no transmitter runs (docs/protocol.md, "What status derives from")."""
-        st = self.volume.status()
-        journal = st["journal"]
-        not_acked = max(0, journal["next_seq"] - 1 - journal["acked_seq"])
-        dirty = st["dirty_chunks"] * st["chunk_size"]
-        return {**st, "volume_state": st["state"], "uuid": str(self.volume.uuid),
-                "size_bytes": self.size_bytes,
-                "peer_lag_records": not_acked, "peer_lag_dirty_bytes": dirty,
-                "peer_holds_everything": not_acked == 0 and dirty == 0
-                and st["state"] == "journaling"}
+        return volume_status(self.volume, self.size_bytes)
 
     def stopping(self) -> None:
         """The device loop stops: release writes waiting for the DR (SyncAborted)."""
@@ -110,6 +100,84 @@ class VolumeBackend:
         if self.acks is not None:
             self.acks.stop()
         self.volume.close()
+
+
+def volume_status(volume: Any, size_bytes: int) -> dict:
+    """The volume's state, and what it holds that the peer has not acknowledged: also
+    visible when no transmitter runs (docs/protocol.md, "What status derives from")."""
+    st = volume.status()
+    journal = st["journal"]
+    not_acked = max(0, journal["next_seq"] - 1 - journal["acked_seq"])
+    dirty = st["dirty_chunks"] * st["chunk_size"]
+    return {**st, "volume_state": st["state"], "uuid": str(volume.uuid),
+            "size_bytes": size_bytes,
+            "peer_lag_records": not_acked, "peer_lag_dirty_bytes": dirty,
+            "peer_holds_everything": not_acked == 0 and dirty == 0
+            and st["state"] == "journaling"}
+
+
+@dataclass
+class GroupMemberBackend:
+    """One member device of a consistency group: ScsiDisk over its view of the group's
+    Volume (appliance/tcmu/groups.py). Mode, journal pause and write cache are the group's."""
+
+    registry: Any                       # groups.GroupRegistry
+    group: Any                          # groups.OpenGroup
+    member: str
+    volume: Any                         # group_member.MemberVolume
+    executor: Any
+    size_bytes: int
+
+    @classmethod
+    def open(cls, registry: Any, name: str, config: MirrorConfig, size_bytes: int,
+             serial: str | None = None, *, max_transfer_bytes: int | None = None,
+             read_serial: Callable[[], str | None] | None = None) -> GroupMemberBackend:
+        from appliance.scsi import DiskIdentity, DiskLimits, ScsiDisk
+        from appliance.volume.group_member import MemberVolume
+
+        max_transfer = max_transfer_bytes or DEFAULT_MAX_TRANSFER
+        group, member = registry.attach(name, config, size_bytes, max_transfer)
+        try:
+            view = MemberVolume(group.volume, member.offset_blocks, member.num_blocks)
+            # The group's Volume was opened with its first member's transfer limit.
+            limit = min(max_transfer, group.volume.config.max_transfer_bytes)
+            disk = ScsiDisk(view, DiskIdentity(serial or mirror_volume_uuid(config.mirror).hex),
+                            DiskLimits(max_transfer_bytes=limit))
+        except BaseException:
+            registry.detach(group, name)
+            raise
+        executor = disk if serial or read_serial is None else _LazySerialDisk(disk, read_serial)
+        return cls(registry, group, name, view, executor, size_bytes)
+
+    def resize(self, size_bytes: int) -> None:
+        from appliance.volume.resizing import ResizeRefused
+        raise ResizeRefused(f"member {self.member} of group {self.group.name} keeps its size "
+                            "(the next member starts where it ends)")
+
+    def set_write_cache(self, enabled: bool) -> None:
+        self.volume.write_cache_enabled = enabled
+
+    def set_sync(self, settings: Any) -> bool:
+        return self.group.volume.set_sync(settings)
+
+    def sync_settings(self) -> Any:
+        return self.group.volume.sync.settings
+
+    def set_journal_paused(self, paused: bool) -> bool:
+        vol = self.group.volume
+        return vol.pause_journal() if paused else vol.resume_journal()
+
+    def status(self) -> dict:
+        """The group's volume state (its uuid is the group's), and where this member is."""
+        return {**volume_status(self.group.volume, self.size_bytes),
+                "group": self.group.name, "member": self.member,
+                "offset_blocks": self.volume.offset_blocks}
+
+    def stopping(self) -> None:
+        self.registry.stopping(self.group, self.member)
+
+    def close(self) -> None:
+        self.registry.detach(self.group, self.member)
 
 
 class AckListener:
@@ -190,8 +258,10 @@ class _LazySerialDisk:
 
 
 def open_backend(name: TcmuName, config: MirrorConfig,
-                 control: BackstoreControl | None) -> VolumeBackend:
-    """BackendFactory for the daemon: size and WWN from configfs."""
+                 control: BackstoreControl | None, *,
+                 groups: Any = None) -> VolumeBackend | GroupMemberBackend:
+    """BackendFactory for the daemon: size and WWN from configfs. A `group=` device is a
+    member of that group in ``groups`` (a groups.GroupRegistry)."""
     if control is None:
         raise ValueError(f"device {name.name}: no configfs directory to read its size from")
     size = control.dev_size()
@@ -211,5 +281,12 @@ def open_backend(name: TcmuName, config: MirrorConfig,
         max_transfer = control.hw_max_sectors() * config.block_size
     except (OSError, ValueError):
         max_transfer = None
+    if config.group is not None:
+        if groups is None:
+            raise ValueError(f"device {name.name}: group={config.group} but this handler "
+                             "serves no groups")
+        return GroupMemberBackend.open(groups, name.name, config, size, serial,
+                                       max_transfer_bytes=max_transfer,
+                                       read_serial=control.unit_serial)
     return VolumeBackend.open(config, size, serial, max_transfer_bytes=max_transfer,
                               read_serial=control.unit_serial)

@@ -12,9 +12,13 @@ Keys:
   block_size    volume block size the host sees: 512 (default) or 4096
   bitmap        absolute path of the dirty-region bitmap (default: `<journal>.bitmap`)
   wce           write cache enabled at start: 1 (default) or 0
+  group         the consistency group this volume is a member of (docs/groups.md): its
+                journal and bitmap are the group's (`<groups dir>/<group>.jnl`, `.bitmap`), so
+                `journal` and `bitmap` are refused with it; the group's layout
+                `<groups dir>/<group>.group.json` must exist (the shell's
+                `/replication/groups create`). The member is named by the backstore.
 
-`group` (a consistency group) is refused until groups exist: accepted, it would promise
-write-order consistency across volumes that nothing provides.
+    mirror/mirror=/var/lib/appliance/log.img;group=db
 
 Kernel and rtslib limits (target_core_user.c `tcmu_set_configfs_dev_params`; rtslib
 `UserBackedStorageObject`): at most 255 bytes including `mirror/`, no `,` (the control tokenizer
@@ -27,6 +31,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from appliance.volume import group_layout
+
 SUBTYPE = "mirror"
 MAX_CONFIG_BYTES = 255
 MIN_JOURNAL_SIZE = 1 << 20
@@ -34,16 +40,14 @@ _FORBIDDEN = {",": "a comma", ":": "a colon", "\n": "a newline", "\r": "a carria
               "\0": "a NUL byte"}
 _SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-KNOWN_KEYS = ("mirror", "journal", "journal_size", "block_size", "bitmap", "wce")
+KNOWN_KEYS = ("mirror", "journal", "journal_size", "block_size", "bitmap", "wce", "group")
 # Keys documented once and not implemented: refused with their own reason.
-UNSUPPORTED_KEYS = {
-    "group": "consistency groups are not supported yet (each volume replicates on its own, in "
-             "its own write order); remove the 'group' key",
-}
+UNSUPPORTED_KEYS: dict[str, str] = {}
 
 CONFIG_DESC = (
     "mirror=<abs path>;journal=<abs path>;journal_size=<size, e.g. 1G>"
-    "[;block_size=512|4096][;bitmap=<abs path>][;wce=1|0]  "
+    "[;block_size=512|4096][;bitmap=<abs path>][;wce=1|0]  or  "
+    "mirror=<abs path>;group=<group name>[;block_size=512|4096][;wce=1|0]  "
     "(no ',' ':' or newline; at most 255 bytes with 'mirror/')"
 )
 
@@ -55,19 +59,26 @@ class ConfigStringError(ValueError):
 @dataclass(frozen=True, slots=True)
 class MirrorConfig:
     mirror: str
-    journal: str
+    journal: str | None           # None for a group member: the group's journal
     journal_size: int | None = None
     block_size: int = 512
     bitmap: str | None = None
     wce: bool = True
+    group: str | None = None
 
     @property
-    def bitmap_path(self) -> str:
+    def bitmap_path(self) -> str | None:
+        if self.journal is None:
+            return None
         return self.bitmap or self.journal + ".bitmap"
 
     def to_cfgstring(self) -> str:
         """The handler part (after `mirror/`), in the canonical key order."""
-        parts = [f"mirror={self.mirror}", f"journal={self.journal}"]
+        parts = [f"mirror={self.mirror}"]
+        if self.journal is not None:
+            parts.append(f"journal={self.journal}")
+        if self.group is not None:
+            parts.append(f"group={self.group}")
         if self.journal_size is not None:
             parts.append(f"journal_size={self.journal_size}")
         if self.block_size != 512:
@@ -117,11 +128,21 @@ def parse_config(config: str) -> MirrorConfig:
         if key in values:
             raise ConfigStringError(f"key '{key}' given twice")
         values[key] = value
-    for required in ("mirror", "journal"):
+    group = values.get("group")
+    if group is not None:
+        for key in ("journal", "bitmap"):
+            if key in values:
+                raise ConfigStringError(
+                    f"{key}= and group= together: a member of group {group!r} uses the "
+                    f"group's {key} (in the handler's groups directory); remove '{key}='")
+        if not group_layout.valid_name(group):
+            raise ConfigStringError(f"group={group}: a group name is letters, digits, '_', "
+                                    "'.' and '-', starting with a letter or digit")
+    for required in ("mirror",) if group is not None else ("mirror", "journal"):
         if required not in values:
             raise ConfigStringError(f"missing '{required}=<absolute path>'")
     mirror = _abs_path("mirror", values["mirror"])
-    journal = _abs_path("journal", values["journal"])
+    journal = _abs_path("journal", values["journal"]) if "journal" in values else None
     bitmap = _abs_path("bitmap", values["bitmap"]) if "bitmap" in values else None
     paths = [path for path in (mirror, journal, bitmap) if path]
     if len(set(paths)) != len(paths):
@@ -138,7 +159,7 @@ def parse_config(config: str) -> MirrorConfig:
     wce = values.get("wce", "1")
     if wce not in ("0", "1"):
         raise ConfigStringError(f"wce={wce}: use 1 (write cache on) or 0")
-    return MirrorConfig(mirror, journal, journal_size, block_size, bitmap, wce == "1")
+    return MirrorConfig(mirror, journal, journal_size, block_size, bitmap, wce == "1", group)
 
 
 def check_config(config: str) -> tuple[bool, str]:

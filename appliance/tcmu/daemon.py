@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import functools
 import logging
 import os
 import signal
@@ -46,6 +47,7 @@ from appliance.tcmu.configfs import BackstoreControl
 from appliance.tcmu.dbus_service import HandlerObject, TcmuDBusService
 from appliance.tcmu.discovery import TcmuName, UdevWatcher, scan_uio
 from appliance.tcmu.events import DeviceEvent, TcmuGenlCmd
+from appliance.tcmu.groups import DEFAULT_GROUPS_DIR, GroupError, GroupRegistry
 from appliance.tcmu.manager import BackendFactory, DeviceManager, TransportOpener
 from appliance.tcmu.netlink import NetlinkError, TcmuNetlink
 from appliance.tcmu.uio import UioDevice, read_uio_info
@@ -72,6 +74,8 @@ class HandlerConfig:
     log_level: str = "INFO"
     # `appliancectl --socket ... status`: each volume's state and what its peer lacks
     control_socket: Path = Path("/run/appliance-handler/handler.sock")   # its RuntimeDirectory
+    # consistency groups: `<name>.group.json` (layout), `<name>.jnl`, `<name>.bitmap`
+    groups_dir: Path = DEFAULT_GROUPS_DIR
 
     @classmethod
     def load(cls, path: Path | None) -> HandlerConfig:
@@ -112,11 +116,13 @@ class HandlerConfig:
 class HandlerDaemon:
     """Explicit lifecycle: start() → run until stop() → shutdown()."""
 
-    def __init__(self, config: HandlerConfig, backend_factory: BackendFactory = open_backend,
+    def __init__(self, config: HandlerConfig, backend_factory: BackendFactory | None = None,
                  open_transport: TransportOpener | None = None) -> None:
         """`open_transport` replaces /dev/uioN (the tests serve the ring simulation)."""
         self.config = config
-        self.manager = DeviceManager(backend_factory=backend_factory,
+        self.groups = GroupRegistry(config.groups_dir)
+        self.manager = DeviceManager(backend_factory=backend_factory
+                                     or functools.partial(open_backend, groups=self.groups),
                                      open_transport=open_transport or self._open_uio,
                                      control_for=self._control_for,
                                      poll_interval=config.poll_interval)
@@ -239,9 +245,14 @@ def control_server(daemon: HandlerDaemon) -> ControlServer:
     """The handler's control socket: `status` shows every volume it serves, and what each
     holds that its peer has not acknowledged (also when no transmitter runs);
     `pause-journal` / `resume-journal` {"volume": "<backstore name>"} steer journaling;
-    `set-sync` {"volume", "mode", "fallback_s", "hold"} sets the replication mode."""
+    `set-sync` {"volume", "mode", "fallback_s", "hold"} sets the replication mode (of a
+    consistency group too: "volume" is then the group's name or uuid; status lists each group
+    under "groups"); `leave-group` {"group", "member"} retires a member whose device is
+    closed (docs/groups.md)."""
     return ControlServer(daemon.config.control_socket, {
-        "status": lambda args: {"role": "handler", "volumes": daemon.manager.status()},
+        "status": lambda args: {"role": "handler", "volumes": daemon.manager.status(),
+                                "groups": daemon.groups.status()},
+        "leave-group": lambda args: _leave_group(daemon, args),
         "pause-journal": lambda args: _journal_pause(daemon, "pause-journal", args, True),
         "resume-journal": lambda args: _journal_pause(daemon, "resume-journal", args, False),
         "set-sync": lambda args: _set_sync(daemon, args),
@@ -276,6 +287,27 @@ async def _set_sync(daemon: HandlerDaemon, args: dict) -> dict:
     return await _on_volume(daemon, "set-sync", name, daemon.manager.set_sync, settings_from)
 
 
+async def _leave_group(daemon: HandlerDaemon, args: dict) -> dict:
+    """leave-group: retire a member of a group (its device must be closed); its range stays
+    as padding, so the others keep their offsets. {"group", "member", "changed"}."""
+    usage = 'leave-group takes {"group": "<group name>", "member": "<member name>"}; ' \
+            'nothing changed'
+    unknown = sorted(set(args) - {"group", "member"})
+    if unknown:
+        raise CommandError(f"unknown argument {', '.join(map(repr, unknown))}: {usage}")
+    group, member = args.get("group"), args.get("member")
+    if not isinstance(group, str) or not group or not isinstance(member, str) or not member:
+        raise CommandError(f"missing the group or the member: {usage}")
+    try:
+        return await asyncio.to_thread(daemon.groups.leave, group, member)
+    except GroupError as err:
+        raise CommandError(str(err)) from None
+    except Exception as err:
+        log.exception("leave-group %s %s failed", group, member)
+        raise CommandError(f"leave-group of {member} in {group} failed: {err}; check the "
+                           "handler's log") from err
+
+
 def _volume_argument(cmd: str, args: dict, others: tuple[str, ...], shape: str) -> str:
     """The "volume" argument of a command that takes ``others`` besides it."""
     usage = f"{cmd} takes {shape}; nothing changed"
@@ -293,11 +325,11 @@ async def _on_volume(daemon: HandlerDaemon, cmd: str, name: str,
     """Run a manager change of one volume in a worker thread, with the errors an admin
     reads."""
     try:
-        return await asyncio.to_thread(change, name, value)
+        return await asyncio.to_thread(_volume_or_group, daemon, cmd, change, name, value)
     except SyncSettingsError as err:
         raise CommandError(f"{err}; nothing changed") from None
     except LookupError:
-        served = daemon.manager.names()
+        served = daemon.manager.names() + [f"group {g}" for g in daemon.groups.names()]
         raise CommandError(
             f"no volume {name!r} is served by this handler (it serves "
             f"{', '.join(served) if served else 'none'}); give the user:mirror backstore's "
@@ -306,6 +338,17 @@ async def _on_volume(daemon: HandlerDaemon, cmd: str, name: str,
         log.exception("%s %s failed", cmd, name)
         raise CommandError(f"{cmd} of {name} failed: {err}; check the handler's log "
                            "(the volume's state is in status)") from err
+
+
+def _volume_or_group(daemon: HandlerDaemon, cmd: str, change: Callable[[str, Any], dict],
+                     name: str, value: Any) -> dict:
+    """The device named ``name``, else the open group of that name or uuid (set-sync)."""
+    try:
+        return change(name, value)
+    except LookupError:
+        if cmd != "set-sync":
+            raise
+    return daemon.groups.change(name, lambda volume: volume.set_sync(value(volume.sync.settings)))
 
 
 async def _serve(daemon: HandlerDaemon) -> None:

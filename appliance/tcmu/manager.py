@@ -18,6 +18,7 @@ from appliance.tcmu.configfs import BackstoreControl, ConfigfsError
 from appliance.tcmu.device import CommandExecutor, TcmuDevice
 from appliance.tcmu.discovery import TcmuName, parse_uio_name
 from appliance.tcmu.events import DeviceEvent
+from appliance.tcmu.groups import GroupError
 from appliance.tcmu.ring import RingError
 from appliance.tcmu.transport import RingTransport
 from appliance.volume.errors import NoSpaceError
@@ -90,6 +91,10 @@ class DeviceManager:
             control = self._control_for(name)
             try:
                 served = self._start(minor, uio_name, name, config, control, reopen)
+            except GroupError as err:
+                # A member the group cannot take (docs/groups.md): nothing was changed.
+                log.error("device %s refused: %s", name.name, err)
+                return -errno.EINVAL
             except NoSpaceError as err:
                 # The kernel turns this reply into the configfs `enable` error targetcli prints.
                 log.error("device %s refused: %s", name.name, err)

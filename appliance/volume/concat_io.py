@@ -3,6 +3,11 @@
 alignment padding) read as zeros and take no writes, which never happen there since no LBA
 of a member falls in them.
 
+A retired member (it left the group, ``group_layout.GroupLayout.retire``) keeps its range:
+it reads as zeros and a write there is dropped, not refused, since a redo after a crash may
+still replay the journal records it was written with. A member that joins a running group is
+added with ``add_member`` (the group's volume then grows over it, ``Volume.resize``).
+
 ``open_mirror`` is the one place a mirror path is opened: a ``.group.json`` layout gives this
 concatenation, anything else the file or device itself.
 """
@@ -20,18 +25,67 @@ from appliance.volume import group_layout
 from appliance.volume.group_layout import GroupLayout
 
 
+class RetiredRange:
+    """A retired member's range: zeros to read, writes dropped."""
+
+    def __init__(self, nbytes: int) -> None:
+        self._size = nbytes
+
+    def pread_into(self, offset: int, buf: memoryview) -> None:
+        buf[:] = bytes(len(buf))
+
+    def pwritev(self, offset: int, bufs: Sequence[bytes | memoryview]) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def size(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        pass
+
+
 class ConcatBlockIO:
-    """The members of ``layout`` opened in order (``ios[i]`` is member i's mirror)."""
+    """The members of ``layout`` opened in order (``ios[i]`` is member i's mirror, a
+    ``RetiredRange`` for a retired member).
+
+    The group sizes this mirror itself (``sized_by_layout``): ``Volume.resize`` must not
+    write zeros over a member that joins, which may bring data."""
+
+    sized_by_layout = True
 
     def __init__(self, layout: GroupLayout, ios: Sequence[BlockIO], path: str = "") -> None:
-        self.layout = layout
         self.path = path
-        self._ios = list(ios)
+        self._set(layout, list(ios))
+
+    def _set(self, layout: GroupLayout, ios: list[BlockIO]) -> None:
         bs = layout.block_size
-        # (start, end, io) in bytes, in address order.
+        # (start, end, io) in bytes, in address order; replaced whole, never changed in place.
         self._spans = [(m.offset_blocks * bs, m.end_blocks * bs, io)
-                       for m, io in zip(layout.members, self._ios, strict=True)]
+                       for m, io in zip(layout.members, ios, strict=True)]
+        self._ios = ios
+        self.layout = layout
         self._size = layout.num_blocks * bs
+
+    def add_member(self, layout: GroupLayout, io: BlockIO) -> None:
+        """``layout`` is this one with one member appended, whose mirror ``io`` is."""
+        def places(members):
+            return [(m.name, m.offset_blocks, m.num_blocks) for m in members]
+        if not layout.members or places(layout.members[:-1]) != places(self.layout.members):
+            raise ValueError(f"{self.path}: the new layout does not extend the open one")
+        self._set(layout, [*self._ios, io])
+
+    def retire(self, layout: GroupLayout) -> None:
+        """``layout`` is this one with members retired: their files are closed, their ranges
+        read zeros."""
+        ios = list(self._ios)
+        for i, (old, new) in enumerate(zip(self.layout.members, layout.members, strict=True)):
+            if new.retired and not old.retired:
+                ios[i].close()
+                ios[i] = RetiredRange(new.num_blocks * layout.block_size)
+        self._set(layout, ios)
 
     def _pieces(self, offset: int, length: int):
         """(io or None for a gap, offset in it, start in the request, length) pieces."""
@@ -122,6 +176,9 @@ def open_mirror(path: str | os.PathLike[str], *, create_size: int | None = None)
     opened: list[BlockIO] = []
     try:
         for m in layout.members:
+            if m.retired:
+                opened.append(RetiredRange(m.num_blocks * layout.block_size))
+                continue
             opened.append(storage.open_file(
                 m.mirror, create_size=None if create_size is None
                 else m.num_blocks * layout.block_size))

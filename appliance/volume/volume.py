@@ -141,6 +141,12 @@ class Volume:
         return LOGGING_TO_BITMAP if self._bitmap.logging else JOURNALING
 
     @property
+    def mirror_io(self) -> BlockIO:
+        """The mirror's BlockIO: a group's ConcatBlockIO, to which the handler adds a member
+        that joins (appliance/tcmu/groups.py)."""
+        return self._mirror.io
+
+    @property
     def journal_paused(self) -> bool:
         """The admin paused journaling (persisted in the bitmap header)."""
         return self._bitmap.journal_paused
@@ -392,7 +398,9 @@ class Volume:
                 self._applier.checkpoint_mirror()
                 self._mirror.sync()                 # bitmap-mode writes too
                 if num_blocks > old:
-                    resizing.grow_mirror(self._mirror, old, num_blocks)
+                    # A group's mirror grew by a member joining: its data must stay.
+                    if not getattr(self._mirror.io, "sized_by_layout", False):
+                        resizing.grow_mirror(self._mirror, old, num_blocks)
                     resizing.grow_bitmap_file(self._bitmap.io, chunks)
                 set_volume_blocks(self._journal, num_blocks)          # the commit point
                 self.num_blocks = self._mirror.num_blocks = num_blocks
@@ -403,6 +411,21 @@ class Volume:
             except OSError as err:
                 raise MediumError("write",
                                   f"resize to {num_blocks} blocks failed: {err}") from err
+
+    def mark_for_resync(self, lba: int, nblocks: int, why: str) -> None:
+        """Blocks the peer can never get from the journal (a member that joined a group
+        with data, docs/groups.md): logging-to-bitmap with their chunks marked, durably, so
+        the transmitter's resync ships them, as after an overflow."""
+        check_range(lba, nblocks, self.num_blocks, self.num_blocks)
+        with self._lock:
+            self._check_open()
+            if not self._bitmap.logging:
+                self._enter_logging(why, bitmap_format.REASON_ADOPTED_MIRROR)
+            bm = self._bitmap
+            gen = bm.begin_batch()
+            if bm.mark([bm.chunk_range(lba * self.block_size, nblocks * self.block_size)], gen):
+                bm.sync()
+            bm.finish_batch(gen)
 
     def start_full_resync(self) -> None:
         """Initial sync / failback: every chunk dirty, writes logged to the bitmap until the

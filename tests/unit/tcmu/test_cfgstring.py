@@ -50,13 +50,25 @@ def test_refusals_say_what_to_fix(config: str, message: str) -> None:
     assert message in text
 
 
-@pytest.mark.parametrize("group", ["g1", "a b", ""])
-def test_a_consistency_group_is_refused_until_groups_exist(group: str) -> None:
-    """Documented once, never implemented: refused, saying so and what to do, whatever its
-    value and position, so no LUN is created believing it is write-order consistent with
-    another."""
-    for config in (f"{GOOD};group={group}", f"mirror/group={group};" + GOOD.removeprefix("mirror/")):
-        ok, text = check_config(config)
-        assert not ok
-        assert text == (f"group={group}: consistency groups are not supported yet (each volume "
-                        "replicates on its own, in its own write order); remove the 'group' key")
+def test_a_group_member_names_its_mirror_and_group_and_uses_the_groups_journal() -> None:
+    cfg = parse_config("mirror/mirror=/srv/log.img;group=db;journal_size=64M;wce=0")
+    assert cfg == MirrorConfig("/srv/log.img", None, 64 << 20, 512, None, False, "db")
+    assert (cfg.journal, cfg.bitmap_path) == (None, None)
+    assert cfg.to_cfgstring() == "mirror=/srv/log.img;group=db;journal_size=67108864;wce=0"
+    assert parse_config("mirror/" + cfg.to_cfgstring()) == cfg
+    assert check_config("mirror/group=db-1.x;mirror=/srv/a.img") == (True, "success")
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ("mirror/mirror=/a;journal=/b;group=db",
+     "journal= and group= together: a member of group 'db' uses the group's journal"),
+    ("mirror/mirror=/a;bitmap=/b;group=db", "bitmap= and group= together"),
+    ("mirror/mirror=/a;group=a b", "group=a b: a group name is letters, digits"),
+    ("mirror/mirror=/a;group=", "group=: a group name is letters"),
+    ("mirror/mirror=/a;group=../x", "group=../x: a group name"),
+    ("mirror/group=db", "missing 'mirror=<absolute path>'"),
+])
+def test_group_refusals_say_what_to_fix(config: str, message: str) -> None:
+    ok, text = check_config(config)
+    assert not ok
+    assert message in text, text
