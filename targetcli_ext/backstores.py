@@ -85,6 +85,34 @@ def find_mirror_backstore(objects: Iterable[object], name: str) -> MirrorBacksto
                      f"/backstores/user:mirror (there: {usable})")
 
 
+def config_keys(config: str | None) -> dict[str, str]:
+    """The keys of a ``mirror/...`` config string as written, without the handler's checks:
+    what a backstore says it is (its ``group``, its ``mirror``) also while the handler's
+    parser refuses a key (``appliance/tcmu/cfgstring.py``)."""
+    subtype, sep, body = (config or "").partition("/")
+    if not sep or subtype != SUBTYPE:
+        return {}
+    keys = {}
+    for item in body.split(";"):
+        key, sep, value = item.partition("=")
+        if sep:
+            keys.setdefault(key.strip(), value)
+    return keys
+
+
+def group_members(objects: Iterable[object]) -> dict[str, tuple[str, str | None]]:
+    """The ``user:mirror`` backstores that name a consistency group (``group=`` in their
+    config string): backstore name -> (group, mirror)."""
+    found = {}
+    for so in objects:
+        if _kind(so) != f"user:{SUBTYPE}":
+            continue
+        keys = config_keys(getattr(so, "config", None))
+        if keys.get("group"):
+            found[so.name] = (keys["group"], keys.get("mirror"))
+    return found
+
+
 def backstores_using(objects: Iterable[object], *paths: str) -> list[str]:
     """The ``user:mirror`` backstores whose journal or mirror is one of ``paths`` (the same
     file, also through another name): a handler serves them, so no receiver may write them."""

@@ -6,6 +6,8 @@ tests and a developer's machine point them elsewhere)::
     APPLIANCE_REPLICATION_DIR   state directory (site.json, site.pem, site.key, peers/, the
                                 daemons' generated TOML files)
     APPLIANCE_REPLICAS_DIR      the receiver's state_dir (provisioned replicas)
+    APPLIANCE_GROUPS_DIR        the consistency groups' files, as the handler finds them:
+                                <group>.group.json, <group>.jnl, <group>.bitmap
     APPLIANCE_RUN_DIR           receiver.sock and transmitter-<name>.sock
     APPLIANCE_HANDLER_SOCKET    the handler's control socket
     APPLIANCE_SAVED_CONFIG      replication.json that saveconfig wrote and boot restores
@@ -34,6 +36,7 @@ DEFAULT_SAVED_CONFIG = Path("/etc/rtslib-fb-target") / SAVED_FILE
 class ShellConfig:
     state_dir: Path = DEFAULT_STATE_DIR
     replicas_dir: Path = Path("/var/lib/appliance/replicas")
+    groups_dir: Path = Path("/var/lib/appliance/groups")
     sockets: DaemonSockets = field(default_factory=DaemonSockets)
     # Stock targetcli's lock: one configuration command at a time, ours or stock targetcli's.
     lock_file: Path = Path("/var/run/targetcli.lock")
@@ -49,7 +52,8 @@ class ShellConfig:
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.state_dir, self.replicas_dir, self.sockets.run_dir)
+        return Layout(self.state_dir, self.replicas_dir, self.sockets.run_dir,
+                      self.groups_dir)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ShellConfig:
@@ -59,5 +63,6 @@ class ShellConfig:
             run_dir=Path(env.get("APPLIANCE_RUN_DIR", base.sockets.run_dir)))
         return cls(state_dir=Path(env.get("APPLIANCE_REPLICATION_DIR", base.state_dir)),
                    replicas_dir=Path(env.get("APPLIANCE_REPLICAS_DIR", base.replicas_dir)),
+                   groups_dir=Path(env.get("APPLIANCE_GROUPS_DIR", base.groups_dir)),
                    sockets=sockets, prefs_dir=env.get("TARGETCLI_HOME", base.prefs_dir),
                    saved_config=Path(env.get("APPLIANCE_SAVED_CONFIG", base.saved_config)))

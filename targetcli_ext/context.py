@@ -27,6 +27,7 @@ from targetcli_ext import daemons, status_text
 from targetcli_ext.backstores import StorageObjects
 from targetcli_ext.config import ShellConfig
 from targetcli_ext.failback import FailbackOperations
+from targetcli_ext.group_ops import GroupOperations
 from targetcli_ext.model import ModelError, SiteStore
 from targetcli_ext.monitoring import MonitoringOperations
 from targetcli_ext.operations import Fetcher, SiteOperations
@@ -34,7 +35,8 @@ from targetcli_ext.status_text import VolumeView
 from targetcli_ext.units import Units
 
 
-class ReplicationContext(SiteOperations, FailbackOperations, MonitoringOperations):
+class ReplicationContext(SiteOperations, GroupOperations, FailbackOperations,
+                         MonitoringOperations):
     def __init__(self, config: ShellConfig, *,
                  collect: Callable[[], dict] | None = None,
                  clock: Callable[[], float] = time.time,
@@ -91,10 +93,23 @@ class ReplicationContext(SiteOperations, FailbackOperations, MonitoringOperation
         except ModelError:
             return {}
 
+    def group_names(self) -> dict[str, str]:
+        """The consistency groups' names by uuid (none if site.json is bad)."""
+        try:
+            return {g.uuid: g.name for g in self.store.load().groups.values()}
+        except ModelError:
+            return {}
+
+    def member_groups(self) -> dict[str, str]:
+        """The group of each backstore in one, by backstore name."""
+        return {n: b.group for n, b in self.member_backstores().items()}
+
     def views(self, fresh: bool = False) -> list[VolumeView]:
         return status_text.volume_views(self.snapshot(fresh), now=self.clock(), tz=self.tz,
                                         peer_names=self.peer_names(),
-                                        replica_names=self.replica_names())
+                                        replica_names=self.replica_names(),
+                                        groups=self.group_names(),
+                                        members=self.member_groups())
 
     def render(self, names: set[str] | None = None) -> str:
         """The status text of every volume, or of those named."""
@@ -102,7 +117,9 @@ class ReplicationContext(SiteOperations, FailbackOperations, MonitoringOperation
         if names is None:
             return status_text.render_status(snap, now=self.clock(), tz=self.tz,
                                              peer_names=self.peer_names(),
-                                             replica_names=self.replica_names())
+                                             replica_names=self.replica_names(),
+                                             groups=self.group_names(),
+                                             members=self.member_groups())
         views = [v for v in self.views() if v.name in names]
         if not views:
             return f"no volume {', '.join(sorted(names))} answers now: run 'refresh'\n"

@@ -30,6 +30,13 @@ site's old journal of that mirror, after a failback: docs/failover.md); both are
 set, so files without them read and write as before.
 ``monitoring`` is what the shell renders as the exporter's ``exporter.toml`` (``webhook``: null,
 or ``{"url", "timeout_s", "queue_size"}``).
+``groups`` (absent unless a group exists, so files without groups read and write as before) are
+consistency groups replicated from this appliance (docs/groups.md): one transmitter each, like
+a volume, over the group's journal; their members are in the group's layout file, not here::
+
+     "groups": {"db": {"peer": "dr", "uuid": "...", "block_size": 512,
+                       "journal_size": 268435456, "paused": false, "bandwidth_limit": null,
+                       "blackout": []}}
 """
 
 from __future__ import annotations
@@ -501,6 +508,47 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class Group:
+    """A consistency group replicated from this appliance (docs/groups.md): its transmitter
+    ships the group's journal; ``uuid`` is its layout's (the journal's volume uuid)."""
+
+    name: str
+    peer: str
+    uuid: str
+    block_size: int = 512
+    journal_size: int = 256 << 20
+    paused: bool = False
+    bandwidth_limit: float | None = None
+    blackout: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"peer": self.peer, "uuid": self.uuid, "block_size": self.block_size,
+                "journal_size": self.journal_size, "paused": self.paused,
+                "bandwidth_limit": self.bandwidth_limit, "blackout": list(self.blackout)}
+
+    @classmethod
+    def from_dict(cls, name: str, d: object) -> Group:
+        if not isinstance(d, dict):
+            raise ModelError(f"group {name!r} is not an object")
+        try:
+            gid = str(uuidlib.UUID(str(d.get("uuid", ""))))
+        except ValueError as err:
+            raise ModelError(f"group {name!r}: uuid {d.get('uuid')!r} is not a uuid") from err
+        bs, size = d.get("block_size", 512), d.get("journal_size")
+        if bs not in (512, 4096):
+            raise ModelError(f"group {name!r}: block_size {bs!r} is not 512 or 4096")
+        if type(size) is not int or size <= 0:
+            raise ModelError(f"group {name!r}: journal_size {size!r} is not a size in bytes")
+        group = cls(parse_name(name, "group name"), parse_name(d.get("peer", ""), "peer"), gid,
+                    bs, size, parse_bool(d.get("paused", False), "paused"),
+                    parse_bandwidth(d.get("bandwidth_limit")),
+                    parse_blackout(d.get("blackout", [])))
+        check_settings(group.name, paused=group.paused, bandwidth_limit=group.bandwidth_limit,
+                       blackout=group.blackout)
+        return group
+
+
+@dataclass(frozen=True)
 class Replica:
     """A replica this appliance receives into a block device (or file) its admin made.
 
@@ -725,16 +773,22 @@ class Site:
     volumes: dict[str, Volume] = field(default_factory=dict)
     replicas: dict[str, Replica] = field(default_factory=dict)
     monitoring: Monitoring = field(default_factory=Monitoring)
+    groups: dict[str, Group] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"version": FORMAT_VERSION, "identity": self.identity, "listen": self.listen,
-                "peers": {n: p.to_dict() for n, p in sorted(self.peers.items())},
-                "volumes": {n: v.to_dict() for n, v in sorted(self.volumes.items())},
-                "replicas": {n: r.to_dict() for n, r in sorted(self.replicas.items())},
-                "monitoring": self.monitoring.to_dict()}
+        d = {"version": FORMAT_VERSION, "identity": self.identity, "listen": self.listen,
+             "peers": {n: p.to_dict() for n, p in sorted(self.peers.items())},
+             "volumes": {n: v.to_dict() for n, v in sorted(self.volumes.items())},
+             "replicas": {n: r.to_dict() for n, r in sorted(self.replicas.items())},
+             "monitoring": self.monitoring.to_dict()}
+        if self.groups:                 # absent unless set: files without groups unchanged
+            d["groups"] = {n: g.to_dict() for n, g in sorted(self.groups.items())}
+        return d
 
     def volumes_of_peer(self, peer: str) -> list[str]:
-        return sorted(n for n, v in self.volumes.items() if v.peer == peer)
+        """The volumes and groups that replicate to ``peer``."""
+        return sorted([n for n, v in self.volumes.items() if v.peer == peer]
+                      + [n for n, g in self.groups.items() if g.peer == peer])
 
     @classmethod
     def from_dict(cls, d: object, where: Path) -> Site:
@@ -767,9 +821,16 @@ class Site:
                     raise ModelError(f"volume {vol.name!r} replicates to peer {vol.peer!r}, "
                                      f"which is not paired")
             replicas = {n: Replica.from_dict(n, r) for n, r in _table(d, "replicas").items()}
+            groups = {n: Group.from_dict(n, g) for n, g in _table(d, "groups").items()}
+            for group in groups.values():
+                if group.peer not in peers:
+                    raise ModelError(f"group {group.name!r} replicates to peer "
+                                     f"{group.peer!r}, which is not paired")
+                if group.name in volumes:
+                    raise ModelError(f"{group.name!r} is both a volume and a group")
             return cls(identity=identity, listen=parse_address(d.get("listen", ""), "listen"),
                        peers=peers, volumes=volumes, replicas=replicas,
-                       monitoring=Monitoring.from_dict(d.get("monitoring")))
+                       monitoring=Monitoring.from_dict(d.get("monitoring")), groups=groups)
         except ModelError as err:
             raise ModelError(f"{where}: {err}{fix}") from err
 
@@ -922,8 +983,9 @@ def check_new_replica(site: Site, replica: Replica) -> None:
 def check_peer_unused(site: Site, name: str) -> None:
     users = site.volumes_of_peer(name)
     if users:
+        where = "groups" if users[0] in site.groups else "volumes"
         raise ModelError(f"peer {name!r} is used by volume(s) {', '.join(users)}: delete "
-                         f"them first (/replication/volumes delete name={users[0]})")
+                         f"them first (/replication/{where} delete name={users[0]})")
 
 
 def changed_volume(vol: Volume, **changes: object) -> Volume:

@@ -13,6 +13,7 @@ from targetcli.ui_node import UINode
 
 from appliance import __version__ as appliance_version
 from targetcli_ext.context import ReplicationContext
+from targetcli_ext.group_nodes import UIGroups
 from targetcli_ext.identity import ensure_certificate
 from targetcli_ext.model import ModelError, Peer
 from targetcli_ext.monitoring_node import UIMonitoring
@@ -62,6 +63,7 @@ class UIReplication(UINode):
         self.ctx = ctx
         UIPeers(self)
         UIVolumes(self)
+        UIGroups(self)
         UIReplicas(self)
         UIMonitoring(self)
 
@@ -264,7 +266,9 @@ class UIVolumes(UINode):
         except ModelError as err:
             self.shell.log.error(str(err))
             names = set()
-        return names | {v.name for v in self.ctx.views(fresh=True) if v.role != "dr"}
+        # A group's transmitter is the group's (/replication/groups), not a volume's.
+        return names | {v.name for v in self.ctx.views(fresh=True)
+                        if v.role != "dr" and v.kind != "group"}
 
     def refresh(self):
         self._children = set()
@@ -272,7 +276,7 @@ class UIVolumes(UINode):
             UIVolume(name, self)
 
     def summary(self):
-        views = [v for v in self.ctx.views() if v.role != "dr"]
+        views = [v for v in self.ctx.views() if v.role != "dr" and v.kind != "group"]
         count = len(self._children)
         if not count:
             return "Volumes: 0", None

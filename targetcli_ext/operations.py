@@ -333,6 +333,7 @@ class SiteOperations:
         """user:mirror backstores not replicated yet (for Tab completion)."""
         try:
             used = {v.backstore for v in self.store.load().volumes.values()}
+            used |= set(self.member_backstores())  # type: ignore[attr-defined]
             found = mirror_backstores(self.storage_objects())
         except Exception:       # completion must never fail the shell
             return []
@@ -347,6 +348,12 @@ class SiteOperations:
         peer = parse_name(peer, "peer")
 
         def check(site: Site) -> MirrorBackstore:
+            group = self.group_of_backstore(name)       # type: ignore[attr-defined]
+            if group is not None:
+                raise ModelError(f"backstore {name!r} is a member of consistency group "
+                                 f"{group}: the group replicates it, in one write order with "
+                                 f"its other members (/replication/groups/{group}); a member "
+                                 f"is not also a volume of its own")
             for vol in site.volumes.values():
                 if vol.backstore == name or vol.name == name:
                     raise ModelError(f"backstore {name!r} is already replicated (volume "
@@ -358,6 +365,15 @@ class SiteOperations:
                                  f"/replication/peers create name={peer} address=... "
                                  f"fingerprint=...")
             found = self.backstore(name)
+            group = self.group_of_backstore(name, found.config.mirror)  # type: ignore[attr-defined]
+            if group is not None:
+                raise ModelError(f"backstore {name!r} serves a mirror of consistency group "
+                                 f"{group} ({found.config.mirror}): the group replicates it "
+                                 f"(/replication/groups/{group})")
+            if name in site.groups:
+                raise ModelError(f"backstore {name!r}: a consistency group has that name "
+                                 f"(/replication/groups/{name}); its transmitter would share "
+                                 f"the unit: rename the backstore")
             for vol in site.volumes.values():
                 try:
                     other = self.backstore(vol.backstore)

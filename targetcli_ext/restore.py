@@ -14,8 +14,9 @@ configuration is restored and the handler runs):
 4. receiver.toml and each volume's transmitter TOML are rendered again from site.json (a
    hand-written file is kept, and said so), stale generated transmitter files removed;
 5. the receiver is started (or reloaded), and each volume's transmitter started when its
-   backstore is in LIO (otherwise a line says which backstore is missing). A hand-written
-   transmitter-<name>.toml is started too, as before the shell managed them.
+   backstore is in LIO (otherwise a line says which backstore is missing), each consistency
+   group's when its layout file exists. A hand-written transmitter-<name>.toml is started
+   too, as before the shell managed them.
 6. exporter.toml is rendered (always: the defaults when site.json has no monitoring; kept as
    it is when site.json cannot be read or the file was written by hand) and
    appliance-exporter.service started, or restarted when its file changed.
@@ -161,7 +162,7 @@ def _restore_certificates(site: Site, certs: dict[str, str], layout, notes: Note
 def _restore_transmitters(ctx, site: Site, notes: Notes) -> None:
     layout = ctx.layout
     for stale, path in layout.generated_transmitters().items():
-        if stale not in site.volumes:
+        if stale not in site.volumes and stale not in site.groups:
             remove_durably(path)
             notes.info(f"Removed {path.name}: volume {stale} is not configured.")
     for name, vol in sorted(site.volumes.items()):
@@ -187,11 +188,33 @@ def _restore_transmitters(ctx, site: Site, notes: Notes) -> None:
             notes.warning(f"Volume {name}: {err}; its transmitter is not started.")
             continue
         _start(ctx, name, notes)
+    _restore_groups(ctx, site, notes)
     for path in sorted(layout.state_dir.glob("transmitter-*.toml")):
         name = path.name[len("transmitter-"):-len(".toml")]
-        if name not in site.volumes and not dc.is_generated(path):
+        if name not in site.volumes and name not in site.groups and not dc.is_generated(path):
             notes.info(f"{path.name} was written by hand: starting its transmitter as well.")
             _start(ctx, name, notes)
+
+
+def _restore_groups(ctx, site: Site, notes: Notes) -> None:
+    """Each consistency group's transmitter, rendered again and started: it needs no
+    backstore (it waits for the group's journal, docs/groups.md), only its layout."""
+    for name in sorted(site.groups):
+        path = ctx.layout.transmitter_toml(name)
+        if not ctx.layout.group_layout(name).exists():
+            notes.warning(f"Group {name}: its layout {ctx.layout.group_layout(name)} is "
+                          f"missing; its transmitter is not started (restore the groups "
+                          f"directory, then run this again).")
+            continue
+        try:
+            if dc.is_generated(path) or not path.exists():
+                ctx.apply_group(name)
+            else:
+                notes.warning(f"{path} was written by hand: kept as it is.")
+        except (ModelError, OSError) as err:
+            notes.warning(f"Group {name}: {err}; its transmitter is not started.")
+            continue
+        _start(ctx, name, notes)
 
 
 def _start(ctx, name: str, notes: Notes) -> None:

@@ -80,6 +80,7 @@ class VolumeView:
     journal: str | None = None         # "41%" (primary only, from the handler)
     in_sync: bool | None = None
     mode: str | None = None            # the handler's replication mode unless async
+    kind: str = "volume"               # volume | group (docs/groups.md) | member (of a group)
     details: list[tuple[str, str]] = field(default_factory=list)   # (label, text)
     health: bool | None = None         # True healthy, None catching up, False needs action
 
@@ -99,10 +100,12 @@ class VolumeView:
 
 def render_status(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
                   peer_names: dict[str, str] | None = None,
-                  replica_names: dict[str, str] | None = None) -> str:
+                  replica_names: dict[str, str] | None = None,
+                  groups: dict[str, str] | None = None,
+                  members: dict[str, str] | None = None) -> str:
     """The whole status: one block per volume, then daemons that did not answer."""
     views = volume_views(snapshot, now=now, tz=tz, peer_names=peer_names,
-                         replica_names=replica_names)
+                         replica_names=replica_names, groups=groups, members=members)
     blocks = [render_volume(v, now=now, tz=tz) for v in views]
     errors = snapshot.get("errors") or {}
     if not views and not errors:
@@ -119,7 +122,7 @@ def render_status(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
 
 
 def render_volume(v: VolumeView, *, now: float, tz: dt.tzinfo | None = None) -> str:
-    head = f"{v.name} role:{v.role}"
+    head = f"{'group ' if v.kind == 'group' else ''}{v.name} role:{v.role}"
     if v.peer:
         head += f" {'primary' if v.role == 'dr' else 'peer'}:{v.peer}"
     tokens = []
@@ -180,23 +183,35 @@ def webhook_trouble(webhook: object) -> str | None:
 
 def volume_views(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
                  peer_names: dict[str, str] | None = None,
-                 replica_names: dict[str, str] | None = None) -> list[VolumeView]:
+                 replica_names: dict[str, str] | None = None,
+                 groups: dict[str, str] | None = None,
+                 members: dict[str, str] | None = None) -> list[VolumeView]:
     """Primary volumes (a transmitter, joined with the handler's entry of the same uuid),
     handler volumes no transmitter answers for, then the DR's replicas; each sorted by name.
     ``replica_names``: the names the admin gave replicas here (site.json), by uuid, for those
-    whose primary has not told the receiver its volume's name yet."""
+    whose primary has not told the receiver its volume's name yet. ``groups``: the
+    consistency groups' names by uuid (their transmitter's block is the group's);
+    ``members``: the group of each backstore in one (its block says so, not unreplicated)."""
     handler = (snapshot.get("handler") or {}).get("volumes") or {}
     by_uuid = {h.get("uuid"): (name, h) for name, h in handler.items()}
-    peer_names = peer_names or {}
+    peer_names, groups, members = peer_names or {}, groups or {}, members or {}
     clock = _Clock(now, tz)
     primaries, seen = [], set()
     for sock_name, tx in (snapshot.get("transmitters") or {}).items():
         uuid = tx.get("volume_uuid")
         name, h = by_uuid.get(uuid, (sock_name, None))
         seen.add(uuid)
-        primaries.append(_primary_view(name, tx, h, peer_names, clock))
+        if uuid in groups:
+            name, h = groups[uuid], group_entry(snapshot, groups[uuid], uuid)
+        view = _primary_view(name, tx, h, peer_names, clock)
+        view.kind = "group" if uuid in groups else "volume"
+        primaries.append(view)
     for name, h in handler.items():
-        if h.get("uuid") not in seen:
+        if h.get("uuid") in seen:
+            continue
+        if name in members:
+            primaries.append(_member_view(name, members[name], h, clock))
+        elif h.get("uuid") not in groups:
             primaries.append(_unreplicated_view(name, h, clock))
     receiver = snapshot.get("receiver") or {}
     replicas = [_dr_view(uuid, r if r.get("name") or uuid not in (replica_names or {})
@@ -491,6 +506,32 @@ def _primary_advice(tx: dict, state: str, address: str | None, name: str,
         return (f"check that the DR appliance's receiver runs and that {address} is reachable "
                 f"from here; shipping resumes by itself once it is")
     return None
+
+
+def group_entry(snapshot: dict, name: str, uuid: str | None) -> dict | None:
+    """The handler's entry of a consistency group (its journal fill and replication mode):
+    under ``groups`` by name, or a volume entry with the group's uuid."""
+    handler = snapshot.get("handler") or {}
+    found = (handler.get("groups") or {}).get(name)
+    if isinstance(found, dict):
+        return found
+    for h in (handler.get("volumes") or {}).values():
+        if isinstance(h, dict) and uuid is not None and h.get("uuid") == uuid:
+            return h
+    return None
+
+
+def _member_view(name: str, group: str, h: dict, clock: _Clock) -> VolumeView:
+    """A backstore in a consistency group: replicated by the group's transmitter, in the
+    group's write order (its block says where to look)."""
+    v = VolumeView(name=name, role="primary", uuid=h.get("uuid"), kind="member",
+                   replication=f"member of group {group}", health=True)
+    v.details.append(("group", f"replicated with the group's other members in one write "
+                               f"order: see /replication/groups/{group}"))
+    if h.get("alert"):
+        v.details.append(("alert", h["alert"]))
+        v.health = False
+    return v
 
 
 def _unreplicated_view(name: str, h: dict, clock: _Clock) -> VolumeView:

@@ -349,6 +349,7 @@ def make_shell(tmp_path, lio, daemons):
 
 def shell_config(tmp_path: Path) -> ShellConfig:
     return ShellConfig(state_dir=tmp_path / "replication", replicas_dir=tmp_path / "replicas",
+                       groups_dir=tmp_path / "groups",
                        sockets=DaemonSockets(tmp_path / "handler.sock", tmp_path / "run"),
                        lock_file=tmp_path / "targetcli.lock",
                        prefs_dir=str(tmp_path / "prefs"), fetch_timeout_s=2.0,
