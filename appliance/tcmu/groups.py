@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from appliance.journal.header import load_superblock, read_header
 from appliance.storage import open_file
 from appliance.tcmu.cfgstring import MirrorConfig
 from appliance.volume import group_layout
+from appliance.volume.errors import NoSpaceError
 from appliance.volume.group_layout import GroupLayout, GroupLayoutError, GroupMember
 from appliance.volume.journal_link import mirror_holds_data
 
@@ -297,6 +299,7 @@ class GroupRegistry:
         except GroupLayoutError as err:
             raise GroupError(f"device {device}: {err}") from None
         member = joined.member(device)
+        _check_space(device, config.mirror, size_bytes)
         io = open_file(config.mirror, create_size=size_bytes)
         try:
             if io.size() < size_bytes:
@@ -358,6 +361,28 @@ class GroupRegistry:
         log.info("group %s: volume %s open over %d members (%d blocks)", name, layout.uuid,
                  len(layout.active_members), layout.num_blocks)
         return group
+
+
+def _check_space(device: str, mirror: str, size_bytes: int) -> None:
+    """Refuse (NoSpaceError: the device's enable fails with -ENOSPC) a joining member's
+    mirror file that its file system cannot hold at full size, as a volume's
+    (journal_link.check_space): we do not overcommit."""
+    try:
+        st = os.stat(mirror)
+    except FileNotFoundError:
+        missing, directory = size_bytes, os.path.dirname(os.path.abspath(mirror))
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            return
+        missing, directory = max(0, size_bytes - st.st_blocks * 512), os.path.dirname(mirror)
+    if not missing or not os.path.isdir(directory):
+        return
+    fs = os.statvfs(directory)
+    free = fs.f_bavail * fs.f_frsize
+    if missing > free:
+        raise NoSpaceError(f"device {device}: mirror {mirror} needs {missing} more bytes on "
+                           f"the file system of {directory}, which has {free} free; choose a "
+                           "smaller size or another file system")
 
 
 def _journal_volume_blocks(path: Path, layout: GroupLayout) -> int | None:

@@ -85,3 +85,16 @@ def test_refusals_and_leave(registry, tmp_path):
             registry.attach("b", member(tmp_path, "b"), 8 * BS, MAX_TRANSFER)
     finally:
         registry.detach(group, "a")
+
+
+def test_a_member_its_file_system_cannot_hold_is_refused_before_anything_is_written(
+        registry, tmp_path):
+    from appliance.volume.errors import NoSpaceError
+
+    fs = os.statvfs(tmp_path)
+    huge = (fs.f_bavail * fs.f_frsize // BS + (1 << 20)) * BS
+    before = registry.paths("db")[0].read_bytes()
+    with pytest.raises(NoSpaceError, match="mirror .*huge.img needs"):
+        registry.attach("huge", member(tmp_path, "huge"), huge, MAX_TRANSFER)
+    assert not (tmp_path / "huge.img").exists()
+    assert registry.paths("db")[0].read_bytes() == before and registry.names() == []
