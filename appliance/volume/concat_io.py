@@ -80,12 +80,14 @@ class ConcatBlockIO:
     def retire(self, layout: GroupLayout) -> None:
         """``layout`` is this one with members retired: their files are closed, their ranges
         read zeros."""
-        ios = list(self._ios)
+        ios, gone = list(self._ios), []
         for i, (old, new) in enumerate(zip(self.layout.members, layout.members, strict=True)):
             if new.retired and not old.retired:
-                ios[i].close()
+                gone.append(ios[i])
                 ios[i] = RetiredRange(new.num_blocks * layout.block_size)
         self._set(layout, ios)
+        for io in gone:             # after: nothing new reaches them through the spans
+            io.close()
 
     def _pieces(self, offset: int, length: int):
         """(io or None for a gap, offset in it, start in the request, length) pieces."""
