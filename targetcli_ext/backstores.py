@@ -120,6 +120,7 @@ def backstores_using(objects: Iterable[object], *paths: str) -> list[str]:
     for name, b in sorted(mirror_backstores(objects).items()):
         if isinstance(b, MirrorBackstore) and any(
                 _same_file(mine, other) for mine in (b.config.journal, b.config.mirror)
+                if mine is not None         # a group member's journal is its group's
                 for other in paths):
             found.append(name)
     return found

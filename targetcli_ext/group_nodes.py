@@ -14,7 +14,7 @@ from configshell_fb import ExecutionError
 from targetcli.ui_node import UINode
 
 from targetcli_ext.group_ops import DEFAULT_JOURNAL_SIZE, active_members, known_group
-from targetcli_ext.group_status import group_summary, render_group, transmitter_of
+from targetcli_ext.group_status import group_state, group_summary, group_text
 from targetcli_ext.model import Group, ModelError, format_bandwidth
 from targetcli_ext.replica_nodes import run_operation
 from targetcli_ext.status_text import group_entry
@@ -137,22 +137,6 @@ class UIGroups(UINode):
         return complete(sorted(self._groups()), text) if current_param == "name" else []
 
 
-def group_text(ctx, group: Group) -> str:
-    view, tx, layout, why = _group_state(ctx, group)
-    return render_group(group, view, tx, layout, why, now=ctx.clock(), tz=ctx.tz)
-
-
-def _group_state(ctx, group: Group):
-    snap = ctx.snapshot()
-    tx = transmitter_of(snap, group)
-    view = next((v for v in ctx.views() if v.kind == "group" and v.name == group.name), None)
-    try:
-        layout, why = ctx.group_layout(group.name), None
-    except ModelError as err:
-        layout, why = None, str(err)
-    return view, tx, layout, why
-
-
 class UIGroup(SyncGroup, UINode):
     """
     One consistency group: 'status' its replication and members, 'info' its uuid, journal,
@@ -176,7 +160,7 @@ class UIGroup(SyncGroup, UINode):
             group = known_group(self.ctx.store.load(), self.name)
         except ModelError as err:
             return str(err), False
-        view, _, layout, why = _group_state(self.ctx, group)
+        view, _, layout, why = group_state(self.ctx, group)
         return group_summary(group, view, layout, why)
 
     def ui_command_status(self):

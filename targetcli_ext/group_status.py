@@ -116,3 +116,22 @@ def group_summary(group: Group, view: VolumeView | None, layout: GroupLayout | N
         return (f"{count}, its transmitter does not answer: 'systemctl status "
                 f"appliance-transmitter@{group.name}'"), False
     return f"{count}, {view.summary()}", view.health
+
+
+def group_state(ctx, group: Group):
+    """(view, transmitter status, layout, why the layout cannot be read) of a group, from
+    the context's snapshot (targetcli_ext/context.py)."""
+    from targetcli_ext.model import ModelError
+    tx = transmitter_of(ctx.snapshot(), group)
+    view = next((v for v in ctx.views() if v.kind == "group" and v.name == group.name), None)
+    try:
+        layout, why = ctx.group_layout(group.name), None
+    except ModelError as err:
+        layout, why = None, str(err)
+    return view, tx, layout, why
+
+
+def group_text(ctx, group: Group) -> str:
+    """The group's block as 'status' shows it."""
+    view, tx, layout, why = group_state(ctx, group)
+    return render_group(group, view, tx, layout, why, now=ctx.clock(), tz=ctx.tz)

@@ -111,7 +111,7 @@ class UIVolume(SyncGroup, UINode):
         rows = [("name", self.name), ("uuid", uuid),
                 ("backstore", f"user:mirror/{backstore_name}" if found is not None
                  else f"{backstore_name} (not in LIO now)"),
-                ("journal", found.config.journal if found is not None else None),
+                ("journal", _journal_of(self.ctx, found)),
                 ("mirror", found.config.mirror if found is not None else None),
                 ("size", found.size_bytes if found is not None else None),
                 ("peer", saved.peer if saved is not None else
@@ -535,6 +535,16 @@ class UIVolume(SyncGroup, UINode):
                                f"transmitter is configured by hand): changed live only, not "
                                f"saved; its TOML file still says what a restart does.")
         return result if result is not None else {}
+
+
+def _journal_of(ctx, found) -> str | None:
+    """A backstore's journal; a group member's is its group's (docs/groups.md)."""
+    if found is None:
+        return None
+    group = getattr(found.config, "group", None)
+    if group:
+        return f"{ctx.layout.group_journal(group)} (group {group}'s: /replication/groups/{group})"
+    return found.config.journal
 
 
 def _saved(saved: bool) -> str:

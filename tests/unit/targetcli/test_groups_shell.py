@@ -22,6 +22,7 @@ from shell_fakes import FakeStorageObject, mirror_backstore, refused
 from appliance.replication.config import transmitter_config
 from appliance.volume import group_layout
 from targetcli_ext import restore
+from targetcli_ext.backstores import backstores_using
 from targetcli_ext.daemon_config import HEADER
 from targetcli_ext.identity import ensure_certificate
 from targetcli_ext.operations import Notes
@@ -366,3 +367,15 @@ def test_a_member_that_left_is_shown_so_and_does_not_keep_the_group(with_group, 
     group_layout.save(path, group_layout.load(path).retire("data"))
     sh.run("/replication/groups delete name=db")
     assert sh.ctx.store.load().groups == {}
+
+
+def test_info_of_a_member_names_the_groups_journal(with_group, lio, tmp_path):
+    sh = with_group
+    add_member(sh, lio, tmp_path, "log", 2048)
+    sh.daemons.snapshot = {"handler": {"role": "handler", "volumes": {"log": {"uuid": "m"}}},
+                           "receiver": None, "transmitters": {}, "errors": {}}
+    sh.root.get_node("/replication/volumes").refresh()
+    lines = sh.run("/replication/volumes/log info").splitlines()
+    assert f"journal:     {sh.groups_dir}/db.jnl (group db's: /replication/groups/db)" in lines
+    # A failback's check of what LIO serves reads a member (no journal= of its own).
+    assert backstores_using(sh.ctx.storage_objects(), f"{tmp_path}/volumes/log.img") == ["log"]
