@@ -6,7 +6,9 @@ targetcli, and an application host writing files to it over iSCSI with CHAP.
     python -m vmlab.demo --check    the same, then verifies end to end and powers off: the DR
                                     copy equals the primary byte for byte once converged, and
                                     the DR copy, promoted, mounts on the host with every file
-                                    intact (exit 1 with the reason otherwise)
+                                    intact; the host writes more on it and the old primary
+                                    fails back as its DR, copying back only what changed
+                                    (exit 1 with the reason otherwise)
 
 Every step an admin takes is a targetcli command (printed as it runs): ``/replication info``
 on both appliances for their certificate fingerprints, ``/replication/peers create`` on both
@@ -22,6 +24,7 @@ Builds the appliance image first if its inputs changed (cached; see image/README
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import signal
 import socket
@@ -72,6 +75,7 @@ class Chain:
     device: str
     volume_uuid: str
     files_written: int = 0
+    promoted: str = ""      # what 'promote' printed on the DR (after a failover)
 
     @property
     def size(self) -> int:
@@ -208,7 +212,7 @@ def failover(chain: Chain, log: Callable[[str], None] = say, *, mounted: bool = 
         host.run(f"umount {MNT}", timeout=120)
     ap.host_logout(host, PRIMARY_ADDR, chain.iqn)
     name = replica_name(dr, chain.lun.name, chain.volume_uuid)
-    shell(dr, [f"/replication/replicas/{name} promote"], log)
+    chain.promoted = shell(dr, [f"/replication/replicas/{name} promote"], log)[-1].stdout
     served = ap.LunSpec(chain.lun.name, size=chain.lun.size, journal_size=chain.lun.journal_size)
     cfg = (f"mirror={chain.dr_mirror};journal={ap.STATE_DIR}/journals/{served.name}-promoted.jnl;"
            f"journal_size={served.journal_size}")
@@ -226,6 +230,126 @@ def failover(chain: Chain, log: Callable[[str], None] = say, *, mounted: bool = 
         raise MachineError(f"files differ on the promoted DR copy: {check.describe()}")
     log(f"promoted DR copy served as {iqn}, mounted by the host: all "
         f"{check.text.strip()} files intact")
+
+
+# what 'promote' prints for the backstore it tells the admin to create (replica_nodes.py)
+PROMOTED_UUID = re.compile(r"\(that volume's uuid: ([0-9a-f]{8}-[0-9a-f-]{27})\)")
+FAILBACK_ROUND = "failback"
+FAILBACK_FILES = 6
+
+
+@dataclass(frozen=True)
+class FailedBack:
+    """What a failback did, as the admin and the daemons report it."""
+
+    new_uuid: str           # the volume uuid of the DR's backstore (printed by 'promote')
+    seconds: float          # from the DR's '/replication/volumes create' to equal mirrors
+    host_bytes: int         # the bytes of the files the host wrote on the promoted copy
+    transmitter: dict       # the DR transmitter's status: records_sent, bytes_sent, resync
+    transmitter_text: str   # appliancectl status of that transmitter, as an admin reads it
+    replica_status: str     # '/replication/replicas/<name> status' on the old primary
+    failback: dict          # the old primary receiver's 'failback' of the replica
+
+    @property
+    def resync(self) -> dict:
+        return self.transmitter.get("resync") or {}
+
+    @property
+    def copied_bytes(self) -> int:
+        """What went back over the link: journal records' payload and resynced chunks."""
+        return (self.transmitter.get("bytes_sent") or 0) + (self.resync.get("done_bytes") or 0)
+
+
+def failback(chain: Chain, log: Callable[[str], None] = say,
+             timeout: float = CONVERGE_TIMEOUT_S) -> FailedBack:
+    """After ``failover``: the DR serves the promoted copy as the new primary; the host writes
+    more files on it; the old primary becomes its DR over its OLD mirror through targetcli
+    (target, LUN and backstore deleted, then '/replication/volumes/<name> failback uuid='),
+    the DR replicates back ('/replication/volumes create ... peer=<the primary>'), and only
+    what changed is copied: the old primary's mirror ends equal to the DR's byte for byte
+    without a full pass (docs/failover.md, "Failback copies only what changed")."""
+    primary, dr, host = chain.primary, chain.dr, chain.host
+    name = chain.lun.name
+    found = PROMOTED_UUID.search(chain.promoted)
+    if not found:
+        raise MachineError(f"'promote' did not print the new volume's uuid (run failover "
+                           f"first):\n{chain.promoted}")
+    new_uuid = found.group(1)
+    dr_iqn = ap.target_iqn(dr.name, name)
+
+    # the host writes on the new primary (the DR), then unmounts: its writes are all there
+    device = host.run(["readlink", "-f", ap.device_link(DR_ADDR, dr_iqn)]).text.strip()
+    host.run(f"mount {device} {MNT}", timeout=120)
+    try:
+        write_files(host, FAILBACK_ROUND, FAILBACK_FILES, max_kib=1024)
+        host_bytes = int(host.run(f"cat {MNT}/{FAILBACK_ROUND}/*.bin | wc -c").text)
+    finally:
+        host.run(f"umount {MNT}", timeout=120)
+    chain.files_written += FAILBACK_FILES
+    log(f"host wrote {FAILBACK_FILES} files ({host_bytes} bytes) on the promoted copy "
+        f"({dr_iqn}, {device})")
+
+    log("the old primary becomes the DR of the promoted copy, over its old mirror")
+    shell(primary, [f"/iscsi delete {chain.iqn}", f"/backstores/user:mirror delete {name}",
+                    f"/replication/volumes/{name} failback uuid={new_uuid}", "saveconfig"], log)
+    t0 = time.monotonic()
+    log("the DR replicates its volume back to the old primary")
+    shell(dr, [f"/replication/volumes create backstore={name} peer={primary.name}",
+               "saveconfig"], log)
+
+    def replica() -> dict:
+        return replication.replica_of(primary, new_uuid) or {}
+
+    def copied() -> dict | None:
+        r = replica()
+        fb = r.get("failback") or {}
+        return fb if r.get("state") == "consistent" and r.get("in_sync") \
+            and fb.get("state") == "done" else None
+
+    tx_sock = replication.transmitter_sock(name)
+    fb = replication.wait_for(
+        f"{primary.name}'s replica of {new_uuid} consistent with its failback done", copied,
+        timeout, detail=lambda: f"replica: {replica()}\n{primary.name}: "
+        f"{replication.shell_status(primary)}\n{dr.name}: {replication.status(dr, tx_sock)}\n"
+        f"{replication.unit_logs(primary, ['appliance-receiver'])}\n"
+        f"{replication.unit_logs(dr, [f'appliance-transmitter@{name}'])}")
+    # the old mirror equals the new primary's byte for byte (the roles are swapped now)
+    replication.wait_converged(dr, primary, primary_mirror=chain.dr_mirror,
+                               dr_mirror=chain.primary_mirror, size=chain.size, volume=name,
+                               timeout=max(30.0, timeout - (time.monotonic() - t0)), say=log)
+    took = time.monotonic() - t0
+
+    rname = replica_name(primary, name, new_uuid)
+    status_text = shell(primary, [f"/replication/replicas/{rname} status"], log)[-1].stdout
+    tx_text = replication.status(dr, tx_sock)
+    log(f"{dr.name}: appliancectl --socket {tx_sock} status\n{tx_text}")
+    tx = replication.daemon_status(dr, tx_sock) or {}
+    done = FailedBack(new_uuid, took, host_bytes, tx, tx_text, status_text, fb)
+    resync = done.resync
+    log(f"failback of the {chain.size}-byte volume: the DR sent {tx.get('records_sent')} "
+        f"journal records ({tx.get('bytes_sent')} bytes of payload; the host wrote "
+        f"{host_bytes} bytes of files) and marked {resync.get('failback_marked_bytes')} "
+        f"bytes for the old primary's own extents ({fb.get('extents')} extents, "
+        f"{fb.get('records')} records there since the promotion); resync total "
+        f"{resync.get('total_bytes')} bytes, done {resync.get('done_bytes')}, skipped "
+        f"{resync.get('skipped_bytes')}; {done.copied_bytes} bytes copied back in all; equal "
+        f"mirrors {took:.0f} s after '/replication/volumes create'")
+    problems = []
+    if "failback: copied: " not in status_text:
+        problems.append(f"the replica's status does not say 'failback: copied':\n{status_text}")
+    for key in ("failback_marked_bytes", "total_bytes"):
+        if not isinstance(resync.get(key), int) or resync[key] > chain.size // 10:
+            problems.append(f"the DR's resync {key} is {resync.get(key)}, not far below the "
+                            f"{chain.size}-byte volume: {resync}")
+    if (tx.get("bytes_sent") or 0) < host_bytes:
+        problems.append(f"the DR sent {tx.get('bytes_sent')} bytes of journal records, less "
+                        f"than the {host_bytes} bytes of the host's files: {tx}")
+    if done.copied_bytes > chain.size // 8:
+        problems.append(f"{done.copied_bytes} bytes copied back: not far below the "
+                        f"{chain.size}-byte volume")
+    if problems:
+        raise MachineError("failback: " + "\n".join(problems))
+    return done
 
 
 def instructions(chain: Chain, lab: Lab) -> str:
@@ -296,6 +420,7 @@ def run(args: argparse.Namespace) -> int:
         if args.check:
             try:
                 check(chain)
+                failback(chain)     # about a minute more (256M in tests/vm/test_shell_chain.py)
             except MachineError as err:
                 say(f"PROBLEM: {err}")
                 return 1

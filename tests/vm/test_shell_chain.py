@@ -29,8 +29,13 @@ create``, ``saveconfig``; the host logs in with CHAP, makes ext4 and writes file
   holds every file as it was then and none written after; a point before the window is
   refused with the range; then all of it removed and retention turned off again;
 - ``saveconfig``, both appliances rebooted: replication resumes with no other step;
-- last, the demo's ``--check`` failover: the DR replica promoted through targetcli, served on
-  a target of the DR, mounted by the host with every file intact.
+- the demo's ``--check`` failover: the DR replica promoted through targetcli, served on
+  a target of the DR, mounted by the host with every file intact;
+- last, issue 18 part 4, the demo's failback: the host writes on the promoted copy, the old
+  primary (target, LUN, backstore deleted) becomes its DR over its old mirror with
+  ``failback uuid=``, the DR replicates back with ``/replication/volumes create``, and only
+  the host's new writes cross (as journal records; nothing marked, no hash pass) until both
+  mirrors are equal byte for byte.
 
 This module replaces test_demo.py's run of ``python -m vmlab.demo --check`` (which booted its
 own three VMs for the same chain): the demo's setup and check functions run here, on VMs the
@@ -551,3 +556,33 @@ def test_demo_check_failover_to_the_promoted_dr_copy(chain, lab):
     text = demo.instructions(chain, lab)
     assert "targetcli /replication status" in text and chain.iqn in text
     demo.check(chain, say)
+
+
+def test_failback_copies_back_only_what_changed(chain):
+    """Issue 18 part 4 on real LIO, after the failover above: the host writes files on the
+    promoted copy; the old primary, its target and backstore deleted, becomes the DR of it
+    over its OLD mirror ('/replication/volumes/disk0 failback uuid=' with the uuid 'promote'
+    printed), the DR replicates back ('/replication/volumes create ... peer=primary'), and
+    only what changed is copied: the old mirror ends equal to the DR's byte for byte (checked
+    by demo.failback), the host's files went back as journal records, the DR's resync marked
+    far less than the volume, and the replica's status says so."""
+    t0 = time.monotonic()
+    done = demo.failback(chain, say)
+    say(f"failback step: {time.monotonic() - t0:.0f} s in all, {done.seconds:.0f} s from the "
+        f"DR's '/replication/volumes create' to equal mirrors")
+    assert done.new_uuid != chain.volume_uuid
+    tx, resync = done.transmitter, done.resync
+    assert tx["role"] == "transmitter" and tx["in_sync"] and tx["volume_uuid"] == done.new_uuid, tx
+    # The old primary took no write after the promotion (the host had left it): nothing of
+    # its own to mark, and the DR overflowed nothing; the host's files went as records, and
+    # that is all that crossed (no hash pass: nothing skipped either).
+    assert resync["failback_marked_bytes"] == 0 and resync["total_bytes"] == 0, resync
+    assert resync["done_bytes"] == 0 and resync["skipped_bytes"] == 0, resync
+    assert done.host_bytes <= tx["bytes_sent"] <= chain.size // 8, (done.host_bytes, tx)
+    assert done.failback["state"] == "done" and done.failback["extents"] == 0, done.failback
+    text = done.replica_status
+    assert text.startswith(f"{VOLUME} role:dr primary:dr"), text
+    assert "replica:consistent in-sync" in text, text
+    assert (f"    failback: copied: this site's old mirror holds the promoted image (seq "
+            f"{done.failback['base_seq']}) plus 0 extents (0 B) written here since (0 journal "
+            f"records); those and what dr changed were copied") in text, text
