@@ -193,7 +193,8 @@ def volume_views(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
     consistency groups' names by uuid (their transmitter's block is the group's);
     ``members``: the group of each backstore in one (its block says so, not unreplicated)."""
     handler = (snapshot.get("handler") or {}).get("volumes") or {}
-    by_uuid = {h.get("uuid"): (name, h) for name, h in handler.items()}
+    # A group's members carry the group's uuid (the handler's "group" key): not a volume's.
+    by_uuid = {h.get("uuid"): (name, h) for name, h in handler.items() if not h.get("group")}
     peer_names, groups, members = peer_names or {}, groups or {}, members or {}
     clock = _Clock(now, tz)
     primaries, seen = [], set()
@@ -207,11 +208,10 @@ def volume_views(snapshot: dict, *, now: float, tz: dt.tzinfo | None = None,
         view.kind = "group" if uuid in groups else "volume"
         primaries.append(view)
     for name, h in handler.items():
-        if h.get("uuid") in seen:
-            continue
-        if name in members:
-            primaries.append(_member_view(name, members[name], h, clock))
-        elif h.get("uuid") not in groups:
+        group = members.get(name) or h.get("group")
+        if group:
+            primaries.append(_member_view(name, group, h, clock))
+        elif h.get("uuid") not in seen and h.get("uuid") not in groups:
             primaries.append(_unreplicated_view(name, h, clock))
     receiver = snapshot.get("receiver") or {}
     replicas = [_dr_view(uuid, r if r.get("name") or uuid not in (replica_names or {})

@@ -178,6 +178,27 @@ def test_a_member_is_not_also_a_volume(with_group, lio, tmp_path):
     assert sh.units.log == []
 
 
+def test_members_as_the_handler_reports_them_beside_the_groups_transmitter(with_group):
+    """The handler reports each member under "volumes" with the group's name and uuid."""
+    sh = with_group
+    snap = group_snapshot(sh, "healthy")
+    gid = sh.ctx.store.load().groups["db"].uuid
+    snap["handler"] = {"role": "handler",
+                       "volumes": {n: {"uuid": gid, "group": "db", "member": n}
+                                   for n in ("log", "data")},
+                       "groups": {"db": {"uuid": gid, "journal": {"percent": 7.0},
+                                         "sync": {"mode": "sync-on-flush",
+                                                  "effective": "sync-on-flush"}}}}
+    views = {v.name: v for v in sh.ctx.views(fresh=True)}
+    assert sorted(views) == ["data", "db", "log"]
+    assert views["db"].kind == "group" and views["db"].journal == "7%"
+    assert views["db"].mode == "sync-on-flush"
+    assert views["log"].replication == "member of group db"
+    lines = sh.run("/replication/groups/db status").splitlines()
+    assert lines[1] == ("  link:connected replication:replicating mode:sync-on-flush "
+                        "journal:7% in-sync")
+
+
 def test_a_member_backstore_is_shown_as_such(with_group, lio, tmp_path):
     sh = with_group
     add_member(sh, lio, tmp_path, "log", 2048)
