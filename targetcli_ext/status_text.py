@@ -236,7 +236,7 @@ def _journal(h: dict | None) -> str | None:
     if (h or {}).get("journal_paused"):
         return "paused"
     journal = (h or {}).get("journal") or {}
-    if journal.get("percent") is None:
+    if not isinstance(journal, dict) or journal.get("percent") is None:   # a group's: its path
         return None
     text = f"{journal['percent']:.0f}%"
     return text + " (high water)" if journal.get("high_water") else text

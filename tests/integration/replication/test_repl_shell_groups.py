@@ -8,16 +8,22 @@ members, and each member's image there converges to the primary's byte for byte.
 A's admin reads shows the group in sync at the journal's last seq, with its members; the group
 is not listed as a volume; 'delete' is refused while it has members.
 
-What systemd does is done by ``ProcessUnits`` (test_repl_shell_chain.py). The handler daemon
-itself is not run here (no TCMU rings on the host tier): tests/integration/tcmu/
-test_handler_groups.py runs it over simulated rings."""
+Then the shell steers a group the real handler serves (its daemon over simulated TCMU rings,
+tests/integration/tcmu/group_handler.py): the status shows its members and the group's mode; 'set sync' as the shell sends it (the group's uuid as "volume") is taken;
+'remove member=' is refused by the shell while LIO has the member's backstore and relays the
+handler's refusal while its device is open, then retires the member; 'delete' once no member
+is left.
+
+What systemd does is done by ``ProcessUnits`` (test_repl_shell_chain.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import types
 from pathlib import Path
@@ -35,6 +41,11 @@ from targetcli_ext.group_status import group_text
 from targetcli_ext.model import ModelError
 from targetcli_ext.operations import Notes
 from targetcli_ext.units import transmitter_unit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tcmu"))
+from group_handler import Site as HandlerSite  # tests/integration/tcmu
+from group_handler import site as handler_site
+from group_handler import write10
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -67,8 +78,10 @@ finally:
 """
 
 
-def group_site(root: Path, name: str) -> ReplicationContext:
-    """A site whose shell asks the running daemons for their status (as targetcli does)."""
+def group_site(root: Path, name: str, objects: list | None = None) -> ReplicationContext:
+    """A site whose shell asks the running daemons for their status (as targetcli does);
+    ``objects``: LIO's storage objects as rtslib shows them (the test changes the list)."""
+    objects = objects if objects is not None else []
     base = root / name
     (base / "run").mkdir(parents=True)
     cfg = ShellConfig(state_dir=base / "state", replicas_dir=base / "replicas",
@@ -77,7 +90,7 @@ def group_site(root: Path, name: str) -> ReplicationContext:
                       fetch_timeout_s=5.0)
     ctx = ReplicationContext(cfg, collect=lambda: daemons.collect(cfg.sockets, timeout=3.0),
                              units=ProcessUnits(cfg.layout, base),
-                             storage_objects=lambda: [], ttl_s=0.0)
+                             storage_objects=lambda: list(objects), ttl_s=0.0)
     with ctx.store.locked():
         ctx.store.save(dataclasses.replace(ctx.store.load(), identity=name,
                                            listen=f"127.0.0.1:{free_port()}"))
@@ -102,13 +115,14 @@ def files(*dirs: Path) -> dict:
 @pytest.fixture
 def sites():
     root = Path(tempfile.mkdtemp(prefix="grp", dir="/tmp"))   # short socket paths
-    a, b = group_site(root, "site-a"), group_site(root, "site-b")
+    lio: list = []
+    a, b = group_site(root, "site-a", lio), group_site(root, "site-b")
     try:
         for ctx in (a, b):
             start_receiver(ctx)
         pair(a, b)
         pair(b, a)
-        yield types.SimpleNamespace(a=a, b=b, root=root)
+        yield types.SimpleNamespace(a=a, b=b, root=root, lio=lio)
     finally:
         for ctx in (a, b):
             ctx.units.stop_all()
@@ -186,3 +200,90 @@ def test_a_group_made_by_the_shell_replicates_its_members_to_the_dr(sites):
         a.delete_group("db", Notes())
     assert files(a.layout.state_dir, a.layout.groups_dir) == before
     assert a.units.is_active(unit)
+
+
+def member_object(name: str, mirror: Path, blocks: int) -> types.SimpleNamespace:
+    """A member's user:mirror storage object as rtslib shows it."""
+    return types.SimpleNamespace(name=name, plugin="user", size=blocks * 512,
+                                 config=f"mirror/mirror={mirror};group=db")
+
+
+def test_the_shell_steers_a_group_the_real_handler_serves(sites, tmp_path):
+    a = sites.a
+    group = a.create_group("db", "site-b", "16M", "512", Notes())
+    hs = handler_site(tmp_path)             # the handler's directories; its groups_dir is A's
+    hs = HandlerSite(hs.tmp, dataclasses.replace(
+        hs.config, groups_dir=a.layout.groups_dir, control_socket=a.config.sockets.handler))
+    images = sites.root / "a-images"
+    images.mkdir()
+    devs = {}
+    for minor, (name, blocks) in enumerate(MEMBERS.items(), start=3):
+        obj = member_object(name, images / f"{name}.img", blocks)
+        sites.lio.append(obj)
+        devs[name] = hs.device(minor, name, obj.config, blocks * 512)
+    layout_path = a.layout.group_layout("db")
+    handler_sock = a.config.sockets.handler
+
+    def shell(fn, *args):
+        return asyncio.to_thread(fn, *args)
+
+    async def body(daemon) -> None:
+        members = group_layout.load(layout_path).members
+        assert [(m.name, m.offset_blocks) for m in members] == [("log", 0), ("data", 256)]
+        for dev in devs.values():
+            assert (await shell(dev.run, write10(0, 8), b"x" * 4096)).status == 0
+
+        # The status: the group's members from the layout, both members
+        # shown as members (not unreplicated volumes), the group not a volume.
+        a.snapshot(fresh=True)
+        views = {v.name: v for v in await shell(a.views, True)}
+        assert views["log"].replication == views["data"].replication == "member of group db"
+        assert views["db"].kind == "group", views["db"]
+        text = await shell(group_text, a, a.store.load().groups["db"])
+        assert "      log    128.0 KiB  at block 0" in text.splitlines(), text
+
+        # 'set sync' as the shell sends it: the group's uuid as the volume.
+        done = await shell(lambda: a.call(handler_sock, "set-sync", volume=group.uuid,
+                                          mode="sync-on-flush", fallback_s=0.5, hold=False))
+        assert done["changed"] is True and done["sync"]["mode"] == "sync-on-flush", done
+        a.snapshot(fresh=True)
+        db = next(v for v in await shell(a.views, True) if v.name == "db")
+        assert db.mode is not None and db.mode.startswith(("sync-on-flush", "sync-degraded")), db
+        await shell(lambda: a.call(handler_sock, "set-sync", volume=group.uuid, mode="async",
+                                   fallback_s=0.5, hold=False))
+
+        # remove member: refused while LIO has its backstore (the handler is not asked) ...
+        before = layout_path.read_bytes()
+        with pytest.raises(ModelError, match=r"member=log: backstore user:mirror/log still "
+                                             r"serves it in group db: delete "
+                                             r"/backstores/user:mirror/log first"):
+            await shell(a.remove_member, "db", "log", Notes())
+        # ... and, with the backstore gone from LIO but its device still open, the handler's
+        # own refusal is what the admin reads.
+        sites.lio.remove(next(o for o in sites.lio if o.name == "log"))
+        with pytest.raises(ModelError, match=r"leave-group refused by the handler: .*member "
+                                             r"'log' of group 'db' is served"):
+            await shell(a.remove_member, "db", "log", Notes())
+        assert layout_path.read_bytes() == before
+        assert await shell(daemon.manager.remove, devs["log"].minor) == 0  # LIO closed it
+        await shell(a.remove_member, "db", "log", Notes())
+        assert group_layout.load(layout_path).member("log").retired
+        text = await shell(group_text, a, a.store.load().groups["db"])
+        assert "      log    128.0 KiB  at block 0 (left the group)" in text.splitlines(), text
+        with pytest.raises(ModelError, match=r"group db has members \(data\)"):
+            await shell(a.delete_group, "db", Notes())
+
+        sites.lio.clear()
+        assert await shell(daemon.manager.remove, devs["data"].minor) == 0
+        await shell(a.remove_member, "db", "data", Notes())
+        notes = Notes()
+        await shell(a.delete_group, "db", notes)
+        assert not layout_path.exists() and a.store.load().groups == {}
+        assert not a.layout.transmitter_toml("db").exists()
+        assert not a.units.is_active(transmitter_unit("db"))
+        assert any(f"{a.layout.group_journal('db')}" in text for _, text in notes.lines)
+
+    try:
+        hs.run(body)
+    finally:
+        hs.close()
