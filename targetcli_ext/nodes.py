@@ -72,16 +72,21 @@ class UIReplication(UINode):
             site = self.ctx.store.load()
         except ModelError as err:
             return f"site settings unreadable: {err}", False
-        views = self.ctx.views()
+        views = [v for v in self.ctx.views() if v.kind != "member"]  # its group says it
+        groups = [v for v in views if v.kind == "group"]
+        views = [v for v in views if v.kind != "group"]
         in_sync = sum(1 for v in views if v.in_sync)
         who = site.identity or "identity not created yet: run 'info'"
         pending = sum(1 for n in site.peers if self.ctx.certificate_pending(n) is not None)
         peers = f"peers: {len(site.peers)}" + (
             f" ({pending} certificate{'s' if pending > 1 else ''} not fetched yet)"
             if pending else "")
-        health = _health(views) if views else None
-        return (f"{who}, {peers}, volumes: {len(views)} ({in_sync} in sync)",
-                False if pending else health)
+        health = _health(views + groups) if views or groups else None
+        text = f"{who}, {peers}, volumes: {len(views)} ({in_sync} in sync)"
+        if groups:
+            text += (f", groups: {len(groups)} "
+                     f"({sum(1 for v in groups if v.in_sync)} in sync)")
+        return text, False if pending else health
 
     def ui_command_info(self):
         """

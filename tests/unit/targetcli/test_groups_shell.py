@@ -197,6 +197,10 @@ def test_members_as_the_handler_reports_them_beside_the_groups_transmitter(with_
     lines = sh.run("/replication/groups/db status").splitlines()
     assert lines[1] == ("  link:connected replication:replicating mode:sync-on-flush "
                         "journal:7% in-sync")
+    # /replication counts the group as a group and its members in it.
+    me = sh.ctx.store.load().identity
+    assert sh.root.get_node("/replication").summary() == \
+        (f"{me}, peers: 1, volumes: 0 (0 in sync), groups: 1 (1 in sync)", True)
 
 
 def test_a_member_backstore_is_shown_as_such(with_group, lio, tmp_path):
