@@ -78,7 +78,9 @@ def member_lines(layout: GroupLayout) -> list[str]:
     width = max((len(m.name) for m in layout.members), default=0)
     for m in active + left:
         size = human_bytes(m.num_blocks * layout.block_size)
-        gone = " (left the group)" if m in left else ""
+        gone = " (left the group)" if m in left else (
+            " (joined with data: its initial copy is being set up)"
+            if getattr(m, "needs_copy", False) else "")
         lines.append(f"  {m.name:<{width}}  {size:>10}  at block {m.offset_blocks}{gone}")
     return lines
 

@@ -404,3 +404,13 @@ def test_info_of_a_member_names_the_groups_journal(with_group, lio, tmp_path):
     assert f"journal:     {sh.groups_dir}/db.jnl (group db's: /replication/groups/db)" in lines
     # A failback's check of what LIO serves reads a member (no journal= of its own).
     assert backstores_using(sh.ctx.storage_objects(), f"{tmp_path}/volumes/log.img") == ["log"]
+
+
+@pytest.mark.skipif(not HANDLER_KEYS, reason="the layout has no needs_copy yet")
+def test_a_member_joining_with_data_is_shown_until_its_copy_is_set_up(with_group):
+    sh = with_group
+    path = sh.groups_dir / "db.group.json"
+    group_layout.save(path, group_layout.load(path).with_member(
+        "old", "/var/lib/appliance/volumes/old.img", 2048, needs_copy=True))
+    assert sh.run("/replication/groups/db status").splitlines()[-1] == \
+        "      old     1.0 MiB  at block 0 (joined with data: its initial copy is being set up)"
