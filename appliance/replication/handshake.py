@@ -61,6 +61,10 @@ class Hello:
     # What this primary changed since ``base`` ({"head_seq", "dirty_bytes"}), for the DR's
     # report of a split brain.
     changed: dict | None = None
+    # A consistency group (docs/groups.md): {"name", "align_blocks", "members": [{"name",
+    # "offset_blocks", "num_blocks"}]}, its members in the volume's address space. The DR
+    # keeps one mirror per member, laid out the same way.
+    group: dict | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -83,7 +87,8 @@ class Hello:
                     compression=tuple(comp), protocol=_get(d, "protocol", int),
                     name=_get(d, "name", str) if "name" in d else "",
                     base=_get(d, "base", dict) if d.get("base") is not None else None,
-                    changed=_get(d, "changed", dict) if d.get("changed") is not None else None)
+                    changed=_get(d, "changed", dict) if d.get("changed") is not None else None,
+                    group=_get(d, "group", dict) if d.get("group") is not None else None)
         if len(hello.name) > MAX_NAME or any(not c.isprintable() for c in hello.name):
             raise HandshakeError(f"handshake field 'name' must be at most {MAX_NAME} printable "
                                  f"characters: {hello.name!r}")

@@ -19,6 +19,7 @@ reason says which files are in the way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.replication.config import ReplicaConfig, replica_paths
+from appliance.replication.dr import group_replica
 from appliance.replication.dr.replica_errors import ReplicaError
 from appliance.replication.handshake import Hello, Refused, VolumeSpec
 from appliance.statefile import write_json_atomic
@@ -58,17 +60,22 @@ class ProvisionedSpec:
     name: str                   # the volume's name on the primary ("" if it sent none)
     journal_size: int
     created: float
+    group: str = ""             # a consistency group's name: its mirror is a group layout
 
     def replica_config(self, state_dir: Path) -> ReplicaConfig:
+        paths = replica_paths(state_dir, self.volume_uuid)
+        if self.group:
+            paths = dataclasses.replace(paths, mirror=group_replica.layout_path(
+                paths.mirror.parent, self.group))
         return ReplicaConfig(VolumeSpec(self.volume_uuid, self.size_bytes, self.block_size,
-                                        frozenset({self.primary})),
-                             replica_paths(state_dir, self.volume_uuid), self.journal_size)
+                                        frozenset({self.primary})), paths, self.journal_size)
 
     def to_json(self) -> dict:
         return {"format_version": FORMAT_VERSION, "volume_uuid": str(self.volume_uuid),
                 "size_bytes": self.size_bytes, "block_size": self.block_size,
                 "primary": self.primary, "name": self.name,
-                "journal_size": self.journal_size, "created": self.created}
+                "journal_size": self.journal_size, "created": self.created,
+                **({"group": self.group} if self.group else {})}
 
     @classmethod
     def from_json(cls, d: object) -> ProvisionedSpec:
@@ -88,7 +95,8 @@ class ProvisionedSpec:
             raise ValueError(f"created is {created!r}")
         spec = cls(uuid.UUID(typed("volume_uuid", str)), typed("size_bytes", int),
                    typed("block_size", int), typed("primary", str), typed("name", str),
-                   typed("journal_size", int), float(created))
+                   typed("journal_size", int), float(created),
+                   typed("group", str) if "group" in d else "")
         if spec.size_bytes <= 0 or spec.block_size <= 0 or spec.journal_size <= 0:
             raise ValueError("a size is not positive")
         return spec
@@ -170,11 +178,14 @@ def create(state_dir: Path, hello: Hello, journal_size: int) -> ProvisionedSpec:
                                         f"directory to let the primary provision it anew, or add "
                                         f"a [[volume]] for it to keep using them")
     check_space(state_dir, hello.size_bytes, journal_size)
+    group = group_replica.members_of(hello)[0] if hello.group is not None else ""
     spec = ProvisionedSpec(hello.volume_uuid, hello.size_bytes, hello.block_size,
-                           hello.identity, hello.name, journal_size, time.time())
+                           hello.identity, hello.name, journal_size, time.time(), group)
     path = spec_path(state_dir, hello.volume_uuid)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if group:       # one mirror per member, laid out as the primary's (before the spec)
+            group_replica.provision(path.parent, hello)
         write_json_atomic(path, spec.to_json())
     except BaseException:
         discard_new(state_dir, hello.volume_uuid)      # it held nothing before (checked)

@@ -285,6 +285,9 @@ class Receiver(ReceiverAdmin):
                     raise Refused("unknown-volume", f"volume {hello.volume_uuid} was removed "
                                                     f"from receiver {self.cfg.identity!r}")
                 self._admit(hello, cert_names, slot)       # (the cheap refusals first)
+                # A consistency group: the same members here (a provisioned one follows).
+                await run_blocking(lambda: slot.replica.follow_group(
+                    hello, may_grow=slot.provisioned is not None))
                 # A failback proves what this site's mirror holds (reads its old journal).
                 extents = await run_blocking(
                     lambda: failback_admission.base_extents(slot.replica, hello))

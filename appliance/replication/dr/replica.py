@@ -45,6 +45,7 @@ from pathlib import Path
 from appliance.journal import Journal, JournalError, JournalFull, JournalReader
 from appliance.journal.resize import set_volume_blocks
 from appliance.replication.config import ReplicaConfig
+from appliance.replication.dr import group_replica
 from appliance.replication.dr.apply import apply_records, check_record
 from appliance.replication.dr.recover import recover_image
 from appliance.replication.dr.replica_errors import ReplicaError
@@ -64,10 +65,11 @@ from appliance.replication.dr.retention import (
 )
 from appliance.replication.dr.retention_settings import RetentionSettings
 from appliance.replication.dr.undo import UndoLog
-from appliance.replication.handshake import Hello, VolumeBinding, VolumeSpec
+from appliance.replication.handshake import Hello, Refused, VolumeBinding, VolumeSpec
 from appliance.replication.records import from_journal, to_write_op
 from appliance.replication.status import RateMeter, ReceiverVolumeCounters
 from appliance.replication.wire import WireRecord
+from appliance.volume import group_layout
 from appliance.volume.concat_io import ConcatBlockIO, mirror_files, open_mirror
 
 log = logging.getLogger(__name__)
@@ -268,8 +270,17 @@ class Replica(ReplicaResync):
             if self.journal is None or size_bytes == old:
                 return
             if isinstance(self._mirror, ConcatBlockIO):
-                raise ReplicaError(f"volume {self.spec.uuid} is a consistency group: its size "
-                                   f"follows its members' layout, not a resize")
+                # A group grows by members joining (follow_group has reopened its mirror over
+                # them); members never shrink.
+                if size_bytes < old or self._mirror.size() < size_bytes:
+                    raise ReplicaError(f"group {self.spec.uuid}: the primary has "
+                                       f"{size_bytes} bytes, its members here {old}; a group "
+                                       f"grows only by a member joining")
+                with self._journal_lock:
+                    set_volume_blocks(self.journal, size_bytes // self.spec.block_size)
+                log.warning("group %s: grown from %d to %d bytes by a member joining",
+                            self.spec.uuid, old, size_bytes)
+                return
             self._restart_retention(f"resized from {old} to {size_bytes} bytes")
             if size_bytes > old:
                 extend_file(self._mirror.fileno(), size_bytes)
@@ -315,6 +326,31 @@ class Replica(ReplicaResync):
         log.warning("volume %s: failback onto this site's old mirror: inconsistent until the "
                     "primary has copied its changes and the %d extents this site wrote "
                     "beyond its base", self.spec.uuid, len(extents))
+
+    def follow_group(self, hello: Hello, *, may_grow: bool) -> None:
+        """A consistency group's members as the HELLO has them: refused unless this replica
+        is that group with those members (a provisioned one grows by the members that joined
+        since: their files are made and the mirror reopened over them)."""
+        path = self.cfg.paths.mirror
+        if not group_layout.is_layout_path(path):
+            if hello.group is not None:
+                raise Refused("group-member", f"volume {self.spec.uuid} is the consistency "
+                                              f"group {hello.group.get('name')!r} on the "
+                                              f"primary, but this replica's mirror is one file "
+                                              f"({path}): give its [[volume]] a group layout as "
+                                              f"mirror (docs/groups.md), or let the receiver "
+                                              f"provision it")
+            return
+        layout = group_replica.follow(path, hello, may_grow=may_grow)
+        size = layout.num_blocks * layout.block_size
+        with self._apply_lock:
+            if size == self._mirror.size():
+                return
+            self.sync_mirror()
+            for member, nbytes in mirror_files(path, size):
+                preallocate(member, nbytes)
+            old, self._mirror = self._mirror, open_mirror(path, create_size=0)
+            old.close()
 
     def keep_after_split_brain(self, keep: str) -> None:
         """The admin's choice after a split brain (failback_admission.KEEP_CHOICES)."""
@@ -505,6 +541,7 @@ class Replica(ReplicaResync):
                 "undo_bytes": 0 if self._undo is None else self._undo.saved_bytes,
                 "retention": self.retention_status(),
                 "failback": self.failback_status,
+                "group": group_replica.status(self.cfg.paths.mirror),
                 "lag_records": self.durable_seq - self.applied_seq,
                 "lag_seconds": self._lag_seconds(),
                 "throughput_bytes_per_s": round(self.rate.rate()),

@@ -69,6 +69,7 @@ from appliance.replication.primary.volume_watch import (
 )
 from appliance.replication.status import LinkStatus
 from appliance.replication.tls import Handshake, TlsConfigError, TlsRefused, TlsSide
+from appliance.volume import group_layout
 from appliance.volume.errors import VolumeError
 
 log = logging.getLogger("appliance.transmitter")
@@ -517,7 +518,8 @@ class Transmitter:
                       size_bytes=self.shared.volume_bytes, block_size=self.cfg.block_size,
                       generation=self.cfg.generation, first_seq=first_seq,
                       compression=COMPRESSIONS if self.cfg.compression else (),
-                      name=self.cfg.name, base=base, changed=changed)
+                      name=self.cfg.name, base=base, changed=changed,
+                      group=await run_blocking(self._group_members))
         await link.send_json(FT.HELLO, hello.to_dict())
         try:
             frame = await link.recv(self.cfg.dead_after_s)
@@ -547,6 +549,17 @@ class Transmitter:
         self.shared.peer_needs_resync = welcome.inconsistent or welcome.full_copy
         return welcome
 
+
+    def _group_members(self) -> dict | None:
+        """A consistency group's members, as the HELLO names them (docs/groups.md): the
+        volume's journal names a group layout as its mirror."""
+        files = self.shared.files
+        if files is None or not group_layout.is_layout_path(files.mirror):
+            return None
+        layout = group_layout.load(files.mirror)
+        return {"name": layout.name, "align_blocks": layout.align_blocks,
+                "members": [{"name": m.name, "offset_blocks": m.offset_blocks,
+                             "num_blocks": m.num_blocks} for m in layout.members]}
 
     def _journal_base(self, reader: JournalReader) -> tuple[dict | None, dict | None]:
         """The promoted image this volume's journal starts from (the handler adopted a

@@ -74,13 +74,16 @@ class Pair:
     def write_rx_config(self, *, tls: bool = True, compression: bool = True,
                         allowed: dict[uuid.UUID, list[str]] | None = None,
                         dead_after_s: float = 3.0,
-                        mirrors: dict[uuid.UUID, Path] | None = None) -> None:
+                        mirrors: dict[uuid.UUID, Path] | None = None,
+                        provision: bool = False) -> None:
         top = ['identity = "dr-site"', f'listen = "{self.rx_host}:{self.port}"',
                f'state_dir = "{self.rx_state}"', f'control_socket = "{self.rx_control}"',
                "heartbeat_s = 0.5", f"dead_after_s = {dead_after_s}",
                f"compression = {'true' if compression else 'false'}"]
         if not tls:
             top.append("insecure = true")
+        if provision:
+            top.append("provision = true")
         vols: list[str] = []
         for vid, blocks in self.volumes:
             vols += ["[[volume]]", f'uuid = "{vid}"', f"size_bytes = {blocks * BLOCK}",

@@ -14,6 +14,7 @@ journal (the control: nothing orders them across).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import struct
 import sys
@@ -62,6 +63,14 @@ def config(vid: uuid.UUID, d: Path, mirror: Path, blocks: int) -> VolumeConfig:
 stop = False
 
 
+def done(path: Path, i: int) -> None:
+    """The last i written to both LUNs, replaced atomically: a writer killed mid-update must
+    not restart from 1 (i would go back, which the order check reads as a violation)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(str(i))
+    os.replace(tmp, path)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--dir", type=Path, required=True)
@@ -99,7 +108,7 @@ def main() -> int:
             slot = i % SLOTS
             log_vol.submit([WriteOp(OpKind.WRITE, slot, 1, block(i))])     # completes first
             data_vol.submit([WriteOp(OpKind.WRITE, data_base + slot, 1, block(i))])
-            ns.log.write_text(str(i))
+            done(ns.log, i)
             if i % 50 == 0:
                 log_vol.flush()
                 if data_vol is not log_vol:
