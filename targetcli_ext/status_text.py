@@ -652,7 +652,7 @@ def _failback_view(v: VolumeView, r: dict, fb: dict, replica: str, link: str) ->
         else:
             v.details.append(("failback", f"copied: {what}; those and what {primary} changed "
                                           f"were copied"))
-        if fb.get("lost_writes"):
+        if fb.get("lost_writes") and (fb.get("records") or fb.get("dirty_chunks")):
             v.details.append(("lost writes", f"this site's writes {primary} never had, with "
                                              f"their data: {fb['lost_writes']}"))
     if replica == "inconsistent":

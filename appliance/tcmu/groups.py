@@ -208,7 +208,7 @@ class GroupRegistry:
     def _describe(self, name: str, layout: GroupLayout, devices: set[str]) -> dict:
         layout_path, journal, bitmap = self.paths(name)
         return {"group": name, "uuid": str(layout.uuid), "layout": str(layout_path),
-                "journal": str(journal), "bitmap": str(bitmap),
+                "journal_path": str(journal), "bitmap": str(bitmap),
                 "block_size": layout.block_size,
                 "members": [{"name": m.name, "mirror": m.mirror,
                              "offset_blocks": m.offset_blocks, "num_blocks": m.num_blocks,

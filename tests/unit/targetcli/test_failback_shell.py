@@ -357,6 +357,14 @@ def test_a_failback_copying_shows_what_it_copies(dr):
     assert sh.root.get_node("/replication/replicas/disk0").summary()[1] is None
 
 
+def test_a_failback_without_writes_of_this_site_names_no_lost_writes(dr):
+    sh = dr({**plan_summary(state="done", lost_writes="/r/l.txt"), "records": 0,
+             "dirty_chunks": 0, "extents": 0, "bytes": 0}, link="connected")
+    text = status_of(sh)
+    assert "plus 0 extents (0 B) written here since (0 journal records)" in text, text
+    assert "lost writes" not in text, text
+
+
 def test_a_finished_failback_and_a_full_copy(dr):
     sh = dr(plan_summary(state="copying", lost_writes="/r/l.txt"), link="connected")
     sh.daemons.snapshot["receiver"]["volumes"][UUID]["in_sync"] = True
