@@ -38,6 +38,7 @@ from appliance.replication.dr.replica_offline import (
 )
 from appliance.replication.dr.replica_state import ReplicaState
 from appliance.replication.dr.retention_settings import RetentionSettings
+from appliance.volume import group_layout
 from appliance.volume.identity import mirror_volume_uuid
 
 ACTIONS = ("promote", "demote", "rollback", "invalidate")
@@ -55,6 +56,8 @@ class Outcome:
 
 def promote_next_steps(p: Promotion, size_bytes: int) -> str:
     """What the admin does after a promotion (docs/failover.md has the whole procedure)."""
+    if group_layout.is_layout_path(p.mirror):
+        return _group_next_steps(p, group_layout.load(p.mirror))
     return (f"promoted: {p.mirror} holds the primary's image after seq {p.at_seq}; "
             f"{p.former_primary!r} is fenced off (refused with 'promoted').\n"
             f"next:\n"
@@ -68,6 +71,24 @@ def promote_next_steps(p: Promotion, size_bytes: int) -> str:
             f"  3. failback on the old primary site: stop its LUN and transmitter, run a "
             f"receiver whose [[volume]] mirror is its old mirror and failback_journal its old "
             f"journal: only what changed is copied back (docs/failover.md)\n")
+
+
+def _group_next_steps(p: Promotion, layout: group_layout.GroupLayout) -> str:
+    """A consistency group: every member's mirror holds the group's image after the same seq;
+    they are served again as the members of a group on this site (docs/groups.md)."""
+    bs = layout.block_size
+    members = "".join(
+        f"     /backstores/user:mirror create name={m.name} size={m.num_blocks * bs} "
+        f"cfgstring=mirror={m.mirror};group={layout.name}\n"
+        for m in layout.members if not m.retired)
+    return (f"promoted: the members of group {layout.name!r} hold the primary's image after "
+            f"seq {p.at_seq}, all at that seq; {p.former_primary!r} is fenced off (refused "
+            f"with 'promoted').\n"
+            f"next:\n"
+            f"  1. a group on this site: /replication/groups create name={layout.name} "
+            f"peer=<the old primary site, once it is back>\n"
+            f"  2. serve each member in it (the group's new journal marks every chunk, so the "
+            f"old site gets a copy compared by hash):\n{members}")
 
 
 _CHECKS: dict[str, Callable[[ReplicaConfig], ReplicaState]] = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from group_writer import BS, MEMBER_BLOCKS, SLOTS, layout, slots
-from repl_harness import PY, Proc, free_port, status, wait_for
+from repl_harness import PY, Proc, appliancectl, free_port, status, wait_for
 from test_repl_failback import dr_tool
 
 from appliance.control.client import ControlError
@@ -27,9 +27,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 OPS = 2500
 
 
-def writer(pair, d: Path, args: list[str], log: Path) -> Proc:
+def writer(pair, d: Path, args: list[str], log: Path, ops: int = OPS) -> Proc:
     p = Proc("group-writer", [PY, str(HERE / "group_writer.py"), "--dir", str(d), "--log",
-                              str(log), "--ops", str(OPS), "--pause", "0.002", *args],
+                              str(log), "--ops", str(ops), "--pause", "0.002", *args],
              pair.root / "group-writer.log")
     pair.procs.append(p)
     return p
@@ -206,3 +206,58 @@ def test_a_provisioned_dr_keeps_one_mirror_per_member_and_refuses_a_missing_one(
                   "refused:group-member" and s, 30, "the refusal of a replica lacking a member")
     assert "lacks member 'data'" in st["link"]["last_error"], st["link"]
     assert not any((dr / "log.img").read_bytes()), "a refused group must not be written"
+
+
+def prefix_point(log_image: bytes, data_image: bytes) -> int:
+    """The number of group writes (log i is write 2i-1, data i write 2i) after which both
+    members hold exactly what they hold; AssertionError if no single point explains both."""
+    log_slots, data_slots = slots(log_image), slots(data_image)
+    last_log, last_data = max(log_slots), max(data_slots)
+    assert last_data in (last_log, last_log - 1), (last_log, last_data)
+    for s in range(SLOTS):
+        for got, last in ((log_slots[s], last_log), (data_slots[s], last_data)):
+            want = max((i for i in range(s, last + 1, SLOTS) if i), default=0)
+            assert got == want, f"slot {s}: {got}, the image after write {last} has {want}"
+    return last_log + last_data
+
+
+def test_a_group_rolled_back_after_a_crash_mid_resync_is_one_point_for_all_members(pair):
+    gid = uuid.uuid4()
+    site = pair.site("primary", blocks=MEMBER_BLOCKS * 2, vol=gid, identity="site-a",
+                     cert="site-a", compression=False,
+                     extra="bandwidth_limit = 60000\nresync_region_bytes = 16384\n")
+    pair.write_rx_config(provision=True)
+    rx = pair.receiver().start()
+    pair.wait_rx_up(rx)
+    log = pair.root / "group-writer.done"
+    w = writer(pair, site.dir, ["--group", "--uuid", str(gid)], log, ops=300).start()
+    pair.transmitter(site).start()
+    members = pair.replica_dir(gid) / "members"
+    wait_for(lambda: log.exists() and int(log.read_text() or 0) == 300
+             and (members / "data.img").exists()
+             and (members / "data.img").read_bytes() == (site.dir / "data.img").read_bytes(),
+             60, "the group's first 300 writes at the DR")
+    w.stop()
+    # A full resync (the DR inconsistent from its RESYNC_BEGIN) while the workload goes on
+    # (the writer, the handler here, takes the resync's mark request).
+    w = writer(pair, site.dir, ["--group", "--uuid", str(gid)], log, ops=100_000).start()
+    appliancectl(site.control, "call", "resync", "{}")
+    def mid_resync() -> bool:
+        v = pair.rx_status()["volumes"][str(gid)]
+        return (v["state"] == "inconsistent" and v["resync_bytes_received"] > 0
+                and v["undo_bytes"] > 0)      # it overwrote what the rollback must restore
+    wait_for(mid_resync, 30, "the DR group inconsistent, part of the resync received")
+    rx.kill9()                                  # the DR crashes in the middle
+    w.stop()
+    refused = dr_tool(pair.rx_config, "promote", str(gid))
+    assert refused.returncode == 1 and "inconsistent" in refused.stderr, refused.stderr
+    done = dr_tool(pair.rx_config, "rollback", str(gid))
+    assert done.returncode == 0, done.stderr
+    point = prefix_point((members / "log.img").read_bytes(), (members / "data.img").read_bytes())
+    assert point >= 600, point          # at least the 300 pairs it held before the resync
+    promoted = dr_tool(pair.rx_config, "promote", str(gid))
+    assert promoted.returncode == 0, promoted.stderr
+    assert "the members of group 'db' hold the primary's image after seq" in promoted.stderr
+    assert f"cfgstring=mirror={members / 'log.img'};group=db" in promoted.stderr
+    assert prefix_point((members / "log.img").read_bytes(),
+                        (members / "data.img").read_bytes()) == point
