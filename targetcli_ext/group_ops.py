@@ -29,7 +29,7 @@ from appliance.volume.config import VolumeConfig
 from appliance.volume.group_layout import GroupLayout, GroupLayoutError
 from targetcli_ext import daemon_config as dc
 from targetcli_ext.backstores import group_members
-from targetcli_ext.model import Group, ModelError, Site, parse_name
+from targetcli_ext.model import Group, ModelError, Site, known_peer, parse_name
 from targetcli_ext.units import UnitError, transmitter_unit
 
 # The handler's bitmap chunk (appliance/volume/config.py): members start on chunk boundaries
@@ -154,11 +154,7 @@ class GroupOperations:
                 if path.exists():
                     raise ModelError(f"name={name}: {path} exists (left by an earlier group "
                                      f"of that name?): move it away or choose another name")
-            if peer not in site.peers:
-                known = ", ".join(sorted(site.peers)) or "none"
-                raise ModelError(f"peer={peer}: no peer of that name (peers: {known}): pair it "
-                                 f"first with /replication/peers create name={peer} "
-                                 f"address=... fingerprint=...")
+            known_peer(site, peer, to_replicate=True)
 
         check(self.store.load())
         self._fetch_pending_first(notes)

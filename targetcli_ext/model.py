@@ -947,10 +947,13 @@ class SiteStore:
 # --- checks shared by the store and the shell's operations --------------------------------
 
 
-def known_peer(site: Site, name: str) -> Peer:
+def known_peer(site: Site, name: str, *, to_replicate: bool = False) -> Peer:
+    """The peer of that name; ``to_replicate``: the refusal says how to pair it."""
     if name not in site.peers:
         known = ", ".join(sorted(site.peers)) or "none"
-        raise ModelError(f"no peer named {name!r} (peers: {known})")
+        how = (f": pair it first with /replication/peers create name={name} address=... "
+               f"fingerprint=..." if to_replicate else "")
+        raise ModelError(f"no peer named {name!r} (peers: {known}){how}")
     return site.peers[name]
 
 

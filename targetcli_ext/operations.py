@@ -359,11 +359,7 @@ class SiteOperations:
                     raise ModelError(f"backstore {name!r} is already replicated (volume "
                                      f"{vol.name} to peer {vol.peer}): see "
                                      f"/replication/volumes/{vol.name}")
-            if peer not in site.peers:
-                known = ", ".join(sorted(site.peers)) or "none"
-                raise ModelError(f"no peer named {peer!r} (peers: {known}): pair it first with "
-                                 f"/replication/peers create name={peer} address=... "
-                                 f"fingerprint=...")
+            known_peer(site, peer, to_replicate=True)
             found = self.backstore(name)
             group = self.group_of_backstore(name, found.config.mirror)  # type: ignore[attr-defined]
             if group is not None:

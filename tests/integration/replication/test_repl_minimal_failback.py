@@ -131,6 +131,17 @@ class Failover:
         return status(self.rx_a_control)["volumes"].get(self.vol) or {}
 
 
+def wait_copied_back(pair, f: Failover, what: str) -> None:
+    """The failback's resync done and A's old mirror equal to the new primary's."""
+    try:
+        wait_for(lambda: resync_done(f.site_b.control, f.rx_a_control, f.vol), 60, what)
+        wait_for(lambda: read(f.site_a.mirror) == read(f.replica_mirror), 20,
+                 "site A's mirror to equal the new primary's")
+    except AssertionError:
+        print(pair.logs())
+        raise
+
+
 def _fix_site_b_config(site_b) -> None:
     """pair.site wrote the journal, mirror and bitmap under site-b/: point them at the new
     primary's directory, and drop the duplicate peer_identity it had set for a DR."""
@@ -155,16 +166,10 @@ def test_failback_copies_only_the_new_primarys_changes_and_the_old_sites_own(pai
 
     f.start_receiver_a()
     tx_b = pair.transmitter(f.site_b).start()
-    try:
-        r = wait_for(lambda: resync_done(f.site_b.control, f.rx_a_control, f.vol), 60,
-                     "the failback to complete on site A")
-        wait_for(lambda: read(f.site_a.mirror) == read(f.replica_mirror), 20,
-                 "site A's mirror to equal the new primary's")
-    except AssertionError:
-        print(pair.logs())
-        raise
+    wait_copied_back(pair, f, "the failback to complete on site A")
     f.w_b.stop()
     tx_b_status = status(f.site_b.control)
+    r = tx_b_status["resync"]
     tx_b.stop()
 
     final = read(f.replica_mirror)
@@ -221,14 +226,7 @@ def test_a_split_brain_is_reported_and_copies_nothing_until_the_admin_decides(pa
 
     appliancectl(f.rx_a_control, "call", "resolve",
                  json.dumps({"volume": f.vol, "keep": "new-primary"}))
-    try:
-        wait_for(lambda: resync_done(f.site_b.control, f.rx_a_control, f.vol), 60,
-                 "the failback to complete once the admin chose the new primary")
-        wait_for(lambda: read(f.site_a.mirror) == read(f.replica_mirror), 20,
-                 "site A's mirror to equal the new primary's")
-    except AssertionError:
-        print(pair.logs())
-        raise
+    wait_copied_back(pair, f, "the failback to complete once the admin chose the new primary")
     f.w_b.stop()
     tx_b.stop()
     ops_a = read_log(f.site_a.log)
@@ -250,14 +248,7 @@ def test_a_failback_killed_mid_way_resumes_and_still_copies_only_what_changed(pa
     (rx_a if victim == "receiver" else tx_b).start()
     if victim == "receiver":
         wait_for(lambda: rx_a.running() and status(f.rx_a_control), 20, "A's receiver again")
-    try:
-        wait_for(lambda: resync_done(f.site_b.control, f.rx_a_control, f.vol), 60,
-                 "the failback to complete after the kill")
-        wait_for(lambda: read(f.site_a.mirror) == read(f.replica_mirror), 20,
-                 "site A's mirror to equal the new primary's")
-    except AssertionError:
-        print(pair.logs())
-        raise
+    wait_copied_back(pair, f, "the failback to complete after the kill")
     r = status(f.site_b.control)["resync"]
     f.w_b.stop()
     assert read(f.replica_mirror) == overlay(f.image_b, read_log(f.site_b.log))

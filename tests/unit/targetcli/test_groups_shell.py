@@ -135,7 +135,7 @@ def test_create_4096_byte_blocks_aligns_on_the_same_chunk(site):
 @pytest.mark.parametrize(("cmdline", "names"), [
     ("name=db peer=dr", "name=db: a consistency group of that name exists"),
     ("name=vol1 peer=dr", "name=vol1: a replicated volume has that name"),
-    ("name=db2 peer=nowhere", "peer=nowhere: no peer of that name (peers: dr)"),
+    ("name=db2 peer=nowhere", "no peer named 'nowhere' (peers: dr): pair it first"),
     ("name=db2 peer=dr journal_size=12Q", "journal_size='12Q' is not a size"),
     ("name=db2 peer=dr journal_size=512K", "journal_size='512K' is out of range"),
     ("name=db2 peer=dr journal_size=1000001", "journal_size='1000001' is out of range"),
