@@ -11,10 +11,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from one_volume_handler import run_handler
+
 from appliance.control.client import call
-from appliance.tcmu.daemon import HandlerConfig, HandlerDaemon, control_server
+from appliance.tcmu.daemon import HandlerConfig, HandlerDaemon
 from appliance.tcmu.sim import SimConfig, SimKernel
-from appliance.tcmu.sim_uio import SimUio
 
 
 def write10(lba: int, nblocks: int, *, fua: bool = False) -> bytes:
@@ -79,22 +80,7 @@ class Site:
     def run(self, body: Callable[[HandlerDaemon], Awaitable[None]]) -> None:
         """One life of the handler (adopting the devices made so far) and its control
         socket."""
-        daemon = HandlerDaemon(self.config, open_transport=lambda minor, name: SimUio(
-            self.tmp / f"ring{minor}"))
-
-        async def life() -> None:
-            await daemon.start()
-            control = control_server(daemon)
-            await control.start()
-            try:
-                await body(daemon)
-            finally:
-                await control.close()
-
-        try:
-            asyncio.run(life())
-        finally:
-            daemon.shutdown()
+        run_handler(self.config, lambda minor: self.tmp / f"ring{minor}", body)
 
     async def ctl(self, cmd: str, **args) -> dict:
         return await asyncio.to_thread(call, self.config.control_socket, cmd, args)

@@ -50,10 +50,13 @@ def one_volume(tmp_path: Path, *, data_blocks: int = 256) -> OneVolume:
     return OneVolume(config, cfgstring.parse_config(cfg), ring, kernel)
 
 
-def run_handler(config: HandlerConfig, ring: Path,
+def run_handler(config: HandlerConfig, ring: Path | Callable[[int], Path],
                 body: Callable[[HandlerDaemon], Awaitable[None]]) -> None:
-    """One life of the handler: start it and its control socket, run `body`, stop both."""
-    daemon = HandlerDaemon(config, open_transport=lambda minor, name: SimUio(ring))
+    """One life of the handler: start it and its control socket, run `body`, stop both.
+    ``ring``: the one simulated ring, or the ring of each device minor."""
+    def ring_of(minor: int) -> Path:
+        return ring(minor) if callable(ring) else ring
+    daemon = HandlerDaemon(config, open_transport=lambda minor, name: SimUio(ring_of(minor)))
 
     async def life() -> None:
         await daemon.start()
