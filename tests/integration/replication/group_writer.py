@@ -53,9 +53,10 @@ def layout(d: Path, gid: uuid.UUID, mirrors: tuple[Path, Path]) -> GroupLayout:
     return g.with_member("data", str(mirrors[1]), MEMBER_BLOCKS)
 
 
-def config(vid: uuid.UUID, d: Path, mirror: Path, blocks: int) -> VolumeConfig:
+def config(vid: uuid.UUID, d: Path, mirror: Path, blocks: int,
+           journal_size: int = JOURNAL) -> VolumeConfig:
     d.mkdir(parents=True, exist_ok=True)
-    return VolumeConfig(uuid=vid, num_blocks=blocks, block_size=BS, journal_size=JOURNAL,
+    return VolumeConfig(uuid=vid, num_blocks=blocks, block_size=BS, journal_size=journal_size,
                         max_transfer_bytes=64 * 1024, chunk_size=CHUNK, mirror_path=mirror,
                         journal_path=d / "journal", bitmap_path=d / "bitmap")
 
@@ -80,6 +81,7 @@ def main() -> int:
     p.add_argument("--ops", type=int, required=True)
     p.add_argument("--pause", type=float, default=0.0)
     p.add_argument("--log", type=Path, required=True, help="the last i completed on both")
+    p.add_argument("--journal-size", type=int, default=JOURNAL)
     ns = p.parse_args()
 
     def on_term(*_):
@@ -91,7 +93,8 @@ def main() -> int:
         if not path.exists():
             group_layout.save(path, layout(ns.dir, ns.uuid, (ns.dir / "log.img",
                                                              ns.dir / "data.img")))
-        vol = Volume.open(config(ns.uuid, ns.dir, path, group_layout.load(path).num_blocks))
+        vol = Volume.open(config(ns.uuid, ns.dir, path, group_layout.load(path).num_blocks,
+                                 ns.journal_size))
         log_vol, data_vol, data_base = vol, vol, group_layout.load(path).member("data") \
             .offset_blocks
     else:

@@ -261,3 +261,32 @@ def test_a_group_rolled_back_after_a_crash_mid_resync_is_one_point_for_all_membe
     assert f"cfgstring=mirror={members / 'log.img'};group=db" in promoted.stderr
     assert prefix_point((members / "log.img").read_bytes(),
                         (members / "data.img").read_bytes()) == point
+
+
+def test_a_group_that_overflows_its_journal_resyncs_every_member(pair):
+    """A journal too small for the workload while the link is down: the group logs to its
+    bitmap, and the resync brings both members to the primary's image."""
+    gid = uuid.uuid4()
+    site = pair.site("primary", blocks=MEMBER_BLOCKS * 2, vol=gid, identity="site-a",
+                     cert="site-a")
+    pair.write_rx_config(provision=True)
+    rx = pair.receiver().start()
+    pair.wait_rx_up(rx)
+    log = pair.root / "group-writer.done"
+    w = writer(pair, site.dir, ["--group", "--uuid", str(gid), "--journal-size",
+                                str(1 << 20)], log, ops=1500).start()
+    wait_for(lambda: log.exists() and int(log.read_text() or 0) == 1500, 60,
+             "the workload, with no transmitter yet")
+    assert "logging writes to the dirty-region bitmap" in w.output(), w.output()[-2000:]
+    pair.transmitter(site).start()
+    members = pair.replica_dir(gid) / "members"
+    try:
+        wait_for(lambda: all((members / f).exists() and (members / f).read_bytes()
+                             == (site.dir / f).read_bytes() for f in ("log.img", "data.img"))
+                 and pair.rx_status()["volumes"][str(gid)]["state"] == "consistent", 60,
+                 "both members resynced to the primary's image")
+    except AssertionError:
+        print(pair.logs())
+        raise
+    assert prefix_point((members / "log.img").read_bytes(),
+                        (members / "data.img").read_bytes()) == 3000
