@@ -290,3 +290,40 @@ def test_a_group_that_overflows_its_journal_resyncs_every_member(pair):
         raise
     assert prefix_point((members / "log.img").read_bytes(),
                         (members / "data.img").read_bytes()) == 3000
+
+
+def test_a_member_joining_with_data_gets_its_initial_copy_at_the_dr(pair):
+    gid = uuid.uuid4()
+    groups = pair.root / "groups"
+    data = pair.root / "volumes"
+    groups.mkdir()
+    data.mkdir()
+    site = pair.site("primary", blocks=512, vol=gid, identity="site-a", cert="site-a")
+    site.tx_config.write_text(site.tx_config.read_text().replace(
+        str(site.dir / "journal"), str(groups / "db.jnl")))
+    pair.write_rx_config(provision=True)
+    rx = pair.receiver().start()
+    pair.wait_rx_up(rx)
+    joined = pair.root / "joined"
+    w = Proc("join-writer", [PY, str(HERE / "join_writer.py"), "--groups-dir", str(groups),
+                             "--data-dir", str(data), "--uuid", str(gid), "--ops", "200",
+                             "--log", str(joined)], pair.root / "join-writer.log")
+    pair.procs.append(w)
+    w.start()
+    tx = pair.transmitter(site).start()
+    wait_for(lambda: joined.exists(), 30, "member 'extra' to join the running group")
+    members = pair.replica_dir(gid) / "members"
+    try:
+        wait_for(lambda: all((members / f).exists() and (members / f).read_bytes()
+                             == (data / f).read_bytes() for f in ("log.img", "extra.img"))
+                 and pair.rx_status()["volumes"][str(gid)]["state"] == "consistent", 60,
+                 "the DR to hold both members, the joined one's data copied")
+    except AssertionError:
+        print(pair.logs())
+        raise
+    group = pair.rx_status()["volumes"][str(gid)]["group"]
+    assert [m["name"] for m in group["members"]] == ["log", "extra"], group
+    assert group_layout.load(groups / "db.group.json").members[1].needs_copy is False
+    assert any((members / "extra.img").read_bytes()), "the joined member's data was copied"
+    w.stop()
+    tx.stop()
