@@ -29,6 +29,11 @@ create``, ``saveconfig``; the host logs in with CHAP, makes ext4 and writes file
   holds every file as it was then and none written after; a point before the window is
   refused with the range; then all of it removed and retention turned off again;
 - ``saveconfig``, both appliances rebooted: replication resumes with no other step;
+- issue 17, a consistency group through targetcli: ``/replication/groups create``, two member
+  backstores (``group=db``) exported as LUNs 0 and 1 of one target with the host's CHAP ACL;
+  the host writes a slot of the log LUN, synced, then the same slot of the data LUN, in a
+  loop; the DR's provisioned replica (one mirror per member) equals the primary's members
+  byte for byte, and the status texts show the group, its members and its consistent point;
 - the demo's ``--check`` failover: the DR replica promoted through targetcli, served on
   a target of the DR, mounted by the host with every file intact;
 - last, issue 18 part 4, the demo's failback: the host writes on the promoted copy, the old
@@ -56,6 +61,7 @@ import pytest
 from appliance.exporter.alerts import KINDS
 from vmlab import appliance as ap
 from vmlab import demo
+from vmlab import groups as grp
 from vmlab import monitoring as mon
 from vmlab import replication as rp
 from vmlab.demo import DR_ADDR, MANIFEST, MNT, PRIMARY_ADDR, Chain
@@ -547,6 +553,82 @@ def test_saveconfig_reboot_both_and_replication_resumes(chain):
         assert mon.sample(fams, "appliance_build_info") == 1.0, sorted(fams)
     assert "in-sync" in done.primary_status and "in-sync" in done.dr_status, \
         f"{done.primary_status}\n{done.dr_status}"
+
+
+# --------------------------------------------------------------------------- consistency group
+
+GROUP = grp.Group("db", peer="dr", members=("dblog", "dbdata"), size="32M", journal_size="32M")
+GROUP_WRITES, GROUP_SLOTS = 96, 16
+
+
+def test_a_consistency_group_replicates_its_luns_in_one_order(chain):
+    """Issue 17 on real LIO: a group made through targetcli on the primary, two member
+    backstores exported as LUNs 0 and 1 of one target with the host's CHAP ACL; the host
+    writes block i % SLOTS of the log LUN, and only once that is synced the same block of the
+    data LUN; the DR provisions the group's replica (one mirror per member) and, once the
+    transmitter has shipped all, each member there equals the primary's byte for byte, and
+    the status texts show the group, its members and its consistent point."""
+    primary, dr, host = chain.primary, chain.dr, chain.host
+    t0 = time.monotonic()
+    iqn = ap.target_iqn(primary.name, GROUP.name)
+    demo.shell(primary, [*GROUP.lines(iqn, chain.chap), "saveconfig"], say)
+    layout = grp.primary_layout(primary, GROUP.name)
+    group_uuid = layout["uuid"]
+    say(f"group {GROUP.name}: uuid {group_uuid}, layout members "
+        f"{[(m['name'], m['offset_blocks'], m['num_blocks']) for m in layout['members']]}")
+    assert [m["name"] for m in layout["members"]] == list(GROUP.members), layout
+
+    try:
+        log_dev, data_dev = grp.host_login_luns(host, PRIMARY_ADDR, iqn, chain.chap, 2)
+        size = host.run(["blockdev", "--getsize64", log_dev, data_dev]).text.split()
+        assert size == [str(GROUP.size_bytes)] * 2, size
+        w0 = time.monotonic()
+        grp.dependent_writes(host, [log_dev, data_dev], writes=GROUP_WRITES, slots=GROUP_SLOTS)
+        say(f"host: {GROUP_WRITES} dependent writes to {log_dev} then {data_dev} in "
+            f"{time.monotonic() - w0:.0f} s")
+        took = grp.wait_group_converged(primary, dr, GROUP, group_uuid, say=say)
+    finally:
+        ap.host_logout(host, PRIMARY_ADDR, iqn)
+        host.run(["iscsiadm", "-m", "node", "-T", iqn, "-p", PRIMARY_ADDR, "-o", "delete"],
+                 check=False)
+
+    # the bytes at the DR: every slot of each member holds the last write there, its own
+    for k, member in enumerate(GROUP.members):
+        expected = grp.expected_slots(GROUP_WRITES, GROUP_SLOTS, k)
+        got = grp.read_slots(dr, grp.dr_member_mirror(group_uuid, member), GROUP_SLOTS)
+        assert got == expected, f"the DR's {member}: {got}, expected {expected}"
+
+    text = rp.wait_for(f"/replication/groups/{GROUP.name} status saying in sync",
+                       lambda: "in-sync" in (t := grp.group_status(primary, GROUP.name)) and t,
+                       60, detail=lambda: grp.group_status(primary, GROUP.name))
+    say(f"primary: targetcli /replication/groups/{GROUP.name} status\n{text}")
+    lines = text.splitlines()
+    assert lines[0] == f"group {GROUP.name} role:primary peer:dr ({DR_ADDR}:7700)", text
+    assert lines[1].startswith("  link:connected replication:replicating"), text
+    point = re.search(r"^    consistent point: seq (\d+): the DR holds every member as of "
+                      r"the same, newest write$", text, re.M)
+    assert point, text
+    # one journal, one seq space: every synced write of both LUNs is one record of the group
+    assert int(point.group(1)) == GROUP_WRITES * len(GROUP.members), text
+    assert "    members: 2, 512-byte blocks" in lines, text
+    blocks = GROUP.size_bytes // 512
+    for member, at in zip(GROUP.members, (0, blocks), strict=True):
+        assert re.search(rf"^      {member}\s+32\.0 MiB  at block {at}$", text, re.M), text
+    summary = ap.targetcli(primary, "/replication/groups", "status").text.strip()
+    say(f"primary: targetcli /replication/groups status\n{summary}")
+    assert f"group {GROUP.name} role:primary" in summary, summary
+
+    replica = rp.replica_of(dr, group_uuid) or {}
+    say(f"DR receiver status of the group: {json.dumps(replica.get('group'))}")
+    assert [m["name"] for m in (replica.get("group") or {}).get("members", [])] \
+        == list(GROUP.members), replica
+    dr_text = ap.targetcli(dr, "/replication/replicas", "status").text.strip()
+    say(f"dr: targetcli /replication/replicas status\n{dr_text}")
+    info = ap.targetcli(dr, f"/replication/replicas/{GROUP.name}", "info", check=False)
+    say(f"dr: targetcli /replication/replicas/{GROUP.name} info\n{info.text.strip()}")
+    say(f"consistency group step: {time.monotonic() - t0:.0f} s in all, converged {took:.0f} s "
+        f"after the host's last write")
+    assert GROUP.name in dr_text and all(m in dr_text for m in GROUP.members), dr_text
 
 
 # --------------------------------------------------------------------------- failover (last)
