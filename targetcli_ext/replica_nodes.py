@@ -212,6 +212,9 @@ class UIReplica(UINode):
                 ("generation", st.get("generation")),
                 ("retention", retention_text(retention).strip() if isinstance(retention, dict)
                  else None)]
+        group = st.get("group")
+        if isinstance(group, dict) and isinstance(group.get("members"), list):
+            rows.append(("members", status_text.group_members_text(group)))
         for key, value in rows:
             self.shell.con.display(f"{key + ':':<13}{'unknown' if value is None else value}")
 

@@ -547,6 +547,15 @@ def _unreplicated_view(name: str, h: dict, clock: _Clock) -> VolumeView:
     return v
 
 
+def group_members_text(group: dict) -> str:
+    """A DR group replica's members (the receiver's status ``group``): all at one seq."""
+    bs = group.get("block_size") or 512
+    members = ", ".join(f"{m.get('name')} {human_bytes((m.get('num_blocks') or 0) * bs)} at "
+                        f"block {m.get('offset_blocks')}" for m in group["members"])
+    return (f"{len(group['members'])} of consistency group {group.get('name')}, every one "
+            f"as of the same write: {members}")
+
+
 def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
     link = r.get("link") or {}
     state = link.get("state") or "unknown"
@@ -558,6 +567,10 @@ def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
                    link_since=link.get("state_since"), in_sync=bool(r.get("in_sync")),
                    uuid=uuid)
     replica = r.get("state") or "unknown"
+    group = r.get("group") if isinstance(r.get("group"), dict) else None
+    if group is not None and isinstance(group.get("members"), list):
+        v.kind = "group"
+        v.details.append(("members", group_members_text(group)))
     if r.get("busy"):
         v.details.append(("busy", f"'{r['busy']}' is running on this replica (its link is "
                                   f"closed meanwhile)"))

@@ -117,6 +117,6 @@ def status(path: Path) -> dict | None:
         layout = group_layout.load(path)
     except GroupLayoutError as err:
         return {"error": str(err)}
-    return {"name": layout.name,
+    return {"name": layout.name, "block_size": layout.block_size,
             "members": [{"name": m.name, "mirror": m.mirror, "offset_blocks": m.offset_blocks,
                          "num_blocks": m.num_blocks} for m in layout.members]}

@@ -225,3 +225,19 @@ def test_appliancectl_status_of_the_exporter_lists_its_alerts(tmp_path, serving,
     assert lines[0] == f"alerts: {len(exporter['alerts'])} active (exporter on 127.0.0.1:9477)"
     assert [line.split()[1] for line in lines[1:len(exporter["alerts"]) + 1]] == \
         [a["alert"] for a in exporter["alerts"]]
+
+
+def test_a_dr_group_replica_reads_as_a_group_with_its_members():
+    snap = recorded("dr_healthy")
+    vol = snap["receiver"]["volumes"][UUID]
+    vol["name"] = "db"
+    vol["group"] = {"name": "db", "block_size": 512, "members": [
+        {"name": "dblog", "mirror": "/r/members/dblog.img", "offset_blocks": 0,
+         "num_blocks": 65536},
+        {"name": "dbdata", "mirror": "/r/members/dbdata.img", "offset_blocks": 65536,
+         "num_blocks": 65536}]}
+    assert render_status(snap, now=snap["now"], tz=dt.UTC, peer_names=PEERS) == (
+        "group db role:dr primary:site-a (192.0.2.1:51324)\n"
+        "  link:connected replica:consistent in-sync\n"
+        "    members: 2 of consistency group db, every one as of the same write: dblog "
+        "32.0 MiB at block 0, dbdata 32.0 MiB at block 65536\n")
