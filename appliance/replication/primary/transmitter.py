@@ -306,6 +306,10 @@ class Transmitter:
                              self.cfg.volume_uuid, err)
                     continue
                 except PeerRefused as err:
+                    # The state and its reason together: the link's close in between awaits,
+                    # and a status read there showed the refusal with the last link error.
+                    if err.code is not None:
+                        self.link.set_state(f"refused:{err.code}")
                     self._failed(_refusal_message(err), logging.ERROR)
                     if err.code == "promoted":
                         await self._report_lost_writes(err.details.get("promoted_at_seq"))
@@ -530,7 +534,6 @@ class Transmitter:
             raise TlsRefused(tls.ours_refused(str(err))) from err
         if frame.type is FT.REFUSE:
             body = wire.decode_json(frame.payload)
-            self.link.set_state(f"refused:{body.get('code')}")
             raise PeerRefused(f"{body.get('code')}: {body.get('reason')}", body.get("code"),
                               body)
         if frame.type is not FT.WELCOME:
