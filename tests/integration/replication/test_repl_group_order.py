@@ -62,12 +62,30 @@ def receiver_serves(pair) -> bool:
     return True
 
 
+def same_members(dr: Path, primary: Path, names=("log.img", "data.img")) -> bool:
+    """The DR's member mirrors exist and equal the primary's, byte for byte."""
+    return all((dr / n).exists() and (dr / n).read_bytes() == (primary / n).read_bytes()
+               for n in names)
+
+
+def provisioning_receiver(pair) -> Proc:
+    """The pair's receiver with ``provision = true`` (a group replica made from the HELLO)."""
+    pair.write_rx_config(provision=True)
+    rx = pair.receiver().start()
+    pair.wait_rx_up(rx)
+    return rx
+
+
+def group_site(pair, gid: uuid.UUID, **kw):
+    return pair.site("primary", blocks=MEMBER_BLOCKS * 2, vol=gid, identity="site-a",
+                     cert="site-a", **kw)
+
+
 def test_a_group_keeps_the_write_order_across_its_luns_through_kills_and_cuts(pair):
     gid = uuid.uuid4()
     members = MEMBER_BLOCKS * 2                  # log at 0, data at 256 (chunk-aligned)
     pport = free_port()
-    site = pair.site("primary", blocks=members, vol=gid, port=pport, identity="site-a",
-                     cert="site-a")
+    site = group_site(pair, gid, port=pport)
     dr = pair.root / "dr-group"
     dr.mkdir()
     dr_layout = dr / "db.group.json"
@@ -110,9 +128,7 @@ def test_a_group_keeps_the_write_order_across_its_luns_through_kills_and_cuts(pa
             time.sleep(0.05)
         assert int(log.read_text()) == OPS, "the workload did not finish in time"
         # Converge: the DR's members equal the primary's.
-        wait_for(lambda: (dr / "log.img").read_bytes() == (site.dir / "log.img").read_bytes()
-                 and (dr / "data.img").read_bytes() == (site.dir / "data.img").read_bytes(),
-                 60, "the DR group to converge")
+        wait_for(lambda: same_members(dr, site.dir), 60, "the DR group to converge")
     except AssertionError:
         print(pair.logs())
         raise
@@ -163,21 +179,16 @@ def test_two_separate_volumes_can_break_the_order_the_test_can_fail(pair):
 
 def test_a_provisioned_dr_keeps_one_mirror_per_member_and_refuses_a_missing_one(pair):
     gid = uuid.uuid4()
-    site = pair.site("primary", blocks=MEMBER_BLOCKS * 2, vol=gid, identity="site-a",
-                     cert="site-a")
+    site = group_site(pair, gid)
     pair.volumes = []
-    pair.write_rx_config(provision=True)
-    rx = pair.receiver().start()
-    pair.wait_rx_up(rx)
+    rx = provisioning_receiver(pair)
     log = pair.root / "group-writer.done"
     w = writer(pair, site.dir, ["--group", "--uuid", str(gid)], log).start()
     tx = pair.transmitter(site).start()
     members = pair.replica_dir(gid) / "members"
     try:
         wait_for(lambda: log.exists() and int(log.read_text() or 0) == OPS
-                 and (members / "log.img").read_bytes() == (site.dir / "log.img").read_bytes()
-                 and (members / "data.img").read_bytes()
-                 == (site.dir / "data.img").read_bytes(), 120,
+                 and same_members(members, site.dir), 120,
                  "the provisioned group's members to equal the primary's")
     except AssertionError:
         print(pair.logs())
@@ -223,20 +234,15 @@ def prefix_point(log_image: bytes, data_image: bytes) -> int:
 
 def test_a_group_rolled_back_after_a_crash_mid_resync_is_one_point_for_all_members(pair):
     gid = uuid.uuid4()
-    site = pair.site("primary", blocks=MEMBER_BLOCKS * 2, vol=gid, identity="site-a",
-                     cert="site-a", compression=False,
-                     extra="bandwidth_limit = 60000\nresync_region_bytes = 16384\n")
-    pair.write_rx_config(provision=True)
-    rx = pair.receiver().start()
-    pair.wait_rx_up(rx)
+    site = group_site(pair, gid, compression=False,
+                      extra="bandwidth_limit = 60000\nresync_region_bytes = 16384\n")
+    rx = provisioning_receiver(pair)
     log = pair.root / "group-writer.done"
     w = writer(pair, site.dir, ["--group", "--uuid", str(gid)], log, ops=300).start()
     pair.transmitter(site).start()
     members = pair.replica_dir(gid) / "members"
     wait_for(lambda: log.exists() and int(log.read_text() or 0) == 300
-             and (members / "data.img").exists()
-             and (members / "data.img").read_bytes() == (site.dir / "data.img").read_bytes(),
-             60, "the group's first 300 writes at the DR")
+             and same_members(members, site.dir), 60, "the group's first 300 writes at the DR")
     w.stop()
     # A full resync (the DR inconsistent from its RESYNC_BEGIN) while the workload goes on
     # (the writer, the handler here, takes the resync's mark request).
@@ -267,11 +273,8 @@ def test_a_group_that_overflows_its_journal_resyncs_every_member(pair):
     """A journal too small for the workload while the link is down: the group logs to its
     bitmap, and the resync brings both members to the primary's image."""
     gid = uuid.uuid4()
-    site = pair.site("primary", blocks=MEMBER_BLOCKS * 2, vol=gid, identity="site-a",
-                     cert="site-a")
-    pair.write_rx_config(provision=True)
-    rx = pair.receiver().start()
-    pair.wait_rx_up(rx)
+    site = group_site(pair, gid)
+    provisioning_receiver(pair)
     log = pair.root / "group-writer.done"
     w = writer(pair, site.dir, ["--group", "--uuid", str(gid), "--journal-size",
                                 str(1 << 20)], log, ops=1500).start()
@@ -281,8 +284,7 @@ def test_a_group_that_overflows_its_journal_resyncs_every_member(pair):
     pair.transmitter(site).start()
     members = pair.replica_dir(gid) / "members"
     try:
-        wait_for(lambda: all((members / f).exists() and (members / f).read_bytes()
-                             == (site.dir / f).read_bytes() for f in ("log.img", "data.img"))
+        wait_for(lambda: same_members(members, site.dir)
                  and pair.rx_status()["volumes"][str(gid)]["state"] == "consistent", 60,
                  "both members resynced to the primary's image")
     except AssertionError:
@@ -301,9 +303,7 @@ def test_a_member_joining_with_data_gets_its_initial_copy_at_the_dr(pair):
     site = pair.site("primary", blocks=512, vol=gid, identity="site-a", cert="site-a")
     site.tx_config.write_text(site.tx_config.read_text().replace(
         str(site.dir / "journal"), str(groups / "db.jnl")))
-    pair.write_rx_config(provision=True)
-    rx = pair.receiver().start()
-    pair.wait_rx_up(rx)
+    provisioning_receiver(pair)
     joined = pair.root / "joined"
     w = Proc("join-writer", [PY, str(HERE / "join_writer.py"), "--groups-dir", str(groups),
                              "--data-dir", str(data), "--uuid", str(gid), "--ops", "200",
@@ -314,8 +314,7 @@ def test_a_member_joining_with_data_gets_its_initial_copy_at_the_dr(pair):
     wait_for(lambda: joined.exists(), 30, "member 'extra' to join the running group")
     members = pair.replica_dir(gid) / "members"
     try:
-        wait_for(lambda: all((members / f).exists() and (members / f).read_bytes()
-                             == (data / f).read_bytes() for f in ("log.img", "extra.img"))
+        wait_for(lambda: same_members(members, data, ("log.img", "extra.img"))
                  and pair.rx_status()["volumes"][str(gid)]["state"] == "consistent", 60,
                  "the DR to hold both members, the joined one's data copied")
     except AssertionError:
@@ -331,18 +330,14 @@ def test_a_member_joining_with_data_gets_its_initial_copy_at_the_dr(pair):
 
 def test_verify_of_a_group_finds_and_repairs_a_damaged_member_at_the_dr(pair):
     gid = uuid.uuid4()
-    site = pair.site("primary", blocks=MEMBER_BLOCKS * 2, vol=gid, identity="site-a",
-                     cert="site-a")
-    pair.write_rx_config(provision=True)
-    rx = pair.receiver().start()
-    pair.wait_rx_up(rx)
+    site = group_site(pair, gid)
+    provisioning_receiver(pair)
     log = pair.root / "group-writer.done"
     w = writer(pair, site.dir, ["--group", "--uuid", str(gid)], log, ops=300).start()
     pair.transmitter(site).start()
     members = pair.replica_dir(gid) / "members"
-    same = lambda: all((members / f).exists() and (members / f).read_bytes()  # noqa: E731
-                       == (site.dir / f).read_bytes() for f in ("log.img", "data.img"))
-    wait_for(lambda: log.exists() and int(log.read_text() or 0) == 300 and same(), 60,
+    wait_for(lambda: log.exists() and int(log.read_text() or 0) == 300
+             and same_members(members, site.dir), 60,
              "the group at the DR")
     clean = run_verify(site, region_bytes=16384, repair=False)
     assert clean["state"] == "done" and clean["differing"] == [], clean
@@ -353,5 +348,6 @@ def test_verify_of_a_group_finds_and_repairs_a_damaged_member_at_the_dr(pair):
         f.write(b"\xff" * BS)
     found = run_verify(site, region_bytes=16384, repair=True)
     assert found["differing"] == [MEMBER_BLOCKS * BS], found
-    wait_for(same, 30, "the repair to restore the DR's data member")
+    wait_for(lambda: same_members(members, site.dir), 30,
+             "the repair to restore the DR's data member")
     w.stop()
