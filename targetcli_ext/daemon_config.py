@@ -187,53 +187,47 @@ def _replica_table(r: Replica) -> dict:
 
 def transmitter_document(site: Site, volume: Volume, backstore: MirrorBackstore,
                          layout: Layout) -> dict:
-    peer = site.peers[volume.peer]
-    pem = layout.peer_pem(peer.name)
-    if not pem.is_file():
-        raise ModelError(f"peer {peer.name}'s certificate has not been fetched yet: run "
-                         f"'/replication/peers refresh' once {peer.address} is reachable")
     cfg = backstore.config
-    doc: dict = {
-        "identity": site.identity, "name": volume.name,
-        "peer": peer.address, "peer_name": peer.name,
-        "peer_identity": certificate_identity(pem),
-        "journal": cfg.journal, "mirror": cfg.mirror, "bitmap": cfg.bitmap_path,
-        "volume_uuid": str(backstore.uuid), "size_bytes": backstore.size_bytes,
-        "block_size": backstore.block_size,
-        "control_socket": str(layout.transmitter_socket(volume.name)),
-        "paused": volume.paused, "blackout": list(volume.blackout),
-        "report_dir": str(layout.reports_dir),
-    }
-    if volume.bandwidth_limit is not None:
-        doc["bandwidth_limit"] = float(volume.bandwidth_limit)
-    doc["tls"] = {"cert": str(layout.cert), "key": str(layout.key), "peers": [str(pem)]}
-    return doc
+    return _transmitter_document(
+        site, volume, layout, {"journal": cfg.journal, "mirror": cfg.mirror,
+                               "bitmap": cfg.bitmap_path, "volume_uuid": str(backstore.uuid),
+                               "size_bytes": backstore.size_bytes,
+                               "block_size": backstore.block_size})
 
 
 def group_transmitter_document(site: Site, group: Group, layout: Layout,
                                size_bytes: int) -> dict:
-    """A group's transmitter file: a volume's (``transmitter_document``) over the group's
-    journal and layout uuid. No mirror or bitmap: the journal publishes them (the layout
-    file is the group's mirror, docs/groups.md). ``size_bytes`` is where the transmitter
-    starts; it reads the group's size from the journal at every connection, as it follows
-    a resize (appliance/replication/primary/volume_size.py)."""
-    peer = site.peers[group.peer]
+    """A group's transmitter file: a volume's over the group's journal and layout uuid. No
+    mirror or bitmap: the journal publishes them (the layout file is the group's mirror,
+    docs/groups.md). ``size_bytes`` is where the transmitter starts; it reads the group's
+    size from the journal at every connection, as it follows a resize
+    (appliance/replication/primary/volume_size.py)."""
+    return _transmitter_document(
+        site, group, layout, {"journal": str(layout.group_journal(group.name)),
+                              "volume_uuid": group.uuid, "size_bytes": size_bytes,
+                              "block_size": group.block_size})
+
+
+def _transmitter_document(site: Site, replicated: Volume | Group, layout: Layout,
+                          source: dict) -> dict:
+    """What every transmitter file holds (the link, its peer, pacing) around ``source``:
+    the journal (and files) it ships and the volume's uuid and geometry."""
+    peer = site.peers[replicated.peer]
     pem = layout.peer_pem(peer.name)
     if not pem.is_file():
         raise ModelError(f"peer {peer.name}'s certificate has not been fetched yet: run "
                          f"'/replication/peers refresh' once {peer.address} is reachable")
     doc: dict = {
-        "identity": site.identity, "name": group.name,
+        "identity": site.identity, "name": replicated.name,
         "peer": peer.address, "peer_name": peer.name,
         "peer_identity": certificate_identity(pem),
-        "journal": str(layout.group_journal(group.name)),
-        "volume_uuid": group.uuid, "size_bytes": size_bytes, "block_size": group.block_size,
-        "control_socket": str(layout.transmitter_socket(group.name)),
-        "paused": group.paused, "blackout": list(group.blackout),
+        **source,
+        "control_socket": str(layout.transmitter_socket(replicated.name)),
+        "paused": replicated.paused, "blackout": list(replicated.blackout),
         "report_dir": str(layout.reports_dir),
     }
-    if group.bandwidth_limit is not None:
-        doc["bandwidth_limit"] = float(group.bandwidth_limit)
+    if replicated.bandwidth_limit is not None:
+        doc["bandwidth_limit"] = float(replicated.bandwidth_limit)
     doc["tls"] = {"cert": str(layout.cert), "key": str(layout.key), "peers": [str(pem)]}
     return doc
 
