@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.statefile import remove_durably, write_json_atomic
+from appliance.volume import group_layout
 
 __all__ = ["PromotionBase", "marker_path", "read_marker", "remove_marker", "write_marker"]
 
@@ -127,9 +128,19 @@ def remove_marker(mirror: str | os.PathLike) -> None:
 
 
 def _mirror_mtime_ns(mirror: str | os.PathLike) -> int | None:
-    """When a regular-file mirror was last written (a block device's node does not say)."""
+    """When a regular-file mirror was last written (a block device's node does not say); for
+    a consistency group's layout, the newest of the layout and its members' files."""
     try:
         st = os.stat(mirror)
     except OSError:
         return None
-    return st.st_mtime_ns if stat.S_ISREG(st.st_mode) else None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    if not group_layout.is_layout_path(mirror):
+        return st.st_mtime_ns
+    try:
+        members = group_layout.load(mirror).members
+    except group_layout.GroupLayoutError:
+        return st.st_mtime_ns
+    return max([st.st_mtime_ns, *(t for m in members
+                                  if (t := _mirror_mtime_ns(m.mirror)) is not None)])

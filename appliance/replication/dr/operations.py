@@ -85,10 +85,15 @@ def _group_next_steps(p: Promotion, layout: group_layout.GroupLayout) -> str:
             f"seq {p.at_seq}, all at that seq; {p.former_primary!r} is fenced off (refused "
             f"with 'promoted').\n"
             f"next:\n"
-            f"  1. a group on this site: /replication/groups create name={layout.name} "
-            f"peer=<the old primary site, once it is back>\n"
-            f"  2. serve each member in it (the group's new journal marks every chunk, so the "
-            f"old site gets a copy compared by hash):\n{members}")
+            f"  1. a group on this site over these members, at the same offsets (it takes over "
+            f"the promotion's base left beside {p.mirror}, so its new journal marks nothing):\n"
+            f"     /replication/groups create name={layout.name} peer=<the old primary site, "
+            f"once it is back> promoted={p.mirror}\n"
+            f"  2. serve each member in it:\n{members}"
+            f"  3. failback on the old primary site: delete its members' backstores, then "
+            f"'/replication/groups/{layout.name} failback uuid=<this site's group uuid, shown "
+            f"by create>': only what changed on either side is copied back "
+            f"(docs/groups.md)\n")
 
 
 _CHECKS: dict[str, Callable[[ReplicaConfig], ReplicaState]] = {
