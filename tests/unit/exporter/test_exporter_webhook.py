@@ -33,7 +33,9 @@ def test_events_are_posted_in_order(receiver):
     try:
         for i in range(5):
             s.submit({"alert": "LinkDown", "state": "raised", "n": i})
-        wait_until(lambda: len(receiver.received()) == 5, 10, "5 deliveries")
+        # The receiver holds an event before its 200 reaches the delivery thread: wait for
+        # the sender's count, not the receiver's.
+        wait_until(lambda: s.status()["delivered"] == 5, 10, "5 deliveries")
         st = s.status()
     finally:
         s.stop()
@@ -51,7 +53,7 @@ def test_a_5xx_is_retried_and_a_4xx_dropped():
         r.answers = [404]
         s.submit({"n": 2})             # 404: never delivered
         s.submit({"n": 3})
-        wait_until(lambda: len(r.received()) == 2, 10, "the event after the refused one")
+        wait_until(lambda: s.status()["delivered"] == 2, 10, "the event after the refused one")
         st = s.status()
     finally:
         s.stop()
