@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.control.site_status import Answer
+from appliance.exporter import handler_view
 from appliance.exporter.config import AlertThresholds
 from appliance.exporter.metrics import (
     LOGGING_TO_BITMAP,
@@ -155,53 +156,58 @@ def _fmt_time(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
-def handler_signals(vols: dict, th: AlertThresholds, daemon: str) -> Iterator[Signal]:
-    for name, vol in sorted(vols.items()):
+def handler_signals(states: dict, th: AlertThresholds, daemon: str) -> Iterator[Signal]:
+    """``states``: each Volume's state once (handler_view.volume_states): a group's alerts
+    are the group's, raised once and naming it, not one per member."""
+    for name, vol in sorted(states.items()):
         if not isinstance(vol, dict):
             continue
+        shown = f"group {name}" if handler_view.is_group(vol) else name
         journal = vol.get("journal") or {}
         pct = journal.get("percent")
         high, clear = th.journal_high_water_percent, th.journal_clear_percent
         if isinstance(pct, int | float):
             holds = True if pct >= high else False if pct < clear else None
             yield Signal("JournalHighWater", name, None, daemon, holds,
-                         f"journal of {name} is {pct:.0f}% full (high water {high:g}%, "
+                         f"journal of {shown} is {pct:.0f}% full (high water {high:g}%, "
                          f"clears below {clear:g}%)")
         else:
             yield Signal("JournalHighWater", name, None, daemon, None,
-                         f"journal of {name}: fill unknown")
+                         f"journal of {shown}: fill unknown")
         yield _bitmap_signal(name, daemon, vol.get("state"), vol.get("logging_since"),
-                             vol.get("alert"))
+                             vol.get("alert"), shown=shown)
         if isinstance(vol.get("sync"), dict):
-            yield _sync_signal(name, daemon, vol["sync"])
+            yield _sync_signal(name, daemon, vol["sync"], shown)
 
 
-def _sync_signal(name: str, daemon: str, sync: dict) -> Signal:
+def _sync_signal(name: str, daemon: str, sync: dict, shown: str) -> Signal:
     """SyncDegraded: a synchronous mode fell back to async (docs/volume.md, "Synchronous
     modes"); the handler returns to the mode by itself once the DR has caught up."""
     mode = sync.get("mode")
     degraded = sync_degraded(sync)
     if not degraded:
         return Signal("SyncDegraded", name, None, daemon, degraded,
-                      f"{name} is no longer degraded (mode {mode})" if degraded is False else
-                      f"{name}: replication mode {sync.get('effective')!r} unknown")
+                      f"{shown} is no longer degraded (mode {mode})" if degraded is False else
+                      f"{shown}: replication mode {sync.get('effective')!r} unknown")
     return Signal("SyncDegraded", name, None, daemon, True,
-                  f"{name} fell back from {mode} to async at "
+                  f"{shown} fell back from {mode} to async at "
                   f"{_fmt_time(sync.get('degraded_since'))}: "
                   f"{sync.get('degraded_reason') or 'no reason given'}; host writes complete "
                   f"without waiting for the DR until it has caught up")
 
 
-def _bitmap_signal(name: str, daemon: str, state, since, why) -> Signal:
+def _bitmap_signal(name: str, daemon: str, state, since, why, *,
+                   shown: str | None = None) -> Signal:
+    shown = shown or name
     if state not in ("journaling", LOGGING_TO_BITMAP):
         return Signal("LoggingToBitmap", name, None, daemon, None,
-                      f"{name}: volume state {state!r} unknown")
+                      f"{shown}: volume state {state!r} unknown")
     if state != LOGGING_TO_BITMAP:
         return Signal("LoggingToBitmap", name, None, daemon, False,
-                      f"{name} journals its writes again")
+                      f"{shown} journals its writes again")
     reason = f" ({why})" if why else ""
     return Signal("LoggingToBitmap", name, None, daemon, True,
-                  f"{name} logs writes to the dirty bitmap since {_fmt_time(since)}{reason}: "
+                  f"{shown} logs writes to the dirty bitmap since {_fmt_time(since)}{reason}: "
                   f"the DR falls behind until a resync ships the dirty regions")
 
 
@@ -297,9 +303,9 @@ def signals(answers: Iterable[Answer], th: AlertThresholds) -> list[Signal]:
                           if a.status is None else f"{a.label} answers again",
                           hold_s=STATUS_HOLD_S, subject=a.label))
         if a.daemon == "handler" and a.status is not None:
-            vols = a.status.get("volumes") or {}
-            handler_vols = set(vols)
-            out += handler_signals(vols, th, a.label)
+            states = handler_view.volume_states(a.status)
+            handler_vols = set(states)
+            out += handler_signals(states, th, a.label)
         elif a.daemon == "receiver" and a.status is not None:
             out += receiver_signals(a.status, th, a.label)
     for a in answers:

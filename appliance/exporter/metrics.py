@@ -28,6 +28,7 @@ from prometheus_client.utils import floatToGoString
 
 import appliance
 from appliance.control.site_status import Answer
+from appliance.exporter import handler_view
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +206,11 @@ RECEIVER = [
 ]
 
 
-# --- the handler's volume (label volume) ---------------------------------------------------
+# --- the handler (label volume) -----------------------------------------------------------
+# A Volume's figures (a group's once, under the group's name) and a device's I/O (a group
+# member's under its own name): appliance/exporter/handler_view.py.
 
-HANDLER = [
+VOLUME = [
     Spec("journal_capacity_bytes", "gauge", "Bytes of the journal's record area.",
          _path("journal", "capacity_bytes")),
     Spec("journal_used_bytes", "gauge", "Journal bytes held (not reclaimable yet).",
@@ -215,6 +218,8 @@ HANDLER = [
     Spec("journal_records", "gauge", "Journal records held.", _path("journal", "records_held")),
     Spec("journal_overflows_total", "counter", "Times the journal filled and the volume "
          "switched to the dirty bitmap.", _path("overflows")),
+]
+IO = [
     Spec("read_ops_total", "counter", "READ commands served.", _path("io", "read_ops")),
     Spec("read_bytes_total", "counter", "Bytes read by READ commands.",
          _path("io", "read_bytes")),
@@ -383,18 +388,20 @@ def families(answers: Iterable[Answer], exporter: dict | None = None) -> Familie
 
 
 def _handler(out: Families, status: dict) -> None:
-    for name, vol in sorted((status.get("volumes") or {}).items()):
-        if not isinstance(vol, dict):
-            continue
-        for spec in HANDLER:
+    """A group's volume state once under its name; every device's I/O under its own."""
+    for name, vol in handler_view.volume_states(status).items():
+        for spec in VOLUME:
             out.add(spec, V, [name], vol)
-        if isinstance(vol.get("io"), dict):
-            out.histogram([name], vol["io"])
         sync = vol.get("sync")
         if isinstance(sync, dict):
             out.sync_mode([name], sync.get("mode"))
             for spec in SYNC:
                 out.add(spec, V, [name], sync)
+    for name, dev in handler_view.devices(status).items():
+        for spec in IO:
+            out.add(spec, V, [name], dev)
+        if isinstance(dev.get("io"), dict):
+            out.histogram([name], dev["io"])
 
 
 def _transmitter(out: Families, name: str, status: dict) -> None:
