@@ -29,7 +29,9 @@ from pathlib import Path
 from appliance.replication.config import TransmitterConfig
 from appliance.statefile import remove_durably
 from targetcli_ext import daemon_config as dc
+from targetcli_ext.group_ops import known_group
 from targetcli_ext.model import (
+    Group,
     ModelError,
     Peer,
     Replica,
@@ -62,50 +64,75 @@ class FailbackOperations:
     def failback_volume(self, name: str, volume_uuid: str | None, notes) -> Failback:
         site = self.store.load()
         vol = known_volume(site, name)
-        if not volume_uuid:
-            raise ModelError(f"uuid is missing: give the volume uuid of the new primary of "
-                             f"{name} (the line 'promote' printed on the promoted site; there "
-                             f"'/replication/volumes/<name> info' shows it too), e.g. failback "
-                             f"uuid=6f1c2a52-...")
-        try:
-            new_uuid = str(uuidlib.UUID(str(volume_uuid)))
-        except ValueError as err:
-            raise ModelError(f"uuid {volume_uuid!r} is not a uuid: give the new primary's "
-                             f"volume uuid (the line 'promote' printed there)") from err
+        new_uuid = _new_uuid(volume_uuid, name, "volume", f"/replication/volumes/{name}")
         self._check_backstore_gone(vol)
-        path = self.layout.transmitter_toml(name)
-        old = self._old_volume(vol, path)
+        old = self._old_volume(vol, self.layout.transmitter_toml(name))
         self.check_failback_files(str(old.mirror), str(old.journal))
         peer, identity = self._peer_identity(site, vol)
         replica = make_replica(name, new_uuid, str(old.mirror), old.size_bytes, old.block_size,
                                allowed_primaries=(identity,), failback_journal=str(old.journal))
+        done = self._become_replica(vol, replica, peer, str(old.volume_uuid), notes)
+        if new_uuid == str(old.volume_uuid):
+            notes.warning(f"uuid {new_uuid} is this volume's own uuid here: right only if the "
+                          f"new primary serves its mirror under the same path ({old.mirror}); "
+                          f"otherwise its transmitter is offered a new replica instead")
+        return done
+
+    def failback_group(self, name: str, group_uuid: str | None, notes) -> Failback:
+        """The consistency group ``name`` becomes the replica of the promoted peer's group
+        over its OLD layout (its members' old mirrors), with its old group journal as
+        failback_journal (docs/groups.md, "Failover and failback")."""
+        site = self.store.load()
+        group = known_group(site, name)
+        new_uuid = _new_uuid(group_uuid, name, "group", f"/replication/groups/{name}")
+        self._check_members_gone(group)
+        old = self._old_volume(group, self.layout.transmitter_toml(name))
+        layout = self.group_layout(name)
+        mirror = str(self.layout.group_layout(name))
+        self.check_failback_files(mirror, str(old.journal))
+        peer, identity = self._peer_identity(site, group)
+        replica = make_replica(name, new_uuid, mirror, layout.num_blocks * layout.block_size,
+                               layout.block_size, allowed_primaries=(identity,),
+                               failback_journal=str(old.journal))
+        if new_uuid == group.uuid:
+            raise ModelError(f"uuid {new_uuid} is this group's own uuid: give the uuid of the "
+                             f"group the promoted site made over its members ('/replication/"
+                             f"groups create ... promoted=' printed it)")
+        return self._become_replica(group, replica, peer, group.uuid, notes)
+
+    def _become_replica(self, replicated: Volume | Group, replica: Replica, peer: Peer,
+                        old_uuid: str, notes) -> Failback:
+        """Stop and retire ``replicated``'s transmitter; ``replica`` (its uuid, mirror and
+        failback journal, admitting only ``peer``, now the new primary) takes its place in
+        site.json and receiver.toml; the receiver reloads. Everything is checked first:
+        nothing changes when refused."""
+        name = replicated.name
+        path = self.layout.transmitter_toml(name)
+        site = self.store.load()
         self._check_receiver_free(site, replica)
         check_new_replica(site, replica)
         self.ensure_identity()
-        dc.check_receiver(dc.receiver_document(_retired(site, vol, replica), self.layout),
-                          self.layout.receiver_toml)
+        dc.check_receiver(dc.receiver_document(_retired(site, replicated, replica),
+                                               self.layout), self.layout.receiver_toml)
         dc.check_replaceable(self.layout.receiver_toml)
         try:
             self.units.stop(transmitter_unit(name))
         except UnitError as err:
-            raise ModelError(f"cannot stop the volume's transmitter: {err}") from err
+            raise ModelError(f"cannot stop the {type(replicated).__name__.lower()}'s "
+                             f"transmitter: {err}") from err
         try:
             with self.store.locked():
                 site = self.store.load()
-                vol = known_volume(site, name)
+                _retired(site, replicated, replica)         # still there: ModelError if not
                 check_new_replica(site, replica)
-                self._write_receiver_with(_retired(site, vol, replica))
+                self._write_receiver_with(_retired(site, replicated, replica))
         except (ModelError, OSError):
             self._restart_transmitter(name, notes)      # nothing changed: it runs again
             raise
         if dc.is_generated(path):
             remove_durably(path)
-        if new_uuid == str(old.volume_uuid):
-            notes.warning(f"uuid {new_uuid} is this volume's own uuid here: right only if the "
-                          f"new primary serves its mirror under the same path ({old.mirror}); "
-                          f"otherwise its transmitter is offered a new replica instead")
         self.reload_receiver(notes)
-        return Failback(vol, replica, peer, identity, str(old.volume_uuid), path,
+        return Failback(replicated, replica, peer, replica.allowed_primaries[0], old_uuid, path,
                         self.store.load().identity or "this site")
 
     def _restart_transmitter(self, name: str, notes) -> None:
@@ -127,8 +154,19 @@ class FailbackOperations:
                          f"/backstores/user:mirror/{vol.backstore} first (the hosts lose "
                          f"that LUN; its files stay), then run failback again")
 
-    def _old_volume(self, vol: Volume, path: Path) -> TransmitterConfig:
-        """The volume's journal, mirror, size and block size, from its transmitter's file."""
+    def _check_members_gone(self, group: Group) -> None:
+        serving = sorted(b.backstore for b in self.member_backstores().values()
+                         if b.group == group.name)
+        if serving:
+            raise ModelError(f"backstore(s) {', '.join(serving)} still serve members of group "
+                             f"{group.name}: their handler holds the group's journal and "
+                             f"mirrors. Delete /backstores/user:mirror/{serving[0]} (each of "
+                             f"them) first (the hosts lose those LUNs; their files stay), then "
+                             f"run failback again")
+
+    def _old_volume(self, vol: Volume | Group, path: Path) -> TransmitterConfig:
+        """The volume's journal, mirror, size and block size (a group's: its journal), from
+        its transmitter's file."""
         by_hand = ("make the replica yourself: /replication/replicas create name=... uuid=... "
                    "mirror=<the old mirror> size_bytes=<its size> failback_journal=<the old "
                    "journal>")
@@ -140,11 +178,11 @@ class FailbackOperations:
         except ModelError as err:
             raise ModelError(f"cannot tell where volume {vol.name}'s journal and mirror are: "
                              f"{err}; {by_hand}") from err
-        if old.mirror is None:
+        if old.mirror is None and not isinstance(vol, Group):   # a group's is its layout
             raise ModelError(f"{path} names no mirror; {by_hand}")
         return old
 
-    def _peer_identity(self, site: Site, vol: Volume) -> tuple[Peer, str]:
+    def _peer_identity(self, site: Site, vol: Volume | Group) -> tuple[Peer, str]:
         peer = site.peers[vol.peer]
         pem = self.layout.peer_pem(peer.name)
         if not pem.is_file():
@@ -170,26 +208,58 @@ class FailbackOperations:
                              f"forget remove_data=true'), then run failback again")
 
 
-def _retired(site: Site, vol: Volume, replica: Replica) -> Site:
-    """The site with the volume replaced by its replica."""
-    return replace(site, volumes={n: v for n, v in site.volumes.items() if n != vol.name},
+def _retired(site: Site, replicated: Volume | Group, replica: Replica) -> Site:
+    """The site with the volume (or group) replaced by its replica."""
+    if isinstance(replicated, Group):
+        known_group(site, replicated.name)
+        return replace(site, groups={n: g for n, g in site.groups.items()
+                                     if n != replicated.name},
+                       replicas={**site.replicas, replica.name: replica})
+    known_volume(site, replicated.name)
+    return replace(site, volumes={n: v for n, v in site.volumes.items()
+                                  if n != replicated.name},
                    replicas={**site.replicas, replica.name: replica})
+
+
+def _new_uuid(given: object, name: str, kind: str, info: str) -> str:
+    """The new primary's volume (or group) uuid, as the admin typed it."""
+    if not given:
+        raise ModelError(f"uuid is missing: give the {kind} uuid of the new primary of {name} "
+                         f"(the line the promoted site printed; there '{info} info' shows "
+                         f"it too), e.g. failback uuid=6f1c2a52-...")
+    try:
+        return str(uuidlib.UUID(str(given)))
+    except ValueError as err:
+        raise ModelError(f"uuid {given!r} is not a uuid: give the new primary's {kind} uuid "
+                         f"(the line the promoted site printed)") from err
 
 
 def failback_text(fb: Failback) -> str:
     """What the failback did and what happens next, as the admin reads it."""
     r = fb.replica
+    group = isinstance(fb.volume, Group)
+    if group:
+        what = (f"Group {fb.volume.name} is now the DR replica {r.name} of group {r.uuid} from "
+                f"peer {fb.peer.name} ({fb.peer.address}), over this site's old members "
+                f"(layout {r.mirror}).")
+        peer_step = (f"  1. on {fb.peer.name}: the group made with '/replication/groups create "
+                     f"... promoted=' replicates to its name for {fb.identity}: its "
+                     f"transmitter connects here (or retries until it does)")
+    else:
+        what = (f"Volume {fb.volume.name} is now the DR replica {r.name} of volume {r.uuid} "
+                f"from peer {fb.peer.name} ({fb.peer.address}), over this site's old mirror.")
+        peer_step = (f"  1. on {fb.peer.name}: /replication/volumes create backstore=<its "
+                     f"backstore> peer=<its name for {fb.identity}>: its transmitter connects "
+                     f"here")
     return "\n".join([
-        f"Volume {fb.volume.name} is now the DR replica {r.name} of volume {r.uuid} from peer "
-        f"{fb.peer.name} ({fb.peer.address}), over this site's old mirror.",
+        what,
         f"  transmitter: {transmitter_unit(fb.volume.name)} stopped, "
         f"{fb.transmitter_file.name} removed (a boot does not start it again)",
         f"  replica:     mirror {r.mirror} ({r.size_bytes} bytes, {r.block_size}-byte blocks), "
         f"failback_journal {r.failback_journal}; only {fb.peer_identity!r} is admitted",
         "Next:",
-        f"  1. on {fb.peer.name}: /replication/volumes create backstore=<its backstore> "
-        f"peer=<its name for {fb.identity}>: its transmitter connects here, and this site proves from "
-        f"{r.failback_journal} what its mirror holds beyond the promoted image, so only what "
+        f"{peer_step}, and this site proves from {r.failback_journal} what its "
+        f"{'members hold' if group else 'mirror holds'} beyond the promoted image, so only what "
         f"changed on either side is copied",
         f"  2. here: '/replication/replicas/{r.name} status' shows the failback: copying (the "
         f"extents and bytes this site wrote since), a split brain to resolve ('resolve "

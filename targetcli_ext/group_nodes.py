@@ -10,13 +10,16 @@ state and consistent point, whether a joining member's initial copy runs, and it
 
 from __future__ import annotations
 
+from functools import partial
+
 from configshell_fb import ExecutionError
 from targetcli.ui_node import UINode
 
+from targetcli_ext.failback import failback_text
 from targetcli_ext.group_ops import DEFAULT_JOURNAL_SIZE, active_members, known_group
 from targetcli_ext.group_status import group_state, group_summary, group_text
 from targetcli_ext.model import Group, ModelError, format_bandwidth
-from targetcli_ext.replica_nodes import run_operation
+from targetcli_ext.replica_nodes import became_replica, run_operation
 from targetcli_ext.status_text import group_entry
 from targetcli_ext.steering import complete
 from targetcli_ext.volume_sync import SyncGroup
@@ -78,30 +81,40 @@ class UIGroups(UINode):
         self.shell.con.display("\n".join(group_text(self.ctx, g) for _, g in
                                          sorted(groups.items())))
 
-    def ui_command_create(self, name, peer, journal_size=None, block_size="512"):
+    def ui_command_create(self, name, peer, journal_size=None, block_size=None,
+                          promoted=None):
         """
         Creates a consistency group replicating to a paired peer: writes its layout (a new
         uuid, no members yet) in the groups directory and its transmitter's configuration,
         and starts its transmitter (appliance-transmitter@<name>), which waits for the
         group's journal: the handler makes it when the first member's backstore opens.
         journal_size is the group's journal (default 256M); block_size every member's
-        (512 or 4096).
+        (512 or 4096, default 512).
 
         Then add members: create each backstore with group=<name> in its cfgstring, e.g.
         /backstores/user:mirror create name=log size=1G
         cfgstring=mirror=/var/lib/appliance/volumes/log.img;group=db
 
+        After a failover, promoted=<layout> (the path 'promote' of a group replica
+        printed) makes the group over the promoted members, each at its offset, and takes
+        over the promotion's base: the new journal records only what changes here, so the
+        old site's failback ('/replication/groups/<name> failback uuid=<this group's
+        uuid>') copies back only what changed. It prints the members' backstores to create.
+
         Refused, with nothing changed: a name in use (a group or a volume), a peer that is
-        not paired or whose certificate is not fetched yet, a bad size.
+        not paired or whose certificate is not fetched yet, a bad size, a promoted= that is
+        not a group replica's layout.
 
         EXAMPLE
         =======
         create name=db peer=dr
         create name=db peer=dr journal_size=1G block_size=4096
+        create name=db peer=primary promoted=/var/lib/appliance/replicas/<uuid>/db.group.json
         """
         self.assert_root()
         size = DEFAULT_JOURNAL_SIZE if journal_size is None else journal_size
-        group = run_operation(self, self.ctx.create_group, name, peer, size, block_size)
+        group = run_operation(self, partial(self.ctx.create_group, promoted=promoted), name,
+                              peer, size, block_size)
         return self.new_node(UIGroup(group.name, self))
 
     def ui_complete_create(self, parameters, text, current_param):
@@ -222,6 +235,35 @@ class UIGroup(SyncGroup, UINode):
                             text)
         except ModelError:
             return []
+
+    # --- failback -------------------------------------------------------------------------
+
+    def ui_command_failback(self, uuid=None):
+        """
+        After a failover of this group: makes this site the DR of the promoted peer's group
+        over this group's OLD members, so that only what changed on either side is copied
+        back (docs/groups.md, "Failover and failback"). uuid is the uuid of the group the
+        peer made over the promoted members ('/replication/groups create ... promoted='
+        printed it; '/replication/groups/<name> info' there shows it).
+
+        Stops this group's transmitter and removes it, and makes a replica of the same name
+        under /replication/replicas: this group's layout as its mirror (the members stay
+        where they are), the group's old journal as failback_journal (from it the receiver
+        proves what the members hold beyond the promoted image), and the peer's identity as
+        the only primary admitted. The receiver takes it live.
+
+        Refused, with nothing changed, while a member's backstore still exists (the handler
+        holds the group's journal and members): delete each /backstores/user:mirror/<member>
+        first.
+
+        EXAMPLE
+        =======
+        failback uuid=2b9d0c4e-7f1a-4c3b-9e8d-5a6f7b8c9d0e
+        """
+        self.assert_root()
+        done = run_operation(self, self.ctx.failback_group, self.name, uuid)
+        self.shell.con.display(failback_text(done))
+        return became_replica(self)
 
     # --- set / get sync (volume_sync.SyncGroup, with the group's uuid as the volume) ------
 

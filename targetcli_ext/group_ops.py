@@ -15,10 +15,11 @@ names the key and changes nothing.
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import re
 import uuid as uuidlib
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from configshell_fb import ExecutionError
 
@@ -27,6 +28,7 @@ from appliance.statefile import remove_durably
 from appliance.volume import group_layout
 from appliance.volume.config import VolumeConfig
 from appliance.volume.group_layout import GroupLayout, GroupLayoutError
+from appliance.volume.promoted_group import serve_promoted_group
 from targetcli_ext import daemon_config as dc
 from targetcli_ext.backstores import group_members
 from targetcli_ext.model import Group, ModelError, Site, known_peer, parse_name
@@ -40,7 +42,6 @@ DEFAULT_JOURNAL_SIZE: int = field_default(VolumeConfig, "journal_size")
 MIN_JOURNAL_SIZE = 1 << 20
 _SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_FIELDS = {f.name for f in dataclasses.fields(GroupLayout)}
 
 
 def active_members(layout: GroupLayout) -> list:
@@ -66,6 +67,42 @@ def parse_block_size(value: object) -> int:
     if text not in ("512", "4096"):
         raise ModelError(f"block_size={value!r}: use 512 or 4096, the members' block size")
     return int(text)
+
+
+def promoted_layout(value: object) -> GroupLayout:
+    """The layout a promoted group replica left (``promoted=``), every member's file there."""
+    path = str(value)
+    if not group_layout.is_layout_path(path) or not os.path.isabs(path):
+        raise ModelError(f"promoted={value!r}: give the promoted group replica's layout, the "
+                         f"absolute path ending in {group_layout.SUFFIX} that 'promote' "
+                         f"printed")
+    try:
+        layout = group_layout.load(path)
+    except GroupLayoutError as err:
+        raise ModelError(f"promoted={value}: {err}") from err
+    missing = [m.mirror for m in layout.active_members if not os.path.exists(m.mirror)]
+    if missing:
+        raise ModelError(f"promoted={value}: member file {missing[0]} is missing: is this the "
+                         f"layout 'promote' printed?")
+    return layout
+
+
+def _promoted_notes(notes, layout: GroupLayout, base, peer: str, address: str,
+                    journal, size: int) -> None:
+    notes.info(f"Created consistency group {layout.name} (uuid {layout.uuid}: the old site's "
+               f"'/replication/groups/{layout.name} failback uuid={layout.uuid}' names it), "
+               f"journal {journal} of {size} bytes, replicating to peer {peer} ({address}), "
+               f"over the promoted members at their offsets:")
+    bs = layout.block_size
+    for m in layout.active_members:
+        notes.info(f"  /backstores/user:mirror create name={m.name} size={m.num_blocks * bs} "
+                   f"cfgstring=mirror={m.mirror};group={layout.name}")
+    if base is not None:
+        notes.info(f"It holds the image of group {base.lineage} after seq {base.seq}: the new "
+                   f"journal records only what changes here, and a failback copies only that.")
+    else:
+        notes.warning("The promoted layout had no usable promotion marker: the new journal "
+                      "marks every chunk, and a failback compares the members by hash.")
 
 
 def known_group(site: Site, name: str) -> Group:
@@ -130,11 +167,22 @@ class GroupOperations:
     # --- create -------------------------------------------------------------------------
 
     def create_group(self, name: str, peer: str, journal_size: object, block_size: object,
-                     notes) -> Group:
+                     notes, promoted: object = None) -> Group:
+        """A new group with no members; with ``promoted`` (a promoted group replica's layout,
+        which 'promote' printed) a group over those members at their offsets, taking over the
+        promotion's base (appliance/volume/promoted_group.py)."""
         name = parse_name(name, "name")
         peer = parse_name(peer, "peer")
         size = parse_journal_size(journal_size)
-        bs = parse_block_size(block_size)
+        source = None if promoted is None or str(promoted) == "" else \
+            promoted_layout(promoted)
+        if source is not None:
+            if block_size is not None and parse_block_size(block_size) != source.block_size:
+                raise ModelError(f"block_size={block_size}: the promoted group's members have "
+                                 f"{source.block_size}-byte blocks; leave block_size out")
+            bs = source.block_size
+        else:
+            bs = parse_block_size(512 if block_size is None else block_size)
         layout_path = self.layout.group_layout(name)
         journal = self.layout.group_journal(name)
         tx_path = self.layout.transmitter_toml(name)
@@ -170,19 +218,29 @@ class GroupOperations:
             check(site)
             gid = uuidlib.uuid4()
             try:
-                layout = GroupLayout(name, gid, bs, max(1, CHUNK_BYTES // bs))
-                if "journal_size" in _FIELDS:   # where the handler reads the journal's size
-                    layout = dataclasses.replace(layout, journal_size=size)
+                layout = GroupLayout(name, gid, bs, max(1, CHUNK_BYTES // bs),
+                                     journal_size=size)
                 layout = GroupLayout.from_json(layout.to_json())
             except GroupLayoutError as err:
                 raise ModelError(str(err)) from err
             group = Group(name, peer, str(gid), bs, size)
+            blocks = max(source.num_blocks, source.align_blocks) if source else layout.align_blocks
             doc = dc.group_transmitter_document(site, group, self.layout,
-                                                size_bytes=layout.align_blocks * bs)
+                                                size_bytes=blocks * bs)
             dc.check_transmitter(doc, tx_path)
             dc.check_replaceable(tx_path)
             self.layout.groups_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            group_layout.save(layout_path, layout)
+            base = None
+            if source is not None:
+                try:
+                    layout, base = serve_promoted_group(Path(str(promoted)), layout_path,
+                                                        name=name, group_uuid=gid,
+                                                        journal_size=size)
+                except (GroupLayoutError, OSError) as err:
+                    remove_durably(layout_path)
+                    raise ModelError(f"promoted={promoted}: {err}") from err
+            else:
+                group_layout.save(layout_path, layout)
             try:
                 dc.write_generated(tx_path, doc)
                 self.store.save(replace(site, groups={**site.groups, name: group}))
@@ -190,9 +248,12 @@ class GroupOperations:
                 remove_durably(tx_path)
                 remove_durably(layout_path)
                 raise
-        notes.info(f"Created consistency group {name} (uuid {gid}, {bs}-byte blocks, journal "
-                   f"{journal} of {size} bytes), replicating to peer {peer} "
-                   f"({site.peers[peer].address}); no members yet.")
+        if source is None:
+            notes.info(f"Created consistency group {name} (uuid {gid}, {bs}-byte blocks, "
+                       f"journal {journal} of {size} bytes), replicating to peer {peer} "
+                       f"({site.peers[peer].address}); no members yet.")
+        else:
+            _promoted_notes(notes, layout, base, peer, site.peers[peer].address, journal, size)
         try:
             self.units.start(transmitter_unit(name))
             notes.info(f"Started {transmitter_unit(name)} (it waits for the group's journal, "
@@ -200,8 +261,9 @@ class GroupOperations:
         except UnitError as err:
             notes.warning(f"The transmitter did not start: {err}; the group is configured: "
                           f"run 'systemctl start {transmitter_unit(name)}'")
-        notes.info(f"Add members: /backstores/user:mirror create name=<member> size=<size> "
-                   f"cfgstring=mirror=<path of its image>;group={name}")
+        if source is None:
+            notes.info(f"Add members: /backstores/user:mirror create name=<member> "
+                       f"size=<size> cfgstring=mirror=<path of its image>;group={name}")
         return group
 
     # --- members ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 from configshell_fb import ExecutionError
 from targetcli.ui_node import UINode
@@ -34,6 +35,7 @@ from appliance.replication.dr.retention_settings import (
     parse_retain,
     parse_size,
 )
+from appliance.volume import group_layout
 from appliance.volume.identity import mirror_volume_uuid
 from targetcli_ext import status_text
 from targetcli_ext.model import ModelError, parse_bool
@@ -584,6 +586,43 @@ def run_operation(node, operation, *args) -> object:
             (node.shell.log.warning if level == "warning" else node.shell.log.info)(text)
 
 
+def became_replica(node) -> object:
+    """After a failback: the volume's (or group's) node goes, /replication/replicas shows
+    the replica that took its place; the node the shell moves to if it stood on it."""
+    parent = node.parent
+    parent.remove_child(node)
+    replicas = next((c for c in parent.parent.children if c.name == "replicas"), None)
+    if replicas is not None:
+        replicas.refresh()
+    if getattr(node.shell, "_current_node", None) is node:
+        return parent
+    return None
+
+
+def _group_promote_steps(r: dict) -> list[str]:
+    """A consistency group replica promoted: its members are served as a group of this site's,
+    at their offsets, taking over the promotion's base (docs/groups.md)."""
+    layout = r["mirror"]
+    try:
+        name = group_layout.load(layout).name
+    except group_layout.GroupLayoutError:
+        name = Path(layout).name[:-len(group_layout.SUFFIX)]
+    former = r.get("former_primary") or "the old primary"
+    return [
+        "Next:",
+        "  1. a group of this site over the promoted members, each at its offset (it takes "
+        "over the promotion's base: its new journal records only what changes from now on); "
+        "it prints its uuid and each member's backstore to create:",
+        f"     /replication/groups create name={name} peer=<{former}'s site> "
+        f"promoted={layout}",
+        "  2. create those backstores and export them to the hosts as on the primary site",
+        f"  3. once {former}'s site is back, make it the DR over its old members: there, "
+        f"delete each member's backstore, then /replication/groups/{name} failback "
+        f"uuid=<the uuid step 1 printed>: only what changed on either side is copied back "
+        f"(docs/groups.md)",
+    ]
+
+
 def promote_text(name: str, uuid: str, result: object, size_bytes: int | None) -> str:
     """What a promotion did and what the admin does next (docs/failover.md, section 1)."""
     r = result if isinstance(result, dict) else {}
@@ -596,6 +635,8 @@ def promote_text(name: str, uuid: str, result: object, size_bytes: int | None) -
     if r.get("former_primary"):
         lines.append(f"{r['former_primary']!r} is fenced off: the receiver refuses it "
                      f"('promoted').")
+    if group_layout.is_layout_path(r.get("mirror")):
+        return "\n".join(lines + _group_promote_steps(r))
     backstore = name if name != uuid else f"vol-{uuid[:8]}"
     size = size_bytes if size_bytes is not None else "<size_bytes>"
     old = name if name != uuid else "<volume>"

@@ -29,7 +29,7 @@ from targetcli_ext.model import (
     parse_blackout,
     parse_bool,
 )
-from targetcli_ext.replica_nodes import run_operation
+from targetcli_ext.replica_nodes import became_replica, run_operation
 from targetcli_ext.steering import (
     call_daemon,
     complete,
@@ -288,14 +288,7 @@ class UIVolume(SyncGroup, UINode):
         self.assert_root()
         done = run_operation(self, self.ctx.failback_volume, self.name, uuid)
         self.shell.con.display(failback_text(done))
-        parent = self.parent
-        parent.remove_child(self)
-        replicas = next((c for c in parent.parent.children if c.name == "replicas"), None)
-        if replicas is not None:
-            replicas.refresh()
-        if getattr(self.shell, "_current_node", None) is self:
-            return parent               # the shell stood on the volume that is gone
-        return None
+        return became_replica(self)
 
     # --- settings: set/get replication --------------------------------------------------
 

@@ -10,6 +10,7 @@ only an empty group; 'set sync' takes the group's uuid."""
 from __future__ import annotations
 
 import copy
+import os
 import ssl
 import stat
 import tomllib
@@ -19,13 +20,16 @@ import pytest
 from recorded_states import recorded
 from shell_fakes import FakeStorageObject, mirror_backstore, refused
 
-from appliance.replication.config import transmitter_config
+from appliance.replication.config import receiver_config, transmitter_config
 from appliance.volume import group_layout
+from appliance.volume.group_layout import GroupLayout
+from appliance.volume.promotion_base import PromotionBase, marker_path, read_marker, write_marker
 from targetcli_ext import restore
 from targetcli_ext.backstores import backstores_using
 from targetcli_ext.daemon_config import HEADER
 from targetcli_ext.identity import ensure_certificate
 from targetcli_ext.operations import Notes
+from targetcli_ext.replica_nodes import promote_text
 
 TX_UNIT = "appliance-transmitter@db.service"
 
@@ -414,3 +418,150 @@ def test_a_member_joining_with_data_is_shown_until_its_copy_is_set_up(with_group
         "old", "/var/lib/appliance/volumes/old.img", 2048, needs_copy=True))
     assert sh.run("/replication/groups/db status").splitlines()[-1] == \
         "      old     1.0 MiB  at block 0 (joined with data: its initial copy is being set up)"
+
+
+# --- failover and failback (docs/groups.md, "Failover and failback") --------------------
+# On the promoted site 'create ... promoted=<layout>' makes the group over the promoted members
+# at their offsets and moves the promotion's base beside its layout; on the old primary site
+# 'failback uuid=' makes the group a replica over its old layout with its old journal.
+
+OLD = uuid.UUID(int=0xA)
+NEW = "2b9d0c4e-7f1a-4c3b-9e8d-5a6f7b8c9d0e"
+BASE = PromotionBase(OLD, 812, 3, 1_765_000_000_000_000_000)
+
+
+@pytest.fixture
+def promoted(tmp_path):
+    """A promoted group replica's layout (two members with data) and its marker."""
+    d = tmp_path / "replicas" / str(OLD)
+    (d / "members").mkdir(parents=True)
+    layout = GroupLayout("db", OLD, 512, 128)
+    for name, blocks in (("log", 2048), ("data", 4096)):
+        path = d / "members" / f"{name}.img"
+        path.write_bytes(os.urandom(4096) + bytes(blocks * 512 - 4096))
+        os.utime(path, ns=(0, 1_000_000_000))
+        layout = layout.with_member(name, str(path), blocks)
+    path = d / "db.group.json"
+    group_layout.save(path, layout)
+    write_marker(path, BASE, layout.num_blocks * 512)
+    return path
+
+
+def test_create_promoted_keeps_the_members_offsets_and_takes_over_the_base(site, promoted):
+    out = site.run(f"/replication/groups create name=db peer=dr journal_size=64M "
+                   f"promoted={promoted}")
+    old = group_layout.load(promoted)
+    new = group_layout.load(site.groups_dir / "db.group.json")
+    gid = site.ctx.store.load().groups["db"].uuid
+    assert str(new.uuid) == gid and gid != str(OLD)
+    assert [(m.name, m.mirror, m.offset_blocks, m.num_blocks) for m in new.members] == \
+        [(m.name, m.mirror, m.offset_blocks, m.num_blocks) for m in old.members]
+    assert new.journal_size == 64 << 20
+    assert read_marker(site.groups_dir / "db.group.json", new.num_blocks * 512) == BASE
+    assert not marker_path(promoted).exists()
+    tx = tomllib.loads((site.state_dir / "transmitter-db.toml").read_text())
+    assert tx["size_bytes"] == new.num_blocks * 512 and tx["volume_uuid"] == gid
+    assert site.units.log == [("start", TX_UNIT)]
+    lines = out.splitlines()
+    assert any(f"(uuid {gid}: the old site's '/replication/groups/db failback uuid={gid}' "
+               f"names it)" in line for line in lines), out
+    assert (f"Info:   /backstores/user:mirror create name=log size={2048 * 512} "
+            f"cfgstring=mirror={old.member('log').mirror};group=db") in lines
+    assert (f"Info:   /backstores/user:mirror create name=data size={4096 * 512} "
+            f"cfgstring=mirror={old.member('data').mirror};group=db") in lines
+    assert f"It holds the image of group {OLD} after seq 812" in out
+    assert "Add members" not in out
+
+
+def test_create_promoted_without_a_marker_warns_of_the_compare_by_hash(site, promoted):
+    marker_path(promoted).unlink()
+    out = site.run(f"/replication/groups create name=db peer=dr promoted={promoted}")
+    assert "no usable promotion marker: the new journal marks every chunk" in out
+    assert len(group_layout.load(site.groups_dir / "db.group.json").members) == 2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ("promoted=relative/db.group.json", "promoted='relative/db.group.json': give the promoted "
+                                        "group replica's layout"),
+    ("promoted=/nowhere/db.group.json", "promoted=/nowhere/db.group.json: group layout "
+                                        "/nowhere/db.group.json cannot be read"),
+    ("promoted={promoted} block_size=4096", "block_size=4096: the promoted group's members "
+                                            "have 512-byte blocks; leave block_size out"),
+    ("promoted={missing}", "member file"),
+])
+def test_create_promoted_refusals_change_nothing(site, promoted, args, message):
+    missing = promoted.with_name("other.group.json")
+    layout = group_layout.load(promoted)
+    group_layout.save(missing, GroupLayout("db", OLD, 512, 128).with_member(
+        "gone", str(promoted.parent / "members" / "gone.img"), 128))
+    before = files(site.state_dir, site.groups_dir, promoted.parent)
+    said = refused(site, "/replication/groups create name=db peer=dr " +
+                   args.format(promoted=promoted, missing=missing))
+    assert message in said and said.endswith("nothing changed"), said
+    assert files(site.state_dir, site.groups_dir, promoted.parent) == before
+    assert site.units.log == [] and group_layout.load(promoted) == layout
+
+
+# --- failback on the old primary site ------------------------------------------------------
+
+def group_receiver_volumes(sh) -> list[dict]:
+    path = sh.state_dir / "receiver.toml"
+    doc = tomllib.loads(path.read_text())
+    receiver_config(doc, str(path))                 # the receiver takes it as it is
+    return doc.get("volume", [])
+
+
+def old_group(sh, lio, tmp_path, *, backstores: bool):
+    (tmp_path / "volumes").mkdir(exist_ok=True)
+    add_member(sh, lio, tmp_path, "log", 2048, backstore=backstores)
+    add_member(sh, lio, tmp_path, "data", 4096, backstore=backstores)
+    (sh.groups_dir / "db.jnl").write_bytes(b"")      # the group's journal, as the handler left it
+
+
+def test_failback_refused_while_a_member_backstore_exists(with_group, lio, tmp_path):
+    sh = with_group
+    old_group(sh, lio, tmp_path, backstores=True)
+    before = files(sh.state_dir, sh.groups_dir)
+    said = refused(sh, f"/replication/groups/db failback uuid={NEW}")
+    assert said.startswith("backstore(s) data, log still serve members of group db: "), said
+    assert files(sh.state_dir, sh.groups_dir) == before
+    assert sh.units.log == [] and sh.calls.log == []
+
+
+def test_failback_makes_the_group_a_replica_over_its_old_layout(with_group, lio, tmp_path):
+    sh = with_group
+    old_group(sh, lio, tmp_path, backstores=False)
+    own = sh.ctx.store.load().groups["db"].uuid
+    said = refused(sh, f"/replication/groups/db failback uuid={own}")
+    assert said.startswith(f"uuid {own} is this group's own uuid"), said
+    said = refused(sh, "/replication/groups/db failback")
+    assert said.startswith("uuid is missing: give the group uuid of the new primary of db")
+
+    out = sh.run(f"/replication/groups/db failback uuid={NEW}")
+    layout = sh.groups_dir / "db.group.json"
+    assert group_receiver_volumes(sh) == [{
+        "uuid": NEW, "size_bytes": 6144 * 512, "block_size": 512, "mirror": str(layout),
+        "allowed_primaries": ["site-b"], "failback_journal": str(sh.groups_dir / "db.jnl")}]
+    assert sh.units.log == [("stop", TX_UNIT)]
+    assert not (sh.state_dir / "transmitter-db.toml").exists()
+    assert layout.exists(), "the layout is the replica's mirror now"
+    saved = sh.ctx.store.load()
+    assert saved.groups == {} and saved.replicas["db"].mirror == str(layout)
+    lines = out.splitlines()
+    assert (f"Group db is now the DR replica db of group {NEW} from peer dr (192.0.2.2:7700), "
+            f"over this site's old members (layout {layout}).") in lines
+    assert any(line.startswith("  1. on dr: the group made with '/replication/groups create "
+                               "... promoted=' replicates") for line in lines), out
+    assert "db" not in {c.name for c in sh.root.get_node("/replication/groups").children}
+
+
+def test_promote_of_a_group_replica_prints_the_group_steps():
+    mirror = f"/var/lib/appliance/replicas/{OLD}/db.group.json"
+    text = promote_text("db", str(OLD), {"mirror": mirror, "former_primary": "site-a",
+                                         "promoted_at_seq": 812}, None)
+    lines = text.splitlines()
+    assert f"     /replication/groups create name=db peer=<site-a's site> promoted={mirror}" \
+        in lines
+    assert any("then /replication/groups/db failback uuid=<the uuid step 1 printed>" in line
+               for line in lines), text
+    assert "cfgstring=mirror=" + mirror not in text
