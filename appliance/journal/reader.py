@@ -32,6 +32,7 @@ from appliance.journal.model import Record
 from appliance.journal.scan import (
     Area,
     ChainPoint,
+    ReadBuffers,
     Walker,
     newest_segment,
     records_of,
@@ -44,9 +45,13 @@ _LOCATE_ATTEMPTS = 3
 
 
 class JournalReader:
-    """Reads durable records of a journal that another process writes."""
+    """Reads durable records of a journal that another process writes.
 
-    def __init__(self, path: Target, *, volume_uuid: uuid.UUID | None = None) -> None:
+    ``buffers``: reads go into buffers reused once nothing refers to them (``ReadBuffers``)
+    instead of fresh memory; for a reader whose records are views (``read(views=True)``)."""
+
+    def __init__(self, path: Target, *, volume_uuid: uuid.UUID | None = None,
+                 buffers: ReadBuffers | None = None) -> None:
         self._io: BlockIO | None = open_target(path, lock=False)
         try:
             header = read_header(self._io)
@@ -56,7 +61,7 @@ class JournalReader:
             self._io.close()
             raise
         self.acked_seq = tx.acked_seq
-        self._area = Area(self._io, self.sb)
+        self._area = Area(self._io, self.sb, buffers)
         self._cursor: ChainPoint | None = None  # start of the record holding the next seq
         self._cursor_pad_crc: int | None = None  # a PAD just before the cursor (Walker)
         self._synced_to = 0  # every seq below this was returned after our own fdatasync
@@ -97,8 +102,9 @@ class JournalReader:
 
         Each record's `op.data` is bytes, or with `views` a read-only memoryview of the
         buffer it was read (and CRC-checked) into: no copy per record. Such a buffer is
-        never reused, so a view stays valid as long as it is held (and keeps its read of
-        up to a few MiB alive).
+        not reused while any view of it is held (a pooled one is refilled only once nothing
+        refers to it), so a view stays valid, and its bytes those checked, as long as it is
+        held (and keeps its read of up to a few MiB alive).
         """
         anchor = self.writer_checkpoint()
         durable = max(anchor.head_seq, self._synced_to)

@@ -8,8 +8,10 @@ and the writer syncs everything before it enters a new segment.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from appliance.journal.errors import JournalCorrupt
 from appliance.journal.format import JBLOCK, Superblock, WriterCheckpoint, crc
@@ -18,6 +20,19 @@ from appliance.journal.records import RECORD_MAGIC, RecordKind, RecordMeta, pars
 from appliance.storage import BlockIO
 
 DEFAULT_WINDOW_BLOCKS = 256  # 1 MiB per read while walking
+# Pooled reads are sized in powers of two from this up, so that a few sizes fit every read
+# again (the window grows 16 -> 64 -> 256 blocks; the last read of a segment is shorter).
+_POOLED_MIN = 64 * 1024
+
+
+class ReadBuffers(Protocol):
+    """Where a walk's reads go instead of fresh memory (``replication.buffers.BufferPool``):
+    ``take(n)`` returns a writable buffer of at least ``n`` bytes that nothing else refers
+    to, and never hands out again a buffer that anything (a view of a record) still refers
+    to. A fresh buffer costs a page fault and zeroing per page on first touch, about as much
+    as the read itself (docs/protocol.md, "Data path")."""
+
+    def take(self, need: int) -> mmap.mmap | bytearray: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,18 +45,31 @@ class ChainPoint:
 
 
 class Area:
-    """Reads of one journal's record area."""
+    """Reads of one journal's record area. A walk's reads (``read_window``) go into
+    ``buffers`` when given (the transmitter's reader), else into fresh memory."""
 
-    def __init__(self, io: BlockIO, sb: Superblock) -> None:
+    def __init__(self, io: BlockIO, sb: Superblock, buffers: ReadBuffers | None = None) -> None:
         self.io = io
         self.sb = sb
         self.segment_blocks = sb.segment_blocks
         self.segment_count = sb.segment_count
+        self.buffers = buffers
 
     def read(self, block: int, count: int) -> bytearray:
         buf = bytearray(count * JBLOCK)
         self.io.pread_into(self.sb.block_offset(block), memoryview(buf))
         return buf
+
+    def read_window(self, block: int, count: int) -> bytearray | memoryview:
+        """``read``, into a reused buffer when the area has ``buffers`` (a view of exactly
+        ``count`` blocks of it, which keeps it from being reused while held)."""
+        if self.buffers is None:
+            return self.read(block, count)
+        nbytes = count * JBLOCK
+        buf = self.buffers.take(max(_POOLED_MIN, 1 << (nbytes - 1).bit_length()))
+        view = memoryview(buf)[:nbytes]
+        self.io.pread_into(self.sb.block_offset(block), view)
+        return view
 
     def parse(self, block_bytes: bytes | bytearray | memoryview, position: int
               ) -> RecordMeta | None:
@@ -154,7 +182,7 @@ class Walker:
         # record to the PAD; the PAD itself links to the last BATCH, so that chain is
         # unbroken too, and journals written that way must stay readable.
         self.pad_crc = pad_crc
-        self._buf = bytearray()
+        self._buf: bytearray | memoryview = bytearray()
         self._buf_start = 0
 
     def _view(self, block: int, count: int) -> memoryview:
@@ -168,7 +196,7 @@ class Walker:
                 self.window = min(self.window * 4, self.max_window)
             seg_end = self.area.segment_end(block)
             want = min(seg_end - block, max(self.window, count))
-            self._buf = self.area.read(block, want)
+            self._buf = self.area.read_window(block, want)
             self._buf_start = start = block
         lo = (block - start) * JBLOCK
         return memoryview(self._buf)[lo : lo + count * JBLOCK]

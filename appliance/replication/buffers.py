@@ -11,12 +11,17 @@ first touch of a page is a fault that also zeroes it (measured here, a 64 MiB by
 refilled. A buffer is free when only the pool refers to it: a frame's payload and every view
 of it (records waiting to be made durable and applied) hold a reference, and a buffer nobody
 else can see may be overwritten.
+
+The transmitter reads its journal into such buffers too (``JournalReader(buffers=...)``):
+a batch's records stay views of the checked read until they are sent, and the next read
+refills a buffer already mapped instead of faulting in a fresh one.
 """
 
 from __future__ import annotations
 
 import mmap
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -30,8 +35,10 @@ class BufferPool:
     """Page-aligned buffers of at least the size asked, reused when free.
 
     At most ``max_bytes`` are kept (more are made when the pipeline holds that much, and
-    dropped once released); free buffers not taken for ``idle_s`` are dropped by ``trim``, so
-    an idle link gives its memory back."""
+    dropped once released); free buffers not taken for ``idle_s`` are dropped by ``trim``
+    (and by a ``take`` once that long has passed since the last trim), so an idle link gives
+    its memory back. Thread-safe: the transmitter takes from worker threads, and a buffer
+    seen free must not be handed to two takers."""
 
     def __init__(self, max_bytes: int, idle_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -41,10 +48,18 @@ class BufferPool:
         self._kept: list[list] = []      # [buffer, last taken]
         self.kept_bytes = 0
         self.made = 0                    # buffers mapped (fresh memory), for tests and status
+        self._lock = threading.Lock()
+        self._trimmed = clock()
 
     def take(self, need: int) -> mmap.mmap:
         """A free buffer of ``need`` bytes or more (at most twice that), else a new one."""
+        with self._lock:
+            return self._take(need)
+
+    def _take(self, need: int) -> mmap.mmap:
         now = self._clock()
+        if now - self._trimmed > self.idle_s:
+            self._trim(now)
         for entry in self._kept:
             if need <= len(entry[0]) <= 2 * need + STEP and _free(entry):
                 entry[1] = now
@@ -59,7 +74,12 @@ class BufferPool:
 
     def trim(self) -> None:
         """Drop the free buffers not taken for ``idle_s``."""
-        cutoff = self._clock() - self.idle_s
+        with self._lock:
+            self._trim(self._clock())
+
+    def _trim(self, now: float) -> None:
+        self._trimmed = now
+        cutoff = now - self.idle_s
         keep = []
         for entry in self._kept:
             if entry[1] < cutoff and _free(entry):
@@ -70,8 +90,9 @@ class BufferPool:
 
     def clear(self) -> None:
         """Forget every buffer (those still referred to live on with their views)."""
-        self._kept.clear()
-        self.kept_bytes = 0
+        with self._lock:
+            self._kept.clear()
+            self.kept_bytes = 0
 
 
 def _free(entry: list) -> bool:

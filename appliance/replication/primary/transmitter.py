@@ -29,6 +29,7 @@ from appliance.daemon_entry import (
 )
 from appliance.journal import JournalError, JournalReader, VolumeFiles
 from appliance.replication import lost_writes, wire
+from appliance.replication.buffers import BufferPool
 from appliance.replication.config import (
     ConfigError,
     TransmitterConfig,
@@ -75,6 +76,9 @@ from appliance.volume.errors import VolumeError
 log = logging.getLogger("appliance.transmitter")
 FT = wire.FrameType
 WATCH_INTERVAL_S = 1.0      # how often the volume's journal head and bitmap are read
+# Journal read buffers kept for reuse: a batch being sent and one read ahead, with room
+# for batch_bytes raised well above its 1 MiB default (more are made, and dropped, past it).
+READ_BUFFER_BYTES = 16 * 1024 * 1024
 
 
 class Transmitter:
@@ -462,7 +466,10 @@ class Transmitter:
 
     def _open_reader(self) -> JournalReader:
         if self.reader is None:
-            self.reader = JournalReader(self.cfg.journal, volume_uuid=self.cfg.volume_uuid)
+            # Reads go into reused buffers (no fresh zeroed memory per read); the batch being
+            # sent and the one read ahead hold theirs until sent (session._read_batch).
+            self.reader = JournalReader(self.cfg.journal, volume_uuid=self.cfg.volume_uuid,
+                                        buffers=BufferPool(READ_BUFFER_BYTES))
         return self.reader
 
     async def _session(self) -> None:

@@ -67,3 +67,14 @@ def test_at_most_max_bytes_are_kept_and_idle_ones_are_dropped():
     assert pool.take(STEP) is not kept and pool.made == 7
     pool.clear()
     assert pool.kept_bytes == 0
+
+
+def test_a_take_after_an_idle_spell_drops_the_buffers_left_idle():
+    """The transmitter's read pool has no timer of its own: its takes do the trimming."""
+    clock = Clock()
+    pool = BufferPool(64 << 20, idle_s=10.0, clock=clock)
+    big = pool.take(8 << 20)                # a burst's large read
+    del big
+    clock.now += 11.0
+    pool.take(STEP)                         # an idle link's small poll
+    assert pool.kept_bytes == STEP, "a buffer idle past idle_s stayed mapped"
