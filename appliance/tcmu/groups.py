@@ -252,6 +252,10 @@ class GroupRegistry:
             if not group_layout.valid_name(device):
                 raise GroupError(f"device {device}: a member's name is letters, digits, '_', "
                                  "'.' and '-'; rename the backstore")
+            if device == name:
+                # The group's status, metrics and transmitter go by the group's name.
+                raise GroupError(f"device {device}: a member cannot have its group's name "
+                                 f"{name!r}; rename the backstore")
             taken = next((m for m in layout.members if os.path.abspath(m.mirror) == mine),
                          None)
             if taken is not None:

@@ -72,7 +72,10 @@ def test_refusals_and_leave(registry, tmp_path):
         registry.attach("x", member(tmp_path, "x"), 8 * BS + 1, MAX_TRANSFER)
     with pytest.raises(GroupError, match="has 8192 bytes, the backstore 4096"):
         registry.attach("a", member(tmp_path, "a"), 8 * BS, MAX_TRANSFER)
+    with pytest.raises(GroupError, match="a member cannot have its group's name 'db'"):
+        registry.attach("db", member(tmp_path, "db"), 8 * BS, MAX_TRANSFER)
     assert sorted(os.listdir(registry.directory)) == ["db.group.json"]
+    assert not (tmp_path / "db.img").exists()
     group, _ = registry.attach("a", member(tmp_path, "a"), 16 * BS, MAX_TRANSFER)
     try:
         with pytest.raises(GroupError, match="served by its device now"):
