@@ -410,7 +410,11 @@ class ResyncDriver:
                                        if j not in send)
             target = self._acked_regions + len(send)
             for j in send:
-                await self.link.send(FT.REGION, wire.encode_region(window[j].offset, datas[j]))
+                # As its parts, like a BATCH: the data goes to the socket (or the TLS layer)
+                # from the buffer it was read into, not joined into a frame-sized copy first;
+                # the frame's CRC covers the head, the region's own CRC its data.
+                await self.link.send_parts(FT.REGION, wire.region_parts(window[j].offset,
+                                                                        datas[j]), head_crc=True)
             while self._acked_regions < target:
                 self._region_event.clear()
                 await asyncio.wait_for(self._region_event.wait(), self.cfg.dead_after_s * 4)

@@ -75,6 +75,27 @@ def test_any_flip_in_a_head_checked_frame_is_caught_unless_it_hits_padding(sizes
     assert decoded == recs and good[pos] == 0 and used == len(frame)
 
 
+@settings(max_examples=60, deadline=None)
+@given(size=st.sampled_from([1, 4096, 5000, 64 << 10, 1 << 20]), pos=st.integers(0, 10**7),
+       bit=st.integers(0, 7))
+def test_any_flip_in_a_head_checked_region_frame_is_caught_unless_it_hits_padding(size, pos,
+                                                                                 bit):
+    """A resync REGION goes as its parts with the head's CRC only, as a BATCH does
+    (primary/resync.py ``_ship``): its data is under the region's own CRC."""
+    data = random.Random(size).randbytes(size)
+    frame = bytearray(b"".join(wire.frame_parts(FrameType.REGION, wire.region_parts(8192, data),
+                                                wire.FLAG_HEAD_CRC)))
+    pos %= len(frame)
+    good = bytes(frame)
+    frame[pos] ^= 1 << bit
+    try:
+        (got,), used = wire.decode_frames(frame)
+        offset, region = wire.decode_region(got.payload)
+    except wire.WireError:
+        return
+    assert (offset, bytes(region)) == (8192, data) and good[pos] == 0 and used == len(frame)
+
+
 def test_head_crc_is_only_for_uncompressed_bulk_frames():
     payload = wire.encode_batch(VOL, 1, records(1, [4096]))
     for ftype, flags in ((FrameType.ACK, wire.FLAG_HEAD_CRC),
