@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 
+from appliance.journal import volume_files
 from appliance.journal.errors import InvalidRequest, JournalMismatch
 from appliance.journal.format import (
     HEADER_BLOCKS,
@@ -22,6 +23,7 @@ from appliance.journal.format import (
     encode_superblock,
 )
 from appliance.journal.header import Target, write_transmitter_slot, write_writer_slot
+from appliance.journal.volume_files import VOLUME_FILES_BLOCKS, VolumeFiles
 from appliance.storage import BlockIO, FileBlockIO, allocate, open_file
 
 
@@ -101,12 +103,22 @@ def open_new_target(path: Target, size: int) -> BlockIO:
         raise
 
 
-def write_fresh_header(io: BlockIO, sb: Superblock) -> None:
-    """Superblock copies, both copies of both slots (nothing written or acked yet), sync."""
-    io.pwritev(0, [encode_superblock(sb)] * len(SUPERBLOCK_BLOCKS))
+def write_fresh_header(io: BlockIO, sb: Superblock, files: VolumeFiles | None = None) -> None:
+    """Both copies of both slots (nothing written or acked yet) and the volume-files slot
+    (``files``, if given), synced; then the superblock copies, synced.
+
+    The superblock goes last because it is what makes the file a journal: a transmitter
+    polling for it (another process) finds a journal whole, its mirror and bitmap already
+    named, never one whose files are still unknown (it would tell its peer the volume is a
+    plain one when it is a consistency group, docs/groups.md). A crash before the superblock
+    leaves no journal, which the next open creates again."""
     start = WriterCheckpoint(sb.first_seq - 1, sb.first_seq, 0, 0)
     for gen in (1, 2):  # both copies valid from the start
         write_writer_slot(io, sb, gen, start)
         write_transmitter_slot(io, sb, gen, TransmitterCheckpoint(sb.first_seq - 1))
-    io.pwritev(6 * JBLOCK, [bytes(2 * JBLOCK)])
+    io.pwritev(VOLUME_FILES_BLOCKS[0] * JBLOCK, [bytes(2 * JBLOCK)])
+    if files is not None:
+        volume_files.publish(io, sb, files)
+    io.sync()
+    io.pwritev(0, [encode_superblock(sb)] * len(SUPERBLOCK_BLOCKS))
     io.sync()

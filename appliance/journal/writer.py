@@ -85,19 +85,20 @@ class Journal:
 
     @classmethod
     def create(cls, path: Target, *, size: int, volume_uuid: uuid.UUID, volume_block_size: int,
-               volume_blocks: int, first_seq: int = 1, segment_size: int | None = None
-               ) -> Journal:
+               volume_blocks: int, first_seq: int = 1, segment_size: int | None = None,
+               volume_files: VolumeFiles | None = None) -> Journal:
         """Lay out a new, empty journal of `size` bytes. Refuses to overwrite a journal.
 
         `segment_size` (bytes, a multiple of 4096) bounds the largest single write; by
         default 32 MiB, shrunk for small journals so that there are at least 8 segments.
+        `volume_files`: the mirror and bitmap, named from the moment the journal exists.
         """
         sb = new_superblock(size=size, volume_uuid=volume_uuid,
                             volume_block_size=volume_block_size, volume_blocks=volume_blocks,
                             first_seq=first_seq, segment_size=segment_size)
         io = open_new_target(path, sb.total_blocks * JBLOCK)
         try:
-            write_fresh_header(io, sb)
+            write_fresh_header(io, sb, volume_files)
             return cls(io, sb)
         except BaseException:
             io.close()

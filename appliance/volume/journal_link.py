@@ -105,12 +105,19 @@ def open_parts(config: VolumeConfig) -> Parts:
 
 def publish_volume_files(journal: Journal, config: VolumeConfig) -> None:
     """Name the mirror and bitmap in the journal, so the transmitter finds them from the
-    volume itself and can always resync (docs/journal-format.md, "Volume-files slot").
-    Files handed in as open BlockIOs (tests) have no path to name."""
+    volume itself and can always resync (docs/journal-format.md, "Volume-files slot"). A new
+    journal names them from its creation on (Journal.create); this keeps an older one's
+    right."""
+    files = _volume_files(config)
+    if files is not None:
+        journal.publish_volume_files(files)
+
+
+def _volume_files(config: VolumeConfig) -> VolumeFiles | None:
+    """Files handed in as open BlockIOs (tests) have no path to name."""
     if config.mirror_path is None or config.bitmap_path is None:
-        return
-    journal.publish_volume_files(VolumeFiles(os.path.abspath(config.mirror_path),
-                                             os.path.abspath(config.bitmap_path)))
+        return None
+    return VolumeFiles(os.path.abspath(config.mirror_path), os.path.abspath(config.bitmap_path))
 
 
 def mirror_holds_data(path: str | os.PathLike[str] | None) -> bool:
@@ -235,7 +242,8 @@ def _open_journal(target: str | os.PathLike[str] | BlockIO, existing: bool,
         return Journal.create(target, size=config.journal_size, volume_uuid=config.uuid,
                               volume_block_size=config.block_size,
                               volume_blocks=config.num_blocks,
-                              segment_size=_segment_size(config))
+                              segment_size=_segment_size(config),
+                              volume_files=_volume_files(config))
     journal = Journal.open(target, volume_uuid=config.uuid)
     if journal.max_op_bytes < config.max_transfer_bytes:
         journal.close()

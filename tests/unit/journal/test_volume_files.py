@@ -4,7 +4,9 @@ a reader sees how much of the journal the peer still lacks."""
 import uuid
 
 from appliance.journal import JBLOCK, Journal, JournalReader, OpKind, VolumeFiles, WriteOp
+from appliance.journal.errors import JournalError
 from appliance.journal.volume_files import VOLUME_FILES_BLOCKS, read_slot
+from appliance.storage import open_file
 from appliance.volume import Volume, VolumeConfig
 
 VOL = uuid.UUID(int=0x5EED)
@@ -82,3 +84,40 @@ def test_backlog_bytes_counts_what_the_peer_lacks_from_its_segment_to_the_head(t
         assert late < everything
         assert reader.backlog_bytes(41) == 0
     journal.close()
+
+
+def test_a_journal_is_never_seen_without_the_files_it_was_created_with(tmp_path):
+    """A transmitter polling for a new journal (another process) reads it between any two of
+    its creation's writes: either it is no journal yet, or it names its mirror and bitmap
+    (a group's transmitter would otherwise tell its peer it is a plain volume)."""
+    size = 2 << 20
+    files = VolumeFiles(str(tmp_path / "db.group.json"), str(tmp_path / "db.bitmap"))
+    writes: list[tuple[int, bytes]] = []
+
+    class Recording:
+        def __init__(self, io):
+            self.io = io
+
+        def pwritev(self, offset, bufs):
+            writes.append((offset, b"".join(bytes(b) for b in bufs)))
+            self.io.pwritev(offset, bufs)
+
+        def __getattr__(self, name):
+            return getattr(self.io, name)
+
+    target = open_file(tmp_path / "journal", create_size=size)
+    Journal.create(Recording(target), size=size, volume_uuid=VOL, volume_block_size=512,
+                   volume_blocks=2048, volume_files=files).close()
+    seen = []
+    for k in range(len(writes) + 1):
+        image = bytearray(size)
+        for offset, data in writes[:k]:
+            image[offset:offset + len(data)] = data
+        (tmp_path / "seen").write_bytes(image)
+        try:
+            with JournalReader(tmp_path / "seen") as reader:
+                seen.append(reader.volume_files())
+        except JournalError:
+            seen.append("no journal")
+    assert seen[0] == "no journal" and seen[-1] == files
+    assert set(seen) == {"no journal", files}, seen
