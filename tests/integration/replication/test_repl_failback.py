@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from repl_harness import (
     PY,
     REPO,
     LoggedOp,
+    Proc,
     converge,
     free_port,
     match_prefix,
@@ -46,19 +48,38 @@ def overlay(image: bytes, ops: list[LoggedOp]) -> bytes:
     return bytes(img)
 
 
-def write_failback_receiver(pair, site_a, port: int) -> tuple[Path, Path]:
-    """Site A's receiver: its OLD primary mirror is the replica mirror of the volume, the
-    promoted site ('dr-site') the only primary it admits. Returns (config, control socket)."""
+def write_failback_receiver(pair, site_a, port: int, *, vol: uuid.UUID | None = None,
+                            mirror: Path | None = None, size_bytes: int | None = None,
+                            failback_journal: Path | None = None) -> tuple[Path, Path]:
+    """Site A's receiver: its OLD primary mirror (``mirror``, site A's by default) is the
+    replica mirror of volume ``vol`` (site A's by default: the new primary serves the promoted
+    mirror under the same uuid), the promoted site ('dr-site') the only primary it admits;
+    with ``failback_journal`` A's old journal proves what the mirror holds (minimal failback).
+    Returns (config, control socket)."""
     control = pair.root / "rx-a.sock"
     config = pair.root / "rx-a.toml"
+    volume = ["[[volume]]", f'uuid = "{vol or site_a.uuid}"',
+              f"size_bytes = {size_bytes or BLOCKS * BLOCK}", f"block_size = {BLOCK}",
+              f"journal_size = {4 << 20}", f'mirror = "{mirror or site_a.mirror}"',
+              'allowed_primaries = ["dr-site"]']
+    if failback_journal is not None:
+        volume.append(f'failback_journal = "{failback_journal}"')
     config.write_text("\n".join([
         'identity = "site-a"', f'listen = "127.0.0.1:{port}"',
         f'state_dir = "{pair.root / "site-a-replicas"}"', f'control_socket = "{control}"',
         "heartbeat_s = 0.5", "dead_after_s = 3.0"]) + "\n" + pair.pki.tls_toml("site-a") +
-        "\n".join(["[[volume]]", f'uuid = "{site_a.uuid}"', f"size_bytes = {BLOCKS * BLOCK}",
-                   f"block_size = {BLOCK}", f"journal_size = {4 << 20}",
-                   f'mirror = "{site_a.mirror}"', 'allowed_primaries = ["dr-site"]']) + "\n")
+        "\n".join(volume) + "\n")
     return config, control
+
+
+def start_failback_receiver(pair, config: Path, control: Path) -> Proc:
+    """Site A's receiver with ``config`` (write_failback_receiver), answering on ``control``."""
+    rx_a = module_proc("receiver-site-a", "appliance.replication.dr.receiver", config,
+                       pair.root)
+    pair.procs.append(rx_a)
+    rx_a.start()
+    wait_for(lambda: rx_a.running() and status(control), 20, "site A's receiver")
+    return rx_a
 
 
 def new_primary(pair, name: str, site_a, promoted_mirror: Path, generation: int,
@@ -154,11 +175,7 @@ def test_failover_fence_failback_and_swap_back_resync_only_what_differs(pair):
 
     # 6. Failback: A's old mirror is the replica mirror of a receiver on A.
     rx_a_config, rx_a_control = write_failback_receiver(pair, site_a, port_a)
-    rx_a = module_proc("receiver-site-a", "appliance.replication.dr.receiver", rx_a_config,
-                       pair.root)
-    pair.procs.append(rx_a)
-    rx_a.start()
-    wait_for(lambda: rx_a.running() and status(rx_a_control), 20, "site A's receiver")
+    rx_a = start_failback_receiver(pair, rx_a_config, rx_a_control)
     tx_b = pair.transmitter(site_b).start()
 
     try:

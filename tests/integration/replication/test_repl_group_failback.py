@@ -15,8 +15,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from repl_harness import BLOCK, PY, Proc, free_port, module_proc, read_log, status, wait_for
-from test_repl_failback import dr_tool, overlay, resync_done
+from repl_harness import BLOCK, PY, Proc, free_port, read_log, status, wait_for
+from test_repl_failback import (
+    dr_tool,
+    overlay,
+    resync_done,
+    start_failback_receiver,
+    write_failback_receiver,
+)
 from test_repl_group_order import provisioning_receiver
 from test_repl_minimal_failback import bitmap_state, chunk_bytes
 
@@ -115,28 +121,17 @@ def test_a_group_fails_back_copying_only_what_changed_on_either_side(pair):
     assert [(m.name, m.offset_blocks) for m in layout_b.members] == \
         [(m.name, m.offset_blocks) for m in promoted_layout.members]
     header, snap = bitmap_state(groups_b / "db.bitmap")
-    assert snap.dirty_chunks == 0, snap
+    assert snap.dirty_chunks == 0, (snap, w_b.output()[-3000:])
     assert header.base is not None and (header.base.seq, header.base.lineage) == \
         (SHIPPED, gid_a), header
 
     # 4. A comes back as B's DR over its old layout, proving from its old group journal.
     port_a = free_port()
-    rx_a_control, rx_a_state = pair.root / "rx-a.sock", pair.root / "site-a-replicas"
-    rx_a_config = pair.root / "rx-a.toml"
-    rx_a_config.write_text("\n".join([
-        'identity = "site-a"', f'listen = "127.0.0.1:{port_a}"',
-        f'state_dir = "{rx_a_state}"', f'control_socket = "{rx_a_control}"',
-        "heartbeat_s = 0.5", "dead_after_s = 3.0"]) + "\n" + pair.pki.tls_toml("site-a") +
-        "\n".join(["[[volume]]", f'uuid = "{gid_b}"', f"size_bytes = {GROUP_BLOCKS * BLOCK}",
-                   f"block_size = {BLOCK}", f"journal_size = {4 << 20}",
-                   f'mirror = "{groups_a / "db.group.json"}"',
-                   f'failback_journal = "{groups_a / "db.jnl"}"',
-                   'allowed_primaries = ["dr-site"]']) + "\n")
-    rx_a = module_proc("receiver-site-a", "appliance.replication.dr.receiver", rx_a_config,
-                       pair.root)
-    pair.procs.append(rx_a)
-    rx_a.start()
-    wait_for(lambda: rx_a.running() and status(rx_a_control), 20, "site A's receiver")
+    rx_a_state = pair.root / "site-a-replicas"
+    rx_a_config, rx_a_control = write_failback_receiver(
+        pair, site_a, port_a, vol=gid_b, mirror=groups_a / "db.group.json",
+        size_bytes=GROUP_BLOCKS * BLOCK, failback_journal=groups_a / "db.jnl")
+    start_failback_receiver(pair, rx_a_config, rx_a_control)
     site_b = pair.site("site-b", blocks=GROUP_BLOCKS, vol=gid_b, identity="dr-site",
                        cert="dr-site", port=port_a,
                        extra=f'generation = {promoted["generation"]}\n')

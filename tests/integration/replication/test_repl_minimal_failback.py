@@ -21,13 +21,18 @@ from repl_harness import (
     appliancectl,
     converge,
     free_port,
-    module_proc,
     read,
     read_log,
     status,
     wait_for,
 )
-from test_repl_failback import dr_tool, overlay, resync_done
+from test_repl_failback import (
+    dr_tool,
+    overlay,
+    resync_done,
+    start_failback_receiver,
+    write_failback_receiver,
+)
 
 from appliance import storage
 from appliance.volume.resync import ResyncSource
@@ -108,24 +113,10 @@ class Failover:
         """A's receiver: its old mirror is the replica of B's volume, its old journal proves
         what that mirror holds."""
         pair, site_a = self.pair, self.site_a
-        self.rx_a_control = pair.root / "rx-a.sock"
         self.rx_a_state = pair.root / "site-a-replicas"
-        config = pair.root / "rx-a.toml"
-        config.write_text("\n".join([
-            'identity = "site-a"', f'listen = "127.0.0.1:{self.port_a}"',
-            f'state_dir = "{self.rx_a_state}"', f'control_socket = "{self.rx_a_control}"',
-            "heartbeat_s = 0.5", "dead_after_s = 3.0"]) + "\n" + pair.pki.tls_toml("site-a") +
-            "\n".join(["[[volume]]", f'uuid = "{site_a.uuid}"',
-                       f"size_bytes = {BLOCKS * BLOCK}", f"block_size = {BLOCK}",
-                       f"journal_size = {4 << 20}", f'mirror = "{site_a.mirror}"',
-                       f'failback_journal = "{site_a.journal}"',
-                       'allowed_primaries = ["dr-site"]']) + "\n")
-        rx_a = module_proc("receiver-site-a", "appliance.replication.dr.receiver", config,
-                           pair.root)
-        pair.procs.append(rx_a)
-        rx_a.start()
-        wait_for(lambda: rx_a.running() and status(self.rx_a_control), 20, "site A's receiver")
-        return rx_a
+        config, self.rx_a_control = write_failback_receiver(
+            pair, site_a, self.port_a, failback_journal=site_a.journal)
+        return start_failback_receiver(pair, config, self.rx_a_control)
 
     def a_volume(self) -> dict:
         return status(self.rx_a_control)["volumes"].get(self.vol) or {}
