@@ -20,7 +20,6 @@ Without a usable marker the layout is still made (a failback then compares by ha
 from __future__ import annotations
 
 import dataclasses
-import logging
 import uuid
 from pathlib import Path
 
@@ -30,15 +29,14 @@ from appliance.volume.promotion_base import PromotionBase, read_marker, remove_m
 
 __all__ = ["serve_promoted_group"]
 
-log = logging.getLogger("appliance.volume")
-
 
 def serve_promoted_group(promoted: Path, dest: Path, *, name: str, group_uuid: uuid.UUID,
                          journal_size: int | None) -> tuple[GroupLayout, PromotionBase | None]:
     """Write ``dest``, the layout of group ``name`` (uuid ``group_uuid``) over the members of
     the promoted group layout ``promoted``, and move the promotion's base marker beside it.
     Returns the new layout and the base it carries (None: no usable marker, the handler will
-    mark every chunk). GroupLayoutError when ``promoted`` is not a usable layout."""
+    mark every chunk): the caller tells the admin which. GroupLayoutError when ``promoted``
+    is not a usable layout."""
     old = group_layout.load(promoted)
     size_bytes = old.num_blocks * old.block_size
     base = read_marker(promoted, size_bytes)
@@ -54,11 +52,4 @@ def serve_promoted_group(promoted: Path, dest: Path, *, name: str, group_uuid: u
     if base is not None:
         write_marker(dest, base, size_bytes)
         remove_marker(promoted)
-        log.warning("group %s: serves the promoted image of group %s at seq %d from %s; its "
-                    "new journal records only what changes from now on", name, base.lineage,
-                    base.seq, promoted)
-    else:
-        log.warning("group %s: %s has no usable promotion marker: the new journal will mark "
-                    "every chunk (a failback then compares the members by hash)", name,
-                    promoted)
     return new, base
