@@ -19,6 +19,7 @@ from appliance.journal import JournalReader, OpKind, WriteOp
 from appliance.replication import wire
 from appliance.replication.config import TransmitterConfig
 from appliance.replication.handshake import Welcome
+from appliance.replication.primary import session as session_module
 from appliance.replication.primary.session import TxSession
 from appliance.replication.primary.shared import TxShared
 from appliance.volume import Volume, VolumeConfig
@@ -159,5 +160,41 @@ def test_the_first_batch_after_an_idle_spell_is_not_resent_at_once(tmp_path):
         assert tx.shared.counters.resends == 0
         peer.ack(1)
         await until(lambda: not tx.shared.inflight, 5, "the ACK to empty the window")
+
+    run_with_session(tx, vol, scenario)
+
+
+def test_a_stream_of_acks_is_persisted_a_few_times_ending_with_the_last(tmp_path):
+    """Every ACK opens the window at once, but the journal's acknowledged seq (a slot write
+    and an fdatasync in a worker thread) is persisted at most every ACK_PERSIST_INTERVAL_S,
+    each time up to the latest ACK: the last one of a burst is never left unpersisted."""
+    vol = volume(tmp_path)
+    for i in range(1, 41):
+        write(vol, i)
+    peer = ScriptedPeer()
+    tx = session(tmp_path, peer, dead_after_s=2.0)
+    persisted: list[int] = []
+    acknowledge = tx.reader.acknowledge
+
+    def counted(seq: int) -> None:
+        acknowledge(seq)
+        persisted.append(seq)
+    tx.reader.acknowledge = counted
+
+    async def scenario(_run: asyncio.Task) -> None:
+        await until(lambda: peer.batches, 5, "the batch of the 40 writes")
+        assert peer.batches == [list(range(1, 41))]
+        start = time.monotonic()
+        for seq in range(1, 41):            # the peer's ACKs, one per record, 40 in ~80 ms
+            peer.ack(seq)
+            await until(lambda s=seq: tx.peer_durable == s, 5, f"the ACK of seq {seq}")
+            await asyncio.sleep(0.002)
+        assert not tx.shared.inflight, "the window did not open on the ACKs themselves"
+        await until(lambda: tx.reader.acked_seq == 40, 5, "the last ACK to be persisted")
+        elapsed = time.monotonic() - start
+        assert persisted[-1] == 40 and persisted == sorted(persisted)
+        most = elapsed / session_module.ACK_PERSIST_INTERVAL_S + 2
+        assert len(persisted) <= most, (
+            f"{len(persisted)} persists in {elapsed:.3f} s (at most {most:.0f}): {persisted}")
 
     run_with_session(tx, vol, scenario)
