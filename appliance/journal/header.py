@@ -47,6 +47,18 @@ def open_target(target: Target, *, lock: bool) -> BlockIO:
     return target
 
 
+def journal_volume_bytes(journal: str | os.PathLike[str], volume_uuid: uuid.UUID) -> int:
+    """The volume size the journal records now (another process may write it: not locked).
+    It follows the volume's online resizes and a consistency group's joins, so it is the size
+    of the image, where a configuration may be older."""
+    io = open_target(journal, lock=False)
+    try:
+        sb = load_superblock(io, read_header(io), volume_uuid)
+        return sb.volume_blocks * sb.volume_block_size
+    finally:
+        io.close()
+
+
 def read_header(io: BlockIO) -> memoryview:
     buf = bytearray(HEADER_BLOCKS * JBLOCK)
     if io.size() < len(buf):

@@ -34,6 +34,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.journal.errors import JournalError
+from appliance.journal.header import journal_volume_bytes
 from appliance.replication.config import ReplicaConfig
 from appliance.replication.dr.replica import Replica, ReplicaError
 from appliance.replication.dr.replica_state import PromotionMark, ReplicaState, promotion_refusal
@@ -93,12 +95,22 @@ def _leave_base_marker(cfg: ReplicaConfig, mark: PromotionMark) -> None:
     failback, never the promotion."""
     base = PromotionBase(cfg.spec.uuid, mark.at_seq, mark.generation, int(mark.time * 1e9))
     try:
-        write_marker(cfg.paths.mirror, base, size_bytes=cfg.spec.size_bytes)
+        write_marker(cfg.paths.mirror, base, size_bytes=_image_bytes(cfg))
     except OSError as err:
         log.warning("volume %s: promoted, but the promotion base marker beside %s cannot be "
                     "written (%s): the new primary will mark every chunk, and a failback "
                     "then compares the whole volume by hash", cfg.spec.uuid, cfg.paths.mirror,
                     err)
+
+
+def _image_bytes(cfg: ReplicaConfig) -> int:
+    """The promoted image's size: what the replica journal records (it followed the primary's
+    resizes and a group's members joining), the configured size where it cannot tell (the
+    marker is then refused by a size check, which costs a full compare, never data)."""
+    try:
+        return journal_volume_bytes(cfg.paths.journal, cfg.spec.uuid)
+    except (OSError, JournalError):
+        return cfg.spec.size_bytes
 
 
 def check_promote(cfg: ReplicaConfig) -> ReplicaState:

@@ -8,10 +8,9 @@ afresh for every HELLO rather than trusting its configuration. The replica follo
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
+from appliance.journal.header import journal_volume_bytes
 
-from appliance.journal.header import load_superblock, open_target, read_header
+__all__ = ["VolumeResized", "journal_volume_bytes"]
 
 
 class VolumeResized(Exception):
@@ -19,11 +18,3 @@ class VolumeResized(Exception):
     peer (which grows or shrinks its replica, or refuses with a message saying why)."""
 
 
-def journal_volume_bytes(journal: Path, volume_uuid: uuid.UUID) -> int:
-    """The volume size the journal records now (another process writes it)."""
-    io = open_target(journal, lock=False)
-    try:
-        sb = load_superblock(io, read_header(io), volume_uuid)
-        return sb.volume_blocks * sb.volume_block_size
-    finally:
-        io.close()

@@ -16,6 +16,7 @@ import pytest
 from appliance.journal import OpKind, WriteOp
 from appliance.replication.dr import promotion
 from appliance.replication.dr.promotion import demote, promote
+from appliance.replication.dr.replica import Replica
 from appliance.storage import open_file
 from appliance.volume import LOGGING_TO_BITMAP, ResyncSource, Volume, VolumeConfig, journal_link
 from appliance.volume import bitmap_format as fmt
@@ -24,6 +25,7 @@ from appliance.volume.bitmap import DirtyBitmap
 from appliance.volume.promotion_base import PromotionBase, marker_path, read_marker
 from tests.support.simdisk import SimMachine
 from tests.unit.replication.test_repl_promote import (
+    OLD,
     RECORDS,
     SIZE,
     VOL,
@@ -320,3 +322,18 @@ def test_a_marker_that_cannot_be_written_does_not_stop_the_promotion(tmp_path, m
         p = promote(c)
     assert p.at_seq == 4 and not c.paths.journal.exists()
     assert "marker" in caplog.text and "mark every chunk" in caplog.text, caplog.text
+
+
+def test_the_marker_has_the_size_the_replica_grew_to_not_the_configured_one(tmp_path):
+    """A replica follows the primary's online resize (and a group's members joining): its
+    journal records the image's size; a marker with the configured size would be refused by
+    the handler's size check, costing a full compare at failback."""
+    c = cfg(tmp_path)
+    r = Replica(c)
+    r.bind(OLD, 0)
+    r.commit(RECORDS)
+    r.resize(2 * SIZE)
+    r.close()
+    promote(c)
+    assert read_marker(c.paths.mirror, SIZE) is None            # not the configured size
+    assert read_marker(c.paths.mirror, 2 * SIZE) is not None
