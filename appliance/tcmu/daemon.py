@@ -48,6 +48,7 @@ from appliance.tcmu.dbus_service import HandlerObject, TcmuDBusService
 from appliance.tcmu.discovery import TcmuName, UdevWatcher, scan_uio
 from appliance.tcmu.events import DeviceEvent, TcmuGenlCmd
 from appliance.tcmu.groups import DEFAULT_GROUPS_DIR, GroupError, GroupRegistry
+from appliance.tcmu.heap import KEEP_FREED_BYTES, keep_freed_heap
 from appliance.tcmu.manager import BackendFactory, DeviceManager, TransportOpener
 from appliance.tcmu.netlink import NetlinkError, TcmuNetlink
 from appliance.tcmu.uio import UioDevice, read_uio_info
@@ -380,6 +381,13 @@ def _run(config: HandlerConfig, log_level_option: str | None) -> int:
     logging.getLogger().setLevel(log_level_option or config.log_level)
     # SIGUSR2 prints every thread's Python stack to stderr (the journal): where a stuck loop is.
     faulthandler.register(signal.SIGUSR2, all_threads=True)
+    # Before any device thread allocates: cached writes free thousands of buffers at a time,
+    # and handing those pages back cost a page fault per 4 KiB write (appliance/tcmu/heap.py).
+    if keep_freed_heap():
+        log.info("C heap: up to %d MiB of freed memory kept for reuse (glibc mallopt)",
+                 KEEP_FREED_BYTES >> 20)
+    else:
+        log.info("C heap: malloc left as it is (no glibc mallopt)")
     daemon = HandlerDaemon(config)
     try:
         asyncio.run(_serve(daemon))
