@@ -169,6 +169,10 @@ def receiver_document(site: Site, layout: Layout, also_pinned: set[str] = frozen
         "provision": True,
         "tls": {"cert": str(layout.cert), "key": str(layout.key), "peers": pinned},
     }
+    primaries = sorted({v.uuid for v in site.volumes.values() if v.uuid is not None}
+                       | {g.uuid for g in site.groups.values()})
+    if primaries:       # their promoted copies are refused, not provisioned (a failback)
+        doc["local_primaries"] = primaries
     if site.replicas:
         doc["volume"] = [_replica_table(r) for _, r in sorted(site.replicas.items())]
     return doc

@@ -243,11 +243,14 @@ class GroupOperations:
                 group_layout.save(layout_path, layout)
             try:
                 dc.write_generated(tx_path, doc)
-                self.store.save(replace(site, groups={**site.groups, name: group}))
+                new_site = replace(site, groups={**site.groups, name: group})
+                self.store.save(new_site)
             except BaseException:
                 remove_durably(tx_path)
                 remove_durably(layout_path)
                 raise
+            receiver_changed = self.receiver_follows(new_site)
+        self.reload_running_receiver(receiver_changed, notes)
         if source is None:
             notes.info(f"Created consistency group {name} (uuid {gid}, {bs}-byte blocks, "
                        f"journal {journal} of {size} bytes), replicating to peer {peer} "
@@ -324,8 +327,10 @@ class GroupOperations:
             if dc.is_generated(path):
                 remove_durably(path)
             remove_durably(self.layout.group_layout(name))
-            self.store.save(replace(site, groups={n: g for n, g in site.groups.items()
-                                                  if n != name}))
+            new_site = replace(site, groups={n: g for n, g in site.groups.items() if n != name})
+            self.store.save(new_site)
+            receiver_changed = self.receiver_follows(new_site)
+        self.reload_running_receiver(receiver_changed, notes)
         peer = site.peers.get(group.peer)
         where = f"peer {group.peer}" + (f" ({peer.address})" if peer else "")
         notes.info(f"Deleted group {name}: its transmitter is stopped, {path.name} and "

@@ -171,6 +171,14 @@ _WINDOW = re.compile(r"([0-9]{1,2}):([0-9]{2})-([0-9]{1,2}):([0-9]{2})")
 # what to give; the shell adds that nothing changed.
 
 
+def parse_uuid(value: object, what: str) -> str:
+    """A uuid as site.json keeps it (canonical text); ModelError naming ``what``."""
+    try:
+        return str(uuidlib.UUID(str(value)))
+    except ValueError as err:
+        raise ModelError(f"{what} {value!r} is not a uuid") from err
+
+
 def parse_bool(value: object, what: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -488,10 +496,17 @@ class Volume:
     paused: bool = False
     bandwidth_limit: float | None = None        # bytes/s, None: no limit
     blackout: tuple[str, ...] = ()               # "08:00-18:00", local time
+    # The volume's uuid (its backstore's, as the transmitter names it), recorded at create:
+    # the receiver refuses to provision a promoted copy of it (docs/failover.md). None in
+    # files written before it was kept.
+    uuid: str | None = None
 
     def to_dict(self) -> dict:
-        return {"backstore": self.backstore, "peer": self.peer, "paused": self.paused,
-                "bandwidth_limit": self.bandwidth_limit, "blackout": list(self.blackout)}
+        d = {"backstore": self.backstore, "peer": self.peer, "paused": self.paused,
+             "bandwidth_limit": self.bandwidth_limit, "blackout": list(self.blackout)}
+        if self.uuid is not None:
+            d["uuid"] = self.uuid
+        return d
 
     @classmethod
     def from_dict(cls, name: str, d: object) -> Volume:
@@ -501,7 +516,8 @@ class Volume:
                   "backstore"), parse_name(d.get("peer", ""), "peer"),
                   parse_bool(d.get("paused", False), "paused"),
                   parse_bandwidth(d.get("bandwidth_limit")),
-                  parse_blackout(d.get("blackout", [])))
+                  parse_blackout(d.get("blackout", [])),
+                  parse_uuid(d["uuid"], f"volume {name!r}: uuid") if "uuid" in d else None)
         check_settings(vol.name, paused=vol.paused, bandwidth_limit=vol.bandwidth_limit,
                        blackout=vol.blackout)
         return vol
@@ -530,10 +546,7 @@ class Group:
     def from_dict(cls, name: str, d: object) -> Group:
         if not isinstance(d, dict):
             raise ModelError(f"group {name!r} is not an object")
-        try:
-            gid = str(uuidlib.UUID(str(d.get("uuid", ""))))
-        except ValueError as err:
-            raise ModelError(f"group {name!r}: uuid {d.get('uuid')!r} is not a uuid") from err
+        gid = parse_uuid(d.get("uuid", ""), f"group {name!r}: uuid")
         bs, size = d.get("block_size", 512), d.get("journal_size")
         if bs not in (512, 4096):
             raise ModelError(f"group {name!r}: block_size {bs!r} is not 512 or 4096")

@@ -319,6 +319,27 @@ class SiteOperations:
             self._write_receiver_with(new)
         self.reload_receiver(notes)
 
+    def receiver_follows(self, new: Site) -> bool:
+        """Under the lock, with a volume or group added or removed: receiver.toml (when the
+        shell writes it) names this site's primaries again (``local_primaries``); True when
+        it changed. The caller then has a running receiver reload it."""
+        path = self.layout.receiver_toml
+        if not path.exists() or not dc.is_generated(path):
+            return False
+        doc = dc.receiver_document(new, self.layout)
+        dc.check_receiver(doc, path)
+        return dc.write_generated(path, doc)
+
+    def reload_running_receiver(self, changed: bool, notes: Notes) -> None:
+        """After ``receiver_follows``: a running receiver takes the file (one that is not
+        running reads it when it starts)."""
+        try:
+            running = changed and self.units.is_active(RECEIVER_UNIT)
+        except UnitError:
+            running = False
+        if running:
+            self.reload_receiver(notes)
+
     def _write_receiver_with(self, new: Site) -> None:
         """Under the lock: check, then save site.json and receiver.toml."""
         doc = dc.receiver_document(new, self.layout)
@@ -396,13 +417,16 @@ class SiteOperations:
         with self.store.locked():
             site = self.store.load()
             found = check(site)
-            vol = Volume(name, name, peer)
+            vol = Volume(name, name, peer, uuid=str(found.uuid))
             path = self.layout.transmitter_toml(name)
             doc = dc.transmitter_document(site, vol, found, self.layout)
             dc.check_transmitter(doc, path)
             dc.check_replaceable(path)
             dc.write_generated(path, doc)
-            self.store.save(replace(site, volumes={**site.volumes, name: vol}))
+            new = replace(site, volumes={**site.volumes, name: vol})
+            self.store.save(new)
+            receiver_changed = self.receiver_follows(new)
+        self.reload_running_receiver(receiver_changed, notes)
         notes.info(f"Created volume {name}: user:mirror/{name} (uuid {found.uuid}, "
                    f"{found.size_bytes} bytes) replicates to peer {peer} "
                    f"({site.peers[peer].address}).")
@@ -431,8 +455,10 @@ class SiteOperations:
             path = self.layout.transmitter_toml(name)
             if dc.is_generated(path):
                 remove_durably(path)
-            self.store.save(replace(site, volumes={n: v for n, v in site.volumes.items()
-                                                   if n != name}))
+            new = replace(site, volumes={n: v for n, v in site.volumes.items() if n != name})
+            self.store.save(new)
+            receiver_changed = self.receiver_follows(new)
+        self.reload_running_receiver(receiver_changed, notes)
         peer = site.peers.get(vol.peer)
         where = f"peer {vol.peer}" + (f" ({peer.address})" if peer else "")
         if found is not None:

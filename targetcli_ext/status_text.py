@@ -60,6 +60,9 @@ _REFUSAL_ADVICE = {
                      "'invalidate' in /replication/replicas/<volume>, for a full copy",
     "no-space": "free space in the DR's replica directory, or make the replica on a block "
                 "device there ('/replication/replicas create' on the DR)",
+    "failback-first": "the peer is the old primary of this promoted copy: its admin makes it "
+                      "the DR over its old mirror ('failback uuid=<this volume's or group's "
+                      "uuid>' there; docs/failover.md); this site connects again by itself",
 }
 
 # How a pause reads, by the word after "paused:" in the transmitter's link state.

@@ -22,6 +22,11 @@ Receiver (``appliance-receiver --config receiver.toml``)::
                                  # (refused with code no-space when mirror + journal do not
                                  # fit; appliance/replication/dr/provisioned.py)
     provision_journal_size = 268435456   # bytes (at least 1 MiB): such a replica's journal
+    local_primaries = ["<uuid>"] # optional: the volumes and consistency groups this site
+                                 # serves as a primary (the shell writes them). A promoted
+                                 # copy of one offered here is refused ('failback-first'),
+                                 # never provisioned: it belongs on this site's old mirror
+                                 # (docs/failover.md, failback)
     [tls]                        # omit only with insecure = true (benchmarks, tests)
     cert = "..."; key = "..."    # this appliance's certificate (CN/SAN = identity) and key
     ca = "..."                   # either: a CA bundle both sites trust, or
@@ -116,7 +121,8 @@ TLS_KEYS = {"cert": str, "key": str, "ca": str, "peers": list[str], "psk": str}
 _LINK_KEYS = {"identity": str, "control_socket": str, "tls": dict, "insecure": bool,
               "heartbeat_s": float, "dead_after_s": float, "compression": bool}
 RECEIVER_KEYS = {**_LINK_KEYS, "listen": str, "state_dir": str, "volume": list[dict],
-                 "provision": bool, "provision_journal_size": int}
+                 "provision": bool, "provision_journal_size": int,
+                 "local_primaries": list[str]}
 MIN_JOURNAL_SIZE = 1 << 20      # of a replica journal ([[volume]] or provisioned)
 VOLUME_KEYS = {"uuid": str, "size_bytes": int, "block_size": int, "journal_size": int,
                "allowed_primaries": list[str], "mirror": str, "failback_journal": str}
@@ -225,6 +231,9 @@ class ReceiverConfig:
     compression: bool = True
     provision: bool = False             # create replicas for volumes paired primaries offer
     provision_journal_size: int = 256 << 20
+    # Volume (and group) uuids this site serves as a primary: their promoted copies are
+    # refused, not provisioned (a failback onto the old mirror is what they need).
+    local_primaries: frozenset[uuid.UUID] = frozenset()
 
 
 DEFAULT_REPORT_DIR = Path("/var/lib/appliance/replication/reports")
@@ -327,7 +336,9 @@ def receiver_config(raw: dict, where: str = "receiver config") -> ReceiverConfig
         provision=setting(d, "provision", ReceiverConfig, top),
         provision_journal_size=_journal_size(
             setting(d, "provision_journal_size", ReceiverConfig, top),
-            "provision_journal_size", top))
+            "provision_journal_size", top),
+        local_primaries=frozenset(_uuid(u, "local_primaries", top)
+                                  for u in d.get("local_primaries", [])))
 
 
 def transmitter_config(raw: dict, where: str = "transmitter config") -> TransmitterConfig:

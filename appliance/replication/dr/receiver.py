@@ -49,6 +49,7 @@ from appliance.replication.tls import (
     TlsSide,
     peer_identities,
 )
+from appliance.volume.promotion_base import PromotionBase
 
 log = logging.getLogger("appliance.receiver")
 FT = wire.FrameType
@@ -158,6 +159,7 @@ class Receiver(ReceiverAdmin):
         the reason otherwise, nothing created)."""
         if not self.cfg.provision:
             self._admit(hello, cert_names, None)        # raises unknown-volume
+        _refuse_promoted_copy_of_ours(hello, self.cfg.local_primaries)
         async with self._provisioning:
             slot = self.slots.get(hello.volume_uuid)
             if slot is not None:                        # provisioned meanwhile
@@ -336,6 +338,25 @@ async def serve(cfg: ReceiverConfig, config_path: Path | None = None) -> None:
         log.info("receiver stopping")
         await rx.close()
 
+def _refuse_promoted_copy_of_ours(hello: Hello, local_primaries: frozenset[uuid.UUID]) -> None:
+    """A promoted copy of a volume (or group) this site still serves as a primary belongs on
+    this site's old mirror, copying only what changed (a failback), not in a new replica
+    holding a full copy: refused until the admin made this site its DR there."""
+    if hello.base is None or not local_primaries:
+        return
+    try:
+        lineage = PromotionBase.from_dict(hello.base).lineage
+    except ValueError:
+        return                      # admission refuses the malformed base with its reason
+    if lineage in local_primaries:
+        raise Refused("failback-first", (
+            f"volume {hello.volume_uuid} is the promoted copy of {lineage}, which this site "
+            f"serves as a primary: make this site its DR over the old mirror first "
+            f"(here: delete its backstore(s), then 'failback uuid={hello.volume_uuid}' in "
+            f"/replication/volumes/<name> or /replication/groups/<name>; docs/failover.md); "
+            f"a new replica would take a full copy"))
+
+
 
 def main(argv: list[str] | None = None) -> int:
     args = argument_parser("appliance-receiver", __doc__,
@@ -357,3 +378,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from repl_harness import BLOCK, PY, Proc, free_port, read_log, status, wait_for
+from repl_harness import BLOCK, PY, Proc, appliancectl, free_port, read_log, status, wait_for
 from test_repl_failback import (
     dr_tool,
     overlay,
@@ -125,12 +125,16 @@ def test_a_group_fails_back_copying_only_what_changed_on_either_side(pair):
     assert header.base is not None and (header.base.seq, header.base.lineage) == \
         (SHIPPED, gid_a), header
 
-    # 4. A comes back as B's DR over its old layout, proving from its old group journal.
+    # 4. A's receiver runs (it provisions; A still serves group db as a primary) when B's
+    # transmitter first connects: B's promoted copy is refused, not provisioned.
     port_a = free_port()
     rx_a_state = pair.root / "site-a-replicas"
     rx_a_config, rx_a_control = write_failback_receiver(
         pair, site_a, port_a, vol=gid_b, mirror=groups_a / "db.group.json",
         size_bytes=GROUP_BLOCKS * BLOCK, failback_journal=groups_a / "db.jnl")
+    failback_text = rx_a_config.read_text()
+    before = failback_text[:failback_text.index("[[volume]]")]
+    rx_a_config.write_text(f'provision = true\nlocal_primaries = ["{gid_a}"]\n' + before)
     start_failback_receiver(pair, rx_a_config, rx_a_control)
     site_b = pair.site("site-b", blocks=GROUP_BLOCKS, vol=gid_b, identity="dr-site",
                        cert="dr-site", port=port_a,
@@ -141,6 +145,15 @@ def test_a_group_fails_back_copying_only_what_changed_on_either_side(pair):
                                              'peer_identity = "site-a"')
                                 .replace("generation = 1\n", ""))
     tx_b = pair.transmitter(site_b).start()
+    st = wait_for(lambda: (s := status(site_b.control))["link"]["state"] ==
+                  "refused:failback-first" and s, 30, "B's promoted copy refused by A")
+    assert f"the promoted copy of {gid_a}, which this site serves as a primary" in \
+        st["link"]["last_error"], st["link"]
+    assert not (rx_a_state / str(gid_b)).exists(), "nothing may be provisioned"
+    # 5. A is made B's DR over its old layout ('failback'): its receiver reloads, B's next
+    # contact proves what A's members hold from A's old group journal.
+    rx_a_config.write_text(failback_text)
+    appliancectl(rx_a_control, "call", "reload", "{}")
     try:
         wait_for(lambda: resync_done(site_b.control, rx_a_control, str(gid_b)), 60,
                  "the group's failback to complete on site A")

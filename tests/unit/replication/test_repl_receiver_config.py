@@ -6,6 +6,7 @@ refuses a real client with a line that says no peer is paired."""
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,15 @@ def test_bad_provisioning_settings_are_refused_naming_the_key(d, words):
     with pytest.raises(ConfigError) as exc:
         receiver_config(d, "rx.toml")
     assert words in str(exc.value), str(exc.value)
+
+
+def test_local_primaries_load_as_uuids_and_a_bad_one_is_refused_naming_the_key():
+    assert receiver_config(rx()).local_primaries == frozenset()
+    assert receiver_config(rx(local_primaries=[U])).local_primaries == {uuid.UUID(U)}
+    with pytest.raises(ConfigError, match="rx.toml: local_primaries 'vol1' is not a uuid"):
+        receiver_config(rx(local_primaries=["vol1"]), "rx.toml")
+    with pytest.raises(ConfigError, match="local_primaries must be a list of str"):
+        receiver_config(rx(local_primaries=U), "rx.toml")
 
 
 def test_a_receiver_may_pin_no_peer_but_a_transmitter_may_not():

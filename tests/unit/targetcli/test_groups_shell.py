@@ -532,6 +532,9 @@ def test_failback_makes_the_group_a_replica_over_its_old_layout(with_group, lio,
     sh = with_group
     old_group(sh, lio, tmp_path, backstores=False)
     own = sh.ctx.store.load().groups["db"].uuid
+    # Until then the receiver refuses to provision a promoted copy of the group.
+    assert tomllib.loads((sh.state_dir / "receiver.toml").read_text())["local_primaries"] \
+        == [own]
     said = refused(sh, f"/replication/groups/db failback uuid={own}")
     assert said.startswith(f"uuid {own} is this group's own uuid"), said
     said = refused(sh, "/replication/groups/db failback")
@@ -543,6 +546,7 @@ def test_failback_makes_the_group_a_replica_over_its_old_layout(with_group, lio,
         "uuid": NEW, "size_bytes": 6144 * 512, "block_size": 512, "mirror": str(layout),
         "allowed_primaries": ["site-b"], "failback_journal": str(sh.groups_dir / "db.jnl")}]
     assert sh.units.log == [("stop", TX_UNIT)]
+    assert "local_primaries" not in tomllib.loads((sh.state_dir / "receiver.toml").read_text())
     assert not (sh.state_dir / "transmitter-db.toml").exists()
     assert layout.exists(), "the layout is the replica's mirror now"
     saved = sh.ctx.store.load()

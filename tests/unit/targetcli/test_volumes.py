@@ -78,8 +78,12 @@ def test_create_takes_everything_from_the_backstore_and_starts_the_transmitter(s
     site = json.loads((sh.state_dir / "site.json").read_text())
     assert site["version"] == 3
     assert site["volumes"] == {"vol1": {"backstore": "vol1", "peer": "dr", "paused": False,
-                                        "bandwidth_limit": None, "blackout": []}}
+                                        "bandwidth_limit": None, "blackout": [],
+                                        "uuid": want_uuid}}
     assert [c.name for c in sh.root.get_node("/replication/volumes").children] == ["vol1"]
+    # The receiver refuses to provision a promoted copy of it (a failback instead).
+    receiver = tomllib.loads((sh.state_dir / "receiver.toml").read_text())
+    assert receiver["local_primaries"] == [want_uuid]
 
 
 def test_a_4k_backstore_gives_its_block_size(sh, lio, tmp_path):
@@ -146,13 +150,17 @@ def test_adding_and_removing_a_volume_leaves_the_others_alone(sh):
     kept = (other.read_bytes(), other.stat().st_mtime_ns, other.stat().st_ino)
     receiver = (sh.state_dir / "receiver.toml").read_bytes()
     sh.units.log.clear()
+    sh.calls.log.clear()
     sh.run("/replication/volumes create backstore=vol2 peer=dr")
+    listed = tomllib.loads((sh.state_dir / "receiver.toml").read_text())["local_primaries"]
     sh.run("/replication/volumes delete name=vol2")
     assert (other.read_bytes(), other.stat().st_mtime_ns, other.stat().st_ino) == kept
+    assert len(listed) == 2
     assert (sh.state_dir / "receiver.toml").read_bytes() == receiver
     assert sh.units.log == [("start", "appliance-transmitter@vol2.service"),
                             ("stop", "appliance-transmitter@vol2.service")]
-    assert sh.calls.log == []
+    # The running receiver took each change of its local_primaries, nothing else.
+    assert sh.calls.log == [("receiver.sock", "reload", {})] * 2
 
 
 def test_delete_stops_it_removes_its_file_and_says_what_remains(sh, tmp_path):
