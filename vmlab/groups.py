@@ -6,10 +6,12 @@ with the primary's byte for byte."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 
 from vmlab import appliance as ap
+from vmlab import demo
 from vmlab import replication as rp
 from vmlab.machine import Machine, MachineError
 
@@ -41,14 +43,20 @@ class Group:
     def lines(self, iqn: str, chap: ap.Chap) -> list[str]:
         """targetcli lines: the group, its members, one target with every member as a LUN
         (in member order) and the host's CHAP ACL (made after the LUNs: it maps them all)."""
-        first = ap.LunSpec(self.members[0])
-        exported = ap.target_lines(iqn, first, chap)     # target, LUN 0, auth, ACL
-        more = [f"/iscsi/{iqn}/tpg1/luns create /backstores/user:mirror/{m}"
-                for m in self.members[1:]]
         return [f"/replication/groups create name={self.name} peer={self.peer} "
                 f"journal_size={self.journal_size}",
                 *(self.member_line(m) for m in self.members),
-                *exported[:2], *more, *exported[2:]]
+                *export_lines(iqn, self.members, chap)]
+
+
+def export_lines(iqn: str, members, chap: ap.Chap) -> list[str]:
+    """targetcli lines: one target with each member's user:mirror backstore as a LUN (in
+    order: LUN 0, 1, ...) and the host's CHAP ACL, made after the LUNs so that it maps them
+    all."""
+    members = list(members)
+    exported = ap.target_lines(iqn, ap.LunSpec(members[0]), chap)   # target, LUN 0, auth, ACL
+    more = [f"/iscsi/{iqn}/tpg1/luns create /backstores/user:mirror/{m}" for m in members[1:]]
+    return [*exported[:2], *more, *exported[2:]]
 
 
 def lun_link(portal: str, iqn: str, lun: int) -> str:
@@ -141,3 +149,184 @@ def wait_group_converged(primary: Machine, dr: Machine, group: Group, group_uuid
                                f"{group_status(primary, group.name)}\n"
                                f"{rp.unit_logs(dr, ['appliance-receiver'])}")
         time.sleep(3)
+
+
+# --------------------------------------------------------------------------- failover and back
+# A group fails over and back as docs/groups.md, "Failover and failback" says, through
+# targetcli only, taking what the shell prints as an admin copies it: 'promote' prints the
+# layout (promoted=, targetcli_ext/replica_nodes.py), 'create ... promoted=' the new group's
+# uuid and each member's backstore line (targetcli_ext/group_ops.py).
+
+PROMOTED = re.compile(r"^Promoted (\S+) \(([0-9a-f-]{36})\): (\S+) holds the primary's image "
+                      r"after seq (\d+)", re.M)
+PROMOTED_LAYOUT = re.compile(r"promoted=(/\S+\.group\.json)\s*$", re.M)
+CREATED_UUID = re.compile(r"\(uuid ([0-9a-f-]{36}): the old site's '/replication/groups/\S+ "
+                          r"failback uuid=\1' names it\)")
+MEMBER_BACKSTORE = re.compile(r"^\s*(/backstores/user:mirror create name=(\S+) size=(\d+) "
+                              r"cfgstring=mirror=([^;\s]+);group=(\S+))\s*$", re.M)
+
+
+@dataclass(frozen=True)
+class PromotedGroup:
+    """A group replica promoted on the DR and made a group of the DR's over its members."""
+
+    name: str
+    old_uuid: str               # the group's uuid on the old primary
+    at_seq: int                 # the promotion's base: every member as of this seq
+    layout: str                 # the promoted layout 'promote' printed (promoted=)
+    uuid: str                   # the DR's new group, as 'create ... promoted=' printed it
+    mirrors: dict[str, str]     # member: its mirror on the DR (the printed backstore lines)
+    backstore_lines: tuple[str, ...]
+    promote_text: str
+    create_text: str
+
+    def serve_lines(self, iqn: str, chap: ap.Chap) -> list[str]:
+        """The printed backstores, exported as LUNs of one target with the host's ACL."""
+        return [*self.backstore_lines, *export_lines(iqn, self.mirrors, chap), "saveconfig"]
+
+
+def _parsed(pattern: re.Pattern, text: str, what: str) -> re.Match:
+    found = pattern.search(text)
+    if not found:
+        raise MachineError(f"{what} is not in what targetcli printed:\n{text}")
+    return found
+
+
+def promote(dr: Machine, name: str, *, peer: str, journal_size: str,
+            log=lambda msg: None) -> PromotedGroup:
+    """On the DR: '/replication/replicas/<name> promote', then, with the layout it printed,
+    '/replication/groups create name=<name> peer=<peer> promoted=<layout>'."""
+    out = demo.shell(dr, [f"/replication/replicas/{name} promote"], log)[-1].stdout
+    head = _parsed(PROMOTED, out, "'Promoted <name> (<uuid>): ... after seq <n>'")
+    layout = _parsed(PROMOTED_LAYOUT, out, "the step 'groups create ... promoted=<layout>'")[1]
+    if layout != head[3]:
+        raise MachineError(f"promote names two layouts, {head[3]} and {layout}:\n{out}")
+    created = demo.shell(dr, [f"/replication/groups create name={name} peer={peer} "
+                              f"journal_size={journal_size} promoted={layout}"], log)[-1].stdout
+    gid = _parsed(CREATED_UUID, created, "the new group's uuid")[1]
+    members = MEMBER_BACKSTORE.findall(created)
+    if not members or any(m[4] != name for m in members):
+        raise MachineError(f"'create ... promoted=' printed no backstore line of group "
+                           f"{name}:\n{created}")
+    return PromotedGroup(name, head[2], int(head[4]), layout, gid,
+                         {m[1]: m[3] for m in members}, tuple(m[0] for m in members), out,
+                         created)
+
+
+def host_writes_through(host: Machine, portal: str, iqn: str, chap: ap.Chap, luns: int, *,
+                        writes: int, slots: int) -> float:
+    """The host logs in to iqn, makes the dependent writes across its LUNs, logs out and
+    deletes the node record; returns the seconds the writes took."""
+    try:
+        devices = host_login_luns(host, portal, iqn, chap, luns)
+        t0 = time.monotonic()
+        dependent_writes(host, devices, writes=writes, slots=slots)
+        return time.monotonic() - t0
+    finally:
+        ap.host_logout(host, portal, iqn)
+        host.run(["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-o", "delete"],
+                 check=False)
+
+
+def _failback_logs(primary: Machine, dr: Machine, name: str) -> str:
+    return (f"{primary.name}: /replication status\n{rp.shell_status(primary)}\n"
+            f"{dr.name}: group transmitter: {rp.status(dr, rp.transmitter_sock(name))}\n"
+            f"{rp.unit_logs(primary, ['appliance-receiver', 'appliance-handler'])}\n"
+            f"{rp.unit_logs(dr, [f'appliance-transmitter@{name}', 'appliance-handler'])}")
+
+
+def failback(primary: Machine, dr: Machine, group: Group, iqn: str, promoted: PromotedGroup,
+             log=lambda msg: None) -> str:
+    """On the old primary: the group's target and every member's backstore deleted, then
+    '/replication/groups/<name> failback uuid=<the DR's group>' and saveconfig; returns what
+    failback printed. A refusal raises with both sides' status and logs."""
+    lines = [f"/iscsi delete {iqn}", *(f"/backstores/user:mirror delete {m}"
+                                       for m in group.members),
+             f"/replication/groups/{group.name} failback uuid={promoted.uuid}", "saveconfig"]
+    # what the DR's group transmitter (started by 'create') and this receiver see before
+    log(f"{dr.name}: group transmitter before the failback: "
+        f"{rp.status(dr, rp.transmitter_sock(group.name))}")
+    log(f"{primary.name}: its receiver's replica of {promoted.uuid} before the failback: "
+        f"{json.dumps(rp.replica_of(primary, promoted.uuid))}")
+    results = ap.targetcli_lines(primary, lines)
+    for r in results:
+        log(f"{primary.name}: targetcli {r.describe()}")
+    if len(results) < len(lines) or results[-1].refused:
+        offered = rp.replica_of(primary, promoted.uuid)
+        raise MachineError(f"{primary.name}: targetcli refused {results[-1].line!r}: "
+                           f"{results[-1].message}\nits receiver's replica of "
+                           f"{promoted.uuid}: {json.dumps(offered)}\n"
+                           f"{_failback_logs(primary, dr, group.name)}")
+    return results[-2].stdout
+
+
+def members_equal(a: Machine, a_mirrors: dict[str, str], b: Machine, b_mirrors: dict[str, str],
+                  size: int) -> dict[str, tuple[str, str]]:
+    """{member: (SHA-256 on a, on b)} of each member's mirror on both appliances."""
+    return {m: (rp.file_digest(a, a_mirrors[m], size), rp.file_digest(b, b_mirrors[m], size))
+            for m in a_mirrors}
+
+
+@dataclass(frozen=True)
+class GroupFailedBack:
+    """What the copy back did, as the daemons and the admin's shell report it."""
+
+    seconds: float          # from the host's last write to equal members
+    transmitter: dict       # the DR group transmitter's status (records_sent, resync, ...)
+    transmitter_text: str   # the same as an admin reads it (appliancectl status)
+    replica: dict           # the old primary receiver's status of the replica
+    status_text: str        # '/replication/replicas/<name> status' on the old primary
+    digests: dict[str, tuple[str, str]]
+
+    @property
+    def resync(self) -> dict:
+        return self.transmitter.get("resync") or {}
+
+    @property
+    def failback(self) -> dict:
+        return self.replica.get("failback") or {}
+
+
+def wait_failed_back(primary: Machine, dr: Machine, group: Group, promoted: PromotedGroup, *,
+                     timeout: float = 300.0, log=lambda msg: None) -> GroupFailedBack:
+    """Wait until the old primary's replica of the DR's group is consistent, in sync, its
+    failback done, the DR's group transmitter has nothing left to ship, and every member's
+    old mirror on the old primary equals the DR's byte for byte (SHA-256 on both)."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    sock = rp.transmitter_sock(group.name)
+
+    def replica() -> dict:
+        return rp.replica_of(primary, promoted.uuid) or {}
+
+    def done() -> bool:
+        r = replica()
+        return r.get("state") == "consistent" and r.get("in_sync") is True \
+            and (r.get("failback") or {}).get("state") == "done"
+
+    def detail() -> str:
+        return (f"replica: {json.dumps(replica())[:3000]}\n"
+                f"{_failback_logs(primary, dr, group.name)}")
+
+    rp.wait_for(f"{primary.name}'s replica {group.name} of group {promoted.uuid} consistent "
+                f"with its failback done", done, timeout, detail=detail)
+    rp.wait_for(f"{dr.name}'s transmitter of group {group.name} in sync with nothing left",
+                lambda: (s := rp.daemon_status(dr, sock)) and s.get("in_sync") is True
+                and not s.get("lag_records") and not s.get("lag_bytes"),
+                max(10.0, deadline - time.monotonic()), detail=detail)
+    mine = {m: group.primary_mirror(m) for m in group.members}
+    while True:
+        digests = members_equal(primary, mine, dr, promoted.mirrors, group.size_bytes)
+        if all(here == there for here, there in digests.values()):
+            break
+        if time.monotonic() > deadline:
+            raise MachineError(f"group {group.name}: the old primary's members still differ "
+                               f"from the DR's {timeout:.0f} s after the failback: {digests}\n"
+                               f"{detail()}")
+        time.sleep(3)
+    took = time.monotonic() - t0
+    text = demo.shell(primary, [f"/replication/replicas/{group.name} status"], log)[-1].stdout
+    tx_text = rp.status(dr, sock)
+    log(f"{dr.name}: appliancectl --socket {sock} status\n{tx_text}")
+    return GroupFailedBack(took, rp.daemon_status(dr, sock) or {}, tx_text, replica(),
+                           text.strip(), digests)
