@@ -42,10 +42,11 @@ create``, ``saveconfig``; the host logs in with CHAP, makes ext4 and writes file
   the host's new writes cross (as journal records; nothing marked, no hash pass) until both
   mirrors are equal byte for byte;
 - then the same for consistency group ``db``: the DR promotes its replica and makes it a
-  group of its own (``/replication/groups create ... promoted=``), the old primary (target and
-  member backstores deleted) becomes its DR with ``/replication/groups/db failback uuid=``,
-  the DR serves the members as LUNs 0 and 1 and the host makes dependent writes there; only
-  the host's writes cross, as records, until every old member equals the DR's byte for byte.
+  group of its own (``/replication/groups create ... promoted=``), serves the members as LUNs
+  0 and 1 and the host makes dependent writes there; the old primary's receiver refuses that
+  promoted copy (``failback-first``) until the old primary (target and member backstores
+  deleted) becomes its DR with ``/replication/groups/db failback uuid=``; only the host's
+  writes cross, as records, until every old member equals the DR's byte for byte.
 
 This module replaces test_demo.py's run of ``python -m vmlab.demo --check`` (which booted its
 own three VMs for the same chain): the demo's setup and check functions run here, on VMs the
@@ -681,10 +682,11 @@ FAILBACK_WRITES = 24        # the host's dependent writes on the DR: one record 
 def test_a_consistency_group_fails_over_and_back_copying_only_what_changed(chain):
     """Issue 18 for a consistency group on real LIO, after the group test above: the DR
     promotes group db's replica and makes a group of its own over the promoted layout
-    ('/replication/groups create ... promoted='); the old primary, its target and member
-    backstores deleted, becomes the DR of that group over its old members
-    ('/replication/groups/db failback uuid='); the DR serves the members as LUNs 0 and 1 and
-    the host makes dependent writes there. Only the host's writes cross, as journal records
+    ('/replication/groups create ... promoted='), serves the members as LUNs 0 and 1 and the
+    host makes dependent writes there; the old primary's receiver refuses the promoted copy
+    ('failback-first') until the old primary, its target and member backstores deleted,
+    becomes the DR of that group over its old members ('/replication/groups/db failback
+    uuid='). Only the host's writes cross, as journal records
     (nothing marked, no hash pass), until every old member equals the DR's byte for byte and
     holds the host's new writes; the replica's status says so."""
     primary, dr, host = chain.primary, chain.dr, chain.host
@@ -695,23 +697,27 @@ def test_a_consistency_group_fails_over_and_back_copying_only_what_changed(chain
     assert promoted.at_seq == GROUP_WRITES * len(GROUP.members), promoted.promote_text
     assert all(f" size={GROUP.size_bytes} " in line for line in promoted.backstore_lines)
 
-    # The failback before the DR serves the members, not after as 'promote' lists the steps:
-    # the group's transmitter connects once the first member opens its journal, and the old
-    # primary's receiver (provision = true) then provisions a new replica of the group and
-    # takes a full copy, after which failback is refused ('the receiver already keeps a
-    # replica'; seen in this test in the printed order, reported in session 12).
-    assert rp.replica_of(primary, promoted.uuid) is None, "provisioned before the failback"
-    out = grp.failback(primary, dr, GROUP, ap.target_iqn(primary.name, GROUP.name), promoted,
-                       log=say)
-    assert (f"Group {GROUP.name} is now the DR replica {GROUP.name} of group {promoted.uuid} "
-            f"from peer dr ({DR_ADDR}:7700), over this site's old members (layout "
-            f"{grp.GROUPS_DIR}/{GROUP.name}.group.json).") in out, out
+    # The DR serves the members at once (hosts cannot wait for the old site); its group's
+    # transmitter connects to the old primary, whose receiver (provision = true) refuses the
+    # promoted copy of a group it still serves as a primary: nothing is provisioned there.
     dr_iqn = ap.target_iqn(dr.name, GROUP.name)
     demo.shell(dr, promoted.serve_lines(dr_iqn, chain.chap), say)
     took = grp.host_writes_through(host, DR_ADDR, dr_iqn, chain.chap, len(GROUP.members),
                                    writes=FAILBACK_WRITES, slots=GROUP_SLOTS)
     say(f"host: {FAILBACK_WRITES} dependent writes on the DR's group {promoted.uuid} in "
         f"{took:.0f} s")
+    sock = rp.transmitter_sock(GROUP.name)
+    refused = rp.wait_for(
+        f"{dr.name}'s group transmitter refused by the old primary until its failback",
+        lambda: (s := rp.daemon_status(dr, sock) or {}).get("link", {}).get("state")
+        == "refused:failback-first" and s, 120, detail=lambda: rp.status(dr, sock))
+    say(f"dr: the group's transmitter before the failback: {refused['link']['last_error']}")
+    assert rp.replica_of(primary, promoted.uuid) is None, "provisioned before the failback"
+    out = grp.failback(primary, dr, GROUP, ap.target_iqn(primary.name, GROUP.name), promoted,
+                       log=say)
+    assert (f"Group {GROUP.name} is now the DR replica {GROUP.name} of group {promoted.uuid} "
+            f"from peer dr ({DR_ADDR}:7700), over this site's old members (layout "
+            f"{grp.GROUPS_DIR}/{GROUP.name}.group.json).") in out, out
     done = grp.wait_failed_back(primary, dr, GROUP, promoted, log=say)
 
     tx, resync, fb = done.transmitter, done.resync, done.failback
