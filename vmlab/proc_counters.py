@@ -83,7 +83,7 @@ def parse_sample(text: str) -> Sample:
             syscr = int(line.split()[1])
         elif line.startswith("syscw:"):
             syscw = int(line.split()[1])
-        elif line.startswith("T "):
+        elif line.startswith("T ") and ")" in line:     # else the thread ended meanwhile
             tid = int(line.split()[1])
             comm, rest = _stat_fields(line)
             switches = dict(zip(rest[50::2], rest[51::2], strict=False))
