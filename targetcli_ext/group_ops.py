@@ -28,7 +28,7 @@ from appliance.statefile import remove_durably
 from appliance.volume import group_layout
 from appliance.volume.config import VolumeConfig
 from appliance.volume.group_layout import GroupLayout, GroupLayoutError
-from appliance.volume.promoted_group import serve_promoted_group
+from appliance.volume.promoted_group import serve_promoted_group, unserve_promoted_group
 from targetcli_ext import daemon_config as dc
 from targetcli_ext.backstores import group_members
 from targetcli_ext.model import Group, ModelError, Site, known_peer, parse_name
@@ -247,6 +247,8 @@ class GroupOperations:
                 self.store.save(new_site)
             except BaseException:
                 remove_durably(tx_path)
+                if source is not None:      # the promotion's marker goes back where it was
+                    unserve_promoted_group(Path(str(promoted)), layout_path, base)
                 remove_durably(layout_path)
                 raise
             receiver_changed = self.receiver_follows(new_site)

@@ -23,11 +23,12 @@ import dataclasses
 import uuid
 from pathlib import Path
 
+from appliance.statefile import remove_durably
 from appliance.volume import group_layout
 from appliance.volume.group_layout import GroupLayout
 from appliance.volume.promotion_base import PromotionBase, read_marker, remove_marker, write_marker
 
-__all__ = ["serve_promoted_group"]
+__all__ = ["serve_promoted_group", "unserve_promoted_group"]
 
 
 def serve_promoted_group(promoted: Path, dest: Path, *, name: str, group_uuid: uuid.UUID,
@@ -53,3 +54,14 @@ def serve_promoted_group(promoted: Path, dest: Path, *, name: str, group_uuid: u
         write_marker(dest, base, size_bytes)
         remove_marker(promoted)
     return new, base
+
+
+def unserve_promoted_group(promoted: Path, dest: Path, base: PromotionBase | None) -> None:
+    """Undo ``serve_promoted_group`` before any handler opened ``dest`` (the caller's next
+    step failed): the marker back beside ``promoted``, ``dest`` and its marker removed, so the
+    admin's next attempt finds the promoted layout as promote left it."""
+    if base is not None:
+        layout = group_layout.load(dest)
+        write_marker(promoted, base, layout.num_blocks * layout.block_size)
+        remove_marker(dest)
+    remove_durably(dest)

@@ -502,6 +502,20 @@ def test_create_promoted_refusals_change_nothing(site, promoted, args, message):
     assert site.units.log == [] and group_layout.load(promoted) == layout
 
 
+def test_create_promoted_failing_after_the_move_puts_the_marker_back(site, promoted,
+                                                                     monkeypatch):
+    """site.json cannot be written once the marker moved: the promoted layout is left as
+    promote left it (marker and all), so the admin's next attempt still takes the base."""
+    before = files(site.state_dir, site.groups_dir, promoted.parent)
+
+    def full_disk(*_args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(type(site.ctx.store), "save", full_disk)
+    refused(site, f"/replication/groups create name=db peer=dr promoted={promoted}")
+    assert read_marker(promoted, group_layout.load(promoted).num_blocks * 512) == BASE
+    assert files(site.state_dir, site.groups_dir, promoted.parent) == before
+
+
 # --- failback on the old primary site ------------------------------------------------------
 
 def group_receiver_volumes(sh) -> list[dict]:
