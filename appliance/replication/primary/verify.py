@@ -66,8 +66,13 @@ async def _check_window(driver: ResyncDriver, window: list[tuple[int, int]]
     # The image the host reads at head H, cached writes included (host_view.py): the mirror
     # file alone lacks those the handler holds in its overlay, which the peer has applied.
     datas, head = await run_blocking(lambda: driver.read_regions(window))
-    reader = driver.reader
-    while reader.acked_seq < head:      # records <= head are ahead of the hashes
+    # Records <= head are ahead of the hashes once the peer has them durable. The peer's ACK
+    # as it arrives, not the journal's acknowledged seq, which is saved at most every 50 ms:
+    # every wait lets more records above head reach the peer before the hashes, each one a
+    # chance for a region to look different (a clean pair reported one differing region
+    # three checks in a row under CI load).
+    session = driver.control
+    while session.peer_durable < head:
         await asyncio.sleep(0.01)
     hashes = [(offset, length, region_digest(data))
               for (offset, length), data in zip(window, datas, strict=True)]
