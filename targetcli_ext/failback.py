@@ -85,6 +85,10 @@ class FailbackOperations:
         site = self.store.load()
         group = known_group(site, name)
         new_uuid = _new_uuid(group_uuid, name, "group", f"/replication/groups/{name}")
+        if new_uuid == group.uuid:
+            raise ModelError(f"uuid {new_uuid} is this group's own uuid: give the uuid of the "
+                             f"group the promoted site made over its members ('/replication/"
+                             f"groups create ... promoted=' printed it)")
         self._check_members_gone(group)
         old = self._old_volume(group, self.layout.transmitter_toml(name))
         layout = self.group_layout(name)
@@ -94,10 +98,6 @@ class FailbackOperations:
         replica = make_replica(name, new_uuid, mirror, layout.num_blocks * layout.block_size,
                                layout.block_size, allowed_primaries=(identity,),
                                failback_journal=str(old.journal))
-        if new_uuid == group.uuid:
-            raise ModelError(f"uuid {new_uuid} is this group's own uuid: give the uuid of the "
-                             f"group the promoted site made over its members ('/replication/"
-                             f"groups create ... promoted=' printed it)")
         return self._become_replica(group, replica, peer, group.uuid, notes)
 
     def _become_replica(self, replicated: Volume | Group, replica: Replica, peer: Peer,

@@ -28,7 +28,11 @@ from appliance.statefile import remove_durably
 from appliance.volume import group_layout
 from appliance.volume.config import VolumeConfig
 from appliance.volume.group_layout import GroupLayout, GroupLayoutError
-from appliance.volume.promoted_group import serve_promoted_group, unserve_promoted_group
+from appliance.volume.promoted_group import (
+    member_backstore_commands,
+    serve_promoted_group,
+    unserve_promoted_group,
+)
 from targetcli_ext import daemon_config as dc
 from targetcli_ext.backstores import group_members
 from targetcli_ext.model import Group, ModelError, Site, known_peer, parse_name
@@ -93,10 +97,8 @@ def _promoted_notes(notes, layout: GroupLayout, base, peer: str, address: str,
                f"'/replication/groups/{layout.name} failback uuid={layout.uuid}' names it), "
                f"journal {journal} of {size} bytes, replicating to peer {peer} ({address}), "
                f"over the promoted members at their offsets:")
-    bs = layout.block_size
-    for m in layout.active_members:
-        notes.info(f"  /backstores/user:mirror create name={m.name} size={m.num_blocks * bs} "
-                   f"cfgstring=mirror={m.mirror};group={layout.name}")
+    for line in member_backstore_commands(layout):
+        notes.info(f"  {line}")
     if base is not None:
         notes.info(f"It holds the image of group {base.lineage} after seq {base.seq}: the new "
                    f"journal records only what changes here, and a failback copies only that.")
@@ -249,7 +251,8 @@ class GroupOperations:
                 remove_durably(tx_path)
                 if source is not None:      # the promotion's marker goes back where it was
                     unserve_promoted_group(Path(str(promoted)), layout_path, base)
-                remove_durably(layout_path)
+                else:
+                    remove_durably(layout_path)
                 raise
             receiver_changed = self.receiver_follows(new_site)
         self.reload_running_receiver(receiver_changed, notes)

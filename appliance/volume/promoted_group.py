@@ -28,7 +28,7 @@ from appliance.volume import group_layout
 from appliance.volume.group_layout import GroupLayout
 from appliance.volume.promotion_base import PromotionBase, read_marker, remove_marker, write_marker
 
-__all__ = ["serve_promoted_group", "unserve_promoted_group"]
+__all__ = ["member_backstore_commands", "serve_promoted_group", "unserve_promoted_group"]
 
 
 def serve_promoted_group(promoted: Path, dest: Path, *, name: str, group_uuid: uuid.UUID,
@@ -65,3 +65,11 @@ def unserve_promoted_group(promoted: Path, dest: Path, base: PromotionBase | Non
         write_marker(promoted, base, layout.num_blocks * layout.block_size)
         remove_marker(dest)
     remove_durably(dest)
+
+
+def member_backstore_commands(layout: GroupLayout) -> list[str]:
+    """The targetcli command that serves each active member in the group (what the admin
+    types on the promoted site: 'promote' and 'groups create ... promoted=' print them)."""
+    bs = layout.block_size
+    return [f"/backstores/user:mirror create name={m.name} size={m.num_blocks * bs} "
+            f"cfgstring=mirror={m.mirror};group={layout.name}" for m in layout.active_members]

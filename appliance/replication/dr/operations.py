@@ -40,6 +40,7 @@ from appliance.replication.dr.replica_state import ReplicaState
 from appliance.replication.dr.retention_settings import RetentionSettings
 from appliance.volume import group_layout
 from appliance.volume.identity import mirror_volume_uuid
+from appliance.volume.promoted_group import member_backstore_commands
 
 ACTIONS = ("promote", "demote", "rollback", "invalidate")
 
@@ -76,11 +77,7 @@ def promote_next_steps(p: Promotion, size_bytes: int) -> str:
 def _group_next_steps(p: Promotion, layout: group_layout.GroupLayout) -> str:
     """A consistency group: every member's mirror holds the group's image after the same seq;
     they are served again as the members of a group on this site (docs/groups.md)."""
-    bs = layout.block_size
-    members = "".join(
-        f"     /backstores/user:mirror create name={m.name} size={m.num_blocks * bs} "
-        f"cfgstring=mirror={m.mirror};group={layout.name}\n"
-        for m in layout.members if not m.retired)
+    members = "".join(f"     {line}\n" for line in member_backstore_commands(layout))
     return (f"promoted: the members of group {layout.name!r} hold the primary's image after "
             f"seq {p.at_seq}, all at that seq; {p.former_primary!r} is fenced off (refused "
             f"with 'promoted').\n"

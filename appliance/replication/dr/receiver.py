@@ -338,6 +338,7 @@ async def serve(cfg: ReceiverConfig, config_path: Path | None = None) -> None:
         log.info("receiver stopping")
         await rx.close()
 
+
 def _refuse_promoted_copy_of_ours(hello: Hello, local_primaries: frozenset[uuid.UUID]) -> None:
     """A promoted copy of a volume (or group) this site still serves as a primary belongs on
     this site's old mirror, copying only what changed (a failback), not in a new replica
@@ -355,7 +356,6 @@ def _refuse_promoted_copy_of_ours(hello: Hello, local_primaries: frozenset[uuid.
             f"(here: delete its backstore(s), then 'failback uuid={hello.volume_uuid}' in "
             f"/replication/volumes/<name> or /replication/groups/<name>; docs/failover.md); "
             f"a new replica would take a full copy"))
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,4 +378,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

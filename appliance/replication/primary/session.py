@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.journal import JournalReader, OpKind, RecordsGone
+from appliance.journal.header import journal_volume_bytes
 from appliance.replication import wire
 from appliance.replication.config import TransmitterConfig
 from appliance.replication.handshake import Welcome
@@ -25,7 +26,7 @@ from appliance.replication.primary.pacing import AckRate, batch_limit
 from appliance.replication.primary.resync import ResyncDriver
 from appliance.replication.primary.shared import TxShared
 from appliance.replication.primary.verify import verify
-from appliance.replication.primary.volume_size import VolumeResized, journal_volume_bytes
+from appliance.replication.primary.volume_size import VolumeResized
 from appliance.replication.records import from_journal
 
 log = logging.getLogger("appliance.transmitter")

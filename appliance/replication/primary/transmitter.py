@@ -28,6 +28,7 @@ from appliance.daemon_entry import (
     stop_event_on_signals,
 )
 from appliance.journal import JournalError, JournalReader, VolumeFiles
+from appliance.journal.header import journal_volume_bytes
 from appliance.replication import lost_writes, wire
 from appliance.replication.buffers import BufferPool
 from appliance.replication.config import (
@@ -58,7 +59,7 @@ from appliance.replication.primary.steering import (
     chunk_runs,
     parse_settings,
 )
-from appliance.replication.primary.volume_size import VolumeResized, journal_volume_bytes
+from appliance.replication.primary.volume_size import VolumeResized
 from appliance.replication.primary.volume_watch import (
     LOGGING_TO_BITMAP,
     UNREADABLE,

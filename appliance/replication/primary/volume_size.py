@@ -2,15 +2,12 @@
 
 The primary's size is the one its journal records: the write fork rewrites the journal
 superblock when the LUN is resized (``appliance.journal.resize``), so the transmitter reads it
-afresh for every HELLO rather than trusting its configuration. The replica follows in
+afresh for every HELLO rather than trusting its configuration
+(``appliance.journal.header.journal_volume_bytes``). The replica follows in
 ``Replica.resize`` (admission: ``handshake._check_geometry``).
 """
 
 from __future__ import annotations
-
-from appliance.journal.header import journal_volume_bytes
-
-__all__ = ["VolumeResized", "journal_volume_bytes"]
 
 
 class VolumeResized(Exception):
