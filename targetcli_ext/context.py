@@ -28,6 +28,7 @@ from targetcli_ext.backstores import StorageObjects
 from targetcli_ext.config import ShellConfig
 from targetcli_ext.failback import FailbackOperations
 from targetcli_ext.group_ops import GroupOperations
+from targetcli_ext.link_settings import LinkOperations
 from targetcli_ext.model import ModelError, SiteStore
 from targetcli_ext.monitoring import MonitoringOperations
 from targetcli_ext.operations import Fetcher, SiteOperations
@@ -36,7 +37,7 @@ from targetcli_ext.units import Units
 
 
 class ReplicationContext(SiteOperations, GroupOperations, FailbackOperations,
-                         MonitoringOperations):
+                         MonitoringOperations, LinkOperations):
     def __init__(self, config: ShellConfig, *,
                  collect: Callable[[], dict] | None = None,
                  clock: Callable[[], float] = time.time,

@@ -167,7 +167,7 @@ def receiver_document(site: Site, layout: Layout, also_pinned: set[str] = frozen
         "identity": site.identity, "listen": site.listen,
         "state_dir": str(layout.replicas_dir), "control_socket": str(layout.receiver_socket),
         "provision": True,
-        "tls": {"cert": str(layout.cert), "key": str(layout.key), "peers": pinned},
+        "tls": _tls_table(site, layout, pinned),
     }
     primaries = sorted({v.uuid for v in site.volumes.values() if v.uuid is not None}
                        | {g.uuid for g in site.groups.values()})
@@ -232,8 +232,17 @@ def _transmitter_document(site: Site, replicated: Volume | Group, layout: Layout
     }
     if replicated.bandwidth_limit is not None:
         doc["bandwidth_limit"] = float(replicated.bandwidth_limit)
-    doc["tls"] = {"cert": str(layout.cert), "key": str(layout.key), "peers": [str(pem)]}
+    doc["tls"] = _tls_table(site, layout, [str(pem)])
     return doc
+
+
+def _tls_table(site: Site, layout: Layout, pinned: list[str]) -> dict:
+    """A daemon's ``[tls]``: this site's certificate, the peers' pinned, and where the
+    encryption runs (``kernel``, written only when set: ``/replication set link``)."""
+    table: dict = {"cert": str(layout.cert), "key": str(layout.key), "peers": pinned}
+    if site.kernel_tls:
+        table["kernel"] = True
+    return table
 
 
 def exporter_document(site: Site, layout: Layout, handler_socket: Path) -> dict:

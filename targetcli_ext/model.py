@@ -787,6 +787,7 @@ class Site:
     replicas: dict[str, Replica] = field(default_factory=dict)
     monitoring: Monitoring = field(default_factory=Monitoring)
     groups: dict[str, Group] = field(default_factory=dict)
+    kernel_tls: bool = False            # the link's encryption in the kernel (kTLS)
 
     def to_dict(self) -> dict:
         d = {"version": FORMAT_VERSION, "identity": self.identity, "listen": self.listen,
@@ -796,6 +797,8 @@ class Site:
              "monitoring": self.monitoring.to_dict()}
         if self.groups:                 # absent unless set: files without groups unchanged
             d["groups"] = {n: g.to_dict() for n, g in sorted(self.groups.items())}
+        if self.kernel_tls:             # likewise
+            d["kernel_tls"] = True
         return d
 
     def volumes_of_peer(self, peer: str) -> list[str]:
@@ -843,7 +846,8 @@ class Site:
                     raise ModelError(f"{group.name!r} is both a volume and a group")
             return cls(identity=identity, listen=parse_address(d.get("listen", ""), "listen"),
                        peers=peers, volumes=volumes, replicas=replicas,
-                       monitoring=Monitoring.from_dict(d.get("monitoring")), groups=groups)
+                       monitoring=Monitoring.from_dict(d.get("monitoring")), groups=groups,
+                       kernel_tls=parse_bool(d.get("kernel_tls", False), "kernel_tls"))
         except ModelError as err:
             raise ModelError(f"{where}: {err}{fix}") from err
 

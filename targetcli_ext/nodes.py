@@ -15,6 +15,7 @@ from appliance import __version__ as appliance_version
 from targetcli_ext.context import ReplicationContext
 from targetcli_ext.group_nodes import UIGroups
 from targetcli_ext.identity import ensure_certificate
+from targetcli_ext.link_settings import link_document
 from targetcli_ext.model import ModelError, Peer
 from targetcli_ext.monitoring_node import UIMonitoring
 from targetcli_ext.operations import Notes
@@ -66,6 +67,10 @@ class UIReplication(UINode):
         UIGroups(self)
         UIReplicas(self)
         UIMonitoring(self)
+        self.define_config_group_param(
+            "link", "kernel_tls", "bool",
+            "true: the kernel encrypts the replication link (kTLS; TLS 1.2 with ECDHE and "
+            "AES-GCM), where it has the tls module")
 
     def summary(self):
         try:
@@ -111,6 +116,43 @@ class UIReplication(UINode):
                 ("version", f"appliance {appliance_version}, targetcli {targetcli_version}")]
         for key, value in rows:
             self.shell.con.display(f"{key + ':':<13}{value}")
+
+    def ui_command_set(self, group=None, **parameter):
+        """
+        Sets configuration parameters of a group. 'set link' sets how this site's
+        replication links are encrypted, for every volume and group it replicates and every
+        primary it serves: kernel_tls=true has the kernel encrypt and decrypt them (kTLS), at
+        TLS 1.2 with ECDHE and AES-GCM (OpenSSL 3.0 gives the kernel both directions only
+        there); false (the default) keeps OpenSSL's TLS in user space (1.2 or 1.3). The
+        daemons' files are rewritten, the running transmitters restarted and the receiver
+        reloaded. Where the kernel has no tls module the links stay in user space and
+        'status' says why. 'set global' sets the shell's preferences.
+
+        EXAMPLE
+        =======
+        set link kernel_tls=true
+
+        SEE ALSO
+        ========
+        get, status
+        """
+        if group != "link" or not parameter:
+            return UINode.ui_command_set(self, group, **parameter)
+        self.assert_root()
+        site = _changed(self, self.ctx.set_link, dict(parameter))
+        for param in parameter:
+            shown = "true" if link_document(site)[param] else "false"
+            self.shell.con.display(f"Parameter {param} is now '{shown}'.")
+        return None
+
+    def ui_setgroup_link(self, parameter, value):
+        self.ui_command_set("link", **{parameter: value})
+
+    def ui_getgroup_link(self, parameter):
+        try:
+            return link_document(self.ctx.store.load())[parameter]
+        except ModelError as err:
+            raise ExecutionError(str(err)) from err
 
     def ui_command_status(self):
         """

@@ -285,6 +285,7 @@ def _replication_view(name: str, tx: dict, h: dict | None, peer_names: dict[str,
     connected = state == "replicating" or state.startswith("paused")
     if connected:
         v.link = "connected"
+        _add_encryption(v, link)
     elif state.startswith("refused"):
         v.link = f"refused ({state.partition(':')[2] or 'no reason code'})"
     elif state in ("starting", "connecting", "reconnecting"):
@@ -559,6 +560,12 @@ def group_members_text(group: dict) -> str:
             f"as of the same write: {members}")
 
 
+def _add_encryption(v: VolumeView, link: dict) -> None:
+    """How a connected link is encrypted (the daemon's ``link.tls``), when TLS is on."""
+    if link.get("tls"):
+        v.details.append(("encryption", link["tls"]))
+
+
 def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
     link = r.get("link") or {}
     state = link.get("state") or "unknown"
@@ -569,6 +576,8 @@ def _dr_view(uuid: str, r: dict, clock: _Clock) -> VolumeView:
     v = VolumeView(name=r.get("name") or uuid, role="dr", peer=peer, link=state,
                    link_since=link.get("state_since"), in_sync=bool(r.get("in_sync")),
                    uuid=uuid)
+    if state == "connected":
+        _add_encryption(v, link)
     replica = r.get("state") or "unknown"
     group = r.get("group") if isinstance(r.get("group"), dict) else None
     if group is not None and isinstance(group.get("members"), list):

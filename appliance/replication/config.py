@@ -34,6 +34,9 @@ Receiver (``appliance-receiver --config receiver.toml``)::
                                  # ca and peers; see appliance/replication/tls.py). A
                                  # receiver may pin none yet (peers = []): it then refuses
                                  # every connection ("no peer is paired")
+    kernel = false               # optional: true puts the link's encryption in the kernel
+                                 # (kTLS) where it can; caps the link at TLS 1.2, ECDHE with
+                                 # AES-GCM (appliance/replication/kernel_tls.py)
     [[volume]]
     uuid = "..."; size_bytes = 1073741824; block_size = 512
     journal_size = 268435456
@@ -69,6 +72,7 @@ Transmitter (``appliance-transmitter --config tx-<uuid>.toml``)::
     cert = "..."; key = "..."
     ca = "..."                   # or peers = ["/path/dr-site.pem"]: the receiver's own
                                  # certificate, pinned; exactly one of ca and peers
+    kernel = false               # optional, as the receiver's
 """
 
 from __future__ import annotations
@@ -117,7 +121,7 @@ DEFAULT_BLOCK_SIZE = 512        # of a transmitter's volume and of a receiver's 
 
 # What each table of the files may hold: key -> TOML type (appliance/config_file.py). The
 # defaults are the dataclass fields' (TransmitterConfig, ReceiverConfig, ReplicaConfig).
-TLS_KEYS = {"cert": str, "key": str, "ca": str, "peers": list[str], "psk": str}
+TLS_KEYS = {"cert": str, "key": str, "ca": str, "peers": list[str], "psk": str, "kernel": bool}
 _LINK_KEYS = {"identity": str, "control_socket": str, "tls": dict, "insecure": bool,
               "heartbeat_s": float, "dead_after_s": float, "compression": bool}
 RECEIVER_KEYS = {**_LINK_KEYS, "listen": str, "state_dir": str, "volume": list[dict],
@@ -195,9 +199,10 @@ def _tls(d: dict, where: Where, *, may_pin_none: bool = False) -> TlsConfig | No
     if "peers" in t and not t["peers"] and not may_pin_none:
         raise tw.error("peers", "is empty: list the certificate file of each paired "
                                 "appliance (or use ca)")
+    kernel = t.get("kernel", False)
     if "ca" in t:
-        return TlsConfig(cert, key, ca=Path(t["ca"]))
-    return TlsConfig(cert, key, peers=tuple(Path(p) for p in t["peers"]))
+        return TlsConfig(cert, key, ca=Path(t["ca"]), kernel=kernel)
+    return TlsConfig(cert, key, peers=tuple(Path(p) for p in t["peers"]), kernel=kernel)
 
 
 def _window(text: str, where: Where) -> tuple[dt.time, dt.time]:

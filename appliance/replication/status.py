@@ -39,6 +39,7 @@ class LinkStatus:
     state: str = "starting"
     state_since: float = field(default_factory=time.time)
     peer: str | None = None
+    tls: str | None = None          # how the connection is encrypted (None: plain TCP)
     connects: int = 0
     disconnects: int = 0
     last_error: str | None = None

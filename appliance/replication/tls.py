@@ -32,6 +32,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.replication import kernel_tls
+
 NO_PEER_PAIRED = "no peer is paired: every connection is refused"
 
 
@@ -49,6 +51,7 @@ class TlsConfig:
     key: Path                       # its private key (PEM)
     ca: Path | None = None          # CA bundle that signs the peers' certificates, or
     peers: tuple[Path, ...] = ()    # the peers' own certificates, pinned (exactly one of two)
+    kernel: bool = False            # the kernel encrypts where it can (kernel_tls.py)
 
 
 def fingerprint(der: bytes) -> str:
@@ -151,16 +154,46 @@ class TlsSide:
         if cfg.ca is None:
             self.pins = tuple(dict.fromkeys(
                 fp for path in cfg.peers for fp in _pem_fingerprints("peers", path)))
+        # Why connections stay in user space although ``kernel`` is set (None: they go to
+        # the kernel): found at start, or after a connection the kernel took only in part.
+        self.kernel_unused: str | None = (kernel_tls.kernel_module_missing() if cfg.kernel
+                                          else None)
+
+    @property
+    def in_kernel(self) -> bool:
+        """Whether the next connection's handshake hands its session to the kernel."""
+        return self.cfg.kernel and self.kernel_unused is None
+
+    def kernel_incomplete(self, err: kernel_tls.KernelTlsIncomplete) -> None:
+        """A connection came out of the handshake with a direction missing in the kernel:
+        the next ones use asyncio's TLS (a restart tries the kernel again)."""
+        self.kernel_unused = f"{err}; user space from then on"
+
+    def user_space(self, ssl_object) -> str:
+        """How a connection on asyncio's TLS is encrypted, for the status."""
+        what = "user space"
+        if ssl_object is not None:
+            cipher = ssl_object.cipher()
+            what += f", {ssl_object.version()} {cipher[0] if cipher else '?'}"
+        if self.cfg.kernel:
+            what += f" (kernel TLS: {self.kernel_unused})"
+        return what
 
     def context(self) -> ssl.SSLContext:
         return server_context(self.cfg) if self.server else client_context(self.cfg)
 
     def describe(self) -> str:
         if self.pins is None:
-            return f"TLS, peers signed by {self.cfg.ca}"
-        if not self.pins:
-            return f"TLS, {NO_PEER_PAIRED}"
-        return f"TLS, {len(self.pins)} pinned peer certificate(s)"
+            text = f"TLS, peers signed by {self.cfg.ca}"
+        elif not self.pins:
+            text = f"TLS, {NO_PEER_PAIRED}"
+        else:
+            text = f"TLS, {len(self.pins)} pinned peer certificate(s)"
+        if self.in_kernel:
+            return text + ", in the kernel (TLS 1.2)"
+        if self.cfg.kernel:
+            return text + f", in user space (kernel TLS: {self.kernel_unused})"
+        return text
 
     def handshake(self) -> Handshake:
         return Handshake(self)
@@ -175,6 +208,8 @@ class Handshake:
         self.presented: bytes | None = None     # the peer's certificate (DER)
         self.sent_ours = False
         self.context = side.context()
+        if side.in_kernel:
+            kernel_tls.configure(self.context)
         # (A debugging hook of Python's ssl, the only way to see a certificate the handshake
         # rejects. Without it a refusal just names no fingerprint.)
         with contextlib.suppress(AttributeError, TypeError):

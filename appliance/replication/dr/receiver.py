@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
+import socket
 import ssl
 import sys
 import time
@@ -27,7 +29,7 @@ from appliance.daemon_entry import (
     stop_event_on_signals,
 )
 from appliance.journal import JournalError
-from appliance.replication import wire
+from appliance.replication import kernel_tls, wire
 from appliance.replication.config import (
     ConfigError,
     ReceiverConfig,
@@ -44,6 +46,7 @@ from appliance.replication.handshake import HandshakeError, Hello, Refused, Volu
 from appliance.replication.link import FrameLink, LinkClosed, run_blocking
 from appliance.replication.tls import (
     NO_PEER_PAIRED,
+    Handshake,
     TlsConfigError,
     TlsRefused,
     TlsSide,
@@ -53,6 +56,18 @@ from appliance.volume.promotion_base import PromotionBase
 
 log = logging.getLogger("appliance.receiver")
 FT = wire.FrameType
+LIMIT = 1 << 20         # a connection's stream buffer (what a header read may hold)
+
+
+class _PausedAtFirst(asyncio.StreamReaderProtocol):
+    """An accepted connection whose transport reads nothing until ``Receiver._accept`` has
+    chosen its TLS: asyncio's (``start_tls``), the kernel's (the socket then leaves the
+    transport, and a ClientHello already read into it would be lost), or none
+    (``resume_reading``). (The transport starts reading only after ``connection_made``.)"""
+
+    def connection_made(self, transport) -> None:
+        transport.pause_reading()
+        super().connection_made(transport)
 
 
 class Receiver(ReceiverAdmin):
@@ -78,7 +93,8 @@ class Receiver(ReceiverAdmin):
             replica = await asyncio.to_thread(Replica, vcfg)
             self.slots[vcfg.spec.uuid] = VolumeSlot(replica, spec)
         host, port = self.cfg.listen
-        self._server = await asyncio.start_server(self._accept, host, port, limit=1 << 20)
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _PausedAtFirst(asyncio.StreamReader(limit=LIMIT), self._accept), host, port)
         await self.control.start()
         log.info("receiver %s listening on %s:%d (%s), %d volume(s)", self.cfg.identity, host,
                  self.port, self._tls.describe() if self._tls else "NO TLS", len(self.slots))
@@ -208,24 +224,27 @@ class Receiver(ReceiverAdmin):
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host, port = writer.get_extra_info("peername")[:2]
         peer = f"{host}:{port}"
-        cert_names = None
-        if self._tls is not None:
+        cert_names, encrypted = None, None
+        if self._tls is None:
+            writer.transport.resume_reading()
+        else:
             tls = self._tls.handshake()
             try:
-                await writer.start_tls(tls.context, ssl_handshake_timeout=self.cfg.dead_after_s)
-                tls.check(writer.get_extra_info("ssl_object"))  # only the pinned certificates
-            except TlsRefused as err:
-                self._refuse_log(peer, f"TLS handshake failed: {err}")
-                await self._refuse_certificate(FrameLink(reader, writer), str(err))
-                return
+                reader, writer, certificate, encrypted = await self._tls_streams(tls, reader, writer)
             except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as err:
                 self._refuse_log(peer, f"TLS handshake failed: {tls.failure(err)}")
                 writer.close()
                 return
-            cert_names = peer_identities(writer.get_extra_info("peercert"))
+            try:
+                tls.check(certificate)          # only the pinned certificates
+            except TlsRefused as err:
+                self._refuse_log(peer, f"TLS handshake failed: {err}")
+                await self._refuse_certificate(FrameLink(reader, writer), str(err))
+                return
+            cert_names = peer_identities(certificate.getpeercert())
         link = FrameLink(reader, writer)
         try:
-            await self._handshake_and_run(link, peer, cert_names)
+            await self._handshake_and_run(link, peer, cert_names, encrypted)
         except wire.BadVersion as err:
             self._refuse_log(peer, f"{type(err).__name__}: {err}")
             if err.version == wire.LEGACY_VERSION and not link.frames_received:
@@ -240,6 +259,31 @@ class Receiver(ReceiverAdmin):
         finally:
             await link.close()
 
+    async def _tls_streams(self, tls: Handshake, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter):
+        """The connection's streams once TLS is up, the peer's certificate and how the link
+        is encrypted: in the kernel (``[tls] kernel``: the accepted socket leaves asyncio's
+        transport, which has read nothing from it) or by asyncio's TLS."""
+        if not self._tls.in_kernel:
+            await writer.start_tls(tls.context, ssl_handshake_timeout=self.cfg.dead_after_s)
+            ssl_object = writer.get_extra_info("ssl_object")
+            return reader, writer, ssl_object, self._tls.user_space(ssl_object)
+        accepted = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+        writer.transport.abort()
+        try:
+            session = await asyncio.wait_for(
+                kernel_tls.server_session(accepted, tls.context, self.cfg.dead_after_s),
+                self.cfg.dead_after_s)
+        except kernel_tls.KernelTlsIncomplete as err:
+            self._tls.kernel_incomplete(err)
+            log.warning("receiver %s: kernel TLS: %s", self.cfg.identity, err)
+            raise
+        except BaseException:
+            accepted.close()
+            raise
+        reader, writer = await kernel_tls.open_streams(session, LIMIT)
+        return reader, writer, session.peer, session.description
+
     async def _refuse_certificate(self, link: FrameLink, reason: str) -> None:
         """A handshake that verified a certificate the pins do not hold: REFUSE, after the
         HELLO (closing with it unread could reset the link before the REFUSE is read)."""
@@ -253,7 +297,7 @@ class Receiver(ReceiverAdmin):
             await link.close()
 
     async def _handshake_and_run(self, link: FrameLink, peer: str,
-                                 cert_names: set[str] | None) -> None:
+                                 cert_names: set[str] | None, encrypted: str | None) -> None:
         frame = await link.recv(self.cfg.dead_after_s)
         if frame.type is not FT.HELLO:
             raise wire.BadFrame(f"expected HELLO, got {frame.type.name}")
@@ -305,6 +349,7 @@ class Receiver(ReceiverAdmin):
             await link.send_json(FT.WELCOME, welcome.to_dict())
             self.offers.pop(hello.volume_uuid, None)
             slot.link.peer = peer
+            slot.link.tls = encrypted
             slot.link.connects += 1
             slot.link.set_state("connected")
             log.info("volume %s: primary %s (%s) connected at seq %d, generation %d%s",

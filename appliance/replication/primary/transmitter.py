@@ -29,7 +29,7 @@ from appliance.daemon_entry import (
 )
 from appliance.journal import JournalError, JournalReader, VolumeFiles
 from appliance.journal.header import journal_volume_bytes
-from appliance.replication import lost_writes, wire
+from appliance.replication import kernel_tls, lost_writes, wire
 from appliance.replication.buffers import BufferPool
 from appliance.replication.config import (
     ConfigError,
@@ -485,23 +485,13 @@ class Transmitter:
                                                            self.cfg.volume_uuid)
         if not self.link.state.startswith("refused"):   # keep saying why until admitted
             self.link.set_state("connecting")
-        host, port = self.cfg.peer
         tls = self._tls.handshake() if self._tls is not None else None
-        try:
-            stream_in, stream_out = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=tls.context if tls else None,
-                                        limit=1 << 20,
-                                        server_hostname=self.cfg.peer_identity if tls else None),
-                self.cfg.dead_after_s)
-        except (ssl.SSLError, ConnectionError) as err:
-            if tls is not None and tls.refused(err):
-                raise TlsRefused(tls.failure(err)) from err
-            raise
+        stream_in, stream_out, certificate = await self._connect(tls)
         link = FrameLink(stream_in, stream_out, limiter=self.shared.pacing.limiter)
         established = False
         try:
             if tls is not None:
-                tls.check(link.ssl_object())    # only the pinned certificates
+                tls.check(certificate)          # only the pinned certificates
             welcome = await self._handshake(link, reader, tls)
             self.link.connects += 1
             established = True
@@ -519,6 +509,36 @@ class Transmitter:
             if established:
                 self.link.disconnects += 1
             await link.close()
+
+    async def _connect(self, tls: Handshake | None):
+        """The connection's streams and the peer's certificate (for ``Handshake.check``):
+        TLS in the kernel (``[tls] kernel``), asyncio's, or none; the status says which."""
+        host, port = self.cfg.peer
+        try:
+            if tls is not None and tls.side.in_kernel:
+                try:
+                    session = await asyncio.wait_for(kernel_tls.client_session(
+                        host, port, tls.context, self.cfg.peer_identity,
+                        self.cfg.dead_after_s), self.cfg.dead_after_s)
+                except kernel_tls.KernelTlsIncomplete as err:
+                    tls.side.kernel_incomplete(err)
+                    log.warning("volume %s: kernel TLS: %s", self.cfg.volume_uuid, err)
+                    raise
+                self.link.tls = session.description
+                stream_in, stream_out = await kernel_tls.open_streams(session, 1 << 20)
+                return stream_in, stream_out, session.peer
+            stream_in, stream_out = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=tls.context if tls else None,
+                                        limit=1 << 20,
+                                        server_hostname=self.cfg.peer_identity if tls else None),
+                self.cfg.dead_after_s)
+        except (ssl.SSLError, ConnectionError) as err:
+            if tls is not None and tls.refused(err):
+                raise TlsRefused(tls.failure(err)) from err
+            raise
+        ssl_object = stream_out.get_extra_info("ssl_object")
+        self.link.tls = tls.side.user_space(ssl_object) if tls is not None else None
+        return stream_in, stream_out, ssl_object
 
     async def _handshake(self, link: FrameLink, reader: JournalReader,
                          tls: Handshake | None = None) -> Welcome:
