@@ -7,6 +7,10 @@ user:mirror disk, its target and a mutual-CHAP ACL for the host, ``/replication/
 create``, ``saveconfig``; the host logs in with CHAP, makes ext4 and writes files. Then:
 
 - the DR converges byte for byte (SHA-256 of both mirrors);
+- issue 19: ``/replication set link kernel_tls=true`` on both appliances puts the link's TLS in
+  both guests' kernels (status, ``/proc/net/tls_stat``); a SIGKILL of the transmitter and a cut
+  of the connection (``ss -K``) later it is back in the kernel and the DR converges; every
+  step below runs over kernel TLS;
 - issue 16: each exporter, moved to its management address by the setup's
   ``/replication/monitoring set exporter``, runs under its unit and listens there only; a scrape
   during replication shows the DR's applied sequence rising; a journal pause raises the
@@ -123,6 +127,68 @@ def test_dr_converges_byte_for_byte(chain):
         assert "link:connected" in text and "in-sync" in text, text
     assert done.primary_status.startswith(f"{VOLUME} role:primary peer:dr"), done.primary_status
     assert "role:dr primary:primary" in done.dr_status, done.dr_status
+
+
+def kernel_tls_of(status: dict | None) -> str:
+    return str(((status or {}).get("link") or {}).get("tls") or "")
+
+
+def test_kernel_tls_from_targetcli_survives_a_kill_and_converges(chain):
+    """Issue 19: '/replication set link kernel_tls=true' on both appliances puts the link's
+    encryption in both guests' kernels (kTLS; this host's kernel has no tls module). Each
+    side's status says so and the kernels count the connections; the transmitter, killed
+    with SIGKILL while the host writes, comes back under systemd in the kernel again, as
+    after a cut of the connection by the DR's kernel, and the DR converges byte for byte. The rest of the module then runs over kernel TLS."""
+    primary, dr, host = chain.primary, chain.dr, chain.host
+    for machine in (dr, primary):
+        (result,) = demo.shell(machine, ["/replication set link kernel_tls=true"], say)
+        assert not result.refused, result.message
+        assert "Parameter kernel_tls is now 'true'." in result.stdout, result.stdout
+    in_kernel = rp.wait_for(
+        "the transmitter's link encrypted in the kernel",
+        lambda: (s := tx(chain)).get("link", {}).get("state") == "replicating"
+        and kernel_tls_of(s).startswith("kernel (tx+rx), TLSv1.2 ECDHE-") and s, 120,
+        detail=lambda: json.dumps(tx(chain).get("link"))[:2000])
+    say(f"primary's link: {kernel_tls_of(in_kernel)}")
+    rp.wait_for("the DR's link encrypted in the kernel",
+                lambda: kernel_tls_of(rp.replica_of(dr, chain.volume_uuid))
+                .startswith("kernel (tx+rx), TLSv1.2 ECDHE-"), 60,
+                detail=lambda: json.dumps(rp.replica_of(dr, chain.volume_uuid))[:2000])
+    for machine in (primary, dr):       # the kernel's own count (net/tls/tls_proc.c)
+        stats = dict(line.split() for line in machine.run("cat /proc/net/tls_stat").text
+                     .splitlines() if line.strip())
+        assert int(stats["TlsCurrTxSw"]) >= 1 and int(stats["TlsCurrRxSw"]) >= 1, stats
+
+    unit = "appliance-transmitter@disk0.service"
+    pid = primary.run(f"systemctl show -p MainPID --value {unit}").text.strip()
+    sent = tx(chain).get("records_sent", 0)
+    writer = threading.Thread(target=demo.write_files, args=(host, "ktls", 8), daemon=True)
+    writer.start()
+    rp.wait_for("the transmitter shipping the host's new writes",
+                lambda: tx(chain).get("records_sent", 0) > sent, 120)
+    primary.run(f"systemctl kill -s KILL {unit}")
+    say(f"killed the transmitter (pid {pid}) with SIGKILL while the host writes")
+    writer.join(300)
+    assert not writer.is_alive(), "the host's writes did not finish in 300 s"
+    chain.files_written += 8
+    rp.wait_for("the transmitter back under systemd, in the kernel again",
+                lambda: primary.run(f"systemctl show -p MainPID --value {unit}").text.strip()
+                not in ("0", pid) and (s := tx(chain)).get("link", {}).get("state")
+                == "replicating" and kernel_tls_of(s).startswith("kernel (tx+rx)"), 120,
+                detail=lambda: json.dumps(tx(chain).get("link"))[:2000])
+    # A cut: the DR's kernel destroys the connection (ss -K, sock_diag), both ends see it
+    # reset; the transmitter connects again, in the kernel again.
+    connects = tx(chain).get("link", {}).get("connects", 0)
+    dr.run(f"ss -K -t state established '( sport = :{rp.REPLICATION_PORT} )'")
+    rp.wait_for("the transmitter connected again after the cut, in the kernel",
+                lambda: (s := tx(chain)).get("link", {}).get("connects", 0) > connects
+                and s["link"].get("state") == "replicating"
+                and kernel_tls_of(s).startswith("kernel (tx+rx)"), 120,
+                detail=lambda: json.dumps(tx(chain).get("link"))[:2000])
+    done = demo.converge(chain, say)
+    say(f"converged over kernel TLS {done.seconds:.0f} s after the host stopped writing")
+    for text in (done.primary_status, done.dr_status):
+        assert "encryption: kernel (tx+rx), TLSv1.2 ECDHE-" in text, text
 
 
 def test_exporter_on_the_management_address_shows_the_dr_applying(chain):
