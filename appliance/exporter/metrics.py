@@ -77,6 +77,12 @@ def tx_link_up(s: dict) -> bool:
     return state == "replicating" or state.startswith("paused:")
 
 
+def link_tls_in_kernel(s: dict) -> bool:
+    """The link's TLS in the kernel, both directions (``[tls] kernel``, the daemon's
+    ``link.tls``): what an admin who set kernel_tls alerts on when it is 0."""
+    return str(_path("link", "tls")(s) or "").startswith("kernel (tx+rx)")
+
+
 def tx_states(s: dict) -> dict[str, bool]:
     link = _path("link", "state")(s) or ""
     resync = _path("resync", "state")(s) or "idle"
@@ -123,6 +129,8 @@ TRANSMITTER = [
     Spec("in_sync", "gauge", "1 when the DR holds every write the primary holds.",
          _path("in_sync")),
     Spec("link_up", "gauge", "1 while the replication link is connected.", tx_link_up),
+    Spec("link_tls_in_kernel", "gauge", "1 while the link's TLS runs in the kernel (kTLS, "
+         "both directions); 0 in user space or without TLS.", link_tls_in_kernel),
     Spec("resync_total_bytes", "gauge", "Bytes the current (or last) resync set out to ship.",
          _path("resync", "total_bytes")),
     Spec("resync_remaining_bytes", "gauge", "Bytes the current resync has still to ship.",
@@ -189,6 +197,8 @@ RECEIVER = [
     Spec("in_sync", "gauge", "1 when the DR holds every write the primary holds.",
          _path("in_sync")),
     Spec("link_up", "gauge", "1 while the replication link is connected.", rx_link_up),
+    Spec("link_tls_in_kernel", "gauge", "1 while the link's TLS runs in the kernel (kTLS, "
+         "both directions); 0 in user space or without TLS.", link_tls_in_kernel),
     Spec("dr_records_received_total", "counter", "Journal records received.",
          _path("records_received")),
     Spec("dr_payload_bytes_received_total", "counter", "Record payload bytes received.",

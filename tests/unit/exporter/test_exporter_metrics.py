@@ -233,3 +233,15 @@ def test_the_peer_label_is_the_name_the_admin_gave_it():
     assert value(fams, "appliance_link_up", volume="vol1", peer="dr") == 1
     assert not [s for f in fams.values() for s in f.samples
                 if s.labels.get("peer") == "192.0.2.2:7700"]
+
+
+def test_link_tls_in_kernel_follows_what_the_link_says():
+    snap = recorded("healthy")
+    vp = {"volume": "vol1", "peer": "192.0.2.2:7700"}
+    assert value(families(scrape(answers(snap))), "appliance_link_tls_in_kernel", **vp) == 0
+    for tls, want in [("kernel (tx+rx), TLSv1.2 ECDHE-ECDSA-AES256-GCM-SHA384", 1),
+                      ("user space, TLSv1.3 TLS_AES_256_GCM_SHA384 (kernel TLS: this kernel "
+                       "has no tls module (modprobe tls))", 0)]:
+        snap["transmitters"]["vol1"]["link"]["tls"] = tls
+        fams = families(scrape(answers(snap)))
+        assert value(fams, "appliance_link_tls_in_kernel", **vp) == want, tls
