@@ -20,6 +20,7 @@ import importlib.util
 import inspect
 import io
 import json
+import ssl
 import sys
 import types
 from dataclasses import dataclass, field
@@ -359,6 +360,22 @@ def shell_config(tmp_path: Path) -> ShellConfig:
 @pytest.fixture
 def sh(make_shell) -> Shell:
     return make_shell()
+
+
+@pytest.fixture(scope="session")
+def dr_certificate(tmp_path_factory):
+    """The DR's certificate, as its receiver presents it (made once: openssl is slow)."""
+    from targetcli_ext.identity import ensure_certificate
+    return ensure_certificate(tmp_path_factory.mktemp("dr-site"), "dr-site")
+
+
+def paired_with_dr(make_shell, certificate) -> Shell:
+    """A shell whose site has paired peer dr (192.0.2.2:7700), its certificate fetched."""
+    der = ssl.PEM_cert_to_DER_cert(certificate.cert.read_text())
+    shell = make_shell(fetch=lambda address, timeout: der)
+    shell.run(f"/replication/peers create name=dr address=192.0.2.2:7700 "
+              f"fingerprint={certificate.fingerprint}")
+    return shell
 
 
 class FakeDaemons:

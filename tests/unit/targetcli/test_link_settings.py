@@ -6,30 +6,20 @@ refused naming the parameter with nothing changed, and 'get link' shows what is 
 from __future__ import annotations
 
 import json
-import ssl
 import tomllib
 
 import pytest
 from configshell_fb import ExecutionError
-from shell_fakes import mirror_backstore
+from shell_fakes import mirror_backstore, paired_with_dr
 
 from appliance.replication.config import receiver_config, transmitter_config
-from targetcli_ext.identity import ensure_certificate
-
-
-@pytest.fixture(scope="module")
-def peer_cert(tmp_path_factory):
-    return ensure_certificate(tmp_path_factory.mktemp("dr-site"), "dr-site")
 
 
 @pytest.fixture
-def sh(make_shell, lio, tmp_path, peer_cert):
+def sh(make_shell, lio, tmp_path, dr_certificate):
     """A site with a peer, two replicated volumes (vol1's transmitter running) and a
     receiver.toml written by the shell."""
-    der = ssl.PEM_cert_to_DER_cert(peer_cert.cert.read_text())
-    shell = make_shell(fetch=lambda address, timeout: der)
-    shell.run(f"/replication/peers create name=dr address=192.0.2.2:7700 "
-              f"fingerprint={peer_cert.fingerprint}")
+    shell = paired_with_dr(make_shell, dr_certificate)
     for name in ("vol1", "vol2"):
         mirror_backstore(lio, name, tmp_path / "volumes")
     shell.root.refresh()

@@ -7,25 +7,17 @@ apply_volume."""
 from __future__ import annotations
 
 import json
-import ssl
 import stat
 import tomllib
 
 import pytest
 from configshell_fb import ExecutionError
-from shell_fakes import mirror_backstore
+from shell_fakes import mirror_backstore, paired_with_dr
 
 from appliance.replication.config import transmitter_config
 from appliance.volume.identity import mirror_volume_uuid
 from targetcli_ext.daemon_config import HEADER
-from targetcli_ext.identity import ensure_certificate
 from targetcli_ext.model import ModelError
-
-
-@pytest.fixture(scope="module")
-def peer_cert(tmp_path_factory):
-    """The DR's certificate, as its receiver presents it (made once: openssl is slow)."""
-    return ensure_certificate(tmp_path_factory.mktemp("dr-site"), "dr-site")
 
 
 def files(state_dir) -> dict:
@@ -34,11 +26,8 @@ def files(state_dir) -> dict:
 
 
 @pytest.fixture
-def sh(make_shell, lio, tmp_path, peer_cert):
-    der = ssl.PEM_cert_to_DER_cert(peer_cert.cert.read_text())
-    shell = make_shell(fetch=lambda address, timeout: der)
-    shell.run(f"/replication/peers create name=dr address=192.0.2.2:7700 "
-              f"fingerprint={peer_cert.fingerprint}")
+def sh(make_shell, lio, tmp_path, dr_certificate):
+    shell = paired_with_dr(make_shell, dr_certificate)
     for name in ("vol1", "vol2"):
         mirror_backstore(lio, name, tmp_path / "volumes")
     shell.units.log.clear()
