@@ -28,6 +28,7 @@ import errno
 import functools
 import socket
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 # openssl/ssl.h (3.0): Python 3.11's ssl has no name for it, but SSLContext.options passes
@@ -128,6 +129,18 @@ def _handshake(sock: socket.socket, context: ssl.SSLContext, server_side: bool,
     return KernelSession(plain, peer, f"kernel (tx+rx), {what}")
 
 
+@functools.cache
+def _handshakes() -> ThreadPoolExecutor:
+    """The threads that run blocking handshakes: their own, so that connections which never
+    finish theirs (anyone can connect) hold at most these for ``timeout`` each, never the
+    default executor's threads, which do the journal and mirror work."""
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="tls-handshake")
+
+
+async def _in_handshake_thread(fn, *args) -> KernelSession:
+    return await asyncio.get_running_loop().run_in_executor(_handshakes(), fn, *args)
+
+
 async def client_session(host: str, port: int, context: ssl.SSLContext, server_hostname: str,
                          timeout: float) -> KernelSession:
     """Connect and hand the session to the kernel (``configure``d context)."""
@@ -138,13 +151,13 @@ async def client_session(host: str, port: int, context: ssl.SSLContext, server_h
         except BaseException:
             sock.close()
             raise
-    return await asyncio.to_thread(connect_and_handshake)
+    return await _in_handshake_thread(connect_and_handshake)
 
 
 async def server_session(sock: socket.socket, context: ssl.SSLContext,
                          timeout: float) -> KernelSession:
     """Accept a client's handshake on an accepted socket and hand the session to the kernel."""
-    return await asyncio.to_thread(_handshake, sock, context, True, None, timeout)
+    return await _in_handshake_thread(_handshake, sock, context, True, None, timeout)
 
 
 async def open_streams(session: KernelSession, limit: int

@@ -9,6 +9,7 @@ the same test sees plain bytes cross a socket the kernel encrypts."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import ssl
@@ -114,3 +115,33 @@ def test_the_kernel_key_is_a_boolean_in_tls():
     assert not transmitter_config(base | {"tls": tls}, "tx.toml").tls.kernel
     with pytest.raises(ConfigError, match=r"kernel"):
         transmitter_config(base | {"tls": tls | {"kernel": "yes"}}, "tx.toml")
+
+
+def test_connections_that_never_handshake_do_not_hold_the_disk_threads(certs):
+    """Anyone can connect: as many connections as the default executor has threads, sending
+    nothing, keep their handshakes waiting for the timeout in the handshake threads only; the
+    default executor (the journal and mirror work) answers at once meanwhile."""
+    _, rx = sides(certs, kernel=True)
+
+    async def run() -> float:
+        listener = socket.create_server(("127.0.0.1", 0))
+        idle = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default size
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(idle)]
+        accepted = [listener.accept()[0] for _ in clients]
+        contexts = [rx.handshake().context for _ in accepted]
+        for ctx in contexts:
+            kernel_tls.configure(ctx)
+        waiting = [asyncio.ensure_future(kernel_tls.server_session(sock, ctx, 0.5))
+                   for sock, ctx in zip(accepted, contexts, strict=True)]
+        await asyncio.sleep(0.1)                    # (the handshakes are blocked in recv)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await asyncio.to_thread(lambda: "disk work") == "disk work"
+        took = loop.time() - start
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(r, TimeoutError) for r in results), results
+        for sock in clients:
+            sock.close()
+        listener.close()
+        return took
+    assert asyncio.run(run()) < 0.25
