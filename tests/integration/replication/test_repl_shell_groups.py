@@ -186,7 +186,8 @@ def test_a_group_made_by_the_shell_replicates_its_members_to_the_dr(sites):
     assert lines[0] == f"group db role:primary peer:site-b ({peer})"
     assert lines[1].startswith("  link:connected replication:replicating") \
         and lines[1].endswith(" in-sync"), lines
-    assert lines[2:] == [
+    assert lines[2].startswith("    encryption: user space, TLSv1.3 TLS_"), lines
+    assert lines[3:] == [
         f"    consistent point: seq {records}: the DR holds every member as of the same, "
         f"newest write",
         "    members: 2, 512-byte blocks",
