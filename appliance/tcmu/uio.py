@@ -61,6 +61,10 @@ class UioDevice:
             raise UioError(err.errno, f"mmap of {info.map_size:#x} bytes of {info.dev_path} "
                            "failed") from err
         self.region = memoryview(self._mm)
+        # Registered once: select.select built three lists and an fd_set on every wait.
+        # A device the kernel removed polls as an error, which the read then raises (EIO).
+        self._poller = select.poll()
+        self._poller.register(self._fd, select.POLLIN)
         try:
             layout.check_mailbox(layout.read_mailbox(self.region), info.map_size)
         except layout.LayoutError as err:
@@ -68,8 +72,7 @@ class UioDevice:
             raise UioError(errno.EPROTO, f"{info.dev_path}: {err}") from err
 
     def wait(self, timeout: float) -> bool:
-        ready, _, _ = select.select([self._fd], [], [], timeout)
-        if not ready:
+        if not self._poller.poll(timeout * 1000.0):
             return False
         try:
             os.read(self._fd, 4)  # clears the event; any other size is EINVAL

@@ -317,3 +317,37 @@ def test_manager_status_has_io_kept_across_a_ring_reset_and_zero_after_reopen(
     finally:
         manager.close_all()
         kernel.close()
+
+
+def test_a_snapshot_taken_while_batches_are_added_never_shows_half_a_batch() -> None:
+    """The writer takes no lock (a sequence lock): a reader on another thread still sees
+    whole batches only, every counter agreeing with the others."""
+    stats = IoStats()
+    batches = 20_000
+    done = threading.Event()
+    snaps: list[dict] = []
+
+    def read() -> None:
+        while not done.is_set():
+            snaps.append(stats.snapshot())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(batches):
+            # 3 commands: 2 reads of 4 KiB and 1 write of 512 bytes, 1 ms each
+            stats.add_batch([2, 1, 0], [8192, 512, 0], 3, 1_000_000 + i % 2)
+    finally:
+        done.set()
+        reader.join(timeout=30)
+    assert not reader.is_alive(), "the reader did not stop within 30 s"
+    snaps.append(stats.snapshot())
+    assert len(snaps) > 1
+    for snap in snaps:
+        whole = snap["latency_count"] // 3
+        assert snap["latency_count"] == 3 * whole == sum(snap["latency_counts"])
+        assert (snap["read_ops"], snap["write_ops"]) == (2 * whole, whole)
+        assert (snap["read_bytes"], snap["write_bytes"]) == (8192 * whole, 512 * whole)
+    assert snaps[-1]["latency_count"] == 3 * batches
+    counts = [snap["latency_count"] for snap in snaps]
+    assert counts == sorted(counts)         # counters only grow
