@@ -157,6 +157,8 @@ _EVENT = f"{INSTANCE}/events/raw_syscalls/sys_enter"
 # kernel touching user memory for the process (copy_to/from_user in read/write calls).
 _FAULTS = [f"{INSTANCE}/events/exceptions/page_fault_user",
            f"{INSTANCE}/events/exceptions/page_fault_kernel"]
+_EXIT = f"{INSTANCE}/events/raw_syscalls/sys_exit"
+_SWITCH = f"{INSTANCE}/events/sched/sched_switch"
 _TRACE_BUFFER_KB = 32768            # per CPU: a 5 s job at qd32 makes ~10^5 events
 STRACE_OUT = "/var/tmp/bench-strace.txt"
 
@@ -191,6 +193,12 @@ class SyscallCounter:
         flt = " || ".join(f"common_pid == {t}" for t in self.tids)
         faults = "".join(f" && if [ -w {ev}/filter ]; then echo '{flt}' > {ev}/filter && "
                          f"echo 1 > {ev}/enable; fi" for ev in _FAULTS)
+        # For the time spent in each call: its exit, and the thread's switches off and onto
+        # a CPU (a call that sleeps or is preempted is not on a CPU all along).
+        switch = " || ".join(f"prev_pid == {t} || next_pid == {t}" for t in self.tids)
+        faults += (f" && echo '{flt}' > {_EXIT}/filter && echo 1 > {_EXIT}/enable"
+                   f" && if [ -w {_SWITCH}/filter ]; then echo '{switch}' > {_SWITCH}/filter"
+                   f" && echo 1 > {_SWITCH}/enable; fi")
         vm.run(f"cd {INSTANCE} && echo 0 > tracing_on && "
                f"echo {_TRACE_BUFFER_KB} > buffer_size_kb && echo '{flt}' > {_EVENT}/filter && "
                f"echo 1 > {_EVENT}/enable{faults} && echo 1 > tracing_on", timeout=120)
@@ -210,11 +218,16 @@ class SyscallCounter:
             # faults: `count F user|kernel page-address`
             "sed -n 's/^.*page_fault_\\(user\\|kernel\\): address=0x\\([0-9a-f]*\\)[0-9a-f]\\{3\\} .*/F \\1 \\2/p' "
             "trace | sort | uniq -c; "
-            f"echo MAPS; cat /proc/{self.pid}/maps; "
+            f"echo MAPS; cat /proc/{self.pid}/maps; echo TIMES; "
+            # the events a call's time is reckoned from, shortened to what the parser reads
+            "sed -n 's/^.*-\\([0-9][0-9]*\\) *\\[[0-9]*\\][^:]* \\([0-9][0-9]*\\.[0-9]*\\): "
+            "\\(sys_enter: NR [0-9]*\\|sys_exit: NR [0-9]*\\|sched_switch: .*\\).*$/\\1 \\2 \\3/p' trace; "
             f"cd /; echo 0 > {INSTANCE}/events/enable; rmdir {INSTANCE}",
             timeout=600).text  # type: ignore[attr-defined]
+        counted, _, timed = counted.partition("\nTIMES\n")
         counts = parse_trace_counts(counted, "tracefs raw_syscalls:sys_enter")
         counts["faults"] = parse_fault_counts(counted)
+        counts["times"] = parse_trace_times(timed, set(self.tids))
         return counts
 
     def _stop_strace(self) -> dict:
@@ -258,6 +271,58 @@ def parse_trace_counts(text: str, method: str) -> dict:
     return {"method": method, "by_name": by_name, "by_thread": by_thread, "lost": lost}
 
 
+def parse_trace_times(text: str, tids: set[int]) -> dict:
+    """Lines `tid seconds event` (sys_enter: NR n, sys_exit: NR n, sched_switch: ...) →
+    per thread: µs on a CPU in all (between being switched on and off), and per system
+    call µs on a CPU inside it (its enter to its exit, less the spans the thread was
+    switched off), with the count. What is on a CPU outside the calls is user time (and
+    the interrupts that came meanwhile). The span is from the thread's first event on."""
+    on_cpu: dict[int, float] = {}
+    since: dict[int, float] = {}           # switched on at
+    off_since: dict[int, float] = {}       # switched off at (inside a call)
+    inside: dict[int, tuple[int, float, float]] = {}   # nr, entered, off-CPU so far
+    calls: dict[int, dict[str, list[float]]] = {}
+    for line in text.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) < 4 or not parts[0].isdigit():
+            continue
+        tid, now, event, rest = int(parts[0]), float(parts[1]), parts[2], parts[3]
+        if event == "sched_switch:":
+            fields = dict(f.split("=", 1) for f in rest.split() if "=" in f)
+            prev, nxt = int(fields.get("prev_pid", -1)), int(fields.get("next_pid", -1))
+            if prev in tids:
+                if prev in since:
+                    on_cpu[prev] = on_cpu.get(prev, 0.0) + now - since.pop(prev)
+                off_since[prev] = now
+            if nxt in tids:
+                since[nxt] = now
+                if nxt in off_since and nxt in inside:
+                    nr, entered, off = inside[nxt]
+                    inside[nxt] = (nr, entered, off + now - off_since.pop(nxt))
+                off_since.pop(nxt, None)
+            continue
+        if tid not in tids or not rest.startswith("NR "):
+            continue
+        since.setdefault(tid, now)         # running: it makes a call
+        nr = int(rest[3:].split()[0])
+        if event == "sys_enter:":
+            inside[tid] = (nr, now, 0.0)
+        elif event == "sys_exit:" and tid in inside and inside[tid][0] == nr:
+            _, entered, off = inside.pop(tid)
+            name = SYSCALL_NAMES.get(nr, f"NR{nr}")
+            slot = calls.setdefault(tid, {}).setdefault(name, [0, 0.0])
+            slot[0] += 1
+            slot[1] += max(0.0, now - entered - off)
+    out = {}
+    for tid in sorted(set(on_cpu) | set(calls)):
+        by_call = calls.get(tid, {})
+        out[str(tid)] = {"on_cpu_us": round(on_cpu.get(tid, 0.0) * 1e6, 1),
+                         "calls": {name: [int(n), round(t * 1e6, 1)]
+                                   for name, (n, t) in sorted(by_call.items(),
+                                                              key=lambda kv: -kv[1][1])}}
+    return out
+
+
 def parse_fault_counts(text: str) -> dict[str, int]:
     """`count F user|kernel page` lines and the process's maps (after `MAPS`) → faults by
     `user|kernel mapping` (the mapping's file, [heap], [stack] or anon)."""
@@ -288,7 +353,13 @@ def scale(counts: dict, commands: float) -> dict:
     def per(d: dict[str, int]) -> dict[str, float]:
         return {k: round(v / commands, 2) for k, v in sorted(d.items(), key=lambda kv: -kv[1])
                 if v / commands >= 0.005}
+    times = {tid: {"on_cpu_us": round(t["on_cpu_us"] / commands, 1),
+                   "in_calls_us": {name: round(us / commands, 1)
+                                   for name, (_, us) in t["calls"].items()
+                                   if us / commands >= 0.5}}
+             for tid, t in counts.get("times", {}).items() if t["on_cpu_us"] / commands >= 1}
     return {"method": counts["method"], "lost_events": counts["lost"],
+            "cpu_per_cmd_by_thread": times,
             "total_per_cmd": round(sum(counts["by_name"].values()) / commands, 2),
             "by_name_per_cmd": per(counts["by_name"]),
             "faults_per_cmd": per(counts.get("faults", {})),
