@@ -233,7 +233,10 @@ class Volume:
                             max_transfer_blocks=self._max_blocks)
         self._check_open()
         try:
-            self._service_if_due()
+            # With a ticker the background work has a thread of its own (every
+            # service_interval); without one (tests, tools) the writes drive it.
+            if self._ticker is None:
+                self._service_if_due()
             rest = ops if self._bitmap.logging else self._journal_write(ops, fua, payload)
             if rest:
                 self._bitmap_write(rest, fua)
@@ -493,7 +496,9 @@ class Volume:
 
     # -- background work --------------------------------------------------------------
     def service(self) -> None:
-        """Periodic work, called by the device loop when idle (and by submit when due):
+        """Periodic work, called by the volume's ticker thread, or without a ticker by submit
+        when due (with one, the device thread spends no clock read per write batch and no
+        request-slot read every resync_poll_interval on it; docs/compiled.md, "Session 13"):
         handle the resync's clear and mark requests, leave logging mode when possible,
         checkpoint the mirror so the journal can reclaim space."""
         with self._lock:
