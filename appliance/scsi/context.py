@@ -5,7 +5,6 @@ ScsiResult | QUEUED`; a handler that queues writes gets its result from the grou
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from appliance.scsi import buffers, sense
@@ -28,22 +27,34 @@ QUEUED: Final = Queued()
 Handler = Callable[["Context", ScsiCommand], "ScsiResult | Queued"]
 
 
-@dataclass(slots=True)
+# Written out, not @dataclass: one PendingWrite per write command and one WriteBatch and
+# Context per batch, and a dataclass's generated __init__ stays interpreted code when this
+# module is compiled (docs/compiled.md); mypyc makes these constructors native.
 class PendingWrite:
-    index: int                       # position of the command in the execute() batch
-    ops: list[WriteOp]
-    fua: bool
-    extents: list[tuple[int, int]]   # (lba, nblocks) touched, for read-after-write ordering
+    __slots__ = ("index", "ops", "fua", "extents")
+
+    def __init__(self, index: int, ops: list[WriteOp], fua: bool,
+                 extents: list[tuple[int, int]]) -> None:
+        self.index = index           # position of the command in the execute() batch
+        self.ops = ops
+        self.fua = fua
+        self.extents = extents       # (lba, nblocks) touched, for read-after-write ordering
+
+    def __repr__(self) -> str:
+        return (f"PendingWrite(index={self.index}, ops={self.ops!r}, fua={self.fua}, "
+                f"extents={self.extents!r})")
 
 
-@dataclass(slots=True)
 class WriteBatch:
     """Writes of consecutive commands, committed by one Volume.submit (one group commit)."""
 
-    volume: Volume
-    results: list[ScsiResult | None]
-    pending: list[PendingWrite] = field(default_factory=list)
-    commits: int = 0                 # group commits issued (tests and metrics read it)
+    __slots__ = ("volume", "results", "pending", "commits")
+
+    def __init__(self, volume: Volume, results: list[ScsiResult | None]) -> None:
+        self.volume = volume
+        self.results = results
+        self.pending: list[PendingWrite] = []
+        self.commits = 0             # group commits issued (tests and metrics read it)
 
     def add(self, write: PendingWrite) -> None:
         self.pending.append(write)
@@ -79,16 +90,27 @@ class WriteBatch:
             self.results[queued.index] = GOOD
 
 
-@dataclass(slots=True)
+def _no_unit_attention() -> sense.ScsiError | None:
+    return None
+
+
 class Context:
-    volume: Volume
-    identity: DiskIdentity
-    limits: DiskLimits
-    wce_default: bool
-    batch: WriteBatch
-    index: int = 0
-    max_transfer_blocks: int = 1     # limits.max_transfer_blocks(block_size), computed once
-    pop_unit_attention: Callable[[], sense.ScsiError | None] = lambda: None
+    __slots__ = ("volume", "identity", "limits", "wce_default", "batch", "index",
+                 "max_transfer_blocks", "pop_unit_attention")
+
+    def __init__(self, volume: Volume, identity: DiskIdentity, limits: DiskLimits,
+                 wce_default: bool, batch: WriteBatch, index: int = 0,
+                 max_transfer_blocks: int = 1,
+                 pop_unit_attention: Callable[[], sense.ScsiError | None] = _no_unit_attention,
+                 ) -> None:
+        self.volume = volume
+        self.identity = identity
+        self.limits = limits
+        self.wce_default = wce_default
+        self.batch = batch
+        self.index = index
+        self.max_transfer_blocks = max_transfer_blocks  # limits.max_transfer_blocks(bs), once
+        self.pop_unit_attention = pop_unit_attention
 
     @property
     def block_size(self) -> int:
