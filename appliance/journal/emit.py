@@ -12,9 +12,8 @@ from operator import attrgetter
 
 from appliance.checksum import crc32c
 from appliance.journal.format import JBLOCK, Superblock
-from appliance.journal.placement import Placement
+from appliance.journal.placement import ChainPoint, Placement
 from appliance.journal.records import RecordKind, encode_meta, encode_meta_flat
-from appliance.journal.scan import ChainPoint
 
 _ZERO_BLOCK = bytes(JBLOCK)
 _data_of = attrgetter("data")

@@ -1,24 +1,40 @@
-"""Where the records of one batch go (a pure function of the head and the geometry)."""
+"""Where the records of one batch go (a pure function of the head and the geometry), and the
+chain point each record leaves for the next."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from appliance.journal.format import JBLOCK
-from appliance.journal.model import WriteOp
+from appliance.journal.model import Value, WriteOp
 from appliance.journal.records import MAX_OPS_PER_RECORD, data_blocks
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
+class Placement(Value):
     """One record of an append, placed: a PAD (ops empty) or a batch of writes."""
 
-    block: int  # area block of its metadata block
-    ops: Sequence[WriteOp]
-    lengths: Sequence[int]
-    record_blocks: int
-    enters_segment: bool  # first record of a segment: everything before must be durable
+    __slots__ = ("block", "ops", "lengths", "record_blocks", "enters_segment")
+    _fields = ("block", "ops", "lengths", "record_blocks", "enters_segment")
+
+    def __init__(self, block: int, ops: Sequence[WriteOp], lengths: Sequence[int],
+                 record_blocks: int, enters_segment: bool) -> None:
+        self.block = block                    # area block of its metadata block
+        self.ops = ops
+        self.lengths = lengths
+        self.record_blocks = record_blocks
+        self.enters_segment = enters_segment  # first of a segment: all before must be durable
+
+
+class ChainPoint(Value):
+    """Where the next record of the chain goes, which seq it gets, what it links to."""
+
+    __slots__ = ("block", "seq", "prev_crc")
+    _fields = ("block", "seq", "prev_crc")
+
+    def __init__(self, block: int, seq: int, prev_crc: int) -> None:
+        self.block = block
+        self.seq = seq
+        self.prev_crc = prev_crc
 
 
 def place_batch(ops: Sequence[WriteOp], lengths: Sequence[int], head_block: int,

@@ -29,9 +29,9 @@ from appliance.journal.header import (
     write_transmitter_slot,
 )
 from appliance.journal.model import Record
+from appliance.journal.placement import ChainPoint
 from appliance.journal.scan import (
     Area,
-    ChainPoint,
     ReadBuffers,
     Walker,
     newest_segment,

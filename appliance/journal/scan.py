@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 from appliance.journal.errors import JournalCorrupt
 from appliance.journal.format import JBLOCK, Superblock, WriterCheckpoint, crc
 from appliance.journal.model import OpKind, Record, WriteOp
+from appliance.journal.placement import ChainPoint
 from appliance.journal.records import RECORD_MAGIC, RecordKind, RecordMeta, parse_meta
 from appliance.storage import BlockIO
 
@@ -33,15 +33,6 @@ class ReadBuffers(Protocol):
     as the read itself (docs/protocol.md, "Data path")."""
 
     def take(self, need: int) -> mmap.mmap | bytearray: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ChainPoint:
-    """Where the next record of the chain goes, which seq it gets, what it links to."""
-
-    block: int
-    seq: int
-    prev_crc: int
 
 
 class Area:

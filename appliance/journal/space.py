@@ -8,8 +8,9 @@ counts the bytes held from the start of the tail's segment. Pure reads of the re
 
 from __future__ import annotations
 
+from appliance.journal.placement import ChainPoint
 from appliance.journal.records import RecordKind
-from appliance.journal.scan import Area, ChainPoint, Walker, segment_holding
+from appliance.journal.scan import Area, Walker, segment_holding
 
 
 def last_seq_in(area: Area, segment: int, head_seq: int) -> int | None:

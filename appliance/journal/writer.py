@@ -38,11 +38,10 @@ from appliance.journal.header import (
     write_writer_slot,
 )
 from appliance.journal.model import JournalUsage, Record, WriteOp
-from appliance.journal.placement import Placement, place_batch
+from appliance.journal.placement import ChainPoint, Placement, place_batch
 from appliance.journal.records import check_ops
 from appliance.journal.scan import (
     Area,
-    ChainPoint,
     Walker,
     find_head,
     records_of,

@@ -74,14 +74,13 @@ class PendingWrites:
             kind, lba, nblocks, data = op.kind, op.lba, op.nblocks, op.data
             if kind is _UNMAP:
                 data = b""
-            elif type(data) is JournalSpan:
+            elif isinstance(data, JournalSpan):
                 pass
             elif reference is not None and kind is _WRITE and len(data) >= reference:
                 data = JournalSpan(offsets[i], len(data))
             else:
                 data = bytes(data)
-            # A span stands in for the data here (WriteOp.data is typed for the API's callers).
-            kept.append(WriteOp(kind, lba, nblocks, data))  # type: ignore[arg-type]
+            kept.append(WriteOp(kind, lba, nblocks, data))   # a span stands in for the data
             nbytes += data.length if isinstance(data, JournalSpan) else len(data)
             first, last = lba >> shift, (lba + nblocks - 1) >> shift
             if last - first >= MAX_INDEXED_STRIPES:
@@ -129,6 +128,7 @@ class PendingWrites:
             if op.kind == OpKind.WRITE:
                 src = (lo - op.lba) * bs
                 if type(op.data) is JournalSpan:
+                    assert self._journal is not None    # spans are made only with a journal
                     at = op.data.offset + src
                     for view, start in scatter.mirror_segments(bufs, dst, length):
                         self._journal.pread_into(at + start, view)
