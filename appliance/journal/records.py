@@ -104,7 +104,10 @@ def encode_meta_flat(*, journal_uuid: uuid.UUID | bytes, kind: RecordKind, first
     _HDR.pack_into(block, 0, RECORD_MAGIC, 0, FORMAT_VERSION, kind, journal_uuid,
                    first_seq, n_ops, record_blocks, position, timestamp_ns, tail_seq,
                    synced_seq, prev_crc, data_crc, data_bytes)
-    if n_ops:
+    if n_ops == 1:                  # a batch of one write (every write at queue depth 1)
+        _ENTRY.pack_into(block, ENTRIES_OFFSET, flat_entries[0], flat_entries[1],
+                         flat_entries[2])
+    elif n_ops:
         _entries_struct(n_ops).pack_into(block, ENTRIES_OFFSET, *flat_entries)
     header_crc = crc32c(memoryview(block)[_CRC_FROM:])
     _CRC_FIELD.pack_into(block, 8, header_crc)
