@@ -37,6 +37,7 @@ HOT_MODULES: tuple[str, ...] = (
     "appliance.volume.pending",
     "appliance.volume.applier",
     "appliance.volume.volume",
+    "appliance.storage",
     "appliance.journal.model",
     "appliance.journal.format",
     "appliance.journal.records",

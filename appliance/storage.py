@@ -12,36 +12,13 @@ import fcntl
 import os
 import stat
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any
 
+from appliance.block_io import BlockIO, StorageError, StorageLocked
 from appliance.direct_io import DirectWriter
 
-
-class StorageError(OSError):
-    """An I/O request could not be completed in full (short read past the end, ...)."""
-
-
-class StorageLocked(StorageError):
-    """Another process holds the exclusive lock on this file."""
-
-
-@runtime_checkable
-class BlockIO(Protocol):
-    """Positional I/O on one file or block device."""
-
-    def pread_into(self, offset: int, buf: memoryview) -> None:
-        """Fill `buf` from `offset`: exactly len(buf) bytes, else raise."""
-
-    def pwritev(self, offset: int, bufs: Sequence[bytes | memoryview]) -> None:
-        """Write the buffers back to back from `offset`: all of them, else raise."""
-
-    def sync(self) -> None:
-        """fdatasync: everything written before this call survives a power cut."""
-
-    def size(self) -> int:
-        """Size in bytes (of the file, or of the block device)."""
-
-    def close(self) -> None: ...
+__all__ = ["BlockIO", "FileBlockIO", "StorageError", "StorageLocked", "allocate", "copy_range",
+           "open_file", "sync_dir"]
 
 
 # Linux caps one preadv/pwritev at IOV_MAX buffers.
@@ -92,7 +69,7 @@ class FileBlockIO:
     def fileno(self) -> int:
         return self._fd
 
-    def pread_into(self, offset: int, buf: memoryview) -> None:
+    def pread_into(self, offset: int, buf: Any) -> None:
         view = memoryview(buf).cast("B")
         done = 0
         while done < len(view):
@@ -105,7 +82,9 @@ class FileBlockIO:
                 )
             done += got
 
-    def pwritev(self, offset: int, bufs: Sequence[bytes | memoryview]) -> None:
+    def pwritev(self, offset: int, bufs: Sequence[Any]) -> None:
+        # Any buffer (bytes, bytearray, memoryview, mmap): typed Any, since compiled code checks
+        # a declared type on every element it reads (docs/compiled.md).
         if len(bufs) <= _IOV_MAX:  # the common case: one call, no copies, no views
             want = sum(buf.nbytes if isinstance(buf, memoryview) else len(buf) for buf in bufs)
             if self._direct is not None and want >= self._direct.min_bytes:
@@ -160,7 +139,7 @@ class FileBlockIO:
         self.close()
 
 
-def _skip(bufs: Sequence[bytes | memoryview], done: int) -> list[memoryview]:
+def _skip(bufs: Sequence[Any], done: int) -> list[memoryview]:
     """The bytes of `bufs` after the first `done` (what a partial write left over)."""
     views = [memoryview(buf).cast("B") for buf in bufs]
     while views and done >= len(views[0]):
