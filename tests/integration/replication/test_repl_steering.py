@@ -18,6 +18,9 @@ pytestmark = pytest.mark.integration
 
 
 def tx_call(site, cmd: str, **args):
+    # A transmitter just started may not have bound its socket yet: under load, `converge`
+    # can already hold (nothing written, both mirrors blank) while it is still importing.
+    wait_for(site.control.exists, 30, f"the transmitter's control socket {site.control}")
     return call(site.control, cmd, args, timeout=30.0)
 
 
