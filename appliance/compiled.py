@@ -34,6 +34,7 @@ HOT_MODULES: tuple[str, ...] = (
     "appliance.scsi.rw",
     "appliance.scsi.disk",
     "appliance.volume.scatter",
+    "appliance.volume.mirror",
     "appliance.volume.pending",
     "appliance.volume.applier",
     "appliance.volume.volume",

@@ -46,7 +46,8 @@ class Mirror:
         """Write the ops in order; adjacent WRITEs go out as one pwritev, a WRITE whose data
         is a `JournalSpan` is copied from `journal` by the kernel. Returns bytes."""
         bs = self.block_size
-        run_off, run_bufs, run_len = 0, [], 0
+        run_bufs: list[bytes | memoryview] = []
+        run_off, run_len = 0, 0
         moved = 0
         for op in ops:
             off = op.lba * bs
