@@ -12,7 +12,7 @@ import fcntl
 import os
 import stat
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from appliance.block_io import BlockIO, StorageError, StorageLocked
 from appliance.direct_io import DirectWriter
@@ -22,7 +22,7 @@ __all__ = ["BlockIO", "FileBlockIO", "StorageError", "StorageLocked", "allocate"
 
 
 # Linux caps one preadv/pwritev at IOV_MAX buffers.
-_IOV_MAX = os.sysconf("SC_IOV_MAX")
+_IOV_MAX: Final = os.sysconf("SC_IOV_MAX")
 
 
 class FileBlockIO:
@@ -198,11 +198,11 @@ def allocate(fd: int, offset: int, length: int) -> bool:
     return True
 
 
-_COPY_CHUNK = 1 << 20
+_COPY_CHUNK: Final = 1 << 20
 # sendfile refuses some pairs (e.g. a file system without splice support), and the second
 # open needs /proc (ENOENT without it, EACCES if the file's mode changed): copy by buffer.
-_NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOENT,
-                errno.EACCES)
+_NO_SENDFILE: Final = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV,
+                       errno.ENOENT, errno.EACCES)
 
 
 def copy_range(src: BlockIO, src_offset: int, dst: BlockIO, dst_offset: int,

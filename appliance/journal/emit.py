@@ -7,12 +7,14 @@ passes here: one loop over the ops, no tuple or view per write.
 
 from __future__ import annotations
 
+from typing import Final
+
 from appliance.checksum import crc32c
 from appliance.journal.format import JBLOCK, Superblock
 from appliance.journal.placement import ChainPoint, Placement
 from appliance.journal.records import RecordKind, encode_meta, encode_meta_flat
 
-_ZERO_BLOCK = bytes(JBLOCK)
+_ZERO_BLOCK: Final = bytes(JBLOCK)
 
 
 def emit_record(sb: Superblock, journal_uuid_bytes: bytes, planned: Placement,

@@ -16,26 +16,27 @@ from __future__ import annotations
 import struct
 import uuid
 from dataclasses import dataclass
+from typing import Final
 
 from appliance.checksum import crc32c
 from appliance.journal.errors import JournalMismatch
 
-JBLOCK = 4096
-FORMAT_VERSION = 1
-SUPERBLOCK_MAGIC = b"DRJOURNL"
-WRITER_SLOT_MAGIC = b"DRJWSLOT"
-TRANSMITTER_SLOT_MAGIC = b"DRJTSLOT"
+JBLOCK: Final = 4096
+FORMAT_VERSION: Final = 1
+SUPERBLOCK_MAGIC: Final = b"DRJOURNL"
+WRITER_SLOT_MAGIC: Final = b"DRJWSLOT"
+TRANSMITTER_SLOT_MAGIC: Final = b"DRJTSLOT"
 
-SUPERBLOCK_BLOCKS = (0, 1)
-WRITER_SLOT_BLOCKS = (2, 3)
-TRANSMITTER_SLOT_BLOCKS = (4, 5)
-HEADER_BLOCKS = 8  # the record area starts here
+SUPERBLOCK_BLOCKS: Final = (0, 1)
+WRITER_SLOT_BLOCKS: Final = (2, 3)
+TRANSMITTER_SLOT_BLOCKS: Final = (4, 5)
+HEADER_BLOCKS: Final = 8  # the record area starts here
 
-MIN_SEGMENT_BLOCKS = 16  # 64 KiB
-MIN_SEGMENTS = 4
-DEFAULT_SEGMENT_BLOCKS = 8192  # 32 MiB: bounds the largest write and the recovery scan
-MIN_JOURNAL_BYTES = (HEADER_BLOCKS + MIN_SEGMENTS * MIN_SEGMENT_BLOCKS) * JBLOCK
-MAX_SEQ = 2**63 - 1
+MIN_SEGMENT_BLOCKS: Final = 16  # 64 KiB
+MIN_SEGMENTS: Final = 4
+DEFAULT_SEGMENT_BLOCKS: Final = 8192  # 32 MiB: bounds the largest write and the recovery scan
+MIN_JOURNAL_BYTES: Final = (HEADER_BLOCKS + MIN_SEGMENTS * MIN_SEGMENT_BLOCKS) * JBLOCK
+MAX_SEQ: Final = 2**63 - 1
 
 
 def crc(data: bytes | bytearray | memoryview, value: int = 0) -> int:
@@ -47,8 +48,8 @@ def crc(data: bytes | bytearray | memoryview, value: int = 0) -> int:
 # magic, version, flags, journal uuid, volume uuid, volume block size, journal block size,
 # volume blocks, total blocks, area start block, segment blocks, segment count, first seq,
 # created_ns; then CRC32C of everything before it.
-_SB = struct.Struct("<8sII16s16sIIQQQIIQQ")
-_U32 = struct.Struct("<I")
+_SB: Final = struct.Struct("<8sII16s16sIIQQQIIQQ")
+_U32: Final = struct.Struct("<I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,7 @@ def decode_superblock(block: bytes | memoryview) -> Superblock | None:
 # --- checkpoint slots ----------------------------------------------------------------
 
 # magic, version, journal uuid, generation, then four u64 fields and one u32, written_ns.
-_SLOT = struct.Struct("<8sI16sQQQQQIQ")
+_SLOT: Final = struct.Struct("<8sI16sQQQQQIQ")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,23 +13,23 @@ import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from appliance.checksum import crc32c
 from appliance.journal.errors import InvalidRequest
 from appliance.journal.format import FORMAT_VERSION, JBLOCK, MAX_SEQ, Superblock, crc
 from appliance.journal.model import OpKind, WriteOp
 
-RECORD_MAGIC = b"DRJRECRD"
-ENTRIES_OFFSET = 128
-MAX_OPS_PER_RECORD = (JBLOCK - ENTRIES_OFFSET) // 16  # 248
+RECORD_MAGIC: Final = b"DRJRECRD"
+ENTRIES_OFFSET: Final = 128
+MAX_OPS_PER_RECORD: Final = (JBLOCK - ENTRIES_OFFSET) // 16  # 248
 
 # magic, header crc, version, kind, journal uuid, first seq, op count, record blocks,
 # position, timestamp, tail seq, synced seq, prev crc, data crc, data bytes
-_HDR = struct.Struct("<8sIHH16sQIIQQQQIIQ")
-_ENTRY = struct.Struct("<BxxxIQ")  # kind, nblocks, lba
-_CRC_FIELD = struct.Struct("<I")
-_CRC_FROM = 12  # the header CRC covers bytes 12..4095 (everything after itself)
+_HDR: Final = struct.Struct("<8sIHH16sQIIQQQQIIQ")
+_ENTRY: Final = struct.Struct("<BxxxIQ")  # kind, nblocks, lba
+_CRC_FIELD: Final = struct.Struct("<I")
+_CRC_FROM: Final = 12  # the header CRC covers bytes 12..4095 (everything after itself)
 
 
 class RecordKind(enum.IntEnum):
@@ -144,9 +144,9 @@ def parse_meta(block: bytes | bytearray | memoryview, journal_uuid: uuid.UUID, p
                       prev_crc, data_crc, data_bytes, entries, header_crc)
 
 
-_KINDS = {int(op_kind): op_kind for op_kind in OpKind}
-_WHAT = {OpKind.WRITE: "{n} blocks of {bs} bytes", OpKind.WRITE_SAME: "exactly one block of {bs} bytes",
-         OpKind.UNMAP: "no data"}
+_KINDS: Final = {int(op_kind): op_kind for op_kind in OpKind}
+_WHAT: Final = {OpKind.WRITE: "{n} blocks of {bs} bytes",
+                OpKind.WRITE_SAME: "exactly one block of {bs} bytes", OpKind.UNMAP: "no data"}
 
 
 def check_ops(ops: Sequence[WriteOp], sb: Superblock) -> list[int]:

@@ -12,11 +12,12 @@ transport_get_sectors_*):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from appliance.scsi import sense
 
 # CDB size by group code (opcode >> 5), SPC-4 r37 4.3.5.1 (group code); None: variable length / vendor.
-_GROUP_LENGTH = (6, 10, 10, None, 16, 12, None, None)
+_GROUP_LENGTH: Final = (6, 10, 10, None, 16, 12, None, None)
 
 
 def cdb_length(opcode: int) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Final
 
 
 class Status(IntEnum):
@@ -66,4 +67,4 @@ class ScsiResult:
         return self.status == Status.GOOD
 
 
-GOOD = ScsiResult(Status.GOOD)
+GOOD: Final = ScsiResult(Status.GOOD)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from appliance.scsi import admin, caw, provisioning, rw, sense
 from appliance.scsi.command import ScsiCommand, ScsiResult
@@ -44,17 +44,17 @@ def _handlers() -> dict[int, Handler]:
     return table
 
 
-HANDLERS: dict[int, Handler] = _handlers()
+HANDLERS: Final[dict[int, Handler]] = _handlers()
 
 # SAM-5 / SPC-4 unit attention condition rules: these neither report nor clear a pending unit
 # attention; REQUEST SENSE returns it as its sense data and clears it. REPORT LUNS (0xA0)
 # never reaches us: the kernel answers it (target_core_device.c `passthrough_parse_cdb`).
-UA_EXEMPT = frozenset({0x12, 0x03, 0xA0})
+UA_EXEMPT: Final = frozenset({0x12, 0x03, 0xA0})
 
 # Commands whose completion a synchronous mode may make wait for the DR: every command that
 # writes the volume, and SYNCHRONIZE CACHE (docs/volume.md, "Synchronous modes").
-SYNC_GATED = frozenset({0x35, 0x91, 0x41, 0x93, 0x42, 0x89, *rw.WRITE_OPCODES,
-                        *rw.WRITE_AND_VERIFY_OPCODES})
+SYNC_GATED: Final = frozenset({0x35, 0x91, 0x41, 0x93, 0x42, 0x89, *rw.WRITE_OPCODES,
+                               *rw.WRITE_AND_VERIFY_OPCODES})
 
 
 class ScsiDisk:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from appliance.journal import OpKind, WriteOp
 from appliance.scsi.command import GOOD, ScsiCommand, ScsiResult
@@ -21,11 +22,11 @@ from appliance.scsi.context import Context, Queued
 
 # flags byte (RDPROTECT/WRPROTECT, DPO, FUA), LOGICAL BLOCK ADDRESS, TRANSFER LENGTH; each
 # format spans the whole CDB, so its size is the CDB length the generic route requires.
-_RW10 = struct.Struct(">xBIxHx")    # CDB bytes 1, 2..5, 7..8 of 10
-_RW16 = struct.Struct(">xBQIxx")    # CDB bytes 1, 2..9, 10..13 of 16
-_PROTECT = 0xE0                     # byte 1 bits 7-5: protection information requested
-_FUA = 0x08
-_WRITE = OpKind.WRITE
+_RW10: Final = struct.Struct(">xBIxHx")    # CDB bytes 1, 2..5, 7..8 of 10
+_RW16: Final = struct.Struct(">xBQIxx")    # CDB bytes 1, 2..9, 10..13 of 16
+_PROTECT: Final = 0xE0                     # byte 1 bits 7-5: protection information requested
+_FUA: Final = 0x08
+_WRITE: Final = OpKind.WRITE
 
 FastHandler = Callable[[Context, ScsiCommand, struct.Struct], "ScsiResult | Queued | None"]
 

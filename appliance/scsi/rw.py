@@ -9,6 +9,7 @@ blocks on the ring; a block straddling two buffers is the only thing joined).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from appliance.journal import OpKind, WriteOp
 from appliance.scsi import buffers, sense
@@ -16,7 +17,7 @@ from appliance.scsi.cdb import BlockRange, block_range, check_no_protection, che
 from appliance.scsi.command import GOOD, ScsiCommand, ScsiResult, Status
 from appliance.scsi.context import Context, Queued, check_data_in, check_data_out
 
-VERIFY_CHUNK_BYTES = 1 << 20      # VERIFY reads the medium in pieces of this size
+VERIFY_CHUNK_BYTES: Final = 1 << 20      # VERIFY reads the medium in pieces of this size
 
 
 def _decode(ctx: Context, cmd: ScsiCommand) -> BlockRange:
@@ -175,7 +176,7 @@ def write_and_verify(ctx: Context, cmd: ScsiCommand) -> ScsiResult:
     return GOOD
 
 
-READ_OPCODES = (0x08, 0x28, 0xA8, 0x88)
-WRITE_OPCODES = (0x0A, 0x2A, 0xAA, 0x8A)
-VERIFY_OPCODES = (0x2F, 0xAF, 0x8F)
-WRITE_AND_VERIFY_OPCODES = (0x2E, 0xAE, 0x8E)
+READ_OPCODES: Final = (0x08, 0x28, 0xA8, 0x88)
+WRITE_OPCODES: Final = (0x0A, 0x2A, 0xAA, 0x8A)
+VERIFY_OPCODES: Final = (0x2F, 0xAF, 0x8F)
+WRITE_AND_VERIFY_OPCODES: Final = (0x2E, 0xAE, 0x8E)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import monotonic_ns
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from appliance.tcmu import layout
 from appliance.tcmu.io_stats import KIND_BY_OPCODE, IoStats
@@ -22,10 +22,10 @@ from appliance.tcmu.transport import RingTransport
 
 log = logging.getLogger(__name__)
 
-SAM_STAT_CHECK_CONDITION = 0x02
+SAM_STAT_CHECK_CONDITION: Final = 0x02
 _new_tuple = tuple.__new__
 # HARDWARE ERROR / INTERNAL TARGET FAILURE: what a command gets if the executor itself fails.
-_INTERNAL_FAILURE_SENSE = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 0x0A, 0, 0, 0, 0, 0x44, 0x00, 0, 0, 0, 0])
+_INTERNAL_FAILURE_SENSE: Final = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 0x0A, 0, 0, 0, 0, 0x44, 0x00, 0, 0, 0, 0])
 
 
 class CommandExecutor(Protocol):

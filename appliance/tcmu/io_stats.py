@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from typing import Final
 
 READ, WRITE, OTHER = 0, 1, 2
 
 # READ (6), (10), (12), (16)
-READ_OPCODES = (0x08, 0x28, 0xA8, 0x88)
-WRITE_OPCODES = (
+READ_OPCODES: Final = (0x08, 0x28, 0xA8, 0x88)
+WRITE_OPCODES: Final = (
     0x0A, 0x2A, 0xAA, 0x8A,     # WRITE (6), (10), (12), (16)
     0x2E, 0xAE, 0x8E,           # WRITE AND VERIFY (10), (12), (16)
     0x41, 0x93,                 # WRITE SAME (10), (16)
@@ -36,7 +37,7 @@ WRITE_OPCODES = (
 # that bucket (Prometheus `le`). One more bucket holds everything above the last bound.
 LATENCY_BOUNDS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                     0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_BOUNDS_NS = tuple(round(bound * 1e9) for bound in LATENCY_BOUNDS_S)
+_BOUNDS_NS: Final = tuple(round(bound * 1e9) for bound in LATENCY_BOUNDS_S)
 
 
 def _kind_table() -> tuple[int, ...]:
@@ -49,7 +50,7 @@ def _kind_table() -> tuple[int, ...]:
 
 
 # Indexed by the CDB's first byte: the device loop's per-command classification is one lookup.
-KIND_BY_OPCODE = _kind_table()
+KIND_BY_OPCODE: Final = _kind_table()
 
 
 def classify(cdb: bytes) -> int:

@@ -12,75 +12,75 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-MAILBOX_VERSION = 2
+MAILBOX_VERSION: Final = 2
 
 # struct tcmu_mailbox (packed; cmd_tail is on its own 64-byte cache line)
-MB_VERSION = 0
-MB_FLAGS = 2
-MB_CMDR_OFF = 4
-MB_CMDR_SIZE = 8
-MB_CMD_HEAD = 12
-MB_CMD_TAIL = 64
-MAILBOX_SIZE = 128
+MB_VERSION: Final = 0
+MB_FLAGS: Final = 2
+MB_CMDR_OFF: Final = 4
+MB_CMDR_SIZE: Final = 8
+MB_CMD_HEAD: Final = 12
+MB_CMD_TAIL: Final = 64
+MAILBOX_SIZE: Final = 128
 
-FLAG_CAP_OOOC = 0x1
-FLAG_CAP_READ_LEN = 0x2
-FLAG_CAP_TMR = 0x4
-FLAG_CAP_KEEP_BUF = 0x8
-ALL_CAPS = FLAG_CAP_OOOC | FLAG_CAP_READ_LEN | FLAG_CAP_TMR | FLAG_CAP_KEEP_BUF
+FLAG_CAP_OOOC: Final = 0x1
+FLAG_CAP_READ_LEN: Final = 0x2
+FLAG_CAP_TMR: Final = 0x4
+FLAG_CAP_KEEP_BUF: Final = 0x8
+ALL_CAPS: Final = FLAG_CAP_OOOC | FLAG_CAP_READ_LEN | FLAG_CAP_TMR | FLAG_CAP_KEEP_BUF
 
 # enum tcmu_opcode
-OP_PAD = 0
-OP_CMD = 1
-OP_TMR = 2
-OP_MASK = 0x7
-OP_ALIGN_SIZE = 8
+OP_PAD: Final = 0
+OP_CMD: Final = 1
+OP_TMR: Final = 2
+OP_MASK: Final = 0x7
+OP_ALIGN_SIZE: Final = 8
 
 # tcmu_cmd_entry_hdr.uflags
-UFLAG_UNKNOWN_OP = 0x1
-UFLAG_READ_LEN = 0x2
-UFLAG_KEEP_BUF = 0x4
+UFLAG_UNKNOWN_OP: Final = 0x1
+UFLAG_READ_LEN: Final = 0x2
+UFLAG_KEEP_BUF: Final = 0x4
 
 # struct tcmu_cmd_entry_hdr
-HDR_LEN_OP = 0
-HDR_CMD_ID = 4
-HDR_KFLAGS = 6
-HDR_UFLAGS = 7
-HDR_SIZE = 8
+HDR_LEN_OP: Final = 0
+HDR_CMD_ID: Final = 4
+HDR_KFLAGS: Final = 6
+HDR_UFLAGS: Final = 7
+HDR_SIZE: Final = 8
 
 # struct tcmu_cmd_entry, req arm (inner struct not packed: cdb_off at 24)
-REQ_IOV_CNT = 8
-REQ_IOV_BIDI_CNT = 12
-REQ_IOV_DIF_CNT = 16
-REQ_CDB_OFF = 24
-REQ_IOV = 48
-IOVEC_SIZE = 16
+REQ_IOV_CNT: Final = 8
+REQ_IOV_BIDI_CNT: Final = 12
+REQ_IOV_DIF_CNT: Final = 16
+REQ_CDB_OFF: Final = 24
+REQ_IOV: Final = 48
+IOVEC_SIZE: Final = 16
 
 # rsp arm, written over the same bytes as req
-RSP_SCSI_STATUS = 8
-RSP_READ_LEN = 12
-RSP_SENSE = 16
-SENSE_BUFFERSIZE = 96
+RSP_SCSI_STATUS: Final = 8
+RSP_READ_LEN: Final = 12
+RSP_SENSE: Final = 16
+SENSE_BUFFERSIZE: Final = 96
 
-CMD_ENTRY_SIZE = 112  # sizeof(struct tcmu_cmd_entry)
+CMD_ENTRY_SIZE: Final = 112  # sizeof(struct tcmu_cmd_entry)
 
 # struct tcmu_tmr_entry
-TMR_TYPE = 8
-TMR_CMD_CNT = 12
-TMR_CMD_IDS = 32
+TMR_TYPE: Final = 8
+TMR_CMD_CNT: Final = 12
+TMR_CMD_IDS: Final = 32
 
-_CDB_LEN_BY_GROUP = (6, 10, 10, 12, 16, 12, 10, 10)
-_VARIABLE_LENGTH_CDB = 0x7F
+_CDB_LEN_BY_GROUP: Final = (6, 10, 10, 12, 16, 12, 10, 10)
+_VARIABLE_LENGTH_CDB: Final = 0x7F
 
 # Precompiled formats of the fields every command passes (the hot paths unpack them once).
-_HDR = struct.Struct("<IHBB")                 # len_op, cmd_id, kflags, uflags
-_REQ = struct.Struct("<IHBBIII4xQ")           # header + iov_cnt, bidi_cnt, dif_cnt, cdb_off
-_IOVEC = struct.Struct("<QQ")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_ZERO_SENSE = bytes(SENSE_BUFFERSIZE)
+_HDR: Final = struct.Struct("<IHBB")                 # len_op, cmd_id, kflags, uflags
+_REQ: Final = struct.Struct("<IHBBIII4xQ")           # header + iov_cnt, bidi_cnt, dif_cnt, cdb_off
+_IOVEC: Final = struct.Struct("<QQ")
+_U16: Final = struct.Struct("<H")
+_U32: Final = struct.Struct("<I")
+_ZERO_SENSE: Final = bytes(SENSE_BUFFERSIZE)
 _new_tuple = tuple.__new__
 
 

@@ -19,17 +19,17 @@ This follows the algorithm of tcmu-design.rst as libtcmu refines it (tcmu-runner
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from appliance.tcmu import layout
 from appliance.tcmu.errors import RingError
 
-_OP_MASK = layout.OP_MASK
-_OP_CMD = layout.OP_CMD
-_OP_PAD = layout.OP_PAD
+_OP_MASK: Final = layout.OP_MASK
+_OP_CMD: Final = layout.OP_CMD
+_OP_PAD: Final = layout.OP_PAD
 # Indexes of cmd_head and cmd_tail in the mailbox's 32-bit words (the loops read them directly).
-_HEAD_WORD = layout.MB_CMD_HEAD // 4
-_TAIL_WORD = layout.MB_CMD_TAIL // 4
+_HEAD_WORD: Final = layout.MB_CMD_HEAD // 4
+_TAIL_WORD: Final = layout.MB_CMD_TAIL // 4
 
 __all__ = ["Completion", "CommandRing", "RingError"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from appliance.journal import OpKind, WriteOp
 from appliance.storage import copy_range
@@ -13,8 +13,8 @@ from appliance.volume import scatter
 if TYPE_CHECKING:
     from appliance.storage import BlockIO
 
-_ZEROS = bytes(1 << 20)     # immutable: shared source for UNMAP writes
-_MAX_IOV = 1024
+_ZEROS: Final = bytes(1 << 20)     # immutable: shared source for UNMAP writes
+_MAX_IOV: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)

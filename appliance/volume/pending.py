@@ -20,7 +20,7 @@ Ops are applied in arrival order, so the newest write wins.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from appliance.journal import OpKind, WriteOp
 from appliance.volume import scatter
@@ -29,12 +29,12 @@ from appliance.volume.mirror import JournalSpan
 if TYPE_CHECKING:
     from appliance.storage import BlockIO
 
-STRIPE_BYTES = 64 * 1024
+STRIPE_BYTES: Final = 64 * 1024
 # An op covering more stripes than this is kept in a short list every read checks instead
 # (indexing a volume-wide UNMAP would cost a dict entry per stripe of the volume).
-MAX_INDEXED_STRIPES = 256
-_UNMAP = OpKind.UNMAP
-_WRITE = OpKind.WRITE
+MAX_INDEXED_STRIPES: Final = 256
+_UNMAP: Final = OpKind.UNMAP
+_WRITE: Final = OpKind.WRITE
 
 
 class PendingWrites:

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from appliance.compiled import mypyc_attr
 from appliance.journal import InvalidRequest, JournalFull, OpKind, WriteOp
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from appliance.storage import BlockIO
 
 log = logging.getLogger("appliance.volume")
-JOURNALING = "journaling"
-LOGGING_TO_BITMAP = "logging-to-bitmap"
+JOURNALING: Final = "journaling"
+LOGGING_TO_BITMAP: Final = "logging-to-bitmap"
 
 
 # Compiled (appliance/compiled.py), a class admits interpreted subclasses only if it says so:
