@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from pathlib import Path
 from appliance.replication import kernel_tls
 
 NO_PEER_PAIRED = "no peer is paired: every connection is refused"
+
+log = logging.getLogger("appliance.replication.tls")
 
 
 class TlsConfigError(ValueError):
@@ -164,10 +167,12 @@ class TlsSide:
         """Whether the next connection's handshake hands its session to the kernel."""
         return self.cfg.kernel and self.kernel_unused is None
 
-    def kernel_incomplete(self, err: kernel_tls.KernelTlsIncomplete) -> None:
+    def kernel_incomplete(self, err: kernel_tls.KernelTlsIncomplete, who: str) -> None:
         """A connection came out of the handshake with a direction missing in the kernel:
-        the next ones use asyncio's TLS (a restart tries the kernel again)."""
+        the next ones use asyncio's TLS (a restart tries the kernel again). `who` names the
+        daemon's side in the log ("volume UUID", "receiver NAME")."""
         self.kernel_unused = f"{err}; user space from then on"
+        log.warning("%s: kernel TLS: %s", who, err)
 
     def user_space(self, ssl_object) -> str:
         """How a connection on asyncio's TLS is encrypted, for the status."""

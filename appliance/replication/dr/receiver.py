@@ -275,8 +275,7 @@ class Receiver(ReceiverAdmin):
                 kernel_tls.server_session(accepted, tls.context, self.cfg.dead_after_s),
                 self.cfg.dead_after_s)
         except kernel_tls.KernelTlsIncomplete as err:
-            self._tls.kernel_incomplete(err)
-            log.warning("receiver %s: kernel TLS: %s", self.cfg.identity, err)
+            self._tls.kernel_incomplete(err, f"receiver {self.cfg.identity}")
             raise
         except BaseException:
             accepted.close()

@@ -521,8 +521,7 @@ class Transmitter:
                         host, port, tls.context, self.cfg.peer_identity,
                         self.cfg.dead_after_s), self.cfg.dead_after_s)
                 except kernel_tls.KernelTlsIncomplete as err:
-                    tls.side.kernel_incomplete(err)
-                    log.warning("volume %s: kernel TLS: %s", self.cfg.volume_uuid, err)
+                    tls.side.kernel_incomplete(err, f"volume {self.cfg.volume_uuid}")
                     raise
                 self.link.tls = session.description
                 stream_in, stream_out = await kernel_tls.open_streams(session, 1 << 20)

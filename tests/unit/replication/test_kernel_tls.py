@@ -9,6 +9,7 @@ the same test sees plain bytes cross a socket the kernel encrypts."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -48,7 +49,7 @@ def test_a_kernel_context_caps_the_link_at_tls12_with_aes_gcm():
     assert tls12 and all("ECDHE" in n and "GCM" in n for n in tls12), tls12
 
 
-def test_a_side_says_where_its_connections_are_encrypted(certs):
+def test_a_side_says_where_its_connections_are_encrypted(certs, caplog):
     tx, rx = sides(certs, kernel=True)
     missing = kernel_tls.kernel_module_missing()
     assert tx.in_kernel is (missing is None) and rx.in_kernel is (missing is None)
@@ -61,7 +62,10 @@ def test_a_side_says_where_its_connections_are_encrypted(certs):
     plain_tx, _ = sides(certs, kernel=False)
     assert not plain_tx.in_kernel and plain_tx.describe().endswith("certificate(s)")
     # A connection the kernel took only in part: the side goes back to user space.
-    tx.kernel_incomplete(kernel_tls.KernelTlsIncomplete("the kernel took tx of TLSv1.2 X"))
+    with caplog.at_level(logging.WARNING, logger="appliance.replication.tls"):
+        tx.kernel_incomplete(kernel_tls.KernelTlsIncomplete("the kernel took tx of TLSv1.2 X"),
+                             "volume V")
+    assert "volume V: kernel TLS: the kernel took tx of TLSv1.2 X" in caplog.text
     assert not tx.in_kernel
     assert tx.kernel_unused == "the kernel took tx of TLSv1.2 X; user space from then on"
 
