@@ -11,7 +11,9 @@ drives the same chain through ``targetcli`` itself (tests/vm/test_shell_chain.py
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
+import tempfile
 import types
 from pathlib import Path
 
@@ -113,8 +115,10 @@ def start_receiver(ctx: ReplicationContext) -> None:
 
 @pytest.fixture
 def chain(tmp_path):
-    vol_dir = tmp_path / "vol1"
-    vol_dir.mkdir()
+    # The config string holds the volume's directory three times and the kernel keeps 255
+    # bytes of it: under pytest's base directory (/tmp/pytest-of-root/pytest-NNNN/<test>) it
+    # passed that once the run counter reached four digits. A short directory of its own.
+    vol_dir = Path(tempfile.mkdtemp(prefix="vol1-"))
     backstore = types.SimpleNamespace(
         name="vol1", plugin="user", size=BLOCKS * 512,
         config=f"mirror/mirror={vol_dir}/mirror;journal={vol_dir}/journal;"
@@ -129,6 +133,7 @@ def chain(tmp_path):
     finally:
         for ctx in (primary, dr):
             ctx.units.stop_all()
+        shutil.rmtree(vol_dir, ignore_errors=True)
 
 
 def pair(a: ReplicationContext, b: ReplicationContext) -> None:
