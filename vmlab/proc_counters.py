@@ -51,10 +51,12 @@ class Sample:
     syscr: int = 0
     syscw: int = 0
     tasks: dict[int, Task] = field(default_factory=dict)
+    total: int = 0                          # the guest's ticks, every CPU, idle included
+    uptime_s: float = 0.0                   # the guest's clock (/proc/uptime) at the sample
 
 
 def _sample_script(pid: int | None) -> str:
-    script = "head -1 /proc/stat"
+    script = "head -1 /proc/stat; echo U $(cut -d' ' -f1 /proc/uptime)"
     if pid:
         script += (f"; echo P $(cat /proc/{pid}/stat); cat /proc/{pid}/io"
                    f"; for t in /proc/{pid}/task/*; do echo T ${{t##*/}} $(cat $t/stat) "
@@ -73,9 +75,12 @@ def parse_sample(text: str) -> Sample:
     fields = [int(x) for x in lines[0].split()[1:]]
     busy = sum(fields) - fields[3] - fields[4]          # less idle and iowait
     utime = stime = minflt = syscr = syscw = 0
+    uptime_s = 0.0
     tasks: dict[int, Task] = {}
     for line in lines[1:]:
-        if line.startswith("P "):
+        if line.startswith("U "):
+            uptime_s = float(line.split()[1])
+        elif line.startswith("P "):
             _, rest = _stat_fields(line)
             # Fields after comm start at field 3 (state): minflt 10, utime 14, stime 15.
             minflt, utime, stime = int(rest[7]), int(rest[11]), int(rest[12])
@@ -90,7 +95,7 @@ def parse_sample(text: str) -> Sample:
             tasks[tid] = Task(comm, int(rest[11]), int(rest[12]), int(rest[7]),
                               int(switches.get("voluntary_ctxt_switches:", 0)),
                               int(switches.get("nonvoluntary_ctxt_switches:", 0)))
-    return Sample(busy, utime, stime, minflt, syscr, syscw, tasks)
+    return Sample(busy, utime, stime, minflt, syscr, syscw, tasks, sum(fields), uptime_s)
 
 
 def sample(vm: Guest, pid: int | None) -> Sample:
