@@ -181,11 +181,13 @@ class Journal:
 
     # --- appending --------------------------------------------------------------------
 
-    def append(self, ops: Sequence[WriteOp], data_offsets: list[int] | None = None) -> range:
+    def append(self, ops: Sequence[WriteOp], data_offsets: list[int] | None = None,
+               timestamp_ns: int = 0) -> range:
         """Write a batch (one metadata block per <= 248 writes, plus data; no fdatasync,
         except once before entering each new segment). Returns the seqs given. With
         `data_offsets`, appends to it where each op's data now lies in the journal's file
-        (it stays there, unmoved, until the record is reclaimed).
+        (it stays there, unmoved, until the record is reclaimed). The records are stamped
+        `timestamp_ns`, or now when it is 0 (a replica journal keeps the primary's stamp).
 
         Raises InvalidRequest or JournalFull, writing nothing.
         """
@@ -208,7 +210,7 @@ class Journal:
                     f"journal full: appending {len(ops)} writes would overwrite records not "
                     f"yet acknowledged by the peer and on the mirror (tail seq {self.tail_seq}, "
                     f"acked {self._acked}, mirror durable {self._mirror_on_disk})")
-        self._write(plan, time.time_ns(), data_offsets)
+        self._write(plan, timestamp_ns or time.time_ns(), data_offsets)
         return range(first, self._head.seq)
 
     def _segment_free(self, segment: int) -> bool:

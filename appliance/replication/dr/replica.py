@@ -379,7 +379,7 @@ class Replica(ReplicaResync):
             ops = [to_write_op(record) for record in chunk]
             try:
                 with self._journal_lock:
-                    seqs = self.journal.append(ops)
+                    seqs = self.journal.append(ops, timestamp_ns=chunk[0].timestamp_ns)
             except JournalFull:
                 # A large group commit may fill a small journal with its own records: make
                 # what is appended durable and hand it to the mirror, so that syncing the
@@ -388,7 +388,7 @@ class Replica(ReplicaResync):
                 run, done = run[done:], 0
                 self.sync_mirror()
                 with self._journal_lock:
-                    seqs = self.journal.append(ops)
+                    seqs = self.journal.append(ops, timestamp_ns=chunk[0].timestamp_ns)
             if seqs.start != chunk[0].seq or len(seqs) != len(chunk):
                 raise ReplicaError(f"journal assigned seqs {seqs} to records "
                                    f"{chunk[0].seq}..{chunk[-1].seq}")
@@ -421,13 +421,16 @@ class Replica(ReplicaResync):
 
     def _chunks(self, run: list[WireRecord]) -> list[list[WireRecord]]:
         """Split a run into appends the journal accepts (a quarter of its batch limit, so a
-        full journal can still reclaim enough for one)."""
+        full journal can still reclaim enough for one), one per primary timestamp: a journal
+        record has one stamp, and the replica's must be the primary's (a promotion's
+        consistent point, the retention window after a restart)."""
         journal = self._bound_journal()
         limit = max(journal.max_op_bytes, journal.max_batch_bytes // 4)
         chunks: list[list[WireRecord]] = [[]]
         size = 0
         for rec in run:
-            if chunks[-1] and size + len(rec.data) > limit:
+            if chunks[-1] and (size + len(rec.data) > limit
+                               or rec.timestamp_ns != chunks[-1][0].timestamp_ns):
                 chunks.append([])
                 size = 0
             chunks[-1].append(rec)

@@ -56,6 +56,28 @@ def test_redo_after_crash_restores_durable_records(tmp_path):
     r2.close()
 
 
+def test_the_replica_journal_keeps_the_primarys_timestamps_for_a_promotion_after_a_restart(
+        tmp_path):
+    """The replica journal's records carry the primary's stamps, not the DR's clock: after a
+    restart only the journal knows them, and the promotion's consistent point is named by the
+    stamp of its last write (two primary records here: 1-2 together, then 3)."""
+    t0 = 1_700_000_000_000_000_000
+    r = Replica(cfg(tmp_path))
+    r.bind(HELLO, 0)
+    run = [WireRecord(1, t0, 1, 0, 2, b"\x01" * 1024), WireRecord(2, t0, 1, 2, 2, b"\x02" * 1024),
+           WireRecord(3, t0 + 5_000, 1, 4, 2, b"\x03" * 1024)]
+    assert r.commit(run) == 3
+    r.journal._io.close()                       # a crash: the next open redoes the journal
+    r._acker.close()
+    r._mirror.close()
+    r2 = Replica(cfg(tmp_path))
+    assert [(x.seq, x.timestamp_ns) for x in r2.journal.records(1)] == [
+        (1, t0), (2, t0), (3, t0 + 5_000)]
+    promoted = r2.mark_promoted(now=123.0)
+    assert (promoted["at_seq"], promoted["at_time"]) == (3, (t0 + 5_000) / 1e9)
+    r2.close()
+
+
 def test_out_of_range_record_is_refused_before_anything_is_written(tmp_path):
     r = Replica(cfg(tmp_path))
     r.bind(HELLO, 0)
