@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 HOT_MODULES: tuple[str, ...] = (
     "appliance.tcmu.layout",
     "appliance.tcmu.ring",
+    "appliance.tcmu.spin",
     "appliance.tcmu.io_stats",
     "appliance.tcmu.device",
     "appliance.scsi.command",

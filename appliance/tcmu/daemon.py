@@ -58,6 +58,8 @@ log = logging.getLogger("appliance.handler")
 
 
 HandlerConfigError = ConfigError     # the handler's configuration file is wrong (one line)
+# A spin longer than a command's round trip only burns CPU: 20 ms is beyond any we measured.
+MAX_RING_SPIN_US = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,9 @@ class HandlerConfig:
     netlink: bool = True
     udev: bool = True
     poll_interval: float = 0.5
+    # after a batch of 1-2 commands, look for the next one this long before sleeping
+    # (appliance/tcmu/spin.py); 0: never
+    ring_spin_us: int = 0
     log_level: str = "INFO"
     # `appliancectl --socket ... status`: each volume's state and what its peer lacks
     control_socket: Path = Path("/run/appliance-handler/handler.sock")   # its RuntimeDirectory
@@ -107,6 +112,9 @@ class HandlerConfig:
         if values.get("poll_interval", defaults["poll_interval"]) <= 0:
             raise where.error("poll_interval", f"must be positive seconds, got "
                                                f"{values['poll_interval']}")
+        if not 0 <= values.get("ring_spin_us", 0) <= MAX_RING_SPIN_US:
+            raise where.error("ring_spin_us", f"must be 0 (off) to {MAX_RING_SPIN_US} "
+                                              f"microseconds, got {values['ring_spin_us']}")
         bus = values.get("dbus", defaults["dbus"])
         if bus not in ("system", "session", "none") and not (":" in bus and "=" in bus):
             raise where.error("dbus", f"must be \"system\", \"session\", \"none\" or a D-Bus "
@@ -126,7 +134,8 @@ class HandlerDaemon:
                                      or functools.partial(open_backend, groups=self.groups),
                                      open_transport=open_transport or self._open_uio,
                                      control_for=self._control_for,
-                                     poll_interval=config.poll_interval)
+                                     poll_interval=config.poll_interval,
+                                     ring_spin_us=config.ring_spin_us)
         self.netlink: TcmuNetlink | None = None
         self.udev: UdevWatcher | None = None
         self.dbus: TcmuDBusService | None = None

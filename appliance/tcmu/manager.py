@@ -63,11 +63,13 @@ class ServedDevice:
 
 class DeviceManager:
     def __init__(self, *, backend_factory: BackendFactory, open_transport: TransportOpener,
-                 control_for: ControlFinder, poll_interval: float = 0.5) -> None:
+                 control_for: ControlFinder, poll_interval: float = 0.5,
+                 ring_spin_us: int = 0) -> None:
         self._backend_factory = backend_factory
         self._open_transport = open_transport
         self._control_for = control_for
         self._poll_interval = poll_interval
+        self._ring_spin_us = ring_spin_us
         self._lock = threading.RLock()
         self.devices: dict[int, ServedDevice] = {}
 
@@ -129,7 +131,7 @@ class DeviceManager:
                 backend.close()
                 raise
             device = TcmuDevice(transport, backend.executor, name=name.name,
-                                poll_interval=self._poll_interval)
+                                poll_interval=self._poll_interval, spin_us=self._ring_spin_us)
             served = ServedDevice(minor, uio_name, name, config, control, backend, transport,
                                   device)
             served.thread = threading.Thread(target=self._run, args=(served,),
@@ -233,11 +235,13 @@ class DeviceManager:
         return -errno.EOPNOTSUPP
 
     def status(self) -> dict:
-        """Every served device by backstore name: its config string, its volume's state and
-        its I/O counters since it was opened (`io`, docs/tcmu.md "I/O counters")."""
+        """Every served device by backstore name: its config string, its volume's state, its
+        I/O counters since it was opened (`io`, docs/tcmu.md "I/O counters") and how its loop
+        finds commands (`ring`)."""
         with self._lock:
             served = list(self.devices.values())
-        return {dev.name.name: {**self._device_status(dev), "io": dev.device.io.snapshot()}
+        return {dev.name.name: {**self._device_status(dev), "io": dev.device.io.snapshot(),
+                                "ring": dev.device.ring_status()}
                 for dev in served}
 
     @staticmethod

@@ -86,6 +86,10 @@ class CommandRing:
     def cmd_tail(self) -> int:
         return self._words[_TAIL_WORD]
 
+    def has_new(self) -> bool:
+        """Has cmd_head moved past the cursor (the ring spin's look: one load)?"""
+        return self._words[_HEAD_WORD] != self._cursor
+
     def fetch(self) -> list[layout.CmdRequest]:
         """Every CMD entry between the cursor and cmd_head, copied out of the ring."""
         head = self._words[_HEAD_WORD]

@@ -62,11 +62,11 @@ class MemDisk:
 class Served:
     """A SimKernel with a TcmuDevice loop on a thread."""
 
-    def __init__(self, directory: Path, executor, config: SimConfig) -> None:
+    def __init__(self, directory: Path, executor, config: SimConfig, spin_us: int = 0) -> None:
         self.kernel = SimKernel(directory, config)
         self.uio = SimUio(directory)
         self.device = TcmuDevice(self.uio, executor, command_class=ScsiCommand,
-                                 poll_interval=0.05)
+                                 poll_interval=0.05, spin_us=spin_us)
         self.thread = threading.Thread(target=self.device.run, daemon=True)
 
     def start(self) -> Served:

@@ -25,9 +25,11 @@ def test_no_file_and_an_empty_table_give_the_fields_defaults(tmp_path):
 def test_every_field_is_a_setting_of_its_defaults_type(tmp_path):
     cfg = load(tmp_path, '[handler]\nsysfs_class_uio = "/x/uio"\ndev_dir = "/x/dev"\n'
                          'dbus = "unix:path=/run/bus"\nnetlink = false\npoll_interval = 1\n'
-                         'log_level = "debug"\ncontrol_socket = "/x/h.sock"\n')
+                         'log_level = "debug"\ncontrol_socket = "/x/h.sock"\n'
+                         'ring_spin_us = 1500\n')
     assert cfg.sysfs_class_uio == Path("/x/uio") and cfg.control_socket == Path("/x/h.sock")
     assert cfg.netlink is False and cfg.poll_interval == 1.0 and cfg.log_level == "DEBUG"
+    assert cfg.ring_spin_us == 1500
     assert {f.name for f in fields(HandlerConfig)} >= {"udev", "configfs_core"}
 
 
@@ -45,6 +47,10 @@ def test_every_field_is_a_setting_of_its_defaults_type(tmp_path):
     ("[handler]\nnetlink = 1\n", "[handler] netlink must be bool, got 1"),
     ("[handler]\ndev_dir = 5\n", "[handler] dev_dir must be str, got 5"),
     ("[handler]\npoll_interval = 0\n", "[handler] poll_interval must be positive seconds"),
+    ("[handler]\nring_spin_us = -1\n", "[handler] ring_spin_us must be 0 (off) to 20000 "
+                                        "microseconds, got -1"),
+    ("[handler]\nring_spin_us = 50000\n", "[handler] ring_spin_us must be 0 (off) to 20000"),
+    ("[handler]\nring_spin_us = 0.5\n", "[handler] ring_spin_us must be int, got 0.5"),
     ('[handler]\nlog_level = "loud"\n', "[handler] log_level must be one of DEBUG, INFO"),
     ('[handler]\ndbus = "sytem"\n', "[handler] dbus must be \"system\", \"session\""),
     ("[handler\n", "is not valid TOML"),

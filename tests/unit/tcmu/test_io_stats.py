@@ -271,12 +271,13 @@ def test_manager_status_has_io_kept_across_a_ring_reset_and_zero_after_reopen(
     manager = DeviceManager(backend_factory=lambda name, config, control: StatusBackend(log),
                             open_transport=lambda minor, uio_name: SimUio(tmp_path / "dev"),
                             control_for=lambda name: RecordingControl(kernel, log),
-                            poll_interval=0.05)
+                            poll_interval=0.05, ring_spin_us=300)
     name = f"tcm-user/1/vol1/{CFG}"
     try:
         assert manager.add(3, name) == 0
         before = manager.status()["vol1"]
-        assert set(before) == {"uio", "cfgstring", "state", "io"}
+        assert set(before) == {"uio", "cfgstring", "state", "io", "ring"}
+        assert before["ring"]["spin_us"] == 300 and before["ring"]["commands"] == 0
         assert before["io"]["latency_count"] == 0
         tickets = [kernel.submit(rw10(0x2A, i, 2), b"x" * 1024) for i in range(4)]
         assert all(r.status == 0 for r in kernel.wait_for(tickets))

@@ -1,0 +1,71 @@
+"""The adaptive ring spin (appliance/tcmu/spin.py): when it spins, how it backs off, and that a
+device with it finds queue-depth-1 commands without sleeping for them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tcmu_helpers import MemDisk, Served, rw10
+
+from appliance.tcmu.sim import SimConfig
+from appliance.tcmu.spin import MAX_SKIP, SPIN_MAX_BATCH, RingSpin
+
+
+def test_it_spins_only_after_small_batches_and_only_when_set() -> None:
+    spin = RingSpin(1_000_000)
+    assert [spin.wanted(n) for n in (0, 1, SPIN_MAX_BATCH, SPIN_MAX_BATCH + 1, 32)] == [
+        False, True, True, False, False]
+    assert not RingSpin(0).wanted(1)
+
+
+def test_a_spin_returns_when_the_ring_has_a_command() -> None:
+    spin = RingSpin(5_000_000_000)               # 5 s: only the command can end it early
+    looks = iter([False, False, False, True])
+    started = time.monotonic()
+    assert spin.wait(lambda: next(looks)) is True
+    assert time.monotonic() - started < 1.0
+    assert (spin.spins, spin.hits) == (1, 1)
+
+
+def test_misses_make_spins_rarer_and_a_hit_restores_them() -> None:
+    spin = RingSpin(200_000)                     # 0.2 ms
+    skipped = []
+    for _ in range(8):
+        started = time.monotonic()
+        assert spin.wait(lambda: False) is False
+        assert time.monotonic() - started < 1.0, "a spin outlived its time"
+        chances = 0
+        while not spin.wanted(1):
+            chances += 1
+        skipped.append(chances)
+    assert skipped == [1, 3, 7, 15, 31, MAX_SKIP, MAX_SKIP, MAX_SKIP]
+    assert spin.wait(lambda: True) is True
+    assert spin.wanted(1) and spin.wanted(1), "a hit did not reset the back-off"
+    assert (spin.spins, spin.hits) == (9, 1)
+
+
+def _serve_one_at_a_time(tmp_path: Path, spin_us: int, count: int) -> Served:
+    served = Served(tmp_path / f"dev{spin_us}", MemDisk(), SimConfig(ring_bytes=8192,
+                                                                     data_blocks=64),
+                    spin_us=spin_us).start()
+    for i in range(count):
+        (res,) = served.kernel.wait_for([served.kernel.submit(rw10(0x2A, i, 1),
+                                                               bytes([i]) * 512)])
+        assert res.status == 0
+    return served
+
+
+def test_a_device_that_spins_finds_depth_one_commands_without_a_wakeup(tmp_path: Path) -> None:
+    count = 50
+    sleeping = _serve_one_at_a_time(tmp_path, 0, count)
+    assert sleeping.device.spin.spins == 0 and sleeping.device.stats.wakeups >= count - 1
+    sleeping.close()
+    # A spin far longer than the test's next submit: after the first command, the device
+    # finds each next one (by the spin, or by the drain's second look while the spin has
+    # yielded) and never sleeps for it.
+    spinning = _serve_one_at_a_time(tmp_path, 1_000_000, count)
+    device = spinning.device
+    assert device.stats.wakeups <= 3 and device.spin.hits >= 1, device.describe()
+    assert device.stats.commands == count
+    spinning.close()
