@@ -3,7 +3,9 @@
 appliance-handler, appliance-transmitter, appliance-receiver and appliance-dr all start here:
 
 - the same options: ``--config FILE`` (TOML), ``--log-level LEVEL``, ``--version`` (prints
-  ``appliance.__version__``; appliancectl takes it too);
+  ``appliance.__version__``; appliancectl takes it too) and, for a daemon, ``--check`` (read
+  and check the configuration, say so, start nothing: what an admin runs before restarting a
+  daemon whose configuration error would leave it stopped);
 - one log format on stderr (the journal, under systemd): ``LOG_FORMAT``;
 - a configuration error (``ConfigError``, appliance/config_file.py) is one line on stderr,
   ``<program>: <file>: <key> ... <what to fix>``, also handed to the log, exit code 2, before
@@ -72,7 +74,7 @@ def add_version(parser: argparse.ArgumentParser) -> None:
 
 
 def argument_parser(prog: str, description: str | None, *, config_help: str,
-                    config_required: bool = True,
+                    config_required: bool = True, daemon: bool = True,
                     raw_description: bool = False) -> argparse.ArgumentParser:
     """The parser with the shared options; a program adds its own (appliance-dr: its
     subcommands). ``--log-level`` is None when not given (the handler then takes its
@@ -84,6 +86,9 @@ def argument_parser(prog: str, description: str | None, *, config_help: str,
     parser.add_argument("--config", type=Path, required=config_required, help=config_help)
     parser.add_argument("--log-level", type=log_level, default=None,
                         help=f"one of {', '.join(LEVELS)} (default INFO)")
+    if daemon:
+        parser.add_argument("--check", action="store_true",
+                            help="check the configuration and exit (0: it would start)")
     add_version(parser)
     return parser
 
@@ -137,6 +142,9 @@ def run(prog: str, args: argparse.Namespace, load: Callable[[], Config],
             config = load()
         except ConfigError as err:
             return report_config_error(prog, err)
+        if getattr(args, "check", False):
+            print(f"{prog}: {args.config or 'no configuration file'}: configuration OK")
+            return 0
         code = serve(config)
         return 0 if code is None else code
     except (Stopped, KeyboardInterrupt) as err:

@@ -122,6 +122,29 @@ def test_an_unknown_table_is_refused(prog, tmp_path, capsys):
     assert written(tmp_path) == []
 
 
+@pytest.mark.parametrize("prog", [p for p in TYPO if p != "appliance-dr"])
+def test_check_says_whether_the_configuration_would_start_and_starts_nothing(prog, tmp_path,
+                                                                             capsys):
+    """What an admin runs before restarting a daemon: a configuration error would leave it
+    stopped (exit 2, not restarted)."""
+    main, _, typo, _ = TYPO[prog]
+    config = tmp_path / "bad.toml"
+    config.write_text(GOOD[prog](tmp_path))
+    assert main(["--config", str(config), "--check"]) == 0
+    assert capsys.readouterr().out == f"{prog}: {config}: configuration OK\n"
+    assert written(tmp_path) == [], "--check started something"
+    config.write_text(typo(tmp_path))
+    assert main(["--config", str(config), "--check"]) == CONFIG_ERROR_EXIT
+    out, err = capsys.readouterr()
+    assert out == "" and "unknown setting" in err, err
+
+
+def test_a_one_shot_tool_has_no_check_option(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        dr_tool.main(["--config", str(tmp_path / "x.toml"), "--check", "state"])
+    assert "unrecognized arguments: --check" in capsys.readouterr().err
+
+
 def test_a_missing_config_file_is_a_configuration_error(tmp_path, capsys):
     missing = tmp_path / "nowhere.toml"
     assert receiver.main(["--config", str(missing)]) == CONFIG_ERROR_EXIT

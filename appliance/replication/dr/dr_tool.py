@@ -169,7 +169,7 @@ def _settings(cfg: ReplicaConfig, retain: str | None, size: str | None) -> Reten
 
 def main(argv: list[str] | None = None) -> int:
     p = argument_parser("appliance-dr", __doc__, config_help="the receiver's TOML config",
-                        raw_description=True)
+                        daemon=False, raw_description=True)
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("state", help="print each replica's state as JSON")
     r = sub.add_parser("rollback", help="restore the last consistent image (receiver stopped)")
