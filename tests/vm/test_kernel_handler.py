@@ -355,3 +355,55 @@ def test_host_io_survives_handler_restart_and_kill(appliance, disk):
     appliance.run(f"cd {MNT} && sha256sum --quiet -c /root/before.sums", timeout=180)
     appliance.run(f"cd {MNT} && sha256sum --quiet -c /root/flushed.sums", timeout=180)
     print(f"[vm] {flushed} files written with fsync around the restarts verified")
+
+
+HANDLER_FILE = f"{ap.STATE_DIR}/handler.toml"
+HANDLER_SOCKET = "/run/appliance-handler/handler.sock"
+
+
+def ring_status(machine: Machine) -> dict:
+    status = json.loads(machine.run(["appliancectl", "--socket", HANDLER_SOCKET, "status",
+                                     "--json"]).text)
+    return status["volumes"][LUN.name]["ring"]
+
+
+def set_handler_file(machine: Machine, text: str) -> None:
+    """The admin's way (docs/tcmu.md): edit the file, --check it, restart the handler."""
+    machine.write_file(HANDLER_FILE, text.encode())
+    check = machine.run(["/opt/appliance/bin/appliance-handler", "--config", HANDLER_FILE,
+                         "--check"], check=False)
+    assert check.rc == 0 and "configuration OK" in check.text, check.describe()
+    pid = handler_pid(machine)
+    machine.run(["systemctl", "restart", HANDLER_UNIT], timeout=180)
+    wait_handler_active(machine, pid)
+
+
+def test_the_admins_ring_spin_setting_reaches_the_device(appliance, disk):
+    """ring_spin_us in the handler's file on the state disk (written empty at boot) is what
+    the restarted handler's device runs with, and depth-1 writes through it land intact."""
+    assert "[handler]" in appliance.run(["cat", HANDLER_FILE]).text
+    assert ring_status(appliance)["spin_us"] == 0
+    appliance.write_file("/root/bad-handler.toml", b"[handler]\nring_spin_us = 50000\n")
+    bad = appliance.run(["/opt/appliance/bin/appliance-handler", "--config",
+                         "/root/bad-handler.toml", "--check"], check=False)
+    assert bad.rc == 2 and b"ring_spin_us must be 0 (off) to 20000" in bad.stderr, bad.describe()
+    set_handler_file(appliance, "[handler]\nring_spin_us = 2000\n")
+    try:
+        before = ring_status(appliance)
+        assert before["spin_us"] == 2000, before
+        # One 4 KiB O_DIRECT write at a time into a file of the LUN's file system, then
+        # read back through the target (formats the disk itself when run alone).
+        appliance.run(f"mkdir -p {MNT}; mountpoint -q {MNT} || {{ blkid {disk} || "
+                      f"mkfs.ext4 -q -F {disk}; mount {disk} {MNT}; }}", timeout=180)
+        appliance.run(f"head -c 1M /dev/urandom > /root/qd1 && dd if=/root/qd1 of={MNT}/qd1 "
+                      "bs=4k oflag=direct conv=fsync status=none && "
+                      f"umount {MNT} && echo 3 > /proc/sys/vm/drop_caches && "
+                      f"mount {disk} {MNT}", timeout=180)
+        appliance.run(f"cmp /root/qd1 {MNT}/qd1", timeout=60)
+        after = ring_status(appliance)
+        assert after["commands"] - before["commands"] >= 256, (before, after)
+        assert after["spins"] > before["spins"], (before, after)
+        print(f"[vm] ring over 256 depth-1 writes and their read-back: {after}")
+    finally:
+        set_handler_file(appliance, "[handler]\n")
+    assert ring_status(appliance)["spin_us"] == 0
