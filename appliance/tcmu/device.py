@@ -93,18 +93,19 @@ class TcmuDevice:
 
     def run(self) -> None:
         # A fresh open starts at the current event count: commands may already be queued.
-        self.process()
+        served = self.process()
         spin = self.spin
         while not self._stop.is_set():
-            # (A command the spin finds leaves its event pending: the next wait returns at
-            # once and its process() finds the ring drained.)
-            if spin.wanted(self._last_batch) and spin.wait(self.ring.has_new):
-                self.process()
+            # Only right after serving: a command the spin finds leaves its event pending, so
+            # the next wait returns at once and its process() finds nothing. That round is
+            # no chance to spin (it would count as one, and miss).
+            if served and spin.wanted(self._last_batch) and spin.wait(self.ring.has_new):
+                served = self.process()
                 continue
             if self.transport.wait(self._poll_interval):
                 self.stats.wakeups += 1
             # Also on timeout: a look at cmd_head is cheap and covers a lost wake-up.
-            self.process()
+            served = self.process()
 
     def process(self) -> int:
         """Drain the ring until it is empty; one executor batch and one poke per round."""
