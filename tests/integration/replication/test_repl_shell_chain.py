@@ -123,15 +123,18 @@ def chain(tmp_path):
         name="vol1", plugin="user", size=BLOCKS * 512,
         config=f"mirror/mirror={vol_dir}/mirror;journal={vol_dir}/journal;"
                f"bitmap={vol_dir}/bitmap")
-    primary, dr = site(tmp_path, "site-a", [backstore]), site(tmp_path, "site-b")
+    sites = []
     try:
-        for ctx in (primary, dr):
+        sites.append(site(tmp_path, "site-a", [backstore]))
+        sites.append(site(tmp_path, "site-b"))
+        for ctx in sites:
             start_receiver(ctx)
+        primary, dr = sites
         yield types.SimpleNamespace(primary=primary, dr=dr, vol_dir=vol_dir,
                                     uuid=mirror_volume_uuid(str(vol_dir / "mirror")),
                                     log=tmp_path / "ops.log")
     finally:
-        for ctx in (primary, dr):
+        for ctx in sites:
             ctx.units.stop_all()
         shutil.rmtree(vol_dir, ignore_errors=True)
 
