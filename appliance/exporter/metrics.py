@@ -238,6 +238,12 @@ IO = [
     Spec("write_bytes_total", "counter", "Bytes transferred by write commands.",
          _path("io", "write_bytes")),
     Spec("other_ops_total", "counter", "Other SCSI commands served.", _path("io", "other_ops")),
+    Spec("ring_wakeups_total", "counter", "Times the device loop woke from its wait for "
+         "commands.", _path("ring", "wakeups")),
+    Spec("ring_spins_total", "counter", "Times the device loop looked for the next command "
+         "before sleeping (ring_spin_us).", _path("ring", "spins")),
+    Spec("ring_spin_hits_total", "counter", "Spins that found a command.",
+         _path("ring", "spin_hits")),
 ]
 LATENCY = "command_latency_seconds"
 

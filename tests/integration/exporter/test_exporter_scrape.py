@@ -85,6 +85,8 @@ def test_a_scrape_counts_the_workload_written(chain_factory):
     assert sample(fams, "appliance_read_ops_total", **v) == READS
     assert sample(fams, "appliance_read_bytes_total", **v) == sum(read_blocks) * BS
     assert sample(fams, "appliance_other_ops_total", **v) == 1          # the flush
+    assert sample(fams, "appliance_ring_wakeups_total", **v) >= 1
+    assert sample(fams, "appliance_ring_spins_total", **v) == 0         # ring_spin_us 0
     commands = WRITES + READS + 1
     assert sample(fams, "appliance_command_latency_seconds_count", **v) == commands
     assert sample(fams, "appliance_command_latency_seconds_bucket", le="+Inf", **v) == commands

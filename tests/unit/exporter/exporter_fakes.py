@@ -26,6 +26,7 @@ REFERENCE = {
     "appliance_journal_records": G, "appliance_journal_overflows": C,
     "appliance_read_ops": C, "appliance_read_bytes": C, "appliance_write_ops": C,
     "appliance_write_bytes": C, "appliance_other_ops": C, "appliance_command_latency_seconds": H,
+    "appliance_ring_wakeups": C, "appliance_ring_spins": C, "appliance_ring_spin_hits": C,
     "appliance_sync_mode": G, "appliance_sync_degraded": G, "appliance_sync_holding": G,
     "appliance_sync_fallback_seconds": G, "appliance_sync_waits": C,
     "appliance_sync_wait_seconds": C, "appliance_sync_fallbacks": C,

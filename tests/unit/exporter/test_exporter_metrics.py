@@ -46,6 +46,8 @@ def value(fams: dict, sample: str, **labels) -> float:
 def with_io(snap: dict) -> dict:
     for vol in snap["handler"]["volumes"].values():
         vol["io"] = io_entry()
+        vol["ring"] = {"wakeups": 40, "batches": 90, "commands": 120, "max_batch": 4,
+                       "spin_us": 1000, "spins": 50, "spin_hits": 45}
     return snap
 
 
@@ -124,6 +126,8 @@ def test_the_latency_histogram_is_cumulative_with_count_and_sum():
     assert value(fams, "appliance_command_latency_seconds_sum", volume="vol1") == 11.5
     assert value(fams, "appliance_write_ops_total", volume="vol1") == 7
     assert value(fams, "appliance_read_bytes_total", volume="vol1") == 40960
+    assert [value(fams, f"appliance_ring_{n}_total", volume="vol1")
+            for n in ("wakeups", "spins", "spin_hits")] == [40, 50, 45]
 
 
 def test_a_volume_without_io_has_no_io_metrics():
