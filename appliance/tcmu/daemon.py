@@ -74,7 +74,7 @@ class HandlerConfig:
     netlink: bool = True
     udev: bool = True
     poll_interval: float = 0.5
-    # after a batch of 1-2 commands, look for the next one this long before sleeping
+    # at low queue depth, look for the next command this long before sleeping
     # (appliance/tcmu/spin.py); 0: never
     ring_spin_us: int = 0
     log_level: str = "INFO"

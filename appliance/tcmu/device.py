@@ -69,7 +69,6 @@ class TcmuDevice:
         self._make_command = command_class or _scsi_command_class()
         self._poll_interval = poll_interval
         self.spin = RingSpin(spin_us * 1000)     # spin.py: after small batches, before sleeping
-        self._last_batch = 0                     # commands in the last batch served
         self._stop = threading.Event()
         self.stats = DeviceStats()
         self.io = IoStats()     # the status's `io`: kept across ring resets, not across opens
@@ -99,7 +98,7 @@ class TcmuDevice:
             # Only right after serving: a command the spin finds leaves its event pending, so
             # the next wait returns at once and its process() finds nothing. That round is
             # no chance to spin (it would count as one, and miss).
-            if served and spin.wanted(self._last_batch) and spin.wait(self.ring.has_new):
+            if served and spin.wanted() and spin.wait(self.ring.has_new):
                 served = self.process()
                 continue
             if self.transport.wait(self._poll_interval):
@@ -115,7 +114,7 @@ class TcmuDevice:
             if not requests:
                 return total
             self._serve(requests)
-            self._last_batch = len(requests)
+            self.spin.batch(len(requests))
             total += len(requests)
 
     def restart_ring(self) -> None:

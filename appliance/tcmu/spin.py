@@ -6,8 +6,10 @@ the refill of everything the handler's code needs (docs/compiled.md, "Session 14
 at queue depth 1 sends its next command soon after the last completion, so the device looks
 for it before going to sleep. Three rules keep that from costing what it gains:
 
-* Only when the last batch of a drain held at most `SPIN_MAX_BATCH` commands: deep queues
-  fill batches, keep the CPUs busy and need no help to find their next command.
+* Only after a run of `CALM_BATCHES` batches of at most `SPIN_MAX_BATCH` commands each: deep
+  queues fill batches (now and then), keep the CPUs busy and need no help to find their next
+  command; at qd32 a spin after each small batch took CPU from fio and the target and cost
+  9 % of the random reads in the VM (docs/compiled.md, "Session 15").
 * Between two looks the thread yields its CPU (sched_yield, which also releases the GIL), so
   the target's threads and the host's I/O on the same CPU are not held up by the spin.
 * A spin that finds nothing makes the next ones rarer: after n misses in a row the device
@@ -26,6 +28,7 @@ from time import monotonic_ns
 from typing import Final
 
 SPIN_MAX_BATCH: Final = 2
+CALM_BATCHES: Final = 8
 MAX_SKIP: Final = 63
 # Look at the clock once per this many looks: a clock read can be a system call (the VM's
 # hpet clocksource), a look at cmd_head is one load.
@@ -39,12 +42,17 @@ class RingSpin:
         self.spin_ns = spin_ns
         self.spins = 0
         self.hits = 0
+        self._calm = 0          # batches in a row of at most SPIN_MAX_BATCH commands
         self._misses = 0        # spins in a row that found nothing
         self._skip = 0          # chances to let pass before the next spin
 
-    def wanted(self, last_batch: int) -> bool:
-        """Spin after a drain whose last batch held `last_batch` commands?"""
-        if self.spin_ns <= 0 or last_batch == 0 or last_batch > SPIN_MAX_BATCH:
+    def batch(self, commands: int) -> None:
+        """The device served a batch of `commands`: low depth is a run of small batches."""
+        self._calm = self._calm + 1 if commands <= SPIN_MAX_BATCH else 0
+
+    def wanted(self) -> bool:
+        """Spin now, after a drain that served commands?"""
+        if self.spin_ns <= 0 or self._calm < CALM_BATCHES:
             return False
         if self._skip:
             self._skip -= 1
