@@ -7,9 +7,10 @@ at queue depth 1 sends its next command soon after the last completion, so the d
 for it before going to sleep. Three rules keep that from costing what it gains:
 
 * Only after a run of `CALM_BATCHES` batches of at most `SPIN_MAX_BATCH` commands each: deep
-  queues fill batches (now and then), keep the CPUs busy and need no help to find their next
-  command; at qd32 a spin after each small batch took CPU from fio and the target and cost
-  9 % of the random reads in the VM (docs/compiled.md, "Session 15").
+  queues that fill batches need no help to find their next command. Random reads at qd32
+  still come one or two per batch in the VM, so they do spin; there the spinning thread takes
+  a vCPU the target and the host need, and costs them 10-17 % (docs/compiled.md, "Session
+  15"). That trade is why the spin is off unless the admin sets it.
 * Between two looks the thread yields its CPU (sched_yield, which also releases the GIL), so
   the target's threads and the host's I/O on the same CPU are not held up by the spin.
 * A spin that finds nothing makes the next ones rarer: after n misses in a row the device
