@@ -55,6 +55,7 @@ def test_misses_make_spins_rarer_and_a_hit_restores_them() -> None:
         chances = 0
         while not spin.wanted():
             chances += 1
+            assert chances <= MAX_SKIP, "the back-off never let a spin through"
         skipped.append(chances)
     assert skipped == [1, 3, 7, 15, 31, MAX_SKIP, MAX_SKIP, MAX_SKIP]
     assert spin.wait(lambda: True) is True
