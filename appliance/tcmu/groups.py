@@ -36,6 +36,7 @@ from appliance.volume import group_layout
 from appliance.volume.errors import NoSpaceError
 from appliance.volume.group_layout import GroupLayout, GroupLayoutError, GroupMember
 from appliance.volume.journal_link import mirror_holds_data
+from appliance.volume.mirror_lock import check_free
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +305,14 @@ class GroupRegistry:
             raise GroupError(f"device {device}: {err}") from None
         member = joined.member(device)
         _check_space(device, config.mirror, size_bytes)
+        # One writer per mirror (volume/mirror_lock.py), before opening may extend the file;
+        # a closed group takes the lock in _open, with the other members'.
+        take = check_free if group is None else \
+            lambda path, _holder: group.volume.cover_mirror(path)
+        take(config.mirror, "handler")
         io = open_file(config.mirror, create_size=size_bytes)
         try:
+            take(config.mirror, "handler")      # if the open created it
             if io.size() < size_bytes:
                 raise GroupError(f"device {device}: mirror {config.mirror} holds {io.size()} "
                                  f"bytes, the backstore has {size_bytes}")

@@ -22,6 +22,7 @@ from appliance.tcmu.groups import GroupError
 from appliance.tcmu.ring import RingError
 from appliance.tcmu.transport import RingTransport
 from appliance.volume.errors import NoSpaceError
+from appliance.volume.mirror_lock import MirrorInUse
 from appliance.volume.sync_mode import SyncSettings
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ class DeviceManager:
                 # The kernel turns this reply into the configfs `enable` error targetcli prints.
                 log.error("device %s refused: %s", name.name, err)
                 return -errno.ENOSPC
+            except MirrorInUse as err:
+                # targetcli prints "Device or resource busy"; the reason is logged here.
+                log.error("device %s refused: %s", name.name, err)
+                return -errno.EBUSY
             except Exception:
                 log.exception("device %s (uio%d) could not be started", name.name, minor)
                 return -errno.ENOENT

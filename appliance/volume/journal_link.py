@@ -22,6 +22,7 @@ from appliance.volume import bitmap_format, group_layout
 from appliance.volume.bitmap import DirtyBitmap
 from appliance.volume.concat_io import open_mirror
 from appliance.volume.errors import NoSpaceError, VolumeConfigError
+from appliance.volume.mirror_lock import MirrorLock
 from appliance.volume.promotion_base import PromotionBase, read_marker, remove_marker
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class Parts:
     journal: Journal
     mirror: BlockIO
     bitmap: DirtyBitmap
+    mirror_lock: MirrorLock | None     # None for a mirror handed in open (tests)
 
 
 def open_parts(config: VolumeConfig) -> Parts:
@@ -50,8 +52,15 @@ def open_parts(config: VolumeConfig) -> Parts:
         and os.path.exists(config.mirror_path)
     mirror_had_data = mirror_existed and mirror_holds_data(config.mirror_path)
     try:
-        mirror = config.mirror_io or open_mirror(config.mirror_path,
-                                                 create_size=config.volume_bytes)
+        if config.mirror_io is None:
+            # One writer per mirror (mirror_lock.py), taken before the first byte is written
+            # (opening may extend the file); the files the open created are covered after it.
+            lock = MirrorLock.take(config.mirror_path, "handler")
+            opened.append(lock)
+            mirror = open_mirror(config.mirror_path, create_size=config.volume_bytes)
+            lock.cover(config.mirror_path)
+        else:
+            lock, mirror = None, config.mirror_io
         opened.append(mirror)
         if mirror.size() < config.volume_bytes:
             raise VolumeConfigError(f"mirror holds {mirror.size()} bytes, the volume needs "
@@ -96,7 +105,7 @@ def open_parts(config: VolumeConfig) -> Parts:
             opened.append(journal)
             bitmap = open_bitmap()
         publish_volume_files(journal, config)
-        return Parts(journal, mirror, bitmap)
+        return Parts(journal, mirror, bitmap, lock)
     except BaseException:
         for part in reversed(opened):
             part.close()

@@ -33,6 +33,7 @@ from appliance.volume.ticker import Ticker
 
 if TYPE_CHECKING:
     from appliance.storage import BlockIO
+    from appliance.volume.mirror_lock import MirrorLock
 
 log = logging.getLogger("appliance.volume")
 JOURNALING: Final = "journaling"
@@ -46,8 +47,9 @@ class Volume:
     """One volume: journal + mirror + overflow bitmap. Thread-safe (one lock per volume)."""
 
     def __init__(self, config: VolumeConfig, journal: journal_link.Journal, mirror: Mirror,
-                 bitmap: DirtyBitmap) -> None:
+                 bitmap: DirtyBitmap, mirror_lock: MirrorLock | None = None) -> None:
         self.config = config
+        self._mirror_lock = mirror_lock     # held until close (one writer per mirror)
         self.block_size = config.block_size
         self.num_blocks = config.num_blocks
         self.uuid = config.uuid
@@ -82,7 +84,8 @@ class Volume:
         config.validate()
         parts = journal_link.open_parts(config)
         vol = cls(config, parts.journal, Mirror(parts.mirror, config.block_size,
-                                                config.num_blocks), parts.bitmap)
+                                                config.num_blocks), parts.bitmap,
+                  parts.mirror_lock)
         try:
             vol._applier.redo()
         except BaseException:
@@ -126,6 +129,8 @@ class Volume:
     def _close_parts(self) -> None:
         """Close all three even if one fails (the first error is raised)."""
         with contextlib.ExitStack() as stack:
+            if self._mirror_lock is not None:
+                stack.callback(self._mirror_lock.close)     # last: once nothing writes
             for part in (self._bitmap, self._mirror, self._journal):
                 stack.callback(part.close)
 
@@ -145,6 +150,12 @@ class Volume:
         """The mirror's BlockIO: a group's ConcatBlockIO, to which the handler adds a member
         that joins (appliance/tcmu/groups.py)."""
         return self._mirror.io
+
+    def cover_mirror(self, path: str) -> None:
+        """Hold the writer's lock on a member that joins (mirror_lock.py); ``MirrorInUse``
+        if another writer has it."""
+        if self._mirror_lock is not None:
+            self._mirror_lock.cover(path)
 
     @property
     def journal_paused(self) -> bool:
