@@ -40,6 +40,7 @@ from appliance.replication.config import ReplicaConfig
 from appliance.replication.dr.replica import Replica, ReplicaError
 from appliance.replication.dr.replica_state import PromotionMark, ReplicaState, promotion_refusal
 from appliance.storage import sync_dir
+from appliance.volume.mirror_lock import check_free
 from appliance.volume.promotion_base import PromotionBase, remove_marker, write_marker
 
 log = logging.getLogger("appliance.replication.dr.replica")
@@ -134,6 +135,8 @@ def check_demote(cfg: ReplicaConfig) -> ReplicaState:
     st = ReplicaState.load(cfg.paths.state)
     if st is None or st.promoted is None:
         raise ReplicaError(f"volume {cfg.spec.uuid} is not promoted; nothing to demote")
+    # A replica again, its mirror is the receiver's to write: not while a LUN serves it.
+    check_free(cfg.paths.mirror, "DR receiver")
     return st
 
 

@@ -71,6 +71,7 @@ from appliance.replication.status import RateMeter, ReceiverVolumeCounters
 from appliance.replication.wire import WireRecord
 from appliance.volume import group_layout
 from appliance.volume.concat_io import ConcatBlockIO, mirror_files, open_mirror
+from appliance.volume.mirror_lock import MirrorLock
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,6 @@ class Replica(ReplicaResync):
             path.parent.mkdir(parents=True, exist_ok=True)
         for path, size in mirror_files(cfg.paths.mirror, self.spec.size_bytes):
             preallocate(path, size)
-        self._mirror = open_mirror(cfg.paths.mirror, create_size=self.spec.size_bytes)
-        _enable_direct(self._mirror)
         self._direct_journal: Journal | None = None   # the journal direct writes were set for
         self._unsynced_bytes = 0
         # Durable, not yet on the mirror: commit appends on the right, _drain pops on the left.
@@ -136,23 +135,31 @@ class Replica(ReplicaResync):
         self._retained_to = 0       # the before-images up to this seq are saved and synced
         self.retention_error: str | None = None     # the last failure of the log, if any
         self._last_age_prune = 0.0
-        if self.retention_settings.enabled and self.promoted is None:
-            self._retention = self._open_retention(self.retention_settings)
-        if self.inconsistent_since is not None and self.consistent_seq is not None:
-            self._undo = UndoLog(cfg.paths.undo)
-        # A promotion that crashed before it set the journal aside must not redo it again
-        # onto a mirror that a primary may already serve (it was redone before promoting).
-        if cfg.paths.journal.exists() and self.promoted is None:
-            try:
+        # One writer per mirror (volume/mirror_lock.py): none while a handler serves it. A
+        # promoted replica never writes it again (the handler does), so it takes no lock.
+        self._mirror_lock = None if self.promoted is not None \
+            else MirrorLock.take(cfg.paths.mirror, "DR receiver")
+        mirror = None
+        try:
+            self._mirror = mirror = open_mirror(cfg.paths.mirror,
+                                                create_size=self.spec.size_bytes)
+            _enable_direct(self._mirror)
+            if self.retention_settings.enabled and self.promoted is None:
+                self._retention = self._open_retention(self.retention_settings)
+            if self.inconsistent_since is not None and self.consistent_seq is not None:
+                self._undo = UndoLog(cfg.paths.undo)
+            # A promotion that crashed before it set the journal aside must not redo it again
+            # onto a mirror that a primary may already serve (it was redone before promoting).
+            if cfg.paths.journal.exists() and self.promoted is None:
                 self.journal = Journal.open(cfg.paths.journal, volume_uuid=self.spec.uuid)
                 self._acker = JournalReader(cfg.paths.journal, volume_uuid=self.spec.uuid)
                 self._redo()
-            except BaseException:     # e.g. an I/O error in the redo: release the files
-                for handle in (self._acker, self._undo, self._retention, self.journal,
-                               self._mirror):
-                    if handle is not None:
-                        handle.close()
-                raise
+        except BaseException:     # e.g. an I/O error in the redo: release the files
+            for handle in (self._acker, self._undo, self._retention, self.journal, mirror,
+                           self._mirror_lock):
+                if handle is not None:
+                    handle.close()
+            raise
 
     # --- state --------------------------------------------------------------------------
 
@@ -349,6 +356,8 @@ class Replica(ReplicaResync):
             self.sync_mirror()
             for member, nbytes in mirror_files(path, size):
                 preallocate(member, nbytes)
+            if self._mirror_lock is not None:
+                self._mirror_lock.cover(path)       # the members that joined
             old, self._mirror = self._mirror, open_mirror(path, create_size=0)
             old.close()
 
@@ -739,6 +748,8 @@ class Replica(ReplicaResync):
             if self.journal is not None:
                 self.journal.close()
             self._mirror.close()
+            if self._mirror_lock is not None:
+                self._mirror_lock.close()
 
 
 def _enable_direct(io) -> bool:

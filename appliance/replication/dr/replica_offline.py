@@ -18,6 +18,7 @@ from appliance.replication.dr.replica import Replica, ReplicaError
 from appliance.replication.dr.replica_state import ReplicaState
 from appliance.replication.dr.undo import roll_back
 from appliance.volume.concat_io import open_mirror
+from appliance.volume.mirror_lock import MirrorLock
 
 log = logging.getLogger("appliance.replication.dr.replica")
 
@@ -31,11 +32,12 @@ def roll_back_to_consistent(cfg: ReplicaConfig) -> int:
     st = check_rollback(cfg)
     if st.consistent_seq is None:       # check_rollback refused it
         raise ReplicaError(f"volume {cfg.spec.uuid} has no consistent image")
-    mirror = open_mirror(cfg.paths.mirror)
+    lock = MirrorLock.take(cfg.paths.mirror, "rollback")     # one writer per mirror
     try:
-        restored = roll_back(cfg.paths.undo, mirror)
+        with open_mirror(cfg.paths.mirror) as mirror:
+            restored = roll_back(cfg.paths.undo, mirror)
     finally:
-        mirror.close()
+        lock.close()
     seq = st.consistent_seq
     log.warning("volume %s: rolled back %d bytes to the consistent image at seq %d",
                 cfg.spec.uuid, restored, seq)

@@ -22,6 +22,7 @@ from appliance.replication.handshake import (
     check_supersede,
 )
 from appliance.replication.wire import WireRecord
+from tests.support.replica_crash import crash
 
 VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-0000000000bb")
 BLOCKS = 256
@@ -35,14 +36,6 @@ def cfg(tmp_path) -> ReplicaConfig:
 
 def rec(seq: int, lba: int, fill: int) -> WireRecord:
     return WireRecord(seq, seq * 10, 1, lba, 2, bytes([fill]) * 1024)
-
-
-def crash(r: Replica) -> None:
-    """Drop the replica's handles without closing it cleanly (kill -9)."""
-    if r.journal is not None:
-        r.journal._io.close()
-        r._acker.close()
-    r._mirror.close()
 
 
 # --- the rule (pure) ---------------------------------------------------------------------

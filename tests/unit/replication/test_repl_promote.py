@@ -13,6 +13,7 @@ from appliance.replication.dr.promotion import demote, promote
 from appliance.replication.dr.replica import Replica, ReplicaError
 from appliance.replication.handshake import Hello, Refused, VolumeBinding, VolumeSpec, admit
 from appliance.replication.wire import WireRecord
+from tests.support.replica_crash import crash
 
 VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-0000000000bb")
 BLOCKS = 256
@@ -38,14 +39,6 @@ def expected_image(records) -> bytes:
     for r in records:
         img[r.lba * 512 : r.lba * 512 + len(r.data)] = r.data
     return bytes(img)
-
-
-def crash(r: Replica) -> None:
-    """Drop the replica's handles without closing it cleanly (kill -9)."""
-    if r.journal is not None:
-        r.journal._io.close()
-        r._acker.close()
-    r._mirror.close()
 
 
 def durable_unapplied_replica(c: ReplicaConfig) -> None:

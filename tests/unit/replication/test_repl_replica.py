@@ -9,6 +9,7 @@ from appliance.replication.config import ReplicaConfig, replica_paths
 from appliance.replication.dr.replica import Replica, ReplicaError
 from appliance.replication.handshake import Hello, VolumeSpec
 from appliance.replication.wire import WireRecord
+from tests.support.replica_crash import crash
 
 VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-0000000000aa")
 BLOCKS = 256
@@ -45,10 +46,7 @@ def test_redo_after_crash_restores_durable_records(tmp_path):
     r = Replica(cfg(tmp_path))
     r.bind(HELLO, 0)
     r.commit([rec(1, 4, 7), rec(2, 6, 8)])
-    # Crash: durable in the journal, never applied; drop the objects without closing.
-    r.journal._io.close()
-    r._acker.close()
-    r._mirror.close()
+    crash(r)        # durable in the journal, never applied
     r2 = Replica(cfg(tmp_path))
     assert r2.primary == "site-a" and r2.durable_seq == 2 and r2.applied_seq == 2
     assert r2.read_mirror(4 * 512, 2048) == b"\x07" * 1024 + b"\x08" * 1024
@@ -67,9 +65,7 @@ def test_the_replica_journal_keeps_the_primarys_timestamps_for_a_promotion_after
     run = [WireRecord(1, t0, 1, 0, 2, b"\x01" * 1024), WireRecord(2, t0, 1, 2, 2, b"\x02" * 1024),
            WireRecord(3, t0 + 5_000, 1, 4, 2, b"\x03" * 1024)]
     assert r.commit(run) == 3
-    r.journal._io.close()                       # a crash: the next open redoes the journal
-    r._acker.close()
-    r._mirror.close()
+    crash(r)                                    # the next open redoes the journal
     r2 = Replica(cfg(tmp_path))
     assert [(x.seq, x.timestamp_ns) for x in r2.journal.records(1)] == [
         (1, t0), (2, t0), (3, t0 + 5_000)]
@@ -117,14 +113,6 @@ def test_new_mirror_and_journal_are_preallocated_and_an_existing_mirror_is_kept(
     again = Replica(c)            # reopening keeps the contents
     assert again.read_mirror(0, 1024) == b"\x09" * 1024
     again.close()
-
-
-def crash(r: Replica) -> None:
-    """Drop the replica's handles without closing it cleanly (kill -9)."""
-    if r.journal is not None:
-        r.journal._io.close()
-        r._acker.close()
-    r._mirror.close()
 
 
 def test_first_contact_without_history_waits_for_a_full_copy_durably(tmp_path):

@@ -22,6 +22,7 @@ from appliance.replication.dr.retention_settings import (
 )
 from appliance.replication.handshake import Hello, VolumeSpec
 from appliance.replication.wire import KIND_WRITE, WireRecord
+from tests.support.replica_crash import crash
 
 VOL = uuid.UUID("0b5e6a4c-0000-4000-8000-0000000000bb")
 BLOCKS = 256
@@ -200,9 +201,7 @@ def test_the_window_survives_a_crash_and_the_redo(tmp_path):
     feed(r, w, 3)
     r.commit(w.run(5))          # durable, never applied: the redo applies it at open
     r._retention.close()
-    r.journal._io.close()
-    r._acker.close()
-    r._mirror.close()
+    crash(r)
     r = Replica(cfg(tmp_path))
     assert r.applied_seq == 20
     window = r.status()["retention"]
