@@ -740,6 +740,32 @@ def test_failback_copies_back_only_what_changed(chain):
     assert (f"    failback: copied: this site's old mirror holds the promoted image (seq "
             f"{done.failback['base_seq']}) plus 0 extents (0 B) written here since (0 journal "
             f"records); those and what dr changed were copied") in text, text
+    a_backstore_over_the_replicas_mirror_is_refused(chain)
+
+
+def a_backstore_over_the_replicas_mirror_is_refused(chain: Chain) -> None:
+    """The old primary's mirror is its receiver's now: the admin's slip of serving it again
+    ('/backstores/user:mirror create' over the old mirror= with a new journal) is refused busy,
+    the handler logs why, and the replica is left in sync byte for byte (docs/volume.md, "One
+    writer per mirror")."""
+    primary = chain.primary
+    line = (f"/backstores/user:mirror create name={VOLUME}again size={chain.size} "
+            f"cfgstring=mirror={chain.primary_mirror};journal={ap.STATE_DIR}/volumes/"
+            f"{VOLUME}again.jnl")
+    (result,) = ap.targetcli_lines(primary, [line], keep_going=True)
+    say(f"{primary.name}: a backstore over the replica's mirror:\n  {line}\n  -> "
+        f"{result.message or result.stdout.strip()}")
+    assert result.refused and "busy" in result.message.lower(), result.describe()
+    logs = rp.unit_logs(primary, ["appliance-handler"], lines=20)
+    assert f"device {VOLUME}again refused: mirror {chain.primary_mirror} is written by another " \
+           f"process" in logs, logs
+    listed = ap.targetcli_batch(primary, ["/backstores/user:mirror ls"])[-1].stdout
+    assert f"{VOLUME}again" not in listed, listed
+    assert primary.run(["test", "!", "-e", f"{ap.STATE_DIR}/volumes/{VOLUME}again.jnl"],
+                       check=False).rc == 0, "the refused backstore created its journal"
+    rp.wait_converged(chain.dr, primary, primary_mirror=chain.dr_mirror,
+                      dr_mirror=chain.primary_mirror, size=chain.size, volume=VOLUME,
+                      timeout=120, say=say)
 
 
 FAILBACK_WRITES = 24        # the host's dependent writes on the DR: one record per LUN each
