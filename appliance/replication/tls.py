@@ -33,6 +33,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.config_file import ConfigError
 from appliance.replication import kernel_tls
 
 NO_PEER_PAIRED = "no peer is paired: every connection is refused"
@@ -202,6 +203,17 @@ class TlsSide:
 
     def handshake(self) -> Handshake:
         return Handshake(self)
+
+
+def check_tls_files(cfg: TlsConfig | None, *, server: bool, config_path: str) -> None:
+    """Every [tls] file loads, or ConfigError naming the configuration file: the daemons run
+    this when they read their file, so ``--check`` refuses what the start would (exit 2)."""
+    if cfg is None:
+        return
+    try:
+        TlsSide(cfg, server=server)
+    except TlsConfigError as err:
+        raise ConfigError(f"{config_path}: {err}") from err
 
 
 class Handshake:

@@ -241,3 +241,27 @@ def test_a_missing_tls_file_is_a_configuration_error(main, text, tmp_path, capsy
     err = capsys.readouterr().err
     assert f"{config}: tls cert file {tmp_path / 'c.pem'} does not exist" in err, err
     assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize("prog", ["appliance-transmitter", "appliance-receiver"])
+def test_check_refuses_a_tls_file_the_start_could_not_load(prog, tmp_path, capsys):
+    """--check reads the [tls] files as the start does: a missing or unusable one is the same
+    one-line refusal (exit 2), not 'configuration OK' followed by a daemon that cannot
+    start."""
+    main = TYPO[prog][0]
+    (tmp_path / "pki").mkdir()
+    cert, key, ca = (tmp_path / "pki" / n for n in ("site.crt", "site.key", "ca.crt"))
+    tls = f'[tls]\ncert = "{cert}"\nkey = "{key}"\nca = "{ca}"\n'
+    config = tmp_path / "bad.toml"
+    config.write_text(GOOD[prog](tmp_path).replace("insecure = true\n", tls if prog ==
+                      "appliance-transmitter" else "")
+                      .replace("[[volume]]", tls + "[[volume]]"))
+    assert main(["--config", str(config), "--check"]) == CONFIG_ERROR_EXIT
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"{prog}: {config}: tls cert file {cert} does not exist\n")
+    for path in (cert, key, ca):
+        path.write_text("not a PEM file\n")
+    assert main(["--config", str(config), "--check"]) == CONFIG_ERROR_EXIT
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: {config}: tls cert {cert} / key {key} unusable: "), err
+    assert written(tmp_path) == ["pki"], "--check started something"

@@ -50,6 +50,7 @@ from appliance.replication.tls import (
     TlsConfigError,
     TlsRefused,
     TlsSide,
+    check_tls_files,
     peer_identities,
 )
 from appliance.volume.promotion_base import PromotionBase
@@ -416,8 +417,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
 
-    return run("appliance-receiver", args,
-               lambda: receiver_config(load_toml(args.config), str(args.config)), serve_or_fail)
+    def load() -> ReceiverConfig:
+        cfg = receiver_config(load_toml(args.config), str(args.config))
+        check_tls_files(cfg.tls, server=True, config_path=str(args.config))
+        return cfg
+
+    return run("appliance-receiver", args, load, serve_or_fail)
 
 
 if __name__ == "__main__":

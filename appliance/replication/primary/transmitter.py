@@ -70,7 +70,13 @@ from appliance.replication.primary.volume_watch import (
     resolve_files,
 )
 from appliance.replication.status import LinkStatus
-from appliance.replication.tls import Handshake, TlsConfigError, TlsRefused, TlsSide
+from appliance.replication.tls import (
+    Handshake,
+    TlsConfigError,
+    TlsRefused,
+    TlsSide,
+    check_tls_files,
+)
 from appliance.volume import group_layout
 from appliance.volume.errors import VolumeError
 
@@ -656,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     def load() -> TransmitterConfig:
         cfg = transmitter_config(load_toml(args.config), str(args.config))
         check_files(cfg, str(args.config))      # other files than the journal's: refused
+        check_tls_files(cfg.tls, server=False, config_path=str(args.config))
         return cfg
 
     def serve(cfg: TransmitterConfig) -> int:
