@@ -6,6 +6,7 @@ while it runs (the test adds them as udev would)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -82,12 +83,33 @@ class Site:
         socket."""
         run_handler(self.config, lambda minor: self.tmp / f"ring{minor}", body)
 
+    def run_logged(self, body: Callable[[HandlerDaemon], Awaitable[None]]) -> str:
+        """``run`` keeping every message logged meanwhile (the refusals' text an admin
+        reads); the site is closed after it."""
+        lines = _Lines()
+        logging.getLogger().addHandler(lines)
+        try:
+            self.run(body)
+        finally:
+            logging.getLogger().removeHandler(lines)
+            self.close()
+        return "\n".join(lines.messages)
+
     async def ctl(self, cmd: str, **args) -> dict:
         return await asyncio.to_thread(call, self.config.control_socket, cmd, args)
 
     def close(self) -> None:
         for dev in self.devices.values():
             dev.kernel.close()
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def site(tmp_path: Path) -> Site:

@@ -205,29 +205,10 @@ def test_refused_members_leave_every_file_as_it_was(tmp_path: Path) -> None:
         assert snapshot(s.groups_dir, data) == before
         assert sorted(daemon.manager.devices) == [3]
 
-    import logging
-    handler = _Collect()
-    logging.getLogger().addHandler(handler)
-    try:
-        s.run(life)
-    finally:
-        logging.getLogger().removeHandler(handler)
-        s.close()
-    text = "\n".join(handler.lines)
+    text = s.run_logged(life)
     import re
     for message in messages:
         assert re.search(message, text), f"no log line matches {message!r}:\n{text}"
     assert not list(s.groups_dir.glob("nosuch*"))
     assert not (data / "lost.img").exists() and not (data / "big.img").exists()
 
-
-class _Collect:
-    """A logging handler keeping every message (the refusals' text an admin reads)."""
-
-    level = 0
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def handle(self, record) -> None:
-        self.lines.append(record.getMessage())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import os
 import re
 import uuid
@@ -25,15 +24,6 @@ pytestmark = pytest.mark.integration
 
 BS = 512
 BLOCKS = 256
-
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.ERROR)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def test_a_backstore_over_a_mirror_another_writer_holds_is_refused_busy(tmp_path: Path) -> None:
@@ -75,15 +65,10 @@ def test_a_backstore_over_a_mirror_another_writer_holds_is_refused_busy(tmp_path
         receiver.close()
         assert await asyncio.to_thread(daemon.manager.add, 4, refused[0].uio_name) == 0
 
-    collect = _Collect()
-    logging.getLogger().addHandler(collect)
     try:
-        s.run(life)
+        text = s.run_logged(life)
     finally:
-        logging.getLogger().removeHandler(collect)
         other.close()
-        s.close()
-    text = "\n".join(collect.lines)
     for name, path in (("over-replica", replica_img), ("same-as-a", data / "a.img"),
                        ("member", member_img)):
         pattern = rf"device {name} refused: mirror {re.escape(str(path))} is written by another"
