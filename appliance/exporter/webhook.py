@@ -57,13 +57,21 @@ def post_json(url: str, body: dict, timeout: float) -> None:
 
 
 def redacted(url: str) -> str:
-    """The URL without a password in it (status and logs)."""
+    """The URL as status and logs show it (the journal is readable beyond root): which
+    endpoint, without the secrets a webhook URL carries. A password becomes ``***``, and so
+    do every query value and the path after its first segment, where chat and incident
+    services put their tokens (``https://hooks.example/services/***``)."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username}:***@{parts.hostname or ''}" + \
+            (f":{parts.port}" if parts.port else "")
+    first, sep, rest = parts.path.lstrip("/").partition("/")
+    path = f"/{first}{sep}***" if rest else parts.path
+    query = "&".join(f"{pair.partition('=')[0]}=***" for pair in parts.query.split("&")
+                     if pair)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, path=path, query=query,
+                                                  fragment=""))
 
 
 class WebhookSender:

@@ -102,7 +102,13 @@ def test_post_json_errors_say_what_happened():
     assert not err.value.permanent
 
 
-def test_a_password_in_the_url_is_not_shown():
+def test_the_secrets_a_webhook_url_carries_are_not_shown():
     assert redacted("https://ops:s3cret@ops.example:8443/hook?x=1") == (
-        "https://ops:***@ops.example:8443/hook?x=1")
+        "https://ops:***@ops.example:8443/hook?x=***")
     assert redacted("https://ops.example/hook") == "https://ops.example/hook"
+    assert redacted("http://10.0.2.2:8080/") == "http://10.0.2.2:8080/"
+    # A chat service's token in the path, an incident service's in the query.
+    assert redacted("https://hooks.example/services/T01/B02/xoxsecret") == (
+        "https://hooks.example/services/***")
+    assert redacted("https://events.example/v2/enqueue?routing_key=abc&severity=x#frag") == (
+        "https://events.example/v2/***?routing_key=***&severity=***")
