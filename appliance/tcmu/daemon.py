@@ -52,6 +52,7 @@ from appliance.tcmu.heap import KEEP_FREED_BYTES, keep_freed_heap
 from appliance.tcmu.manager import BackendFactory, DeviceManager, TransportOpener
 from appliance.tcmu.netlink import NetlinkError, TcmuNetlink
 from appliance.tcmu.uio import UioDevice, read_uio_info
+from appliance.volume.mirror_lock import MirrorInUse, check_free
 from appliance.volume.sync_mode import SyncSettings, SyncSettingsError
 
 log = logging.getLogger("appliance.handler")
@@ -186,7 +187,7 @@ class HandlerDaemon:
         # it comes last so a restore that starts then finds netlink served and unblocked.
         if cfg.dbus != "none":
             self.dbus = TcmuDBusService([HandlerObject(cfgstring.SUBTYPE, cfgstring.CONFIG_DESC,
-                                                       cfgstring.check_config)])
+                                                       check_backstore)])
             if cfg.dbus in ("system", "session"):
                 await self.dbus.start(bus_type=BusType.SYSTEM if cfg.dbus == "system"
                                       else BusType.SESSION)
@@ -237,6 +238,23 @@ class HandlerDaemon:
         if self.netlink is not None:
             self.netlink.close()
         log.info("appliance-handler stopped")
+
+
+def check_backstore(config: str) -> tuple[bool, str]:
+    """The D-Bus CheckConfig answer, which targetcli asks before it creates a backstore
+    (and prints as ``cfgstring invalid: <answer>``): the config string parses, and no other
+    writer holds its mirror. The device's open refuses such a mirror anyway (EBUSY, which
+    targetcli reports only as a failed creation); this tells the admin why."""
+    ok, message = cfgstring.check_config(config)
+    if not ok:
+        return ok, message
+    try:
+        check_free(cfgstring.parse_config(config).mirror, "handler")
+    except MirrorInUse as err:
+        return False, str(err)
+    except OSError:
+        pass            # (unreadable or no directory: the device's open says what is wrong)
+    return ok, message
 
 
 def _process_age() -> float:

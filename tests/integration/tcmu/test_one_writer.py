@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from group_handler import read10, site, write10
 
-from appliance.tcmu.daemon import HandlerDaemon
+from appliance.tcmu.daemon import HandlerDaemon, check_backstore
 from appliance.volume import group_layout
 from appliance.volume.group_layout import GroupLayout
 from appliance.volume.mirror_lock import MirrorLock
@@ -76,3 +76,23 @@ def test_a_backstore_over_a_mirror_another_writer_holds_is_refused_busy(tmp_path
     assert member_img.read_bytes() == before["member.img"]
     assert not (data / "b.jnl").exists()
     assert not group_layout.load(s.groups_dir / "db.group.json").members
+
+
+def test_targetclis_check_before_create_names_the_writer_holding_the_mirror(tmp_path: Path):
+    """targetcli asks CheckConfig before it creates a backstore and prints a refusal as
+    'cfgstring invalid: <answer>': the admin reads why, not only that the creation failed."""
+    mirror = tmp_path / "replica.img"
+    mirror.write_bytes(bytes(BS))
+    config = f"mirror/mirror={mirror};journal={tmp_path}/j.jnl"
+    assert check_backstore(config) == (True, "success")
+    receiver = MirrorLock.take(mirror, "DR receiver")
+    try:
+        ok, message = check_backstore(config)
+    finally:
+        receiver.close()
+    assert not ok and message.startswith(f"mirror {mirror} is written by another process"), \
+        message
+    assert check_backstore(config) == (True, "success")
+    assert check_backstore("mirror/mirror=relative.img")[0] is False     # parsing first
+    assert check_backstore(f"mirror/mirror={tmp_path}/none/x.img;journal={tmp_path}/none/j") \
+        == (True, "success")
