@@ -187,7 +187,9 @@ class HandlerDaemon:
         # it comes last so a restore that starts then finds netlink served and unblocked.
         if cfg.dbus != "none":
             self.dbus = TcmuDBusService([HandlerObject(cfgstring.SUBTYPE, cfgstring.CONFIG_DESC,
-                                                       check_backstore)])
+                                                       functools.partial(
+                                                           check_backstore,
+                                                           ours=self.groups.holds))])
             if cfg.dbus in ("system", "session"):
                 await self.dbus.start(bus_type=BusType.SYSTEM if cfg.dbus == "system"
                                       else BusType.SESSION)
@@ -240,16 +242,23 @@ class HandlerDaemon:
         log.info("appliance-handler stopped")
 
 
-def check_backstore(config: str) -> tuple[bool, str]:
+def check_backstore(config: str, *,
+                    ours: Callable[[str | None, str], bool] = lambda group, mirror: False
+                    ) -> tuple[bool, str]:
     """The D-Bus CheckConfig answer, which targetcli asks before it creates a backstore
     (and prints as ``cfgstring invalid: <answer>``): the config string parses, and no other
     writer holds its mirror. The device's open refuses such a mirror anyway (EBUSY, which
-    targetcli reports only as a failed creation); this tells the admin why."""
+    targetcli reports only as a failed creation); this tells the admin why. ``ours(group,
+    mirror)``: the lock is this handler's own (a member of a group it has open, whose device
+    is being created)."""
     ok, message = cfgstring.check_config(config)
     if not ok:
         return ok, message
+    parsed = cfgstring.parse_config(config)
+    if ours(parsed.group, parsed.mirror):
+        return ok, message
     try:
-        check_free(cfgstring.parse_config(config).mirror, "handler")
+        check_free(parsed.mirror, "handler")
     except MirrorInUse as err:
         return False, str(err)
     except OSError:

@@ -77,6 +77,23 @@ class GroupRegistry:
         d = self.directory
         return d / f"{name}{group_layout.SUFFIX}", d / f"{name}.jnl", d / f"{name}.bitmap"
 
+    def holds(self, group: str | None, mirror: str) -> bool:
+        """Whether open group ``group`` writes ``mirror`` as one of its live members: the
+        lock on it is this handler's own, taken when the group opened."""
+        with self._lock:
+            opened = self.open.get(group) if group else None
+            if opened is None:
+                return False
+            for member in opened.layout.members:
+                if member.retired:
+                    continue
+                try:
+                    if os.path.samefile(member.mirror, mirror):
+                        return True
+                except OSError:
+                    continue
+            return False
+
     # -- members ------------------------------------------------------------------------
     def attach(self, device: str, config: MirrorConfig, size_bytes: int,
                max_transfer_bytes: int) -> tuple[OpenGroup, GroupMember]:

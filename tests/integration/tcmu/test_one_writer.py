@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import re
 import uuid
@@ -96,3 +97,31 @@ def test_targetclis_check_before_create_names_the_writer_holding_the_mirror(tmp_
     assert check_backstore("mirror/mirror=relative.img")[0] is False     # parsing first
     assert check_backstore(f"mirror/mirror={tmp_path}/none/x.img;journal={tmp_path}/none/j") \
         == (True, "success")
+
+
+def test_a_member_of_a_group_the_handler_has_open_passes_the_check(tmp_path: Path) -> None:
+    """The group's first member device opens the whole group, which locks every member's
+    file: the next member's backstore is this handler's own writer, not another one."""
+    s = site(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    group_layout.save(s.groups_dir / "db.group.json",
+                      GroupLayout("db", uuid.uuid4(), BS, 128, journal_size=16 << 20)
+                      .with_member("log", str(data / "log.img"), BLOCKS)
+                      .with_member("data", str(data / "data.img"), BLOCKS))
+    s.device(3, "log", f"mirror/mirror={data}/log.img;group=db;journal_size=16M", BLOCKS * BS)
+    member = f"mirror/mirror={data}/data.img;group=db;journal_size=16M"
+
+    async def life(daemon: HandlerDaemon) -> None:
+        assert sorted(daemon.manager.devices) == [3]
+        check = functools.partial(check_backstore, ours=daemon.groups.holds)
+        assert check(member) == (True, "success")
+        dev = s.device(4, "data", member, BLOCKS * BS)
+        assert await asyncio.to_thread(daemon.manager.add, dev.minor, dev.uio_name) == 0
+        # The same file as a plain LUN, or as a member of another group, is another writer.
+        for other in (f"mirror/mirror={data}/data.img;journal={data}/x.jnl",
+                      f"mirror/mirror={data}/data.img;group=other;journal_size=16M"):
+            ok, message = check(other)
+            assert not ok and "is written by another process" in message, (other, message)
+
+    s.run_logged(life)
