@@ -103,7 +103,9 @@ class DeviceManager:
                 log.error("device %s refused: %s", name.name, err)
                 return -errno.ENOSPC
             except MirrorInUse as err:
-                # targetcli prints "Device or resource busy"; the reason is logged here.
+                # Stock targetcli reports this only as "creation failed": its CheckConfig
+                # (daemon.check_backstore) tells the admin why first; a writer that came
+                # in between is refused here, the reason logged.
                 log.error("device %s refused: %s", name.name, err)
                 return -errno.EBUSY
             except Exception:
